@@ -1,0 +1,844 @@
+//! Reading the merged file + environment tree and turning it into a [`Config`], collecting every
+//! problem instead of stopping at the first (serde stops at the first, so we walk the tree).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use figment::value::{Dict, Value};
+use secrecy::SecretString;
+use url::Url;
+
+use super::{ApiConfig, AuthMethod, Config, OidcConfig, SameSitePolicy, ServerConfig, SessionConfig, TokensConfig};
+
+const ENV_PREFIX: &str = "BFF_";
+const MIN_SECRET_BYTES: usize = 64;
+/// Authorization request parameters bff sets itself; `extra_auth_params` may not replace them.
+const RESERVED_AUTH_PARAMS: &[&str] = &[
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+];
+
+/// One problem, named by its key path (`oidc.issuer`, `api[1].prefix`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found; never empty.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    pub fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|e| e.key.as_str()).collect()
+    }
+}
+
+/// Where configuration comes from: a TOML file or text, and environment variables.
+pub struct ConfigSource {
+    figment: Figment,
+    file_name: Option<String>,
+    /// Key path (`oidc.client_secret`) to the variable that set it, to report and to read raw.
+    env_keys: HashMap<String, String>,
+}
+
+impl ConfigSource {
+    pub fn from_process(file: Option<&Path>) -> ConfigSource {
+        let mut figment = Figment::new();
+        let mut file_name = None;
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+            file_name = Some(path.display().to_string());
+        }
+        let env_keys: HashMap<String, String> =
+            std::env::vars().filter_map(|(name, _)| env_key_path(&name).map(|key| (key, name))).collect();
+        // Variables without `__` (BFF_CONFIG, anything else) are not config keys.
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).filter(|key| key.as_str().contains("__")).split("__"));
+        ConfigSource { figment, file_name, env_keys }
+    }
+
+    pub fn from_toml_text(text: &str) -> ConfigSource {
+        ConfigSource { figment: Figment::from(Toml::string(text)), file_name: None, env_keys: HashMap::new() }
+    }
+}
+
+/// `BFF_OIDC__CLIENT_SECRET` → `oidc.client_secret`.
+fn env_key_path(var: &str) -> Option<String> {
+    let rest = var.strip_prefix(ENV_PREFIX)?;
+    if !rest.contains("__") {
+        return None;
+    }
+    Some(rest.split("__").map(str::to_ascii_lowercase).collect::<Vec<_>>().join("."))
+}
+
+pub(super) fn load(source: ConfigSource) -> Result<Config, ConfigErrors> {
+    let root: Dict = match source.figment.extract::<Dict>() {
+        Ok(root) => root,
+        Err(err) => {
+            let key = source.file_name.clone().unwrap_or_else(|| "config".into());
+            // figment's message names the file and the line; it holds no secret values.
+            let errors = err.into_iter().map(|e| ConfigError { key: key.clone(), message: e.to_string() }).collect();
+            return Err(ConfigErrors(errors));
+        }
+    };
+    let mut w = Walker { errors: Vec::new(), env_keys: &source.env_keys };
+    let config = w.config(&root);
+    match config {
+        Some(config) if w.errors.is_empty() => Ok(config),
+        _ => Err(ConfigErrors(w.errors)),
+    }
+}
+
+struct Section<'v> {
+    path: String,
+    dict: Option<&'v Dict>,
+    known: BTreeSet<&'static str>,
+}
+
+impl<'v> Section<'v> {
+    fn key(&self, name: &str) -> String {
+        if self.path.is_empty() { name.to_string() } else { format!("{}.{name}", self.path) }
+    }
+}
+
+struct Walker<'a> {
+    errors: Vec<ConfigError>,
+    env_keys: &'a HashMap<String, String>,
+}
+
+impl Walker<'_> {
+    fn error(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        let key = key.into();
+        let mut message = message.into();
+        if let Some(var) = self.env_keys.get(&key) {
+            message.push_str(&format!(" (from {var})"));
+        }
+        self.errors.push(ConfigError { key, message });
+    }
+
+    fn section<'v>(&mut self, parent: &Section<'v>, name: &'static str) -> Section<'v> {
+        let path = parent.key(name);
+        let dict = match parent.dict.and_then(|d| d.get(name)) {
+            None => None,
+            Some(Value::Dict(_, dict)) => Some(dict),
+            Some(other) => {
+                self.error(&path, format!("expected a table, found {}", describe(other)));
+                None
+            }
+        };
+        Section { path, dict, known: BTreeSet::new() }
+    }
+
+    fn value<'v>(&mut self, sec: &mut Section<'v>, name: &'static str) -> Option<&'v Value> {
+        sec.known.insert(name);
+        sec.dict.and_then(|d| d.get(name))
+    }
+
+    /// Reports keys the section does not define.
+    fn finish(&mut self, sec: Section<'_>) {
+        if let Some(dict) = sec.dict {
+            for key in dict.keys() {
+                if !sec.known.contains(key.as_str()) {
+                    self.error(sec.key(key), "unknown key");
+                }
+            }
+        }
+    }
+
+    fn string(&mut self, sec: &mut Section<'_>, name: &'static str) -> Option<String> {
+        let key = sec.key(name);
+        let value = self.value(sec, name)?;
+        // Environment values are re-read raw: figment would turn "0123" into the number 123.
+        if let Some(var) = self.env_keys.get(&key) {
+            if let Ok(raw) = std::env::var(var) {
+                return Some(raw);
+            }
+        }
+        match value {
+            Value::String(_, s) => Some(s.clone()),
+            Value::Char(_, c) => Some(c.to_string()),
+            Value::Num(_, n) => {
+                n.to_f64().map(|f| if f.fract() == 0.0 { format!("{}", f as i64) } else { f.to_string() })
+            }
+            Value::Bool(_, b) => Some(b.to_string()),
+            other => {
+                self.error(key, format!("expected a string, found {}", describe(other)));
+                None
+            }
+        }
+    }
+
+    fn string_or(&mut self, sec: &mut Section<'_>, name: &'static str, default: &str) -> String {
+        self.string(sec, name).unwrap_or_else(|| default.to_string())
+    }
+
+    fn required_string(&mut self, sec: &mut Section<'_>, name: &'static str) -> Option<String> {
+        match self.string(sec, name) {
+            Some(s) if !s.trim().is_empty() => Some(s),
+            Some(_) => {
+                self.error(sec.key(name), "must not be empty");
+                None
+            }
+            None => {
+                if sec.dict.and_then(|d| d.get(name)).is_none() {
+                    self.error(sec.key(name), "missing (required)");
+                }
+                None
+            }
+        }
+    }
+
+    fn uint(&mut self, sec: &mut Section<'_>, name: &'static str, default: u64, min: u64) -> u64 {
+        let key = sec.key(name);
+        let Some(value) = self.value(sec, name) else { return default };
+        let parsed = match value {
+            Value::Num(_, n) => n.to_u128().and_then(|n| u64::try_from(n).ok()),
+            Value::String(_, s) => s.trim().parse::<u64>().ok(),
+            _ => None,
+        };
+        match parsed {
+            Some(n) if n >= min => n,
+            Some(n) => {
+                self.error(key, format!("must be at least {min} (got {n})"));
+                default
+            }
+            None => {
+                self.error(key, format!("expected a non-negative integer, found {}", describe(value)));
+                default
+            }
+        }
+    }
+
+    fn secs(&mut self, sec: &mut Section<'_>, name: &'static str, default: u64, min: u64) -> Duration {
+        Duration::from_secs(self.uint(sec, name, default, min))
+    }
+
+    fn string_list(&mut self, sec: &mut Section<'_>, name: &'static str) -> Option<Vec<String>> {
+        let key = sec.key(name);
+        let value = self.value(sec, name)?;
+        match value {
+            Value::Array(_, items) => {
+                let mut out = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        Value::String(_, s) => out.push(s.clone()),
+                        other => {
+                            self.error(format!("{key}[{i}]"), format!("expected a string, found {}", describe(other)))
+                        }
+                    }
+                }
+                Some(out)
+            }
+            // A single string is accepted where a list is expected (`secret = "…"`).
+            Value::String(_, s) => Some(vec![s.clone()]),
+            other => {
+                self.error(key, format!("expected a list of strings, found {}", describe(other)));
+                None
+            }
+        }
+    }
+
+    fn string_map(&mut self, sec: &mut Section<'_>, name: &'static str) -> BTreeMap<String, String> {
+        let key = sec.key(name);
+        let mut out = BTreeMap::new();
+        match self.value(sec, name) {
+            None => {}
+            Some(Value::Dict(_, dict)) => {
+                for (k, v) in dict {
+                    match v {
+                        Value::String(_, s) => {
+                            out.insert(k.clone(), s.clone());
+                        }
+                        other => {
+                            self.error(format!("{key}.{k}"), format!("expected a string, found {}", describe(other)))
+                        }
+                    }
+                }
+            }
+            Some(other) => self.error(key, format!("expected a table of strings, found {}", describe(other))),
+        }
+        out
+    }
+
+    fn url(&mut self, key: &str, raw: &str, what: &str) -> Option<Url> {
+        match Url::parse(raw) {
+            Ok(url) if url.scheme() == "http" || url.scheme() == "https" => {
+                if url.host_str().is_none_or(str::is_empty) {
+                    self.error(key, format!("{what} must have a host"));
+                    return None;
+                }
+                if !url.username().is_empty() || url.password().is_some() {
+                    self.error(key, format!("{what} must not carry credentials"));
+                    return None;
+                }
+                Some(url)
+            }
+            Ok(url) => {
+                self.error(key, format!("{what} must be http or https (got scheme {:?})", url.scheme()));
+                None
+            }
+            Err(e) => {
+                self.error(key, format!("not a valid URL ({e})"));
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, root: &Dict) -> Option<Config> {
+        let mut top = Section { path: String::new(), dict: Some(root), known: BTreeSet::new() };
+        let server = self.server(&mut top);
+        let oidc = self.oidc(&mut top, server.as_ref());
+        let session = self.session(&mut top, server.as_ref());
+        let tokens = self.tokens(&mut top);
+        let api = self.apis(&mut top);
+        top.known.extend(["server", "oidc", "session", "tokens", "api"]);
+        self.finish(top);
+        Some(Config { server: server?, oidc: oidc?, session: session?, tokens, api })
+    }
+
+    fn server(&mut self, top: &mut Section<'_>) -> Option<ServerConfig> {
+        let mut s = self.section(top, "server");
+        let listen_raw = self.string_or(&mut s, "listen", "127.0.0.1:8080");
+        let listen = match listen_raw.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.error(s.key("listen"), format!("not an address:port ({listen_raw:?})"));
+                None
+            }
+        };
+        let public_raw = self.string_or(&mut s, "public_url", "http://localhost:8080");
+        let public_url = self.url(&s.key("public_url"), &public_raw, "public_url").and_then(|url| {
+            if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+                self.error(
+                    s.key("public_url"),
+                    "must be an origin (scheme://host[:port]) with no path, query or fragment",
+                );
+                return None;
+            }
+            Some(url)
+        });
+        let static_dir = self.string_or(&mut s, "static_dir", "static");
+        let templates_dir = self.string_or(&mut s, "templates_dir", "templates");
+        let workers = self.uint(&mut s, "workers", 0, 0) as usize;
+        self.finish(s);
+        Some(ServerConfig {
+            listen: listen?,
+            public_url: public_url?,
+            static_dir: (!static_dir.is_empty()).then(|| PathBuf::from(static_dir)),
+            templates_dir: PathBuf::from(templates_dir),
+            workers,
+        })
+    }
+
+    fn oidc(&mut self, top: &mut Section<'_>, server: Option<&ServerConfig>) -> Option<OidcConfig> {
+        let mut s = self.section(top, "oidc");
+        let issuer = self
+            .required_string(&mut s, "issuer")
+            .and_then(|raw| self.url(&s.key("issuer"), &raw, "issuer").map(|_| raw));
+        let client_id = self.required_string(&mut s, "client_id");
+        let client_secret = self.client_secret(&mut s);
+        let auth_method = match self.string_or(&mut s, "auth_method", "client_secret_basic").as_str() {
+            "client_secret_basic" => Some(AuthMethod::ClientSecretBasic),
+            "client_secret_post" => Some(AuthMethod::ClientSecretPost),
+            other => {
+                self.error(
+                    s.key("auth_method"),
+                    format!("must be \"client_secret_basic\" or \"client_secret_post\" (got {other:?})"),
+                );
+                None
+            }
+        };
+        let scopes = self
+            .string_list(&mut s, "scopes")
+            .unwrap_or_else(|| ["openid", "profile", "email", "offline_access"].map(String::from).to_vec());
+        if !scopes.iter().any(|sc| sc == "openid") {
+            self.error(s.key("scopes"), "must include \"openid\"");
+        }
+        if let Some(bad) = scopes.iter().find(|sc| sc.is_empty() || sc.contains(char::is_whitespace)) {
+            self.error(s.key("scopes"), format!("{bad:?} is not a valid scope"));
+        }
+        let extra_auth_params = self.string_map(&mut s, "extra_auth_params");
+        for reserved in RESERVED_AUTH_PARAMS {
+            if extra_auth_params.contains_key(*reserved) {
+                self.error(
+                    format!("{}.{reserved}", s.key("extra_auth_params")),
+                    "is set by bff itself and cannot be overridden",
+                );
+            }
+        }
+        let post_logout_raw = self.string_or(&mut s, "post_logout_redirect", "/");
+        let post_logout_redirect = server.and_then(|server| {
+            resolve_same_origin(&server.public_url, &post_logout_raw)
+                .map_err(|msg| self.error(s.key("post_logout_redirect"), msg))
+                .ok()
+        });
+        let timeout = self.secs(&mut s, "timeout_secs", 10, 1);
+        self.finish(s);
+        Some(OidcConfig {
+            issuer: issuer?,
+            client_id: client_id?,
+            client_secret: client_secret?,
+            auth_method: auth_method?,
+            scopes,
+            extra_auth_params,
+            post_logout_redirect: post_logout_redirect?,
+            timeout,
+        })
+    }
+
+    fn client_secret(&mut self, s: &mut Section<'_>) -> Option<SecretString> {
+        let inline = self.string(s, "client_secret");
+        let file = self.string(s, "client_secret_file");
+        match (inline, file) {
+            (Some(_), Some(_)) => {
+                self.error(s.key("client_secret_file"), "set either client_secret or client_secret_file, not both");
+                None
+            }
+            (Some(secret), None) if secret.is_empty() => {
+                self.error(s.key("client_secret"), "must not be empty");
+                None
+            }
+            (Some(secret), None) => Some(SecretString::from(secret)),
+            (None, Some(path)) => match std::fs::read_to_string(&path) {
+                Ok(contents) => {
+                    // Secret files usually end with a newline that is not part of the secret.
+                    let secret = contents.trim_end_matches(['\r', '\n']).to_string();
+                    if secret.is_empty() {
+                        self.error(s.key("client_secret_file"), format!("{path} is empty"));
+                        None
+                    } else {
+                        Some(SecretString::from(secret))
+                    }
+                }
+                Err(e) => {
+                    self.error(s.key("client_secret_file"), format!("cannot read {path}: {e}"));
+                    None
+                }
+            },
+            (None, None) => {
+                self.error(s.key("client_secret"), "missing (required, or set client_secret_file)");
+                None
+            }
+        }
+    }
+
+    fn session(&mut self, top: &mut Section<'_>, server: Option<&ServerConfig>) -> Option<SessionConfig> {
+        let mut s = self.section(top, "session");
+        let redis_url = self.string(&mut s, "redis_url").filter(|u| !u.is_empty());
+        if let Some(raw) = &redis_url {
+            match Url::parse(raw) {
+                Ok(url) if matches!(url.scheme(), "redis" | "rediss" | "redis+unix" | "unix") => {}
+                // The URL may hold a password: name the problem, not the value.
+                _ => self.error(s.key("redis_url"), "must be a redis://, rediss:// or unix:// URL"),
+            }
+        }
+        let secrets = match self.string_list(&mut s, "secret") {
+            None => {
+                self.error(s.key("secret"), format!("missing (required, at least {MIN_SECRET_BYTES} bytes)"));
+                None
+            }
+            Some(list) if list.is_empty() => {
+                self.error(s.key("secret"), "must hold at least one secret");
+                None
+            }
+            Some(list) => {
+                for (i, secret) in list.iter().enumerate() {
+                    if secret.len() < MIN_SECRET_BYTES {
+                        let key = if list.len() == 1 { s.key("secret") } else { format!("{}[{i}]", s.key("secret")) };
+                        self.error(key, format!("must be at least {MIN_SECRET_BYTES} bytes (got {})", secret.len()));
+                    }
+                }
+                Some(list.into_iter().map(SecretString::from).collect::<Vec<_>>())
+            }
+        };
+        let https = server.is_some_and(|s| s.public_url.scheme() == "https");
+        let cookie_name = self.string_or(&mut s, "cookie_name", "");
+        let cookie_name = if cookie_name.is_empty() {
+            if https { "__Host-bff".to_string() } else { "bff".to_string() }
+        } else {
+            if !cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                self.error(s.key("cookie_name"), "may only hold letters, digits, '-', '_' and '.'");
+            }
+            if cookie_name.starts_with("__Host-") && !https {
+                self.error(s.key("cookie_name"), "a __Host- cookie needs an https public_url");
+            }
+            cookie_name
+        };
+        let same_site = match self.string_or(&mut s, "same_site", "lax").to_ascii_lowercase().as_str() {
+            "lax" => Some(SameSitePolicy::Lax),
+            "strict" => Some(SameSitePolicy::Strict),
+            other => {
+                self.error(s.key("same_site"), format!("must be \"lax\" or \"strict\" (got {other:?})"));
+                None
+            }
+        };
+        let idle_timeout = self.secs(&mut s, "idle_timeout_secs", 28_800, 60);
+        let absolute_timeout = self.secs(&mut s, "absolute_timeout_secs", 86_400, 60);
+        if idle_timeout > absolute_timeout {
+            self.error(s.key("idle_timeout_secs"), "must not exceed absolute_timeout_secs");
+        }
+        let key_prefix = self.string_or(&mut s, "key_prefix", "bff:");
+        if key_prefix.contains(['{', '}']) || key_prefix.contains(char::is_whitespace) {
+            // Braces are Redis Cluster hash tags: bff puts its own around each session id.
+            self.error(s.key("key_prefix"), "must not contain braces or white space");
+        }
+        let redis_timeout = Duration::from_millis(self.uint(&mut s, "redis_timeout_ms", 2000, 10));
+        self.finish(s);
+        Some(SessionConfig {
+            redis_url: redis_url.map(SecretString::from),
+            secrets: secrets?,
+            cookie_name,
+            same_site: same_site?,
+            idle_timeout,
+            absolute_timeout,
+            key_prefix,
+            redis_timeout,
+        })
+    }
+
+    fn tokens(&mut self, top: &mut Section<'_>) -> TokensConfig {
+        let mut s = self.section(top, "tokens");
+        let refresh_skew = self.secs(&mut s, "refresh_skew_secs", 30, 0);
+        let refresh_lock = Duration::from_millis(self.uint(&mut s, "refresh_lock_ms", 10_000, 100));
+        let default_expires_in = self.secs(&mut s, "default_expires_in_secs", 300, 1);
+        self.finish(s);
+        TokensConfig { refresh_skew, refresh_lock, default_expires_in }
+    }
+
+    fn apis(&mut self, top: &mut Section<'_>) -> Vec<ApiConfig> {
+        top.known.insert("api");
+        let items: Vec<&Dict> = match top.dict.and_then(|d| d.get("api")) {
+            None => Vec::new(),
+            Some(Value::Array(_, items)) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| match v {
+                    Value::Dict(_, d) => Some(d),
+                    other => {
+                        self.error(format!("api[{i}]"), format!("expected a table, found {}", describe(other)));
+                        None
+                    }
+                })
+                .collect(),
+            Some(other) => {
+                self.error("api", format!("expected an array of tables ([[api]]), found {}", describe(other)));
+                Vec::new()
+            }
+        };
+        let mut out = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (i, dict) in items.into_iter().enumerate() {
+            let mut s = Section { path: format!("api[{i}]"), dict: Some(dict), known: BTreeSet::new() };
+            let prefix = self.required_string(&mut s, "prefix").and_then(|p| self.api_prefix(&s, p));
+            if let Some(p) = &prefix {
+                if let Some(first) = seen.insert(p.clone(), i) {
+                    self.error(s.key("prefix"), format!("duplicate prefix {p:?} (also api[{first}])"));
+                }
+            }
+            let upstream = self.required_string(&mut s, "upstream").and_then(|raw| {
+                let url = self.url(&s.key("upstream"), &raw, "upstream")?;
+                if url.query().is_some() || url.fragment().is_some() {
+                    self.error(s.key("upstream"), "must not carry a query or fragment");
+                    return None;
+                }
+                Some(url)
+            });
+            let timeout = self.secs(&mut s, "timeout_secs", 30, 1);
+            let max_retry_body_bytes = self.uint(&mut s, "max_retry_body_bytes", 1_048_576, 0);
+            let max_body_bytes = self.uint(&mut s, "max_body_bytes", 104_857_600, 0);
+            if max_retry_body_bytes > max_body_bytes {
+                self.error(s.key("max_retry_body_bytes"), "must not exceed max_body_bytes");
+            }
+            self.finish(s);
+            if let (Some(prefix), Some(upstream)) = (prefix, upstream) {
+                out.push(ApiConfig { prefix, upstream, timeout, max_retry_body_bytes, max_body_bytes });
+            }
+        }
+        out
+    }
+
+    fn api_prefix(&mut self, s: &Section<'_>, raw: String) -> Option<String> {
+        let key = s.key("prefix");
+        if !raw.starts_with('/') {
+            self.error(key, format!("must start with '/' (got {raw:?})"));
+            return None;
+        }
+        let prefix = raw.trim_end_matches('/').to_string();
+        if prefix.is_empty() {
+            self.error(key, "must not be \"/\": the SPA and /auth live there");
+            return None;
+        }
+        let reserved = ["/auth", "/healthz", "/readyz", "/metrics"];
+        if reserved.iter().any(|r| prefix == *r || prefix.starts_with(&format!("{r}/"))) {
+            self.error(key, format!("{prefix:?} collides with a route of bff itself"));
+            return None;
+        }
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "/-._~".contains(c);
+        if !prefix.chars().all(allowed)
+            || prefix.contains("//")
+            || prefix.split('/').any(|seg| seg == "." || seg == "..")
+        {
+            self.error(key, format!("{prefix:?} must be a plain path (letters, digits, '-', '.', '_', '~')"));
+            return None;
+        }
+        Some(prefix)
+    }
+}
+
+/// Resolves `raw` against `origin`; the result must stay on that origin.
+pub(crate) fn resolve_same_origin(origin: &Url, raw: &str) -> Result<Url, String> {
+    let url = origin.join(raw).map_err(|e| format!("not a valid URL or path ({e})"))?;
+    if url.origin() != origin.origin() {
+        return Err(format!(
+            "must be on the same origin as server.public_url ({})",
+            origin.origin().ascii_serialization()
+        ));
+    }
+    Ok(url)
+}
+
+fn describe(value: &Value) -> &'static str {
+    match value {
+        Value::String(..) => "a string",
+        Value::Char(..) => "a character",
+        Value::Bool(..) => "a boolean",
+        Value::Num(..) => "a number",
+        Value::Empty(..) => "an empty value",
+        Value::Dict(..) => "a table",
+        Value::Array(..) => "an array",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn minimal() -> String {
+        format!(
+            r#"
+[oidc]
+issuer = "https://idp.example.com"
+client_id = "bff"
+client_secret = "s3cret"
+[session]
+secret = "{SECRET}"
+"#
+        )
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match load(ConfigSource::from_toml_text(text)) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let config = load(ConfigSource::from_toml_text(&minimal())).unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.server.public_url.as_str(), "http://localhost:8080/");
+        assert_eq!(config.session.cookie_name, "bff");
+        assert_eq!(config.session.same_site, SameSitePolicy::Lax);
+        assert_eq!(config.session.idle_timeout, Duration::from_secs(28_800));
+        assert_eq!(config.session.absolute_timeout, Duration::from_secs(86_400));
+        assert_eq!(config.session.key_prefix, "bff:");
+        assert_eq!(config.session.redis_timeout, Duration::from_millis(2000));
+        assert!(config.session.redis_url.is_none());
+        assert_eq!(config.oidc.auth_method, AuthMethod::ClientSecretBasic);
+        assert_eq!(config.oidc.scopes, ["openid", "profile", "email", "offline_access"]);
+        assert_eq!(config.oidc.post_logout_redirect.as_str(), "http://localhost:8080/");
+        assert_eq!(config.oidc.timeout, Duration::from_secs(10));
+        assert_eq!(config.tokens.refresh_skew, Duration::from_secs(30));
+        assert_eq!(config.tokens.refresh_lock, Duration::from_millis(10_000));
+        assert!(config.api.is_empty());
+        assert_eq!(config.redirect_uri(), "http://localhost:8080/auth/callback");
+    }
+
+    #[test]
+    fn https_public_url_gets_a_host_prefixed_cookie() {
+        let text = format!("[server]\npublic_url = \"https://app.example.com\"\n{}", minimal());
+        let config = load(ConfigSource::from_toml_text(&text)).unwrap();
+        assert_eq!(config.session.cookie_name, "__Host-bff");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_key() {
+        let text = r#"
+[server]
+public_url = "ftp://x"
+listen = "nowhere"
+bogus = 1
+[oidc]
+issuer = "not a url"
+auth_method = "private_key_jwt"
+[session]
+secret = "short"
+same_site = "none"
+[[api]]
+prefix = "api"
+upstream = "http://127.0.0.1:9100"
+[[api]]
+prefix = "/data"
+upstream = "file:///etc"
+[[api]]
+prefix = "/data/"
+upstream = "http://127.0.0.1:9101"
+[extra]
+x = 1
+"#;
+        let errs = errors(text);
+        let expect = [
+            "server.public_url: public_url must be http or https",
+            "server.listen: not an address:port",
+            "server.bogus: unknown key",
+            "oidc.issuer: not a valid URL",
+            "oidc.client_id: missing (required)",
+            "oidc.client_secret: missing",
+            "oidc.auth_method: must be",
+            "session.secret: must be at least 64 bytes (got 5)",
+            "session.same_site: must be",
+            "api[0].prefix: must start with '/'",
+            "api[1].upstream: upstream must be http or https",
+            "api[2].prefix: duplicate prefix \"/data\" (also api[1])",
+            "extra: unknown key",
+        ];
+        for e in expect {
+            assert!(errs.iter().any(|got| got.starts_with(e)), "missing {e:?} in {errs:#?}");
+        }
+        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn missing_issuer_and_secret_are_named() {
+        let errs = errors("[oidc]\nclient_id = \"x\"\nclient_secret = \"y\"\n");
+        assert!(errs.iter().any(|e| e.starts_with("oidc.issuer: missing")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("session.secret: missing")), "{errs:?}");
+    }
+
+    #[test]
+    fn post_logout_redirect_must_stay_on_our_origin() {
+        for bad in ["https://evil.example/", "//evil.example/x"] {
+            let text = format!("{}\n", minimal()).replace(
+                "client_secret = \"s3cret\"",
+                &format!("client_secret = \"s3cret\"\npost_logout_redirect = \"{bad}\""),
+            );
+            let errs = errors(&text);
+            assert!(
+                errs.iter().any(|e| e.starts_with("oidc.post_logout_redirect: must be on the same origin")),
+                "{bad}: {errs:?}"
+            );
+        }
+        let text = minimal()
+            .replace("client_secret = \"s3cret\"", "client_secret = \"s3cret\"\npost_logout_redirect = \"/bye\"");
+        let config = load(ConfigSource::from_toml_text(&text)).unwrap();
+        assert_eq!(config.oidc.post_logout_redirect.as_str(), "http://localhost:8080/bye");
+    }
+
+    #[test]
+    fn api_prefixes_are_checked() {
+        for (prefix, msg) in [
+            ("/", "must not be \"/\""),
+            ("/auth", "collides"),
+            ("/auth/x", "collides"),
+            ("/a b", "plain path"),
+            ("/a/../b", "plain path"),
+        ] {
+            let text = format!("{}\n[[api]]\nprefix = \"{prefix}\"\nupstream = \"http://127.0.0.1:1\"\n", minimal());
+            let errs = errors(&text);
+            assert!(errs.iter().any(|e| e.starts_with("api[0].prefix") && e.contains(msg)), "{prefix}: {errs:?}");
+        }
+        let text = format!("{}\n[[api]]\nprefix = \"/api/\"\nupstream = \"http://h/v1\"\n", minimal());
+        let config = load(ConfigSource::from_toml_text(&text)).unwrap();
+        assert_eq!(config.api[0].prefix, "/api");
+        assert_eq!(config.api[0].upstream.as_str(), "http://h/v1");
+        assert_eq!(config.api[0].max_body_bytes, 104_857_600);
+        assert_eq!(config.api[0].max_retry_body_bytes, 1_048_576);
+    }
+
+    #[test]
+    fn reserved_auth_params_cannot_be_overridden() {
+        let text = minimal().replace(
+            "client_secret = \"s3cret\"",
+            "client_secret = \"s3cret\"\nextra_auth_params = { state = \"x\", audience = \"api\" }",
+        );
+        let errs = errors(&text);
+        assert_eq!(errs, ["oidc.extra_auth_params.state: is set by bff itself and cannot be overridden"]);
+    }
+
+    #[test]
+    fn secret_may_be_a_list_for_rotation() {
+        let text =
+            minimal().replace(&format!("secret = \"{SECRET}\""), &format!("secret = [\"{SECRET}\", \"{SECRET}x\"]"));
+        let config = load(ConfigSource::from_toml_text(&text)).unwrap();
+        assert_eq!(config.session.secrets.len(), 2);
+        let text = minimal().replace(&format!("secret = \"{SECRET}\""), &format!("secret = [\"{SECRET}\", \"short\"]"));
+        assert_eq!(errors(&text), ["session.secret[1]: must be at least 64 bytes (got 5)"]);
+    }
+
+    #[test]
+    fn client_secret_file_is_read_and_trimmed() {
+        use secrecy::ExposeSecret;
+        let dir = std::env::temp_dir().join(format!("bff-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("secret");
+        std::fs::write(&path, "from-file\n").unwrap();
+        let text = minimal()
+            .replace("client_secret = \"s3cret\"", &format!("client_secret_file = {:?}", path.display().to_string()));
+        let config = load(ConfigSource::from_toml_text(&text)).unwrap();
+        assert_eq!(config.oidc.client_secret.expose_secret(), "from-file");
+        let text = minimal().replace("client_secret = \"s3cret\"", "client_secret_file = \"/nonexistent/secret\"");
+        let errs = errors(&text);
+        assert!(errs[0].starts_with("oidc.client_secret_file: cannot read /nonexistent/secret"), "{errs:?}");
+        let text =
+            minimal().replace("client_secret = \"s3cret\"", "client_secret = \"a\"\nclient_secret_file = \"/x\"");
+        assert!(errors(&text)[0].contains("not both"));
+    }
+
+    #[test]
+    fn a_toml_syntax_error_is_reported_not_panicked() {
+        let errs = errors("[oidc\nissuer = ");
+        assert_eq!(errs.len(), 1);
+    }
+
+    #[test]
+    fn env_key_paths_need_a_double_underscore() {
+        assert_eq!(env_key_path("BFF_OIDC__CLIENT_SECRET").as_deref(), Some("oidc.client_secret"));
+        assert_eq!(env_key_path("BFF_CONFIG"), None);
+        assert_eq!(env_key_path("OTHER_X__Y"), None);
+    }
+}

@@ -1,0 +1,132 @@
+//! Configuration: one TOML file plus `BFF_<SECTION>__<KEY>` environment overrides, validated once
+//! into typed values. Every problem is reported at once, each naming its key path.
+
+mod load;
+mod print;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::Url;
+
+pub use load::{ConfigError, ConfigErrors, ConfigSource};
+
+/// The validated configuration. Fields are public so tests can build and adjust it in code.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub oidc: OidcConfig,
+    pub session: SessionConfig,
+    pub tokens: TokensConfig,
+    pub api: Vec<ApiConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// The origin the browser sees, without a trailing slash.
+    pub public_url: Url,
+    /// `None` serves no SPA.
+    pub static_dir: Option<PathBuf>,
+    pub templates_dir: PathBuf,
+    /// Worker threads; 0 = one per CPU.
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::ClientSecretBasic => "client_secret_basic",
+            AuthMethod::ClientSecretPost => "client_secret_post",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// Kept exactly as written: discovery compares it byte for byte with the provider's
+    /// `issuer` (Auth0's ends with `/`, most others do not).
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub auth_method: AuthMethod,
+    pub scopes: Vec<String>,
+    pub extra_auth_params: BTreeMap<String, String>,
+    /// Absolute, same origin as `server.public_url`.
+    pub post_logout_redirect: Url,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSitePolicy {
+    Lax,
+    Strict,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// `None`: the in-memory store (one instance only).
+    pub redis_url: Option<SecretString>,
+    /// The first secret is current; later ones are still accepted when reading (rotation).
+    pub secrets: Vec<SecretString>,
+    /// Resolved: never empty.
+    pub cookie_name: String,
+    pub same_site: SameSitePolicy,
+    pub idle_timeout: Duration,
+    pub absolute_timeout: Duration,
+    pub key_prefix: String,
+    pub redis_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokensConfig {
+    pub refresh_skew: Duration,
+    pub refresh_lock: Duration,
+    /// Lifetime assumed for an access token whose response carried no `expires_in`.
+    pub default_expires_in: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Starts with `/`, no trailing `/`.
+    pub prefix: String,
+    pub upstream: Url,
+    pub timeout: Duration,
+    pub max_retry_body_bytes: u64,
+    pub max_body_bytes: u64,
+}
+
+impl Config {
+    /// Loads from an optional TOML file and the process environment, then validates.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Config, ConfigErrors> {
+        load::load(ConfigSource::from_process(file))
+    }
+
+    /// Loads from TOML text only (no environment); for tests and embedded set-ups.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
+        load::load(ConfigSource::from_toml_text(text))
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        print::redacted_toml(self)
+    }
+
+    /// `public_url + "/auth/callback"`.
+    pub fn redirect_uri(&self) -> String {
+        format!("{}/auth/callback", self.server.public_url.as_str().trim_end_matches('/'))
+    }
+
+    pub fn is_https(&self) -> bool {
+        self.server.public_url.scheme() == "https"
+    }
+}

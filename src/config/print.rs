@@ -1,0 +1,111 @@
+//! `bff check-config` output: the effective configuration as TOML, with every secret redacted.
+
+use toml::{Table, Value};
+
+use super::{Config, SameSitePolicy};
+
+const REDACTED: &str = "[redacted]";
+
+fn secs(d: std::time::Duration) -> Value {
+    Value::Integer(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn millis(d: std::time::Duration) -> Value {
+    Value::Integer(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn int(n: u64) -> Value {
+    Value::Integer(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+fn string(s: impl Into<String>) -> Value {
+    Value::String(s.into())
+}
+
+pub(super) fn redacted_toml(config: &Config) -> String {
+    let mut server = Table::new();
+    server.insert("listen".into(), string(config.server.listen.to_string()));
+    server.insert("public_url".into(), string(config.server.public_url.as_str().trim_end_matches('/')));
+    server.insert(
+        "static_dir".into(),
+        string(config.server.static_dir.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
+    );
+    server.insert("templates_dir".into(), string(config.server.templates_dir.display().to_string()));
+    server.insert("workers".into(), int(config.server.workers as u64));
+
+    let mut oidc = Table::new();
+    oidc.insert("issuer".into(), string(&config.oidc.issuer));
+    oidc.insert("client_id".into(), string(&config.oidc.client_id));
+    oidc.insert("client_secret".into(), string(REDACTED));
+    oidc.insert("auth_method".into(), string(config.oidc.auth_method.as_str()));
+    oidc.insert("scopes".into(), Value::Array(config.oidc.scopes.iter().map(string).collect()));
+    oidc.insert(
+        "extra_auth_params".into(),
+        Value::Table(config.oidc.extra_auth_params.iter().map(|(k, v)| (k.clone(), string(v))).collect()),
+    );
+    oidc.insert("post_logout_redirect".into(), string(config.oidc.post_logout_redirect.as_str()));
+    oidc.insert("timeout_secs".into(), secs(config.oidc.timeout));
+
+    let mut session = Table::new();
+    session.insert("redis_url".into(), string(if config.session.redis_url.is_some() { REDACTED } else { "" }));
+    session.insert("secret".into(), Value::Array(config.session.secrets.iter().map(|_| string(REDACTED)).collect()));
+    session.insert("cookie_name".into(), string(&config.session.cookie_name));
+    session.insert(
+        "same_site".into(),
+        string(match config.session.same_site {
+            SameSitePolicy::Lax => "lax",
+            SameSitePolicy::Strict => "strict",
+        }),
+    );
+    session.insert("idle_timeout_secs".into(), secs(config.session.idle_timeout));
+    session.insert("absolute_timeout_secs".into(), secs(config.session.absolute_timeout));
+    session.insert("key_prefix".into(), string(&config.session.key_prefix));
+    session.insert("redis_timeout_ms".into(), millis(config.session.redis_timeout));
+
+    let mut tokens = Table::new();
+    tokens.insert("refresh_skew_secs".into(), secs(config.tokens.refresh_skew));
+    tokens.insert("refresh_lock_ms".into(), millis(config.tokens.refresh_lock));
+    tokens.insert("default_expires_in_secs".into(), secs(config.tokens.default_expires_in));
+
+    let apis = config
+        .api
+        .iter()
+        .map(|api| {
+            let mut t = Table::new();
+            t.insert("prefix".into(), string(&api.prefix));
+            t.insert("upstream".into(), string(api.upstream.as_str()));
+            t.insert("timeout_secs".into(), secs(api.timeout));
+            t.insert("max_retry_body_bytes".into(), int(api.max_retry_body_bytes));
+            t.insert("max_body_bytes".into(), int(api.max_body_bytes));
+            Value::Table(t)
+        })
+        .collect();
+
+    let mut root = Table::new();
+    root.insert("server".into(), Value::Table(server));
+    root.insert("oidc".into(), Value::Table(oidc));
+    root.insert("session".into(), Value::Table(session));
+    root.insert("tokens".into(), Value::Table(tokens));
+    root.insert("api".into(), Value::Array(apis));
+    toml::to_string(&root).unwrap_or_else(|e| format!("# could not render the configuration: {e}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    #[test]
+    fn secrets_are_redacted() {
+        let secret = "S".repeat(64);
+        let text = format!(
+            "[oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"bff\"\nclient_secret = \"TOPSECRET\"\n\
+             [session]\nsecret = \"{secret}\"\nredis_url = \"redis://:hunter2@127.0.0.1:6379\"\n"
+        );
+        let printed = Config::from_toml(&text).unwrap().to_redacted_toml();
+        assert!(!printed.contains("TOPSECRET"));
+        assert!(!printed.contains(&secret));
+        assert!(!printed.contains("hunter2"));
+        assert!(printed.contains("client_secret = \"[redacted]\""));
+        assert!(printed.contains("client_id = \"bff\""));
+    }
+}

@@ -1,0 +1,185 @@
+//! The one error type that becomes an HTTP answer, and the one place that decides how: JSON
+//! `{"error": "<code>"}` for the SPA and APIs, or an HTML page for browser navigations. No
+//! internal error text ever reaches a body; details go to the log.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+
+use crate::pages::Pages;
+use crate::store::StoreError;
+use crate::tokens::TokenError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("login required")]
+    LoginRequired,
+    #[error("missing or wrong anti-forgery header")]
+    Csrf,
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("session store unavailable")]
+    SessionStoreUnavailable,
+    #[error("token refresh unavailable")]
+    TokenRefreshUnavailable,
+    #[error("identity provider unavailable")]
+    IdpUnavailable,
+    #[error("upstream unavailable")]
+    UpstreamUnavailable,
+    #[error("upstream timeout")]
+    UpstreamTimeout,
+    #[error("internal error")]
+    Internal,
+}
+
+impl AppError {
+    /// The stable code in the JSON body; DESIGN.md lists them.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::LoginRequired => "login_required",
+            AppError::Csrf => "csrf",
+            AppError::PayloadTooLarge => "payload_too_large",
+            AppError::BadRequest(code) => code,
+            AppError::MethodNotAllowed => "method_not_allowed",
+            AppError::SessionStoreUnavailable => "session_store_unavailable",
+            AppError::TokenRefreshUnavailable => "token_refresh_unavailable",
+            AppError::IdpUnavailable => "idp_unavailable",
+            AppError::UpstreamUnavailable => "upstream_unavailable",
+            AppError::UpstreamTimeout => "upstream_timeout",
+            AppError::Internal => "internal",
+        }
+    }
+
+    /// A sentence for the HTML page.
+    fn explanation(&self) -> &'static str {
+        match self {
+            AppError::LoginRequired => "You are not signed in, or your session has ended.",
+            AppError::Csrf => "This request was refused because it did not come from the application.",
+            AppError::PayloadTooLarge => "The request was too large.",
+            AppError::BadRequest(_) => "The request was not understood.",
+            AppError::MethodNotAllowed => "This method is not allowed here.",
+            AppError::SessionStoreUnavailable => "Sessions cannot be read right now. Please try again in a moment.",
+            AppError::TokenRefreshUnavailable | AppError::IdpUnavailable => {
+                "The sign-in service cannot be reached right now. Please try again in a moment."
+            }
+            AppError::UpstreamUnavailable | AppError::UpstreamTimeout => {
+                "A service behind this application is not answering."
+            }
+            AppError::Internal => "Something went wrong on our side.",
+        }
+    }
+
+    /// JSON for API callers, a page for a browser navigation.
+    pub fn respond(&self, req: &HttpRequest, pages: &Pages) -> HttpResponse {
+        if is_navigation(req) { self.page(pages) } else { self.error_response() }
+    }
+
+    /// The HTML error page for this error.
+    pub fn page(&self, pages: &Pages) -> HttpResponse {
+        pages.error(self.status_code(), self.explanation(), matches!(self, AppError::LoginRequired))
+    }
+}
+
+/// A top-level browser navigation wants HTML; `fetch`/XHR callers get JSON.
+pub fn is_navigation(req: &HttpRequest) -> bool {
+    let headers = req.headers();
+    if let Some(mode) = headers.get("sec-fetch-mode") {
+        return mode.as_bytes() == b"navigate";
+    }
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|accept| accept.contains("text/html"))
+}
+
+impl ResponseError for AppError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            AppError::LoginRequired => StatusCode::UNAUTHORIZED,
+            AppError::Csrf => StatusCode::FORBIDDEN,
+            AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::SessionStoreUnavailable | AppError::TokenRefreshUnavailable | AppError::IdpUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            AppError::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            AppError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            AppError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status_code());
+        res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        if matches!(self, AppError::MethodNotAllowed) {
+            res.insert_header((
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            ));
+        }
+        res.json(serde_json::json!({ "error": self.code() }))
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        tracing::warn!("{e}");
+        AppError::SessionStoreUnavailable
+    }
+}
+
+impl From<TokenError> for AppError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::LoginRequired => AppError::LoginRequired,
+            // Only reached where the caller has no upstream answer to pass through.
+            TokenError::CannotRefresh => AppError::LoginRequired,
+            TokenError::RefreshUnavailable(_) => AppError::TokenRefreshUnavailable,
+            TokenError::Store(reason) => {
+                tracing::warn!("session store unavailable: {reason}");
+                AppError::SessionStoreUnavailable
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::to_bytes;
+
+    #[actix_web::test]
+    async fn json_bodies_carry_only_the_code() {
+        for (err, status, code) in [
+            (AppError::LoginRequired, 401, "login_required"),
+            (AppError::Csrf, 403, "csrf"),
+            (AppError::SessionStoreUnavailable, 503, "session_store_unavailable"),
+            (AppError::TokenRefreshUnavailable, 503, "token_refresh_unavailable"),
+            (AppError::UpstreamUnavailable, 502, "upstream_unavailable"),
+            (AppError::UpstreamTimeout, 504, "upstream_timeout"),
+            (AppError::PayloadTooLarge, 413, "payload_too_large"),
+        ] {
+            let res = err.error_response();
+            assert_eq!(res.status().as_u16(), status);
+            let body = to_bytes(res.into_body()).await.unwrap_or_default();
+            assert_eq!(body, format!("{{\"error\":\"{code}\"}}").as_bytes());
+        }
+    }
+
+    #[test]
+    fn navigations_are_told_apart_from_fetches() {
+        use actix_web::test::TestRequest;
+        let nav = TestRequest::default().insert_header(("sec-fetch-mode", "navigate")).to_http_request();
+        assert!(is_navigation(&nav));
+        let fetch = TestRequest::default()
+            .insert_header(("sec-fetch-mode", "cors"))
+            .insert_header(("accept", "text/html"))
+            .to_http_request();
+        assert!(!is_navigation(&fetch));
+        let old_browser = TestRequest::default().insert_header(("accept", "text/html,*/*")).to_http_request();
+        assert!(is_navigation(&old_browser));
+        assert!(!is_navigation(&TestRequest::default().to_http_request()));
+    }
+}

@@ -1,0 +1,134 @@
+//! Cross-cutting HTTP rules, applied as middleware in `startup` and nowhere else: refused
+//! methods, security headers, the `/auth` guard (body cap, no-store, store outages), access log,
+//! and the anti-forgery checks handlers call.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::error::InternalError;
+use actix_web::http::Method;
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{Error, HttpRequest, ResponseError, web};
+
+use crate::error::{AppError, is_navigation};
+use crate::state::AppState;
+
+/// Bodies sent to `/auth/*` (forms, logout tokens) are small.
+pub const AUTH_BODY_LIMIT: usize = 64 * 1024;
+
+/// `TRACE` and `CONNECT` have no business reaching a BFF: 405 everywhere.
+pub async fn refuse_methods(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    if req.method() == Method::TRACE || req.method() == Method::CONNECT {
+        let res = AppError::MethodNotAllowed.error_response();
+        return Ok(req.into_response(res).map_into_right_body());
+    }
+    next.call(req).await.map(ServiceResponse::map_into_left_body)
+}
+
+/// Security headers on everything bff serves; an upstream's own values are left alone.
+pub async fn security_headers(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let csp = req.app_data::<web::Data<AppState>>().map(|s| s.content_security_policy.clone());
+    let mut res = next.call(req).await?;
+    add_security_headers(res.headers_mut(), csp);
+    Ok(res)
+}
+
+fn add_security_headers(headers: &mut HeaderMap, csp: Option<HeaderValue>) {
+    let mut set_default = |name: HeaderName, value: HeaderValue| {
+        if !headers.contains_key(&name) {
+            headers.insert(name, value);
+        }
+    };
+    set_default(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    set_default(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    set_default(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if let Some(csp) = csp {
+        set_default(header::CONTENT_SECURITY_POLICY, csp);
+    }
+}
+
+/// The `/auth` scope, outside the session middleware: caps bodies, marks every answer
+/// `no-store`, and turns a session-store failure (which the session middleware reports as an
+/// empty 500) into 503 `session_store_unavailable`, as a page for navigations.
+pub async fn auth_guard(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > AUTH_BODY_LIMIT) {
+        let res = AppError::PayloadTooLarge.error_response();
+        return Ok(req.into_response(res).map_into_right_body());
+    }
+    // Everything the error answer needs is taken now: the request itself cannot be kept across
+    // the call (the router needs it to itself), so that answer travels as an error.
+    let navigation = is_navigation(req.request());
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    match next.call(req).await {
+        Ok(mut res) => {
+            res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            Ok(res.map_into_left_body())
+        }
+        Err(e) => {
+            tracing::warn!("session store failed: {e}");
+            let err = AppError::SessionStoreUnavailable;
+            let mut res = match (&state, navigation) {
+                (Some(state), true) => err.page(&state.pages),
+                _ => err.error_response(),
+            };
+            add_security_headers(res.headers_mut(), state.map(|s| s.content_security_policy.clone()));
+            Err(InternalError::from_response("session store unavailable", res).into())
+        }
+    }
+}
+
+/// One line per request: method, path (never the query: it may hold a code), status, latency.
+pub async fn access_log(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.path().to_string();
+    let res = next.call(req).await;
+    let status = match &res {
+        Ok(r) => r.status(),
+        Err(e) => e.as_response_error().status_code(),
+    };
+    tracing::info!(
+        method = %method,
+        path = %path,
+        status = status.as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    res
+}
+
+/// `X-CSRF: 1`: a header a cross-site form cannot set and a cross-origin `fetch` cannot send
+/// without a CORS preflight bff never grants.
+pub fn require_csrf_header(req: &HttpRequest) -> Result<(), AppError> {
+    match req.headers().get("x-csrf") {
+        Some(v) if v.as_bytes() == b"1" => Ok(()),
+        _ => Err(AppError::Csrf),
+    }
+}
+
+/// Logout also accepts a plain form post from our own pages, recognised by its `Origin`.
+pub fn require_csrf_or_same_origin(req: &HttpRequest, public_origin: &str) -> Result<(), AppError> {
+    if require_csrf_header(req).is_ok() {
+        return Ok(());
+    }
+    match req.headers().get(header::ORIGIN) {
+        Some(origin) if origin.as_bytes() == public_origin.as_bytes() => Ok(()),
+        _ => Err(AppError::Csrf),
+    }
+}

@@ -1,0 +1,27 @@
+//! bff: a Backend-for-Frontend. The browser holds an opaque HttpOnly cookie; bff is the OAuth 2.0
+//! / OpenID Connect confidential client, keeps every token server-side and proxies the SPA's API
+//! calls with the access token attached, refreshing it as needed.
+//!
+//! `startup::Application` builds the whole app on a given listener, so `main` and the tests
+//! start it the same way.
+
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod http;
+pub mod oidc;
+pub mod pages;
+pub mod proxy;
+pub mod return_to;
+pub mod routes;
+pub mod session;
+pub mod startup;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod tokens;
+
+#[cfg(feature = "demo")]
+pub mod demo;
+
+pub use startup::Application;

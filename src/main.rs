@@ -1,0 +1,87 @@
+//! The `bff` command line: `serve` (default), `check-config`, and `demo`.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bff::config::Config;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bff", version, about = "A Backend-for-Frontend for single-page apps (OAuth 2.0 / OpenID Connect)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Configuration file (TOML); also `BFF_CONFIG`.
+    #[arg(long, global = true, env = "BFF_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Load and validate the configuration, print it with secrets redacted; exit 2 on problems.
+    CheckConfig,
+    /// Run a demo identity provider, a demo API and bff with the demo SPA, all on loopback.
+    #[cfg(feature = "demo")]
+    Demo(bff::demo::DemoArgs),
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| {
+        eprintln!("bff: the configuration has {} problem(s):", errors.0.len());
+        for e in &errors.0 {
+            eprintln!("  {e}");
+        }
+        ExitCode::from(2)
+    })
+}
+
+#[actix_web::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => match load_config(cli.config.as_deref()) {
+            Ok(config) => {
+                print!("{}", config.to_redacted_toml());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Serve => {
+            bff::telemetry::init("info");
+            let config = match load_config(cli.config.as_deref()) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            match serve(config).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bff: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => {
+            bff::telemetry::init("info,bff=info");
+            match bff::demo::run(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bff demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), anyhow::Error> {
+    let listener = TcpListener::bind(config.server.listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+    tracing::info!(listen = %config.server.listen, public_url = %config.server.public_url, "bff listening");
+    let app = bff::Application::build(config, listener).await?;
+    app.run_until_stopped().await?;
+    Ok(())
+}

@@ -1,0 +1,178 @@
+//! Authorization code + PKCE: building the authorization request, and completing it (code
+//! exchange and ID-token validation).
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use openidconnect::core::{CoreAuthenticationFlow, CoreErrorResponseType, CoreIdToken};
+use openidconnect::{
+    AccessToken, AuthorizationCode, ClaimsVerificationError, CsrfToken, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
+    PkceCodeVerifier, RefreshToken, RequestTokenError, Scope, SignatureVerificationError, TokenResponse,
+};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use super::{Oidc, OidcError, RawIdToken, error_chain};
+use crate::session::UserInfo;
+
+/// A login in progress, stored server-side under its `state` until the callback takes it.
+#[derive(Serialize, Deserialize)]
+pub struct PendingLogin {
+    pub pkce_verifier: PkceCodeVerifier,
+    pub nonce: Nonce,
+    pub return_to: String,
+    /// Hash of the browser-binding cookie set when the login started.
+    pub browser: String,
+}
+
+/// A completed login: the token set and who signed in.
+pub struct LoginResult {
+    pub access_token: AccessToken,
+    pub refresh_token: Option<RefreshToken>,
+    pub id_token: RawIdToken,
+    pub expires_in: Option<Duration>,
+    pub user: UserInfo,
+    /// The provider's session id (`sid` claim), for back-channel logout.
+    pub provider_sid: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackError {
+    /// The provider refused the code (`invalid_grant` and other client errors): 400.
+    #[error("the identity provider rejected the authorization code ({0})")]
+    CodeRejected(String),
+    /// 400.
+    #[error("the ID token failed validation: {0}")]
+    InvalidIdToken(String),
+    /// Unreachable, timed out or 5xx: 502.
+    #[error(transparent)]
+    Provider(#[from] OidcError),
+}
+
+/// Claims that only serve the protocol and mean nothing to the SPA.
+const PROTOCOL_CLAIMS: &[&str] = &["nonce", "at_hash", "c_hash", "s_hash"];
+
+impl Oidc {
+    /// The authorization URL (PKCE S256, fresh state and nonce) and what the callback needs.
+    pub fn begin_login(&self, return_to: String, browser: String) -> Result<(Url, CsrfToken, PendingLogin), OidcError> {
+        let provider = self.provider()?;
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let mut request = provider
+            .client
+            .authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
+            .set_pkce_challenge(challenge);
+        for scope in self.scopes.iter().filter(|s| s.as_str() != "openid") {
+            request = request.add_scope(Scope::new(scope.clone()));
+        }
+        for (name, value) in &self.extra_auth_params {
+            request = request.add_extra_param(name.as_str(), value.as_str());
+        }
+        let (url, state, nonce) = request.url();
+        Ok((url, state, PendingLogin { pkce_verifier: verifier, nonce, return_to, browser }))
+    }
+
+    /// Exchanges the code and validates the ID token (signature, iss, aud, exp, nonce).
+    pub async fn complete_login(&self, code: String, pending: PendingLogin) -> Result<LoginResult, CallbackError> {
+        let provider = self.provider()?;
+        let request = provider
+            .client
+            .exchange_code(AuthorizationCode::new(code))
+            .map_err(|e| OidcError::Unavailable(format!("provider has no token endpoint ({e})")))?
+            .set_pkce_verifier(pending.pkce_verifier);
+        let response = request.request_async(&self.http).await.map_err(|e| match e {
+            RequestTokenError::ServerResponse(err) => match err.error() {
+                CoreErrorResponseType::Extension(code)
+                    if code == "server_error" || code == "temporarily_unavailable" =>
+                {
+                    CallbackError::Provider(OidcError::Unavailable(format!("token endpoint answered {code}")))
+                }
+                other => CallbackError::CodeRejected(other.as_ref().to_string()),
+            },
+            RequestTokenError::Request(e) => {
+                CallbackError::Provider(OidcError::Unavailable(format!("token request failed: {}", error_chain(&e))))
+            }
+            // A body that is not an OAuth answer at all: a proxy error page, a 5xx.
+            RequestTokenError::Parse(e, _body) => {
+                CallbackError::Provider(OidcError::Unavailable(format!("unreadable token response: {e}")))
+            }
+            RequestTokenError::Other(msg) => CallbackError::Provider(OidcError::Unavailable(msg)),
+        })?;
+
+        let id_token = response
+            .id_token()
+            .ok_or_else(|| CallbackError::InvalidIdToken("the token response has no id_token".into()))?;
+        let raw_id_token = id_token.to_string();
+        let sub = self.verify_id_token(id_token, &pending.nonce).await?;
+        let claims =
+            decode_claims(&raw_id_token).ok_or_else(|| CallbackError::InvalidIdToken("unreadable claims".into()))?;
+        let user = user_from_claims(sub, claims);
+        let provider_sid = user.claims.get("sid").and_then(|v| v.as_str()).map(String::from);
+        Ok(LoginResult {
+            access_token: response.access_token().clone(),
+            refresh_token: response.refresh_token().cloned(),
+            id_token: RawIdToken::new(raw_id_token),
+            expires_in: response.expires_in(),
+            user,
+            provider_sid,
+        })
+    }
+
+    /// Validates an ID token, refetching the provider's keys once if it names an unknown key.
+    /// Returns the subject.
+    async fn verify_id_token(&self, id_token: &CoreIdToken, nonce: &Nonce) -> Result<String, CallbackError> {
+        let first = {
+            let provider = self.provider()?;
+            id_token.claims(&provider.client.id_token_verifier(), nonce).map(|c| c.subject().to_string())
+        };
+        match first {
+            Ok(sub) => Ok(sub),
+            Err(ClaimsVerificationError::SignatureVerification(SignatureVerificationError::NoMatchingKey))
+                if self.refresh_keys().await =>
+            {
+                let provider = self.provider()?;
+                id_token
+                    .claims(&provider.client.id_token_verifier(), nonce)
+                    .map(|c| c.subject().to_string())
+                    .map_err(|e| CallbackError::InvalidIdToken(e.to_string()))
+            }
+            Err(e) => Err(CallbackError::InvalidIdToken(e.to_string())),
+        }
+    }
+}
+
+/// The payload of a JWT whose signature was already verified.
+fn decode_claims(jwt: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn user_from_claims(sub: String, mut claims: serde_json::Map<String, serde_json::Value>) -> UserInfo {
+    for name in PROTOCOL_CLAIMS {
+        claims.remove(*name);
+    }
+    let text = |name: &str| claims.get(name).and_then(|v| v.as_str()).map(String::from);
+    let name = text("name").or_else(|| text("preferred_username"));
+    let email = text("email");
+    UserInfo { sub, name, email, claims }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_are_decoded_and_protocol_claims_dropped() {
+        let payload = URL_SAFE_NO_PAD
+            .encode(br#"{"sub":"u1","nonce":"n","at_hash":"x","preferred_username":"al","email":"a@x","sid":"s1"}"#);
+        let claims = decode_claims(&format!("h.{payload}.sig")).unwrap_or_default();
+        let user = user_from_claims("u1".into(), claims);
+        assert_eq!(user.name.as_deref(), Some("al"));
+        assert_eq!(user.email.as_deref(), Some("a@x"));
+        assert!(!user.claims.contains_key("nonce"));
+        assert!(!user.claims.contains_key("at_hash"));
+        assert_eq!(user.claims.get("sid").and_then(|v| v.as_str()), Some("s1"));
+        assert!(decode_claims("nonsense").is_none());
+    }
+}

@@ -1,0 +1,249 @@
+//! The OpenID Provider as bff sees it: discovery (retried in the background until it succeeds),
+//! the authorization request, code exchange with ID-token validation, refresh, revocation and
+//! the end-session URL. One HTTP client, no redirects followed, every call bounded in time.
+
+mod grants;
+mod login;
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use openidconnect::core::{
+    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod, CoreGrantType, CoreJsonWebKey,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreResponseMode, CoreResponseType,
+    CoreSubjectIdentifierType,
+};
+use openidconnect::{
+    AdditionalProviderMetadata, AuthType, ClientId, ClientSecret, EndpointMaybeSet, EndpointNotSet, EndpointSet,
+    IssuerUrl, ProviderMetadata, RedirectUrl,
+};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::config::{AuthMethod, Config};
+
+pub use grants::{RefreshError, Refreshed};
+pub use login::{CallbackError, LoginResult, PendingLogin};
+
+/// Endpoints outside core discovery that bff uses when the provider has them.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ExtraProviderMetadata {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_session_endpoint: Option<String>,
+}
+impl AdditionalProviderMetadata for ExtraProviderMetadata {}
+
+pub type DiscoveredMetadata = ProviderMetadata<
+    ExtraProviderMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+/// The client typestate after discovery: authorization endpoint known, token and userinfo
+/// endpoints "maybe" (discovery may omit them), revocation handled separately.
+type DiscoveredClient =
+    CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointMaybeSet>;
+
+/// What discovery produced.
+pub struct Provider {
+    client: DiscoveredClient,
+    revocation_url: Option<Url>,
+    end_session_url: Option<Url>,
+    jwks_uri: Url,
+    loaded_at: Instant,
+}
+
+/// Failures talking to the provider, by what the caller should do about them.
+#[derive(Debug, thiserror::Error)]
+pub enum OidcError {
+    #[error("identity provider metadata not loaded yet")]
+    NotReady,
+    #[error("identity provider unreachable or failing: {0}")]
+    Unavailable(String),
+}
+
+/// Do not refetch the JWKS for an unknown key more often than this.
+const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+
+pub struct Oidc {
+    issuer: IssuerUrl,
+    client_id: ClientId,
+    client_secret: ClientSecret,
+    auth_type: AuthType,
+    redirect_uri: RedirectUrl,
+    scopes: Vec<String>,
+    extra_auth_params: Vec<(String, String)>,
+    http: reqwest::Client,
+    provider: RwLock<Option<Arc<Provider>>>,
+}
+
+impl std::fmt::Debug for Oidc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Oidc").field("issuer", &self.issuer.as_str()).field("ready", &self.is_ready()).finish()
+    }
+}
+
+/// The client every call to the provider goes through: never follows redirects (SSRF), bounded.
+pub fn idp_http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .user_agent(concat!("bff/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+impl Oidc {
+    pub fn new(config: &Config) -> Result<Oidc, anyhow::Error> {
+        Ok(Oidc {
+            issuer: IssuerUrl::new(config.oidc.issuer.clone())?,
+            client_id: ClientId::new(config.oidc.client_id.clone()),
+            client_secret: ClientSecret::new(config.oidc.client_secret.expose_secret().to_string()),
+            auth_type: match config.oidc.auth_method {
+                AuthMethod::ClientSecretBasic => AuthType::BasicAuth,
+                AuthMethod::ClientSecretPost => AuthType::RequestBody,
+            },
+            redirect_uri: RedirectUrl::new(config.redirect_uri())?,
+            scopes: config.oidc.scopes.clone(),
+            extra_auth_params: config.oidc.extra_auth_params.clone().into_iter().collect(),
+            http: idp_http_client(config.oidc.timeout)?,
+            provider: RwLock::new(None),
+        })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.provider.read().map(|p| p.is_some()).unwrap_or(false)
+    }
+
+    fn provider(&self) -> Result<Arc<Provider>, OidcError> {
+        self.provider.read().ok().and_then(|p| p.clone()).ok_or(OidcError::NotReady)
+    }
+
+    /// Fetches the discovery document and the JWKS; the issuer must match the configured one.
+    pub async fn discover(&self) -> Result<(), OidcError> {
+        let metadata = DiscoveredMetadata::discover_async(self.issuer.clone(), &self.http)
+            .await
+            .map_err(|e| OidcError::Unavailable(format!("discovery failed: {}", error_chain(&e))))?;
+        let parse_optional = |raw: &Option<String>, what: &str| -> Option<Url> {
+            let raw = raw.as_ref()?;
+            Url::parse(raw).map_err(|e| tracing::warn!("ignoring the provider's {what} ({e})")).ok()
+        };
+        let extra = metadata.additional_metadata();
+        let revocation_url = parse_optional(&extra.revocation_endpoint, "revocation_endpoint");
+        let end_session_url = parse_optional(&extra.end_session_endpoint, "end_session_endpoint");
+        let jwks_uri = metadata.jwks_uri().url().clone();
+        let client =
+            CoreClient::from_provider_metadata(metadata, self.client_id.clone(), Some(self.client_secret.clone()))
+                .set_redirect_uri(self.redirect_uri.clone())
+                .set_auth_type(self.auth_type.clone());
+        let provider = Provider { client, revocation_url, end_session_url, jwks_uri, loaded_at: Instant::now() };
+        if let Ok(mut slot) = self.provider.write() {
+            *slot = Some(Arc::new(provider));
+        }
+        Ok(())
+    }
+
+    /// Keeps trying discovery until it succeeds: a bff that starts before its provider is normal.
+    pub async fn discover_until_ready(self: Arc<Self>) {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match self.discover().await {
+                Ok(()) => {
+                    tracing::info!(issuer = self.issuer.as_str(), "identity provider metadata loaded");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(issuer = self.issuer.as_str(), retry_in_ms = delay.as_millis() as u64, "{e}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Re-reads discovery and the JWKS after an ID token named a key we do not know (key
+    /// rotation), at most once per interval. True when fresh keys were loaded.
+    async fn refresh_keys(&self) -> bool {
+        let stale = self.provider().map(|p| p.loaded_at.elapsed() > JWKS_REFETCH_INTERVAL).unwrap_or(true);
+        stale && self.discover().await.is_ok()
+    }
+
+    /// The RP-initiated logout URL, when the provider has an end-session endpoint.
+    pub fn end_session_url(&self, id_token_hint: Option<&str>, post_logout_redirect: &Url) -> Option<Url> {
+        let provider = self.provider().ok()?;
+        let mut url = provider.end_session_url.clone()?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(hint) = id_token_hint {
+                q.append_pair("id_token_hint", hint);
+            }
+            q.append_pair("post_logout_redirect_uri", post_logout_redirect.as_str());
+            q.append_pair("client_id", self.client_id.as_str());
+        }
+        Some(url)
+    }
+
+    /// The origin of the provider's end-session endpoint, for the CSP `form-action`.
+    pub fn issuer(&self) -> &IssuerUrl {
+        &self.issuer
+    }
+
+    pub fn jwks_uri(&self) -> Option<Url> {
+        self.provider().ok().map(|p| p.jwks_uri.clone())
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub fn client_id(&self) -> &str {
+        self.client_id.as_str()
+    }
+}
+
+/// An error and its sources on one line; for logs (never for response bodies).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// A raw ID token (a JWT). Its `Debug` is redacted; it leaves bff only as `id_token_hint`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawIdToken(String);
+
+impl std::fmt::Debug for RawIdToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RawIdToken([redacted])")
+    }
+}
+
+impl RawIdToken {
+    pub fn new(jwt: String) -> RawIdToken {
+        RawIdToken(jwt)
+    }
+
+    /// # Security Warning
+    /// Only for the `id_token_hint` of the end-session redirect.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+}

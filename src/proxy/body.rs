@@ -1,0 +1,110 @@
+//! The request body on its way upstream: small bodies are buffered so a 401 can be retried,
+//! larger ones stream through with backpressure and a size cap, never held whole in memory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use actix_web::web::{self, Bytes, BytesMut};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::error::AppError;
+
+/// Chunks in flight between the browser side and the upstream side of a streamed body.
+const STREAM_BUFFER_CHUNKS: usize = 16;
+
+pub enum RequestBody {
+    /// Fits under the retry limit: can be sent twice.
+    Buffered(Bytes),
+    /// Too large to buffer: sent once, a 401 goes back as it is.
+    Streaming(StreamedBody),
+}
+
+pub struct StreamedBody {
+    pub receiver: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    /// Set when the browser sent more than the cap; the proxy then answers 413.
+    pub too_large: Arc<AtomicBool>,
+}
+
+impl RequestBody {
+    pub fn retryable(&self) -> Option<Bytes> {
+        match self {
+            RequestBody::Buffered(bytes) => Some(bytes.clone()),
+            RequestBody::Streaming(_) => None,
+        }
+    }
+}
+
+impl StreamedBody {
+    pub fn into_reqwest(self) -> reqwest::Body {
+        let stream =
+            futures_util::stream::unfold(self.receiver, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+        reqwest::Body::wrap_stream(stream)
+    }
+}
+
+fn too_large_error() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, "request body exceeds max_body_bytes")
+}
+
+/// Reads enough of the body to decide: all of it if it fits `max_retry`, else the start of it,
+/// and the rest is streamed by a local task (the payload is not `Send`).
+pub async fn read(
+    mut payload: web::Payload,
+    content_length: Option<u64>,
+    max_retry: u64,
+    max_body: u64,
+) -> Result<RequestBody, AppError> {
+    if content_length.is_some_and(|len| len > max_body) {
+        return Err(AppError::PayloadTooLarge);
+    }
+    let buffer_all = content_length.is_some_and(|len| len <= max_retry);
+    let mut buffered = BytesMut::new();
+    // Without a length, read up to the retry limit before choosing.
+    if content_length.is_none() || buffer_all {
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|_| AppError::BadRequest("bad_request_body"))?;
+            buffered.extend_from_slice(&chunk);
+            if buffered.len() as u64 > max_body {
+                return Err(AppError::PayloadTooLarge);
+            }
+            if !buffer_all && buffered.len() as u64 > max_retry {
+                return Ok(RequestBody::Streaming(stream_rest(buffered.freeze(), payload, max_body)));
+            }
+        }
+        return Ok(RequestBody::Buffered(buffered.freeze()));
+    }
+    Ok(RequestBody::Streaming(stream_rest(Bytes::new(), payload, max_body)))
+}
+
+fn stream_rest(head: Bytes, mut payload: web::Payload, max_body: u64) -> StreamedBody {
+    let (tx, receiver) = mpsc::channel(STREAM_BUFFER_CHUNKS);
+    let too_large = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&too_large);
+    actix_web::rt::spawn(async move {
+        let mut sent = head.len() as u64;
+        if !head.is_empty() && tx.send(Ok(head)).await.is_err() {
+            return;
+        }
+        while let Some(chunk) = payload.next().await {
+            let item = match chunk {
+                Ok(bytes) => {
+                    sent += bytes.len() as u64;
+                    if sent > max_body {
+                        flag.store(true, Ordering::SeqCst);
+                        let _ = tx.send(Err(too_large_error())).await;
+                        return;
+                    }
+                    Ok(bytes)
+                }
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            let failed = item.is_err();
+            // The upstream side hung up: stop reading.
+            if tx.send(item).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    StreamedBody { receiver, too_large }
+}

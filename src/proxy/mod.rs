@@ -1,0 +1,194 @@
+//! The API proxy: `{prefix}/…` to the configured upstream with the session's access token,
+//! one retry after a refresh when the upstream answers 401 and the body could be kept.
+
+mod body;
+mod headers;
+mod path;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use actix_web::body::SizedStream;
+use actix_web::http::StatusCode;
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpRequest, HttpResponse};
+use futures_util::TryStreamExt;
+use url::Url;
+
+use crate::config::{ApiConfig, Config};
+use crate::error::AppError;
+use crate::session::SessionHandle;
+use crate::tokens::{TokenError, TokenManager, UsableToken};
+
+pub use body::RequestBody;
+pub use path::{PathError, strip_prefix, upstream_url};
+
+/// One `[[api]]` entry.
+#[derive(Debug)]
+pub struct Route {
+    pub prefix: String,
+    base: Url,
+    timeout: Duration,
+    max_retry_body_bytes: u64,
+    max_body_bytes: u64,
+}
+
+impl From<&ApiConfig> for Route {
+    fn from(api: &ApiConfig) -> Self {
+        Route {
+            prefix: api.prefix.clone(),
+            base: api.upstream.clone(),
+            timeout: api.timeout,
+            max_retry_body_bytes: api.max_retry_body_bytes,
+            max_body_bytes: api.max_body_bytes,
+        }
+    }
+}
+
+pub struct Proxy {
+    /// Longest prefix first, so the most specific route wins.
+    routes: Vec<Arc<Route>>,
+    client: reqwest::Client,
+    proto: String,
+    host: String,
+}
+
+impl Proxy {
+    pub fn new(config: &Config) -> Result<Proxy, reqwest::Error> {
+        let mut routes: Vec<Arc<Route>> = config.api.iter().map(|a| Arc::new(Route::from(a))).collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        let client = reqwest::Client::builder()
+            // Redirects go back to the SPA as they are; following them could leave the upstream.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()?;
+        let public = &config.server.public_url;
+        let host = match public.port() {
+            Some(port) => format!("{}:{port}", public.host_str().unwrap_or_default()),
+            None => public.host_str().unwrap_or_default().to_string(),
+        };
+        Ok(Proxy { routes, client, proto: public.scheme().to_string(), host })
+    }
+
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
+    /// The route serving `path`, if any.
+    pub fn route_for(&self, path: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| strip_prefix(path, &r.prefix).is_some())
+    }
+
+    /// Checks the path before anything else: a request that would leave the upstream's base
+    /// path is refused before a token is looked at.
+    pub fn target(&self, req: &HttpRequest, route: &Route) -> Result<Url, AppError> {
+        let rest = strip_prefix(req.uri().path(), &route.prefix).ok_or(AppError::BadRequest("invalid_path"))?;
+        upstream_url(&route.base, rest, req.uri().query()).map_err(|_| AppError::BadRequest("invalid_path"))
+    }
+
+    pub async fn forward(
+        &self,
+        req: &HttpRequest,
+        payload: web::Payload,
+        route: &Route,
+        target: Url,
+        tokens: &Arc<TokenManager>,
+        handle: &SessionHandle,
+    ) -> Result<HttpResponse, AppError> {
+        let content_length =
+            req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if content_length.is_some_and(|len| len > route.max_body_bytes) {
+            return Err(AppError::PayloadTooLarge);
+        }
+        let token = tokens.access_token(handle).await?;
+        let body = body::read(payload, content_length, route.max_retry_body_bytes, route.max_body_bytes).await?;
+        let retry_body = body.retryable();
+        let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
+            .map_err(|_| AppError::BadRequest("bad_method"))?;
+        let forwarded =
+            headers::ForwardedFor { peer: req.peer_addr().map(|a| a.ip()), proto: &self.proto, host: &self.host };
+        let base_headers = headers::upstream_request_headers(req.headers(), &forwarded);
+
+        let (outbound, too_large) = match body {
+            RequestBody::Buffered(bytes) => (reqwest::Body::from(bytes), None),
+            RequestBody::Streaming(s) => {
+                let flag = Arc::clone(&s.too_large);
+                (s.into_reqwest(), Some(flag))
+            }
+        };
+        let send = |token: &UsableToken, body: reqwest::Body| {
+            let request = self
+                .client
+                .request(method.clone(), target.clone())
+                .headers(base_headers.clone())
+                .bearer_auth(token.access_token.secret())
+                .body(body);
+            self.send(request, route)
+        };
+
+        let first = send(&token, outbound).await;
+        let first = match first {
+            Err(_) if too_large.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) => {
+                return Err(AppError::PayloadTooLarge);
+            }
+            other => other?,
+        };
+        if first.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return Ok(respond(first, req.method() == actix_web::http::Method::HEAD));
+        }
+        let Some(retry_body) = retry_body else {
+            return Ok(respond(first, req.method() == actix_web::http::Method::HEAD));
+        };
+        let fresh = match tokens.refresh_after_rejection(handle, token.version).await {
+            Ok(fresh) => fresh,
+            // Nothing to refresh with: the upstream's 401 is the answer.
+            Err(TokenError::CannotRefresh) => return Ok(respond(first, req.method() == actix_web::http::Method::HEAD)),
+            Err(e) => return Err(e.into()),
+        };
+        drop(first);
+        let second = send(&fresh, reqwest::Body::from(retry_body)).await?;
+        Ok(respond(second, req.method() == actix_web::http::Method::HEAD))
+    }
+
+    /// Sends and waits for the response head only: bodies (downloads, event streams) may take
+    /// as long as they take.
+    async fn send(&self, request: reqwest::RequestBuilder, route: &Route) -> Result<reqwest::Response, AppError> {
+        match tokio::time::timeout(route.timeout, request.send()).await {
+            Err(_) => {
+                tracing::warn!(api = route.prefix, "upstream did not answer within {} s", route.timeout.as_secs());
+                Err(AppError::UpstreamTimeout)
+            }
+            Ok(Err(e)) if e.is_timeout() => Err(AppError::UpstreamTimeout),
+            Ok(Err(e)) => {
+                tracing::warn!(api = route.prefix, "upstream unreachable: {}", crate::oidc::error_chain(&e));
+                Err(AppError::UpstreamUnavailable)
+            }
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+}
+
+/// Streams the upstream's answer back.
+fn respond(upstream: reqwest::Response, head_request: bool) -> HttpResponse {
+    let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut res = HttpResponse::build(status);
+    for (name, value) in headers::downstream_response_headers(upstream.headers()) {
+        res.append_header((name, value));
+    }
+    let no_body = head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    if no_body {
+        return res.finish();
+    }
+    let length = upstream.content_length();
+    let stream = upstream.bytes_stream().map_err(|e| {
+        tracing::warn!("upstream body interrupted: {e}");
+        std::io::Error::other("upstream body interrupted")
+    });
+    match length {
+        Some(len) => res.body(SizedStream::new(len, stream)),
+        None => res.streaming::<_, std::io::Error>(stream.map_ok(Bytes::from)),
+    }
+}

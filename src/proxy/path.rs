@@ -1,0 +1,138 @@
+//! Mapping `{prefix}/rest?query` onto `{upstream}/rest?query` without ever leaving the upstream's
+//! base path: the rest is percent-decoded once, dot segments are resolved, and a path that would
+//! climb above the prefix, or that hides a slash or backslash in an escape, is refused.
+
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+use url::Url;
+
+/// What may stand unescaped in a path segment (RFC 3986 pchar); the rest is re-encoded.
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'/')
+    .add(b'%')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'|')
+    .add(b'[')
+    .add(b']');
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// `..` would climb above the prefix.
+    Escapes,
+    /// `%2F`, `%5C`, a raw backslash or a NUL: ambiguous to the upstream, never needed.
+    Ambiguous,
+    /// Not valid UTF-8 after decoding, or not under the prefix.
+    Malformed,
+}
+
+/// The part of `raw_path` after `prefix`, or `None` when the path is not under it.
+pub fn strip_prefix<'a>(raw_path: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = raw_path.strip_prefix(prefix)?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+/// Resolves `rest` (the raw path after the prefix, empty or starting with `/`) against `base`.
+pub fn upstream_url(base: &Url, rest: &str, query: Option<&str>) -> Result<Url, PathError> {
+    let mut segments: Vec<String> = Vec::new();
+    let raw_segments: Vec<&str> = if rest.is_empty() { Vec::new() } else { rest[1..].split('/').collect() };
+    let last = raw_segments.len().saturating_sub(1);
+    let mut trailing_slash = false;
+    for (i, raw) in raw_segments.iter().enumerate() {
+        if raw.contains('\\') {
+            return Err(PathError::Ambiguous);
+        }
+        let decoded = percent_decode_str(raw).decode_utf8().map_err(|_| PathError::Malformed)?;
+        if decoded.contains(['/', '\\', '\0']) {
+            return Err(PathError::Ambiguous);
+        }
+        match decoded.as_ref() {
+            "." => trailing_slash = i == last,
+            ".." => {
+                segments.pop().ok_or(PathError::Escapes)?;
+                trailing_slash = i == last;
+            }
+            _ => {
+                segments.push(utf8_percent_encode(&decoded, SEGMENT).to_string());
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut path = base.path().trim_end_matches('/').to_string();
+    for segment in &segments {
+        path.push('/');
+        path.push_str(segment);
+    }
+    if trailing_slash || path.is_empty() || (segments.is_empty() && !rest.is_empty()) {
+        path.push('/');
+    }
+    let mut url = base.clone();
+    url.set_path(&path);
+    url.set_query(query.filter(|q| !q.is_empty()));
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(base: &str, rest: &str, query: Option<&str>) -> Result<String, PathError> {
+        upstream_url(&Url::parse(base).unwrap(), rest, query).map(|u| u.to_string())
+    }
+
+    #[test]
+    fn plain_paths_and_queries_map_onto_the_base() {
+        assert_eq!(map("http://h:9/", "/orders/7", Some("x=1&y=%2F")), Ok("http://h:9/orders/7?x=1&y=%2F".into()));
+        assert_eq!(map("http://h/v1", "/orders/7", None), Ok("http://h/v1/orders/7".into()));
+        assert_eq!(map("http://h/v1/", "/orders/", None), Ok("http://h/v1/orders/".into()));
+        assert_eq!(map("http://h/v1", "", None), Ok("http://h/v1".into()));
+        assert_eq!(map("http://h/v1", "/", None), Ok("http://h/v1/".into()));
+        assert_eq!(map("http://h", "", None), Ok("http://h/".into()));
+        assert_eq!(map("http://h", "/a%20b/%C3%A9", None), Ok("http://h/a%20b/%C3%A9".into()));
+        assert_eq!(map("http://h", "/a:b@c", None), Ok("http://h/a:b@c".into()));
+    }
+
+    #[test]
+    fn dot_segments_are_resolved_inside_the_prefix() {
+        assert_eq!(map("http://h/v1", "/a/../b", None), Ok("http://h/v1/b".into()));
+        assert_eq!(map("http://h/v1", "/a/./b", None), Ok("http://h/v1/a/b".into()));
+        assert_eq!(map("http://h/v1", "/a/%2e%2e/b", None), Ok("http://h/v1/b".into()));
+        assert_eq!(map("http://h/v1", "/a/..", None), Ok("http://h/v1/".into()));
+    }
+
+    #[test]
+    fn escapes_are_refused() {
+        for rest in [
+            "/..",
+            "/../admin",
+            "/a/../../admin",
+            "/%2e%2e/admin",
+            "/%2E%2E/admin",
+            "/.%2e/admin",
+            "/%2e./admin",
+            "/a/%2e%2e/%2e%2e/admin",
+        ] {
+            assert_eq!(map("http://h/v1", rest, None), Err(PathError::Escapes), "{rest}");
+        }
+        for rest in ["/a%2fb", "/a%2F..%2F..%2Fadmin", "/a%5cb", "/a\\b", "/..%5cadmin", "/a%00b"] {
+            assert_eq!(map("http://h/v1", rest, None), Err(PathError::Ambiguous), "{rest}");
+        }
+        assert_eq!(map("http://h/v1", "/%ff", None), Err(PathError::Malformed));
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert_eq!(strip_prefix("/api/x", "/api"), Some("/x"));
+        assert_eq!(strip_prefix("/api", "/api"), Some(""));
+        assert_eq!(strip_prefix("/apix", "/api"), None);
+        assert_eq!(strip_prefix("/other", "/api"), None);
+    }
+}

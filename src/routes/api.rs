@@ -1,0 +1,31 @@
+//! `{api.prefix}/…`: the proxy. Checks anti-forgery, the path and the session, then forwards.
+
+use std::sync::Arc;
+
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+
+use crate::error::AppError;
+use crate::http::require_csrf_header;
+use crate::proxy::Route;
+use crate::state::AppState;
+
+pub async fn proxy(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    route: web::Data<Arc<Route>>,
+) -> Result<HttpResponse, AppError> {
+    require_csrf_header(&req)?;
+    let target = state.proxy.target(&req, &route)?;
+    let cookie = state.cookies.session_cookie(&req).ok_or(AppError::LoginRequired)?;
+    let handle = cookie.id.handle();
+    match state.proxy.forward(&req, payload, &route, target, &state.tokens, &handle).await {
+        // The session is over: tell the browser to forget the cookie too.
+        Err(AppError::LoginRequired) => {
+            let mut res = AppError::LoginRequired.error_response();
+            res.add_cookie(&state.cookies.session_cookie_removal()).map_err(|_| AppError::Internal)?;
+            Ok(res)
+        }
+        other => other,
+    }
+}

@@ -1,0 +1,228 @@
+//! `/auth/*`: login, callback, user, logout. Thin: the protocol lives in `oidc`, storage in
+//! `session` and `tokens`.
+
+use actix_session::Session;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::crypto::{digest, random_token};
+use crate::error::AppError;
+use crate::http::{require_csrf_header, require_csrf_or_same_origin};
+use crate::oidc::CallbackError;
+use crate::return_to::ReturnTo;
+use crate::session::{SessionEntries, SessionId, now_unix};
+use crate::state::AppState;
+use crate::tokens::TokenSet;
+
+fn redirect(status: StatusCode, location: &str) -> actix_web::HttpResponseBuilder {
+    let mut res = HttpResponse::build(status);
+    if let Ok(v) = HeaderValue::from_str(location) {
+        res.insert_header((header::LOCATION, v));
+    }
+    res
+}
+
+#[derive(Deserialize)]
+pub struct LoginQuery {
+    return_to: Option<String>,
+}
+
+/// `GET /auth/login?return_to=/path`
+pub async fn login(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    // A malformed query is not an error here: it just means "no return_to".
+    let query = web::Query::<LoginQuery>::from_query(req.query_string()).ok();
+    let return_to =
+        ReturnTo::parse_or_root(query.as_ref().and_then(|q| q.return_to.as_deref()), &state.config.server.public_url);
+    // One binding value per browser, reused while it lives, so several tabs can log in at once.
+    let binding = state.cookies.login_binding(&req).unwrap_or_else(random_token);
+    let (url, csrf_state, pending) = match state.oidc.begin_login(return_to.into_string(), digest(&binding)) {
+        Ok(started) => started,
+        Err(e) => {
+            tracing::warn!("cannot start a login: {e}");
+            return AppError::IdpUnavailable.respond(&req, &state.pages);
+        }
+    };
+    if let Err(e) = state.logins.put(csrf_state.secret(), &pending).await {
+        return AppError::from(e).respond(&req, &state.pages);
+    }
+    redirect(StatusCode::FOUND, url.as_str()).cookie(state.cookies.login_cookie(&binding)).finish()
+}
+
+#[derive(Deserialize)]
+pub struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+fn callback_error(state: &AppState, status: StatusCode, message: &str) -> HttpResponse {
+    state.pages.error(status, message, true)
+}
+
+/// `GET /auth/callback?code=…&state=…`
+pub async fn callback(req: HttpRequest, state: web::Data<AppState>, session: Session) -> HttpResponse {
+    let Ok(query) = web::Query::<CallbackQuery>::from_query(req.query_string()) else {
+        return callback_error(&state, StatusCode::BAD_REQUEST, "The sign-in response could not be read.");
+    };
+    let Some(csrf_state) = query.state.as_deref().filter(|s| !s.is_empty()) else {
+        return callback_error(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "The sign-in response did not say which sign-in it answers.",
+        );
+    };
+    // Taken before anything else: a state works once, whatever happens next.
+    let pending = match state.logins.take(csrf_state).await {
+        Ok(Some(pending)) => pending,
+        Ok(None) => {
+            return callback_error(
+                &state,
+                StatusCode::BAD_REQUEST,
+                "This sign-in is unknown, has expired or was already used. Please start again.",
+            );
+        }
+        Err(e) => return AppError::from(e).page(&state.pages),
+    };
+    if let Some(error) = &query.error {
+        let safe: String = error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+        tracing::info!(error = safe, "the identity provider answered the login with an error");
+        let message = match safe.as_str() {
+            "access_denied" => "Sign-in was cancelled or refused.".to_string(),
+            other => format!("The identity provider could not sign you in ({other})."),
+        };
+        return callback_error(&state, StatusCode::BAD_REQUEST, &message);
+    }
+    let same_browser = state.cookies.login_binding(&req).is_some_and(|b| digest(&b) == pending.browser);
+    if !same_browser {
+        tracing::warn!("callback completed in a browser other than the one that started the login");
+        return callback_error(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "This sign-in was started in another browser. Please start again here.",
+        );
+    }
+    let Some(code) = query.code.clone().filter(|c| !c.is_empty()) else {
+        return callback_error(&state, StatusCode::BAD_REQUEST, "The sign-in response carried no authorization code.");
+    };
+    let return_to = pending.return_to.clone();
+    let login = match state.oidc.complete_login(code, pending).await {
+        Ok(login) => login,
+        Err(e @ (CallbackError::CodeRejected(_) | CallbackError::InvalidIdToken(_))) => {
+            tracing::warn!("login failed: {e}");
+            return callback_error(
+                &state,
+                StatusCode::BAD_REQUEST,
+                "The identity provider's answer could not be accepted.",
+            );
+        }
+        Err(CallbackError::Provider(e)) => {
+            tracing::warn!("login failed: {e}");
+            return callback_error(
+                &state,
+                StatusCode::BAD_GATEWAY,
+                "The identity provider could not be reached. Please try again.",
+            );
+        }
+    };
+
+    let id = SessionId::generate();
+    let handle = id.handle();
+    let now = now_unix();
+    let session_expires_at = now + state.config.session.absolute_timeout.as_secs();
+    let lifetime = login.expires_in.unwrap_or(state.config.tokens.default_expires_in).as_secs();
+    let tokens = TokenSet {
+        access_token: login.access_token,
+        refresh_token: login.refresh_token,
+        id_token: Some(login.id_token),
+        expires_at: now + lifetime,
+        lifetime_secs: lifetime,
+        session_expires_at,
+        sub: login.user.sub.clone(),
+        version: 1,
+    };
+    if let Err(e) = state.tokens.store().create(&handle, &tokens).await {
+        return AppError::from(e).page(&state.pages);
+    }
+    if let Err(e) = SessionEntries::start(&session, &id, &login.user, session_expires_at) {
+        tracing::error!("cannot fill the session: {e}");
+        return AppError::Internal.page(&state.pages);
+    }
+    tracing::info!(session = handle.short(), "signed in");
+    redirect(StatusCode::FOUND, &return_to).finish()
+}
+
+/// `GET /auth/user`
+pub async fn user(req: HttpRequest, state: web::Data<AppState>, session: Session) -> Result<HttpResponse, AppError> {
+    require_csrf_header(&req)?;
+    let signed_in = SessionEntries::read(&session).ok_or(AppError::LoginRequired)?;
+    let Some(tokens) = state.tokens.store().load(&signed_in.handle).await? else {
+        session.purge();
+        return Err(AppError::LoginRequired);
+    };
+    let user = signed_in.user;
+    Ok(HttpResponse::Ok().json(json!({
+        "sub": user.sub,
+        "name": user.name,
+        "email": user.email,
+        "claims": user.claims,
+        "session": {
+            "sid": signed_in.handle.as_str(),
+            "expires_at": signed_in.expires_at,
+        },
+        // When the current access token expires (never the token itself), so the SPA can show it.
+        "access_token_expires_at": tokens.expires_at,
+    })))
+}
+
+/// `POST /auth/logout`
+pub async fn logout(req: HttpRequest, state: web::Data<AppState>, session: Session) -> Result<HttpResponse, AppError> {
+    require_csrf_or_same_origin(&req, &state.public_origin)?;
+    let mut id_token_hint = None;
+    if let Some(signed_in) = SessionEntries::read(&session) {
+        if let Some(tokens) = state.tokens.store().load(&signed_in.handle).await? {
+            if let Some(refresh_token) = &tokens.refresh_token {
+                match state.oidc.revoke_refresh_token(refresh_token).await {
+                    Ok(revoked) => {
+                        tracing::info!(session = signed_in.handle.short(), revoked, "refresh token revocation")
+                    }
+                    // The session ends here anyway; the provider expires the grant in time.
+                    Err(e) => tracing::warn!(session = signed_in.handle.short(), "revocation failed: {e}"),
+                }
+            }
+            id_token_hint = tokens.id_token;
+        }
+        state.tokens.store().delete_session(&signed_in.handle).await?;
+        tracing::info!(session = signed_in.handle.short(), "signed out");
+    }
+    if let Some(binding) = state.cookies.login_binding(&req) {
+        state.logins.forget_browser(&digest(&binding)).await?;
+    }
+    session.purge();
+    let post_logout = &state.config.oidc.post_logout_redirect;
+    let target = state
+        .oidc
+        .end_session_url(id_token_hint.as_ref().map(|t| t.secret()), post_logout)
+        .unwrap_or_else(|| post_logout.clone());
+    let mut res = redirect(StatusCode::SEE_OTHER, target.as_str());
+    res.cookie(state.cookies.login_cookie_removal());
+    if state.cookies.session_cookie(&req).is_some() {
+        res.cookie(state.cookies.session_cookie_removal());
+    }
+    Ok(res.finish())
+}
+
+/// `GET /auth/signed-out`: a page for deployments whose post-logout target is not the SPA.
+pub async fn signed_out(state: web::Data<AppState>) -> HttpResponse {
+    state.pages.html(StatusCode::OK, "signed_out.html", tera::Context::new())
+}
+
+/// `GET /auth/style.css`: the pages' stylesheet.
+pub async fn stylesheet() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "public, max-age=3600"))
+        .body(crate::pages::STYLESHEET)
+}

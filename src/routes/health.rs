@@ -1,0 +1,23 @@
+//! Liveness and readiness.
+
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+use crate::state::AppState;
+
+/// `GET /healthz`: the process answers.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: the session store answers and the provider's metadata is loaded.
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let store_ok = state.store.ping().await.is_ok();
+    let idp_ok = state.oidc.is_ready();
+    let body = json!({
+        "status": if store_ok && idp_ok { "ready" } else { "not_ready" },
+        "session_store": if store_ok { "ok" } else { "unavailable" },
+        "identity_provider": if idp_ok { "ok" } else { "metadata_not_loaded" },
+    });
+    if store_ok && idp_ok { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+}

@@ -1,0 +1,179 @@
+//! Cookie policy: names, attributes, the session middleware built from them, and reading the
+//! session cookie directly where the session middleware is not mounted (the API proxy).
+
+use actix_session::SessionMiddleware;
+use actix_session::config::{CookieContentSecurity, PersistentSession, TtlExtensionPolicy};
+use actix_web::HttpRequest;
+use actix_web::cookie::{Cookie, CookieJar, Key, SameSite, time};
+use secrecy::SecretString;
+
+use super::{SessionId, SessionStoreAdapter};
+use crate::config::{Config, SameSitePolicy};
+use crate::crypto;
+
+/// How long a browser-binding login cookie lives: as long as a pending login.
+pub const LOGIN_COOKIE_MAX_AGE_SECS: i64 = 600;
+
+#[derive(Clone)]
+pub struct CookiePolicy {
+    pub name: String,
+    pub login_name: String,
+    pub secure: bool,
+    pub same_site: SameSite,
+    pub max_age: time::Duration,
+    key: Key,
+}
+
+impl std::fmt::Debug for CookiePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CookiePolicy").field("name", &self.name).field("secure", &self.secure).finish()
+    }
+}
+
+/// The cookie key: derived from the current secret, identical on every instance.
+fn cookie_key(secret: &SecretString) -> Key {
+    Key::from(&crypto::derive_key::<64>(secret, "bff session cookie"))
+}
+
+impl CookiePolicy {
+    pub fn from_config(config: &Config) -> CookiePolicy {
+        let name = config.session.cookie_name.clone();
+        // `__Host-bff` → `__Host-bff-login`; the prefix rules (Secure, Path=/, no Domain) hold for both.
+        let login_name = format!("{name}-login");
+        let Some(current) = config.session.secrets.first() else {
+            unreachable!("config validation guarantees at least one secret")
+        };
+        CookiePolicy {
+            name,
+            login_name,
+            secure: config.is_https(),
+            same_site: match config.session.same_site {
+                SameSitePolicy::Lax => SameSite::Lax,
+                SameSitePolicy::Strict => SameSite::Strict,
+            },
+            // The cookie lives as long as the session can (the absolute timeout); the idle timeout
+            // is enforced by the store's time to live, which requests extend.
+            max_age: time::Duration::seconds(
+                i64::try_from(config.session.absolute_timeout.as_secs()).unwrap_or(i64::MAX),
+            ),
+            key: cookie_key(current),
+        }
+    }
+
+    pub fn middleware(&self, store: SessionStoreAdapter) -> SessionMiddleware<SessionStoreAdapter> {
+        SessionMiddleware::builder(store, self.key.clone())
+            .cookie_name(self.name.clone())
+            .cookie_secure(self.secure)
+            .cookie_http_only(true)
+            .cookie_same_site(self.same_site)
+            .cookie_path("/".into())
+            .cookie_domain(None)
+            .cookie_content_security(CookieContentSecurity::Private)
+            .session_lifecycle(
+                PersistentSession::default()
+                    .session_ttl(self.max_age)
+                    .session_ttl_extension_policy(TtlExtensionPolicy::OnStateChanges),
+            )
+            .build()
+    }
+
+    /// The browser-binding cookie of a login in progress (RFC 9700 §4.7). Always `Lax`: the
+    /// callback is a cross-site top-level navigation from the IdP, which `Strict` would strip.
+    pub fn login_cookie(&self, value: &str) -> Cookie<'static> {
+        Cookie::build(self.login_name.clone(), value.to_string())
+            .path("/")
+            .http_only(true)
+            .secure(self.secure)
+            .same_site(SameSite::Lax)
+            .max_age(time::Duration::seconds(LOGIN_COOKIE_MAX_AGE_SECS))
+            .finish()
+    }
+
+    pub fn login_cookie_removal(&self) -> Cookie<'static> {
+        let mut c = self.login_cookie("");
+        c.make_removal();
+        c
+    }
+
+    /// Clears the session cookie from places that do not run the session middleware.
+    pub fn session_cookie_removal(&self) -> Cookie<'static> {
+        let mut c = Cookie::build(self.name.clone(), "")
+            .path("/")
+            .http_only(true)
+            .secure(self.secure)
+            .same_site(self.same_site)
+            .finish();
+        c.make_removal();
+        c
+    }
+
+    pub fn login_binding(&self, req: &HttpRequest) -> Option<String> {
+        req.cookie(&self.login_name).map(|c| c.value().to_string()).filter(|v| v.len() == 43)
+    }
+
+    /// Reads and decrypts the session cookie; `None` when absent, tampered or foreign.
+    pub fn session_cookie(&self, req: &HttpRequest) -> Option<SessionCookie> {
+        let cookie = req.cookie(&self.name)?;
+        let mut jar = CookieJar::new();
+        jar.add_original(cookie);
+        let opened = jar.private(&self.key).get(&self.name)?;
+        SessionId::parse(opened.value()).map(|id| SessionCookie { id })
+    }
+}
+
+/// A session cookie that decrypted: its id may still name no live session.
+#[derive(Debug, Clone)]
+pub struct SessionCookie {
+    pub id: SessionId,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    fn config(public_url: &str, same_site: &str) -> Config {
+        Config::from_toml(&format!(
+            "[server]\npublic_url = \"{public_url}\"\n[oidc]\nissuer = \"https://idp\"\nclient_id = \"c\"\nclient_secret = \"s\"\n\
+             [session]\nsecret = \"{}\"\nsame_site = \"{same_site}\"\n",
+            "k".repeat(64)
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn http_and_https_policies() {
+        let http = CookiePolicy::from_config(&config("http://localhost:8080", "lax"));
+        assert_eq!((http.name.as_str(), http.secure, http.same_site), ("bff", false, SameSite::Lax));
+        let https = CookiePolicy::from_config(&config("https://app.example", "strict"));
+        assert_eq!((https.name.as_str(), https.secure), ("__Host-bff", true));
+        assert_eq!(https.login_name, "__Host-bff-login");
+        assert_eq!(https.same_site, SameSite::Strict);
+        let login = https.login_cookie("v");
+        assert_eq!(login.same_site(), Some(SameSite::Lax));
+        assert_eq!((login.http_only(), login.secure(), login.path()), (Some(true), Some(true), Some("/")));
+        assert!(login.domain().is_none());
+    }
+
+    #[test]
+    fn session_cookie_round_trips_and_rejects_tampering() {
+        let policy = CookiePolicy::from_config(&config("http://localhost:8080", "lax"));
+        let id = SessionId::generate();
+        let mut jar = CookieJar::new();
+        jar.private_mut(&policy.key).add(Cookie::new(policy.name.clone(), id.expose().to_string()));
+        let Some(sealed) = jar.get(&policy.name).map(|c| c.value().to_string()) else { panic!("cookie") };
+
+        let req = TestRequest::default().cookie(Cookie::new("bff", sealed.clone())).to_http_request();
+        assert_eq!(policy.session_cookie(&req).map(|c| c.id.handle()), Some(id.handle()));
+
+        let mut tampered = sealed.into_bytes();
+        tampered[10] = if tampered[10] == b'A' { b'B' } else { b'A' };
+        let req = TestRequest::default()
+            .cookie(Cookie::new("bff", String::from_utf8(tampered).unwrap_or_default()))
+            .to_http_request();
+        assert!(policy.session_cookie(&req).is_none());
+
+        let req = TestRequest::default().cookie(Cookie::new("bff", id.expose().to_string())).to_http_request();
+        assert!(policy.session_cookie(&req).is_none(), "an unencrypted id is not accepted");
+    }
+}

@@ -1,0 +1,124 @@
+//! Building the application: stores, provider client, token manager, routes and middleware.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+
+use crate::config::Config;
+use crate::crypto::Sealer;
+use crate::http::{access_log, refuse_methods, security_headers};
+use crate::oidc::Oidc;
+use crate::pages::{Pages, STYLESHEET_PATH};
+use crate::proxy::Proxy;
+use crate::routes;
+use crate::session::{CookiePolicy, KeyLayout, PendingLogins, SessionLifetime};
+use crate::state::{AppState, content_security_policy};
+use crate::store::{MemoryStore, RedisStore, Store};
+use crate::tokens::{TokenManager, TokenStore, TokenTimings};
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+}
+
+/// The store named by the configuration; never connects here (start-up must not fail because
+/// Redis is down).
+pub fn store_for(config: &Config) -> Result<Store, anyhow::Error> {
+    Ok(match &config.session.redis_url {
+        Some(url) => Store::Redis(RedisStore::new(url, config.session.redis_timeout)?),
+        None => {
+            tracing::warn!(
+                "session.redis_url is not set: sessions live in this process only (one instance, lost on restart)"
+            );
+            Store::Memory(MemoryStore::new())
+        }
+    })
+}
+
+impl Application {
+    /// Builds the app on `listener` with the store the configuration names.
+    pub async fn build(config: Config, listener: TcpListener) -> Result<Application, anyhow::Error> {
+        let store = store_for(&config)?;
+        Application::build_with_store(config, listener, store).await
+    }
+
+    /// Builds the app on `listener` with a given store (the demo shares one).
+    pub async fn build_with_store(
+        config: Config,
+        listener: TcpListener,
+        store: Store,
+    ) -> Result<Application, anyhow::Error> {
+        let config = Arc::new(config);
+        let sealer = Sealer::new(&config.session.secrets);
+        let keys = KeyLayout::new(&config.session.key_prefix);
+        let oidc = Arc::new(Oidc::new(&config)?);
+        if let Err(e) = oidc.discover().await {
+            tracing::warn!("{e}; bff starts anyway and keeps trying (readyz answers 503 until then)");
+            tokio::spawn(Arc::clone(&oidc).discover_until_ready());
+        }
+        let token_store = TokenStore::new(store.clone(), sealer.clone(), keys.clone(), config.session.idle_timeout);
+        let tokens = Arc::new(TokenManager::new(
+            token_store,
+            Arc::clone(&oidc),
+            TokenTimings {
+                refresh_skew: config.tokens.refresh_skew,
+                lock_lease: config.tokens.refresh_lock,
+                idp_timeout: config.oidc.timeout,
+                default_expires_in: config.tokens.default_expires_in,
+            },
+        ));
+        let state = web::Data::new(AppState {
+            public_origin: config.server.public_url.origin().ascii_serialization(),
+            cookies: CookiePolicy::from_config(&config),
+            lifetime: SessionLifetime { idle: config.session.idle_timeout },
+            logins: PendingLogins::new(store.clone(), sealer.clone(), keys.clone()),
+            pages: Arc::new(Pages::load(&config.server.templates_dir, STYLESHEET_PATH)?),
+            proxy: Arc::new(Proxy::new(&config)?),
+            content_security_policy: content_security_policy(&config),
+            oidc,
+            store,
+            sealer,
+            keys,
+            tokens,
+            config: Arc::clone(&config),
+        });
+
+        let port = listener.local_addr()?.port();
+        let app_state = state.clone();
+        let mut server = HttpServer::new(move || {
+            let state = app_state.clone();
+            App::new()
+                .app_data(state.clone())
+                .wrap(from_fn(security_headers))
+                .wrap(from_fn(refuse_methods))
+                .wrap(from_fn(access_log))
+                .configure(|cfg| routes::configure(cfg, &state))
+        })
+        .listen(listener)?;
+        if config.server.workers > 0 {
+            server = server.workers(config.server.workers);
+        }
+        Ok(Application { port, server: server.run(), state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> &web::Data<AppState> {
+        &self.state
+    }
+
+    /// A handle to stop the server (tests, the demo).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

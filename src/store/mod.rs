@@ -1,0 +1,137 @@
+//! The key-value store behind sessions, token sets, pending logins and refresh locks: Redis
+//! (shared by every instance) or memory (one instance only). Both give the same atomic
+//! primitives, and one conformance suite (`tests/store_conformance.rs`) runs against both.
+//!
+//! Values are opaque bytes here; encryption happens a layer up (`crypto::Sealer`).
+
+mod memory;
+mod redis;
+
+use std::time::Duration;
+
+pub use memory::MemoryStore;
+pub use redis::RedisStore;
+
+/// The store could not be reached or did not answer in time. Callers answer 503.
+#[derive(Debug, thiserror::Error)]
+#[error("session store unavailable: {0}")]
+pub struct StoreError(pub String);
+
+/// Result of a compare-and-set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CasOutcome {
+    Written,
+    /// The current value did not match: someone else wrote first.
+    Conflict,
+    Missing,
+}
+
+#[derive(Clone)]
+pub enum Store {
+    Redis(RedisStore),
+    Memory(MemoryStore),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind())
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Store::Redis($s) => $call.await,
+            Store::Memory($s) => $call.await,
+        }
+    };
+}
+
+impl Store {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Redis(_) => "redis",
+            Store::Memory(_) => "memory",
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(self, s => s.ping())
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        dispatch!(self, s => s.get(key))
+    }
+
+    /// The value and its remaining time to live, in one round trip.
+    pub async fn get_with_ttl(&self, key: &str) -> Result<Option<(Vec<u8>, Duration)>, StoreError> {
+        dispatch!(self, s => s.get_with_ttl(key))
+    }
+
+    pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set(key, value, ttl))
+    }
+
+    /// Writes only when the key exists; false when it does not.
+    pub async fn set_if_exists(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.set_if_exists(key, value, ttl))
+    }
+
+    /// Writes only when the key is absent; false when it exists (a lock taken by someone else).
+    pub async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.set_if_absent(key, value, ttl))
+    }
+
+    /// Reads and deletes in one step: a value can be taken once.
+    pub async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        dispatch!(self, s => s.take(key))
+    }
+
+    /// Deletes keys. Several keys must share one hash tag (one Redis Cluster slot).
+    pub async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
+        dispatch!(self, s => s.delete(keys))
+    }
+
+    /// Sets the time to live of keys that exist. Several keys must share one hash tag.
+    pub async fn expire(&self, keys: &[String], ttl: Duration) -> Result<(), StoreError> {
+        dispatch!(self, s => s.expire(keys, ttl))
+    }
+
+    /// Replaces the value, keeping its time to live, when the current value starts with
+    /// `expected_prefix`.
+    pub async fn replace_if_prefix(
+        &self,
+        key: &str,
+        expected_prefix: &[u8],
+        value: &[u8],
+    ) -> Result<CasOutcome, StoreError> {
+        dispatch!(self, s => s.replace_if_prefix(key, expected_prefix, value))
+    }
+
+    /// Deletes the key when it holds `value` (a lock released by its owner only).
+    pub async fn delete_if_equals(&self, key: &str, value: &[u8]) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.delete_if_equals(key, value))
+    }
+
+    /// Renews the time to live when the key holds `value` (a lock lease renewed by its owner).
+    pub async fn expire_if_equals(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.expire_if_equals(key, value, ttl))
+    }
+
+    /// Adds a member to a set and makes the set live at least `ttl` (never shortens it).
+    pub async fn set_add(&self, key: &str, member: &str, ttl: Duration) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_add(key, member, ttl))
+    }
+
+    pub async fn set_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, s => s.set_members(key))
+    }
+
+    pub async fn set_remove(&self, key: &str, member: &str) -> Result<(), StoreError> {
+        dispatch!(self, s => s.set_remove(key, member))
+    }
+}
+
+fn ttl_millis(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}

@@ -1,0 +1,245 @@
+//! Redis behind a tuned `ConnectionManager`: bounded connect and response timeouts, a short
+//! reconnect backoff, and a deadline on every operation, so a Redis outage turns into fast 503s
+//! instead of hung requests. The connection is made lazily: start-up never fails because Redis
+//! is down, and the first request after it comes back reconnects.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::ConnectionManager;
+use redis::{Script, Value};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::OnceCell;
+
+use super::{CasOutcome, StoreError, ttl_millis};
+
+/// After a failed connection attempt, callers fail at once for this long instead of each
+/// waiting for their own connect timeout.
+const RECONNECT_HOLD_OFF: Duration = Duration::from_millis(500);
+
+const REPLACE_IF_PREFIX: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur then return -1 end
+if string.sub(cur, 1, string.len(ARGV[1])) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+return 1";
+
+const DELETE_IF_EQUALS: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+const EXPIRE_IF_EQUALS: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0";
+
+/// Adds to a set and extends its life to at least the given TTL, never shortening it.
+const SET_ADD_KEEP_LONGEST: &str = r"
+redis.call('SADD', KEYS[1], ARGV[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1";
+
+struct Scripts {
+    replace_if_prefix: Script,
+    delete_if_equals: Script,
+    expire_if_equals: Script,
+    set_add: Script,
+}
+
+struct Inner {
+    client: redis::Client,
+    conn: OnceCell<ConnectionManager>,
+    last_failure: Mutex<Option<Instant>>,
+    timeout: Duration,
+    scripts: Scripts,
+}
+
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+impl RedisStore {
+    /// Parses the URL; does not connect.
+    pub fn new(url: &SecretString, timeout: Duration) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(url.expose_secret())
+            // The URL may carry a password: do not echo it.
+            .map_err(|e| StoreError(format!("invalid Redis URL ({})", e.category())))?;
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                client,
+                conn: OnceCell::new(),
+                last_failure: Mutex::new(None),
+                timeout,
+                scripts: Scripts {
+                    replace_if_prefix: Script::new(REPLACE_IF_PREFIX),
+                    delete_if_equals: Script::new(DELETE_IF_EQUALS),
+                    expire_if_equals: Script::new(EXPIRE_IF_EQUALS),
+                    set_add: Script::new(SET_ADD_KEEP_LONGEST),
+                },
+            }),
+        })
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        if let Some(conn) = self.inner.conn.get() {
+            return Ok(conn.clone());
+        }
+        let held_off = self
+            .inner
+            .last_failure
+            .lock()
+            .map(|t| t.is_some_and(|t| t.elapsed() < RECONNECT_HOLD_OFF))
+            .unwrap_or(false);
+        if held_off {
+            return Err(StoreError("not connected".into()));
+        }
+        let timeout = self.inner.timeout;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(timeout)
+            .set_response_timeout(timeout)
+            .set_number_of_retries(2)
+            .set_factor(50)
+            .set_max_delay(1000);
+        let result = self
+            .inner
+            .conn
+            .get_or_try_init(|| async {
+                tokio::time::timeout(timeout, self.inner.client.get_connection_manager_with_config(config))
+                    .await
+                    .map_err(|_| StoreError("connect timed out".into()))?
+                    .map_err(|e| StoreError(format!("connect failed: {e}")))
+            })
+            .await;
+        match result {
+            Ok(conn) => Ok(conn.clone()),
+            Err(e) => {
+                if let Ok(mut last) = self.inner.last_failure.lock() {
+                    *last = Some(Instant::now());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs one round trip under the operation deadline.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let deadline = self.inner.timeout;
+        let attempt = async {
+            let conn = self.connection().await?;
+            op(conn).await.map_err(|e| StoreError(e.to_string()))
+        };
+        tokio::time::timeout(deadline, attempt)
+            .await
+            .map_err(|_| StoreError(format!("no answer within {} ms", deadline.as_millis())))?
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await.map(drop) }).await
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run(|mut c| async move { redis::cmd("GET").arg(key).query_async(&mut c).await }).await
+    }
+
+    pub async fn get_with_ttl(&self, key: &str) -> Result<Option<(Vec<u8>, Duration)>, StoreError> {
+        let (value, pttl): (Option<Vec<u8>>, i64) = self
+            .run(
+                |mut c| async move { redis::pipe().cmd("GET").arg(key).cmd("PTTL").arg(key).query_async(&mut c).await },
+            )
+            .await?;
+        Ok(value.map(|v| (v, Duration::from_millis(u64::try_from(pttl).unwrap_or(0)))))
+    }
+
+    pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        self.run(|mut c| async move {
+            redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ttl_millis(ttl)).query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    async fn set_conditional(&self, key: &str, value: &[u8], ttl: Duration, cond: &str) -> Result<bool, StoreError> {
+        let reply: Value = self
+            .run(|mut c| async move {
+                redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ttl_millis(ttl)).arg(cond).query_async(&mut c).await
+            })
+            .await?;
+        Ok(!matches!(reply, Value::Nil))
+    }
+
+    pub async fn set_if_exists(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
+        self.set_conditional(key, value, ttl, "XX").await
+    }
+
+    pub async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
+        self.set_conditional(key, value, ttl, "NX").await
+    }
+
+    pub async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.run(|mut c| async move { redis::cmd("GETDEL").arg(key).query_async(&mut c).await }).await
+    }
+
+    pub async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.run(|mut c| async move { redis::cmd("DEL").arg(keys).query_async::<()>(&mut c).await }).await
+    }
+
+    pub async fn expire(&self, keys: &[String], ttl: Duration) -> Result<(), StoreError> {
+        let ms = ttl_millis(ttl);
+        self.run(|mut c| async move {
+            let mut pipe = redis::pipe();
+            for key in keys {
+                pipe.cmd("PEXPIRE").arg(key).arg(ms).ignore();
+            }
+            pipe.query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    pub async fn replace_if_prefix(&self, key: &str, prefix: &[u8], value: &[u8]) -> Result<CasOutcome, StoreError> {
+        let script = &self.inner.scripts.replace_if_prefix;
+        let code: i64 =
+            self.run(|mut c| async move { script.key(key).arg(prefix).arg(value).invoke_async(&mut c).await }).await?;
+        Ok(match code {
+            1 => CasOutcome::Written,
+            0 => CasOutcome::Conflict,
+            _ => CasOutcome::Missing,
+        })
+    }
+
+    pub async fn delete_if_equals(&self, key: &str, value: &[u8]) -> Result<bool, StoreError> {
+        let script = &self.inner.scripts.delete_if_equals;
+        let n: i64 = self.run(|mut c| async move { script.key(key).arg(value).invoke_async(&mut c).await }).await?;
+        Ok(n == 1)
+    }
+
+    pub async fn expire_if_equals(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
+        let script = &self.inner.scripts.expire_if_equals;
+        let ms = ttl_millis(ttl);
+        let n: i64 =
+            self.run(|mut c| async move { script.key(key).arg(value).arg(ms).invoke_async(&mut c).await }).await?;
+        Ok(n == 1)
+    }
+
+    pub async fn set_add(&self, key: &str, member: &str, ttl: Duration) -> Result<(), StoreError> {
+        let script = &self.inner.scripts.set_add;
+        let ms = ttl_millis(ttl);
+        self.run(|mut c| async move { script.key(key).arg(member).arg(ms).invoke_async::<i64>(&mut c).await })
+            .await
+            .map(drop)
+    }
+
+    pub async fn set_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
+        self.run(|mut c| async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await }).await
+    }
+
+    pub async fn set_remove(&self, key: &str, member: &str) -> Result<(), StoreError> {
+        self.run(|mut c| async move { redis::cmd("SREM").arg(key).arg(member).query_async::<()>(&mut c).await }).await
+    }
+}

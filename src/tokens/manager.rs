@@ -1,0 +1,322 @@
+//! A usable access token for a session, refreshing it at most once at a time per session across
+//! every instance that shares the store.
+//!
+//! In one process, concurrent callers for a session share one future ("flight"). Across
+//! processes, the flight takes a lock in the store (`SET NX PX` with a random owner, renewed while
+//! the provider call runs, released by its owner only); a flight that finds the lock taken polls
+//! the token set until its version moves, or until the lock's lease expires and it can take it.
+//! After taking the lock the flight reads the token set again and skips the refresh if someone
+//! else already did it: two refreshes with a rotating provider that detects reuse would revoke
+//! the whole grant.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::Shared;
+use openidconnect::AccessToken;
+
+use super::{TokenSet, TokenStore};
+use crate::crypto::random_token;
+use crate::oidc::{Oidc, RefreshError};
+use crate::session::{SessionHandle, now_unix};
+use crate::store::{CasOutcome, StoreError};
+
+/// How often a flight that waits on another instance's refresh looks at the token set.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// An access token ready to attach, and which version of the token set it came from.
+#[derive(Clone)]
+pub struct UsableToken {
+    pub access_token: AccessToken,
+    pub version: u64,
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for UsableToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsableToken").field("version", &self.version).finish_non_exhaustive()
+    }
+}
+
+impl From<&TokenSet> for UsableToken {
+    fn from(set: &TokenSet) -> Self {
+        UsableToken { access_token: set.access_token.clone(), version: set.version, expires_at: set.expires_at }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TokenError {
+    /// No session, or it is over (expired, logged out, `invalid_grant`): 401 `login_required`.
+    #[error("login required")]
+    LoginRequired,
+    /// The upstream rejected a token that cannot be refreshed (no refresh token): pass its
+    /// answer through.
+    #[error("the token cannot be refreshed")]
+    CannotRefresh,
+    /// The provider is unreachable or failing: 503 `token_refresh_unavailable`; session kept.
+    #[error("token refresh unavailable: {0}")]
+    RefreshUnavailable(String),
+    /// 503 `session_store_unavailable`.
+    #[error("{0}")]
+    Store(String),
+}
+
+impl From<StoreError> for TokenError {
+    fn from(e: StoreError) -> Self {
+        TokenError::Store(e.to_string())
+    }
+}
+
+/// What a caller needs from a flight.
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    /// A token not due for refresh.
+    Fresh,
+    /// A token newer than the one the upstream just rejected.
+    NewerThan(u64),
+}
+
+type FlightResult = Result<UsableToken, TokenError>;
+type Flight = Shared<Pin<Box<dyn Future<Output = FlightResult> + Send>>>;
+
+pub struct TokenManager {
+    tokens: TokenStore,
+    oidc: Arc<Oidc>,
+    skew: Duration,
+    lease: Duration,
+    /// How long a flight waits for another instance's refresh before giving up.
+    wait_limit: Duration,
+    default_expires_in: Duration,
+    flights: Mutex<HashMap<SessionHandle, (u64, Flight)>>,
+    flight_ids: std::sync::atomic::AtomicU64,
+}
+
+pub struct TokenTimings {
+    pub refresh_skew: Duration,
+    pub lock_lease: Duration,
+    pub idp_timeout: Duration,
+    pub default_expires_in: Duration,
+}
+
+impl TokenManager {
+    pub fn new(tokens: TokenStore, oidc: Arc<Oidc>, t: TokenTimings) -> TokenManager {
+        TokenManager {
+            tokens,
+            oidc,
+            skew: t.refresh_skew,
+            lease: t.lock_lease,
+            // A holder may renew its lease while the provider answers; wait for one full call.
+            wait_limit: t.lock_lease + t.idp_timeout,
+            default_expires_in: t.default_expires_in,
+            flights: Mutex::new(HashMap::new()),
+            flight_ids: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub fn store(&self) -> &TokenStore {
+        &self.tokens
+    }
+
+    /// The steady-state path: one store read, no write.
+    pub async fn access_token(self: &Arc<Self>, handle: &SessionHandle) -> FlightResult {
+        let set = self.load_live(handle).await?;
+        if !set.needs_refresh(now_unix(), self.skew) {
+            return Ok(UsableToken::from(&set));
+        }
+        if set.refresh_token.is_none() {
+            // Nothing to refresh with: use the token while it lasts.
+            return if set.is_expired(now_unix()) {
+                self.end_session(handle).await
+            } else {
+                Ok(UsableToken::from(&set))
+            };
+        }
+        self.join_flight(handle, Want::Fresh).await
+    }
+
+    /// After the upstream answered 401 to the token of `used_version`.
+    pub async fn refresh_after_rejection(self: &Arc<Self>, handle: &SessionHandle, used_version: u64) -> FlightResult {
+        self.join_flight(handle, Want::NewerThan(used_version)).await
+    }
+
+    async fn load_live(&self, handle: &SessionHandle) -> Result<TokenSet, TokenError> {
+        match self.tokens.load(handle).await? {
+            Some(set) if !set.session_over(now_unix()) => Ok(set),
+            Some(_) => {
+                self.tokens.delete_session(handle).await?;
+                Err(TokenError::LoginRequired)
+            }
+            None => Err(TokenError::LoginRequired),
+        }
+    }
+
+    async fn end_session(&self, handle: &SessionHandle) -> FlightResult {
+        self.tokens.delete_session(handle).await?;
+        Err(TokenError::LoginRequired)
+    }
+
+    async fn join_flight(self: &Arc<Self>, handle: &SessionHandle, want: Want) -> FlightResult {
+        // A flight started for another reason may finish with a token this caller cannot use
+        // (rare: it found a newer, still fresh set that this caller already had rejected).
+        for _ in 0..2 {
+            let result = self.flight(handle, want).await?;
+            if satisfies(&result, want) {
+                return Ok(result);
+            }
+        }
+        Err(TokenError::CannotRefresh)
+    }
+
+    fn flight(self: &Arc<Self>, handle: &SessionHandle, want: Want) -> Flight {
+        let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, flight)) = flights.get(handle) {
+            return flight.clone();
+        }
+        let id = self.flight_ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let this = Arc::clone(self);
+        let h = handle.clone();
+        let fut: Pin<Box<dyn Future<Output = FlightResult> + Send>> = Box::pin(async move {
+            let result = this.run_flight(&h, want).await;
+            let mut flights = this.flights.lock().unwrap_or_else(|p| p.into_inner());
+            if flights.get(&h).is_some_and(|(fid, _)| *fid == id) {
+                flights.remove(&h);
+            }
+            result
+        });
+        let flight = fut.shared();
+        flights.insert(handle.clone(), (id, flight.clone()));
+        flight
+    }
+
+    async fn run_flight(&self, handle: &SessionHandle, want: Want) -> FlightResult {
+        let lock_key = self.tokens.keys().refresh_lock(handle);
+        let store = self.tokens.store();
+        let give_up_at = Instant::now() + self.wait_limit;
+        loop {
+            let set = self.load_live(handle).await?;
+            if let Some(ready) = ready_token(&set, want, self.skew) {
+                return Ok(ready);
+            }
+            let owner = random_token();
+            if store.set_if_absent(&lock_key, owner.as_bytes(), self.lease).await? {
+                let result = self.refresh_locked(handle, want, &lock_key, &owner).await;
+                if let Err(e) = store.delete_if_equals(&lock_key, owner.as_bytes()).await {
+                    // The lease ends it anyway.
+                    tracing::warn!(session = handle.short(), "could not release the refresh lock: {e}");
+                }
+                return result;
+            }
+            if Instant::now() >= give_up_at {
+                return Err(TokenError::RefreshUnavailable("timed out waiting for another refresh".into()));
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Holding the lock: re-read, refresh if still needed, store with a compare-and-set.
+    async fn refresh_locked(&self, handle: &SessionHandle, want: Want, lock_key: &str, owner: &str) -> FlightResult {
+        let set = self.load_live(handle).await?;
+        if let Some(ready) = ready_token(&set, want, self.skew) {
+            return Ok(ready);
+        }
+        let Some(refresh_token) = set.refresh_token.clone() else {
+            return match want {
+                Want::NewerThan(_) => Err(TokenError::CannotRefresh),
+                Want::Fresh if set.is_expired(now_unix()) => self.end_session(handle).await,
+                Want::Fresh => Ok(UsableToken::from(&set)),
+            };
+        };
+
+        let refreshed = {
+            let refresh = self.oidc.refresh(&refresh_token, &set.sub);
+            let renew = self.renew_lease(lock_key, owner);
+            tokio::pin!(refresh, renew);
+            tokio::select! {
+                result = &mut refresh => result,
+                () = &mut renew => Err(RefreshError::Unavailable("lost the refresh lock".into())),
+            }
+        };
+
+        match refreshed {
+            Ok(r) => {
+                let now = now_unix();
+                let lifetime = r.expires_in.unwrap_or(self.default_expires_in).as_secs();
+                let next = TokenSet {
+                    access_token: r.access_token,
+                    // No refresh_token in the answer: the provider did not rotate; keep ours.
+                    refresh_token: r.refresh_token.or(set.refresh_token),
+                    id_token: r.id_token.or(set.id_token),
+                    expires_at: now + lifetime,
+                    lifetime_secs: lifetime,
+                    session_expires_at: set.session_expires_at,
+                    sub: set.sub,
+                    version: set.version + 1,
+                };
+                match self.tokens.replace(handle, set.version, &next).await? {
+                    CasOutcome::Written => {
+                        tracing::info!(session = handle.short(), version = next.version, "access token refreshed");
+                        Ok(UsableToken::from(&next))
+                    }
+                    CasOutcome::Conflict => {
+                        // Someone wrote despite our lock (its lease had run out): theirs is newer.
+                        tracing::warn!(
+                            session = handle.short(),
+                            "token set changed during refresh; using the stored one"
+                        );
+                        let current = self.load_live(handle).await?;
+                        Ok(UsableToken::from(&current))
+                    }
+                    CasOutcome::Missing => Err(TokenError::LoginRequired),
+                }
+            }
+            Err(RefreshError::Revoked) => {
+                // A refresh that another holder completed after our read would also make ours
+                // look revoked; only a grant that is really gone ends the session.
+                if let Some(current) = self.tokens.load(handle).await? {
+                    if current.version != set.version {
+                        return Ok(UsableToken::from(&current));
+                    }
+                }
+                tracing::info!(session = handle.short(), "refresh token rejected (invalid_grant); ending the session");
+                self.end_session(handle).await
+            }
+            Err(RefreshError::Unavailable(reason)) => {
+                tracing::warn!(session = handle.short(), reason, "token refresh failed; session kept");
+                Err(TokenError::RefreshUnavailable(reason))
+            }
+        }
+    }
+
+    /// Renews the lock lease every third of it while a refresh runs; returns if the lock is lost.
+    async fn renew_lease(&self, lock_key: &str, owner: &str) {
+        let every = self.lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            match self.tokens.store().expire_if_equals(lock_key, owner.as_bytes(), self.lease).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                // A store hiccup: keep going, the next renewal may succeed before the lease ends.
+                Err(e) => tracing::warn!("could not renew the refresh lock: {e}"),
+            }
+        }
+    }
+}
+
+fn ready_token(set: &TokenSet, want: Want, skew: Duration) -> Option<UsableToken> {
+    let ready = match want {
+        Want::Fresh => !set.needs_refresh(now_unix(), skew),
+        Want::NewerThan(v) => set.version > v && !set.is_expired(now_unix()),
+    };
+    ready.then(|| UsableToken::from(set))
+}
+
+fn satisfies(token: &UsableToken, want: Want) -> bool {
+    match want {
+        Want::Fresh => true,
+        Want::NewerThan(v) => token.version > v,
+    }
+}

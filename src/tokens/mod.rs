@@ -1,0 +1,224 @@
+//! The token set of a session and where it is kept.
+//!
+//! The token set lives under its own key, sealed, prefixed with its version in clear
+//! (`v7.<sealed>`) so a Lua compare-and-set can check the version without the key to open it.
+//! Only the token manager writes it after login, and only with that compare-and-set: a request
+//! that read an older set can never write back a refresh token that was already rotated.
+
+mod manager;
+
+use std::time::Duration;
+
+use openidconnect::{AccessToken, RefreshToken};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Sealer;
+use crate::oidc::RawIdToken;
+use crate::session::{KeyLayout, SessionHandle, now_unix};
+use crate::store::{CasOutcome, Store, StoreError};
+
+pub use manager::{TokenError, TokenManager, TokenTimings, UsableToken};
+
+/// Extend a session's idle timeout at most this often: a steady stream of API calls costs one
+/// read each and a write only once a minute.
+const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
+
+#[derive(Serialize, Deserialize)]
+pub struct TokenSet {
+    pub access_token: AccessToken,
+    pub refresh_token: Option<RefreshToken>,
+    pub id_token: Option<RawIdToken>,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// The access token's lifetime as issued, to cap the refresh skew.
+    pub lifetime_secs: u64,
+    /// Unix seconds: the session's absolute end.
+    pub session_expires_at: u64,
+    pub sub: String,
+    pub version: u64,
+}
+
+impl std::fmt::Debug for TokenSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSet")
+            .field("expires_at", &self.expires_at)
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenSet {
+    /// The access token expires within the skew, capped at half its lifetime so short-lived
+    /// tokens are still used for a while before being refreshed.
+    pub fn needs_refresh(&self, now: u64, skew: Duration) -> bool {
+        let skew = skew.as_secs().min(self.lifetime_secs / 2);
+        now.saturating_add(skew) >= self.expires_at
+    }
+
+    pub fn is_expired(&self, now: u64) -> bool {
+        now >= self.expires_at
+    }
+
+    pub fn session_over(&self, now: u64) -> bool {
+        now >= self.session_expires_at
+    }
+}
+
+fn version_prefix(version: u64) -> Vec<u8> {
+    format!("v{version}.").into_bytes()
+}
+
+/// Reads and writes token sets; also extends a session's idle time to live.
+#[derive(Clone)]
+pub struct TokenStore {
+    store: Store,
+    sealer: Sealer,
+    keys: KeyLayout,
+    idle: Duration,
+}
+
+impl TokenStore {
+    pub fn new(store: Store, sealer: Sealer, keys: KeyLayout, idle: Duration) -> TokenStore {
+        TokenStore { store, sealer, keys, idle }
+    }
+
+    pub fn keys(&self) -> &KeyLayout {
+        &self.keys
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn encode(&self, key: &str, set: &TokenSet) -> Result<Vec<u8>, StoreError> {
+        let plain = serde_json::to_vec(set).map_err(|e| StoreError(format!("encoding a token set: {e}")))?;
+        let mut out = version_prefix(set.version);
+        let aad = [key.as_bytes(), &out].concat();
+        out.extend_from_slice(&self.sealer.seal(&aad, &plain));
+        Ok(out)
+    }
+
+    fn decode(&self, key: &str, raw: &[u8]) -> Option<TokenSet> {
+        let dot = raw.iter().position(|b| *b == b'.')?;
+        let (prefix, sealed) = (&raw[..=dot], &raw[dot + 1..]);
+        let aad = [key.as_bytes(), prefix].concat();
+        let plain = self.sealer.open(&aad, sealed)?;
+        let set: TokenSet = serde_json::from_slice(&plain).ok()?;
+        // The clear prefix is authenticated as associated data; check it names this version.
+        (version_prefix(set.version) == prefix).then_some(set)
+    }
+
+    /// The first token set of a session, at login.
+    pub async fn create(&self, handle: &SessionHandle, set: &TokenSet) -> Result<(), StoreError> {
+        let key = self.keys.tokens(handle);
+        let ttl = self.session_ttl(set.session_expires_at).unwrap_or(Duration::from_millis(1));
+        self.store.set(&key, &self.encode(&key, set)?, ttl).await
+    }
+
+    /// One round trip. `None`: no session (logged out, expired, or unreadable).
+    pub async fn load(&self, handle: &SessionHandle) -> Result<Option<TokenSet>, StoreError> {
+        let key = self.keys.tokens(handle);
+        let Some((raw, ttl)) = self.store.get_with_ttl(&key).await? else { return Ok(None) };
+        let Some(set) = self.decode(&key, &raw) else {
+            tracing::warn!(session = handle.short(), "token set does not open with any configured secret");
+            return Ok(None);
+        };
+        self.touch_if_due(handle, ttl, set.session_expires_at);
+        Ok(Some(set))
+    }
+
+    /// Writes `new` only if the stored set is still `expected_version`.
+    pub async fn replace(
+        &self,
+        handle: &SessionHandle,
+        expected_version: u64,
+        new: &TokenSet,
+    ) -> Result<CasOutcome, StoreError> {
+        let key = self.keys.tokens(handle);
+        self.store.replace_if_prefix(&key, &version_prefix(expected_version), &self.encode(&key, new)?).await
+    }
+
+    /// Removes everything of a session: its state, token set and refresh lock.
+    pub async fn delete_session(&self, handle: &SessionHandle) -> Result<(), StoreError> {
+        self.store.delete(&self.keys.all_of_session(handle)).await
+    }
+
+    fn session_ttl(&self, session_expires_at: u64) -> Option<Duration> {
+        let remaining = session_expires_at.checked_sub(now_unix()).filter(|r| *r > 0)?;
+        Some(self.idle.min(Duration::from_secs(remaining)))
+    }
+
+    /// Extends the idle timeout when the last extension is over a minute old (its remaining
+    /// time to live tells). Runs in the background: the request does not wait for it.
+    fn touch_if_due(&self, handle: &SessionHandle, ttl: Duration, session_expires_at: u64) {
+        let Some(target) = self.session_ttl(session_expires_at) else { return };
+        if target <= ttl + TOUCH_INTERVAL {
+            return;
+        }
+        let store = self.store.clone();
+        let keys = vec![self.keys.session(handle), self.keys.tokens(handle)];
+        let short = handle.short().to_string();
+        tokio::spawn(async move {
+            if let Err(e) = store.expire(&keys, target).await {
+                tracing::warn!(session = short, "could not extend the session: {e}");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(expires_at: u64, lifetime_secs: u64) -> TokenSet {
+        TokenSet {
+            access_token: AccessToken::new("at".into()),
+            refresh_token: Some(RefreshToken::new("rt".into())),
+            id_token: None,
+            expires_at,
+            lifetime_secs,
+            session_expires_at: u64::MAX,
+            sub: "s".into(),
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn refresh_is_due_within_the_skew_capped_at_half_the_lifetime() {
+        let skew = Duration::from_secs(30);
+        // A 300 s token refreshes 30 s before expiry.
+        assert!(!set(1000, 300).needs_refresh(969, skew));
+        assert!(set(1000, 300).needs_refresh(970, skew));
+        // A 10 s token refreshes 5 s before expiry, not at once.
+        assert!(!set(1000, 10).needs_refresh(994, skew));
+        assert!(set(1000, 10).needs_refresh(995, skew));
+        assert!(set(1000, 10).is_expired(1000));
+    }
+
+    #[test]
+    fn debug_never_shows_tokens() {
+        let shown = format!("{:?}", set(1, 1));
+        assert!(!shown.contains("at\"") && !shown.contains("rt"), "{shown}");
+    }
+
+    #[test]
+    fn encoded_sets_carry_their_version_and_refuse_another_key() {
+        let secret = secrecy::SecretString::from("x".repeat(64));
+        let ts = TokenStore::new(
+            Store::Memory(crate::store::MemoryStore::new()),
+            Sealer::new(&[secret]),
+            KeyLayout::new("t:"),
+            Duration::from_secs(60),
+        );
+        let mut s = set(5, 5);
+        s.version = 42;
+        let raw = ts.encode("k1", &s).unwrap_or_default();
+        assert!(raw.starts_with(b"v42."));
+        assert_eq!(ts.decode("k1", &raw).map(|s| s.version), Some(42));
+        assert!(ts.decode("k2", &raw).is_none());
+        let mut forged = b"v43.".to_vec();
+        forged.extend_from_slice(&raw[4..]);
+        assert!(ts.decode("k1", &forged).is_none(), "the clear version is authenticated");
+    }
+}
