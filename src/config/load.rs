@@ -224,7 +224,10 @@ impl Walker<'_> {
         let key = sec.key(name);
         let Some(value) = self.value(sec, name) else { return default };
         let parsed = match value {
-            Value::Num(_, n) => n.to_u128().and_then(|n| u64::try_from(n).ok()),
+            Value::Num(_, n) => n
+                .to_i128()
+                .or_else(|| n.to_u128().and_then(|n| i128::try_from(n).ok()))
+                .and_then(|n| u64::try_from(n).ok()),
             Value::String(_, s) => s.trim().parse::<u64>().ok(),
             _ => None,
         };
@@ -741,6 +744,17 @@ x = 1
             assert!(errs.iter().any(|got| got.starts_with(e)), "missing {e:?} in {errs:#?}");
         }
         assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn numbers_are_read_and_checked() {
+        let text = format!("{}\n[tokens]\nrefresh_skew_secs = 5\nrefresh_lock_ms = 50\n", minimal());
+        assert_eq!(errors(&text), ["tokens.refresh_lock_ms: must be at least 100 (got 50)"]);
+        let text = format!("{}\n[tokens]\nrefresh_skew_secs = 5\n", minimal());
+        let config = load(ConfigSource::from_toml_text(&text)).unwrap();
+        assert_eq!(config.tokens.refresh_skew, Duration::from_secs(5));
+        let text = format!("{}\n[tokens]\nrefresh_skew_secs = -5\n", minimal());
+        assert!(errors(&text)[0].starts_with("tokens.refresh_skew_secs: expected a non-negative integer"));
     }
 
     #[test]

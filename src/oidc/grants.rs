@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use openidconnect::core::{CoreErrorResponseType, CoreRevocableToken};
+use openidconnect::core::CoreErrorResponseType;
 use openidconnect::{
-    AccessToken, Nonce, OAuth2TokenResponse, RefreshToken, RequestTokenError, RevocationUrl, TokenResponse,
+    AccessToken, AuthType, Nonce, OAuth2TokenResponse, RefreshToken, RequestTokenError, TokenResponse,
 };
 
 use super::{Oidc, OidcError, RawIdToken, error_chain};
@@ -74,24 +74,34 @@ impl Oidc {
         })
     }
 
-    /// Revokes a refresh token when the provider has a revocation endpoint; Ok(false) if it has none.
+    /// Revokes a refresh token (RFC 7009) when the provider has a revocation endpoint; Ok(false)
+    /// if it has none. Sent by hand: oauth2's helper refuses plain-http endpoints, which rules
+    /// out a provider on loopback during development.
     pub async fn revoke_refresh_token(&self, refresh_token: &RefreshToken) -> Result<bool, OidcError> {
         let provider = self.provider()?;
         let Some(url) = provider.revocation_url.clone() else { return Ok(false) };
-        provider
-            .client
-            .clone()
-            .set_revocation_url(RevocationUrl::from_url(url))
-            .revoke_token(CoreRevocableToken::from(refresh_token.clone()))
-            .map_err(|e| OidcError::Unavailable(e.to_string()))?
-            .request_async(&self.http)
+        let mut form = vec![("token", refresh_token.secret().as_str()), ("token_type_hint", "refresh_token")];
+        let mut request = self.http.post(url);
+        match self.auth_type {
+            AuthType::RequestBody => {
+                form.push(("client_id", self.client_id.as_str()));
+                form.push(("client_secret", self.client_secret.secret().as_str()));
+            }
+            _ => {
+                // RFC 6749 §2.3.1: form-urlencode each part before base64.
+                let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                request =
+                    request.basic_auth(encode(self.client_id.as_str()), Some(encode(self.client_secret.secret())));
+            }
+        }
+        let response = request
+            .form(&form)
+            .send()
             .await
-            .map_err(|e| {
-                OidcError::Unavailable(match e {
-                    RequestTokenError::ServerResponse(err) => format!("revocation endpoint answered {}", err.error()),
-                    other => error_chain(&other),
-                })
-            })?;
+            .map_err(|e| OidcError::Unavailable(format!("revocation request failed: {}", error_chain(&e))))?;
+        if !response.status().is_success() {
+            return Err(OidcError::Unavailable(format!("revocation endpoint answered {}", response.status())));
+        }
         Ok(true)
     }
 }

@@ -1,0 +1,209 @@
+//! The demo provider's HTTP endpoints.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde_json::json;
+
+use super::TokenFault;
+use super::provider::{OAuthError, Presented, Provider};
+use crate::pages::Pages;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::FormConfig::default().limit(64 * 1024))
+        .route("/.well-known/openid-configuration", web::get().to(discovery))
+        .route("/jwks", web::get().to(jwks))
+        .route("/authorize", web::get().to(authorize))
+        .route("/login", web::post().to(login))
+        .route("/token", web::post().to(token))
+        .route("/revoke", web::post().to(revoke))
+        .route("/userinfo", web::get().to(userinfo))
+        .route("/end_session", web::get().to(end_session))
+        .route("/style.css", web::get().to(stylesheet));
+}
+
+fn no_store(mut res: HttpResponse) -> HttpResponse {
+    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    res
+}
+
+fn oauth_error(e: &OAuthError) -> HttpResponse {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut res = HttpResponse::build(status);
+    if status == StatusCode::UNAUTHORIZED {
+        res.insert_header((header::WWW_AUTHENTICATE, "Basic realm=\"demo\""));
+    }
+    no_store(res.json(json!({ "error": e.error, "error_description": e.description })))
+}
+
+fn redirect(url: &str) -> HttpResponse {
+    HttpResponse::Found().insert_header((header::LOCATION, url)).finish()
+}
+
+async fn discovery(p: web::Data<Provider>) -> HttpResponse {
+    let i = &p.issuer;
+    HttpResponse::Ok().json(json!({
+        "issuer": i,
+        "authorization_endpoint": format!("{i}/authorize"),
+        "token_endpoint": format!("{i}/token"),
+        "jwks_uri": format!("{i}/jwks"),
+        "userinfo_endpoint": format!("{i}/userinfo"),
+        "revocation_endpoint": format!("{i}/revoke"),
+        "end_session_endpoint": format!("{i}/end_session"),
+        "response_types_supported": ["code"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "code_challenge_methods_supported": ["S256"],
+        "claims_supported": ["sub", "name", "preferred_username", "email", "email_verified", "sid"],
+    }))
+}
+
+async fn jwks(p: web::Data<Provider>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "keys": [p.key.jwk()] }))
+}
+
+fn login_page(pages: &Pages, p: &Provider, client_id: &str, interaction: &str) -> HttpResponse {
+    let mut ctx = tera::Context::new();
+    ctx.insert("client_id", client_id);
+    ctx.insert("interaction", interaction);
+    ctx.insert("action", "/login");
+    ctx.insert("suggested", "alice");
+    let mut res = pages.html(StatusCode::OK, "idp_login.html", ctx);
+    let csp = format!("default-src 'self'; frame-ancestors 'none'; form-action 'self' {}", p.issuer);
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        res.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    res
+}
+
+async fn authorize(
+    p: web::Data<Provider>,
+    pages: web::Data<Pages>,
+    q: web::Query<HashMap<String, String>>,
+) -> HttpResponse {
+    let request = match p.check_authorize(&q) {
+        Ok(Ok(request)) => request,
+        Ok(Err(error_redirect)) => return redirect(error_redirect.as_str()),
+        Err(reason) => return pages.error(StatusCode::BAD_REQUEST, &reason, false),
+    };
+    if let Some(user) = p.controls.auto_login() {
+        return redirect(p.issue_code(request, &user).as_str());
+    }
+    let client_id = request.client_id.clone();
+    let interaction = p.start_interaction(request);
+    login_page(&pages, &p, &client_id, &interaction)
+}
+
+async fn login(
+    p: web::Data<Provider>,
+    pages: web::Data<Pages>,
+    form: web::Form<HashMap<String, String>>,
+) -> HttpResponse {
+    let username = form.get("username").map(|u| u.trim()).unwrap_or_default();
+    let valid = !username.is_empty()
+        && username.len() <= 64
+        && username.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    let Some(request) = form.get("interaction").and_then(|id| p.take_interaction(id)) else {
+        return pages.error(
+            StatusCode::BAD_REQUEST,
+            "This sign-in has expired. Go back to the application and start again.",
+            false,
+        );
+    };
+    if !valid {
+        let client_id = request.client_id.clone();
+        let interaction = p.start_interaction(request);
+        return login_page(&pages, &p, &client_id, &interaction);
+    }
+    redirect(p.issue_code(request, username).as_str())
+}
+
+/// `Authorization: Basic` credentials are form-urlencoded before base64 (RFC 6749 §2.3.1).
+fn presented(req: &HttpRequest, form: &HashMap<String, String>) -> Presented {
+    let basic = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b64| STANDARD.decode(b64.trim()).ok())
+        .and_then(|raw| String::from_utf8(raw).ok())
+        .and_then(|pair| {
+            let (id, secret) = pair.split_once(':')?;
+            let decode =
+                |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
+            Some((decode(id)?, decode(secret)?))
+        });
+    let post = match (form.get("client_id"), form.get("client_secret")) {
+        (Some(id), Some(secret)) => Some((id.clone(), secret.clone())),
+        _ => None,
+    };
+    Presented { basic, post }
+}
+
+async fn token(req: HttpRequest, p: web::Data<Provider>, form: web::Form<HashMap<String, String>>) -> HttpResponse {
+    match p.controls.token_fault() {
+        TokenFault::None => {}
+        TokenFault::Unavailable => {
+            return HttpResponse::ServiceUnavailable()
+                .content_type("text/html")
+                .body("<html><body><h1>503 Service Unavailable</h1></body></html>");
+        }
+        TokenFault::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            return HttpResponse::GatewayTimeout().finish();
+        }
+        TokenFault::InvalidGrant => {
+            return oauth_error(&OAuthError {
+                status: 400,
+                error: "invalid_grant",
+                description: "grant revoked".into(),
+            });
+        }
+    }
+    match p.token(&form, &presented(&req, &form)) {
+        Ok(body) => no_store(HttpResponse::Ok().json(body)),
+        Err(e) => oauth_error(&e),
+    }
+}
+
+async fn revoke(req: HttpRequest, p: web::Data<Provider>, form: web::Form<HashMap<String, String>>) -> HttpResponse {
+    match p.revoke(&form, &presented(&req, &form)) {
+        Ok(()) => HttpResponse::Ok().finish(),
+        Err(e) => oauth_error(&e),
+    }
+}
+
+async fn userinfo(req: HttpRequest, p: web::Data<Provider>) -> HttpResponse {
+    let token =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    match token.and_then(|t| p.userinfo(t)) {
+        Some(claims) => no_store(HttpResponse::Ok().json(claims)),
+        None => HttpResponse::Unauthorized()
+            .insert_header((header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""))
+            .finish(),
+    }
+}
+
+async fn end_session(
+    p: web::Data<Provider>,
+    pages: web::Data<Pages>,
+    q: web::Query<HashMap<String, String>>,
+) -> HttpResponse {
+    match p.end_session(&q) {
+        Some(target) => redirect(target.as_str()),
+        None => pages.error(StatusCode::OK, "You are signed out of the demo identity provider.", false),
+    }
+}
+
+async fn stylesheet() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/css; charset=utf-8").body(crate::pages::STYLESHEET)
+}

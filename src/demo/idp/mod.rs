@@ -1,0 +1,178 @@
+//! The demo OpenID Provider: discovery, JWKS, authorization (a login page, or an automatic
+//! sign-in for tests), token (authorization_code with PKCE, refresh_token with rotation and
+//! reuse detection), revocation, userinfo and end-session, over real HTTP.
+//!
+//! Demo and test fixture only; never a production identity provider.
+
+mod handlers;
+mod keys;
+mod provider;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{App, HttpServer, web};
+
+pub use keys::SigningKey;
+pub use provider::{AccessClaims, Provider, user_claims};
+
+use crate::config::AuthMethod;
+use crate::pages::Pages;
+
+/// A client registered at the demo provider.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub client_id: String,
+    pub client_secret: String,
+    /// The one method this client must authenticate with, as real registrations do.
+    pub auth_method: AuthMethod,
+    pub redirect_uris: Vec<String>,
+    pub post_logout_redirect_uris: Vec<String>,
+}
+
+/// What the token endpoint does instead of answering properly (tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenFault {
+    None,
+    /// 503 with an HTML body, like a load balancer in trouble.
+    Unavailable,
+    /// Never answers.
+    Hang,
+    /// 400 `invalid_grant`, as if the grant were revoked.
+    InvalidGrant,
+}
+
+/// How the next login's ID token is spoiled (tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdTokenFault {
+    None,
+    WrongNonce,
+    Expired,
+    BadSignature,
+    WrongAudience,
+    WrongIssuer,
+}
+
+/// Switches tests (and the demo) flip at run time.
+pub struct Controls {
+    access_token_ttl_secs: AtomicU64,
+    refresh_token_ttl_secs: AtomicU64,
+    auto_login: Mutex<Option<String>>,
+    token_fault: Mutex<TokenFault>,
+    id_token_fault: Mutex<IdTokenFault>,
+    authorize_error: Mutex<Option<String>>,
+}
+
+fn read<T: Clone>(m: &Mutex<T>) -> T {
+    m.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+fn write<T>(m: &Mutex<T>, value: T) {
+    *m.lock().unwrap_or_else(|p| p.into_inner()) = value;
+}
+
+impl Controls {
+    pub fn new(access_token_ttl: Duration) -> Controls {
+        Controls {
+            access_token_ttl_secs: AtomicU64::new(access_token_ttl.as_secs()),
+            refresh_token_ttl_secs: AtomicU64::new(86_400),
+            auto_login: Mutex::new(None),
+            token_fault: Mutex::new(TokenFault::None),
+            id_token_fault: Mutex::new(IdTokenFault::None),
+            authorize_error: Mutex::new(None),
+        }
+    }
+
+    pub fn access_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.access_token_ttl_secs.load(Ordering::SeqCst))
+    }
+
+    pub fn set_access_token_ttl(&self, ttl: Duration) {
+        self.access_token_ttl_secs.store(ttl.as_secs(), Ordering::SeqCst);
+    }
+
+    pub fn refresh_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.refresh_token_ttl_secs.load(Ordering::SeqCst))
+    }
+
+    /// Sign this user in at `/authorize` without showing the login page.
+    pub fn set_auto_login(&self, username: Option<&str>) {
+        write(&self.auto_login, username.map(String::from));
+    }
+
+    pub fn auto_login(&self) -> Option<String> {
+        read(&self.auto_login)
+    }
+
+    pub fn set_token_fault(&self, fault: TokenFault) {
+        write(&self.token_fault, fault);
+    }
+
+    pub fn token_fault(&self) -> TokenFault {
+        read(&self.token_fault)
+    }
+
+    pub fn set_id_token_fault(&self, fault: IdTokenFault) {
+        write(&self.id_token_fault, fault);
+    }
+
+    pub fn id_token_fault(&self) -> IdTokenFault {
+        read(&self.id_token_fault)
+    }
+
+    /// Answer the next authorization requests with `error=<code>`.
+    pub fn set_authorize_error(&self, error: Option<&str>) {
+        write(&self.authorize_error, error.map(String::from));
+    }
+
+    pub fn authorize_error(&self) -> Option<String> {
+        read(&self.authorize_error)
+    }
+}
+
+pub struct IdpConfig {
+    pub clients: Vec<Client>,
+    pub access_token_ttl: Duration,
+    /// The `aud` of access tokens (what the demo API checks).
+    pub api_audience: String,
+    pub templates_dir: PathBuf,
+}
+
+/// A running provider: its issuer URL, its state and switches, and a handle to stop it.
+#[derive(Clone)]
+pub struct RunningIdp {
+    pub issuer: String,
+    pub provider: Arc<Provider>,
+    pub controls: Arc<Controls>,
+    pub handle: ServerHandle,
+}
+
+/// Starts the provider on `listener` (issuer `http://<its address>`). The returned server must
+/// be awaited or spawned.
+pub fn start(config: IdpConfig, listener: TcpListener) -> Result<(RunningIdp, Server), anyhow::Error> {
+    let addr = listener.local_addr()?;
+    let issuer = format!("http://{addr}");
+    let controls = Arc::new(Controls::new(config.access_token_ttl));
+    let provider = Arc::new(Provider::new(
+        issuer.clone(),
+        SigningKey::generate("demo-key")?,
+        config.clients,
+        Arc::clone(&controls),
+        config.api_audience,
+    ));
+    let pages = web::Data::new(Pages::load(&config.templates_dir, "/style.css")?);
+    let data = web::Data::from(Arc::clone(&provider));
+    let server = HttpServer::new(move || {
+        App::new().app_data(data.clone()).app_data(pages.clone()).configure(handlers::configure)
+    })
+    .workers(2)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    let running = RunningIdp { issuer, provider, controls, handle: server.handle() };
+    Ok((running, server))
+}

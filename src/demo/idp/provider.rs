@@ -1,0 +1,525 @@
+//! The demo provider's protocol state: clients, authorization requests, codes, grants, tokens.
+//!
+//! It is strict on purpose, like real providers: PKCE S256 required, codes one-time, refresh
+//! tokens rotated on every use with reuse detection (a used refresh token revokes the whole
+//! grant), the client must authenticate with its registered method. Tests pass because bff does
+//! the protocol right, not because the provider is lenient.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use super::keys::SigningKey;
+use super::{Client, Controls, IdTokenFault};
+use crate::config::AuthMethod;
+use crate::crypto::random_token;
+use crate::session::now_unix;
+
+const CODE_TTL_SECS: u64 = 60;
+
+/// An OAuth error answer: status, `error`, `error_description`.
+#[derive(Debug)]
+pub struct OAuthError {
+    pub status: u16,
+    pub error: &'static str,
+    pub description: String,
+}
+
+fn oauth_error(status: u16, error: &'static str, description: impl Into<String>) -> OAuthError {
+    OAuthError { status, error, description: description.into() }
+}
+
+/// A validated authorization request waiting for the user to sign in.
+#[derive(Clone)]
+pub struct AuthRequest {
+    pub client_id: String,
+    pub redirect_uri: Url,
+    pub state: Option<String>,
+    pub nonce: Option<String>,
+    pub scope: String,
+    pub code_challenge: String,
+}
+
+struct Code {
+    request: AuthRequest,
+    grant_id: String,
+    expires_at: u64,
+    used: bool,
+}
+
+pub struct Grant {
+    pub client_id: String,
+    pub username: String,
+    pub scope: String,
+    pub sid: String,
+    pub auth_time: u64,
+    pub revoked: bool,
+}
+
+struct RefreshRecord {
+    grant_id: String,
+    used: bool,
+    expires_at: u64,
+}
+
+#[derive(Default)]
+struct Data {
+    interactions: HashMap<String, AuthRequest>,
+    codes: HashMap<String, Code>,
+    grants: HashMap<String, Grant>,
+    refresh_tokens: HashMap<String, RefreshRecord>,
+    /// Access-token `jti` → grant.
+    access_tokens: HashMap<String, String>,
+}
+
+/// Counters tests read.
+#[derive(Default)]
+pub struct Counters {
+    pub authorization_code: AtomicU64,
+    pub refresh_token: AtomicU64,
+    pub revocations: AtomicU64,
+    pub reuse_detected: AtomicU64,
+    pub end_session: AtomicU64,
+}
+
+/// Client credentials as the request presented them.
+#[derive(Default)]
+pub struct Presented {
+    pub basic: Option<(String, String)>,
+    pub post: Option<(String, String)>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct AccessClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: u64,
+    pub iat: u64,
+    pub jti: String,
+    pub client_id: String,
+    pub scope: String,
+    pub sid: String,
+}
+
+pub struct Provider {
+    pub issuer: String,
+    pub key: SigningKey,
+    /// Signs "bad signature" ID tokens for tests: same `kid`, a key nobody published.
+    rogue_key: Mutex<Option<std::sync::Arc<SigningKey>>>,
+    pub clients: HashMap<String, Client>,
+    pub controls: std::sync::Arc<Controls>,
+    pub counters: Counters,
+    data: Mutex<Data>,
+    /// Every token the provider issued, so tests can search logs and pages for them.
+    issued: Mutex<Vec<String>>,
+    pub api_audience: String,
+}
+
+pub fn user_claims(username: &str) -> (String, Value) {
+    let sub = format!("demo|{username}");
+    let mut name = username.to_string();
+    if let Some(first) = name.get_mut(0..1) {
+        first.make_ascii_uppercase();
+    }
+    let claims = json!({
+        "name": name,
+        "preferred_username": username,
+        "email": format!("{username}@example.com"),
+        "email_verified": true,
+    });
+    (sub, claims)
+}
+
+impl Provider {
+    pub fn new(
+        issuer: String,
+        key: SigningKey,
+        clients: Vec<Client>,
+        controls: std::sync::Arc<Controls>,
+        api_audience: String,
+    ) -> Provider {
+        Provider {
+            issuer,
+            key,
+            rogue_key: Mutex::new(None),
+            clients: clients.into_iter().map(|c| (c.client_id.clone(), c)).collect(),
+            controls,
+            counters: Counters::default(),
+            data: Mutex::new(Data::default()),
+            issued: Mutex::new(Vec::new()),
+            api_audience,
+        }
+    }
+
+    fn data(&self) -> std::sync::MutexGuard<'_, Data> {
+        self.data.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember(&self, token: &str) {
+        self.issued.lock().unwrap_or_else(|p| p.into_inner()).push(token.to_string());
+    }
+
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.issued.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Checks an authorization request. Errors that can be sent back to the client come as
+    /// `Ok(Err(redirect))`; a bad client or redirect URI must not redirect (`Err`).
+    pub fn check_authorize(&self, q: &HashMap<String, String>) -> Result<Result<AuthRequest, Url>, String> {
+        let client_id = q.get("client_id").ok_or("client_id is missing")?;
+        let client = self.clients.get(client_id).ok_or("unknown client_id")?;
+        let redirect_raw = q.get("redirect_uri").ok_or("redirect_uri is missing")?;
+        if !client.redirect_uris.iter().any(|r| r == redirect_raw) {
+            return Err("redirect_uri is not registered for this client".into());
+        }
+        let redirect_uri = Url::parse(redirect_raw).map_err(|_| "redirect_uri is not a URL")?;
+        let state = q.get("state").cloned();
+        let fail = |error: &str, description: &str| {
+            let mut url = redirect_uri.clone();
+            url.query_pairs_mut().append_pair("error", error).append_pair("error_description", description);
+            if let Some(s) = &state {
+                url.query_pairs_mut().append_pair("state", s);
+            }
+            Ok(Err(url))
+        };
+        if q.get("response_type").map(String::as_str) != Some("code") {
+            return fail("unsupported_response_type", "only response_type=code");
+        }
+        let scope = q.get("scope").cloned().unwrap_or_default();
+        if !scope.split(' ').any(|s| s == "openid") {
+            return fail("invalid_scope", "openid is required");
+        }
+        let Some(code_challenge) = q.get("code_challenge").filter(|c| c.len() >= 43) else {
+            return fail("invalid_request", "PKCE code_challenge is required");
+        };
+        if q.get("code_challenge_method").map(String::as_str) != Some("S256") {
+            return fail("invalid_request", "code_challenge_method must be S256");
+        }
+        if let Some(error) = self.controls.authorize_error() {
+            return fail(&error, "refused by the test switch");
+        }
+        Ok(Ok(AuthRequest {
+            client_id: client_id.clone(),
+            redirect_uri,
+            state,
+            nonce: q.get("nonce").cloned(),
+            scope,
+            code_challenge: code_challenge.clone(),
+        }))
+    }
+
+    pub fn start_interaction(&self, request: AuthRequest) -> String {
+        let id = random_token();
+        self.data().interactions.insert(id.clone(), request);
+        id
+    }
+
+    pub fn take_interaction(&self, id: &str) -> Option<AuthRequest> {
+        self.data().interactions.remove(id)
+    }
+
+    /// The user signed in: a grant and a one-time code, sent back to the client.
+    pub fn issue_code(&self, request: AuthRequest, username: &str) -> Url {
+        let code = random_token();
+        let grant_id = random_token();
+        let mut data = self.data();
+        data.grants.insert(
+            grant_id.clone(),
+            Grant {
+                client_id: request.client_id.clone(),
+                username: username.to_string(),
+                scope: request.scope.clone(),
+                sid: random_token(),
+                auth_time: now_unix(),
+                revoked: false,
+            },
+        );
+        let mut url = request.redirect_uri.clone();
+        url.query_pairs_mut().append_pair("code", &code);
+        if let Some(s) = &request.state {
+            url.query_pairs_mut().append_pair("state", s);
+        }
+        url.query_pairs_mut().append_pair("iss", &self.issuer);
+        data.codes.insert(code, Code { request, grant_id, expires_at: now_unix() + CODE_TTL_SECS, used: false });
+        url
+    }
+
+    /// Authenticates the client with exactly its registered method.
+    pub fn authenticate(&self, presented: &Presented) -> Result<&Client, OAuthError> {
+        let (method, (id, secret)) = match (&presented.basic, &presented.post) {
+            (Some(b), None) => (AuthMethod::ClientSecretBasic, b),
+            (None, Some(p)) => (AuthMethod::ClientSecretPost, p),
+            (Some(_), Some(_)) => {
+                return Err(oauth_error(400, "invalid_request", "more than one client authentication"));
+            }
+            (None, None) => return Err(oauth_error(401, "invalid_client", "client authentication required")),
+        };
+        let client = self.clients.get(id).ok_or_else(|| oauth_error(401, "invalid_client", "unknown client"))?;
+        if client.client_secret != *secret {
+            return Err(oauth_error(401, "invalid_client", "wrong client secret"));
+        }
+        if client.auth_method != method {
+            return Err(oauth_error(
+                401,
+                "invalid_client",
+                format!("this client must use {}", client.auth_method.as_str()),
+            ));
+        }
+        Ok(client)
+    }
+
+    pub fn token(&self, form: &HashMap<String, String>, presented: &Presented) -> Result<Value, OAuthError> {
+        let client = self.authenticate(presented)?;
+        match form.get("grant_type").map(String::as_str) {
+            Some("authorization_code") => {
+                self.counters.authorization_code.fetch_add(1, Ordering::SeqCst);
+                self.exchange_code(client, form)
+            }
+            Some("refresh_token") => {
+                self.counters.refresh_token.fetch_add(1, Ordering::SeqCst);
+                self.refresh(client, form)
+            }
+            _ => Err(oauth_error(400, "unsupported_grant_type", "authorization_code or refresh_token")),
+        }
+    }
+
+    fn exchange_code(&self, client: &Client, form: &HashMap<String, String>) -> Result<Value, OAuthError> {
+        let invalid = |why: &str| oauth_error(400, "invalid_grant", why);
+        let code = form.get("code").ok_or_else(|| oauth_error(400, "invalid_request", "code is missing"))?;
+        let (grant_id, request) = {
+            let mut data = self.data();
+            let Some(entry) = data.codes.get_mut(code) else { return Err(invalid("unknown code")) };
+            if entry.used {
+                // A replayed code: revoke everything issued from it.
+                let grant_id = entry.grant_id.clone();
+                if let Some(g) = data.grants.get_mut(&grant_id) {
+                    g.revoked = true;
+                }
+                return Err(invalid("code already used"));
+            }
+            entry.used = true;
+            if entry.expires_at < now_unix() {
+                return Err(invalid("code expired"));
+            }
+            (entry.grant_id.clone(), entry.request.clone())
+        };
+        if request.client_id != client.client_id {
+            return Err(invalid("code was issued to another client"));
+        }
+        if form.get("redirect_uri").map(String::as_str) != Some(request.redirect_uri.as_str()) {
+            return Err(invalid("redirect_uri does not match"));
+        }
+        let verifier = form.get("code_verifier").ok_or_else(|| invalid("code_verifier is missing"))?;
+        if URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())) != request.code_challenge {
+            return Err(invalid("PKCE verification failed"));
+        }
+        self.tokens_for(&grant_id, request.nonce.as_deref(), true)
+    }
+
+    fn refresh(&self, client: &Client, form: &HashMap<String, String>) -> Result<Value, OAuthError> {
+        let invalid = |why: &str| oauth_error(400, "invalid_grant", why);
+        let presented =
+            form.get("refresh_token").ok_or_else(|| oauth_error(400, "invalid_request", "refresh_token is missing"))?;
+        let grant_id = {
+            let mut data = self.data();
+            let Some(record) = data.refresh_tokens.get_mut(presented) else {
+                return Err(invalid("unknown refresh token"));
+            };
+            let grant_id = record.grant_id.clone();
+            if record.used {
+                // Reuse detection: whoever holds the rotated token and whoever replays the old
+                // one cannot be told apart, so the grant dies.
+                self.counters.reuse_detected.fetch_add(1, Ordering::SeqCst);
+                if let Some(g) = data.grants.get_mut(&grant_id) {
+                    g.revoked = true;
+                }
+                tracing::warn!("demo idp: refresh token reuse detected; grant revoked");
+                return Err(invalid("refresh token already used"));
+            }
+            if record.expires_at < now_unix() {
+                return Err(invalid("refresh token expired"));
+            }
+            record.used = true;
+            let grant = data.grants.get(&grant_id).ok_or_else(|| invalid("grant gone"))?;
+            if grant.revoked {
+                return Err(invalid("grant revoked"));
+            }
+            if grant.client_id != client.client_id {
+                return Err(invalid("refresh token was issued to another client"));
+            }
+            grant_id
+        };
+        self.tokens_for(&grant_id, None, false)
+    }
+
+    fn rogue_key(&self) -> Option<std::sync::Arc<SigningKey>> {
+        let mut slot = self.rogue_key.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = SigningKey::generate("demo-key").ok().map(std::sync::Arc::new);
+        }
+        slot.clone()
+    }
+
+    /// Access token (JWT), a rotated refresh token when `offline_access` was granted, ID token.
+    fn tokens_for(&self, grant_id: &str, nonce: Option<&str>, at_login: bool) -> Result<Value, OAuthError> {
+        let server_error = |e: jsonwebtoken::errors::Error| oauth_error(500, "server_error", e.to_string());
+        let (grant_client, username, scope, sid, auth_time) = {
+            let data = self.data();
+            let g = data.grants.get(grant_id).ok_or_else(|| oauth_error(400, "invalid_grant", "grant gone"))?;
+            (g.client_id.clone(), g.username.clone(), g.scope.clone(), g.sid.clone(), g.auth_time)
+        };
+        let now = now_unix();
+        let ttl = self.controls.access_token_ttl().as_secs();
+        let (sub, profile) = user_claims(&username);
+        let jti = random_token();
+        let access = AccessClaims {
+            iss: self.issuer.clone(),
+            sub: sub.clone(),
+            aud: self.api_audience.clone(),
+            exp: now + ttl,
+            iat: now,
+            jti: jti.clone(),
+            client_id: grant_client.clone(),
+            scope: scope.clone(),
+            sid: sid.clone(),
+        };
+        let access_token = self.key.sign(&access, Some("at+jwt")).map_err(server_error)?;
+
+        let fault = if at_login { self.controls.id_token_fault() } else { IdTokenFault::None };
+        let mut id_claims = json!({
+            "iss": if fault == IdTokenFault::WrongIssuer { "https://evil.example".to_string() } else { self.issuer.clone() },
+            "sub": sub,
+            "aud": if fault == IdTokenFault::WrongAudience { "someone-else".to_string() } else { grant_client.clone() },
+            "iat": now,
+            "exp": if fault == IdTokenFault::Expired { now - 120 } else { now + 300 },
+            "auth_time": auth_time,
+            "sid": sid,
+        });
+        if let (Some(obj), Some(p)) = (id_claims.as_object_mut(), profile.as_object()) {
+            obj.extend(p.clone());
+            match (nonce, fault) {
+                (Some(_), IdTokenFault::WrongNonce) => {
+                    obj.insert("nonce".into(), json!("not-the-nonce"));
+                }
+                (Some(n), _) => {
+                    obj.insert("nonce".into(), json!(n));
+                }
+                (None, _) => {}
+            }
+        }
+        let id_token = if fault == IdTokenFault::BadSignature {
+            let rogue = self.rogue_key().ok_or_else(|| oauth_error(500, "server_error", "no rogue key"))?;
+            rogue.sign(&id_claims, Some("JWT")).map_err(server_error)?
+        } else {
+            self.key.sign(&id_claims, Some("JWT")).map_err(server_error)?
+        };
+
+        let refresh_token = scope.split(' ').any(|s| s == "offline_access").then(random_token);
+        {
+            let mut data = self.data();
+            data.access_tokens.insert(jti, grant_id.to_string());
+            if let Some(rt) = &refresh_token {
+                let expires_at = now + self.controls.refresh_token_ttl().as_secs();
+                data.refresh_tokens
+                    .insert(rt.clone(), RefreshRecord { grant_id: grant_id.to_string(), used: false, expires_at });
+            }
+        }
+        self.remember(&access_token);
+        self.remember(&id_token);
+        let mut body = json!({
+            "access_token": access_token,
+            "token_type": "Bearer",
+            "expires_in": ttl,
+            "id_token": id_token,
+            "scope": scope,
+        });
+        if let (Some(rt), Some(obj)) = (&refresh_token, body.as_object_mut()) {
+            self.remember(rt);
+            obj.insert("refresh_token".into(), json!(rt));
+        }
+        Ok(body)
+    }
+
+    /// RFC 7009: revoking a refresh token revokes its grant. Unknown tokens are not an error.
+    pub fn revoke(&self, form: &HashMap<String, String>, presented: &Presented) -> Result<(), OAuthError> {
+        let client = self.authenticate(presented)?;
+        let token = form.get("token").ok_or_else(|| oauth_error(400, "invalid_request", "token is missing"))?;
+        self.counters.revocations.fetch_add(1, Ordering::SeqCst);
+        let mut data = self.data();
+        let grant_id = match data.refresh_tokens.get(token) {
+            Some(r) => Some(r.grant_id.clone()),
+            None => self
+                .key
+                .verify::<AccessClaims>(token, None, false)
+                .and_then(|c| data.access_tokens.get(&c.jti).cloned()),
+        };
+        if let Some(grant_id) = grant_id {
+            if let Some(g) = data.grants.get_mut(&grant_id).filter(|g| g.client_id == client.client_id) {
+                g.revoked = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// An access token that is signed by us, unexpired and whose grant still lives.
+    pub fn active_access_token(&self, token: &str) -> Option<AccessClaims> {
+        let claims = self.key.verify::<AccessClaims>(token, Some(&self.api_audience), true)?;
+        let data = self.data();
+        let grant_id = data.access_tokens.get(&claims.jti)?;
+        data.grants.get(grant_id).filter(|g| !g.revoked).map(|_| claims)
+    }
+
+    /// Whether a refresh token is still usable (for tests that check revocation).
+    pub fn refresh_token_active(&self, token: &str) -> bool {
+        let data = self.data();
+        data.refresh_tokens.get(token).is_some_and(|r| {
+            !r.used && r.expires_at >= now_unix() && data.grants.get(&r.grant_id).is_some_and(|g| !g.revoked)
+        })
+    }
+
+    pub fn userinfo(&self, token: &str) -> Option<Value> {
+        let claims = self.active_access_token(token)?;
+        let username = claims.sub.strip_prefix("demo|")?.to_string();
+        let (sub, mut profile) = user_claims(&username);
+        if let Some(obj) = profile.as_object_mut() {
+            obj.insert("sub".into(), json!(sub));
+        }
+        Some(profile)
+    }
+
+    /// RP-initiated logout: ends the provider session (the grants of that `sid`) and returns
+    /// where to send the browser, if the client asked for a registered place.
+    pub fn end_session(&self, q: &HashMap<String, String>) -> Option<Url> {
+        self.counters.end_session.fetch_add(1, Ordering::SeqCst);
+        #[derive(Deserialize)]
+        struct Hint {
+            aud: String,
+            sid: Option<String>,
+        }
+        let hint = q.get("id_token_hint").and_then(|t| self.key.verify::<Hint>(t, None, false));
+        if let Some(sid) = hint.as_ref().and_then(|h| h.sid.clone()) {
+            for g in self.data().grants.values_mut().filter(|g| g.sid == sid) {
+                g.revoked = true;
+            }
+        }
+        let client_id = hint.map(|h| h.aud).or_else(|| q.get("client_id").cloned())?;
+        let client = self.clients.get(&client_id)?;
+        let target = q.get("post_logout_redirect_uri")?;
+        if !client.post_logout_redirect_uris.iter().any(|u| u == target) {
+            return None;
+        }
+        let mut url = Url::parse(target).ok()?;
+        if let Some(state) = q.get("state") {
+            url.query_pairs_mut().append_pair("state", state);
+        }
+        Some(url)
+    }
+}

@@ -1,0 +1,125 @@
+//! Redis outages: fast 503s, never a hang or a bare 500, and recovery without a restart.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::{AppOptions, dead_port, eventually, spawn_app, spawn_app_with};
+
+/// A bff on the same secret and prefix as `app`, whose Redis URL points at `redis_url`.
+async fn twin_with_redis(app: &crate::helpers::TestApp, redis_url: &str) -> String {
+    let mut config = app.config.clone();
+    config.session.redis_url = Some(secrecy::SecretString::from(redis_url.to_string()));
+    let listener = crate::helpers::listener();
+    let port = listener.local_addr().expect("addr").port();
+    let twin = bff::Application::build(config, listener).await.expect("start-up does not need Redis");
+    tokio::spawn(twin.run_until_stopped());
+    format!("http://127.0.0.1:{port}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_unreachable_requests_fail_fast_with_503() {
+    let app = spawn_app().await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    let down = twin_with_redis(&app, &format!("redis://127.0.0.1:{}", dead_port())).await;
+    let b = browser.at(&down);
+
+    for (what, res) in [
+        ("user", b.user().await),
+        ("api", b.api(reqwest::Method::GET, "/api/echo").await),
+        ("login fetch", b.send(b.request(reqwest::Method::GET, "/auth/login")).await),
+    ] {
+        assert_eq!(res.status(), 503, "{what}");
+        assert_eq!(
+            res.json::<serde_json::Value>().await.ok(),
+            Some(serde_json::json!({"error": "session_store_unavailable"})),
+            "{what}"
+        );
+    }
+    let started = Instant::now();
+    let nav = b
+        .send(b.request(reqwest::Method::GET, "/auth/user").header("x-csrf", "1").header("sec-fetch-mode", "navigate"))
+        .await;
+    assert_eq!(nav.status(), 503);
+    assert!(nav.headers()["content-type"].to_str().unwrap_or_default().starts_with("text/html"));
+    assert!(started.elapsed() < Duration::from_secs(5), "no hang");
+    assert_eq!(b.get("/readyz").await.status(), 503);
+    assert_eq!(b.get("/healthz").await.status(), 200);
+}
+
+struct RedisProcess {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl RedisProcess {
+    fn start(port: u16, dir: &std::path::Path) -> RedisProcess {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+            .args(["--appendfsync", "always", "--dir"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (.ci/run installs it)");
+        RedisProcess { child, port, dir: dir.to_path_buf() }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn redis_answers(url: &str) -> bool {
+    match redis::Client::open(url) {
+        Ok(c) => match c.get_multiplexed_async_connection().await {
+            Ok(mut conn) => redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok(),
+            Err(_) => false,
+        },
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_survive_a_redis_restart_and_requests_recover_by_themselves() {
+    let dir = std::env::temp_dir().join(format!("bff-redis-{}", crate::helpers::random_id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let port = dead_port();
+    let mut redis = RedisProcess::start(port, &dir);
+    let url = redis.url();
+    eventually("redis starts", Duration::from_secs(10), || redis_answers(&url)).await;
+    let app = spawn_app_with(AppOptions { redis_url: Some(redis.url()), ..Default::default() }).await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    assert_eq!(browser.api(reqwest::Method::GET, "/api/echo").await.status(), 200);
+
+    redis.kill();
+    let started = Instant::now();
+    assert_eq!(browser.api(reqwest::Method::GET, "/api/echo").await.status(), 503);
+    assert_eq!(browser.user().await.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(5), "503 within the store timeout, not a hang");
+
+    let mut restarted = RedisProcess::start(port, &dir);
+    eventually("redis restarts", Duration::from_secs(10), || redis_answers(&url)).await;
+    let b = browser.clone();
+    eventually("bff recovers without a restart", Duration::from_secs(15), || {
+        let b = b.clone();
+        async move { b.api(reqwest::Method::GET, "/api/echo").await.status() == 200 }
+    })
+    .await;
+    assert_eq!(browser.user().await.status(), 200, "the session survived");
+    restarted.kill();
+}

@@ -1,0 +1,170 @@
+//! An upstream API for the proxy tests: it checks the bearer token at the demo provider (so a
+//! token the provider considers dead really fails), records what it received and echoes it,
+//! and has endpoints for slow answers, event streams, large downloads and uploads.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::web::{self, Bytes};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer};
+use bff::demo::idp::Provider;
+use futures_util::StreamExt;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+#[derive(Default)]
+pub struct UpstreamControls {
+    /// Answer this many requests with 401 whatever their token.
+    pub reject_next: AtomicU32,
+    pub always_reject: AtomicBool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub bearer: Option<String>,
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Clone)]
+pub struct Upstream {
+    pub url: String,
+    pub controls: Arc<UpstreamControls>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen").clone()
+    }
+}
+
+struct State {
+    provider: Option<Arc<Provider>>,
+    controls: Arc<UpstreamControls>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+pub async fn spawn(provider: Option<Arc<Provider>>) -> Upstream {
+    let listener = crate::helpers::listener();
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let controls = Arc::new(UpstreamControls::default());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let state = web::Data::new(State { provider, controls: Arc::clone(&controls), seen: Arc::clone(&seen) });
+    let server = HttpServer::new(move || App::new().app_data(state.clone()).default_service(web::to(handle)))
+        .workers(2)
+        .disable_signals()
+        .listen(listener)
+        .expect("listen")
+        .run();
+    tokio::spawn(server);
+    Upstream { url, controls, seen }
+}
+
+fn bearer(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(String::from)
+}
+
+fn query(req: &HttpRequest, name: &str) -> Option<u64> {
+    url::form_urlencoded::parse(req.query_string().as_bytes())
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+async fn handle(req: HttpRequest, mut payload: web::Payload, state: web::Data<State>) -> HttpResponse {
+    let token = bearer(&req);
+    let headers: BTreeMap<String, String> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("<binary>").to_string()))
+        .collect();
+    state.seen.lock().expect("seen").push(Seen {
+        method: req.method().to_string(),
+        path: req.path().to_string(),
+        bearer: token.clone(),
+        headers: headers.clone(),
+    });
+    let valid = match (&state.provider, &token) {
+        (Some(p), Some(t)) => p.active_access_token(t).is_some(),
+        (None, _) => true,
+        (Some(_), None) => false,
+    };
+    let forced = state.controls.always_reject.load(Ordering::SeqCst)
+        || state.controls.reject_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+    if !valid || forced {
+        return HttpResponse::Unauthorized()
+            .insert_header(("www-authenticate", "Bearer error=\"invalid_token\""))
+            .json(json!({ "error": "invalid_token" }));
+    }
+
+    let path = req.path().to_string();
+    if path.starts_with("/slow") {
+        tokio::time::sleep(Duration::from_millis(query(&req, "ms").unwrap_or(5000))).await;
+        return HttpResponse::Ok().json(json!({ "slow": true }));
+    }
+    if path == "/sse" {
+        let count = query(&req, "count").unwrap_or(3);
+        let events = futures_util::stream::unfold(0u64, move |i| async move {
+            if i >= count {
+                return None;
+            }
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Some((Ok::<_, std::io::Error>(Bytes::from(format!("id: {i}\ndata: tick {i}\n\n"))), i + 1))
+        });
+        return HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .insert_header(("cache-control", "no-cache"))
+            .streaming(events);
+    }
+    if path == "/download" {
+        let total = query(&req, "bytes").unwrap_or(1024);
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let chunks = futures_util::stream::unfold(0u64, move |sent| {
+            let chunk = chunk.clone();
+            async move {
+                if sent >= total {
+                    return None;
+                }
+                let n = (total - sent).min(chunk.len() as u64) as usize;
+                Some((Ok::<_, std::io::Error>(chunk.slice(..n)), sent + n as u64))
+            }
+        });
+        return HttpResponse::Ok()
+            .content_type("application/octet-stream")
+            .body(actix_web::body::SizedStream::new(total, chunks));
+    }
+    if path == "/set-cookie" {
+        return HttpResponse::Ok().insert_header(("set-cookie", "upstream=1; Path=/")).json(json!({ "ok": true }));
+    }
+
+    // Echo, hashing the body as it streams in (uploads of any size).
+    let mut hasher = Sha256::new();
+    let mut len = 0u64;
+    let mut small = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let Ok(chunk) = chunk else { return HttpResponse::BadRequest().finish() };
+        len += chunk.len() as u64;
+        hasher.update(&chunk);
+        if small.len() < 65536 {
+            small.extend_from_slice(&chunk[..chunk.len().min(65536 - small.len())]);
+        }
+    }
+    HttpResponse::Ok().json(json!({
+        "method": req.method().as_str(),
+        "path": path,
+        "query": req.query_string(),
+        "headers": headers,
+        "body": String::from_utf8_lossy(&small),
+        "body_len": len,
+        "body_sha256": format!("{:x}", hasher.finalize()),
+    }))
+}
