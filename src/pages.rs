@@ -86,7 +86,7 @@ fn title_for(status: StatusCode) -> &'static str {
         401 => "Not signed in",
         403 => "Request refused",
         413 => "Request too large",
-        502 | 503 | 504 => "Service temporarily unavailable",
+        502..=504 => "Service temporarily unavailable",
         _ => "Something went wrong",
     }
 }

@@ -181,10 +181,8 @@ impl Walker<'_> {
         let key = sec.key(name);
         let value = self.value(sec, name)?;
         // Environment values are re-read raw: figment would turn "0123" into the number 123.
-        if let Some(var) = self.env_keys.get(&key) {
-            if let Ok(raw) = std::env::var(var) {
-                return Some(raw);
-            }
+        if let Some(raw) = self.env_keys.get(&key).and_then(|var| std::env::var(var).ok()) {
+            return Some(raw);
         }
         match value {
             Value::String(_, s) => Some(s.clone()),
@@ -565,10 +563,10 @@ impl Walker<'_> {
         for (i, dict) in items.into_iter().enumerate() {
             let mut s = Section { path: format!("api[{i}]"), dict: Some(dict), known: BTreeSet::new() };
             let prefix = self.required_string(&mut s, "prefix").and_then(|p| self.api_prefix(&s, p));
-            if let Some(p) = &prefix {
-                if let Some(first) = seen.insert(p.clone(), i) {
-                    self.error(s.key("prefix"), format!("duplicate prefix {p:?} (also api[{first}])"));
-                }
+            if let Some(p) = &prefix
+                && let Some(first) = seen.insert(p.clone(), i)
+            {
+                self.error(s.key("prefix"), format!("duplicate prefix {p:?} (also api[{first}])"));
             }
             let upstream = self.required_string(&mut s, "upstream").and_then(|raw| {
                 let url = self.url(&s.key("upstream"), &raw, "upstream")?;

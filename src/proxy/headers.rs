@@ -82,10 +82,10 @@ pub fn upstream_request_headers(inbound: &InboundHeaders, forwarded: &ForwardedF
         }
         chain.push_str(&peer.to_string());
     }
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        if !chain.is_empty() {
-            out.insert("x-forwarded-for", v);
-        }
+    if !chain.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&chain)
+    {
+        out.insert("x-forwarded-for", v);
     }
     if let Ok(v) = HeaderValue::from_str(forwarded.proto) {
         out.insert("x-forwarded-proto", v);

@@ -43,7 +43,7 @@ impl Map {
 
     fn insert(&mut self, key: &str, data: Data, ttl: Duration, now: Instant) {
         self.writes += 1;
-        if self.writes % SWEEP_EVERY == 0 {
+        if self.writes.is_multiple_of(SWEEP_EVERY) {
             self.entries.retain(|_, e| e.expires_at > now);
         }
         self.entries.insert(key.to_string(), Entry { data, expires_at: now + ttl });

@@ -276,10 +276,8 @@ impl TokenManager {
             Err(RefreshError::Revoked) => {
                 // A refresh that another holder completed after our read would also make ours
                 // look revoked; only a grant that is really gone ends the session.
-                if let Some(current) = self.tokens.load(handle).await? {
-                    if current.version != set.version {
-                        return Ok(UsableToken::from(&current));
-                    }
+                if let Some(current) = self.tokens.load(handle).await?.filter(|c| c.version != set.version) {
+                    return Ok(UsableToken::from(&current));
                 }
                 tracing::info!(session = handle.short(), "refresh token rejected (invalid_grant); ending the session");
                 self.end_session(handle).await

@@ -104,7 +104,6 @@ pub struct TestApp {
     pub idp: RunningIdp,
     pub upstream: Upstream,
     pub prefix: String,
-    pub handle: actix_web::dev::ServerHandle,
 }
 
 pub fn test_secret() -> String {
@@ -177,12 +176,12 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     .await;
     let upstream = upstream::spawn(Some(Arc::clone(&idp.provider))).await;
     let prefix = format!("bfftest:{}:", random_id());
-    let toml = config_toml(&public_url, &idp.issuer, &upstream.url, &prefix, &options);
+    let toml =
+        config_toml(&public_url, &idp.issuer, &upstream.url, &prefix, &options).replace("UPSTREAM", &upstream.url);
     let config = Config::from_toml(&toml).expect("test config is valid");
     let app = Application::build(config.clone(), app_listener).await.expect("build the app");
-    let handle = app.handle();
     tokio::spawn(app.run_until_stopped());
-    TestApp { address: format!("http://127.0.0.1:{port}"), config, idp, upstream, prefix, handle }
+    TestApp { address: format!("http://127.0.0.1:{port}"), config, idp, upstream, prefix }
 }
 
 /// Another bff instance for the same provider, upstream and store: the scale-out case.
@@ -269,10 +268,6 @@ impl Browser {
         self.jar.lock().expect("jar").insert(name.into(), value.into());
     }
 
-    pub fn clear_cookies(&self) {
-        self.jar.lock().expect("jar").clear();
-    }
-
     fn cookie_header(&self) -> Option<String> {
         let jar = self.jar.lock().expect("jar");
         (!jar.is_empty()).then(|| jar.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; "))
@@ -298,10 +293,10 @@ impl Browser {
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let url = self.url(path);
         let mut rb = self.http.request(method, &url);
-        if url.starts_with(&self.base) {
-            if let Some(cookies) = self.cookie_header() {
-                rb = rb.header(COOKIE, cookies);
-            }
+        if url.starts_with(&self.base)
+            && let Some(cookies) = self.cookie_header()
+        {
+            rb = rb.header(COOKIE, cookies);
         }
         rb
     }
@@ -396,4 +391,22 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("{what}: not within {limit:?}");
+}
+
+/// Sends a request line exactly as given (no client-side path normalisation) and returns the
+/// status code: how an attacker probes for path escapes.
+pub async fn raw_status(base: &str, method: &str, raw_path: &str, headers: &[(&str, String)]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(authority).await.expect("connect");
+    let mut request = format!("{method} {raw_path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response);
+    text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }

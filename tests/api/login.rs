@@ -131,3 +131,66 @@ async fn a_client_authenticating_with_an_unregistered_method_gets_an_error_page(
     assert!(res.text().await.unwrap_or_default().contains("/auth/login"), "a way to try again");
     assert!(browser.cookie("bff").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_memory_store_serves_a_whole_session() {
+    let app =
+        crate::helpers::spawn_app_with(crate::helpers::AppOptions { redis_url: None, ..Default::default() }).await;
+    let browser = app.browser();
+    assert_eq!(browser.login_as("gina").await.status(), 302);
+    assert_eq!(browser.user().await.status(), 200);
+    assert_eq!(browser.api(reqwest::Method::GET, "/api/echo").await.status(), 200);
+    assert_eq!(browser.logout().await.status(), 303);
+    assert_eq!(browser.user().await.status(), 401);
+    assert!(app.keys().await.is_empty(), "nothing went to Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bff_starts_before_its_provider_and_becomes_ready_when_it_appears() {
+    // The provider's port is reserved but nobody answers yet.
+    let idp_listener = crate::helpers::listener();
+    let idp_port = idp_listener.local_addr().expect("addr").port();
+    drop(idp_listener);
+    let app_listener = crate::helpers::listener();
+    let port = app_listener.local_addr().expect("addr").port();
+    let public_url = format!("http://127.0.0.1:{port}");
+    let options = crate::helpers::AppOptions::default();
+    let toml = crate::helpers::config_toml(
+        &public_url,
+        &format!("http://127.0.0.1:{idp_port}"),
+        "http://127.0.0.1:9",
+        &format!("bfftest:{}:", crate::helpers::random_id()),
+        &options,
+    );
+    let config = bff::config::Config::from_toml(&toml).expect("config");
+    let app = bff::Application::build(config, app_listener).await.expect("starts without its provider");
+    tokio::spawn(app.run_until_stopped());
+    let browser = Browser::new(&public_url);
+    assert_eq!(browser.get("/readyz").await.status(), 503);
+    assert_eq!(browser.get("/healthz").await.status(), 200);
+    assert_eq!(browser.start_login(None).await.status(), 503, "no login without provider metadata");
+
+    let config = bff::demo::idp::IdpConfig {
+        clients: vec![bff::demo::idp::Client {
+            client_id: crate::helpers::CLIENT_ID.into(),
+            client_secret: crate::helpers::CLIENT_SECRET.into(),
+            auth_method: bff::config::AuthMethod::ClientSecretBasic,
+            redirect_uris: vec![format!("{public_url}/auth/callback")],
+            post_logout_redirect_uris: vec![],
+        }],
+        access_token_ttl: std::time::Duration::from_secs(300),
+        api_audience: "demo-api".into(),
+        templates_dir: "templates".into(),
+    };
+    let listener = std::net::TcpListener::bind(("127.0.0.1", idp_port)).expect("the reserved port is free again");
+    let (_idp, server) = bff::demo::idp::start(config, listener).expect("idp");
+    tokio::spawn(server);
+
+    let b = browser.clone();
+    crate::helpers::eventually("ready once the provider answers", std::time::Duration::from_secs(15), || {
+        let b = b.clone();
+        async move { b.get("/readyz").await.status() == 200 }
+    })
+    .await;
+    assert_eq!(browser.login_as("hank").await.status(), 302);
+}

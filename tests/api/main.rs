@@ -1,10 +1,17 @@
 //! Integration tests: real HTTP to bff on port 0, real Redis, the demo provider on port 0.
 
+// A test that cannot set up its fixture should stop right there, loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod callback;
+mod cli;
 mod cookies;
 mod helpers;
 mod login;
 mod logout;
+mod proxy;
+mod refresh;
+mod store_conformance;
 mod store_down;
 mod upstream;
 mod user;

@@ -23,10 +23,8 @@ pub struct UpstreamControls {
 
 #[derive(Clone, Debug)]
 pub struct Seen {
-    pub method: String,
     pub path: String,
     pub bearer: Option<String>,
-    pub headers: BTreeMap<String, String>,
 }
 
 #[derive(Clone)]
@@ -85,12 +83,7 @@ async fn handle(req: HttpRequest, mut payload: web::Payload, state: web::Data<St
         .iter()
         .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("<binary>").to_string()))
         .collect();
-    state.seen.lock().expect("seen").push(Seen {
-        method: req.method().to_string(),
-        path: req.path().to_string(),
-        bearer: token.clone(),
-        headers: headers.clone(),
-    });
+    state.seen.lock().expect("seen").push(Seen { path: req.path().to_string(), bearer: token.clone() });
     let valid = match (&state.provider, &token) {
         (Some(p), Some(t)) => p.active_access_token(t).is_some(),
         (None, _) => true,

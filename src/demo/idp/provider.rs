@@ -461,10 +461,10 @@ impl Provider {
                 .verify::<AccessClaims>(token, None, false)
                 .and_then(|c| data.access_tokens.get(&c.jti).cloned()),
         };
-        if let Some(grant_id) = grant_id {
-            if let Some(g) = data.grants.get_mut(&grant_id).filter(|g| g.client_id == client.client_id) {
-                g.revoked = true;
-            }
+        if let Some(grant_id) = grant_id
+            && let Some(g) = data.grants.get_mut(&grant_id).filter(|g| g.client_id == client.client_id)
+        {
+            g.revoked = true;
         }
         Ok(())
     }

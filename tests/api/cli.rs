@@ -1,0 +1,183 @@
+//! The `bff` binary itself: `check-config` with files and environment overrides, and a full
+//! `bff serve` run whose log output is searched for secrets.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::helpers::{Browser, IdpOptions, eventually, listener, random_id, spawn_idp, test_secret};
+
+fn bff() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bff"));
+    // A clean slate: the test process's own BFF_* variables must not leak in.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("BFF_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+fn write_config(text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("bff-{}.toml", random_id()));
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn valid_config() -> String {
+    format!(
+        "[oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"bff\"\nclient_secret = \"file-secret\"\n\
+         [session]\nsecret = \"{}\"\n",
+        test_secret()
+    )
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_secrets_redacted() {
+    let path = write_config(&valid_config());
+    let out = bff()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("BFF_OIDC__CLIENT_ID", "0123")
+        .env("BFF_SESSION__REDIS_URL", "redis://:hunter2@127.0.0.1:6379")
+        .env("BFF_CONFIG_UNRELATED", "ignored")
+        .output()
+        .expect("run bff");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("client_id = \"0123\""), "env overrides the file, as a string: {stdout}");
+    assert!(!stdout.contains("file-secret") && !stdout.contains("hunter2") && !stdout.contains(&test_secret()));
+    assert!(stdout.contains("[redacted]"));
+}
+
+#[test]
+fn check_config_reports_every_problem_with_its_key_and_exits_2() {
+    let path = write_config(
+        "[server]\npublic_url = \"ftp://x\"\n[oidc]\nissuer = \"nope\"\n[session]\nsecret = \"short\"\nbogus = 1\n",
+    );
+    let out =
+        bff().args(["check-config", "--config"]).arg(&path).env("BFF_TOKENS__UNKNOWN", "1").output().expect("run bff");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "server.public_url:",
+        "oidc.issuer:",
+        "oidc.client_id:",
+        "oidc.client_secret:",
+        "session.secret:",
+        "session.bogus: unknown key",
+        "tokens.unknown: unknown key (from BFF_TOKENS__UNKNOWN)",
+    ] {
+        assert!(stderr.contains(key), "{key} missing in:\n{stderr}");
+    }
+    assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "{stderr}");
+}
+
+#[test]
+fn config_comes_from_bff_config_and_a_missing_file_is_reported() {
+    let path = write_config(&valid_config());
+    let out = bff().arg("check-config").env("BFF_CONFIG", &path).output().expect("run bff");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bff().args(["check-config", "--config", "/nonexistent/bff.toml"]).output().expect("run bff");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/bff.toml"));
+}
+
+#[test]
+fn client_secret_can_come_from_a_file() {
+    let secret_path = std::env::temp_dir().join(format!("bff-secret-{}", random_id()));
+    std::fs::write(&secret_path, "from-a-file\n").expect("write");
+    let text = valid_config().replace(
+        "client_secret = \"file-secret\"",
+        &format!("client_secret_file = {:?}", secret_path.display().to_string()),
+    );
+    let out = bff().args(["check-config", "--config"]).arg(write_config(&text)).output().expect("run bff");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A full login → API call → refresh → logout through `bff serve`, with every log line
+/// captured at the most verbose level; no token, code, secret or cookie value may appear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_logs_in_a_full_run() {
+    let port = listener().local_addr().expect("addr").port();
+    let public_url = format!("http://127.0.0.1:{port}");
+    let idp = spawn_idp(IdpOptions {
+        auth_method: bff::config::AuthMethod::ClientSecretBasic,
+        access_token_ttl: Duration::from_secs(4),
+        redirect_uris: vec![format!("{public_url}/auth/callback")],
+        post_logout_redirect_uris: vec![format!("{public_url}/")],
+    })
+    .await;
+    let upstream = crate::upstream::spawn(Some(Arc::clone(&idp.provider))).await;
+    let prefix = format!("bfftest:{}:", random_id());
+    let options = crate::helpers::AppOptions { refresh_skew_secs: 1, ..Default::default() };
+    let text = crate::helpers::config_toml(&public_url, &idp.issuer, &upstream.url, &prefix, &options)
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
+    let path = write_config(&text);
+    let mut child = bff()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start bff serve");
+    let logs = Arc::new(Mutex::new(String::new()));
+    for stream in [
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let logs = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let mut l = logs.lock().expect("logs");
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+    }
+    let browser = Browser::new(&public_url);
+    let b = browser.clone();
+    eventually("bff serve is ready", Duration::from_secs(20), || {
+        let b = b.clone();
+        async move { b.http.get(b.url("/readyz")).send().await.map(|r| r.status() == 200).unwrap_or(false) }
+    })
+    .await;
+
+    let start = browser.start_login(None).await;
+    let callback = browser.sign_in_at_provider(&crate::helpers::location(&start), "alice").await;
+    let code = crate::helpers::query_param(&callback, "code").expect("code");
+    assert_eq!(browser.get(&callback).await.status(), 302);
+    let cookie = browser.cookie("bff").expect("session cookie");
+    assert_eq!(browser.api(reqwest::Method::GET, "/api/echo").await.status(), 200);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(browser.api(reqwest::Method::GET, "/api/echo").await.status(), 200);
+    assert!(idp.provider.counters.refresh_token.load(std::sync::atomic::Ordering::SeqCst) >= 1, "a refresh happened");
+    assert_eq!(browser.logout().await.status(), 303);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let logs = logs.lock().expect("logs").clone();
+    assert!(logs.contains("signed in") && logs.contains("access token refreshed"), "the run was logged:\n{logs}");
+    let mut secrets: Vec<(String, String)> =
+        idp.provider.issued_tokens().into_iter().map(|t| ("token".into(), t)).collect();
+    secrets.push(("code".into(), code));
+    secrets.push(("cookie".into(), cookie));
+    secrets.push(("client secret".into(), crate::helpers::CLIENT_SECRET.into()));
+    secrets.push(("session secret".into(), test_secret()));
+    for (what, secret) in secrets {
+        assert!(!logs.contains(&secret), "a {what} appears in the logs");
+    }
+}
+
+#[test]
+fn the_example_configuration_is_valid() {
+    let out = bff().args(["check-config", "--config", "bff.example.toml"]).output().expect("run bff");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("[server]"));
+}
