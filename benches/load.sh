@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Load benchmark, one command, loopback only, stops by itself.
+#
+# Starts its own Redis (own port), the demo provider, a minimal upstream and bff (release build)
+# with a signed-in session, and nginx as a plain reverse proxy to the same upstream; then runs wrk
+# in alternation against (a) the upstream, (b) nginx, (c) bff, ROUNDS times, and counts the Redis
+# commands bff issued per proxied call (INFO commandstats).
+#
+#   benches/load.sh                      # defaults: 3 rounds × 10 s, 16 connections
+#   ROUNDS=5 DURATION=20s CONNECTIONS=32 benches/load.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-16}
+THREADS=${THREADS:-1}
+BFF_WORKERS=${BFF_WORKERS:-1}
+NGINX_WORKERS=${NGINX_WORKERS:-$BFF_WORKERS}
+
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v redis-server >/dev/null || need+=(redis-server)
+if ((${#need[@]})); then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"; fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  exec 3>&- 2>/dev/null || true
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  [ -n "${redis_port:-}" ] && redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --dir "$work" >/dev/null
+
+echo "building (release)…" >&2
+bin=$(cargo build --release --bench stack --message-format=json 2>/dev/null |
+  python3 -c 'import sys, json
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "stack" and m.get("executable"):
+        print(m["executable"])')
+
+mkfifo "$work/stdin"
+BENCH_REDIS_URL="redis://127.0.0.1:$redis_port" BENCH_BFF_WORKERS="$BFF_WORKERS" RUST_LOG=warn \
+  "$bin" <"$work/stdin" >"$work/stack.out" 2>"$work/stack.err" &
+pids+=($!)
+exec 3>"$work/stdin"
+for _ in $(seq 1 100); do grep -q READY=1 "$work/stack.out" 2>/dev/null && break; sleep 0.2; done
+grep -q READY=1 "$work/stack.out" || { cat "$work/stack.err" >&2; exit 1; }
+upstream=$(sed -n 's/^UPSTREAM=//p' "$work/stack.out")
+bff=$(sed -n 's/^BFF=//p' "$work/stack.out")
+cookie=$(sed -n 's/^COOKIE=//p' "$work/stack.out")
+
+nginx_port=$(free_port)
+cat >"$work/nginx.conf" <<NGINX
+worker_processes $NGINX_WORKERS;
+pid $work/nginx.pid;
+error_log $work/nginx.err warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  upstream app { server ${upstream#http://}; keepalive 64; }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+NGINX
+nginx -c "$work/nginx.conf" -p "$work"
+
+run() { # name url [headers…]
+  local name=$1 url=$2; shift 2
+  local out
+  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url")
+  local rps p50 p99 errors
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+  echo "$name|$rps|$p50|$p99|${errors:-none}"
+}
+
+calls() { redis-cli -p "$redis_port" info commandstats | awk -F'[=,:]' '/^cmdstat_/ {n += $3} END {print n+0}'; }
+writes() { redis-cli -p "$redis_port" info commandstats | awk -F'[=,:]' '/^cmdstat_(set|pexpire|expire|del|eval|evalsha|getdel|sadd|srem)/ {n += $3} END {print n+0}'; }
+
+# Warm-up: connections, JIT-free but caches and pools.
+wrk -t1 -c"$CONNECTIONS" -d2s "$upstream/api/items" >/dev/null
+wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$nginx_port/api/items" >/dev/null
+wrk -t1 -c"$CONNECTIONS" -d2s -H "Cookie: $cookie" -H "X-CSRF: 1" "$bff/api/items" >/dev/null
+
+results=()
+bff_requests=0
+calls_before=$(calls)
+writes_before=$(writes)
+for round in $(seq 1 "$ROUNDS"); do
+  results+=("$(run upstream "$upstream/items")")
+  results+=("$(run nginx "http://127.0.0.1:$nginx_port/items")")
+  before=$(calls)
+  line=$(run bff "$bff/api/items" -H "Cookie: $cookie" -H "X-CSRF: 1")
+  results+=("$line")
+  echo "round $round: ${results[-3]} / ${results[-2]} / ${results[-1]}" >&2
+done
+calls_after=$(calls)
+writes_after=$(writes)
+
+python3 - "$DURATION" "$CONNECTIONS" "$THREADS" "$BFF_WORKERS" "$((calls_after - calls_before))" "$((writes_after - writes_before))" "${results[@]}" <<'PY'
+import sys, statistics
+duration, conns, threads, workers, calls, writes = sys.argv[1:7]
+rows = [r.split("|") for r in sys.argv[7:]]
+def ms(v):
+    v = v.strip()
+    if v.endswith("us"): return float(v[:-2]) / 1000
+    if v.endswith("ms"): return float(v[:-2])
+    if v.endswith("s"): return float(v[:-1]) * 1000
+    return float(v)
+by = {}
+for name, rps, p50, p99, errors in rows:
+    by.setdefault(name, []).append((float(rps), ms(p50), ms(p99), errors))
+secs = float(duration.rstrip("s"))
+print(f"wrk -t{threads} -c{conns} -d{duration}, bff workers={workers}, {len(by['bff'])} alternating rounds; medians")
+print()
+print("| target | req/s | p50 ms | p99 ms | errors |")
+print("|---|---:|---:|---:|---|")
+for name in ["upstream", "nginx", "bff"]:
+    runs = by[name]
+    print(f"| {name} | {statistics.median(r[0] for r in runs):,.0f} | {statistics.median(r[1] for r in runs):.3f} | "
+          f"{statistics.median(r[2] for r in runs):.3f} | {', '.join(sorted(set(r[3] for r in runs)))} |")
+nginx = statistics.median(r[0] for r in by["nginx"]); bff = statistics.median(r[0] for r in by["bff"])
+dp99 = statistics.median(r[2] for r in by["bff"]) - statistics.median(r[2] for r in by["nginx"])
+total = sum(r[0] for r in by["bff"]) * secs
+print()
+print(f"bff / nginx throughput: {bff / nginx:.2f}×; bff p99 − nginx p99: {dp99:+.3f} ms")
+print(f"Redis commands per proxied call: {int(calls) / total:.3f} (writes: {int(writes) / total:.4f}) over ~{total:,.0f} calls")
+PY
