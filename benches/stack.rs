@@ -99,7 +99,13 @@ upstream = "{upstream}"
         .and_then(|v| v.split(';').next())
         .expect("a session cookie")
         .to_string();
-    let check = http.get(format!("{public_url}/api/items")).header("cookie", &session).header("x-csrf", "1").send().await.unwrap();
+    let check = http
+        .get(format!("{public_url}/api/items"))
+        .header("cookie", &session)
+        .header("x-csrf", "1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(check.status(), 200);
 
     println!("UPSTREAM={upstream}");

@@ -26,6 +26,9 @@ enum Command {
     /// Run a demo identity provider, a demo API and bff with the demo SPA, all on loopback.
     #[cfg(feature = "demo")]
     Demo(bff::demo::DemoArgs),
+    /// Run the demo API alone, accepting access tokens of the given provider.
+    #[cfg(feature = "demo")]
+    DemoApi(bff::demo::DemoApiArgs),
 }
 
 fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
@@ -65,11 +68,22 @@ async fn main() -> ExitCode {
         }
         #[cfg(feature = "demo")]
         Command::Demo(args) => {
-            bff::telemetry::init("info,bff=info");
+            bff::telemetry::init("warn,bff=info");
             match bff::demo::run(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("bff demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        #[cfg(feature = "demo")]
+        Command::DemoApi(args) => {
+            bff::telemetry::init("info");
+            match bff::demo::run_api(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bff demo-api: {e:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -1,11 +1,194 @@
-//! The demo: an embedded OpenID Provider and API (also the integration tests' fixtures).
+//! `bff demo`: the whole system in one process on loopback — the demo OpenID Provider, the demo
+//! API and bff serving the demo SPA — and `bff demo-api`, the demo API alone in front of another
+//! provider (the docker-compose set-up). Also the integration tests' fixtures.
+//!
+//! Demo only: the provider signs anyone in, and the session secret is made up at every start.
 
+pub mod api;
 pub mod idp;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+
+use crate::config::{AuthMethod, Config};
+use crate::crypto::random_token;
+use crate::store::{MemoryStore, RedisStore, Store};
 
 /// `bff demo` options.
 #[derive(clap::Args, Debug, Clone)]
-pub struct DemoArgs {}
+pub struct DemoArgs {
+    /// bff's port (the URL to open); 0 picks a free one.
+    #[arg(long, default_value_t = 7480)]
+    pub port: u16,
+    /// The demo identity provider's port.
+    #[arg(long, default_value_t = 7481)]
+    pub idp_port: u16,
+    /// The demo API's port.
+    #[arg(long, default_value_t = 7482)]
+    pub api_port: u16,
+    /// Access-token lifetime in seconds: short, so refreshes are visible.
+    #[arg(long, default_value_t = 30)]
+    pub access_token_ttl: u64,
+}
 
-pub async fn run(_args: DemoArgs) -> Result<(), anyhow::Error> {
-    anyhow::bail!("the demo arrives with issue 4")
+/// `bff demo-api` options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoApiArgs {
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    pub listen: SocketAddr,
+    /// The provider whose access tokens the API accepts; its JWKS is found by discovery.
+    #[arg(long)]
+    pub issuer: String,
+    /// The `aud` access tokens must carry.
+    #[arg(long, default_value = "demo-api")]
+    pub audience: String,
+}
+
+/// A directory shipped with bff (`static`, `templates`): the working directory's, else the
+/// source tree's, so `bff demo` works from anywhere in a checkout.
+fn asset_dir(name: &str) -> PathBuf {
+    let local = PathBuf::from(name);
+    if local.is_dir() {
+        return local;
+    }
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(name);
+    if source.is_dir() { source } else { local }
+}
+
+fn bind(port: u16) -> Result<TcpListener, anyhow::Error> {
+    TcpListener::bind(("127.0.0.1", port)).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on 127.0.0.1:{port}: {e} (choose another port with --port/--idp-port/--api-port)"
+        )
+    })
+}
+
+/// Redis when `BFF_SESSION__REDIS_URL` is set and answers, else memory.
+async fn demo_store() -> (Store, String) {
+    let Ok(url) = std::env::var("BFF_SESSION__REDIS_URL") else {
+        return (Store::Memory(MemoryStore::new()), "in-memory store (set BFF_SESSION__REDIS_URL to use Redis)".into());
+    };
+    match RedisStore::new(&SecretString::from(url), Duration::from_secs(2)) {
+        Ok(redis) => {
+            let store = Store::Redis(redis);
+            match store.ping().await {
+                Ok(()) => (store, "Redis (BFF_SESSION__REDIS_URL)".into()),
+                Err(e) => (Store::Memory(MemoryStore::new()), format!("in-memory store (Redis did not answer: {e})")),
+            }
+        }
+        Err(e) => (Store::Memory(MemoryStore::new()), format!("in-memory store ({e})")),
+    }
+}
+
+pub async fn run(args: DemoArgs) -> Result<(), anyhow::Error> {
+    let started = Instant::now();
+    let bff_listener = bind(args.port)?;
+    let idp_listener = bind(args.idp_port)?;
+    let api_listener = bind(args.api_port)?;
+    let public_url = format!("http://{}", bff_listener.local_addr()?);
+    let client_secret = random_token();
+
+    let (provider, idp_server) = idp::start(
+        idp::IdpConfig {
+            clients: vec![idp::Client {
+                client_id: "bff-demo".into(),
+                client_secret: client_secret.clone(),
+                auth_method: AuthMethod::ClientSecretBasic,
+                redirect_uris: vec![format!("{public_url}/auth/callback")],
+                post_logout_redirect_uris: vec![format!("{public_url}/")],
+            }],
+            access_token_ttl: Duration::from_secs(args.access_token_ttl.max(1)),
+            api_audience: "demo-api".into(),
+            templates_dir: asset_dir("templates"),
+        },
+        idp_listener,
+    )?;
+    let api_url = format!("http://{}", api_listener.local_addr()?);
+    let api_server = api::start(
+        api::ApiConfig {
+            issuer: provider.issuer.clone(),
+            jwks_uri: url::Url::parse(&format!("{}/jwks", provider.issuer))?,
+            audience: "demo-api".into(),
+        },
+        api_listener,
+    )?;
+    let idp_handle = idp_server.handle();
+    let api_handle = api_server.handle();
+    tokio::spawn(idp_server);
+    tokio::spawn(api_server);
+
+    let config = Config::from_toml(&format!(
+        r#"
+[server]
+public_url = "{public_url}"
+static_dir = "{static_dir}"
+templates_dir = "{templates_dir}"
+[oidc]
+issuer = "{issuer}"
+client_id = "bff-demo"
+client_secret = "{client_secret}"
+[session]
+secret = "{secret}"
+key_prefix = "bff-demo:"
+[tokens]
+refresh_skew_secs = 5
+[[api]]
+prefix = "/api"
+upstream = "{api_url}"
+"#,
+        static_dir = asset_dir("static").display(),
+        templates_dir = asset_dir("templates").display(),
+        issuer = provider.issuer,
+        secret = format!("{}{}", random_token(), random_token()),
+    ))
+    .map_err(|e| anyhow::anyhow!("demo configuration: {e}"))?;
+    let (store, store_note) = demo_store().await;
+    let app = crate::Application::build_with_store(config, bff_listener, store).await?;
+
+    println!();
+    println!("  bff demo is running — open {public_url}/");
+    println!();
+    println!("  sign in as any user name (try \"alice\"); there are no passwords");
+    println!("  identity provider  {}   (demo only)", provider.issuer);
+    println!("  demo API           {api_url}   (checks every bearer token)");
+    println!("  sessions           {store_note}");
+    println!("  access tokens      live {} s; bff refreshes them 5 s before they expire", args.access_token_ttl);
+    println!("  ready in {} ms; Ctrl-C stops everything", started.elapsed().as_millis());
+    println!();
+    tracing::info!(ready_ms = started.elapsed().as_millis() as u64, url = public_url, "demo ready");
+
+    let result = app.run_until_stopped().await;
+    idp_handle.stop(true).await;
+    api_handle.stop(true).await;
+    Ok(result?)
+}
+
+/// `bff demo-api`: the demo API in front of any provider.
+pub async fn run_api(args: DemoApiArgs) -> Result<(), anyhow::Error> {
+    let http = crate::oidc::idp_http_client(Duration::from_secs(10))?;
+    let discovery = format!("{}/.well-known/openid-configuration", args.issuer.trim_end_matches('/'));
+    #[derive(serde::Deserialize)]
+    struct Discovery {
+        issuer: String,
+        jwks_uri: url::Url,
+    }
+    let mut delay = Duration::from_millis(500);
+    let found: Discovery = loop {
+        match http.get(&discovery).send().await.and_then(reqwest::Response::error_for_status) {
+            Ok(res) => break res.json().await?,
+            Err(e) => {
+                tracing::warn!("waiting for {discovery}: {e}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
+    let listener = TcpListener::bind(args.listen)?;
+    tracing::info!(listen = %args.listen, issuer = found.issuer, "demo API listening");
+    api::start(api::ApiConfig { issuer: found.issuer, jwks_uri: found.jwks_uri, audience: args.audience }, listener)?
+        .await?;
+    Ok(())
 }

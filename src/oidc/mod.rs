@@ -3,6 +3,7 @@
 //! the end-session URL. One HTTP client, no redirects followed, every call bounded in time.
 
 mod grants;
+pub mod jwks;
 mod login;
 
 use std::sync::{Arc, RwLock};

@@ -136,21 +136,22 @@ impl Proxy {
             }
             other => other?,
         };
+        let head = req.method() == actix_web::http::Method::HEAD;
         if first.status() != reqwest::StatusCode::UNAUTHORIZED {
-            return Ok(respond(first, req.method() == actix_web::http::Method::HEAD));
+            return Ok(respond(first, head, &token));
         }
         let Some(retry_body) = retry_body else {
-            return Ok(respond(first, req.method() == actix_web::http::Method::HEAD));
+            return Ok(respond(first, head, &token));
         };
         let fresh = match tokens.refresh_after_rejection(handle, token.version).await {
             Ok(fresh) => fresh,
             // Nothing to refresh with: the upstream's 401 is the answer.
-            Err(TokenError::CannotRefresh) => return Ok(respond(first, req.method() == actix_web::http::Method::HEAD)),
+            Err(TokenError::CannotRefresh) => return Ok(respond(first, head, &token)),
             Err(e) => return Err(e.into()),
         };
         drop(first);
         let second = send(&fresh, reqwest::Body::from(retry_body)).await?;
-        Ok(respond(second, req.method() == actix_web::http::Method::HEAD))
+        Ok(respond(second, head, &fresh))
     }
 
     /// Sends and waits for the response head only: bodies (downloads, event streams) may take
@@ -171,13 +172,17 @@ impl Proxy {
     }
 }
 
+/// Tells the SPA when the access token used expires (never the token), so it can show refreshes.
+pub const TOKEN_EXPIRY_HEADER: &str = "x-bff-access-token-expires-at";
+
 /// Streams the upstream's answer back.
-fn respond(upstream: reqwest::Response, head_request: bool) -> HttpResponse {
+fn respond(upstream: reqwest::Response, head_request: bool, token: &UsableToken) -> HttpResponse {
     let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut res = HttpResponse::build(status);
     for (name, value) in headers::downstream_response_headers(upstream.headers()) {
         res.append_header((name, value));
     }
+    res.insert_header((TOKEN_EXPIRY_HEADER, token.expires_at.to_string()));
     let no_body = head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     if no_body {
         return res.finish();

@@ -6,6 +6,7 @@
 mod callback;
 mod cli;
 mod cookies;
+mod demo;
 mod helpers;
 mod login;
 mod logout;

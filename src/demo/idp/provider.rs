@@ -107,6 +107,11 @@ pub struct AccessClaims {
     pub client_id: String,
     pub scope: String,
     pub sid: String,
+    /// Profile claims, as Keycloak and others put them in access tokens.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub preferred_username: Option<String>,
 }
 
 pub struct Provider {
@@ -390,6 +395,8 @@ impl Provider {
             client_id: grant_client.clone(),
             scope: scope.clone(),
             sid: sid.clone(),
+            name: profile.get("name").and_then(|v| v.as_str()).map(String::from),
+            preferred_username: Some(username.clone()),
         };
         let access_token = self.key.sign(&access, Some("at+jwt")).map_err(server_error)?;
 

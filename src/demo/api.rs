@@ -1,0 +1,152 @@
+//! The demo API: a few JSON endpoints and an event stream behind bearer-token checks, as a
+//! real resource server would do them: signature from the provider's JWKS, issuer, audience and
+//! expiry. An expired or forged token gets 401, which is what makes bff refresh.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::http::header;
+use actix_web::web::{self, Bytes};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer};
+use serde::Deserialize;
+use serde_json::json;
+use url::Url;
+
+use crate::oidc::jwks::{Expect, JwksVerifier};
+use crate::session::now_unix;
+
+/// How long the event stream runs before it ends by itself.
+const EVENT_STREAM_TICKS: u64 = 300;
+
+pub struct ApiConfig {
+    pub issuer: String,
+    pub jwks_uri: Url,
+    pub audience: String,
+}
+
+struct State {
+    verifier: JwksVerifier,
+    issuer: String,
+    audience: String,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    scope: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    preferred_username: Option<String>,
+}
+
+/// Starts the demo API on `listener`; the returned server must be awaited or spawned.
+pub fn start(config: ApiConfig, listener: TcpListener) -> Result<Server, anyhow::Error> {
+    let http = crate::oidc::idp_http_client(Duration::from_secs(5))?;
+    let state = web::Data::new(State {
+        verifier: JwksVerifier::new(http, config.jwks_uri),
+        issuer: config.issuer,
+        audience: config.audience,
+    });
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/hello", web::get().to(hello))
+            .route("/items", web::get().to(items))
+            .route("/items", web::post().to(create_item))
+            .route("/time", web::get().to(time))
+            .route("/events", web::get().to(events))
+    })
+    .workers(2)
+    .disable_signals()
+    .listen(listener)?
+    .run())
+}
+
+fn unauthorized(reason: &str) -> HttpResponse {
+    HttpResponse::Unauthorized()
+        .insert_header((
+            header::WWW_AUTHENTICATE,
+            format!("Bearer error=\"invalid_token\", error_description=\"{reason}\""),
+        ))
+        .json(json!({ "error": "invalid_token" }))
+}
+
+async fn authenticate(req: &HttpRequest, state: &State) -> Result<Claims, HttpResponse> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| unauthorized("no bearer token"))?;
+    let expect = Expect { issuer: &state.issuer, audience: &state.audience, leeway_secs: 0, required: &["exp", "sub"] };
+    state.verifier.verify::<Claims>(token, &expect).await.map_err(|e| {
+        tracing::info!("demo api: token refused: {e}");
+        unauthorized("the token is invalid or expired")
+    })
+}
+
+async fn hello(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    match authenticate(&req, &state).await {
+        Ok(c) => {
+            let who = c.name.or(c.preferred_username).unwrap_or_else(|| c.sub.clone());
+            HttpResponse::Ok().json(json!({
+                "message": format!("Hello, {who}! This answer came from the demo API."),
+                "sub": c.sub,
+                "scope": c.scope,
+                "token_expires_in": c.exp.saturating_sub(now_unix()),
+            }))
+        }
+        Err(res) => res,
+    }
+}
+
+async fn items(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    match authenticate(&req, &state).await {
+        Ok(_) => HttpResponse::Ok().json(json!([
+            { "id": 1, "name": "Refresh tokens stay on the server" },
+            { "id": 2, "name": "The browser only holds an HttpOnly cookie" },
+            { "id": 3, "name": "One refresh per session at a time" },
+        ])),
+        Err(res) => res,
+    }
+}
+
+async fn create_item(req: HttpRequest, state: web::Data<State>, body: web::Json<serde_json::Value>) -> HttpResponse {
+    match authenticate(&req, &state).await {
+        Ok(c) => HttpResponse::Created()
+            .json(json!({ "id": now_unix() % 100_000, "created_by": c.sub, "item": body.into_inner() })),
+        Err(res) => res,
+    }
+}
+
+async fn time(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    match authenticate(&req, &state).await {
+        Ok(_) => HttpResponse::Ok().json(json!({ "now": now_unix() })),
+        Err(res) => res,
+    }
+}
+
+/// Server-sent events: one tick per second, for five minutes.
+async fn events(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    if let Err(res) = authenticate(&req, &state).await {
+        return res;
+    }
+    let ticks = futures_util::stream::unfold(0u64, |n| async move {
+        if n >= EVENT_STREAM_TICKS {
+            return None;
+        }
+        if n > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let event = format!("event: tick\nid: {n}\ndata: {{\"tick\":{n},\"now\":{}}}\n\n", now_unix());
+        Some((Ok::<_, std::io::Error>(Bytes::from(event)), n + 1))
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .streaming(ticks)
+}

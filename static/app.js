@@ -1,0 +1,189 @@
+// The demo SPA. It never sees a token: it calls bff with its cookie (sent by the browser) and the
+// anti-forgery header, and learns only when the current access token expires.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const EXPIRY_HEADER = "x-bff-access-token-expires-at";
+
+const state = {
+  tokenExpiresAt: null,
+  tokenIssuedAt: null,
+  refreshes: 0,
+  stream: null,
+};
+
+function showView(name) {
+  for (const view of ["loading", "signed-out", "signed-in"]) {
+    $(view).hidden = view !== name;
+  }
+  $("whoami").hidden = name !== "signed-in";
+}
+
+function now() {
+  return Math.floor(Date.now() / 1000);
+}
+
+function clock() {
+  return new Date().toLocaleTimeString();
+}
+
+function log(call, status, ms, note, refresh) {
+  const row = document.createElement("tr");
+  if (refresh) row.className = "refresh";
+  const cells = [clock(), call, status === null ? "" : String(status), ms === null ? "" : ms.toFixed(0), note || ""];
+  cells.forEach((text, i) => {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (i === 2 && status !== null) td.className = status < 400 ? "status-ok" : "status-bad";
+    row.appendChild(td);
+  });
+  $("log").prepend(row);
+  while ($("log").children.length > 200) $("log").lastChild.remove();
+}
+
+// A new expiry time means bff refreshed the access token since the last call.
+function noteExpiry(expiresAt, source) {
+  if (!Number.isFinite(expiresAt)) return;
+  if (state.tokenExpiresAt !== null && expiresAt > state.tokenExpiresAt) {
+    state.refreshes += 1;
+    $("refresh-count").textContent = String(state.refreshes);
+    log("token", null, null, `bff refreshed the access token (seen via ${source}); it now expires at ${new Date(expiresAt * 1000).toLocaleTimeString()}`, true);
+    state.tokenIssuedAt = now();
+  }
+  if (state.tokenIssuedAt === null) state.tokenIssuedAt = now();
+  state.tokenExpiresAt = expiresAt;
+  renderCountdown();
+}
+
+function renderCountdown() {
+  if (state.tokenExpiresAt === null) return;
+  const left = state.tokenExpiresAt - now();
+  $("countdown").textContent = left > 0 ? `${left} s` : "expired — the next call refreshes it";
+  const total = Math.max(1, state.tokenExpiresAt - (state.tokenIssuedAt || now()));
+  $("bar-fill").style.width = `${Math.max(0, Math.min(100, (left / total) * 100))}%`;
+}
+
+async function call(method, path, body) {
+  const started = performance.now();
+  const init = { method, headers: { "X-CSRF": "1" }, credentials: "same-origin" };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let res;
+  try {
+    res = await fetch(path, init);
+  } catch (e) {
+    log(`${method} ${path}`, null, performance.now() - started, `network error: ${e.message}`);
+    throw e;
+  }
+  const ms = performance.now() - started;
+  const expiry = Number(res.headers.get(EXPIRY_HEADER));
+  if (res.headers.has(EXPIRY_HEADER)) noteExpiry(expiry, path);
+  let payload = null;
+  const type = res.headers.get("content-type") || "";
+  if (type.includes("json")) payload = await res.json().catch(() => null);
+  const note = payload && payload.error ? payload.error : "";
+  if (path !== "/auth/user") log(`${method} ${path}`, res.status, ms, note);
+  if (res.status === 401 && payload && payload.error === "login_required") {
+    stopStream();
+    showView("signed-out");
+  }
+  return { res, payload };
+}
+
+function renderUser(user) {
+  $("whoami-name").textContent = user.name || user.sub;
+  $("user-name").textContent = user.name || "—";
+  $("user-email").textContent = user.email || "—";
+  $("user-sub").textContent = user.sub;
+  $("session-sid").textContent = user.session.sid;
+  $("session-ends").textContent = new Date(user.session.expires_at * 1000).toLocaleString();
+  $("claims").textContent = JSON.stringify(user.claims, null, 2);
+  noteExpiry(user.access_token_expires_at, "/auth/user");
+}
+
+async function loadUser() {
+  const { res, payload } = await call("GET", "/auth/user");
+  if (res.ok && payload) {
+    renderUser(payload);
+    showView("signed-in");
+  } else if (res.status === 401) {
+    showView("signed-out");
+  } else {
+    $("loading").textContent = `bff answered ${res.status} ${payload && payload.error ? payload.error : ""}; try reloading.`;
+  }
+}
+
+async function onCall(event) {
+  const [method, path] = event.currentTarget.dataset.call.split(" ");
+  const body = method === "POST" ? { name: `created at ${clock()}` } : undefined;
+  const { res, payload } = await call(method, path, body);
+  $("result").textContent = `${res.status} ${res.statusText}\n\n${payload ? JSON.stringify(payload, null, 2) : ""}`;
+}
+
+async function startStream() {
+  stopStream();
+  const controller = new AbortController();
+  state.stream = controller;
+  $("stream-start").disabled = true;
+  $("stream-stop").disabled = false;
+  $("ticks").replaceChildren();
+  const started = performance.now();
+  try {
+    // fetch, not EventSource: EventSource cannot send the anti-forgery header.
+    const res = await fetch("/api/events", { headers: { "X-CSRF": "1", Accept: "text/event-stream" }, signal: controller.signal });
+    log("GET /api/events", res.status, performance.now() - started, res.ok ? "stream open" : "");
+    if (res.headers.has(EXPIRY_HEADER)) noteExpiry(Number(res.headers.get(EXPIRY_HEADER)), "/api/events");
+    if (!res.ok) {
+      if (res.status === 401) showView("signed-out");
+      return;
+    }
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    let buffered = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffered += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffered.indexOf("\n\n")) >= 0) {
+        const event = buffered.slice(0, end);
+        buffered = buffered.slice(end + 2);
+        const data = event.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
+        if (data) {
+          const li = document.createElement("li");
+          li.textContent = `${clock()}  ${data}`;
+          $("ticks").prepend(li);
+        }
+      }
+    }
+    log("GET /api/events", null, null, "stream ended");
+  } catch (e) {
+    if (e.name !== "AbortError") log("GET /api/events", null, null, `stream error: ${e.message}`);
+  } finally {
+    if (state.stream === controller) stopStream();
+  }
+}
+
+function stopStream() {
+  if (state.stream) state.stream.abort();
+  state.stream = null;
+  $("stream-start").disabled = false;
+  $("stream-stop").disabled = true;
+}
+
+function init() {
+  const here = window.location.pathname + window.location.search;
+  $("sign-in").href = `/auth/login?return_to=${encodeURIComponent(here)}`;
+  document.querySelectorAll("[data-call]").forEach((b) => b.addEventListener("click", onCall));
+  $("stream-start").addEventListener("click", startStream);
+  $("stream-stop").addEventListener("click", stopStream);
+  $("doc-cookie").textContent = JSON.stringify(document.cookie);
+  setInterval(renderCountdown, 1000);
+  loadUser().catch((e) => {
+    $("loading").textContent = `Could not reach bff: ${e.message}`;
+  });
+}
+
+document.addEventListener("DOMContentLoaded", init);

@@ -1,0 +1,110 @@
+//! `bff demo` as a newcomer runs it: the binary, its banner, and the whole flow over HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::Method;
+
+use crate::helpers::{Browser, location};
+
+struct Demo {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_demo(access_token_ttl: u64) -> Demo {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bff"))
+        .args(["demo", "--port", "0", "--idp-port", "0", "--api-port", "0", "--access-token-ttl"])
+        .arg(access_token_ttl.to_string())
+        .env_remove("BFF_SESSION__REDIS_URL")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start bff demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Keep reading after the banner: a closed pipe would end the demo at its next line.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.trim().strip_prefix("bff demo is running — open ") {
+                let _ = tx.send(rest.trim_end_matches('/').to_string());
+            }
+        }
+    });
+    let url = rx.recv_timeout(Duration::from_secs(30)).expect("the banner names the URL to open");
+    Demo { child, url }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_the_whole_flow() {
+    let demo = start_demo(6);
+    let browser = Browser::new(&demo.url);
+
+    let spa = browser.get("/").await;
+    assert_eq!(spa.status(), 200);
+    let csp = spa.headers()["content-security-policy"].to_str().expect("csp").to_string();
+    assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(csp.contains("frame-ancestors 'none'"));
+    assert_eq!(spa.headers()["x-content-type-options"], "nosniff");
+    assert!(spa.headers().contains_key("referrer-policy"));
+    assert!(spa.text().await.expect("html").contains("/app.js"));
+    assert_eq!(browser.user().await.status(), 401);
+
+    let start = browser.start_login(Some("/")).await;
+    let callback = browser.sign_in_at_provider(&location(&start), "alice").await;
+    let landed = browser.get(&callback).await;
+    assert_eq!(location(&landed), "/");
+    let user: serde_json::Value = browser.user().await.json().await.expect("user");
+    assert_eq!(user["name"], "Alice");
+
+    let hello = browser.api(Method::GET, "/api/hello").await;
+    assert_eq!(hello.status(), 200);
+    let first_expiry: u64 = hello.headers()["x-bff-access-token-expires-at"].to_str().expect("h").parse().expect("n");
+    let body: serde_json::Value = hello.json().await.expect("json");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("Alice")), "{body}");
+
+    // Past the refresh point (half of 6 s): the demo API would refuse the old token soon, and
+    // bff refreshes it first.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let again = browser.api(Method::GET, "/api/items").await;
+    assert_eq!(again.status(), 200);
+    let second_expiry: u64 = again.headers()["x-bff-access-token-expires-at"].to_str().expect("h").parse().expect("n");
+    assert!(second_expiry > first_expiry, "the token was refreshed");
+
+    let created = browser
+        .send(browser.request(Method::POST, "/api/items").header("x-csrf", "1").json(&serde_json::json!({"name": "x"})))
+        .await;
+    assert_eq!(created.status(), 201);
+
+    let mut events = browser.api(Method::GET, "/api/events").await;
+    assert_eq!(events.status(), 200);
+    let first = tokio::time::timeout(Duration::from_secs(10), events.chunk())
+        .await
+        .expect("a tick")
+        .expect("chunk")
+        .expect("open");
+    assert!(String::from_utf8_lossy(&first).contains("\"tick\":0"));
+    drop(events);
+
+    let out = browser
+        .send(
+            browser
+                .request(Method::POST, "/auth/logout")
+                .header("origin", demo.url.clone())
+                .header("content-type", "application/x-www-form-urlencoded"),
+        )
+        .await;
+    assert_eq!(out.status(), 303);
+    let back = browser.get(&location(&out)).await;
+    assert_eq!(location(&back), format!("{}/", demo.url));
+    assert_eq!(browser.api(Method::GET, "/api/hello").await.status(), 401);
+}
