@@ -48,7 +48,9 @@ fn add_security_headers(headers: &mut HeaderMap, csp: Option<HeaderValue>) {
         }
     };
     set_default(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    set_default(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // `same-origin`, not `no-referrer`: with `no-referrer` browsers send `Origin: null` on our own
+    // form posts (logout), and no URL of ours leaks to another site either way.
+    set_default(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     set_default(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     if let Some(csp) = csp {
         set_default(header::CONTENT_SECURITY_POLICY, csp);
@@ -122,13 +124,15 @@ pub fn require_csrf_header(req: &HttpRequest) -> Result<(), AppError> {
     }
 }
 
-/// Logout also accepts a plain form post from our own pages, recognised by its `Origin`.
+/// Logout also accepts a plain form post from our own pages, recognised by its `Origin` (or,
+/// where a browser sends `Origin: null`, by `Sec-Fetch-Site: same-origin`, which pages cannot set).
 pub fn require_csrf_or_same_origin(req: &HttpRequest, public_origin: &str) -> Result<(), AppError> {
     if require_csrf_header(req).is_ok() {
         return Ok(());
     }
-    match req.headers().get(header::ORIGIN) {
-        Some(origin) if origin.as_bytes() == public_origin.as_bytes() => Ok(()),
-        _ => Err(AppError::Csrf),
-    }
+    let headers = req.headers();
+    let origin_ok = headers.get(header::ORIGIN).is_some_and(|o| o.as_bytes() == public_origin.as_bytes());
+    let fetch_site_ok = headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"same-origin")
+        && headers.get(header::ORIGIN).is_none_or(|o| o.as_bytes() == b"null");
+    if origin_ok || fetch_site_ok { Ok(()) } else { Err(AppError::Csrf) }
 }

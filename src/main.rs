@@ -68,7 +68,7 @@ async fn main() -> ExitCode {
         }
         #[cfg(feature = "demo")]
         Command::Demo(args) => {
-            bff::telemetry::init("warn,bff=info");
+            bff::telemetry::init("warn,bff=info,bff::http=warn");
             match bff::demo::run(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

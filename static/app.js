@@ -46,7 +46,7 @@ function noteExpiry(expiresAt, source) {
   if (!Number.isFinite(expiresAt)) return;
   if (state.tokenExpiresAt !== null && expiresAt > state.tokenExpiresAt) {
     state.refreshes += 1;
-    $("refresh-count").textContent = String(state.refreshes);
+    $("refresh-count").textContent = state.refreshes === 1 ? "1 refresh" : `${state.refreshes} refreshes`;
     log("token", null, null, `bff refreshed the access token (seen via ${source}); it now expires at ${new Date(expiresAt * 1000).toLocaleTimeString()}`, true);
     state.tokenIssuedAt = now();
   }

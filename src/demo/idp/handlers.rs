@@ -78,7 +78,17 @@ fn login_page(pages: &Pages, p: &Provider, client_id: &str, interaction: &str) -
     ctx.insert("action", "/login");
     ctx.insert("suggested", "alice");
     let mut res = pages.html(StatusCode::OK, "idp_login.html", ctx);
-    let csp = format!("default-src 'self'; frame-ancestors 'none'; form-action 'self' {}", p.issuer);
+    // The form posts here, and the answer redirects to the client: Chrome applies
+    // `form-action` to that redirect too, so the client's origins must be listed.
+    let client_origins: Vec<String> = p
+        .clients
+        .get(client_id)
+        .map(|c| c.redirect_uris.iter().filter_map(|u| url::Url::parse(u).ok()).map(|u| u.origin().ascii_serialization()).collect())
+        .unwrap_or_default();
+    let csp = format!(
+        "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self' {}",
+        client_origins.join(" ")
+    );
     if let Ok(v) = HeaderValue::from_str(&csp) {
         res.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
     }

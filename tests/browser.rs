@@ -1,0 +1,28 @@
+//! Runs the browser test (`tests/browser/demo.test.mjs`: Debian's Chromium driven by
+//! playwright-core) against this build's `bff demo`, so `cargo test` runs every test there is.
+//! Needs `/usr/bin/chromium` and `npm ci --prefix tests/browser`; `.ci/run` provides both.
+
+#![allow(clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn the_demo_works_in_a_real_browser() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        Path::new("/usr/bin/chromium").exists(),
+        "the browser test needs Debian's Chromium: apt-get install -y chromium (or run .ci/run)"
+    );
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core").is_dir(),
+        "the browser test needs its Node packages: npm ci --prefix tests/browser (or run .ci/run)"
+    );
+    let status = Command::new("node")
+        .arg(root.join("tests/browser/demo.test.mjs"))
+        .env("BFF_BIN", env!("CARGO_BIN_EXE_bff"))
+        .current_dir(root)
+        .status()
+        .expect("node runs (apt-get install -y nodejs)");
+    assert!(status.success(), "the browser test failed (its output is above)");
+}

@@ -1,0 +1,138 @@
+// The demo in a real browser: Debian's Chromium driven by playwright-core. Signs in through the
+// demo provider's login page, calls the API, waits past the access token's expiry, watches the
+// refresh, streams events, signs out — and checks that the page never holds a token.
+//
+//   BFF_BIN=target/debug/bff node tests/browser/demo.test.mjs
+//
+// Saves a screenshot to target/screenshot.png, or to $SCREENSHOT (the README's picture is made
+// with SCREENSHOT=docs/screenshot.png). Exits non-zero on the first failure.
+
+import { spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+import assert from "node:assert/strict";
+import { chromium } from "playwright-core";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const bin = process.env.BFF_BIN || path.join(root, "target/debug/bff");
+const screenshot = path.resolve(root, process.env.SCREENSHOT || "target/screenshot.png");
+const TOKEN_TTL = 5;
+const deadline = setTimeout(() => fail(new Error("the browser test took longer than 120 s")), 120_000);
+
+let demo;
+let browser;
+
+function fail(err) {
+  console.error(`browser test FAILED: ${err.stack || err}`);
+  cleanup().finally(() => process.exit(1));
+}
+
+async function cleanup() {
+  clearTimeout(deadline);
+  if (browser) await browser.close().catch(() => {});
+  if (demo) demo.kill("SIGTERM");
+}
+
+function startDemo() {
+  return new Promise((resolve, reject) => {
+    demo = spawn(bin, ["demo", "--port", "0", "--idp-port", "0", "--api-port", "0", "--access-token-ttl", String(TOKEN_TTL)], {
+      cwd: root,
+      env: { ...process.env, BFF_SESSION__REDIS_URL: "" },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    demo.on("error", reject);
+    demo.on("exit", (code) => reject(new Error(`bff demo exited early (${code})`)));
+    const lines = createInterface({ input: demo.stdout });
+    const started = Date.now();
+    lines.on("line", (line) => {
+      const m = line.match(/bff demo is running — open (\S+)/);
+      if (m) resolve({ url: m[1].replace(/\/$/, ""), startedMs: Date.now() - started });
+    });
+  });
+}
+
+const step = (name) => console.log(`• ${name}`);
+
+async function main() {
+  const { url, startedMs } = await startDemo();
+  step(`bff demo ready at ${url} (${startedMs} ms from spawn to banner)`);
+
+  browser = await chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+  });
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await context.newPage();
+  const problems = [];
+  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+  page.on("console", (msg) => {
+    if (msg.type() !== "error") return;
+    // A signed-out page asks /auth/user and gets the documented 401; Chromium reports every
+    // 4xx answer to fetch as a console error. That one is expected; nothing else is.
+    const expected401 = msg.text().includes("status of 401") && (msg.location().url || "").endsWith("/auth/user");
+    if (!expected401) problems.push(`console error: ${msg.text()} (${msg.location().url})`);
+  });
+
+  step("the SPA shows the signed-out view");
+  await page.goto(`${url}/`);
+  await page.locator("#signed-out").waitFor({ state: "visible" });
+
+  step("Sign in → the provider's login page → pick a user");
+  await page.click("#sign-in");
+  await page.waitForURL(/\/authorize\?/);
+  await page.fill("#username", "alice");
+  await page.click("button[type=submit]");
+  await page.waitForURL(`${url}/`);
+  await page.locator("#signed-in").waitFor({ state: "visible" });
+  assert.equal(await page.textContent("#user-name"), "Alice");
+  assert.equal(await page.textContent("#user-email"), "alice@example.com");
+
+  step("call the API through bff");
+  await page.click("[data-call='GET /api/hello']");
+  await page.waitForFunction(() => document.querySelector("#result").textContent.includes("Hello, Alice"));
+  await page.click("[data-call='GET /api/items']");
+  await page.waitForFunction(() => document.querySelector("#result").textContent.includes("HttpOnly cookie"));
+
+  step(`wait past the access token's expiry (${TOKEN_TTL} s) and call again`);
+  await page.waitForTimeout((TOKEN_TTL - 1) * 1000);
+  await page.click("[data-call='GET /api/hello']");
+  await page.waitForFunction(() => [...document.querySelectorAll("#log tr.refresh")].length > 0, null, { timeout: 10_000 });
+  assert.equal(await page.textContent("#refresh-count"), "1 refresh");
+
+  step("open the event stream");
+  await page.click("#stream-start");
+  await page.waitForFunction(() => document.querySelectorAll("#ticks li").length >= 2, null, { timeout: 10_000 });
+
+  step("nothing secret in the page");
+  assert.equal(await page.evaluate(() => document.cookie), "", "the session cookie is HttpOnly");
+  const storage = await page.evaluate(() => ({ local: localStorage.length, session: sessionStorage.length }));
+  assert.deepEqual(storage, { local: 0, session: 0 });
+  const html = await page.content();
+  assert.ok(!/eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\./.test(html), "no JWT in the DOM");
+
+  await page.screenshot({ path: screenshot, fullPage: true });
+  step(`screenshot written to ${path.relative(root, screenshot)}`);
+  await page.click("#stream-stop");
+
+  step("sign out");
+  const backHome = page.waitForResponse((r) => r.url().includes("/end_session"));
+  await page.click("#sign-out");
+  await backHome;
+  await page.waitForURL(`${url}/`);
+  await page.locator("#signed-out").waitFor({ state: "visible", timeout: 10_000 }).catch((e) => {
+    throw new Error(`${e.message}\nurl: ${page.url()}\nproblems: ${problems.join("; ")}`);
+  });
+  const after = await page.evaluate(async () => (await fetch("/auth/user", { headers: { "X-CSRF": "1" } })).status);
+  assert.equal(after, 401);
+
+  step("phone width");
+  await page.setViewportSize({ width: 390, height: 800 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `no horizontal scrolling at phone width (overflow ${overflow}px)`);
+
+  assert.deepEqual(problems, [], "no console errors");
+  console.log("browser test passed");
+}
+
+main().then(cleanup, fail);
