@@ -5,6 +5,7 @@
 
 mod callback;
 mod cli;
+mod compose;
 mod cookies;
 mod demo;
 mod helpers;

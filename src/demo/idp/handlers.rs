@@ -83,7 +83,13 @@ fn login_page(pages: &Pages, p: &Provider, client_id: &str, interaction: &str) -
     let client_origins: Vec<String> = p
         .clients
         .get(client_id)
-        .map(|c| c.redirect_uris.iter().filter_map(|u| url::Url::parse(u).ok()).map(|u| u.origin().ascii_serialization()).collect())
+        .map(|c| {
+            c.redirect_uris
+                .iter()
+                .filter_map(|u| url::Url::parse(u).ok())
+                .map(|u| u.origin().ascii_serialization())
+                .collect()
+        })
         .unwrap_or_default();
     let csp = format!(
         "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self' {}",
