@@ -90,6 +90,7 @@ pub async fn run(args: DemoArgs) -> Result<(), anyhow::Error> {
     let api_listener = bind(args.api_port)?;
     let public_url = format!("http://{}", bff_listener.local_addr()?);
     let client_secret = random_token();
+    let session_secret = [random_token(), random_token()].concat();
 
     let (provider, idp_server) = idp::start(
         idp::IdpConfig {
@@ -142,7 +143,7 @@ upstream = "{api_url}"
         static_dir = asset_dir("static").display(),
         templates_dir = asset_dir("templates").display(),
         issuer = provider.issuer,
-        secret = format!("{}{}", random_token(), random_token()),
+        secret = session_secret,
     ))
     .map_err(|e| anyhow::anyhow!("demo configuration: {e}"))?;
     let (store, store_note) = demo_store().await;

@@ -182,9 +182,9 @@ impl SessionStore for SessionStoreAdapter {
         }
     }
 
-    async fn update_ttl(&self, session_key: &SessionKey, _ttl: &time::Duration) -> Result<(), anyhow::Error> {
-        // bff extends sessions itself (`tokens::TokenStore::touch`), at most once a minute.
-        let _ = session_key;
+    /// Never called with `TtlExtensionPolicy::OnStateChanges`; bff extends sessions itself
+    /// (`TokenStore::load`), at most once a minute.
+    async fn update_ttl(&self, _session_key: &SessionKey, _ttl: &time::Duration) -> Result<(), anyhow::Error> {
         Ok(())
     }
 

@@ -19,8 +19,8 @@ use crate::store::{CasOutcome, Store, StoreError};
 
 pub use manager::{TokenError, TokenManager, TokenTimings, UsableToken};
 
-/// Extend a session's idle timeout at most this often: a steady stream of API calls costs one
-/// read each and a write only once a minute.
+/// Extend a session's idle timeout at most this often (or every half idle timeout, if that is
+/// shorter): a steady stream of API calls costs one read each and a write once a minute.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Serialize, Deserialize)]
@@ -153,7 +153,7 @@ impl TokenStore {
     /// time to live tells). Runs in the background: the request does not wait for it.
     fn touch_if_due(&self, handle: &SessionHandle, ttl: Duration, session_expires_at: u64) {
         let Some(target) = self.session_ttl(session_expires_at) else { return };
-        if target <= ttl + TOUCH_INTERVAL {
+        if target <= ttl + TOUCH_INTERVAL.min(self.idle / 2) {
             return;
         }
         let store = self.store.clone();

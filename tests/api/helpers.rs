@@ -80,6 +80,8 @@ pub struct AppOptions {
     pub idp_auth_method: Option<AuthMethod>,
     pub same_site: &'static str,
     pub secret: String,
+    /// Adjusts the configuration in code, past what the file format allows (short timeouts).
+    pub tweak: fn(&mut Config),
 }
 
 impl Default for AppOptions {
@@ -94,6 +96,7 @@ impl Default for AppOptions {
             idp_auth_method: None,
             same_site: "lax",
             secret: test_secret(),
+            tweak: |_| {},
         }
     }
 }
@@ -178,7 +181,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let prefix = format!("bfftest:{}:", random_id());
     let toml =
         config_toml(&public_url, &idp.issuer, &upstream.url, &prefix, &options).replace("UPSTREAM", &upstream.url);
-    let config = Config::from_toml(&toml).expect("test config is valid");
+    let mut config = Config::from_toml(&toml).expect("test config is valid");
+    (options.tweak)(&mut config);
     let app = Application::build(config.clone(), app_listener).await.expect("build the app");
     tokio::spawn(app.run_until_stopped());
     TestApp { address: format!("http://127.0.0.1:{port}"), config, idp, upstream, prefix }

@@ -15,5 +15,6 @@ mod proxy;
 mod refresh;
 mod store_conformance;
 mod store_down;
+mod timeouts;
 mod upstream;
 mod user;
