@@ -46,6 +46,7 @@ async fn main() {
                 auth_method: AuthMethod::ClientSecretBasic,
                 redirect_uris: vec![format!("{public_url}/auth/callback")],
                 post_logout_redirect_uris: vec![],
+                backchannel_logout_uri: None,
             }],
             access_token_ttl: Duration::from_secs(3600),
             api_audience: "bench".into(),

@@ -14,7 +14,7 @@ use crate::oidc::Oidc;
 use crate::pages::{Pages, STYLESHEET_PATH};
 use crate::proxy::Proxy;
 use crate::routes;
-use crate::session::{CookiePolicy, KeyLayout, PendingLogins, SessionLifetime};
+use crate::session::{CookiePolicy, KeyLayout, PendingLogins, SessionIndex, SessionLifetime};
 use crate::state::{AppState, content_security_policy};
 use crate::store::{MemoryStore, RedisStore, Store};
 use crate::tokens::{TokenManager, TokenStore, TokenTimings};
@@ -76,6 +76,7 @@ impl Application {
             cookies: CookiePolicy::from_config(&config),
             lifetime: SessionLifetime { idle: config.session.idle_timeout },
             logins: PendingLogins::new(store.clone(), sealer.clone(), keys.clone()),
+            sessions: SessionIndex::new(store.clone(), keys.clone()),
             pages: Arc::new(Pages::load(&config.server.templates_dir, STYLESHEET_PATH)?),
             proxy: Arc::new(Proxy::new(&config)?),
             content_security_policy: content_security_policy(&config),

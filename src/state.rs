@@ -9,7 +9,7 @@ use crate::crypto::Sealer;
 use crate::oidc::Oidc;
 use crate::pages::Pages;
 use crate::proxy::Proxy;
-use crate::session::{CookiePolicy, KeyLayout, PendingLogins, SessionLifetime, SessionStoreAdapter};
+use crate::session::{CookiePolicy, KeyLayout, PendingLogins, SessionIndex, SessionLifetime, SessionStoreAdapter};
 use crate::store::Store;
 use crate::tokens::TokenManager;
 
@@ -25,6 +25,7 @@ pub struct AppState {
     pub lifetime: SessionLifetime,
     pub tokens: Arc<TokenManager>,
     pub logins: PendingLogins,
+    pub sessions: SessionIndex,
     pub pages: Arc<Pages>,
     pub proxy: Arc<Proxy>,
     pub content_security_policy: HeaderValue,

@@ -100,6 +100,7 @@ pub async fn run(args: DemoArgs) -> Result<(), anyhow::Error> {
                 auth_method: AuthMethod::ClientSecretBasic,
                 redirect_uris: vec![format!("{public_url}/auth/callback")],
                 post_logout_redirect_uris: vec![format!("{public_url}/")],
+                backchannel_logout_uri: Some(format!("{public_url}/auth/backchannel-logout")),
             }],
             access_token_ttl: Duration::from_secs(args.access_token_ttl.max(1)),
             api_audience: "demo-api".into(),

@@ -5,6 +5,7 @@
 mod grants;
 pub mod jwks;
 mod login;
+mod logout_token;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ use crate::config::{AuthMethod, Config};
 
 pub use grants::{RefreshError, Refreshed};
 pub use login::{CallbackError, LoginResult, PendingLogin};
+pub use logout_token::{LogoutRequest, LogoutTokenError};
 
 /// Endpoints outside core discovery that bff uses when the provider has them.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -88,6 +90,8 @@ pub struct Oidc {
     extra_auth_params: Vec<(String, String)>,
     http: reqwest::Client,
     provider: RwLock<Option<Arc<Provider>>>,
+    /// Checks logout tokens against the provider's JWKS (made on first use).
+    logout_verifier: std::sync::Mutex<Option<(Url, Arc<jwks::JwksVerifier>)>>,
 }
 
 impl std::fmt::Debug for Oidc {
@@ -121,6 +125,7 @@ impl Oidc {
             extra_auth_params: config.oidc.extra_auth_params.clone().into_iter().collect(),
             http: idp_http_client(config.oidc.timeout)?,
             provider: RwLock::new(None),
+            logout_verifier: std::sync::Mutex::new(None),
         })
     }
 

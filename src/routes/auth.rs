@@ -4,14 +4,16 @@
 use actix_session::Session;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse, web};
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::crypto::{digest, random_token};
 use crate::error::AppError;
 use crate::http::{require_csrf_header, require_csrf_or_same_origin};
-use crate::oidc::CallbackError;
+use crate::oidc::{CallbackError, LogoutTokenError};
 use crate::return_to::ReturnTo;
 use crate::session::{SessionEntries, SessionId, now_unix};
 use crate::state::AppState;
@@ -141,9 +143,17 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>, session: Ses
         lifetime_secs: lifetime,
         session_expires_at,
         sub: login.user.sub.clone(),
+        provider_sid: login.provider_sid.clone(),
         version: 1,
     };
     if let Err(e) = state.tokens.store().create(&handle, &tokens).await {
+        return AppError::from(e).page(&state.pages);
+    }
+    let indexed = state
+        .sessions
+        .add(&handle, &login.user.sub, login.provider_sid.as_deref(), state.config.session.absolute_timeout)
+        .await;
+    if let Err(e) = indexed {
         return AppError::from(e).page(&state.pages);
     }
     if let Err(e) = SessionEntries::start(&session, &id, &login.user, session_expires_at) {
@@ -195,6 +205,8 @@ pub async fn logout(req: HttpRequest, state: web::Data<AppState>, session: Sessi
             id_token_hint = tokens.id_token;
         }
         state.tokens.store().delete_session(&signed_in.handle).await?;
+        let sid = signed_in.user.claims.get("sid").and_then(|v| v.as_str());
+        state.sessions.remove(&signed_in.handle, &signed_in.user.sub, sid).await?;
         tracing::info!(session = signed_in.handle.short(), "signed out");
     }
     if let Some(binding) = state.cookies.login_binding(&req) {
@@ -212,6 +224,51 @@ pub async fn logout(req: HttpRequest, state: web::Data<AppState>, session: Sessi
         res.cookie(state.cookies.session_cookie_removal());
     }
     Ok(res.finish())
+}
+
+#[derive(Deserialize)]
+pub struct BackchannelLogout {
+    logout_token: Option<String>,
+}
+
+/// `POST /auth/backchannel-logout` (OIDC Back-Channel Logout 1.0): the provider ends sessions.
+/// Server to server: no anti-forgery header, the signed logout token is the credential.
+pub async fn backchannel_logout(state: web::Data<AppState>, form: web::Form<BackchannelLogout>) -> HttpResponse {
+    let bad = || HttpResponse::BadRequest().json(json!({ "error": "invalid_request" }));
+    let Some(token) = form.logout_token.as_deref().filter(|t| !t.is_empty()) else { return bad() };
+    let request = match state.oidc.verify_logout_token(token).await {
+        Ok(request) => request,
+        Err(LogoutTokenError::Invalid(reason)) => {
+            tracing::warn!("back-channel logout refused: {reason}");
+            return bad();
+        }
+        Err(LogoutTokenError::Unavailable(e)) => {
+            tracing::warn!("back-channel logout cannot be checked now: {e}");
+            return AppError::IdpUnavailable.error_response();
+        }
+    };
+    let replay_window = Duration::from_secs(request.exp.saturating_sub(now_unix()).max(60) + 60);
+    let ended = async {
+        if !state.sessions.claim_logout_token(&request.jti, replay_window).await? {
+            return Ok(None);
+        }
+        let handles = state.sessions.take(request.sub.as_deref(), request.sid.as_deref()).await?;
+        for handle in &handles {
+            state.tokens.store().delete_session(handle).await?;
+        }
+        Ok::<_, crate::store::StoreError>(Some(handles.len()))
+    };
+    match ended.await {
+        Ok(Some(count)) => {
+            tracing::info!(sessions = count, "back-channel logout");
+            HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).finish()
+        }
+        Ok(None) => {
+            tracing::warn!("back-channel logout refused: replayed jti");
+            bad()
+        }
+        Err(e) => AppError::from(e).error_response(),
+    }
 }
 
 /// `GET /auth/signed-out`: a page for deployments whose post-logout target is not the SPA.

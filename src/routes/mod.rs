@@ -25,6 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &web::Data<AppState>) {
                 .route("/callback", web::get().to(auth::callback))
                 .route("/user", web::get().to(auth::user))
                 .route("/logout", web::post().to(auth::logout))
+                .route("/backchannel-logout", web::post().to(auth::backchannel_logout))
                 .route("/signed-out", web::get().to(auth::signed_out))
                 .route("/style.css", web::get().to(auth::stylesheet)),
         );

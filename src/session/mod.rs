@@ -7,6 +7,7 @@
 //! every key of one session shares a `{handle}` hash tag (one Redis Cluster slot).
 
 mod cookie;
+mod index;
 mod pending;
 mod store;
 
@@ -15,6 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::crypto;
 
 pub use cookie::{CookiePolicy, SessionCookie};
+pub use index::SessionIndex;
 pub use pending::{PENDING_LOGIN_TTL, PendingLogins};
 pub use store::{SessionEntries, SessionLifetime, SessionStoreAdapter, SignedIn, UserInfo, now_unix};
 

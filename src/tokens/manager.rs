@@ -130,7 +130,7 @@ impl TokenManager {
         if set.refresh_token.is_none() {
             // Nothing to refresh with: use the token while it lasts.
             return if set.is_expired(now_unix()) {
-                self.end_session(handle).await
+                self.end_session(handle, &set).await
             } else {
                 Ok(UsableToken::from(&set))
             };
@@ -146,16 +146,16 @@ impl TokenManager {
     async fn load_live(&self, handle: &SessionHandle) -> Result<TokenSet, TokenError> {
         match self.tokens.load(handle).await? {
             Some(set) if !set.session_over(now_unix()) => Ok(set),
-            Some(_) => {
-                self.tokens.delete_session(handle).await?;
+            Some(set) => {
+                self.tokens.end_session(handle, &set).await?;
                 Err(TokenError::LoginRequired)
             }
             None => Err(TokenError::LoginRequired),
         }
     }
 
-    async fn end_session(&self, handle: &SessionHandle) -> FlightResult {
-        self.tokens.delete_session(handle).await?;
+    async fn end_session(&self, handle: &SessionHandle, set: &TokenSet) -> FlightResult {
+        self.tokens.end_session(handle, set).await?;
         Err(TokenError::LoginRequired)
     }
 
@@ -226,7 +226,7 @@ impl TokenManager {
         let Some(refresh_token) = set.refresh_token.clone() else {
             return match want {
                 Want::NewerThan(_) => Err(TokenError::CannotRefresh),
-                Want::Fresh if set.is_expired(now_unix()) => self.end_session(handle).await,
+                Want::Fresh if set.is_expired(now_unix()) => self.end_session(handle, &set).await,
                 Want::Fresh => Ok(UsableToken::from(&set)),
             };
         };
@@ -253,7 +253,8 @@ impl TokenManager {
                     expires_at: now + lifetime,
                     lifetime_secs: lifetime,
                     session_expires_at: set.session_expires_at,
-                    sub: set.sub,
+                    sub: set.sub.clone(),
+                    provider_sid: set.provider_sid.clone(),
                     version: set.version + 1,
                 };
                 match self.tokens.replace(handle, set.version, &next).await? {
@@ -280,7 +281,7 @@ impl TokenManager {
                     return Ok(UsableToken::from(&current));
                 }
                 tracing::info!(session = handle.short(), "refresh token rejected (invalid_grant); ending the session");
-                self.end_session(handle).await
+                self.end_session(handle, &set).await
             }
             Err(RefreshError::Unavailable(reason)) => {
                 tracing::warn!(session = handle.short(), reason, "token refresh failed; session kept");

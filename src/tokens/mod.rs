@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::Sealer;
 use crate::oidc::RawIdToken;
-use crate::session::{KeyLayout, SessionHandle, now_unix};
+use crate::session::{KeyLayout, SessionHandle, SessionIndex, now_unix};
 use crate::store::{CasOutcome, Store, StoreError};
 
 pub use manager::{TokenError, TokenManager, TokenTimings, UsableToken};
@@ -35,6 +35,9 @@ pub struct TokenSet {
     /// Unix seconds: the session's absolute end.
     pub session_expires_at: u64,
     pub sub: String,
+    /// The provider's session id, to find this session again for back-channel logout.
+    #[serde(default)]
+    pub provider_sid: Option<String>,
     pub version: u64,
 }
 
@@ -76,11 +79,13 @@ pub struct TokenStore {
     sealer: Sealer,
     keys: KeyLayout,
     idle: Duration,
+    index: SessionIndex,
 }
 
 impl TokenStore {
     pub fn new(store: Store, sealer: Sealer, keys: KeyLayout, idle: Duration) -> TokenStore {
-        TokenStore { store, sealer, keys, idle }
+        let index = SessionIndex::new(store.clone(), keys.clone());
+        TokenStore { store, sealer, keys, idle, index }
     }
 
     pub fn keys(&self) -> &KeyLayout {
@@ -144,6 +149,13 @@ impl TokenStore {
         self.store.delete(&self.keys.all_of_session(handle)).await
     }
 
+    /// Ends a session bff decided is over (expired, grant revoked): also drops it from the
+    /// back-channel logout index.
+    pub async fn end_session(&self, handle: &SessionHandle, set: &TokenSet) -> Result<(), StoreError> {
+        self.delete_session(handle).await?;
+        self.index.remove(handle, &set.sub, set.provider_sid.as_deref()).await
+    }
+
     fn session_ttl(&self, session_expires_at: u64) -> Option<Duration> {
         let remaining = session_expires_at.checked_sub(now_unix()).filter(|r| *r > 0)?;
         Some(self.idle.min(Duration::from_secs(remaining)))
@@ -180,6 +192,7 @@ mod tests {
             lifetime_secs,
             session_expires_at: u64::MAX,
             sub: "s".into(),
+            provider_sid: None,
             version: 1,
         }
     }

@@ -107,6 +107,7 @@ async fn no_secret_reaches_the_logs_in_a_full_run() {
         access_token_ttl: Duration::from_secs(4),
         redirect_uris: vec![format!("{public_url}/auth/callback")],
         post_logout_redirect_uris: vec![format!("{public_url}/")],
+        backchannel_logout_uri: None,
     })
     .await;
     let upstream = crate::upstream::spawn(Some(Arc::clone(&idp.provider))).await;

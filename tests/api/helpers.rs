@@ -47,6 +47,7 @@ pub struct IdpOptions {
     pub access_token_ttl: Duration,
     pub redirect_uris: Vec<String>,
     pub post_logout_redirect_uris: Vec<String>,
+    pub backchannel_logout_uri: Option<String>,
 }
 
 pub async fn spawn_idp(options: IdpOptions) -> RunningIdp {
@@ -57,6 +58,7 @@ pub async fn spawn_idp(options: IdpOptions) -> RunningIdp {
             auth_method: options.auth_method,
             redirect_uris: options.redirect_uris,
             post_logout_redirect_uris: options.post_logout_redirect_uris,
+            backchannel_logout_uri: options.backchannel_logout_uri,
         }],
         access_token_ttl: options.access_token_ttl,
         api_audience: "demo-api".into(),
@@ -175,6 +177,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         access_token_ttl: options.access_token_ttl,
         redirect_uris: vec![format!("{public_url}/auth/callback")],
         post_logout_redirect_uris: vec![format!("{public_url}/")],
+        backchannel_logout_uri: Some(format!("{public_url}/auth/backchannel-logout")),
     })
     .await;
     let upstream = upstream::spawn(Some(Arc::clone(&idp.provider))).await;

@@ -3,6 +3,7 @@
 // A test that cannot set up its fixture should stop right there, loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod backchannel;
 mod callback;
 mod cli;
 mod compose;

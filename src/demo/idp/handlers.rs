@@ -214,7 +214,7 @@ async fn end_session(
     pages: web::Data<Pages>,
     q: web::Query<HashMap<String, String>>,
 ) -> HttpResponse {
-    match p.end_session(&q) {
+    match p.end_session(&q).await {
         Some(target) => redirect(target.as_str()),
         None => pages.error(StatusCode::OK, "You are signed out of the demo identity provider.", false),
     }

@@ -32,6 +32,8 @@ pub struct Client {
     pub auth_method: AuthMethod,
     pub redirect_uris: Vec<String>,
     pub post_logout_redirect_uris: Vec<String>,
+    /// Where logout tokens go when the provider session ends (OIDC Back-Channel Logout).
+    pub backchannel_logout_uri: Option<String>,
 }
 
 /// What the token endpoint does instead of answering properly (tests).

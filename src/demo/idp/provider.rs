@@ -87,6 +87,7 @@ pub struct Counters {
     pub revocations: AtomicU64,
     pub reuse_detected: AtomicU64,
     pub end_session: AtomicU64,
+    pub backchannel_ok: AtomicU64,
 }
 
 /// Client credentials as the request presented them.
@@ -126,6 +127,8 @@ pub struct Provider {
     /// Every token the provider issued, so tests can search logs and pages for them.
     issued: Mutex<Vec<String>>,
     pub api_audience: String,
+    /// Delivers back-channel logout tokens.
+    http: reqwest::Client,
 }
 
 pub fn user_claims(username: &str) -> (String, Value) {
@@ -161,6 +164,7 @@ impl Provider {
             data: Mutex::new(Data::default()),
             issued: Mutex::new(Vec::new()),
             api_audience,
+            http: crate::oidc::idp_http_client(std::time::Duration::from_secs(5)).unwrap_or_default(),
         }
     }
 
@@ -502,9 +506,10 @@ impl Provider {
         Some(profile)
     }
 
-    /// RP-initiated logout: ends the provider session (the grants of that `sid`) and returns
-    /// where to send the browser, if the client asked for a registered place.
-    pub fn end_session(&self, q: &HashMap<String, String>) -> Option<Url> {
+    /// RP-initiated logout: ends the provider session (the grants of that `sid`, with
+    /// back-channel logout to their clients) and returns where to send the browser, if the client
+    /// asked for a registered place.
+    pub async fn end_session(&self, q: &HashMap<String, String>) -> Option<Url> {
         self.counters.end_session.fetch_add(1, Ordering::SeqCst);
         #[derive(Deserialize)]
         struct Hint {
@@ -513,9 +518,7 @@ impl Provider {
         }
         let hint = q.get("id_token_hint").and_then(|t| self.key.verify::<Hint>(t, None, false));
         if let Some(sid) = hint.as_ref().and_then(|h| h.sid.clone()) {
-            for g in self.data().grants.values_mut().filter(|g| g.sid == sid) {
-                g.revoked = true;
-            }
+            self.end_provider_session(&sid).await;
         }
         let client_id = hint.map(|h| h.aud).or_else(|| q.get("client_id").cloned())?;
         let client = self.clients.get(&client_id)?;
@@ -528,5 +531,70 @@ impl Provider {
             url.query_pairs_mut().append_pair("state", state);
         }
         Some(url)
+    }
+
+    /// Ends a provider session: its grants are revoked and every client with a back-channel
+    /// logout URI gets a logout token (`sid` and `sub`). Returns how many were delivered.
+    pub async fn end_provider_session(&self, sid: &str) -> usize {
+        let targets: Vec<(String, String)> = {
+            let mut data = self.data();
+            data.grants
+                .values_mut()
+                .filter(|g| g.sid == sid && !g.revoked)
+                .map(|g| {
+                    g.revoked = true;
+                    (g.client_id.clone(), user_claims(&g.username).0)
+                })
+                .collect()
+        };
+        let mut delivered = 0;
+        for (client_id, sub) in targets {
+            let Some(uri) = self.clients.get(&client_id).and_then(|c| c.backchannel_logout_uri.clone()) else {
+                continue;
+            };
+            let Ok(token) = self.logout_token(&client_id, Some(&sub), Some(sid)) else { continue };
+            let sent = self.http.post(&uri).form(&[("logout_token", token.as_str())]).send().await;
+            match sent {
+                Ok(res) if res.status().is_success() => {
+                    delivered += 1;
+                    self.counters.backchannel_ok.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(res) => tracing::warn!(status = res.status().as_u16(), "demo idp: back-channel logout refused"),
+                Err(e) => tracing::warn!("demo idp: back-channel logout failed: {e}"),
+            }
+        }
+        delivered
+    }
+
+    /// The provider session (`sid`) of a user's live grants, for tests that end it.
+    pub fn session_of(&self, username: &str) -> Option<String> {
+        self.data().grants.values().find(|g| g.username == username && !g.revoked).map(|g| g.sid.clone())
+    }
+
+    /// A logout token (OIDC Back-Channel Logout 1.0 §2.4) signed by this provider.
+    pub fn logout_token(
+        &self,
+        client_id: &str,
+        sub: Option<&str>,
+        sid: Option<&str>,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = now_unix();
+        let mut claims = json!({
+            "iss": self.issuer,
+            "aud": client_id,
+            "iat": now,
+            "exp": now + 120,
+            "jti": random_token(),
+            "events": { "http://schemas.openid.net/event/backchannel-logout": {} },
+        });
+        if let Some(obj) = claims.as_object_mut() {
+            if let Some(sub) = sub {
+                obj.insert("sub".into(), json!(sub));
+            }
+            if let Some(sid) = sid {
+                obj.insert("sid".into(), json!(sid));
+            }
+        }
+        self.key.sign(&claims, Some("logout+jwt"))
     }
 }

@@ -1,0 +1,141 @@
+//! OIDC Back-Channel Logout 1.0 §2.6: validating a logout token.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::jwks::{Expect, JwksVerifier, JwtError};
+use super::{Oidc, OidcError};
+
+const BACKCHANNEL_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
+/// Clock difference tolerated on `iat`/`exp`.
+const LEEWAY_SECS: u64 = 30;
+
+/// Who to log out, from a valid logout token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogoutRequest {
+    pub sub: Option<String>,
+    pub sid: Option<String>,
+    pub jti: String,
+    /// Unix seconds; a replayed `jti` must be refused until then.
+    pub exp: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogoutTokenError {
+    /// The token is not a valid logout token for us: 400, with no detail to the caller.
+    #[error("invalid logout token: {0}")]
+    Invalid(String),
+    /// We cannot check it now (no metadata, keys unreachable): 503.
+    #[error(transparent)]
+    Unavailable(#[from] OidcError),
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    sid: Option<String>,
+    jti: Option<String>,
+    iat: Option<u64>,
+    exp: Option<u64>,
+    events: Option<Value>,
+    nonce: Option<Value>,
+}
+
+impl Oidc {
+    /// The verifier for logout tokens, made from the discovered JWKS URI on first use.
+    fn logout_verifier(&self) -> Result<std::sync::Arc<JwksVerifier>, OidcError> {
+        let provider = self.provider()?;
+        let mut slot = self.logout_verifier.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some((uri, verifier)) if *uri == provider.jwks_uri => Ok(std::sync::Arc::clone(verifier)),
+            _ => {
+                let verifier = std::sync::Arc::new(JwksVerifier::new(self.http.clone(), provider.jwks_uri.clone()));
+                *slot = Some((provider.jwks_uri.clone(), std::sync::Arc::clone(&verifier)));
+                Ok(verifier)
+            }
+        }
+    }
+
+    pub async fn verify_logout_token(&self, jwt: &str) -> Result<LogoutRequest, LogoutTokenError> {
+        let verifier = self.logout_verifier()?;
+        let expect = Expect {
+            issuer: self.issuer.as_str(),
+            audience: self.client_id.as_str(),
+            leeway_secs: LEEWAY_SECS,
+            required: &["iss", "aud", "iat", "exp"],
+        };
+        let claims: Claims = verifier.verify(jwt, &expect).await.map_err(|e| match e {
+            JwtError::KeysUnavailable(reason) => LogoutTokenError::Unavailable(OidcError::Unavailable(reason)),
+            other => LogoutTokenError::Invalid(other.to_string()),
+        })?;
+        check_claims(claims)
+    }
+}
+
+fn check_claims(claims: Claims) -> Result<LogoutRequest, LogoutTokenError> {
+    let invalid = |why: &str| Err(LogoutTokenError::Invalid(why.to_string()));
+    let is_event = claims.events.as_ref().and_then(|e| e.get(BACKCHANNEL_EVENT)).is_some_and(Value::is_object);
+    if !is_event {
+        return invalid("no back-channel logout event");
+    }
+    if claims.nonce.is_some() {
+        // A nonce marks an ID token: one must never be accepted as a logout token.
+        return invalid("carries a nonce");
+    }
+    if claims.sub.is_none() && claims.sid.is_none() {
+        return invalid("neither sub nor sid");
+    }
+    let Some(jti) = claims.jti.filter(|j| !j.is_empty()) else { return invalid("no jti") };
+    let (Some(_iat), Some(exp)) = (claims.iat, claims.exp) else { return invalid("no iat or exp") };
+    Ok(LogoutRequest { sub: claims.sub, sid: claims.sid, jti, exp })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn claims(v: Value) -> Claims {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn base() -> Value {
+        json!({"sub": "u", "sid": "s", "jti": "j", "iat": 1, "exp": 2, "events": {BACKCHANNEL_EVENT: {}}})
+    }
+
+    #[test]
+    fn a_well_formed_logout_token_names_who_to_log_out() {
+        let r = check_claims(claims(base())).unwrap();
+        assert_eq!((r.sub.as_deref(), r.sid.as_deref(), r.jti.as_str(), r.exp), (Some("u"), Some("s"), "j", 2));
+    }
+
+    #[test]
+    fn malformed_logout_tokens_are_refused() {
+        type Spoil = Box<dyn Fn(&mut serde_json::Map<String, Value>)>;
+        let cases: Vec<(&str, Spoil)> = vec![
+            ("missing events", Box::new(|m| drop(m.remove("events")))),
+            ("other event", Box::new(|m| drop(m.insert("events".into(), json!({"urn:other": {}}))))),
+            ("event not an object", Box::new(|m| drop(m.insert("events".into(), json!({BACKCHANNEL_EVENT: "x"}))))),
+            ("nonce", Box::new(|m| drop(m.insert("nonce".into(), json!("n"))))),
+            (
+                "no sub nor sid",
+                Box::new(|m| {
+                    m.remove("sub");
+                    m.remove("sid");
+                }),
+            ),
+            ("no jti", Box::new(|m| drop(m.remove("jti")))),
+            ("no iat", Box::new(|m| drop(m.remove("iat")))),
+        ];
+        for (what, spoil) in cases {
+            let mut v = base();
+            if let Some(m) = v.as_object_mut() {
+                spoil(m);
+            }
+            assert!(check_claims(claims(v)).is_err(), "{what}");
+        }
+        let mut only_sub = base();
+        only_sub.as_object_mut().map(|m| m.remove("sid"));
+        assert!(check_claims(claims(only_sub)).is_ok());
+    }
+}

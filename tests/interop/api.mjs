@@ -1,0 +1,134 @@
+// Upstream API for bff's interop tests: accepts a request when its bearer access token is active
+// according to the provider's token introspection endpoint (RFC 7662).
+//
+// Environment:
+//   API_PORT           port to listen on, on 127.0.0.1 (0 = any free port)
+//   ISSUER             issuer of the provider; the introspection endpoint comes from its discovery document
+//   API_CLIENT_ID      client authenticating to the introspection endpoint (default "api")
+//   API_CLIENT_SECRET  its secret, sent with client_secret_basic (default "api-secret")
+//
+// Prints `READY url=http://127.0.0.1:<port>` once listening. GET /__stats (no authentication) answers
+// {"requests": n, "ok": n, "unauthorized": n}; every other request counts in `requests`.
+
+import * as http from 'node:http';
+
+const HOST = '127.0.0.1';
+
+const env = (name, fallback) => process.env[name] ?? fallback;
+
+const issuer = process.env.ISSUER;
+if (!issuer) {
+  throw new Error('ISSUER is required');
+}
+const clientId = env('API_CLIENT_ID', 'api');
+const clientSecret = env('API_CLIENT_SECRET', 'api-secret');
+
+const discoveryResponse = await fetch(`${issuer}/.well-known/openid-configuration`);
+if (!discoveryResponse.ok) {
+  throw new Error(`discovery document: HTTP ${discoveryResponse.status}`);
+}
+const { introspection_endpoint: introspectionEndpoint } = await discoveryResponse.json();
+if (!introspectionEndpoint) {
+  throw new Error('the provider advertises no introspection_endpoint');
+}
+
+// client_secret_basic: id and secret are form-urlencoded before base64 (RFC 6749, section 2.3.1).
+const basicCredentials = Buffer.from(
+  `${encodeURIComponent(clientId)}:${encodeURIComponent(clientSecret)}`,
+).toString('base64');
+
+const stats = { requests: 0, ok: 0, unauthorized: 0 };
+
+async function introspect(token) {
+  const response = await fetch(introspectionEndpoint, {
+    method: 'POST',
+    headers: {
+      authorization: `Basic ${basicCredentials}`,
+      'content-type': 'application/x-www-form-urlencoded',
+      accept: 'application/json',
+    },
+    body: new URLSearchParams({ token, token_type_hint: 'access_token' }),
+  });
+  if (!response.ok) {
+    throw new Error(`introspection: HTTP ${response.status} ${await response.text()}`);
+  }
+  return response.json();
+}
+
+function bearerToken(req) {
+  const match = /^Bearer +([^ ]+) *$/i.exec(req.headers.authorization ?? '');
+  return match?.[1];
+}
+
+function sendJson(res, status, body, headers = {}) {
+  const payload = JSON.stringify(body);
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(payload),
+    ...headers,
+  });
+  res.end(payload);
+}
+
+// Resolves once the request body has been read to its end (and thrown away).
+function drain(req) {
+  return new Promise((resolve, reject) => {
+    req.on('end', resolve);
+    req.on('error', reject);
+    req.resume();
+  });
+}
+
+async function handle(req, res) {
+  await drain(req);
+
+  if (req.method === 'GET' && req.url === '/__stats') {
+    sendJson(res, 200, stats);
+    return;
+  }
+
+  stats.requests += 1;
+  const token = bearerToken(req);
+  const introspection = token === undefined ? undefined : await introspect(token);
+  // Refresh tokens introspect as active too, but without a token_type: only access tokens pass.
+  if (introspection?.active === true && introspection.token_type !== undefined) {
+    stats.ok += 1;
+    sendJson(res, 200, {
+      ok: true,
+      sub: introspection.sub,
+      client_id: introspection.client_id,
+      path: req.url,
+      method: req.method,
+    });
+  } else {
+    stats.unauthorized += 1;
+    sendJson(res, 401, { error: 'invalid_token' }, {
+      'www-authenticate': 'Bearer error="invalid_token"',
+    });
+  }
+}
+
+const server = http.createServer((req, res) => {
+  handle(req, res).catch((err) => {
+    console.error(`${req.method} ${req.url}:`, err);
+    if (!res.headersSent) {
+      sendJson(res, 502, { error: 'introspection_failed' });
+    }
+  });
+});
+// Keep idle keep-alive connections open longer than client pools do (Node's default is 5 s), so a
+// client never reuses a connection the server is just closing.
+server.keepAliveTimeout = 120_000;
+server.headersTimeout = 125_000;
+
+server.listen(Number.parseInt(env('API_PORT', '0'), 10), HOST, () => {
+  process.stdout.write(`READY url=http://${HOST}:${server.address().port}\n`);
+});
+
+function shutdown() {
+  server.close();
+  server.closeAllConnections();
+  process.exit(0);
+}
+process.on('SIGTERM', shutdown);
+process.on('SIGINT', shutdown);

@@ -1,0 +1,285 @@
+// OpenID Provider for bff's interop tests, built on oidc-provider 9 (see ./package.json).
+//
+// Environment:
+//   PROVIDER_PORT      port of the provider (0 = any free port); issuer is http://127.0.0.1:<port>
+//   STATS_PORT         port of the statistics server (0 = any free port)
+//   ACCESS_TOKEN_TTL   access token lifetime in seconds (default 5)
+//   CLIENTS            JSON array of client metadata objects, registered as given
+//   API_CLIENT_SECRET  secret of the built-in `api` client that may introspect any token (default "api-secret")
+//
+// stdout carries one JSON object per line for events of interest, and exactly one
+// `READY issuer=<issuer> stats=<stats url>` line once both servers listen. Diagnostics go to stderr.
+
+import * as http from 'node:http';
+
+import Provider from 'oidc-provider';
+
+// oidc-provider prints its development notices ("default ... function called") with console.info,
+// i.e. on stdout; send them to stderr so stdout only carries the READY line and JSON events.
+console.info = console.error;
+
+const HOST = '127.0.0.1';
+const LOOPBACK_HOSTNAMES = new Set(['127.0.0.1', 'localhost', '[::1]']);
+// Error detail of the InvalidGrant thrown by lib/actions/grants/refresh_token.js when an already
+// consumed (rotated) refresh token is presented; the library then destroys it and revokes the grant.
+const REFRESH_TOKEN_REUSE_DETAIL = 'refresh token already used';
+
+const env = (name, fallback) => process.env[name] ?? fallback;
+
+const accessTokenTtl = Number.parseInt(env('ACCESS_TOKEN_TTL', '5'), 10);
+const clients = JSON.parse(env('CLIENTS', '[]'));
+if (!Array.isArray(clients)) {
+  throw new TypeError('CLIENTS must be a JSON array of client metadata objects');
+}
+
+const stats = {
+  reuse_detected: 0,
+  grants_revoked: 0,
+  backchannel_ok: 0,
+  backchannel_errors: 0,
+  refresh_tokens_issued: 0,
+  refresh_token_grants: 0,
+  introspections: 0,
+};
+
+// Every refresh token value the provider handed out, in issuance order (values never leave memory
+// except through GET /refresh_tokens on the stats server).
+const issuedRefreshTokens = [];
+
+function logEvent(event, fields = {}) {
+  process.stdout.write(`${JSON.stringify({ event, ...fields })}\n`);
+}
+
+function capitalise(word) {
+  return word.charAt(0).toUpperCase() + word.slice(1);
+}
+
+// Binds to 127.0.0.1 and resolves with the port actually chosen.
+function listen(server, port) {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, HOST, () => {
+      server.off('error', reject);
+      resolve(server.address().port);
+    });
+  });
+}
+
+// Node's default keep-alive timeout (5 s) is shorter than the idle timeout of typical client pools,
+// which makes clients occasionally reuse a connection the server is just closing. Keep idle
+// connections open longer than any client pool will.
+function keepAliveServer() {
+  const server = http.createServer();
+  server.keepAliveTimeout = 120_000;
+  server.headersTimeout = 125_000;
+  return server;
+}
+
+// The issuer contains the port, so the provider server must listen before the provider exists.
+const providerServer = keepAliveServer();
+const providerPort = await listen(providerServer, Number.parseInt(env('PROVIDER_PORT', '0'), 10));
+const issuer = `http://${HOST}:${providerPort}`;
+
+const provider = new Provider(issuer, {
+  clients: [
+    ...clients,
+    {
+      // Resource server credentials for api.mjs: it only calls the introspection endpoint.
+      client_id: 'api',
+      client_secret: env('API_CLIENT_SECRET', 'api-secret'),
+      token_endpoint_auth_method: 'client_secret_basic',
+      grant_types: [],
+      response_types: [],
+      redirect_uris: [],
+    },
+  ],
+  claims: {
+    profile: ['name', 'preferred_username'],
+    email: ['email', 'email_verified'],
+  },
+  // Any login name is an account whose `sub` is that name.
+  async findAccount(ctx, sub) {
+    return {
+      accountId: sub,
+      async claims() {
+        return {
+          sub,
+          name: capitalise(sub),
+          preferred_username: sub,
+          email: `${sub}@example.com`,
+          email_verified: true,
+        };
+      },
+    };
+  },
+  features: {
+    devInteractions: { enabled: true },
+    revocation: { enabled: true },
+    introspection: {
+      enabled: true,
+      // The api client may introspect any token; every other client only its own tokens.
+      async allowedPolicy(ctx, client, token) {
+        return client.clientId === 'api' || token.clientId === client.clientId;
+      },
+    },
+    rpInitiatedLogout: { enabled: true },
+    backchannelLogout: { enabled: true },
+  },
+  pkce: { required: () => true },
+  // Refresh tokens are issued by the default issueRefreshToken policy: the client has the
+  // refresh_token grant type and the grant holds offline_access, which the authorization endpoint
+  // keeps only together with prompt=consent and which the dev consent form then grants.
+  rotateRefreshToken: () => true,
+  ttl: {
+    AccessToken: accessTokenTtl,
+    IdToken: 60 * 60,
+    RefreshToken: 24 * 60 * 60,
+  },
+  // Outgoing requests (back-channel logout) go through an SSRF-protecting dispatcher that refuses
+  // special-use addresses such as 127.0.0.1, where all test relying parties live.
+  fetch(url, options) {
+    if (LOOPBACK_HOSTNAMES.has(new URL(url).hostname)) {
+      const { dispatcher, ...direct } = options;
+      return globalThis.fetch(url, direct);
+    }
+    return globalThis.fetch(url, options);
+  },
+});
+// `provider.proxy` stays false: requests arrive over plain http, so ctx.secure is false and the
+// session/interaction cookies are set without the Secure attribute, which keeps them usable on
+// http://127.0.0.1.
+
+// Counts calls of the introspection endpoint, whatever their outcome.
+provider.use(async (ctx, next) => {
+  if (ctx.method === 'POST' && ctx.path === '/token/introspection') {
+    stats.introspections += 1;
+  }
+  await next();
+});
+
+const clientIdOf = (ctx) => ctx?.oidc?.client?.clientId;
+
+provider.on('refresh_token.saved', (token) => {
+  // Refresh tokens are opaque: the value the client receives is the token's jti.
+  issuedRefreshTokens.push(token.jti);
+  stats.refresh_tokens_issued += 1;
+  logEvent('refresh_token.saved', {
+    client_id: token.clientId, grant_id: token.grantId, rotations: token.rotations ?? 0,
+  });
+});
+provider.on('refresh_token.consumed', (token) => {
+  logEvent('refresh_token.consumed', { client_id: token.clientId, grant_id: token.grantId });
+});
+provider.on('grant.success', (ctx) => {
+  const grantType = ctx.oidc.params.grant_type;
+  if (grantType === 'refresh_token') {
+    stats.refresh_token_grants += 1;
+  }
+  logEvent('grant.success', { grant_type: grantType, client_id: clientIdOf(ctx) });
+});
+provider.on('grant.error', (ctx, err) => {
+  const grantType = ctx.oidc.params?.grant_type;
+  const reuse = grantType === 'refresh_token' && err.error_detail === REFRESH_TOKEN_REUSE_DETAIL;
+  if (reuse) {
+    stats.reuse_detected += 1;
+  }
+  logEvent('grant.error', {
+    grant_type: grantType,
+    client_id: clientIdOf(ctx),
+    error: err.error,
+    detail: err.error_detail,
+    reuse_detected: reuse,
+  });
+});
+provider.on('grant.revoked', (ctx, grantId) => {
+  stats.grants_revoked += 1;
+  logEvent('grant.revoked', { grant_id: grantId, client_id: clientIdOf(ctx), route: ctx?.oidc?.route });
+});
+provider.on('backchannel.success', (ctx, client, accountId, sid) => {
+  stats.backchannel_ok += 1;
+  logEvent('backchannel.success', { client_id: client.clientId, sub: accountId, sid });
+});
+provider.on('backchannel.error', (ctx, err, client, accountId, sid) => {
+  stats.backchannel_errors += 1;
+  logEvent('backchannel.error', {
+    client_id: client.clientId, sub: accountId, sid, message: err.message,
+  });
+});
+provider.on('authorization.success', (ctx) => {
+  logEvent('authorization.success', { client_id: clientIdOf(ctx) });
+});
+provider.on('end_session.success', (ctx) => {
+  logEvent('end_session.success', { client_id: clientIdOf(ctx) });
+});
+for (const event of [
+  'authorization.error',
+  'end_session.error',
+  'end_session_confirm.error',
+  'introspection.error',
+  'revocation.error',
+  'userinfo.error',
+]) {
+  provider.on(event, (ctx, err) => {
+    logEvent(event, { client_id: clientIdOf(ctx), error: err.error, detail: err.error_detail });
+  });
+}
+provider.on('server_error', (ctx, err) => {
+  console.error(`server_error on ${ctx.method} ${ctx.path}:`, err);
+});
+
+// Whether the provider would accept this refresh token at the token endpoint right now: it still
+// exists (not destroyed by reuse detection or grant revocation), is neither consumed nor expired,
+// and its grant still exists and is unexpired.
+async function refreshTokenActive(value) {
+  const token = await provider.RefreshToken.find(value);
+  if (!token?.isValid) {
+    return false;
+  }
+  const grant = await provider.Grant.find(token.grantId);
+  return Boolean(grant) && !grant.isExpired && grant.clientId === token.clientId;
+}
+
+function sendJson(res, status, body) {
+  const payload = JSON.stringify(body);
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(payload),
+    'cache-control': 'no-store',
+  });
+  res.end(payload);
+}
+
+const statsServer = keepAliveServer();
+statsServer.on('request', async (req, res) => {
+  req.resume();
+  try {
+    if (req.method === 'GET' && req.url === '/stats') {
+      sendJson(res, 200, stats);
+    } else if (req.method === 'GET' && req.url === '/refresh_tokens') {
+      sendJson(res, 200, await Promise.all(issuedRefreshTokens.map(async (value) => ({
+        value,
+        active: await refreshTokenActive(value),
+      }))));
+    } else {
+      sendJson(res, 404, { error: 'not_found' });
+    }
+  } catch (err) {
+    console.error('stats server error:', err);
+    sendJson(res, 500, { error: 'server_error' });
+  }
+});
+
+providerServer.on('request', provider.callback());
+const statsPort = await listen(statsServer, Number.parseInt(env('STATS_PORT', '0'), 10));
+
+process.stdout.write(`READY issuer=${issuer} stats=http://${HOST}:${statsPort}\n`);
+
+function shutdown() {
+  for (const server of [providerServer, statsServer]) {
+    server.close();
+    server.closeAllConnections();
+  }
+  process.exit(0);
+}
+process.on('SIGTERM', shutdown);
+process.on('SIGINT', shutdown);
