@@ -29,12 +29,12 @@ pub struct Application {
 /// Redis is down).
 pub fn store_for(config: &Config) -> Result<Store, anyhow::Error> {
     Ok(match &config.session.redis_url {
-        Some(url) => Store::Redis(RedisStore::new(url, config.session.redis_timeout)?),
+        Some(url) => Store::redis(RedisStore::new(url, config.session.redis_timeout)?),
         None => {
             tracing::warn!(
                 "session.redis_url is not set: sessions live in this process only (one instance, lost on restart)"
             );
-            Store::Memory(MemoryStore::new())
+            Store::memory(MemoryStore::new())
         }
     })
 }

@@ -69,17 +69,17 @@ fn bind(port: u16) -> Result<TcpListener, anyhow::Error> {
 /// Redis when `BFF_SESSION__REDIS_URL` is set and answers, else memory.
 async fn demo_store() -> (Store, String) {
     let Ok(url) = std::env::var("BFF_SESSION__REDIS_URL") else {
-        return (Store::Memory(MemoryStore::new()), "in-memory store (set BFF_SESSION__REDIS_URL to use Redis)".into());
+        return (Store::memory(MemoryStore::new()), "in-memory store (set BFF_SESSION__REDIS_URL to use Redis)".into());
     };
     match RedisStore::new(&SecretString::from(url), Duration::from_secs(2)) {
         Ok(redis) => {
-            let store = Store::Redis(redis);
+            let store = Store::redis(redis);
             match store.ping().await {
                 Ok(()) => (store, "Redis (BFF_SESSION__REDIS_URL)".into()),
-                Err(e) => (Store::Memory(MemoryStore::new()), format!("in-memory store (Redis did not answer: {e})")),
+                Err(e) => (Store::memory(MemoryStore::new()), format!("in-memory store (Redis did not answer: {e})")),
             }
         }
-        Err(e) => (Store::Memory(MemoryStore::new()), format!("in-memory store ({e})")),
+        Err(e) => (Store::memory(MemoryStore::new()), format!("in-memory store ({e})")),
     }
 }
 

@@ -7,7 +7,10 @@
 mod memory;
 mod redis;
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::metrics::Metrics;
 
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
@@ -27,9 +30,16 @@ pub enum CasOutcome {
 }
 
 #[derive(Clone)]
-pub enum Store {
+enum Backend {
     Redis(RedisStore),
     Memory(MemoryStore),
+}
+
+/// A store, with its operations timed and counted when metrics are attached.
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -39,62 +49,80 @@ impl std::fmt::Debug for Store {
 }
 
 macro_rules! dispatch {
-    ($self:ident, $s:ident => $call:expr) => {
-        match $self {
-            Store::Redis($s) => $call.await,
-            Store::Memory($s) => $call.await,
+    ($self:ident, $op:literal, $s:ident => $call:expr) => {{
+        let started = std::time::Instant::now();
+        let result = match &$self.backend {
+            Backend::Redis($s) => $call.await,
+            Backend::Memory($s) => $call.await,
+        };
+        if let Some(metrics) = &$self.metrics {
+            metrics.store_op($op, started.elapsed(), result.is_ok());
         }
-    };
+        result
+    }};
 }
 
 impl Store {
+    pub fn redis(store: RedisStore) -> Store {
+        Store { backend: Backend::Redis(store), metrics: None }
+    }
+
+    pub fn memory(store: MemoryStore) -> Store {
+        Store { backend: Backend::Memory(store), metrics: None }
+    }
+
+    /// The same store, reporting to `metrics`.
+    pub fn observed_by(self, metrics: Arc<Metrics>) -> Store {
+        Store { metrics: Some(metrics), ..self }
+    }
+
     pub fn kind(&self) -> &'static str {
-        match self {
-            Store::Redis(_) => "redis",
-            Store::Memory(_) => "memory",
+        match self.backend {
+            Backend::Redis(_) => "redis",
+            Backend::Memory(_) => "memory",
         }
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        dispatch!(self, s => s.ping())
+        dispatch!(self, "ping", s => s.ping())
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        dispatch!(self, s => s.get(key))
+        dispatch!(self, "get", s => s.get(key))
     }
 
     /// The value and its remaining time to live, in one round trip.
     pub async fn get_with_ttl(&self, key: &str) -> Result<Option<(Vec<u8>, Duration)>, StoreError> {
-        dispatch!(self, s => s.get_with_ttl(key))
+        dispatch!(self, "get_with_ttl", s => s.get_with_ttl(key))
     }
 
     pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
-        dispatch!(self, s => s.set(key, value, ttl))
+        dispatch!(self, "set", s => s.set(key, value, ttl))
     }
 
     /// Writes only when the key exists; false when it does not.
     pub async fn set_if_exists(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.set_if_exists(key, value, ttl))
+        dispatch!(self, "set_if_exists", s => s.set_if_exists(key, value, ttl))
     }
 
     /// Writes only when the key is absent; false when it exists (a lock taken by someone else).
     pub async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.set_if_absent(key, value, ttl))
+        dispatch!(self, "set_if_absent", s => s.set_if_absent(key, value, ttl))
     }
 
     /// Reads and deletes in one step: a value can be taken once.
     pub async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        dispatch!(self, s => s.take(key))
+        dispatch!(self, "take", s => s.take(key))
     }
 
     /// Deletes keys. Several keys must share one hash tag (one Redis Cluster slot).
     pub async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
-        dispatch!(self, s => s.delete(keys))
+        dispatch!(self, "delete", s => s.delete(keys))
     }
 
     /// Sets the time to live of keys that exist. Several keys must share one hash tag.
     pub async fn expire(&self, keys: &[String], ttl: Duration) -> Result<(), StoreError> {
-        dispatch!(self, s => s.expire(keys, ttl))
+        dispatch!(self, "expire", s => s.expire(keys, ttl))
     }
 
     /// Replaces the value, keeping its time to live, when the current value starts with
@@ -105,30 +133,30 @@ impl Store {
         expected_prefix: &[u8],
         value: &[u8],
     ) -> Result<CasOutcome, StoreError> {
-        dispatch!(self, s => s.replace_if_prefix(key, expected_prefix, value))
+        dispatch!(self, "replace_if_prefix", s => s.replace_if_prefix(key, expected_prefix, value))
     }
 
     /// Deletes the key when it holds `value` (a lock released by its owner only).
     pub async fn delete_if_equals(&self, key: &str, value: &[u8]) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.delete_if_equals(key, value))
+        dispatch!(self, "delete_if_equals", s => s.delete_if_equals(key, value))
     }
 
     /// Renews the time to live when the key holds `value` (a lock lease renewed by its owner).
     pub async fn expire_if_equals(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
-        dispatch!(self, s => s.expire_if_equals(key, value, ttl))
+        dispatch!(self, "expire_if_equals", s => s.expire_if_equals(key, value, ttl))
     }
 
     /// Adds a member to a set and makes the set live at least `ttl` (never shortens it).
     pub async fn set_add(&self, key: &str, member: &str, ttl: Duration) -> Result<(), StoreError> {
-        dispatch!(self, s => s.set_add(key, member, ttl))
+        dispatch!(self, "set_add", s => s.set_add(key, member, ttl))
     }
 
     pub async fn set_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
-        dispatch!(self, s => s.set_members(key))
+        dispatch!(self, "set_members", s => s.set_members(key))
     }
 
     pub async fn set_remove(&self, key: &str, member: &str) -> Result<(), StoreError> {
-        dispatch!(self, s => s.set_remove(key, member))
+        dispatch!(self, "set_remove", s => s.set_remove(key, member))
     }
 }
 

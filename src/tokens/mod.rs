@@ -219,7 +219,7 @@ mod tests {
     fn encoded_sets_carry_their_version_and_refuse_another_key() {
         let secret = secrecy::SecretString::from("x".repeat(64));
         let ts = TokenStore::new(
-            Store::Memory(crate::store::MemoryStore::new()),
+            Store::memory(crate::store::MemoryStore::new()),
             Sealer::new(&[secret]),
             KeyLayout::new("t:"),
             Duration::from_secs(60),

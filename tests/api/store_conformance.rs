@@ -10,8 +10,8 @@ use crate::helpers::{REDIS_URL, random_id};
 fn stores() -> Vec<(Store, String)> {
     let redis = RedisStore::new(&SecretString::from(REDIS_URL.to_string()), Duration::from_secs(2)).expect("redis url");
     vec![
-        (Store::Memory(MemoryStore::new()), format!("conf:{}:", random_id())),
-        (Store::Redis(redis), format!("bfftest:conf:{}:", random_id())),
+        (Store::memory(MemoryStore::new()), format!("conf:{}:", random_id())),
+        (Store::redis(redis), format!("bfftest:conf:{}:", random_id())),
     ]
 }
 
@@ -146,6 +146,6 @@ async fn both_stores_answer_ping() {
     )
     .expect("url");
     let started = std::time::Instant::now();
-    assert!(Store::Redis(dead).ping().await.is_err());
+    assert!(Store::redis(dead).ping().await.is_err());
     assert!(started.elapsed() < Duration::from_secs(2), "a dead Redis fails within its timeout");
 }

@@ -9,6 +9,8 @@
 //
 // Prints `READY url=http://127.0.0.1:<port>` once listening. GET /__stats (no authentication) answers
 // {"requests": n, "ok": n, "unauthorized": n}; every other request counts in `requests`.
+// POST /__reject_next?n=<n> makes the next n requests answer 401 whatever their token, as an API
+// that has just revoked a token would: the test of bff's refresh-and-retry.
 
 import * as http from 'node:http';
 
@@ -38,6 +40,7 @@ const basicCredentials = Buffer.from(
 ).toString('base64');
 
 const stats = { requests: 0, ok: 0, unauthorized: 0 };
+let rejectNext = 0;
 
 async function introspect(token) {
   const response = await fetch(introspectionEndpoint, {
@@ -86,10 +89,17 @@ async function handle(req, res) {
     sendJson(res, 200, stats);
     return;
   }
+  if (req.method === 'POST' && req.url.startsWith('/__reject_next')) {
+    rejectNext = Number(new URL(req.url, 'http://x').searchParams.get('n') ?? '1');
+    sendJson(res, 200, { reject_next: rejectNext });
+    return;
+  }
 
   stats.requests += 1;
   const token = bearerToken(req);
-  const introspection = token === undefined ? undefined : await introspect(token);
+  const forced = rejectNext > 0;
+  if (forced) rejectNext -= 1;
+  const introspection = token === undefined || forced ? undefined : await introspect(token);
   // Refresh tokens introspect as active too, but without a token_type: only access tokens pass.
   if (introspection?.active === true && introspection.token_type !== undefined) {
     stats.ok += 1;

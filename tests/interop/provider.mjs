@@ -32,14 +32,15 @@ if (!Array.isArray(clients)) {
   throw new TypeError('CLIENTS must be a JSON array of client metadata objects');
 }
 
+// Served as GET /stats on the statistics server.
 const stats = {
-  reuse_detected: 0,
-  grants_revoked: 0,
-  backchannel_ok: 0,
-  backchannel_errors: 0,
+  reuse_detected: 0, // refresh token grants refused because the presented token was already rotated
+  grants_revoked: 0, // `grant.revoked` events (reuse detection, revocation endpoint, logout)
+  backchannel_ok: 0, // logout tokens the RP acknowledged with 200/204
+  backchannel_errors: 0, // logout token deliveries that failed
   refresh_tokens_issued: 0,
-  refresh_token_grants: 0,
-  introspections: 0,
+  refresh_token_grants: 0, // successful refresh_token grants
+  introspections: 0, // requests to the introspection endpoint, whatever their outcome
 };
 
 // Every refresh token value the provider handed out, in issuance order (values never leave memory
@@ -122,6 +123,10 @@ const provider = new Provider(issuer, {
         return client.clientId === 'api' || token.clientId === client.clientId;
       },
     },
+    // Logout ends the provider session and notifies every client of the session with a back-channel
+    // logout token (carrying `sid` for clients registered with backchannel_logout_session_required,
+    // which are also the clients whose ID tokens carry `sid`). Grants that include offline_access
+    // survive the logout (library semantics): their refresh tokens stay valid until revoked.
     rpInitiatedLogout: { enabled: true },
     backchannelLogout: { enabled: true },
   },
@@ -149,7 +154,6 @@ const provider = new Provider(issuer, {
 // session/interaction cookies are set without the Secure attribute, which keeps them usable on
 // http://127.0.0.1.
 
-// Counts calls of the introspection endpoint, whatever their outcome.
 provider.use(async (ctx, next) => {
   if (ctx.method === 'POST' && ctx.path === '/token/introspection') {
     stats.introspections += 1;
@@ -202,7 +206,7 @@ provider.on('backchannel.success', (ctx, client, accountId, sid) => {
 provider.on('backchannel.error', (ctx, err, client, accountId, sid) => {
   stats.backchannel_errors += 1;
   logEvent('backchannel.error', {
-    client_id: client.clientId, sub: accountId, sid, message: err.message,
+    client_id: client.clientId, sub: accountId, sid, message: err.message, cause: err.cause?.message,
   });
 });
 provider.on('authorization.success', (ctx) => {

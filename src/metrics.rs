@@ -1,0 +1,201 @@
+//! Prometheus metrics, one registry per app instance (no global state: tests run several
+//! instances in one process). Every label has a bounded set of values: route classes, status
+//! classes, configured API prefixes, fixed outcome names — never a path, user or session.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets from 0.5 ms to 30 s.
+const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    refreshes: IntCounterVec,
+    lock_wait: Histogram,
+    locks_active: IntGauge,
+    auth_events: IntCounterVec,
+    store_duration: HistogramVec,
+    store_errors: IntCounterVec,
+    limited: IntCounterVec,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// How a token refresh ended.
+#[derive(Debug, Clone, Copy)]
+pub enum RefreshOutcome {
+    Ok,
+    InvalidGrant,
+    Transient,
+    /// The caller used another caller's refresh (same process or another instance).
+    Joined,
+}
+
+impl RefreshOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            RefreshOutcome::Ok => "ok",
+            RefreshOutcome::InvalidGrant => "invalid_grant",
+            RefreshOutcome::Transient => "transient",
+            RefreshOutcome::Joined => "joined",
+        }
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new_custom(Some("bff".into()), None)?;
+        let hist = |name: &str, help: &str| HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
+        let m = Metrics {
+            requests: IntCounterVec::new(
+                Opts::new("http_requests_total", "Requests answered, by route class and status class"),
+                &["route", "status"],
+            )?,
+            request_duration: HistogramVec::new(
+                hist("http_request_duration_seconds", "Time to the response head"),
+                &["route"],
+            )?,
+            upstream_duration: HistogramVec::new(
+                hist("upstream_duration_seconds", "Upstream time to response head, by API prefix"),
+                &["api"],
+            )?,
+            upstream_errors: IntCounterVec::new(
+                Opts::new("upstream_errors_total", "Upstream calls that failed, by API prefix and kind"),
+                &["api", "kind"],
+            )?,
+            refreshes: IntCounterVec::new(
+                Opts::new("token_refreshes_total", "Access-token refreshes by outcome"),
+                &["outcome"],
+            )?,
+            lock_wait: Histogram::with_opts(hist(
+                "refresh_lock_wait_seconds",
+                "Time spent waiting for another instance's refresh",
+            ))?,
+            locks_active: IntGauge::new("refresh_locks_active", "Refresh locks this instance holds now")?,
+            auth_events: IntCounterVec::new(
+                Opts::new("auth_events_total", "Logins, failed logins, logouts and back-channel logouts"),
+                &["event"],
+            )?,
+            store_duration: HistogramVec::new(
+                hist("session_store_duration_seconds", "Session store operations"),
+                &["op"],
+            )?,
+            store_errors: IntCounterVec::new(
+                Opts::new("session_store_errors_total", "Session store operations that failed"),
+                &["op"],
+            )?,
+            limited: IntCounterVec::new(
+                Opts::new("requests_limited_total", "Requests refused by a limit"),
+                &["limit"],
+            )?,
+            registry,
+        };
+        m.registry.register(Box::new(m.requests.clone()))?;
+        m.registry.register(Box::new(m.request_duration.clone()))?;
+        m.registry.register(Box::new(m.upstream_duration.clone()))?;
+        m.registry.register(Box::new(m.upstream_errors.clone()))?;
+        m.registry.register(Box::new(m.refreshes.clone()))?;
+        m.registry.register(Box::new(m.lock_wait.clone()))?;
+        m.registry.register(Box::new(m.locks_active.clone()))?;
+        m.registry.register(Box::new(m.auth_events.clone()))?;
+        m.registry.register(Box::new(m.store_duration.clone()))?;
+        m.registry.register(Box::new(m.store_errors.clone()))?;
+        m.registry.register(Box::new(m.limited.clone()))?;
+        Ok(m)
+    }
+
+    pub fn request(&self, route: &str, status: u16, elapsed: Duration) {
+        self.requests.with_label_values(&[route, status_class(status)]).inc();
+        self.request_duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn upstream(&self, api: &str, elapsed: Duration) {
+        self.upstream_duration.with_label_values(&[api]).observe(elapsed.as_secs_f64());
+    }
+
+    /// `kind`: `unavailable` or `timeout`.
+    pub fn upstream_error(&self, api: &str, kind: &'static str) {
+        self.upstream_errors.with_label_values(&[api, kind]).inc();
+    }
+
+    pub fn refresh(&self, outcome: RefreshOutcome) {
+        self.refreshes.with_label_values(&[outcome.label()]).inc();
+    }
+
+    pub fn lock_waited(&self, elapsed: Duration) {
+        self.lock_wait.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn lock_taken(&self) {
+        self.locks_active.inc();
+    }
+
+    pub fn lock_released(&self) {
+        self.locks_active.dec();
+    }
+
+    /// `event`: `login`, `login_failed`, `logout`, `backchannel_logout`.
+    pub fn auth_event(&self, event: &'static str) {
+        self.auth_events.with_label_values(&[event]).inc();
+    }
+
+    pub fn store_op(&self, op: &'static str, elapsed: Duration, ok: bool) {
+        self.store_duration.with_label_values(&[op]).observe(elapsed.as_secs_f64());
+        if !ok {
+            self.store_errors.with_label_values(&[op]).inc();
+        }
+    }
+
+    /// `limit`: `upstream_concurrency`, `login_rate`, `body_size`.
+    pub fn limited(&self, limit: &'static str) {
+        self.limited.with_label_values(&[limit]).inc();
+    }
+
+    /// The Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!("rendering metrics: {e}");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_with_bounded_labels() {
+        let m = Metrics::new().unwrap();
+        m.request("api", 204, Duration::from_millis(3));
+        m.refresh(RefreshOutcome::Joined);
+        m.store_op("get", Duration::from_micros(200), false);
+        let text = m.render();
+        assert!(text.contains("bff_http_requests_total{route=\"api\",status=\"2xx\"} 1"), "{text}");
+        assert!(text.contains("bff_token_refreshes_total{outcome=\"joined\"} 1"));
+        assert!(text.contains("bff_session_store_errors_total{op=\"get\"} 1"));
+        assert!(text.contains("bff_refresh_locks_active 0"));
+    }
+}

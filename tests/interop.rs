@@ -1,0 +1,522 @@
+//! Interop suite: bff (`bff serve`, three processes) against an independent, OpenID-certified
+//! provider — panva's `oidc-provider` (tests/interop/provider.mjs) — and an API that checks
+//! tokens by introspection at that provider (tests/interop/api.mjs). Rotation and reuse detection
+//! are on: a refresh token presented twice revokes the whole grant, so any double refresh would
+//! show up as a logout here. Needs `npm ci --prefix tests/interop` (`.ci/run` does it).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const ACCESS_TOKEN_TTL: u64 = 5;
+const STORM_CALLERS: usize = 32;
+const STORM_SECONDS: u64 = 20;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process, killed when dropped.
+struct Process {
+    child: Child,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cmd` and waits for a stdout line starting with `ready`; returns it.
+fn start(mut cmd: Command, ready: &str) -> (Process, String) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let prefix = ready.to_string();
+    // Keeps reading (and echoing) after the ready line: a closed pipe would stop the child.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with(&prefix) {
+                let _ = tx.send(line.clone());
+            } else if std::env::var("INTEROP_LOG").is_ok() {
+                println!("    | {line}");
+            }
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("no `{ready}` line"));
+    (Process { child }, line)
+}
+
+fn field(line: &str, name: &str) -> String {
+    line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{name}="))).unwrap().to_string()
+}
+
+/// A browser: cookies per host, like a browser's (ports do not separate cookies; paths are
+/// ignored: the flows here are sequential), no redirects followed.
+#[derive(Clone)]
+struct Browser {
+    http: reqwest::Client,
+    jar: Arc<Mutex<HashMap<String, BTreeMap<String, String>>>>,
+}
+
+impl Browser {
+    fn new() -> Browser {
+        Browser {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            jar: Arc::default(),
+        }
+    }
+
+    fn authority(url: &str) -> String {
+        url::Url::parse(url).unwrap().host_str().unwrap().to_string()
+    }
+
+    fn cookie(&self, url: &str, name: &str) -> Option<String> {
+        self.jar.lock().unwrap().get(&Self::authority(url)).and_then(|c| c.get(name).cloned())
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        form: Option<&[(String, String)]>,
+    ) -> reqwest::Response {
+        let mut rb = self.http.request(method, url);
+        let cookies = self.jar.lock().unwrap().get(&Self::authority(url)).cloned().unwrap_or_default();
+        if !cookies.is_empty() {
+            rb = rb.header("cookie", cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; "));
+        }
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        if let Some(form) = form {
+            rb = rb.form(form);
+        }
+        let res = rb.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+        let mut jar = self.jar.lock().unwrap();
+        let host = jar.entry(Self::authority(url)).or_default();
+        for raw in res.headers().get_all("set-cookie") {
+            let Ok(c) = actix_web::cookie::Cookie::parse(raw.to_str().unwrap_or_default().to_string()) else {
+                continue;
+            };
+            let gone = c.value().is_empty()
+                || c.max_age().is_some_and(|a| a.is_zero() || a.is_negative())
+                || c.expires_datetime().is_some_and(|e| e < actix_web::cookie::time::OffsetDateTime::now_utc());
+            if gone {
+                host.remove(c.name());
+            } else {
+                host.insert(c.name().to_string(), c.value().to_string());
+            }
+        }
+        res
+    }
+
+    async fn get(&self, url: &str) -> reqwest::Response {
+        self.send(Method::GET, url, &[], None).await
+    }
+
+    async fn api(&self, method: Method, url: &str) -> reqwest::Response {
+        self.send(method, url, &[("x-csrf", "1")], None).await
+    }
+}
+
+fn location(res: &reqwest::Response, base: &str) -> String {
+    let raw = res
+        .headers()
+        .get("location")
+        .unwrap_or_else(|| panic!("no Location (status {})", res.status()))
+        .to_str()
+        .unwrap();
+    url::Url::parse(base).unwrap().join(raw).unwrap().to_string()
+}
+
+fn hidden(html: &str, name: &str) -> Option<String> {
+    let marker = format!("name=\"{name}\" value=\"");
+    html.split(&marker).nth(1).and_then(|rest| rest.split('"').next()).map(String::from)
+}
+
+/// Walks the provider's own interaction pages (login, then consent) until it redirects to bff's
+/// callback; returns the callback URL.
+async fn sign_in_at_provider(browser: &Browser, authorize: &str, issuer: &str, username: &str) -> String {
+    let mut url = authorize.to_string();
+    for _ in 0..10 {
+        let res = browser.get(&url).await;
+        if res.status().is_redirection() {
+            url = location(&res, &url);
+            if !url.starts_with(issuer) {
+                return url;
+            }
+            continue;
+        }
+        assert_eq!(res.status(), 200, "{url}");
+        let html = res.text().await.unwrap();
+        let prompt = hidden(&html, "prompt").unwrap_or_else(|| panic!("an interaction form at {url}"));
+        let form: Vec<(String, String)> = match prompt.as_str() {
+            "login" => vec![
+                ("prompt".into(), "login".into()),
+                ("login".into(), username.into()),
+                ("password".into(), "any".into()),
+            ],
+            "consent" => vec![("prompt".into(), "consent".into())],
+            other => panic!("unexpected prompt {other}"),
+        };
+        let res = browser.send(Method::POST, &url, &[], Some(&form)).await;
+        assert!(res.status().is_redirection(), "{prompt} answered {}", res.status());
+        url = location(&res, &url);
+    }
+    panic!("the provider never sent the browser back to bff");
+}
+
+struct Stack {
+    _provider: Process,
+    _api: Process,
+    issuer: String,
+    stats: String,
+    api: String,
+    http: reqwest::Client,
+}
+
+impl Stack {
+    async fn stats(&self) -> Value {
+        self.http.get(format!("{}/stats", self.stats)).send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn stat(&self, name: &str) -> u64 {
+        self.stats().await[name].as_u64().unwrap_or_else(|| panic!("stat {name}"))
+    }
+
+    async fn refresh_tokens(&self) -> Vec<Value> {
+        self.http.get(format!("{}/refresh_tokens", self.stats)).send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn reject_next_api_calls(&self, n: u32) {
+        self.http.post(format!("{}/__reject_next?n={n}", self.api)).send().await.unwrap();
+    }
+}
+
+struct Bff {
+    _process: Process,
+    url: String,
+}
+
+fn bff_config(
+    public_url: &str,
+    listen_port: u16,
+    issuer: &str,
+    client: &str,
+    method: &str,
+    api: &str,
+    prefix: &str,
+) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{listen_port}"
+public_url = "{public_url}"
+static_dir = ""
+workers = 2
+
+[oidc]
+issuer = "{issuer}"
+client_id = "{client}"
+client_secret = "{client}-secret"
+auth_method = "{method}"
+# oidc-provider grants offline_access (a refresh token) only with an explicit consent prompt.
+extra_auth_params = {{ prompt = "consent" }}
+timeout_secs = 10
+
+[session]
+redis_url = "redis://127.0.0.1:6379"
+secret = "interop-session-secret-interop-session-secret-interop-session-secret"
+key_prefix = "{prefix}"
+
+[tokens]
+refresh_skew_secs = 2
+
+[[api]]
+prefix = "/api"
+upstream = "{api}"
+timeout_secs = 10
+"#
+    )
+}
+
+async fn start_bff(config: &str) -> Bff {
+    let path = std::env::temp_dir().join(format!("bff-interop-{}.toml", free_port()));
+    std::fs::write(&path, config).unwrap();
+    let listen = config.split("listen = \"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bff"));
+    for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("BFF_")) {
+        cmd.env_remove(name);
+    }
+    cmd.args(["serve", "--config"]).arg(&path).env("RUST_LOG", "warn,bff=info,bff::http=warn");
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().expect("bff serve");
+    let url = format!("http://{listen}");
+    // Ready when /readyz answers 200 (provider metadata loaded, Redis reachable).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let http = reqwest::Client::new();
+    loop {
+        if http.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("bff serve exited: {status}");
+        }
+        assert!(Instant::now() < deadline, "bff at {url} not ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Bff { _process: Process { child }, url }
+}
+
+/// A line of the suite's summary: printed, and kept in target/interop-summary.txt for `.ci/run`
+/// to show (the test harness hides a passing test's output).
+fn report(line: &str) {
+    println!("{line}");
+    let path = root().join("target/interop-summary.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes());
+    }
+}
+
+fn check(what: &str, detail: impl std::fmt::Display) {
+    report(&format!("  ✔ {what}: {detail}"));
+}
+
+/// Signs in through bff `entry` (the one whose public URL the provider redirects to).
+async fn login(stack: &Stack, entry: &str, browser: &Browser, user: &str) {
+    let start = browser.get(&format!("{entry}/auth/login")).await;
+    assert_eq!(start.status(), 302);
+    let callback = sign_in_at_provider(browser, &location(&start, entry), &stack.issuer, user).await;
+    assert!(callback.starts_with(&format!("{entry}/auth/callback?")), "{callback}");
+    let done = browser.get(&callback).await;
+    assert_eq!(done.status(), 302, "callback");
+    assert!(browser.cookie(entry, "bff").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bff_interoperates_with_a_certified_provider() {
+    let node_modules = root().join("tests/interop/node_modules/oidc-provider");
+    assert!(node_modules.is_dir(), "run `npm ci --prefix tests/interop` (or .ci/run)");
+
+    let (a1_port, a2_port, b_port) = (free_port(), free_port(), free_port());
+    // Instances A1 and A2 stand behind one public URL (A1's), as behind a load balancer.
+    let public_a = format!("http://127.0.0.1:{a1_port}");
+    let public_b = format!("http://127.0.0.1:{b_port}");
+    let clients = json!([
+        {
+            "client_id": "bff-basic", "client_secret": "bff-basic-secret",
+            "token_endpoint_auth_method": "client_secret_basic",
+            "redirect_uris": [format!("{public_a}/auth/callback")],
+            "post_logout_redirect_uris": [format!("{public_a}/")],
+            "backchannel_logout_uri": format!("{public_a}/auth/backchannel-logout"),
+            "backchannel_logout_session_required": true,
+            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
+        },
+        {
+            "client_id": "bff-post", "client_secret": "bff-post-secret",
+            "token_endpoint_auth_method": "client_secret_post",
+            "redirect_uris": [format!("{public_b}/auth/callback")],
+            "post_logout_redirect_uris": [format!("{public_b}/")],
+            "backchannel_logout_uri": format!("{public_b}/auth/backchannel-logout"),
+            "backchannel_logout_session_required": true,
+            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
+        },
+    ]);
+    let mut provider = Command::new("node");
+    provider
+        .arg(root().join("tests/interop/provider.mjs"))
+        .env("PROVIDER_PORT", "0")
+        .env("STATS_PORT", "0")
+        .env("ACCESS_TOKEN_TTL", ACCESS_TOKEN_TTL.to_string())
+        .env("CLIENTS", clients.to_string());
+    let (provider, ready) = start(provider, "READY");
+    let issuer = field(&ready, "issuer");
+    let stats = field(&ready, "stats");
+    let mut api = Command::new("node");
+    api.arg(root().join("tests/interop/api.mjs")).env("API_PORT", "0").env("ISSUER", &issuer);
+    let (api, ready) = start(api, "READY");
+    let api_url = field(&ready, "url");
+    let stack = Stack {
+        _provider: provider,
+        _api: api,
+        issuer: issuer.clone(),
+        stats,
+        api: api_url.clone(),
+        http: reqwest::Client::new(),
+    };
+    let _ = std::fs::remove_file(root().join("target/interop-summary.txt"));
+    report(&format!("interop: oidc-provider 9.13.3 at {issuer}, introspecting API at {api_url}"));
+
+    let prefix = format!("bfftest:interop:{}:", free_port());
+    let a1 = start_bff(&bff_config(&public_a, a1_port, &issuer, "bff-basic", "client_secret_basic", &api_url, &prefix))
+        .await;
+    let a2 = start_bff(&bff_config(&public_a, a2_port, &issuer, "bff-basic", "client_secret_basic", &api_url, &prefix))
+        .await;
+    let b =
+        start_bff(&bff_config(&public_b, b_port, &issuer, "bff-post", "client_secret_post", &api_url, &prefix)).await;
+
+    // 1. Login through the provider's own login and consent pages (client_secret_basic).
+    let alice = Browser::new();
+    login(&stack, &a1.url, &alice, "alice").await;
+    let user: Value = alice.api(Method::GET, &format!("{}/auth/user", a1.url)).await.json().await.unwrap();
+    assert_eq!(user["sub"], "alice");
+    assert!(user["claims"]["sid"].is_string(), "the ID token carries sid");
+    check("login via oidc-provider's login + consent forms, client_secret_basic", format!("sub={}", user["sub"]));
+
+    // 2. API calls through the proxy, checked by introspection.
+    let res = alice.api(Method::GET, &format!("{}/api/things?x=1", a1.url)).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!((body["sub"].as_str(), body["path"].as_str()), (Some("alice"), Some("/things?x=1")));
+    check("API call through the proxy", "introspection says active");
+
+    // 3. Proactive refreshes over several expiries, with rotation and reuse detection on.
+    let grants_before = stack.stat("refresh_token_grants").await;
+    for round in 1..=3 {
+        tokio::time::sleep(Duration::from_secs(ACCESS_TOKEN_TTL)).await;
+        let res = alice
+            .api(Method::GET, &format!("{}/api/round/{round}", if round % 2 == 0 { &a2.url } else { &a1.url }))
+            .await;
+        assert_eq!(res.status(), 200, "round {round}");
+    }
+    let proactive = stack.stat("refresh_token_grants").await - grants_before;
+    assert!(proactive >= 3, "a refresh per expiry, got {proactive}");
+    assert_eq!(stack.stat("reuse_detected").await, 0);
+    check("proactive refresh across 3 expiries (alternating instances)", format!("{proactive} refreshes, 0 reuse"));
+
+    // 4. Refresh-and-retry when the API answers 401 to a token bff still thought good.
+    let before = stack.stat("refresh_token_grants").await;
+    stack.reject_next_api_calls(1).await;
+    let res = alice.api(Method::GET, &format!("{}/api/after-401", a1.url)).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(stack.stat("refresh_token_grants").await - before, 1);
+    check("upstream 401 → one refresh (rotated) → one retry", "200");
+
+    // 5. The storm: 32 callers for 20 s, 5 s tokens, two instances sharing Redis.
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let failures: Arc<Mutex<BTreeMap<u16, u64>>> = Arc::default();
+    let refreshes_before = stack.stat("refresh_token_grants").await;
+    let deadline = Instant::now() + Duration::from_secs(STORM_SECONDS);
+    let callers: Vec<_> = (0..STORM_CALLERS)
+        .map(|i| {
+            let (browser, base) = (alice.clone(), if i % 2 == 0 { a1.url.clone() } else { a2.url.clone() });
+            let (ok, failed, failures) = (Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&failures));
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    let status = browser.api(Method::GET, &format!("{base}/api/storm/{i}")).await.status().as_u16();
+                    if status == 200 {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        *failures.lock().unwrap().entry(status).or_default() += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in callers {
+        c.await.unwrap();
+    }
+    let storm_refreshes = stack.stat("refresh_token_grants").await - refreshes_before;
+    let (calls_ok, calls_failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let failure_statuses = failures.lock().unwrap().clone();
+    let (reuse, revoked) = (stack.stat("reuse_detected").await, stack.stat("grants_revoked").await);
+    report(&format!(
+        "  storm: {} calls in {STORM_SECONDS} s by {STORM_CALLERS} callers over 2 instances: {calls_ok} ok, {calls_failed} failed {:?}; {storm_refreshes} refreshes; reuse events {}; grants revoked {}",
+        calls_ok + calls_failed,
+        failure_statuses,
+        reuse,
+        revoked,
+    ));
+    assert_eq!(calls_failed, 0, "no failed call in the storm: {failure_statuses:?}");
+    assert_eq!(stack.stat("reuse_detected").await, 0, "no refresh token was ever presented twice");
+    assert_eq!(stack.stat("grants_revoked").await, 0);
+    assert!(storm_refreshes >= STORM_SECONDS / ACCESS_TOKEN_TTL, "tokens kept being refreshed ({storm_refreshes})");
+    check(
+        "storm, two instances, rotation + reuse detection",
+        format!("{calls_ok} calls, 0 failures, {storm_refreshes} refreshes, 0 reuse"),
+    );
+
+    // 6. Logout: refresh token revoked at the provider, end-session redirect with id_token_hint.
+    let out = alice.api(Method::POST, &format!("{}/auth/logout", a1.url)).await;
+    assert_eq!(out.status(), 303);
+    let end_session = location(&out, &a1.url);
+    let end = url::Url::parse(&end_session).unwrap();
+    let params: HashMap<String, String> = end.query_pairs().into_owned().collect();
+    assert!(end_session.starts_with(&format!("{issuer}/session/end")), "{end_session}");
+    assert!(params.get("id_token_hint").is_some_and(|h| h.split('.').count() == 3));
+    assert_eq!(params.get("post_logout_redirect_uri"), Some(&format!("{public_a}/")));
+    let active: Vec<Value> = stack.refresh_tokens().await.into_iter().filter(|t| t["active"] == true).collect();
+    assert!(active.is_empty(), "every refresh token is revoked: {} still active", active.len());
+    assert_eq!(alice.api(Method::GET, &format!("{}/auth/user", a2.url)).await.status(), 401);
+    // The provider's confirm page, then back to bff.
+    let page = alice.get(&end_session).await;
+    let html = page.text().await.unwrap();
+    let xsrf = hidden(&html, "xsrf").expect("the logout confirm form");
+    let confirm = alice
+        .send(
+            Method::POST,
+            &format!("{issuer}/session/end/confirm"),
+            &[],
+            Some(&[("xsrf".into(), xsrf), ("logout".into(), "yes".into())]),
+        )
+        .await;
+    assert!(location(&confirm, &issuer).starts_with(&format!("{public_a}/")));
+    check("logout: refresh token revoked (introspection/provider says inactive), end-session with id_token_hint", "ok");
+
+    // 7. client_secret_post, on its own instance: login, API, a refresh, logout.
+    let bob = Browser::new();
+    login(&stack, &b.url, &bob, "bob").await;
+    assert_eq!(bob.api(Method::GET, &format!("{}/api/b", b.url)).await.status(), 200);
+    let before = stack.stat("refresh_token_grants").await;
+    tokio::time::sleep(Duration::from_secs(ACCESS_TOKEN_TTL)).await;
+    assert_eq!(bob.api(Method::GET, &format!("{}/api/b2", b.url)).await.status(), 200);
+    assert!(stack.stat("refresh_token_grants").await > before);
+    assert_eq!(bob.api(Method::POST, &format!("{}/auth/logout", b.url)).await.status(), 303);
+    assert!(stack.refresh_tokens().await.iter().all(|t| t["active"] == false));
+    check("client_secret_post: login, API, refresh, logout + revocation", "ok");
+
+    // 8. Back-channel logout: the session ends at the provider, bff's session dies everywhere.
+    let carol = Browser::new();
+    login(&stack, &a1.url, &carol, "carol").await;
+    assert_eq!(carol.api(Method::GET, &format!("{}/api/c", a2.url)).await.status(), 200);
+    let backchannel_before = stack.stat("backchannel_ok").await;
+    let page = carol.get(&format!("{issuer}/session/end")).await;
+    let html = page.text().await.unwrap();
+    let xsrf = hidden(&html, "xsrf").expect("the provider's logout form");
+    carol
+        .send(
+            Method::POST,
+            &format!("{issuer}/session/end/confirm"),
+            &[],
+            Some(&[("xsrf".into(), xsrf), ("logout".into(), "yes".into())]),
+        )
+        .await;
+    assert_eq!(stack.stat("backchannel_ok").await - backchannel_before, 1, "bff accepted the logout token");
+    assert_eq!(carol.api(Method::GET, &format!("{}/auth/user", a1.url)).await.status(), 401);
+    assert_eq!(carol.api(Method::GET, &format!("{}/api/c", a2.url)).await.status(), 401);
+    check("back-channel logout from oidc-provider ends the session on both instances", "ok");
+
+    report("interop: all checks passed");
+}
