@@ -18,6 +18,10 @@ pub enum AppError {
     Csrf,
     #[error("request body too large")]
     PayloadTooLarge,
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    #[error("too many requests: {0}")]
+    TooManyRequests(&'static str),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("method not allowed")]
@@ -43,6 +47,8 @@ impl AppError {
             AppError::LoginRequired => "login_required",
             AppError::Csrf => "csrf",
             AppError::PayloadTooLarge => "payload_too_large",
+            AppError::HeadersTooLarge => "headers_too_large",
+            AppError::TooManyRequests(code) => code,
             AppError::BadRequest(code) => code,
             AppError::MethodNotAllowed => "method_not_allowed",
             AppError::SessionStoreUnavailable => "session_store_unavailable",
@@ -59,7 +65,8 @@ impl AppError {
         match self {
             AppError::LoginRequired => "You are not signed in, or your session has ended.",
             AppError::Csrf => "This request was refused because it did not come from the application.",
-            AppError::PayloadTooLarge => "The request was too large.",
+            AppError::PayloadTooLarge | AppError::HeadersTooLarge => "The request was too large.",
+            AppError::TooManyRequests(_) => "Too many requests. Please wait a moment and try again.",
             AppError::BadRequest(_) => "The request was not understood.",
             AppError::MethodNotAllowed => "This method is not allowed here.",
             AppError::SessionStoreUnavailable => "Sessions cannot be read right now. Please try again in a moment.",
@@ -99,6 +106,8 @@ impl ResponseError for AppError {
             AppError::LoginRequired => StatusCode::UNAUTHORIZED,
             AppError::Csrf => StatusCode::FORBIDDEN,
             AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            AppError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::SessionStoreUnavailable | AppError::TokenRefreshUnavailable | AppError::IdpUnavailable => {
@@ -113,6 +122,9 @@ impl ResponseError for AppError {
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status_code());
         res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        if matches!(self, AppError::TooManyRequests(_)) {
+            res.insert_header((header::RETRY_AFTER, HeaderValue::from_static("10")));
+        }
         if matches!(self, AppError::MethodNotAllowed) {
             res.insert_header((
                 header::ALLOW,

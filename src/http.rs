@@ -10,7 +10,8 @@ use actix_web::error::InternalError;
 use actix_web::http::Method;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{Error, HttpRequest, ResponseError, web};
+use actix_web::{Error, HttpMessage, HttpRequest, ResponseError, web};
+use tracing::Instrument;
 
 use crate::error::{AppError, is_navigation};
 use crate::state::AppState;
@@ -92,27 +93,80 @@ pub async fn auth_guard(
     }
 }
 
-/// One line per request: method, path (never the query: it may hold a code), status, latency.
-pub async fn access_log(
+/// The request id of a request: the caller's `X-Request-Id` when it is well-formed, else made up.
+/// Logged on every line of the request, returned to the caller and forwarded upstream.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+fn request_id(req: &ServiceRequest) -> RequestId {
+    let incoming = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).filter(|v| {
+        (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    });
+    RequestId(incoming.map(String::from).unwrap_or_else(|| crate::crypto::random_token()[..22].to_string()))
+}
+
+/// Which kind of route a path is, for metrics and logs (never the path itself: unbounded).
+fn route_class(path: &str, state: Option<&AppState>) -> &'static str {
+    if path == "/auth" || path.starts_with("/auth/") {
+        "auth"
+    } else if path == "/healthz" || path == "/readyz" {
+        "health"
+    } else if path == "/metrics" {
+        "metrics"
+    } else if state.is_some_and(|s| s.proxy.route_for(path).is_some()) {
+        "api"
+    } else {
+        "static"
+    }
+}
+
+/// Outermost: the request id, the header size limit, one log line and the metrics of every
+/// request (method, path without its query — it may hold a code —, status, latency).
+pub async fn observe(
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
+    next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let started = Instant::now();
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let id = request_id(&req);
+    let route = route_class(req.path(), state.as_ref().map(|s| s.get_ref()));
     let method = req.method().clone();
     let path = req.path().to_string();
-    let res = next.call(req).await;
+    let span = tracing::info_span!("request", request_id = %id.0, route);
+    let header_bytes: usize =
+        req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() + req.uri().to_string().len();
+    let max_header_bytes = state.as_ref().map_or(usize::MAX, |s| s.config.server.max_header_bytes);
+    req.extensions_mut().insert(id.clone());
+    let res = if header_bytes > max_header_bytes {
+        if let Some(state) = &state {
+            state.metrics.limited("header_size");
+        }
+        Ok(req.into_response(AppError::HeadersTooLarge.error_response()).map_into_right_body())
+    } else {
+        next.call(req).instrument(span.clone()).await.map(ServiceResponse::map_into_left_body)
+    };
     let status = match &res {
         Ok(r) => r.status(),
         Err(e) => e.as_response_error().status_code(),
     };
-    tracing::info!(
-        method = %method,
-        path = %path,
-        status = status.as_u16(),
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
-    res
+    if let Some(state) = &state {
+        state.metrics.request(route, status.as_u16(), started.elapsed());
+    }
+    span.in_scope(|| {
+        tracing::info!(
+            method = %method,
+            path = %path,
+            status = status.as_u16(),
+            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+    });
+    res.map(|mut r| {
+        if let Ok(v) = HeaderValue::from_str(&id.0) {
+            r.headers_mut().insert(HeaderName::from_static("x-request-id"), v);
+        }
+        r
+    })
 }
 
 /// `X-CSRF: 1`: a header a cross-site form cannot set and a cross-origin `fetch` cannot send

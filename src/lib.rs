@@ -9,6 +9,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod oidc;
 pub mod pages;

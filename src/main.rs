@@ -4,7 +4,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bff::config::Config;
+use bff::config::{Config, LogFormat};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -53,11 +53,11 @@ async fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Serve => {
-            bff::telemetry::init("info");
             let config = match load_config(cli.config.as_deref()) {
                 Ok(config) => config,
                 Err(code) => return code,
             };
+            bff::telemetry::init(config.log.format, &config.log.level);
             match serve(config).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -68,7 +68,7 @@ async fn main() -> ExitCode {
         }
         #[cfg(feature = "demo")]
         Command::Demo(args) => {
-            bff::telemetry::init("warn,bff=info,bff::http=warn");
+            bff::telemetry::init(LogFormat::Text, "warn,bff=info,bff::http=warn");
             match bff::demo::run(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -79,7 +79,7 @@ async fn main() -> ExitCode {
         }
         #[cfg(feature = "demo")]
         Command::DemoApi(args) => {
-            bff::telemetry::init("info");
+            bff::telemetry::init(LogFormat::Text, "info");
             match bff::demo::run_api(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -3,13 +3,15 @@
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use actix_web::dev::Server;
+use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 
 use crate::config::Config;
 use crate::crypto::Sealer;
-use crate::http::{access_log, refuse_methods, security_headers};
+use crate::http::{observe, refuse_methods, security_headers};
+use crate::limits::RateLimiter;
+use crate::metrics::Metrics;
 use crate::oidc::Oidc;
 use crate::pages::{Pages, STYLESHEET_PATH};
 use crate::proxy::Proxy;
@@ -22,6 +24,8 @@ use crate::tokens::{TokenManager, TokenStore, TokenTimings};
 pub struct Application {
     port: u16,
     server: Server,
+    /// The separate `/metrics` listener, when `server.metrics_listen` is set.
+    metrics_server: Option<Server>,
     state: web::Data<AppState>,
 }
 
@@ -53,6 +57,8 @@ impl Application {
         store: Store,
     ) -> Result<Application, anyhow::Error> {
         let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::new()?);
+        let store = store.observed_by(Arc::clone(&metrics));
         let sealer = Sealer::new(&config.session.secrets);
         let keys = KeyLayout::new(&config.session.key_prefix);
         let oidc = Arc::new(Oidc::new(&config)?);
@@ -70,6 +76,7 @@ impl Application {
                 idp_timeout: config.oidc.timeout,
                 default_expires_in: config.tokens.default_expires_in,
             },
+            Arc::clone(&metrics),
         ));
         let state = web::Data::new(AppState {
             public_origin: config.server.public_url.origin().ascii_serialization(),
@@ -78,8 +85,10 @@ impl Application {
             logins: PendingLogins::new(store.clone(), sealer.clone(), keys.clone()),
             sessions: SessionIndex::new(store.clone(), keys.clone()),
             pages: Arc::new(Pages::load(&config.server.templates_dir, STYLESHEET_PATH)?),
-            proxy: Arc::new(Proxy::new(&config)?),
+            proxy: Arc::new(Proxy::new(&config, Arc::clone(&metrics))?),
             content_security_policy: content_security_policy(&config),
+            login_limiter: RateLimiter::per_minute(config.server.login_starts_per_minute),
+            metrics,
             oidc,
             store,
             sealer,
@@ -90,20 +99,39 @@ impl Application {
 
         let port = listener.local_addr()?.port();
         let app_state = state.clone();
+        let metrics_here = config.server.metrics_listen.is_none();
         let mut server = HttpServer::new(move || {
             let state = app_state.clone();
-            App::new()
+            let mut app = App::new()
                 .app_data(state.clone())
                 .wrap(from_fn(security_headers))
                 .wrap(from_fn(refuse_methods))
-                .wrap(from_fn(access_log))
-                .configure(|cfg| routes::configure(cfg, &state))
+                .wrap(from_fn(observe));
+            if metrics_here {
+                app = app.route("/metrics", web::get().to(routes::health::metrics));
+            }
+            app.configure(|cfg| routes::configure(cfg, &state))
         })
+        .shutdown_timeout(config.server.shutdown_grace.as_secs())
         .listen(listener)?;
         if config.server.workers > 0 {
             server = server.workers(config.server.workers);
         }
-        Ok(Application { port, server: server.run(), state })
+        let metrics_server = match config.server.metrics_listen {
+            Some(addr) => {
+                let app_state = state.clone();
+                let server = HttpServer::new(move || {
+                    App::new().app_data(app_state.clone()).route("/metrics", web::get().to(routes::health::metrics))
+                })
+                .workers(1)
+                .disable_signals()
+                .bind(addr)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (server.metrics_listen): {e}"))?;
+                Some(server.run())
+            }
+            None => None,
+        };
+        Ok(Application { port, server: server.run(), metrics_server, state })
     }
 
     pub fn port(&self) -> u16 {
@@ -115,11 +143,24 @@ impl Application {
     }
 
     /// A handle to stop the server (tests, the demo).
-    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+    pub fn handle(&self) -> ServerHandle {
         self.server.handle()
     }
 
+    /// Serves until SIGTERM/SIGINT (or a handle's `stop`): then stops accepting, lets requests
+    /// in flight finish within `server.shutdown_grace_secs`, and releases refresh locks still
+    /// held so other instances need not wait for their leases.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let metrics_handle = self.metrics_server.as_ref().map(Server::handle);
+        if let Some(server) = self.metrics_server {
+            tokio::spawn(server);
+        }
+        let result = self.server.await;
+        if let Some(handle) = metrics_handle {
+            handle.stop(true).await;
+        }
+        let released = self.state.tokens.release_held_locks().await;
+        tracing::info!(released_refresh_locks = released, "bff stopped");
+        result
     }
 }

@@ -6,6 +6,8 @@ use actix_web::http::header::HeaderValue;
 
 use crate::config::Config;
 use crate::crypto::Sealer;
+use crate::limits::RateLimiter;
+use crate::metrics::Metrics;
 use crate::oidc::Oidc;
 use crate::pages::Pages;
 use crate::proxy::Proxy;
@@ -29,6 +31,8 @@ pub struct AppState {
     pub pages: Arc<Pages>,
     pub proxy: Arc<Proxy>,
     pub content_security_policy: HeaderValue,
+    pub metrics: Arc<Metrics>,
+    pub login_limiter: RateLimiter,
 }
 
 impl AppState {

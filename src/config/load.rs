@@ -13,7 +13,10 @@ use figment::value::{Dict, Value};
 use secrecy::SecretString;
 use url::Url;
 
-use super::{ApiConfig, AuthMethod, Config, OidcConfig, SameSitePolicy, ServerConfig, SessionConfig, TokensConfig};
+use super::{
+    ApiConfig, AuthMethod, Config, LogConfig, LogFormat, OidcConfig, SameSitePolicy, ServerConfig, SessionConfig,
+    TokensConfig,
+};
 
 const ENV_PREFIX: &str = "BFF_";
 const MIN_SECRET_BYTES: usize = 64;
@@ -324,9 +327,28 @@ impl Walker<'_> {
         let session = self.session(&mut top, server.as_ref());
         let tokens = self.tokens(&mut top);
         let api = self.apis(&mut top);
-        top.known.extend(["server", "oidc", "session", "tokens", "api"]);
+        let log = self.log(&mut top);
+        top.known.extend(["server", "oidc", "session", "tokens", "api", "log"]);
         self.finish(top);
-        Some(Config { server: server?, oidc: oidc?, session: session?, tokens, api })
+        Some(Config { server: server?, oidc: oidc?, session: session?, tokens, api, log })
+    }
+
+    fn log(&mut self, top: &mut Section<'_>) -> LogConfig {
+        let mut s = self.section(top, "log");
+        let format = match self.string_or(&mut s, "format", "text").to_ascii_lowercase().as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                self.error(s.key("format"), format!("must be \"text\" or \"json\" (got {other:?})"));
+                LogFormat::Text
+            }
+        };
+        let level = self.string_or(&mut s, "level", "info");
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            self.error(s.key("level"), format!("not a log filter ({level:?}); e.g. \"info\" or \"warn,bff=debug\""));
+        }
+        self.finish(s);
+        LogConfig { format, level }
     }
 
     fn server(&mut self, top: &mut Section<'_>) -> Option<ServerConfig> {
@@ -353,6 +375,17 @@ impl Walker<'_> {
         let static_dir = self.string_or(&mut s, "static_dir", "static");
         let templates_dir = self.string_or(&mut s, "templates_dir", "templates");
         let workers = self.uint(&mut s, "workers", 0, 0) as usize;
+        let metrics_listen = self.string(&mut s, "metrics_listen").filter(|m| !m.is_empty()).and_then(|raw| {
+            raw.parse::<SocketAddr>()
+                .map_err(|_| self.error(s.key("metrics_listen"), format!("not an address:port ({raw:?})")))
+                .ok()
+        });
+        let shutdown_grace = self.secs(&mut s, "shutdown_grace_secs", 30, 0);
+        let max_header_bytes = self.uint(&mut s, "max_header_bytes", 16_384, 1024) as usize;
+        let max_upstream_concurrency = self.uint(&mut s, "max_upstream_concurrency", 1024, 1) as usize;
+        let login_starts_per_minute =
+            u32::try_from(self.uint(&mut s, "login_starts_per_minute", 30, 1)).unwrap_or(u32::MAX);
+        let trusted_proxy_hops = self.uint(&mut s, "trusted_proxy_hops", 0, 0) as usize;
         self.finish(s);
         Some(ServerConfig {
             listen: listen?,
@@ -360,6 +393,12 @@ impl Walker<'_> {
             static_dir: (!static_dir.is_empty()).then(|| PathBuf::from(static_dir)),
             templates_dir: PathBuf::from(templates_dir),
             workers,
+            metrics_listen,
+            shutdown_grace,
+            max_header_bytes,
+            max_upstream_concurrency,
+            login_starts_per_minute,
+            trusted_proxy_hops,
         })
     }
 

@@ -22,6 +22,20 @@ pub struct Config {
     pub session: SessionConfig,
     pub tokens: TokensConfig,
     pub api: Vec<ApiConfig>,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive; `RUST_LOG` overrides it.
+    pub level: String,
 }
 
 #[derive(Debug, Clone)]
@@ -34,6 +48,18 @@ pub struct ServerConfig {
     pub templates_dir: PathBuf,
     /// Worker threads; 0 = one per CPU.
     pub workers: usize,
+    /// Serve `/metrics` on this address instead of the main listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// On SIGTERM/SIGINT: stop accepting, and give in-flight requests this long to finish.
+    pub shutdown_grace: Duration,
+    /// Request head (all header names and values) larger than this: 431.
+    pub max_header_bytes: usize,
+    /// Upstream calls in flight at once in this instance; more wait for none: 429.
+    pub max_upstream_concurrency: usize,
+    /// `/auth/login` starts allowed per client address per minute, and pending logins per browser.
+    pub login_starts_per_minute: u32,
+    /// Proxies in front of bff that append to `X-Forwarded-For` (0: the peer is the client).
+    pub trusted_proxy_hops: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

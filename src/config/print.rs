@@ -32,6 +32,14 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     );
     server.insert("templates_dir".into(), string(config.server.templates_dir.display().to_string()));
     server.insert("workers".into(), int(config.server.workers as u64));
+    if let Some(addr) = config.server.metrics_listen {
+        server.insert("metrics_listen".into(), string(addr.to_string()));
+    }
+    server.insert("shutdown_grace_secs".into(), secs(config.server.shutdown_grace));
+    server.insert("max_header_bytes".into(), int(config.server.max_header_bytes as u64));
+    server.insert("max_upstream_concurrency".into(), int(config.server.max_upstream_concurrency as u64));
+    server.insert("login_starts_per_minute".into(), int(u64::from(config.server.login_starts_per_minute)));
+    server.insert("trusted_proxy_hops".into(), int(config.server.trusted_proxy_hops as u64));
 
     let mut oidc = Table::new();
     oidc.insert("issuer".into(), string(&config.oidc.issuer));
@@ -81,12 +89,23 @@ pub(super) fn redacted_toml(config: &Config) -> String {
         })
         .collect();
 
+    let mut log = Table::new();
+    log.insert(
+        "format".into(),
+        string(match config.log.format {
+            super::LogFormat::Text => "text",
+            super::LogFormat::Json => "json",
+        }),
+    );
+    log.insert("level".into(), string(&config.log.level));
+
     let mut root = Table::new();
     root.insert("server".into(), Value::Table(server));
     root.insert("oidc".into(), Value::Table(oidc));
     root.insert("session".into(), Value::Table(session));
     root.insert("tokens".into(), Value::Table(tokens));
     root.insert("api".into(), Value::Array(apis));
+    root.insert("log".into(), Value::Table(log));
     toml::to_string(&root).unwrap_or_else(|e| format!("# could not render the configuration: {e}\n"))
 }
 

@@ -12,12 +12,15 @@ use std::time::Duration;
 use actix_web::body::SizedStream;
 use actix_web::http::StatusCode;
 use actix_web::web::{self, Bytes};
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use futures_util::TryStreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
 use crate::config::{ApiConfig, Config};
 use crate::error::AppError;
+use crate::http::RequestId;
+use crate::metrics::Metrics;
 use crate::session::SessionHandle;
 use crate::tokens::{TokenError, TokenManager, UsableToken};
 
@@ -52,10 +55,13 @@ pub struct Proxy {
     client: reqwest::Client,
     proto: String,
     host: String,
+    /// One permit per upstream exchange in flight (held until its response body ends).
+    in_flight: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
-    pub fn new(config: &Config) -> Result<Proxy, reqwest::Error> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Proxy, reqwest::Error> {
         let mut routes: Vec<Arc<Route>> = config.api.iter().map(|a| Arc::new(Route::from(a))).collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         let client = reqwest::Client::builder()
@@ -70,7 +76,14 @@ impl Proxy {
             Some(port) => format!("{}:{port}", public.host_str().unwrap_or_default()),
             None => public.host_str().unwrap_or_default().to_string(),
         };
-        Ok(Proxy { routes, client, proto: public.scheme().to_string(), host })
+        Ok(Proxy {
+            routes,
+            client,
+            proto: public.scheme().to_string(),
+            host,
+            in_flight: Arc::new(Semaphore::new(config.server.max_upstream_concurrency)),
+            metrics,
+        })
     }
 
     pub fn routes(&self) -> &[Arc<Route>] {
@@ -101,8 +114,13 @@ impl Proxy {
         let content_length =
             req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if content_length.is_some_and(|len| len > route.max_body_bytes) {
+            self.metrics.limited("body_size");
             return Err(AppError::PayloadTooLarge);
         }
+        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
+            self.metrics.limited("upstream_concurrency");
+            return Err(AppError::TooManyRequests("upstream_busy"));
+        };
         let token = tokens.access_token(handle).await?;
         let body = body::read(payload, content_length, route.max_retry_body_bytes, route.max_body_bytes).await?;
         let retry_body = body.retryable();
@@ -110,7 +128,12 @@ impl Proxy {
             .map_err(|_| AppError::BadRequest("bad_method"))?;
         let forwarded =
             headers::ForwardedFor { peer: req.peer_addr().map(|a| a.ip()), proto: &self.proto, host: &self.host };
-        let base_headers = headers::upstream_request_headers(req.headers(), &forwarded);
+        let mut base_headers = headers::upstream_request_headers(req.headers(), &forwarded);
+        if let Some(id) = req.extensions().get::<RequestId>()
+            && let Ok(v) = reqwest::header::HeaderValue::from_str(&id.0)
+        {
+            base_headers.insert("x-request-id", v);
+        }
 
         let (outbound, too_large) = match body {
             RequestBody::Buffered(bytes) => (reqwest::Body::from(bytes), None),
@@ -132,38 +155,47 @@ impl Proxy {
         let first = send(&token, outbound).await;
         let first = match first {
             Err(_) if too_large.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) => {
+                self.metrics.limited("body_size");
                 return Err(AppError::PayloadTooLarge);
             }
             other => other?,
         };
         let head = req.method() == actix_web::http::Method::HEAD;
         if first.status() != reqwest::StatusCode::UNAUTHORIZED {
-            return Ok(respond(first, head, &token));
+            return Ok(respond(first, head, &token, permit));
         }
         let Some(retry_body) = retry_body else {
-            return Ok(respond(first, head, &token));
+            return Ok(respond(first, head, &token, permit));
         };
         let fresh = match tokens.refresh_after_rejection(handle, token.version).await {
             Ok(fresh) => fresh,
             // Nothing to refresh with: the upstream's 401 is the answer.
-            Err(TokenError::CannotRefresh) => return Ok(respond(first, head, &token)),
+            Err(TokenError::CannotRefresh) => return Ok(respond(first, head, &token, permit)),
             Err(e) => return Err(e.into()),
         };
         drop(first);
         let second = send(&fresh, reqwest::Body::from(retry_body)).await?;
-        Ok(respond(second, head, &fresh))
+        Ok(respond(second, head, &fresh, permit))
     }
 
     /// Sends and waits for the response head only: bodies (downloads, event streams) may take
     /// as long as they take.
     async fn send(&self, request: reqwest::RequestBuilder, route: &Route) -> Result<reqwest::Response, AppError> {
-        match tokio::time::timeout(route.timeout, request.send()).await {
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(route.timeout, request.send()).await;
+        self.metrics.upstream(&route.prefix, started.elapsed());
+        match result {
             Err(_) => {
+                self.metrics.upstream_error(&route.prefix, "timeout");
                 tracing::warn!(api = route.prefix, "upstream did not answer within {} s", route.timeout.as_secs());
                 Err(AppError::UpstreamTimeout)
             }
-            Ok(Err(e)) if e.is_timeout() => Err(AppError::UpstreamTimeout),
+            Ok(Err(e)) if e.is_timeout() => {
+                self.metrics.upstream_error(&route.prefix, "timeout");
+                Err(AppError::UpstreamTimeout)
+            }
             Ok(Err(e)) => {
+                self.metrics.upstream_error(&route.prefix, "unavailable");
                 tracing::warn!(api = route.prefix, "upstream unreachable: {}", crate::oidc::error_chain(&e));
                 Err(AppError::UpstreamUnavailable)
             }
@@ -175,8 +207,13 @@ impl Proxy {
 /// Tells the SPA when the access token used expires (never the token), so it can show refreshes.
 pub const TOKEN_EXPIRY_HEADER: &str = "x-bff-access-token-expires-at";
 
-/// Streams the upstream's answer back.
-fn respond(upstream: reqwest::Response, head_request: bool, token: &UsableToken) -> HttpResponse {
+/// Streams the upstream's answer back; the concurrency permit lives as long as the body does.
+fn respond(
+    upstream: reqwest::Response,
+    head_request: bool,
+    token: &UsableToken,
+    permit: OwnedSemaphorePermit,
+) -> HttpResponse {
     let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut res = HttpResponse::build(status);
     for (name, value) in headers::downstream_response_headers(upstream.headers()) {
@@ -191,6 +228,10 @@ fn respond(upstream: reqwest::Response, head_request: bool, token: &UsableToken)
     let stream = upstream.bytes_stream().map_err(|e| {
         tracing::warn!("upstream body interrupted: {e}");
         std::io::Error::other("upstream body interrupted")
+    });
+    // The permit travels with the body and is dropped when it ends.
+    let stream = futures_util::stream::unfold((stream, permit), |(mut stream, permit)| async move {
+        futures_util::StreamExt::next(&mut stream).await.map(|item| (item, (stream, permit)))
     });
     match length {
         Some(len) => res.body(SizedStream::new(len, stream)),

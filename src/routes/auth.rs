@@ -38,8 +38,24 @@ pub async fn login(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
     let query = web::Query::<LoginQuery>::from_query(req.query_string()).ok();
     let return_to =
         ReturnTo::parse_or_root(query.as_ref().and_then(|q| q.return_to.as_deref()), &state.config.server.public_url);
+    // Each start leaves a pending login in the store for ten minutes: limit starts per client
+    // address, and logins in progress per browser.
+    let limit = state.config.server.login_starts_per_minute;
+    let client = crate::limits::client_ip(&req, state.config.server.trusted_proxy_hops);
+    if client.is_some_and(|ip| !state.login_limiter.allow(ip)) {
+        state.metrics.limited("login_rate");
+        return AppError::TooManyRequests("too_many_logins").respond(&req, &state.pages);
+    }
     // One binding value per browser, reused while it lives, so several tabs can log in at once.
     let binding = state.cookies.login_binding(&req).unwrap_or_else(random_token);
+    match state.logins.pending_for_browser(&digest(&binding)).await {
+        Ok(n) if n >= limit as usize => {
+            state.metrics.limited("login_rate");
+            return AppError::TooManyRequests("too_many_logins").respond(&req, &state.pages);
+        }
+        Ok(_) => {}
+        Err(e) => return AppError::from(e).respond(&req, &state.pages),
+    }
     let (url, csrf_state, pending) = match state.oidc.begin_login(return_to.into_string(), digest(&binding)) {
         Ok(started) => started,
         Err(e) => {
@@ -61,6 +77,7 @@ pub struct CallbackQuery {
 }
 
 fn callback_error(state: &AppState, status: StatusCode, message: &str) -> HttpResponse {
+    state.metrics.auth_event("login_failed");
     state.pages.error(status, message, true)
 }
 
@@ -160,6 +177,7 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>, session: Ses
         tracing::error!("cannot fill the session: {e}");
         return AppError::Internal.page(&state.pages);
     }
+    state.metrics.auth_event("login");
     tracing::info!(session = handle.short(), "signed in");
     redirect(StatusCode::FOUND, &return_to).finish()
 }
@@ -207,6 +225,7 @@ pub async fn logout(req: HttpRequest, state: web::Data<AppState>, session: Sessi
         state.tokens.store().delete_session(&signed_in.handle).await?;
         let sid = signed_in.user.claims.get("sid").and_then(|v| v.as_str());
         state.sessions.remove(&signed_in.handle, &signed_in.user.sub, sid).await?;
+        state.metrics.auth_event("logout");
         tracing::info!(session = signed_in.handle.short(), "signed out");
     }
     if let Some(binding) = state.cookies.login_binding(&req) {
@@ -260,6 +279,7 @@ pub async fn backchannel_logout(state: web::Data<AppState>, form: web::Form<Back
     };
     match ended.await {
         Ok(Some(count)) => {
+            state.metrics.auth_event("backchannel_logout");
             tracing::info!(sessions = count, "back-channel logout");
             HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).finish()
         }

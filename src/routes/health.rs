@@ -21,3 +21,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     });
     if store_ok && idp_ok { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }
+
+/// `GET /metrics`: Prometheus text (on `server.metrics_listen` instead, when that is set).
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.metrics.render())
+}

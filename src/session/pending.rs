@@ -39,6 +39,11 @@ impl PendingLogins {
         Ok(self.sealer.open(key.as_bytes(), &sealed).and_then(|plain| serde_json::from_slice(&plain).ok()))
     }
 
+    /// How many logins this browser has in progress.
+    pub async fn pending_for_browser(&self, browser: &str) -> Result<usize, StoreError> {
+        Ok(self.store.set_members(&self.keys.pending_logins_of_browser(browser)).await?.len())
+    }
+
     /// Drops every pending login the browser with this binding hash started.
     pub async fn forget_browser(&self, browser: &str) -> Result<(), StoreError> {
         let index = self.keys.pending_logins_of_browser(browser);

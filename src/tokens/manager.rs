@@ -21,6 +21,7 @@ use openidconnect::AccessToken;
 
 use super::{TokenSet, TokenStore};
 use crate::crypto::random_token;
+use crate::metrics::{Metrics, RefreshOutcome};
 use crate::oidc::{Oidc, RefreshError};
 use crate::session::{SessionHandle, now_unix};
 use crate::store::{CasOutcome, StoreError};
@@ -93,6 +94,9 @@ pub struct TokenManager {
     default_expires_in: Duration,
     flights: Mutex<HashMap<SessionHandle, (u64, Flight)>>,
     flight_ids: std::sync::atomic::AtomicU64,
+    /// Refresh locks this instance holds (key → owner), released at shutdown if still held.
+    held_locks: Mutex<HashMap<String, String>>,
+    metrics: Arc<Metrics>,
 }
 
 pub struct TokenTimings {
@@ -103,7 +107,7 @@ pub struct TokenTimings {
 }
 
 impl TokenManager {
-    pub fn new(tokens: TokenStore, oidc: Arc<Oidc>, t: TokenTimings) -> TokenManager {
+    pub fn new(tokens: TokenStore, oidc: Arc<Oidc>, t: TokenTimings, metrics: Arc<Metrics>) -> TokenManager {
         TokenManager {
             tokens,
             oidc,
@@ -114,6 +118,8 @@ impl TokenManager {
             default_expires_in: t.default_expires_in,
             flights: Mutex::new(HashMap::new()),
             flight_ids: std::sync::atomic::AtomicU64::new(0),
+            held_locks: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -174,6 +180,7 @@ impl TokenManager {
     fn flight(self: &Arc<Self>, handle: &SessionHandle, want: Want) -> Flight {
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, flight)) = flights.get(handle) {
+            self.metrics.refresh(RefreshOutcome::Joined);
             return flight.clone();
         }
         let id = self.flight_ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -195,26 +202,63 @@ impl TokenManager {
     async fn run_flight(&self, handle: &SessionHandle, want: Want) -> FlightResult {
         let lock_key = self.tokens.keys().refresh_lock(handle);
         let store = self.tokens.store();
-        let give_up_at = Instant::now() + self.wait_limit;
+        let started = Instant::now();
+        let give_up_at = started + self.wait_limit;
+        let mut waited = false;
         loop {
             let set = self.load_live(handle).await?;
             if let Some(ready) = ready_token(&set, want, self.skew) {
+                if waited {
+                    // Another instance did the refresh while we waited for its lock.
+                    self.metrics.lock_waited(started.elapsed());
+                    self.metrics.refresh(RefreshOutcome::Joined);
+                }
                 return Ok(ready);
             }
             let owner = random_token();
             if store.set_if_absent(&lock_key, owner.as_bytes(), self.lease).await? {
-                let result = self.refresh_locked(handle, want, &lock_key, &owner).await;
-                if let Err(e) = store.delete_if_equals(&lock_key, owner.as_bytes()).await {
-                    // The lease ends it anyway.
-                    tracing::warn!(session = handle.short(), "could not release the refresh lock: {e}");
+                if waited {
+                    self.metrics.lock_waited(started.elapsed());
                 }
+                self.hold(&lock_key, &owner);
+                let result = self.refresh_locked(handle, want, &lock_key, &owner).await;
+                self.release(&lock_key, &owner).await;
                 return result;
             }
+            waited = true;
             if Instant::now() >= give_up_at {
+                self.metrics.lock_waited(started.elapsed());
                 return Err(TokenError::RefreshUnavailable("timed out waiting for another refresh".into()));
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
+    }
+
+    fn hold(&self, lock_key: &str, owner: &str) {
+        self.held_locks.lock().unwrap_or_else(|p| p.into_inner()).insert(lock_key.to_string(), owner.to_string());
+        self.metrics.lock_taken();
+    }
+
+    async fn release(&self, lock_key: &str, owner: &str) {
+        self.held_locks.lock().unwrap_or_else(|p| p.into_inner()).remove(lock_key);
+        self.metrics.lock_released();
+        if let Err(e) = self.tokens.store().delete_if_equals(lock_key, owner.as_bytes()).await {
+            // The lease ends it anyway.
+            tracing::warn!("could not release a refresh lock: {e}");
+        }
+    }
+
+    /// At shutdown: releases the refresh locks of refreshes that did not finish, so other
+    /// instances need not wait for their leases to run out. Returns how many were released.
+    pub async fn release_held_locks(&self) -> usize {
+        let held: Vec<(String, String)> = self.held_locks.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        for (key, owner) in &held {
+            self.metrics.lock_released();
+            if let Err(e) = self.tokens.store().delete_if_equals(key, owner.as_bytes()).await {
+                tracing::warn!("could not release a refresh lock at shutdown: {e}");
+            }
+        }
+        held.len()
     }
 
     /// Holding the lock: re-read, refresh if still needed, store with a compare-and-set.
@@ -259,6 +303,7 @@ impl TokenManager {
                 };
                 match self.tokens.replace(handle, set.version, &next).await? {
                     CasOutcome::Written => {
+                        self.metrics.refresh(RefreshOutcome::Ok);
                         tracing::info!(session = handle.short(), version = next.version, "access token refreshed");
                         Ok(UsableToken::from(&next))
                     }
@@ -280,10 +325,12 @@ impl TokenManager {
                 if let Some(current) = self.tokens.load(handle).await?.filter(|c| c.version != set.version) {
                     return Ok(UsableToken::from(&current));
                 }
+                self.metrics.refresh(RefreshOutcome::InvalidGrant);
                 tracing::info!(session = handle.short(), "refresh token rejected (invalid_grant); ending the session");
                 self.end_session(handle, &set).await
             }
             Err(RefreshError::Unavailable(reason)) => {
+                self.metrics.refresh(RefreshOutcome::Transient);
                 tracing::warn!(session = handle.short(), reason, "token refresh failed; session kept");
                 Err(TokenError::RefreshUnavailable(reason))
             }

@@ -24,7 +24,7 @@ static TRACING: Once = Once::new();
 pub fn init_tracing() {
     TRACING.call_once(|| {
         if std::env::var("TEST_LOG").is_ok() {
-            bff::telemetry::init("debug");
+            bff::telemetry::init(bff::config::LogFormat::Text, "debug");
         }
     });
 }
