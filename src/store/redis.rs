@@ -52,6 +52,7 @@ struct Inner {
     last_failure: Mutex<Option<Instant>>,
     timeout: Duration,
     scripts: Scripts,
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 #[derive(Clone)]
@@ -77,6 +78,7 @@ impl RedisStore {
                     expire_if_equals: Script::new(EXPIRE_IF_EQUALS),
                     set_add: Script::new(SET_ADD_KEEP_LONGEST),
                 },
+                runtime: tokio::runtime::Handle::try_current().ok(),
             }),
         })
     }
@@ -94,25 +96,37 @@ impl RedisStore {
         if held_off {
             return Err(StoreError("not connected".into()));
         }
-        let timeout = self.inner.timeout;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(timeout)
-            .set_response_timeout(timeout)
-            .set_number_of_retries(2)
-            .set_factor(50)
-            .set_max_delay(1000);
-        let result = self
-            .inner
-            .conn
-            .get_or_try_init(|| async {
-                tokio::time::timeout(timeout, self.inner.client.get_connection_manager_with_config(config))
-                    .await
-                    .map_err(|_| StoreError("connect timed out".into()))?
-                    .map_err(|e| StoreError(format!("connect failed: {e}")))
-            })
-            .await;
+        let inner = Arc::clone(&self.inner);
+        let connect = async move {
+            let timeout = inner.timeout;
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(timeout)
+                .set_response_timeout(timeout)
+                .set_number_of_retries(2)
+                .set_factor(50)
+                .set_max_delay(1000);
+            inner
+                .conn
+                .get_or_try_init(|| async {
+                    tokio::time::timeout(timeout, inner.client.get_connection_manager_with_config(config))
+                        .await
+                        .map_err(|_| StoreError("connect timed out".into()))?
+                        .map_err(|e| StoreError(format!("connect failed: {e}")))
+                })
+                .await
+                .cloned()
+        };
+        // The connection's driver task lives on the runtime that makes it. Make it on the
+        // runtime that built the store (the main one), not on whichever worker asked first:
+        // workers stop at shutdown, and the store is still needed then (releasing locks).
+        let result = match &self.inner.runtime {
+            Some(runtime) => {
+                runtime.spawn(connect).await.unwrap_or_else(|e| Err(StoreError(format!("connect task: {e}"))))
+            }
+            None => connect.await,
+        };
         match result {
-            Ok(conn) => Ok(conn.clone()),
+            Ok(conn) => Ok(conn),
             Err(e) => {
                 if let Ok(mut last) = self.inner.last_failure.lock() {
                     *last = Some(Instant::now());

@@ -96,58 +96,104 @@ fn client_secret_can_come_from_a_file() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// `bff serve` as a child process with its own provider and upstream; its output is collected.
+struct Served {
+    child: std::process::Child,
+    logs: Arc<Mutex<String>>,
+    browser: Browser,
+    idp: bff::demo::idp::RunningIdp,
+    prefix: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    /// `edits` replace text in the configuration; `extra` is appended to it.
+    async fn start(access_token_ttl: u64, edits: &[(&str, &str)], extra: &str, rust_log: Option<&str>) -> Served {
+        let port = listener().local_addr().expect("addr").port();
+        let public_url = format!("http://127.0.0.1:{port}");
+        let idp = spawn_idp(IdpOptions {
+            auth_method: bff::config::AuthMethod::ClientSecretBasic,
+            access_token_ttl: Duration::from_secs(access_token_ttl),
+            redirect_uris: vec![format!("{public_url}/auth/callback")],
+            post_logout_redirect_uris: vec![format!("{public_url}/")],
+            backchannel_logout_uri: None,
+        })
+        .await;
+        let upstream = crate::upstream::spawn(Some(Arc::clone(&idp.provider))).await;
+        let prefix = format!("bfftest:{}:", random_id());
+        let options = crate::helpers::AppOptions { refresh_skew_secs: 1, ..Default::default() };
+        let text = crate::helpers::config_toml(&public_url, &idp.issuer, &upstream.url, &prefix, &options)
+            .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""))
+            + extra;
+        let text = edits.iter().fold(text, |t, (from, to)| t.replace(from, to));
+        let path = write_config(&text);
+        let mut cmd = bff();
+        cmd.args(["serve", "--config"]).arg(&path).env_remove("RUST_LOG");
+        if let Some(filter) = rust_log {
+            cmd.env("RUST_LOG", filter);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start bff serve");
+        let logs = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let logs = Arc::clone(&logs);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut l = logs.lock().expect("logs");
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let browser = Browser::new(&public_url);
+        let b = browser.clone();
+        eventually("bff serve is ready", Duration::from_secs(20), || {
+            let b = b.clone();
+            async move { b.http.get(b.url("/readyz")).send().await.map(|r| r.status() == 200).unwrap_or(false) }
+        })
+        .await;
+        Served { child, logs, browser, idp, prefix }
+    }
+
+    fn logs(&self) -> String {
+        self.logs.lock().expect("logs").clone()
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the process to exit; its exit code.
+    async fn exit_code(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
+
 /// A full login → API call → refresh → logout through `bff serve`, with every log line
 /// captured at the most verbose level; no token, code, secret or cookie value may appear.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_logs_in_a_full_run() {
-    let port = listener().local_addr().expect("addr").port();
-    let public_url = format!("http://127.0.0.1:{port}");
-    let idp = spawn_idp(IdpOptions {
-        auth_method: bff::config::AuthMethod::ClientSecretBasic,
-        access_token_ttl: Duration::from_secs(4),
-        redirect_uris: vec![format!("{public_url}/auth/callback")],
-        post_logout_redirect_uris: vec![format!("{public_url}/")],
-        backchannel_logout_uri: None,
-    })
-    .await;
-    let upstream = crate::upstream::spawn(Some(Arc::clone(&idp.provider))).await;
-    let prefix = format!("bfftest:{}:", random_id());
-    let options = crate::helpers::AppOptions { refresh_skew_secs: 1, ..Default::default() };
-    let text = crate::helpers::config_toml(&public_url, &idp.issuer, &upstream.url, &prefix, &options)
-        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""));
-    let path = write_config(&text);
-    let mut child = bff()
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start bff serve");
-    let logs = Arc::new(Mutex::new(String::new()));
-    for stream in [
-        child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let logs = Arc::clone(&logs);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                let mut l = logs.lock().expect("logs");
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-    }
-    let browser = Browser::new(&public_url);
-    let b = browser.clone();
-    eventually("bff serve is ready", Duration::from_secs(20), || {
-        let b = b.clone();
-        async move { b.http.get(b.url("/readyz")).send().await.map(|r| r.status() == 200).unwrap_or(false) }
-    })
-    .await;
+    let mut served = Served::start(4, &[], "", Some("trace")).await;
+    let browser = served.browser.clone();
 
     let start = browser.start_login(None).await;
     let callback = browser.sign_in_at_provider(&crate::helpers::location(&start), "alice").await;
@@ -157,16 +203,18 @@ async fn no_secret_reaches_the_logs_in_a_full_run() {
     assert_eq!(browser.api(reqwest::Method::GET, "/api/echo").await.status(), 200);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(browser.api(reqwest::Method::GET, "/api/echo").await.status(), 200);
-    assert!(idp.provider.counters.refresh_token.load(std::sync::atomic::Ordering::SeqCst) >= 1, "a refresh happened");
+    assert!(
+        served.idp.provider.counters.refresh_token.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "a refresh happened"
+    );
     assert_eq!(browser.logout().await.status(), 303);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    served.terminate();
+    assert_eq!(served.exit_code(Duration::from_secs(10)).await, Some(0));
 
-    let logs = logs.lock().expect("logs").clone();
+    let logs = served.logs();
     assert!(logs.contains("signed in") && logs.contains("access token refreshed"), "the run was logged:\n{logs}");
     let mut secrets: Vec<(String, String)> =
-        idp.provider.issued_tokens().into_iter().map(|t| ("token".into(), t)).collect();
+        served.idp.provider.issued_tokens().into_iter().map(|t| ("token".into(), t)).collect();
     secrets.push(("code".into(), code));
     secrets.push(("cookie".into(), cookie));
     secrets.push(("client secret".into(), crate::helpers::CLIENT_SECRET.into()));
@@ -174,6 +222,87 @@ async fn no_secret_reaches_the_logs_in_a_full_run() {
     for (what, secret) in secrets {
         assert!(!logs.contains(&secret), "a {what} appears in the logs");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_calls_in_flight_finish_then_exits_zero() {
+    let mut served = Served::start(300, &[], "", None).await;
+    let browser = served.browser.clone();
+    browser.login_as("alice").await;
+    let in_flight = {
+        let b = browser.clone();
+        tokio::spawn(async move { b.api(reqwest::Method::GET, "/api/slow?ms=1500").await.status() })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    served.terminate();
+
+    assert_eq!(in_flight.await.expect("the call"), 200, "the call in flight finished");
+    assert_eq!(served.exit_code(Duration::from_secs(10)).await, Some(0));
+    assert!(browser.http.get(browser.url("/healthz")).send().await.is_err(), "no longer accepting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_locks_still_held_when_the_grace_period_ends_are_released() {
+    // A provider that never answers, a refresh bounded by a 10 s timeout, a 1 s grace period.
+    let edits = [
+        ("workers = 2", "workers = 2\nshutdown_grace_secs = 1"),
+        ("timeout_secs = 2\n\n[session]", "timeout_secs = 10\n\n[session]"),
+    ];
+    let mut served = Served::start(2, &edits, "", None).await;
+    let browser = served.browser.clone();
+    browser.login_as("alice").await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    served.idp.controls.set_token_fault(bff::demo::idp::TokenFault::Hang);
+    let stuck = {
+        let request = browser.request(reqwest::Method::GET, "/api/echo").header("x-csrf", "1");
+        // Cut off by the shutdown: its outcome does not matter here.
+        tokio::spawn(async move { request.send().await.map(|r| r.status()) })
+    };
+    let client = redis::Client::open(crate::helpers::REDIS_URL).expect("redis");
+    let mut redis = client.get_multiplexed_async_connection().await.expect("redis");
+    let pattern = format!("{}*:lock", served.prefix);
+    let mut locks: Vec<String> = Vec::new();
+    for _ in 0..40 {
+        locks = redis::AsyncCommands::keys(&mut redis, &pattern).await.expect("keys");
+        if !locks.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(locks.len(), 1, "the refresh holds its lock");
+
+    served.terminate();
+
+    assert_eq!(served.exit_code(Duration::from_secs(8)).await, Some(0));
+    let left: Vec<String> = redis::AsyncCommands::keys(&mut redis, &pattern).await.expect("keys");
+    assert!(left.is_empty(), "the lock was released at shutdown, not left to its lease");
+    drop(stuck);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_request_id() {
+    let mut served = Served::start(300, &[], "\n[log]\nformat = \"json\"\nlevel = \"info\"\n", None).await;
+    let browser = served.browser.clone();
+    let res =
+        browser.send(browser.request(reqwest::Method::GET, "/healthz").header("x-request-id", "json-check-1")).await;
+    assert_eq!(res.status(), 200);
+    served.terminate();
+    served.exit_code(Duration::from_secs(10)).await;
+
+    let logs = served.logs();
+    let line: serde_json::Value = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["span"]["request_id"] == "json-check-1")
+        .unwrap_or_else(|| panic!("a JSON line for the request:\n{logs}"));
+    assert_eq!(line["fields"]["status"], 200);
+    assert_eq!(line["fields"]["path"], "/healthz");
+    assert_eq!(line["span"]["route"], "health");
+    assert!(
+        logs.lines().filter(|l| !l.trim().is_empty()).all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()),
+        "every line is JSON"
+    );
 }
 
 #[test]

@@ -83,7 +83,7 @@ pub struct AppOptions {
     pub same_site: &'static str,
     pub secret: String,
     /// Adjusts the configuration in code, past what the file format allows (short timeouts).
-    pub tweak: fn(&mut Config),
+    pub tweak: Arc<dyn Fn(&mut Config) + Send + Sync>,
 }
 
 impl Default for AppOptions {
@@ -98,7 +98,7 @@ impl Default for AppOptions {
             idp_auth_method: None,
             same_site: "lax",
             secret: test_secret(),
-            tweak: |_| {},
+            tweak: Arc::new(|_| {}),
         }
     }
 }

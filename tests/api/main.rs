@@ -12,6 +12,7 @@ mod demo;
 mod helpers;
 mod login;
 mod logout;
+mod operations;
 mod proxy;
 mod refresh;
 mod store_conformance;

@@ -9,9 +9,11 @@ use crate::helpers::{AppOptions, spawn_app_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_session_ends_and_an_active_one_is_extended() {
-    let app =
-        spawn_app_with(AppOptions { tweak: |c| c.session.idle_timeout = Duration::from_secs(3), ..Default::default() })
-            .await;
+    let app = spawn_app_with(AppOptions {
+        tweak: std::sync::Arc::new(|c: &mut bff::config::Config| c.session.idle_timeout = Duration::from_secs(3)),
+        ..Default::default()
+    })
+    .await;
     let idle = app.browser();
     idle.login_as("alice").await;
     let active = app.browser();
@@ -30,7 +32,7 @@ async fn an_idle_session_ends_and_an_active_one_is_extended() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_session_outlives_the_absolute_timeout() {
     let app = spawn_app_with(AppOptions {
-        tweak: |c| c.session.absolute_timeout = Duration::from_secs(3),
+        tweak: std::sync::Arc::new(|c: &mut bff::config::Config| c.session.absolute_timeout = Duration::from_secs(3)),
         ..Default::default()
     })
     .await;
