@@ -66,22 +66,18 @@ impl Sealer {
 
     /// `None` when no key opens it (tampered, copied to another key, or an unknown secret).
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        self.open_noting_key(aad, sealed).map(|(plain, _)| plain)
+    }
+
+    /// Opens, and tells whether the current key did (false: seal it again with the current one).
+    pub fn open_noting_key(&self, aad: &[u8], sealed: &[u8]) -> Option<(Vec<u8>, bool)> {
         if sealed.len() < NONCE_LEN {
             return None;
         }
         let (nonce, body) = sealed.split_at(NONCE_LEN);
-        self.ciphers.iter().find_map(|c| c.decrypt(Nonce::from_slice(nonce), Payload { msg: body, aad }).ok())
-    }
-
-    /// Whether `sealed` opens with the current key (false: re-seal when next written).
-    pub fn is_current(&self, aad: &[u8], sealed: &[u8]) -> bool {
-        match (self.ciphers.first(), sealed.len() >= NONCE_LEN) {
-            (Some(c), true) => {
-                let (nonce, body) = sealed.split_at(NONCE_LEN);
-                c.decrypt(Nonce::from_slice(nonce), Payload { msg: body, aad }).is_ok()
-            }
-            _ => false,
-        }
+        self.ciphers.iter().enumerate().find_map(|(i, c)| {
+            c.decrypt(Nonce::from_slice(nonce), Payload { msg: body, aad }).ok().map(|plain| (plain, i == 0))
+        })
     }
 }
 
@@ -125,8 +121,8 @@ mod tests {
         let sealed = old.seal(b"k", b"v");
         let rotated = Sealer::new(&[secret("b"), secret("a")]);
         assert_eq!(rotated.open(b"k", &sealed).as_deref(), Some(&b"v"[..]));
-        assert!(!rotated.is_current(b"k", &sealed));
-        assert!(rotated.is_current(b"k", &rotated.seal(b"k", b"v")));
+        assert_eq!(rotated.open_noting_key(b"k", &sealed), Some((b"v".to_vec(), false)));
+        assert_eq!(rotated.open_noting_key(b"k", &rotated.seal(b"k", b"v")), Some((b"v".to_vec(), true)));
     }
 
     #[test]

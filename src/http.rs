@@ -93,6 +93,40 @@ pub async fn auth_guard(
     }
 }
 
+/// After `session.secret` was rotated: a session cookie sealed with an older secret is sealed
+/// again with the current one — in the request, so the session middleware (which knows only the
+/// current key) reads it, and in the answer, so the browser keeps the new one.
+pub async fn reseal_session_cookie(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let Some(resealed) = state.as_ref().and_then(|s| s.cookies.resealed(req.request())) else {
+        return next.call(req).await;
+    };
+    let name = resealed.name().to_string();
+    let rewritten: Vec<String> = req
+        .headers()
+        .get_all(header::COOKIE)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some(name.as_str()))
+        .map(String::from)
+        .chain(std::iter::once(format!("{name}={}", resealed.value())))
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&rewritten.join("; ")) {
+        req.headers_mut().insert(header::COOKIE, v);
+    }
+    let mut res = next.call(req).await?;
+    let sets_cookie =
+        res.headers().get_all(header::SET_COOKIE).any(|v| v.to_str().is_ok_and(|v| v.starts_with(&format!("{name}="))));
+    if !sets_cookie {
+        let _ = res.response_mut().add_cookie(&resealed);
+    }
+    Ok(res)
+}
+
 /// The request id of a request: the caller's `X-Request-Id` when it is well-formed, else made up.
 /// Logged on every line of the request, returned to the caller and forwarded upstream.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ mod spa;
 use actix_web::middleware::from_fn;
 use actix_web::web;
 
-use crate::http::{AUTH_BODY_LIMIT, auth_guard};
+use crate::http::{AUTH_BODY_LIMIT, auth_guard, reseal_session_cookie};
 use crate::state::AppState;
 
 /// Everything bff serves. The session middleware sits on `/auth` only: the proxy reads the
@@ -20,6 +20,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &web::Data<AppState>) {
         .service(
             web::scope("/auth")
                 .wrap(state.cookies.middleware(state.session_store()))
+                .wrap(from_fn(reseal_session_cookie))
                 .wrap(from_fn(auth_guard))
                 .route("/login", web::get().to(auth::login))
                 .route("/callback", web::get().to(auth::callback))

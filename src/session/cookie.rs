@@ -21,7 +21,8 @@ pub struct CookiePolicy {
     pub secure: bool,
     pub same_site: SameSite,
     pub max_age: time::Duration,
-    key: Key,
+    /// The current key first; older ones (secret rotation) still open cookies.
+    keys: Vec<Key>,
 }
 
 impl std::fmt::Debug for CookiePolicy {
@@ -40,9 +41,6 @@ impl CookiePolicy {
         let name = config.session.cookie_name.clone();
         // `__Host-bff` → `__Host-bff-login`; the prefix rules (Secure, Path=/, no Domain) hold for both.
         let login_name = format!("{name}-login");
-        let Some(current) = config.session.secrets.first() else {
-            unreachable!("config validation guarantees at least one secret")
-        };
         CookiePolicy {
             name,
             login_name,
@@ -56,12 +54,12 @@ impl CookiePolicy {
             max_age: time::Duration::seconds(
                 i64::try_from(config.session.absolute_timeout.as_secs()).unwrap_or(i64::MAX),
             ),
-            key: cookie_key(current),
+            keys: config.session.secrets.iter().map(cookie_key).collect(),
         }
     }
 
     pub fn middleware(&self, store: SessionStoreAdapter) -> SessionMiddleware<SessionStoreAdapter> {
-        SessionMiddleware::builder(store, self.key.clone())
+        SessionMiddleware::builder(store, self.current_key().clone())
             .cookie_name(self.name.clone())
             .cookie_secure(self.secure)
             .cookie_http_only(true)
@@ -111,13 +109,52 @@ impl CookiePolicy {
         req.cookie(&self.login_name).map(|c| c.value().to_string()).filter(|v| v.len() == 43)
     }
 
-    /// Reads and decrypts the session cookie; `None` when absent, tampered or foreign.
-    pub fn session_cookie(&self, req: &HttpRequest) -> Option<SessionCookie> {
-        let cookie = req.cookie(&self.name)?;
+    fn current_key(&self) -> &Key {
+        let Some(key) = self.keys.first() else { unreachable!("config validation guarantees at least one secret") };
+        key
+    }
+
+    /// Opens the session cookie with the first key that can; the index of that key. Reads the
+    /// header itself: `HttpRequest::cookie` caches what it parses, and the cookie may be
+    /// rewritten after this (see `http::reseal_session_cookie`).
+    fn open(&self, req: &HttpRequest) -> Option<(SessionId, usize)> {
+        let cookie = req
+            .headers()
+            .get_all(actix_web::http::header::COOKIE)
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| Cookie::parse_encoded(pair.trim().to_string()).ok())
+            .find(|c| c.name() == self.name)?;
         let mut jar = CookieJar::new();
         jar.add_original(cookie);
-        let opened = jar.private(&self.key).get(&self.name)?;
-        SessionId::parse(opened.value()).map(|id| SessionCookie { id })
+        self.keys.iter().enumerate().find_map(|(i, key)| {
+            let opened = jar.private(key).get(&self.name)?;
+            SessionId::parse(opened.value()).map(|id| (id, i))
+        })
+    }
+
+    /// Reads and decrypts the session cookie; `None` when absent, tampered or foreign.
+    pub fn session_cookie(&self, req: &HttpRequest) -> Option<SessionCookie> {
+        self.open(req).map(|(id, _)| SessionCookie { id })
+    }
+
+    /// The session cookie sealed again with the current key, when the request's opens only
+    /// with an older one (after `session.secret` was rotated).
+    pub fn resealed(&self, req: &HttpRequest) -> Option<Cookie<'static>> {
+        let (id, key_index) = self.open(req)?;
+        if key_index == 0 {
+            return None;
+        }
+        let mut jar = CookieJar::new();
+        let cookie = Cookie::build(self.name.clone(), id.expose().to_string())
+            .path("/")
+            .http_only(true)
+            .secure(self.secure)
+            .same_site(self.same_site)
+            .max_age(self.max_age)
+            .finish();
+        jar.private_mut(self.current_key()).add(cookie);
+        jar.delta().next().cloned()
     }
 }
 
@@ -160,7 +197,7 @@ mod tests {
         let policy = CookiePolicy::from_config(&config("http://localhost:8080", "lax"));
         let id = SessionId::generate();
         let mut jar = CookieJar::new();
-        jar.private_mut(&policy.key).add(Cookie::new(policy.name.clone(), id.expose().to_string()));
+        jar.private_mut(policy.current_key()).add(Cookie::new(policy.name.clone(), id.expose().to_string()));
         let Some(sealed) = jar.get(&policy.name).map(|c| c.value().to_string()) else { panic!("cookie") };
 
         let req = TestRequest::default().cookie(Cookie::new("bff", sealed.clone())).to_http_request();

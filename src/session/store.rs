@@ -137,10 +137,18 @@ impl SessionStore for SessionStoreAdapter {
         let Some(sealed) = self.store.get(&key).await.map_err(|e| LoadError::Other(e.into()))? else {
             return Ok(None);
         };
-        let Some(plain) = self.sealer.open(key.as_bytes(), &sealed) else {
+        let Some((plain, current)) = self.sealer.open_noting_key(key.as_bytes(), &sealed) else {
             tracing::warn!(session = id.handle().short(), "session state does not open with any configured secret");
             return Ok(None);
         };
+        if !current {
+            // Sealed under a rotated-out secret: seal it again with the current one, keeping
+            // its time to live, so the old secret can later be removed without ending it.
+            let resealed = self.sealer.seal(key.as_bytes(), &plain);
+            if let Err(e) = self.store.replace_if_prefix(&key, b"", &resealed).await {
+                tracing::warn!(session = id.handle().short(), "could not re-seal the session state: {e}");
+            }
+        }
         let state: HashMap<String, String> =
             serde_json::from_slice(&plain).map_err(|e| LoadError::Deserialization(e.into()))?;
         Ok(Some(state))

@@ -104,14 +104,15 @@ impl TokenStore {
         Ok(out)
     }
 
-    fn decode(&self, key: &str, raw: &[u8]) -> Option<TokenSet> {
+    /// The token set, and whether it was sealed with the current secret.
+    fn decode(&self, key: &str, raw: &[u8]) -> Option<(TokenSet, bool)> {
         let dot = raw.iter().position(|b| *b == b'.')?;
         let (prefix, sealed) = (&raw[..=dot], &raw[dot + 1..]);
         let aad = [key.as_bytes(), prefix].concat();
-        let plain = self.sealer.open(&aad, sealed)?;
+        let (plain, current) = self.sealer.open_noting_key(&aad, sealed)?;
         let set: TokenSet = serde_json::from_slice(&plain).ok()?;
         // The clear prefix is authenticated as associated data; check it names this version.
-        (version_prefix(set.version) == prefix).then_some(set)
+        (version_prefix(set.version) == prefix).then_some((set, current))
     }
 
     /// The first token set of a session, at login.
@@ -125,10 +126,14 @@ impl TokenStore {
     pub async fn load(&self, handle: &SessionHandle) -> Result<Option<TokenSet>, StoreError> {
         let key = self.keys.tokens(handle);
         let Some((raw, ttl)) = self.store.get_with_ttl(&key).await? else { return Ok(None) };
-        let Some(set) = self.decode(&key, &raw) else {
+        let Some((set, current)) = self.decode(&key, &raw) else {
             tracing::warn!(session = handle.short(), "token set does not open with any configured secret");
             return Ok(None);
         };
+        if !current {
+            // Sealed under a rotated-out secret: seal it again (same version, same TTL).
+            self.replace(handle, set.version, &set).await?;
+        }
         self.touch_if_due(handle, ttl, set.session_expires_at);
         Ok(Some(set))
     }
@@ -228,7 +233,7 @@ mod tests {
         s.version = 42;
         let raw = ts.encode("k1", &s).unwrap_or_default();
         assert!(raw.starts_with(b"v42."));
-        assert_eq!(ts.decode("k1", &raw).map(|s| s.version), Some(42));
+        assert_eq!(ts.decode("k1", &raw).map(|(s, current)| (s.version, current)), Some((42, true)));
         assert!(ts.decode("k2", &raw).is_none());
         let mut forged = b"v43.".to_vec();
         forged.extend_from_slice(&raw[4..]);

@@ -15,6 +15,7 @@ mod logout;
 mod operations;
 mod proxy;
 mod refresh;
+mod rotation;
 mod store_conformance;
 mod store_down;
 mod timeouts;
