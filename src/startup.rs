@@ -18,7 +18,7 @@ use crate::proxy::Proxy;
 use crate::routes;
 use crate::session::{CookiePolicy, KeyLayout, PendingLogins, SessionIndex, SessionLifetime};
 use crate::state::{AppState, content_security_policy};
-use crate::store::{MemoryStore, RedisStore, Store};
+use crate::store::{MemoryStore, RedisStore, RedisTopology, Store};
 use crate::tokens::{TokenManager, TokenStore, TokenTimings};
 
 pub struct Application {
@@ -32,15 +32,20 @@ pub struct Application {
 /// The store named by the configuration; never connects here (start-up must not fail because
 /// Redis is down).
 pub fn store_for(config: &Config) -> Result<Store, anyhow::Error> {
-    Ok(match &config.session.redis_url {
-        Some(url) => Store::redis(RedisStore::new(url, config.session.redis_timeout)?),
-        None => {
-            tracing::warn!(
-                "session.redis_url is not set: sessions live in this process only (one instance, lost on restart)"
-            );
-            Store::memory(MemoryStore::new())
-        }
-    })
+    let s = &config.session;
+    let topology = if !s.redis_cluster_nodes.is_empty() {
+        RedisTopology::Cluster(s.redis_cluster_nodes.clone())
+    } else if !s.redis_sentinels.is_empty() {
+        RedisTopology::Sentinel { sentinels: s.redis_sentinels.clone(), service: s.redis_sentinel_service.clone() }
+    } else if let Some(url) = &s.redis_url {
+        RedisTopology::Single(url.clone())
+    } else {
+        tracing::warn!(
+            "session.redis_url is not set: sessions live in this process only (one instance, lost on restart)"
+        );
+        return Ok(Store::memory(MemoryStore::new()));
+    };
+    Ok(Store::redis(RedisStore::with_topology(&topology, s.redis_timeout)?))
 }
 
 impl Application {

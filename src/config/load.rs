@@ -497,12 +497,26 @@ impl Walker<'_> {
     fn session(&mut self, top: &mut Section<'_>, server: Option<&ServerConfig>) -> Option<SessionConfig> {
         let mut s = self.section(top, "session");
         let redis_url = self.string(&mut s, "redis_url").filter(|u| !u.is_empty());
+        let redis_sentinels = self.string_list(&mut s, "redis_sentinels").unwrap_or_default();
+        let redis_sentinel_service = self.string_or(&mut s, "redis_sentinel_service", "mymaster");
+        let redis_cluster_nodes = self.string_list(&mut s, "redis_cluster_nodes").unwrap_or_default();
+        let check_url = |w: &mut Self, key: String, raw: &str| match Url::parse(raw) {
+            Ok(url) if matches!(url.scheme(), "redis" | "rediss" | "redis+unix" | "unix") => {}
+            // The URL may hold a password: name the problem, not the value.
+            _ => w.error(key, "must be a redis://, rediss:// or unix:// URL"),
+        };
         if let Some(raw) = &redis_url {
-            match Url::parse(raw) {
-                Ok(url) if matches!(url.scheme(), "redis" | "rediss" | "redis+unix" | "unix") => {}
-                // The URL may hold a password: name the problem, not the value.
-                _ => self.error(s.key("redis_url"), "must be a redis://, rediss:// or unix:// URL"),
-            }
+            check_url(self, s.key("redis_url"), raw);
+        }
+        for (i, raw) in redis_sentinels.iter().enumerate() {
+            check_url(self, format!("{}[{i}]", s.key("redis_sentinels")), raw);
+        }
+        for (i, raw) in redis_cluster_nodes.iter().enumerate() {
+            check_url(self, format!("{}[{i}]", s.key("redis_cluster_nodes")), raw);
+        }
+        let topologies = [redis_url.is_some(), !redis_sentinels.is_empty(), !redis_cluster_nodes.is_empty()];
+        if topologies.iter().filter(|t| **t).count() > 1 {
+            self.error(s.key("redis_url"), "set one of redis_url, redis_sentinels and redis_cluster_nodes");
         }
         let secrets = match self.string_list(&mut s, "secret") {
             None => {
@@ -558,6 +572,9 @@ impl Walker<'_> {
         self.finish(s);
         Some(SessionConfig {
             redis_url: redis_url.map(SecretString::from),
+            redis_sentinels: redis_sentinels.into_iter().map(SecretString::from).collect(),
+            redis_sentinel_service,
+            redis_cluster_nodes: redis_cluster_nodes.into_iter().map(SecretString::from).collect(),
             secrets: secrets?,
             cookie_name,
             same_site: same_site?,

@@ -100,8 +100,13 @@ pub enum SameSitePolicy {
 
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
-    /// `None`: the in-memory store (one instance only).
+    /// `None` (and no sentinels or cluster nodes): the in-memory store (one instance only).
     pub redis_url: Option<SecretString>,
+    /// Sentinels to ask for the primary of `redis_sentinel_service`.
+    pub redis_sentinels: Vec<SecretString>,
+    pub redis_sentinel_service: String,
+    /// Seed nodes of a Redis Cluster.
+    pub redis_cluster_nodes: Vec<SecretString>,
     /// The first secret is current; later ones are still accepted when reading (rotation).
     pub secrets: Vec<SecretString>,
     /// Resolved: never empty.

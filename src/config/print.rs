@@ -56,6 +56,10 @@ pub(super) fn redacted_toml(config: &Config) -> String {
 
     let mut session = Table::new();
     session.insert("redis_url".into(), string(if config.session.redis_url.is_some() { REDACTED } else { "" }));
+    let redacted_list = |list: &[secrecy::SecretString]| Value::Array(list.iter().map(|_| string(REDACTED)).collect());
+    session.insert("redis_sentinels".into(), redacted_list(&config.session.redis_sentinels));
+    session.insert("redis_sentinel_service".into(), string(&config.session.redis_sentinel_service));
+    session.insert("redis_cluster_nodes".into(), redacted_list(&config.session.redis_cluster_nodes));
     session.insert("secret".into(), Value::Array(config.session.secrets.iter().map(|_| string(REDACTED)).collect()));
     session.insert("cookie_name".into(), string(&config.session.cookie_name));
     session.insert(

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::metrics::Metrics;
 
 pub use memory::MemoryStore;
-pub use redis::RedisStore;
+pub use redis::{RedisStore, RedisTopology};
 
 /// The store could not be reached or did not answer in time. Callers answer 503.
 #[derive(Debug, thiserror::Error)]

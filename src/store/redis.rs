@@ -6,10 +6,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
-use redis::{Script, Value};
+use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{RedisFuture, Script, Value};
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::OnceCell;
 
 use super::{CasOutcome, StoreError, ttl_millis};
 
@@ -46,9 +48,66 @@ struct Scripts {
     set_add: Script,
 }
 
+/// Where the data lives.
+pub enum RedisTopology {
+    /// One server (or a proxy in front of several).
+    Single(SecretString),
+    /// A primary found through Sentinel; after a failover, the new primary is looked up again.
+    Sentinel { sentinels: Vec<SecretString>, service: String },
+    /// A Redis Cluster; the client follows slot moves and failovers itself.
+    Cluster(Vec<SecretString>),
+}
+
+enum Target {
+    Single(redis::Client),
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+    Cluster(ClusterClient),
+}
+
+/// A live connection of any topology; all speak the same commands.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Sentinel(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Sentinel(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Sentinel(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 struct Inner {
-    client: redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    target: Target,
+    conn: tokio::sync::RwLock<Option<Conn>>,
+    /// One connection attempt at a time.
+    connecting: tokio::sync::Mutex<()>,
     last_failure: Mutex<Option<Instant>>,
     timeout: Duration,
     scripts: Scripts,
@@ -60,16 +119,54 @@ pub struct RedisStore {
     inner: Arc<Inner>,
 }
 
+// The URLs may carry passwords: errors name the problem, never the value.
+fn open_client(url: &SecretString) -> Result<redis::Client, StoreError> {
+    redis::Client::open(url.expose_secret()).map_err(|e| StoreError(format!("invalid Redis URL ({})", e.category())))
+}
+
 impl RedisStore {
-    /// Parses the URL; does not connect.
+    /// One Redis server; parses the URL, does not connect.
     pub fn new(url: &SecretString, timeout: Duration) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url.expose_secret())
-            // The URL may carry a password: do not echo it.
-            .map_err(|e| StoreError(format!("invalid Redis URL ({})", e.category())))?;
+        RedisStore::with_topology(&RedisTopology::Single(url.clone()), timeout)
+    }
+
+    /// Parses the addresses; does not connect.
+    pub fn with_topology(topology: &RedisTopology, timeout: Duration) -> Result<RedisStore, StoreError> {
+        let target = match topology {
+            RedisTopology::Single(url) => Target::Single(open_client(url)?),
+            RedisTopology::Sentinel { sentinels, service } => {
+                let infos = sentinels
+                    .iter()
+                    .map(|u| open_client(u).map(|c| c.get_connection_info().clone()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                // The primary and replicas take the credentials of the sentinels' URLs.
+                let node = infos.first().map(|i| SentinelNodeConnectionInfo {
+                    tls_mode: None,
+                    redis_connection_info: Some(i.redis.clone()),
+                });
+                let client = SentinelClient::build(infos, service.clone(), node, SentinelServerType::Master)
+                    .map_err(|e| StoreError(format!("invalid Sentinel set-up ({})", e.category())))?;
+                Target::Sentinel(tokio::sync::Mutex::new(client))
+            }
+            RedisTopology::Cluster(nodes) => {
+                let infos = nodes
+                    .iter()
+                    .map(|u| open_client(u).map(|c| c.get_connection_info().clone()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let client = ClusterClient::builder(infos)
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(2)
+                    .build()
+                    .map_err(|e| StoreError(format!("invalid Cluster set-up ({})", e.category())))?;
+                Target::Cluster(client)
+            }
+        };
         Ok(RedisStore {
             inner: Arc::new(Inner {
-                client,
-                conn: OnceCell::new(),
+                target,
+                conn: tokio::sync::RwLock::new(None),
+                connecting: tokio::sync::Mutex::new(()),
                 last_failure: Mutex::new(None),
                 timeout,
                 scripts: Scripts {
@@ -83,8 +180,39 @@ impl RedisStore {
         })
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        if let Some(conn) = self.inner.conn.get() {
+    async fn connect(inner: &Inner) -> Result<Conn, StoreError> {
+        let timeout = inner.timeout;
+        let failed = |e: redis::RedisError| StoreError(format!("connect failed: {e}"));
+        let attempt = async {
+            match &inner.target {
+                Target::Single(client) => {
+                    let config = redis::aio::ConnectionManagerConfig::new()
+                        .set_connection_timeout(timeout)
+                        .set_response_timeout(timeout)
+                        .set_number_of_retries(2)
+                        .set_factor(50)
+                        .set_max_delay(1000);
+                    client.get_connection_manager_with_config(config).await.map(Conn::Single).map_err(failed)
+                }
+                Target::Sentinel(sentinel) => {
+                    let client = sentinel.lock().await.async_get_client().await.map_err(failed)?;
+                    let config = redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(timeout)
+                        .set_response_timeout(timeout);
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map(Conn::Sentinel)
+                        .map_err(failed)
+                }
+                Target::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster).map_err(failed),
+            }
+        };
+        tokio::time::timeout(timeout, attempt).await.map_err(|_| StoreError("connect timed out".into()))?
+    }
+
+    async fn connection(&self) -> Result<Conn, StoreError> {
+        if let Some(conn) = self.inner.conn.read().await.as_ref() {
             return Ok(conn.clone());
         }
         let held_off = self
@@ -98,23 +226,13 @@ impl RedisStore {
         }
         let inner = Arc::clone(&self.inner);
         let connect = async move {
-            let timeout = inner.timeout;
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(timeout)
-                .set_response_timeout(timeout)
-                .set_number_of_retries(2)
-                .set_factor(50)
-                .set_max_delay(1000);
-            inner
-                .conn
-                .get_or_try_init(|| async {
-                    tokio::time::timeout(timeout, inner.client.get_connection_manager_with_config(config))
-                        .await
-                        .map_err(|_| StoreError("connect timed out".into()))?
-                        .map_err(|e| StoreError(format!("connect failed: {e}")))
-                })
-                .await
-                .cloned()
+            let _one_at_a_time = inner.connecting.lock().await;
+            if let Some(conn) = inner.conn.read().await.as_ref() {
+                return Ok(conn.clone());
+            }
+            let conn = RedisStore::connect(&inner).await?;
+            *inner.conn.write().await = Some(conn.clone());
+            Ok(conn)
         };
         // The connection's driver task lives on the runtime that makes it. Make it on the
         // runtime that built the store (the main one), not on whichever worker asked first:
@@ -125,27 +243,43 @@ impl RedisStore {
             }
             None => connect.await,
         };
-        match result {
-            Ok(conn) => Ok(conn),
-            Err(e) => {
-                if let Ok(mut last) = self.inner.last_failure.lock() {
-                    *last = Some(Instant::now());
-                }
-                Err(e)
-            }
+        if result.is_err()
+            && let Ok(mut last) = self.inner.last_failure.lock()
+        {
+            *last = Some(Instant::now());
+        }
+        result
+    }
+
+    /// After a failure that may mean the primary moved (Sentinel failover), forget the
+    /// connection so the next operation asks the sentinels again. Single servers and clusters
+    /// reconnect and follow failovers by themselves.
+    async fn forget_connection_if_stale(&self, e: &redis::RedisError) {
+        let stale = e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.kind() == redis::ErrorKind::ReadOnly;
+        if stale && matches!(self.inner.target, Target::Sentinel(_)) {
+            *self.inner.conn.write().await = None;
         }
     }
 
     /// Runs one round trip under the operation deadline.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let deadline = self.inner.timeout;
         let attempt = async {
             let conn = self.connection().await?;
-            op(conn).await.map_err(|e| StoreError(e.to_string()))
+            match op(conn).await {
+                Ok(value) => Ok(value),
+                Err(e) => {
+                    self.forget_connection_if_stale(&e).await;
+                    Err(StoreError(e.to_string()))
+                }
+            }
         };
         tokio::time::timeout(deadline, attempt)
             .await

@@ -1,0 +1,328 @@
+//! bff on a real Redis Cluster: three primaries with a replica each, started on loopback by the
+//! test (`redis-server --cluster-enabled yes`, `redis-cli --cluster create`). The two-instance
+//! storm runs on it, then the primary holding the session is killed: calls may fail with 503
+//! during the failover window, never otherwise, and the session survives.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+#[path = "api/upstream.rs"]
+#[allow(dead_code)]
+mod upstream;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use secrecy::SecretString;
+
+use helpers::{AppOptions, dead_port, eventually, random_id, spawn_app_with, spawn_second_instance};
+
+struct Node {
+    port: u16,
+    child: Child,
+}
+
+struct RedisCluster {
+    nodes: Vec<Node>,
+    dir: PathBuf,
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+impl RedisCluster {
+    fn start(nodes: usize) -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!("bff-cluster-{}", random_id()));
+        let nodes: Vec<Node> = (0..nodes)
+            .map(|_| {
+                let port = dead_port();
+                let node_dir = dir.join(port.to_string());
+                std::fs::create_dir_all(&node_dir).unwrap();
+                let child = Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes"])
+                    .args(["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"])
+                    .args(["--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0", "--dir"])
+                    .arg(&node_dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server (apt-get install -y redis-server)");
+                Node { port, child }
+            })
+            .collect();
+        let cluster = RedisCluster { nodes, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &cluster.nodes {
+            while !redis_cli(node.port, &["ping"]).contains("PONG") {
+                assert!(Instant::now() < deadline, "redis node {} did not start", node.port);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let addrs: Vec<String> = cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        for node in &cluster.nodes {
+            while !redis_cli(node.port, &["cluster", "info"]).contains("cluster_state:ok") {
+                assert!(Instant::now() < deadline, "cluster not ok at {}", node.port);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        // A replica that never synced is not allowed to take over: wait for every link.
+        for node in &cluster.nodes {
+            loop {
+                let info = redis_cli(node.port, &["info", "replication"]);
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "replica {} not synced", node.port);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        cluster
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| format!("redis://127.0.0.1:{}", n.port)).collect()
+    }
+
+    /// The port of the primary serving `key`.
+    fn primary_for(&self, key: &str) -> u16 {
+        let slot: u16 = redis_cli(self.nodes[0].port, &["cluster", "keyslot", key]).trim().parse().unwrap();
+        let nodes = redis_cli(self.nodes[0].port, &["cluster", "nodes"]);
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let covers = fields[8..].iter().any(|range| match range.split_once('-') {
+                Some((a, b)) => (a.parse::<u16>().unwrap_or(1) <= slot) && (slot <= b.parse::<u16>().unwrap_or(0)),
+                None => range.parse::<u16>().ok() == Some(slot),
+            });
+            if covers {
+                let addr = fields[1].split('@').next().unwrap();
+                return addr.rsplit(':').next().unwrap().parse().unwrap();
+            }
+        }
+        panic!("no primary for slot {slot}");
+    }
+
+    fn kill(&mut self, port: u16) {
+        let node = self.nodes.iter_mut().find(|n| n.port == port).unwrap();
+        let _ = node.child.kill();
+        let _ = node.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bff_runs_on_a_redis_cluster_and_rides_out_a_primary_failover() {
+    let mut cluster = RedisCluster::start(6);
+    let nodes = cluster.urls();
+    let app = spawn_app_with(AppOptions {
+        access_token_ttl: Duration::from_secs(2),
+        tweak: Arc::new(move |c: &mut bff::config::Config| {
+            c.session.redis_url = None;
+            c.session.redis_cluster_nodes = nodes.iter().map(|u| SecretString::from(u.clone())).collect();
+        }),
+        ..Default::default()
+    })
+    .await;
+    let second = spawn_second_instance(&app).await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    assert_eq!(browser.user().await.status(), 200);
+
+    // The two-instance storm, on the cluster.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    app.idp.controls.set_access_token_ttl(Duration::from_secs(300));
+    let calls = (0..100).map(|i| {
+        let b = browser.at(if i % 2 == 0 { &app.address } else { &second });
+        async move { b.api(Method::GET, "/api/echo").await.status().as_u16() }
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    let failed = statuses.iter().filter(|s| **s != 200).count();
+    println!(
+        "cluster storm: 100 calls over 2 instances, {failed} failed, {} refreshes",
+        app.token_requests("refresh_token")
+    );
+    assert_eq!(failed, 0, "{statuses:?}");
+    assert_eq!(app.token_requests("refresh_token"), 1);
+    assert_eq!(app.token_requests("reuse"), 0);
+
+    // Kill the primary that holds this session's keys (one hash tag, one slot).
+    let prefix = app.prefix.clone();
+    let any_key = {
+        let mut found = None;
+        for node in &cluster.nodes {
+            let keys = redis_cli(node.port, &["keys", &format!("{prefix}*:tokens")]);
+            if let Some(k) = keys.lines().map(str::trim).find(|k| !k.is_empty()) {
+                found = Some(k.to_string());
+                break;
+            }
+        }
+        found.expect("the token set is in the cluster")
+    };
+    let victim = cluster.primary_for(&any_key);
+    // Every write so far has reached the replica before the primary dies.
+    assert!(redis_cli(victim, &["wait", "1", "2000"]).trim() == "1", "the replica acknowledged");
+    cluster.kill(victim);
+    let killed_at = Instant::now();
+
+    let mut outcomes: BTreeMap<u16, u32> = BTreeMap::new();
+    let mut first_failure = None;
+    let mut last_failure = None;
+    let mut healthy_streak = 0;
+    while killed_at.elapsed() < Duration::from_secs(45) && healthy_streak < 20 {
+        let status = browser.api(Method::GET, "/api/echo").await.status().as_u16();
+        *outcomes.entry(status).or_default() += 1;
+        if status == 200 {
+            healthy_streak += 1;
+        } else {
+            healthy_streak = 0;
+            first_failure.get_or_insert(killed_at.elapsed());
+            last_failure = Some(killed_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let window = match (first_failure, last_failure) {
+        (Some(a), Some(b)) => format!(
+            "{:.1} s (from {:.1} s to {:.1} s after the kill)",
+            (b - a).as_secs_f64(),
+            a.as_secs_f64(),
+            b.as_secs_f64()
+        ),
+        _ => "none".into(),
+    };
+    println!("cluster failover: outcomes {outcomes:?}; failure window {window}");
+    assert!(healthy_streak >= 20, "calls succeed again after the failover: {outcomes:?}");
+    assert!(outcomes.keys().all(|s| *s == 200 || *s == 503), "only 503 during the failover: {outcomes:?}");
+    let b = browser.clone();
+    eventually("the session is still there", Duration::from_secs(5), || {
+        let b = b.clone();
+        async move { b.user().await.status() == 200 }
+    })
+    .await;
+}
+
+/// A primary, a replica and a sentinel on loopback.
+struct SentinelSetup {
+    children: Vec<Child>,
+    primary: u16,
+    sentinel: u16,
+    dir: PathBuf,
+}
+
+impl Drop for SentinelSetup {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn redis_process(args: &[&str]) -> Child {
+    Command::new("redis-server").args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("redis-server")
+}
+
+impl SentinelSetup {
+    fn start() -> SentinelSetup {
+        let dir = std::env::temp_dir().join(format!("bff-sentinel-{}", random_id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (primary, replica, sentinel) = (dead_port(), dead_port(), dead_port());
+        let common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"];
+        let mut children = vec![redis_process(&[&["--port", &primary.to_string()][..], &common[..]].concat())];
+        children.push(redis_process(
+            &[&["--port", &replica.to_string(), "--replicaof", "127.0.0.1", &primary.to_string()][..], &common[..]]
+                .concat(),
+        ));
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {sentinel}\nbind 127.0.0.1\nsentinel monitor bffdata 127.0.0.1 {primary} 1\n\
+                 sentinel down-after-milliseconds bffdata 1000\nsentinel failover-timeout bffdata 3000\n"
+            ),
+        )
+        .unwrap();
+        children.push(redis_process(&[conf.to_str().unwrap(), "--sentinel"]));
+        let setup = SentinelSetup { children, primary, sentinel, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // The sentinel learns of the replica from the primary's INFO (every ten seconds): until it
+        // has, it could not fail over.
+        while !redis_cli(replica, &["info", "replication"]).contains("master_link_status:up")
+            || !redis_cli(sentinel, &["sentinel", "get-master-addr-by-name", "bffdata"]).contains(&primary.to_string())
+            || !redis_cli(sentinel, &["sentinel", "replicas", "bffdata"]).contains(&replica.to_string())
+        {
+            assert!(Instant::now() < deadline, "sentinel set-up not ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        setup
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bff_finds_its_redis_through_sentinel_and_follows_a_failover() {
+    let mut setup = SentinelSetup::start();
+    let sentinel_url = format!("redis://127.0.0.1:{}", setup.sentinel);
+    let app = spawn_app_with(AppOptions {
+        tweak: Arc::new(move |c: &mut bff::config::Config| {
+            c.session.redis_url = None;
+            c.session.redis_sentinels = vec![SecretString::from(sentinel_url.clone())];
+            c.session.redis_sentinel_service = "bffdata".into();
+        }),
+        ..Default::default()
+    })
+    .await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200);
+    assert!(redis_cli(setup.primary, &["wait", "1", "2000"]).trim() == "1", "the replica acknowledged");
+
+    let primary = setup.primary;
+    let _ = setup.children[0].kill();
+    let _ = setup.children[0].wait();
+    let killed_at = Instant::now();
+    let mut outcomes: BTreeMap<u16, u32> = BTreeMap::new();
+    let mut healthy_streak = 0;
+    while killed_at.elapsed() < Duration::from_secs(45) && healthy_streak < 10 {
+        let status = browser.api(Method::GET, "/api/echo").await.status().as_u16();
+        *outcomes.entry(status).or_default() += 1;
+        healthy_streak = if status == 200 { healthy_streak + 1 } else { 0 };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("sentinel failover: outcomes {outcomes:?} within {:.1} s", killed_at.elapsed().as_secs_f64());
+    assert!(healthy_streak >= 10, "calls succeed on the new primary: {outcomes:?}");
+    assert!(outcomes.keys().all(|s| *s == 200 || *s == 503), "only 503 while the primary moves: {outcomes:?}");
+    assert!(
+        !redis_cli(setup.sentinel, &["sentinel", "get-master-addr-by-name", "bffdata"]).contains(&primary.to_string())
+    );
+    assert_eq!(browser.user().await.status(), 200, "the session moved with the data");
+}
