@@ -23,6 +23,15 @@ use secrecy::SecretString;
 
 use helpers::{AppOptions, dead_port, eventually, random_id, spawn_app_with, spawn_second_instance};
 
+/// Printed, and kept in target/test-summary.txt for `.ci/run` to show.
+fn report(line: &str) {
+    println!("{line}");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-summary.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes());
+    }
+}
+
 struct Node {
     port: u16,
     child: Child,
@@ -167,10 +176,10 @@ async fn bff_runs_on_a_redis_cluster_and_rides_out_a_primary_failover() {
     });
     let statuses = futures_util::future::join_all(calls).await;
     let failed = statuses.iter().filter(|s| **s != 200).count();
-    println!(
-        "cluster storm: 100 calls over 2 instances, {failed} failed, {} refreshes",
+    report(&format!(
+        "cluster: storm of 100 calls over 2 instances on a 3+3 Redis Cluster: {failed} failed, {} refresh(es)",
         app.token_requests("refresh_token")
-    );
+    ));
     assert_eq!(failed, 0, "{statuses:?}");
     assert_eq!(app.token_requests("refresh_token"), 1);
     assert_eq!(app.token_requests("reuse"), 0);
@@ -219,7 +228,7 @@ async fn bff_runs_on_a_redis_cluster_and_rides_out_a_primary_failover() {
         ),
         _ => "none".into(),
     };
-    println!("cluster failover: outcomes {outcomes:?}; failure window {window}");
+    report(&format!("cluster: primary of the session killed: outcomes {outcomes:?}; 503 window {window}"));
     assert!(healthy_streak >= 20, "calls succeed again after the failover: {outcomes:?}");
     assert!(outcomes.keys().all(|s| *s == 200 || *s == 503), "only 503 during the failover: {outcomes:?}");
     let b = browser.clone();
@@ -318,7 +327,10 @@ async fn bff_finds_its_redis_through_sentinel_and_follows_a_failover() {
         healthy_streak = if status == 200 { healthy_streak + 1 } else { 0 };
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("sentinel failover: outcomes {outcomes:?} within {:.1} s", killed_at.elapsed().as_secs_f64());
+    report(&format!(
+        "sentinel: primary killed: outcomes {outcomes:?}, healthy again within {:.1} s",
+        killed_at.elapsed().as_secs_f64()
+    ));
     assert!(healthy_streak >= 10, "calls succeed on the new primary: {outcomes:?}");
     assert!(outcomes.keys().all(|s| *s == 200 || *s == 503), "only 503 while the primary moves: {outcomes:?}");
     assert!(

@@ -288,11 +288,11 @@ async fn start_bff(config: &str) -> Bff {
     Bff { _process: Process { child }, url }
 }
 
-/// A line of the suite's summary: printed, and kept in target/interop-summary.txt for `.ci/run`
+/// A line of the suite's summary: printed, and kept in target/test-summary.txt for `.ci/run`
 /// to show (the test harness hides a passing test's output).
 fn report(line: &str) {
     println!("{line}");
-    let path = root().join("target/interop-summary.txt");
+    let path = root().join("target/test-summary.txt");
     if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes());
     }
@@ -364,7 +364,6 @@ async fn bff_interoperates_with_a_certified_provider() {
         api: api_url.clone(),
         http: reqwest::Client::new(),
     };
-    let _ = std::fs::remove_file(root().join("target/interop-summary.txt"));
     report(&format!("interop: oidc-provider 9.13.3 at {issuer}, introspecting API at {api_url}"));
 
     let prefix = format!("bfftest:interop:{}:", free_port());
