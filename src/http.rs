@@ -167,8 +167,9 @@ pub async fn observe(
     let method = req.method().clone();
     let path = req.path().to_string();
     let span = tracing::info_span!("request", request_id = %id.0, route);
+    let target_bytes = req.uri().path().len() + req.uri().query().map_or(0, str::len);
     let header_bytes: usize =
-        req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() + req.uri().to_string().len();
+        req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() + target_bytes;
     let max_header_bytes = state.as_ref().map_or(usize::MAX, |s| s.config.server.max_header_bytes);
     req.extensions_mut().insert(id.clone());
     let res = if header_bytes > max_header_bytes {

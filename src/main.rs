@@ -58,35 +58,27 @@ async fn main() -> ExitCode {
                 Err(code) => return code,
             };
             bff::telemetry::init(config.log.format, &config.log.level);
-            match serve(config).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("bff: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            exit_code("bff", serve(config).await)
         }
         #[cfg(feature = "demo")]
         Command::Demo(args) => {
             bff::telemetry::init(LogFormat::Text, "warn,bff=info,bff::http=warn");
-            match bff::demo::run(args).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("bff demo: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            exit_code("bff demo", bff::demo::run(args).await)
         }
         #[cfg(feature = "demo")]
         Command::DemoApi(args) => {
             bff::telemetry::init(LogFormat::Text, "info");
-            match bff::demo::run_api(args).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("bff demo-api: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            exit_code("bff demo-api", bff::demo::run_api(args).await)
+        }
+    }
+}
+
+fn exit_code(what: &str, result: Result<(), anyhow::Error>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{what}: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

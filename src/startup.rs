@@ -3,7 +3,7 @@
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use actix_web::dev::{Server, ServerHandle};
+use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 
@@ -22,7 +22,6 @@ use crate::store::{MemoryStore, RedisStore, RedisTopology, Store};
 use crate::tokens::{TokenManager, TokenStore, TokenTimings};
 
 pub struct Application {
-    port: u16,
     server: Server,
     /// The separate `/metrics` listener, when `server.metrics_listen` is set.
     metrics_server: Option<Server>,
@@ -102,7 +101,6 @@ impl Application {
             config: Arc::clone(&config),
         });
 
-        let port = listener.local_addr()?.port();
         let app_state = state.clone();
         let metrics_here = config.server.metrics_listen.is_none();
         let mut server = HttpServer::new(move || {
@@ -136,20 +134,7 @@ impl Application {
             }
             None => None,
         };
-        Ok(Application { port, server: server.run(), metrics_server, state })
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn state(&self) -> &web::Data<AppState> {
-        &self.state
-    }
-
-    /// A handle to stop the server (tests, the demo).
-    pub fn handle(&self) -> ServerHandle {
-        self.server.handle()
+        Ok(Application { server: server.run(), metrics_server, state })
     }
 
     /// Serves until SIGTERM/SIGINT (or a handle's `stop`): then stops accepting, lets requests

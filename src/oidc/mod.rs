@@ -200,23 +200,6 @@ impl Oidc {
         }
         Some(url)
     }
-
-    /// The origin of the provider's end-session endpoint, for the CSP `form-action`.
-    pub fn issuer(&self) -> &IssuerUrl {
-        &self.issuer
-    }
-
-    pub fn jwks_uri(&self) -> Option<Url> {
-        self.provider().ok().map(|p| p.jwks_uri.clone())
-    }
-
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
-    }
-
-    pub fn client_id(&self) -> &str {
-        self.client_id.as_str()
-    }
 }
 
 /// An error and its sources on one line; for logs (never for response bodies).

@@ -50,7 +50,7 @@ pub struct SignedIn {
 impl SessionEntries {
     /// Fills a session for a fresh login and renews its id (no fixation).
     pub fn start(session: &Session, id: &SessionId, user: &UserInfo, expires_at: u64) -> Result<(), anyhow::Error> {
-        session.purge_entries();
+        clear_entries(session);
         session.insert(NEW_ID_ENTRY, id.expose())?;
         session.insert(HANDLE_ENTRY, id.handle().as_str())?;
         session.insert(USER_ENTRY, user)?;
@@ -70,17 +70,11 @@ impl SessionEntries {
     }
 }
 
-trait PurgeEntries {
-    fn purge_entries(&self);
-}
-
-impl PurgeEntries for Session {
-    /// Drops every entry but keeps the session object usable (unlike `purge`).
-    fn purge_entries(&self) {
-        let keys: Vec<String> = self.entries().keys().cloned().collect();
-        for key in keys {
-            self.remove(&key);
-        }
+/// Drops every entry but keeps the session object usable (unlike `purge`).
+fn clear_entries(session: &Session) {
+    let keys: Vec<String> = session.entries().keys().cloned().collect();
+    for key in keys {
+        session.remove(&key);
     }
 }
 

@@ -193,12 +193,18 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
 
 /// Another bff instance for the same provider, upstream and store: the scale-out case.
 pub async fn spawn_second_instance(first: &TestApp) -> String {
+    spawn_instance_with(first, |_| {}).await
+}
+
+/// Another instance of `first`'s configuration, adjusted by `tweak`; its base URL. It keeps the
+/// same public origin: a load balancer would present both as one site.
+pub async fn spawn_instance_with(first: &TestApp, tweak: impl FnOnce(&mut Config)) -> String {
     let app_listener = listener();
     let port = app_listener.local_addr().expect("addr").port();
     let mut config = first.config.clone();
-    // Same public origin: a load balancer would present both as one site.
     config.server.listen = app_listener.local_addr().expect("addr");
-    let app = Application::build(config, app_listener).await.expect("build the second app");
+    tweak(&mut config);
+    let app = Application::build(config, app_listener).await.expect("build another instance");
     tokio::spawn(app.run_until_stopped());
     format!("http://127.0.0.1:{port}")
 }

@@ -172,22 +172,16 @@ async fn an_unreachable_upstream_is_502_and_a_slow_one_504() {
 async fn the_longest_prefix_wins_and_base_paths_are_kept() {
     let app = spawn_app().await;
     let second = crate::upstream::spawn(None).await;
-    let mut config = app.config.clone();
-    config.api.push(bff::config::ApiConfig {
-        prefix: "/api/v2".into(),
-        upstream: url::Url::parse(&format!("{}/base/v2", second.url)).expect("url"),
-        ..config.api[0].clone()
-    });
-    let listener = crate::helpers::listener();
-    let port = listener.local_addr().expect("addr").port();
-    config.server.public_url = url::Url::parse(&format!("http://127.0.0.1:{port}")).expect("url");
-    // A fresh instance with the extra route, same provider registration is not needed: reuse
-    // the first app's session through its store and secret.
-    let instance = bff::Application::build(config, listener).await.expect("app");
-    tokio::spawn(instance.run_until_stopped());
+    let v2_upstream = url::Url::parse(&format!("{}/base/v2", second.url)).expect("url");
+    // An instance with an extra, longer route; it shares the first one's sessions.
+    let instance = crate::helpers::spawn_instance_with(&app, |c| {
+        let v2 = bff::config::ApiConfig { prefix: "/api/v2".into(), upstream: v2_upstream, ..c.api[0].clone() };
+        c.api.push(v2);
+    })
+    .await;
     let browser = app.browser();
     browser.login_as("alice").await;
-    let b = browser.at(&format!("http://127.0.0.1:{port}"));
+    let b = browser.at(&instance);
 
     let v2 = json(b.api(Method::GET, "/api/v2/orders?x=1").await).await;
     assert_eq!(v2["path"], "/base/v2/orders");

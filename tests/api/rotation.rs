@@ -5,16 +5,11 @@
 use reqwest::Method;
 use secrecy::SecretString;
 
-use crate::helpers::{TestApp, listener, spawn_app, test_secret};
+use crate::helpers::{TestApp, spawn_app, spawn_instance_with, test_secret};
 
 async fn instance_with_secrets(app: &TestApp, secrets: &[String]) -> String {
-    let mut config = app.config.clone();
-    config.session.secrets = secrets.iter().map(|s| SecretString::from(s.clone())).collect();
-    let l = listener();
-    let port = l.local_addr().expect("addr").port();
-    let instance = bff::Application::build(config, l).await.expect("app");
-    tokio::spawn(instance.run_until_stopped());
-    format!("http://127.0.0.1:{port}")
+    spawn_instance_with(app, |c| c.session.secrets = secrets.iter().map(|s| SecretString::from(s.clone())).collect())
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

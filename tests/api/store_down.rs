@@ -7,13 +7,11 @@ use crate::helpers::{AppOptions, dead_port, eventually, spawn_app, spawn_app_wit
 
 /// A bff on the same secret and prefix as `app`, whose Redis URL points at `redis_url`.
 async fn twin_with_redis(app: &crate::helpers::TestApp, redis_url: &str) -> String {
-    let mut config = app.config.clone();
-    config.session.redis_url = Some(secrecy::SecretString::from(redis_url.to_string()));
-    let listener = crate::helpers::listener();
-    let port = listener.local_addr().expect("addr").port();
-    let twin = bff::Application::build(config, listener).await.expect("start-up does not need Redis");
-    tokio::spawn(twin.run_until_stopped());
-    format!("http://127.0.0.1:{port}")
+    // Building the instance succeeds: start-up does not need Redis.
+    crate::helpers::spawn_instance_with(app, |c| {
+        c.session.redis_url = Some(secrecy::SecretString::from(redis_url.to_string()));
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,208 @@
+//! Unit tests of `load`: defaults, every validation rule, key paths in messages.
+use super::*;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn minimal() -> String {
+    format!(
+        r#"
+[oidc]
+issuer = "https://idp.example.com"
+client_id = "bff"
+client_secret = "s3cret"
+[session]
+secret = "{SECRET}"
+"#
+    )
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match load(ConfigSource::from_toml_text(text)) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn minimal_config_gets_the_documented_defaults() {
+    let config = load(ConfigSource::from_toml_text(&minimal())).unwrap();
+    assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.server.public_url.as_str(), "http://localhost:8080/");
+    assert_eq!(config.session.cookie_name, "bff");
+    assert_eq!(config.session.same_site, SameSitePolicy::Lax);
+    assert_eq!(config.session.idle_timeout, Duration::from_secs(28_800));
+    assert_eq!(config.session.absolute_timeout, Duration::from_secs(86_400));
+    assert_eq!(config.session.key_prefix, "bff:");
+    assert_eq!(config.session.redis_timeout, Duration::from_millis(2000));
+    assert!(config.session.redis_url.is_none());
+    assert_eq!(config.oidc.auth_method, AuthMethod::ClientSecretBasic);
+    assert_eq!(config.oidc.scopes, ["openid", "profile", "email", "offline_access"]);
+    assert_eq!(config.oidc.post_logout_redirect.as_str(), "http://localhost:8080/");
+    assert_eq!(config.oidc.timeout, Duration::from_secs(10));
+    assert_eq!(config.tokens.refresh_skew, Duration::from_secs(30));
+    assert_eq!(config.tokens.refresh_lock, Duration::from_millis(10_000));
+    assert!(config.api.is_empty());
+    assert_eq!(config.redirect_uri(), "http://localhost:8080/auth/callback");
+}
+
+#[test]
+fn https_public_url_gets_a_host_prefixed_cookie() {
+    let text = format!("[server]\npublic_url = \"https://app.example.com\"\n{}", minimal());
+    let config = load(ConfigSource::from_toml_text(&text)).unwrap();
+    assert_eq!(config.session.cookie_name, "__Host-bff");
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_key() {
+    let text = r#"
+[server]
+public_url = "ftp://x"
+listen = "nowhere"
+bogus = 1
+[oidc]
+issuer = "not a url"
+auth_method = "private_key_jwt"
+[session]
+secret = "short"
+same_site = "none"
+[[api]]
+prefix = "api"
+upstream = "http://127.0.0.1:9100"
+[[api]]
+prefix = "/data"
+upstream = "file:///etc"
+[[api]]
+prefix = "/data/"
+upstream = "http://127.0.0.1:9101"
+[extra]
+x = 1
+"#;
+    let errs = errors(text);
+    let expect = [
+        "server.public_url: public_url must be http or https",
+        "server.listen: not an address:port",
+        "server.bogus: unknown key",
+        "oidc.issuer: not a valid URL",
+        "oidc.client_id: missing (required)",
+        "oidc.client_secret: missing",
+        "oidc.auth_method: must be",
+        "session.secret: must be at least 64 bytes (got 5)",
+        "session.same_site: must be",
+        "api[0].prefix: must start with '/'",
+        "api[1].upstream: upstream must be http or https",
+        "api[2].prefix: duplicate prefix \"/data\" (also api[1])",
+        "extra: unknown key",
+    ];
+    for e in expect {
+        assert!(errs.iter().any(|got| got.starts_with(e)), "missing {e:?} in {errs:#?}");
+    }
+    assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+}
+
+#[test]
+fn numbers_are_read_and_checked() {
+    let text = format!("{}\n[tokens]\nrefresh_skew_secs = 5\nrefresh_lock_ms = 50\n", minimal());
+    assert_eq!(errors(&text), ["tokens.refresh_lock_ms: must be at least 100 (got 50)"]);
+    let text = format!("{}\n[tokens]\nrefresh_skew_secs = 5\n", minimal());
+    let config = load(ConfigSource::from_toml_text(&text)).unwrap();
+    assert_eq!(config.tokens.refresh_skew, Duration::from_secs(5));
+    let text = format!("{}\n[tokens]\nrefresh_skew_secs = -5\n", minimal());
+    assert!(errors(&text)[0].starts_with("tokens.refresh_skew_secs: expected a non-negative integer"));
+}
+
+#[test]
+fn missing_issuer_and_secret_are_named() {
+    let errs = errors("[oidc]\nclient_id = \"x\"\nclient_secret = \"y\"\n");
+    assert!(errs.iter().any(|e| e.starts_with("oidc.issuer: missing")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("session.secret: missing")), "{errs:?}");
+}
+
+#[test]
+fn post_logout_redirect_must_stay_on_our_origin() {
+    for bad in ["https://evil.example/", "//evil.example/x"] {
+        let text = format!("{}\n", minimal()).replace(
+            "client_secret = \"s3cret\"",
+            &format!("client_secret = \"s3cret\"\npost_logout_redirect = \"{bad}\""),
+        );
+        let errs = errors(&text);
+        assert!(
+            errs.iter().any(|e| e.starts_with("oidc.post_logout_redirect: must be on the same origin")),
+            "{bad}: {errs:?}"
+        );
+    }
+    let text =
+        minimal().replace("client_secret = \"s3cret\"", "client_secret = \"s3cret\"\npost_logout_redirect = \"/bye\"");
+    let config = load(ConfigSource::from_toml_text(&text)).unwrap();
+    assert_eq!(config.oidc.post_logout_redirect.as_str(), "http://localhost:8080/bye");
+}
+
+#[test]
+fn api_prefixes_are_checked() {
+    for (prefix, msg) in [
+        ("/", "must not be \"/\""),
+        ("/auth", "collides"),
+        ("/auth/x", "collides"),
+        ("/a b", "plain path"),
+        ("/a/../b", "plain path"),
+    ] {
+        let text = format!("{}\n[[api]]\nprefix = \"{prefix}\"\nupstream = \"http://127.0.0.1:1\"\n", minimal());
+        let errs = errors(&text);
+        assert!(errs.iter().any(|e| e.starts_with("api[0].prefix") && e.contains(msg)), "{prefix}: {errs:?}");
+    }
+    let text = format!("{}\n[[api]]\nprefix = \"/api/\"\nupstream = \"http://h/v1\"\n", minimal());
+    let config = load(ConfigSource::from_toml_text(&text)).unwrap();
+    assert_eq!(config.api[0].prefix, "/api");
+    assert_eq!(config.api[0].upstream.as_str(), "http://h/v1");
+    assert_eq!(config.api[0].max_body_bytes, 104_857_600);
+    assert_eq!(config.api[0].max_retry_body_bytes, 1_048_576);
+}
+
+#[test]
+fn reserved_auth_params_cannot_be_overridden() {
+    let text = minimal().replace(
+        "client_secret = \"s3cret\"",
+        "client_secret = \"s3cret\"\nextra_auth_params = { state = \"x\", audience = \"api\" }",
+    );
+    let errs = errors(&text);
+    assert_eq!(errs, ["oidc.extra_auth_params.state: is set by bff itself and cannot be overridden"]);
+}
+
+#[test]
+fn secret_may_be_a_list_for_rotation() {
+    let text = minimal().replace(&format!("secret = \"{SECRET}\""), &format!("secret = [\"{SECRET}\", \"{SECRET}x\"]"));
+    let config = load(ConfigSource::from_toml_text(&text)).unwrap();
+    assert_eq!(config.session.secrets.len(), 2);
+    let text = minimal().replace(&format!("secret = \"{SECRET}\""), &format!("secret = [\"{SECRET}\", \"short\"]"));
+    assert_eq!(errors(&text), ["session.secret[1]: must be at least 64 bytes (got 5)"]);
+}
+
+#[test]
+fn client_secret_file_is_read_and_trimmed() {
+    use secrecy::ExposeSecret;
+    let dir = std::env::temp_dir().join(format!("bff-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("secret");
+    std::fs::write(&path, "from-file\n").unwrap();
+    let text = minimal()
+        .replace("client_secret = \"s3cret\"", &format!("client_secret_file = {:?}", path.display().to_string()));
+    let config = load(ConfigSource::from_toml_text(&text)).unwrap();
+    assert_eq!(config.oidc.client_secret.expose_secret(), "from-file");
+    let text = minimal().replace("client_secret = \"s3cret\"", "client_secret_file = \"/nonexistent/secret\"");
+    let errs = errors(&text);
+    assert!(errs[0].starts_with("oidc.client_secret_file: cannot read /nonexistent/secret"), "{errs:?}");
+    let text = minimal().replace("client_secret = \"s3cret\"", "client_secret = \"a\"\nclient_secret_file = \"/x\"");
+    assert!(errors(&text)[0].contains("not both"));
+}
+
+#[test]
+fn a_toml_syntax_error_is_reported_not_panicked() {
+    let errs = errors("[oidc\nissuer = ");
+    assert_eq!(errs.len(), 1);
+}
+
+#[test]
+fn env_key_paths_need_a_double_underscore() {
+    assert_eq!(env_key_path("BFF_OIDC__CLIENT_SECRET").as_deref(), Some("oidc.client_secret"));
+    assert_eq!(env_key_path("BFF_CONFIG"), None);
+    assert_eq!(env_key_path("OTHER_X__Y"), None);
+}
