@@ -3,7 +3,8 @@
 //! instead of hung requests. The connection is made lazily: start-up never fails because Redis
 //! is down, and the first request after it comes back reconnects.
 
-use std::sync::{Arc, Mutex};
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
@@ -103,6 +104,12 @@ impl ConnectionLike for Conn {
     }
 }
 
+thread_local! {
+    /// Each thread's own connection per store, for the proxy's hot read (see
+    /// `RedisStore::get_with_ttl`).
+    static THREAD_CONNECTIONS: RefCell<Vec<(Weak<Inner>, ConnectionManager)>> = const { RefCell::new(Vec::new()) };
+}
+
 struct Inner {
     target: Target,
     conn: tokio::sync::RwLock<Option<Conn>>,
@@ -117,6 +124,26 @@ struct Inner {
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Attempts {
+    Once,
+    RetryOnLostConnection,
+}
+
+fn connection_lost(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+/// Bounded connect and response times, and no retries inside the manager: its backoff starts at
+/// one second, and operations would wait out that backoff after Redis is back. One attempt per
+/// reconnect; the next operation that finds the connection broken starts the next one.
+fn manager_config(timeout: Duration) -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(timeout)
+        .set_response_timeout(timeout)
+        .set_number_of_retries(0)
 }
 
 // The URLs may carry passwords: errors name the problem, never the value.
@@ -185,15 +212,11 @@ impl RedisStore {
         let failed = |e: redis::RedisError| StoreError(format!("connect failed: {e}"));
         let attempt = async {
             match &inner.target {
-                Target::Single(client) => {
-                    let config = redis::aio::ConnectionManagerConfig::new()
-                        .set_connection_timeout(timeout)
-                        .set_response_timeout(timeout)
-                        .set_number_of_retries(2)
-                        .set_factor(50)
-                        .set_max_delay(1000);
-                    client.get_connection_manager_with_config(config).await.map(Conn::Single).map_err(failed)
-                }
+                Target::Single(client) => client
+                    .get_connection_manager_with_config(manager_config(timeout))
+                    .await
+                    .map(Conn::Single)
+                    .map_err(failed),
                 Target::Sentinel(sentinel) => {
                     let client = sentinel.lock().await.async_get_client().await.map_err(failed)?;
                     let config = redis::AsyncConnectionConfig::new()
@@ -215,13 +238,7 @@ impl RedisStore {
         if let Some(conn) = self.inner.conn.read().await.as_ref() {
             return Ok(conn.clone());
         }
-        let held_off = self
-            .inner
-            .last_failure
-            .lock()
-            .map(|t| t.is_some_and(|t| t.elapsed() < RECONNECT_HOLD_OFF))
-            .unwrap_or(false);
-        if held_off {
+        if self.held_off() {
             return Err(StoreError("not connected".into()));
         }
         let inner = Arc::clone(&self.inner);
@@ -243,41 +260,72 @@ impl RedisStore {
             }
             None => connect.await,
         };
-        if result.is_err()
-            && let Ok(mut last) = self.inner.last_failure.lock()
-        {
-            *last = Some(Instant::now());
+        if result.is_err() {
+            self.note_failure();
         }
         result
+    }
+
+    fn held_off(&self) -> bool {
+        self.inner.last_failure.lock().map(|t| t.is_some_and(|t| t.elapsed() < RECONNECT_HOLD_OFF)).unwrap_or(false)
+    }
+
+    fn note_failure(&self) {
+        if let Ok(mut last) = self.inner.last_failure.lock() {
+            *last = Some(Instant::now());
+        }
     }
 
     /// After a failure that may mean the primary moved (Sentinel failover), forget the
     /// connection so the next operation asks the sentinels again. Single servers and clusters
     /// reconnect and follow failovers by themselves.
     async fn forget_connection_if_stale(&self, e: &redis::RedisError) {
-        let stale = e.is_io_error()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || e.kind() == redis::ErrorKind::ReadOnly;
+        let stale = connection_lost(e) || e.kind() == redis::ErrorKind::ReadOnly;
         if stale && matches!(self.inner.target, Target::Sentinel(_)) {
             *self.inner.conn.write().await = None;
         }
     }
 
-    /// Runs one round trip under the operation deadline.
+    /// Runs one round trip under the operation deadline. A connection that was lost (Redis
+    /// restarted) is re-established by the first operation that finds it broken; that operation
+    /// is tried once more on the new connection, so it is not the request that pays for it.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
-        F: FnOnce(Conn) -> Fut,
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        self.run_with(Attempts::RetryOnLostConnection, op).await
+    }
+
+    /// For operations whose repetition after a lost reply would change the outcome (`GETDEL`,
+    /// `SET NX`): one attempt.
+    async fn run_once<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        self.run_with(Attempts::Once, op).await
+    }
+
+    async fn run_with<T, F, Fut>(&self, attempts: Attempts, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         let deadline = self.inner.timeout;
         let attempt = async {
-            let conn = self.connection().await?;
-            match op(conn).await {
-                Ok(value) => Ok(value),
-                Err(e) => {
-                    self.forget_connection_if_stale(&e).await;
-                    Err(StoreError(e.to_string()))
+            let mut retried = false;
+            loop {
+                let conn = self.connection().await?;
+                match op(conn).await {
+                    Ok(value) => return Ok(value),
+                    Err(e) => {
+                        self.forget_connection_if_stale(&e).await;
+                        if attempts == Attempts::Once || retried || !connection_lost(&e) {
+                            return Err(StoreError(e.to_string()));
+                        }
+                        retried = true;
+                    }
                 }
             }
         };
@@ -294,13 +342,64 @@ impl RedisStore {
         self.run(|mut c| async move { redis::cmd("GET").arg(key).query_async(&mut c).await }).await
     }
 
+    /// The hot read of every proxied call. On a single server it goes through a connection owned
+    /// by the calling thread (an actix worker), whose driver runs on that thread's runtime: the
+    /// shared connection's driver lives on the main runtime, and reaching it costs two
+    /// cross-thread wake-ups per call, which at load cost more CPU than the read itself. Commands
+    /// queued by the requests of one event-loop turn also leave in one write.
     pub async fn get_with_ttl(&self, key: &str) -> Result<Option<(Vec<u8>, Duration)>, StoreError> {
-        let (value, pttl): (Option<Vec<u8>>, i64) = self
-            .run(
-                |mut c| async move { redis::pipe().cmd("GET").arg(key).cmd("PTTL").arg(key).query_async(&mut c).await },
-            )
-            .await?;
+        let read = |mut c: Conn| async move {
+            redis::pipe().cmd("GET").arg(key).cmd("PTTL").arg(key).query_async::<(Option<Vec<u8>>, i64)>(&mut c).await
+        };
+        let deadline = self.inner.timeout;
+        let attempt = async {
+            if let Some(conn) = self.thread_connection().await {
+                match read(Conn::Single(conn)).await {
+                    Ok(reply) => return Ok(reply),
+                    // Next time, a new connection (this one's runtime may be gone); now, the
+                    // shared one, which also heals itself after a restart of Redis.
+                    Err(e) if connection_lost(&e) => self.forget_thread_connection(),
+                    Err(e) => return Err(StoreError(e.to_string())),
+                }
+            }
+            self.run(read).await
+        };
+        let (value, pttl) = tokio::time::timeout(deadline, attempt).await.map_err(|_| {
+            self.forget_thread_connection();
+            StoreError(format!("no answer within {} ms", deadline.as_millis()))
+        })??;
         Ok(value.map(|v| (v, Duration::from_millis(u64::try_from(pttl).unwrap_or(0)))))
+    }
+
+    /// This thread's connection to a single server, made on first use once the shared
+    /// connection exists. `None`: use the shared connection.
+    async fn thread_connection(&self) -> Option<ConnectionManager> {
+        let Target::Single(client) = &self.inner.target else { return None };
+        let mine = Arc::downgrade(&self.inner);
+        let existing = THREAD_CONNECTIONS.with(|all| {
+            all.borrow().iter().find(|(store, _)| Weak::ptr_eq(store, &mine)).map(|(_, conn)| conn.clone())
+        });
+        if existing.is_some() {
+            return existing;
+        }
+        if self.held_off() || self.inner.conn.read().await.is_none() {
+            return None;
+        }
+        let Ok(conn) = client.get_connection_manager_with_config(manager_config(self.inner.timeout)).await else {
+            self.note_failure();
+            return None;
+        };
+        THREAD_CONNECTIONS.with(|all| {
+            let mut all = all.borrow_mut();
+            all.retain(|(store, _)| store.strong_count() > 0);
+            all.push((mine, conn.clone()));
+        });
+        Some(conn)
+    }
+
+    fn forget_thread_connection(&self) {
+        let mine = Arc::downgrade(&self.inner);
+        THREAD_CONNECTIONS.with(|all| all.borrow_mut().retain(|(store, _)| !Weak::ptr_eq(store, &mine)));
     }
 
     pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
@@ -311,11 +410,11 @@ impl RedisStore {
     }
 
     async fn set_conditional(&self, key: &str, value: &[u8], ttl: Duration, cond: &str) -> Result<bool, StoreError> {
-        let reply: Value = self
-            .run(|mut c| async move {
-                redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ttl_millis(ttl)).arg(cond).query_async(&mut c).await
-            })
-            .await?;
+        let op = |mut c: Conn| async move {
+            redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ttl_millis(ttl)).arg(cond).query_async(&mut c).await
+        };
+        // A lost reply to `SET NX` would make the retry see our own write as someone else's.
+        let reply: Value = if cond == "NX" { self.run_once(op).await? } else { self.run(op).await? };
         Ok(!matches!(reply, Value::Nil))
     }
 
@@ -328,7 +427,7 @@ impl RedisStore {
     }
 
     pub async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.run(|mut c| async move { redis::cmd("GETDEL").arg(key).query_async(&mut c).await }).await
+        self.run_once(|mut c| async move { redis::cmd("GETDEL").arg(key).query_async(&mut c).await }).await
     }
 
     pub async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {

@@ -19,7 +19,7 @@ use futures_util::FutureExt;
 use futures_util::future::Shared;
 use openidconnect::AccessToken;
 
-use super::{TokenSet, TokenStore};
+use super::{HotToken, TokenSet, TokenStore};
 use crate::crypto::random_token;
 use crate::metrics::{Metrics, RefreshOutcome};
 use crate::oidc::{Oidc, RefreshError};
@@ -46,6 +46,12 @@ impl std::fmt::Debug for UsableToken {
 impl From<&TokenSet> for UsableToken {
     fn from(set: &TokenSet) -> Self {
         UsableToken { access_token: set.access_token.clone(), version: set.version, expires_at: set.expires_at }
+    }
+}
+
+impl From<&HotToken> for UsableToken {
+    fn from(hot: &HotToken) -> Self {
+        UsableToken { access_token: hot.access_token.clone(), version: hot.version, expires_at: hot.expires_at }
     }
 }
 
@@ -129,17 +135,22 @@ impl TokenManager {
 
     /// The steady-state path: one store read, no write.
     pub async fn access_token(self: &Arc<Self>, handle: &SessionHandle) -> FlightResult {
-        let set = self.load_live(handle).await?;
-        if !set.needs_refresh(now_unix(), self.skew) {
-            return Ok(UsableToken::from(&set));
+        let hot = self.tokens.load_hot(handle).await?.ok_or(TokenError::LoginRequired)?;
+        let now = now_unix();
+        if hot.session_over(now) {
+            // Reads the whole set to end the session (and its back-channel index entries).
+            return self.load_live(handle).await.and(Err(TokenError::LoginRequired));
         }
-        if set.refresh_token.is_none() {
+        if !hot.needs_refresh(now, self.skew) {
+            return Ok(UsableToken::from(&hot));
+        }
+        if !hot.has_refresh_token {
             // Nothing to refresh with: use the token while it lasts.
-            return if set.is_expired(now_unix()) {
-                self.end_session(handle, &set).await
-            } else {
-                Ok(UsableToken::from(&set))
-            };
+            if hot.is_expired(now) {
+                let set = self.load_live(handle).await?;
+                return self.end_session(handle, &set).await;
+            }
+            return Ok(UsableToken::from(&hot));
         }
         self.join_flight(handle, Want::Fresh).await
     }

@@ -5,8 +5,10 @@
 //! Only the token manager writes it after login, and only with that compare-and-set: a request
 //! that read an older set can never write back a refresh token that was already rotated.
 
+mod hot;
 mod manager;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openidconnect::{AccessToken, RefreshToken};
@@ -17,6 +19,7 @@ use crate::oidc::RawIdToken;
 use crate::session::{KeyLayout, SessionHandle, SessionIndex, now_unix};
 use crate::store::{CasOutcome, Store, StoreError};
 
+pub use hot::HotToken;
 pub use manager::{TokenError, TokenManager, TokenTimings, UsableToken};
 
 /// Extend a session's idle timeout at most this often (or every half idle timeout, if that is
@@ -51,12 +54,30 @@ impl std::fmt::Debug for TokenSet {
     }
 }
 
+/// The access token expires within the skew, capped at half its lifetime so short-lived tokens
+/// are still used for a while before being refreshed.
+fn refresh_due(expires_at: u64, lifetime_secs: u64, now: u64, skew: Duration) -> bool {
+    let skew = skew.as_secs().min(lifetime_secs / 2);
+    now.saturating_add(skew) >= expires_at
+}
+
 impl TokenSet {
-    /// The access token expires within the skew, capped at half its lifetime so short-lived
-    /// tokens are still used for a while before being refreshed.
     pub fn needs_refresh(&self, now: u64, skew: Duration) -> bool {
-        let skew = skew.as_secs().min(self.lifetime_secs / 2);
-        now.saturating_add(skew) >= self.expires_at
+        refresh_due(self.expires_at, self.lifetime_secs, now, skew)
+    }
+
+    pub fn is_expired(&self, now: u64) -> bool {
+        now >= self.expires_at
+    }
+
+    pub fn session_over(&self, now: u64) -> bool {
+        now >= self.session_expires_at
+    }
+}
+
+impl HotToken {
+    pub fn needs_refresh(&self, now: u64, skew: Duration) -> bool {
+        refresh_due(self.expires_at, self.lifetime_secs, now, skew)
     }
 
     pub fn is_expired(&self, now: u64) -> bool {
@@ -80,12 +101,13 @@ pub struct TokenStore {
     keys: KeyLayout,
     idle: Duration,
     index: SessionIndex,
+    hot: Arc<hot::HotViews>,
 }
 
 impl TokenStore {
     pub fn new(store: Store, sealer: Sealer, keys: KeyLayout, idle: Duration) -> TokenStore {
         let index = SessionIndex::new(store.clone(), keys.clone());
-        TokenStore { store, sealer, keys, idle, index }
+        TokenStore { store, sealer, keys, idle, index, hot: Arc::default() }
     }
 
     pub fn keys(&self) -> &KeyLayout {
@@ -126,16 +148,53 @@ impl TokenStore {
     pub async fn load(&self, handle: &SessionHandle) -> Result<Option<TokenSet>, StoreError> {
         let key = self.keys.tokens(handle);
         let Some((raw, ttl)) = self.store.get_with_ttl(&key).await? else { return Ok(None) };
-        let Some((set, current)) = self.decode(&key, &raw) else {
+        let Some((set, _)) = self.open(handle, &key, &raw).await? else { return Ok(None) };
+        self.touch_if_due(handle, ttl, set.session_expires_at);
+        Ok(Some(set))
+    }
+
+    /// The proxy's read: one round trip, like `load`, but a value already opened once is not
+    /// opened again (see `hot`).
+    pub async fn load_hot(&self, handle: &SessionHandle) -> Result<Option<HotToken>, StoreError> {
+        let key = self.keys.tokens(handle);
+        let Some((raw, ttl)) = self.store.get_with_ttl(&key).await? else {
+            self.hot.forget(&key);
+            return Ok(None);
+        };
+        let fingerprint = hot::fingerprint(&raw);
+        let known = fingerprint.as_deref().and_then(|fp| self.hot.get(&key, fp));
+        let view = match known {
+            Some(view) => view,
+            None => {
+                let Some((set, resealed)) = self.open(handle, &key, &raw).await? else { return Ok(None) };
+                let view = HotToken::from(&set);
+                if let Some(fp) = fingerprint.filter(|_| !resealed) {
+                    self.hot.put(&key, fp, view.clone());
+                }
+                view
+            }
+        };
+        self.touch_if_due(handle, ttl, view.session_expires_at);
+        Ok(Some(view))
+    }
+
+    /// Opens a stored value; one sealed under a rotated-out secret is sealed again (same
+    /// version, same TTL). The flag tells whether it was.
+    async fn open(
+        &self,
+        handle: &SessionHandle,
+        key: &str,
+        raw: &[u8],
+    ) -> Result<Option<(TokenSet, bool)>, StoreError> {
+        let Some((set, current)) = self.decode(key, raw) else {
             tracing::warn!(session = handle.short(), "token set does not open with any configured secret");
+            self.hot.forget(key);
             return Ok(None);
         };
         if !current {
-            // Sealed under a rotated-out secret: seal it again (same version, same TTL).
             self.replace(handle, set.version, &set).await?;
         }
-        self.touch_if_due(handle, ttl, set.session_expires_at);
-        Ok(Some(set))
+        Ok(Some((set, !current)))
     }
 
     /// Writes `new` only if the stored set is still `expected_version`.
