@@ -89,7 +89,7 @@ impl Application {
             logins: PendingLogins::new(store.clone(), sealer.clone(), keys.clone()),
             sessions: SessionIndex::new(store.clone(), keys.clone()),
             pages: Arc::new(Pages::load(&config.server.templates_dir, STYLESHEET_PATH)?),
-            proxy: Arc::new(Proxy::new(&config, Arc::clone(&metrics))?),
+            proxy: Arc::new(Proxy::new(&config, Arc::clone(&metrics))),
             content_security_policy: content_security_policy(&config),
             login_limiter: RateLimiter::per_minute(config.server.login_starts_per_minute),
             metrics,

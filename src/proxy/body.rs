@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use actix_web::web::{self, Bytes, BytesMut};
 use futures_util::StreamExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use tokio::sync::mpsc;
 
 use crate::error::AppError;
@@ -35,11 +38,18 @@ impl RequestBody {
     }
 }
 
+/// A request body as the upstream client sends it.
+pub type UpstreamBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+pub fn buffered(bytes: Bytes) -> UpstreamBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+}
+
 impl StreamedBody {
-    pub fn into_reqwest(self) -> reqwest::Body {
+    pub fn into_upstream(self) -> UpstreamBody {
         let stream =
             futures_util::stream::unfold(self.receiver, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-        reqwest::Body::wrap_stream(stream)
+        StreamBody::new(stream.map(|item| item.map(Frame::data))).boxed_unsync()
     }
 }
 

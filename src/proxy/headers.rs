@@ -1,11 +1,11 @@
 //! Which headers cross the proxy, each way.
 //!
-//! actix-web speaks http 0.2 and reqwest http 1; headers are converted by bytes here.
+//! actix-web speaks http 0.2 and hyper http 1; headers are converted by bytes here.
 
 use std::net::IpAddr;
 
 use actix_web::http::header::HeaderMap as InboundHeaders;
-use reqwest::header::{HeaderMap as OutboundHeaders, HeaderName, HeaderValue};
+use hyper::header::{HeaderMap as OutboundHeaders, HeaderName, HeaderValue};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy `Proxy-Connection`.
 const HOP_BY_HOP: &[&str] = &[

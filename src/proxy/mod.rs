@@ -14,6 +14,12 @@ use actix_web::http::StatusCode;
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use futures_util::TryStreamExt;
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{AUTHORIZATION, HeaderValue};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
@@ -24,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::session::SessionHandle;
 use crate::tokens::{TokenError, TokenManager, UsableToken};
 
-pub use body::RequestBody;
+pub use body::{RequestBody, UpstreamBody};
 pub use path::{PathError, strip_prefix, upstream_url};
 
 /// One `[[api]]` entry.
@@ -52,7 +58,7 @@ impl From<&ApiConfig> for Route {
 pub struct Proxy {
     /// Longest prefix first, so the most specific route wins.
     routes: Vec<Arc<Route>>,
-    client: reqwest::Client,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamBody>,
     proto: String,
     host: String,
     /// One permit per upstream exchange in flight (held until its response body ends).
@@ -61,29 +67,38 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Proxy, reqwest::Error> {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Proxy {
         let mut routes: Vec<Arc<Route>> = config.api.iter().map(|a| Arc::new(Route::from(a))).collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        let client = reqwest::Client::builder()
-            // Redirects go back to the SPA as they are; following them could leave the upstream.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(5))
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(Duration::from_secs(5)));
+        tcp.set_nodelay(true);
+        tcp.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp);
+        // Redirects are not followed: they go back to the SPA as they are (following them could
+        // leave the upstream).
+        let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .build()?;
+            .pool_timer(TokioTimer::new())
+            .build(connector);
         let public = &config.server.public_url;
         let host = match public.port() {
             Some(port) => format!("{}:{port}", public.host_str().unwrap_or_default()),
             None => public.host_str().unwrap_or_default().to_string(),
         };
-        Ok(Proxy {
+        Proxy {
             routes,
             client,
             proto: public.scheme().to_string(),
             host,
             in_flight: Arc::new(Semaphore::new(config.server.max_upstream_concurrency)),
             metrics,
-        })
+        }
     }
 
     pub fn routes(&self) -> &[Arc<Route>] {
@@ -124,31 +139,34 @@ impl Proxy {
         let token = tokens.access_token(handle).await?;
         let body = body::read(payload, content_length, route.max_retry_body_bytes, route.max_body_bytes).await?;
         let retry_body = body.retryable();
-        let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
+        let method = hyper::Method::from_bytes(req.method().as_str().as_bytes())
             .map_err(|_| AppError::BadRequest("bad_method"))?;
+        let uri: hyper::Uri = target.as_str().parse().map_err(|_| AppError::BadRequest("invalid_path"))?;
         let forwarded =
             headers::ForwardedFor { peer: req.peer_addr().map(|a| a.ip()), proto: &self.proto, host: &self.host };
         let mut base_headers = headers::upstream_request_headers(req.headers(), &forwarded);
         if let Some(id) = req.extensions().get::<RequestId>()
-            && let Ok(v) = reqwest::header::HeaderValue::from_str(&id.0)
+            && let Ok(v) = HeaderValue::from_str(&id.0)
         {
             base_headers.insert("x-request-id", v);
         }
 
         let (outbound, too_large) = match body {
-            RequestBody::Buffered(bytes) => (reqwest::Body::from(bytes), None),
+            RequestBody::Buffered(bytes) => (body::buffered(bytes), None),
             RequestBody::Streaming(s) => {
                 let flag = Arc::clone(&s.too_large);
-                (s.into_reqwest(), Some(flag))
+                (s.into_upstream(), Some(flag))
             }
         };
-        let send = |token: &UsableToken, body: reqwest::Body| {
-            let request = self
-                .client
-                .request(method.clone(), target.clone())
-                .headers(base_headers.clone())
-                .bearer_auth(token.access_token.secret())
-                .body(body);
+        let send = |token: &UsableToken, body: UpstreamBody| {
+            let mut request = hyper::Request::new(body);
+            *request.method_mut() = method.clone();
+            *request.uri_mut() = uri.clone();
+            *request.headers_mut() = base_headers.clone();
+            if let Ok(mut bearer) = HeaderValue::from_str(&format!("Bearer {}", token.access_token.secret())) {
+                bearer.set_sensitive(true);
+                request.headers_mut().insert(AUTHORIZATION, bearer);
+            }
             self.send(request, route)
         };
 
@@ -161,7 +179,7 @@ impl Proxy {
             other => other?,
         };
         let head = req.method() == actix_web::http::Method::HEAD;
-        if first.status() != reqwest::StatusCode::UNAUTHORIZED {
+        if first.status() != hyper::StatusCode::UNAUTHORIZED {
             return Ok(respond(first, head, &token, permit));
         }
         let Some(retry_body) = retry_body else {
@@ -174,24 +192,24 @@ impl Proxy {
             Err(e) => return Err(e.into()),
         };
         drop(first);
-        let second = send(&fresh, reqwest::Body::from(retry_body)).await?;
+        let second = send(&fresh, body::buffered(retry_body)).await?;
         Ok(respond(second, head, &fresh, permit))
     }
 
     /// Sends and waits for the response head only: bodies (downloads, event streams) may take
     /// as long as they take.
-    async fn send(&self, request: reqwest::RequestBuilder, route: &Route) -> Result<reqwest::Response, AppError> {
+    async fn send(
+        &self,
+        request: hyper::Request<UpstreamBody>,
+        route: &Route,
+    ) -> Result<hyper::Response<Incoming>, AppError> {
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(route.timeout, request.send()).await;
+        let result = tokio::time::timeout(route.timeout, self.client.request(request)).await;
         self.metrics.upstream(&route.prefix, started.elapsed());
         match result {
             Err(_) => {
                 self.metrics.upstream_error(&route.prefix, "timeout");
                 tracing::warn!(api = route.prefix, "upstream did not answer within {} s", route.timeout.as_secs());
-                Err(AppError::UpstreamTimeout)
-            }
-            Ok(Err(e)) if e.is_timeout() => {
-                self.metrics.upstream_error(&route.prefix, "timeout");
                 Err(AppError::UpstreamTimeout)
             }
             Ok(Err(e)) => {
@@ -209,7 +227,7 @@ pub const TOKEN_EXPIRY_HEADER: &str = "x-bff-access-token-expires-at";
 
 /// Streams the upstream's answer back; the concurrency permit lives as long as the body does.
 fn respond(
-    upstream: reqwest::Response,
+    upstream: hyper::Response<Incoming>,
     head_request: bool,
     token: &UsableToken,
     permit: OwnedSemaphorePermit,
@@ -224,8 +242,8 @@ fn respond(
     if no_body {
         return res.finish();
     }
-    let length = upstream.content_length();
-    let stream = upstream.bytes_stream().map_err(|e| {
+    let length = upstream.body().size_hint().exact();
+    let stream = upstream.into_body().into_data_stream().map_err(|e| {
         tracing::warn!("upstream body interrupted: {e}");
         std::io::Error::other("upstream body interrupted")
     });
