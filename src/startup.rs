@@ -107,6 +107,8 @@ impl Application {
             let state = app_state.clone();
             let mut app = App::new()
                 .app_data(state.clone())
+                // Made here, on each worker's own thread: see `Proxy::upstream_client`.
+                .app_data(web::Data::new(state.proxy.upstream_client()))
                 .wrap(from_fn(security_headers))
                 .wrap(from_fn(refuse_methods))
                 .wrap(from_fn(observe));

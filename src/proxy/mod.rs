@@ -55,10 +55,21 @@ impl From<&ApiConfig> for Route {
     }
 }
 
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Where one call goes: its route and the upstream URI, checked.
+pub struct Destination<'a> {
+    route: &'a Route,
+    uri: hyper::Uri,
+}
+
+/// One connection pool to the upstreams per actix worker (see `Proxy::upstream_client`).
+pub struct UpstreamClient(Client<Connector, UpstreamBody>);
+
 pub struct Proxy {
     /// Longest prefix first, so the most specific route wins.
     routes: Vec<Arc<Route>>,
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, UpstreamBody>,
+    connector: Connector,
     proto: String,
     host: String,
     /// One permit per upstream exchange in flight (held until its response body ends).
@@ -80,12 +91,7 @@ impl Proxy {
             .enable_http1()
             .enable_http2()
             .wrap_connector(tcp);
-        // Redirects are not followed: they go back to the SPA as they are (following them could
-        // leave the upstream).
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+
         let public = &config.server.public_url;
         let host = match public.port() {
             Some(port) => format!("{}:{port}", public.host_str().unwrap_or_default()),
@@ -93,12 +99,27 @@ impl Proxy {
         };
         Proxy {
             routes,
-            client,
+            connector,
             proto: public.scheme().to_string(),
             host,
             in_flight: Arc::new(Semaphore::new(config.server.max_upstream_concurrency)),
             metrics,
         }
+    }
+
+    /// A client with its own connection pool, for one actix worker. A pooled connection is
+    /// driven by the runtime that opened it: shared between workers, a request from one worker
+    /// on another's connection costs cross-thread wake-ups and, when that thread is not
+    /// scheduled, milliseconds (p99 went from ~1 ms to 42 ms with two workers on two cores).
+    /// Redirects are not followed: they go back to the SPA as they are (following them could
+    /// leave the upstream).
+    pub fn upstream_client(&self) -> UpstreamClient {
+        UpstreamClient(
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .pool_timer(TokioTimer::new())
+                .build(self.connector.clone()),
+        )
     }
 
     pub fn routes(&self) -> &[Arc<Route>] {
@@ -112,23 +133,26 @@ impl Proxy {
 
     /// Checks the path before anything else: a request that would leave the upstream's base
     /// path is refused before a token is looked at.
-    pub fn target(&self, req: &HttpRequest, route: &Route) -> Result<Url, AppError> {
-        let rest = strip_prefix(req.uri().path(), &route.prefix).ok_or(AppError::BadRequest("invalid_path"))?;
-        upstream_url(&route.base, rest, req.uri().query()).map_err(|_| AppError::BadRequest("invalid_path"))
+    pub fn target<'a>(&self, req: &HttpRequest, route: &'a Route) -> Result<Destination<'a>, AppError> {
+        let invalid = || AppError::BadRequest("invalid_path");
+        let rest = strip_prefix(req.uri().path(), &route.prefix).ok_or_else(invalid)?;
+        let url = upstream_url(&route.base, rest, req.uri().query()).map_err(|_| invalid())?;
+        let uri = url.as_str().parse().map_err(|_| invalid())?;
+        Ok(Destination { route, uri })
     }
 
     pub async fn forward(
         &self,
+        client: &UpstreamClient,
         req: &HttpRequest,
         payload: web::Payload,
-        route: &Route,
-        target: Url,
+        destination: Destination<'_>,
         tokens: &Arc<TokenManager>,
         handle: &SessionHandle,
     ) -> Result<HttpResponse, AppError> {
         let content_length =
             req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        if content_length.is_some_and(|len| len > route.max_body_bytes) {
+        if content_length.is_some_and(|len| len > destination.route.max_body_bytes) {
             self.metrics.limited("body_size");
             return Err(AppError::PayloadTooLarge);
         }
@@ -137,11 +161,16 @@ impl Proxy {
             return Err(AppError::TooManyRequests("upstream_busy"));
         };
         let token = tokens.access_token(handle).await?;
-        let body = body::read(payload, content_length, route.max_retry_body_bytes, route.max_body_bytes).await?;
+        let body = body::read(
+            payload,
+            content_length,
+            destination.route.max_retry_body_bytes,
+            destination.route.max_body_bytes,
+        )
+        .await?;
         let retry_body = body.retryable();
         let method = hyper::Method::from_bytes(req.method().as_str().as_bytes())
             .map_err(|_| AppError::BadRequest("bad_method"))?;
-        let uri: hyper::Uri = target.as_str().parse().map_err(|_| AppError::BadRequest("invalid_path"))?;
         let forwarded =
             headers::ForwardedFor { peer: req.peer_addr().map(|a| a.ip()), proto: &self.proto, host: &self.host };
         let mut base_headers = headers::upstream_request_headers(req.headers(), &forwarded);
@@ -161,13 +190,13 @@ impl Proxy {
         let send = |token: &UsableToken, body: UpstreamBody| {
             let mut request = hyper::Request::new(body);
             *request.method_mut() = method.clone();
-            *request.uri_mut() = uri.clone();
+            *request.uri_mut() = destination.uri.clone();
             *request.headers_mut() = base_headers.clone();
             if let Ok(mut bearer) = HeaderValue::from_str(&format!("Bearer {}", token.access_token.secret())) {
                 bearer.set_sensitive(true);
                 request.headers_mut().insert(AUTHORIZATION, bearer);
             }
-            self.send(request, route)
+            self.send(client, request, destination.route)
         };
 
         let first = send(&token, outbound).await;
@@ -200,11 +229,12 @@ impl Proxy {
     /// as long as they take.
     async fn send(
         &self,
+        client: &UpstreamClient,
         request: hyper::Request<UpstreamBody>,
         route: &Route,
     ) -> Result<hyper::Response<Incoming>, AppError> {
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(route.timeout, self.client.request(request)).await;
+        let result = tokio::time::timeout(route.timeout, client.0.request(request)).await;
         self.metrics.upstream(&route.prefix, started.elapsed());
         match result {
             Err(_) => {

@@ -6,7 +6,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 
 use crate::error::AppError;
 use crate::http::require_csrf_header;
-use crate::proxy::Route;
+use crate::proxy::{Route, UpstreamClient};
 use crate::state::AppState;
 
 pub async fn proxy(
@@ -14,12 +14,13 @@ pub async fn proxy(
     payload: web::Payload,
     state: web::Data<AppState>,
     route: web::Data<Arc<Route>>,
+    client: web::Data<UpstreamClient>,
 ) -> Result<HttpResponse, AppError> {
     require_csrf_header(&req)?;
-    let target = state.proxy.target(&req, &route)?;
+    let destination = state.proxy.target(&req, &route)?;
     let cookie = state.cookies.session_cookie(&req).ok_or(AppError::LoginRequired)?;
     let handle = cookie.id.handle();
-    match state.proxy.forward(&req, payload, &route, target, &state.tokens, &handle).await {
+    match state.proxy.forward(&client, &req, payload, destination, &state.tokens, &handle).await {
         // The session is over: tell the browser to forget the cookie too.
         Err(AppError::LoginRequired) => {
             let mut res = AppError::LoginRequired.error_response();
