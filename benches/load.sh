@@ -34,8 +34,7 @@ pids=()
 cleanup() {
   exec 3>&- 2>/dev/null || true
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  [ -f "$work/lua/nginx.pid" ] && kill "$(cat "$work/lua/nginx.pid")" 2>/dev/null || true
+  for pid in "$work"/*/nginx.pid; do [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true; done
   [ -n "${redis_port:-}" ] && redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -65,18 +64,26 @@ upstream=$(sed -n 's/^UPSTREAM=//p' "$work/stack.out")
 bff=$(sed -n 's/^BFF=//p' "$work/stack.out")
 cookie=$(sed -n 's/^COOKIE=//p' "$work/stack.out")
 
-nginx_port=$(free_port)
-cat >"$work/nginx.conf" <<NGINX
+# One nginx reverse proxy to the upstream, in its own directory under $work: the two instances
+# differ only in what runs before proxy_pass (main-context lines, http-context lines, an access
+# phase), so they pay the same proxy hop.
+start_nginx() { # name port main-lines http-lines access-block
+  local dir="$work/$1"
+  mkdir -p "$dir"
+  cat >"$dir/nginx.conf" <<NGINX
+$3
 worker_processes $NGINX_WORKERS;
-pid $work/nginx.pid;
-error_log $work/nginx.err warn;
+pid $dir/nginx.pid;
+error_log $dir/nginx.err warn;
 events { worker_connections 1024; }
 http {
   access_log off;
+  $4
   upstream app { server ${upstream#http://}; keepalive 64; }
   server {
-    listen 127.0.0.1:$nginx_port;
+    listen 127.0.0.1:$2;
     location / {
+      $5
       proxy_pass http://app;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
@@ -86,50 +93,33 @@ http {
   }
 }
 NGINX
-nginx -c "$work/nginx.conf" -p "$work"
+  nginx -c "$dir/nginx.conf" -p "$dir"
+}
+
+nginx_port=$(free_port)
+start_nginx plain "$nginx_port" "" "" ""
 
 # nginx + the contract's one Redis round trip: the session's own token set, read as bff reads it.
 token_key=$(redis-cli -p "$redis_port" --scan --pattern 'bench:*tokens*' | head -1)
 [ -n "$token_key" ] || { echo "no token set in Redis" >&2; exit 1; }
 nginx_redis_port=$(free_port)
-mkdir -p "$work/lua"
-cat >"$work/nginx-redis.conf" <<NGINX
-load_module /usr/lib/nginx/modules/ndk_http_module.so;
-load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
-worker_processes $NGINX_WORKERS;
-pid $work/lua/nginx.pid;
-error_log $work/lua/nginx.err warn;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  lua_package_path "/usr/share/lua/5.1/?.lua;;";
-  upstream app { server ${upstream#http://}; keepalive 64; }
-  server {
-    listen 127.0.0.1:$nginx_redis_port;
-    location / {
-      access_by_lua_block {
-        local redis = require "nginx.redis"
+start_nginx lua "$nginx_redis_port" \
+  "load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;" \
+  'lua_package_path "/usr/share/lua/5.1/?.lua;;";' \
+  "access_by_lua_block {
+        local redis = require \"nginx.redis\"
         local r = redis:new()
         r:set_timeout(2000)
-        if not r:connect("127.0.0.1", $redis_port) then return ngx.exit(503) end
+        if not r:connect(\"127.0.0.1\", $redis_port) then return ngx.exit(503) end
         r:init_pipeline()
-        r:get("$token_key")
-        r:pttl("$token_key")
+        r:get(\"$token_key\")
+        r:pttl(\"$token_key\")
         local res = r:commit_pipeline()
         r:set_keepalive(10000, 64)
         if not res or res[1] == ngx.null then return ngx.exit(401) end
-        ngx.req.set_header("Authorization", "Bearer " .. ngx.encode_base64(string.sub(res[1], 1, 675)))
-      }
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-NGINX
-nginx -c "$work/nginx-redis.conf" -p "$work/lua"
+        ngx.req.set_header(\"Authorization\", \"Bearer \" .. ngx.encode_base64(string.sub(res[1], 1, 675)))
+      }"
 
 busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 

@@ -322,25 +322,20 @@ async fn bff_interoperates_with_a_certified_provider() {
     // Instances A1 and A2 stand behind one public URL (A1's), as behind a load balancer.
     let public_a = format!("http://127.0.0.1:{a1_port}");
     let public_b = format!("http://127.0.0.1:{b_port}");
+    let client = |id: &str, auth_method: &str, public: &str| {
+        json!({
+            "client_id": id, "client_secret": format!("{id}-secret"),
+            "token_endpoint_auth_method": auth_method,
+            "redirect_uris": [format!("{public}/auth/callback")],
+            "post_logout_redirect_uris": [format!("{public}/")],
+            "backchannel_logout_uri": format!("{public}/auth/backchannel-logout"),
+            "backchannel_logout_session_required": true,
+            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
+        })
+    };
     let clients = json!([
-        {
-            "client_id": "bff-basic", "client_secret": "bff-basic-secret",
-            "token_endpoint_auth_method": "client_secret_basic",
-            "redirect_uris": [format!("{public_a}/auth/callback")],
-            "post_logout_redirect_uris": [format!("{public_a}/")],
-            "backchannel_logout_uri": format!("{public_a}/auth/backchannel-logout"),
-            "backchannel_logout_session_required": true,
-            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
-        },
-        {
-            "client_id": "bff-post", "client_secret": "bff-post-secret",
-            "token_endpoint_auth_method": "client_secret_post",
-            "redirect_uris": [format!("{public_b}/auth/callback")],
-            "post_logout_redirect_uris": [format!("{public_b}/")],
-            "backchannel_logout_uri": format!("{public_b}/auth/backchannel-logout"),
-            "backchannel_logout_session_required": true,
-            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
-        },
+        client("bff-basic", "client_secret_basic", &public_a),
+        client("bff-post", "client_secret_post", &public_b),
     ]);
     let mut provider = Command::new("node");
     provider

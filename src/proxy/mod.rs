@@ -133,7 +133,7 @@ impl Proxy {
 
     /// Checks the path before anything else: a request that would leave the upstream's base
     /// path is refused before a token is looked at.
-    pub fn target<'a>(&self, req: &HttpRequest, route: &'a Route) -> Result<Destination<'a>, AppError> {
+    pub fn destination<'a>(&self, req: &HttpRequest, route: &'a Route) -> Result<Destination<'a>, AppError> {
         let invalid = || AppError::BadRequest("invalid_path");
         let rest = strip_prefix(req.uri().path(), &route.prefix).ok_or_else(invalid)?;
         let url = upstream_url(&route.base, rest, req.uri().query()).map_err(|_| invalid())?;

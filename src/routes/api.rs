@@ -17,7 +17,7 @@ pub async fn proxy(
     client: web::Data<UpstreamClient>,
 ) -> Result<HttpResponse, AppError> {
     require_csrf_header(&req)?;
-    let destination = state.proxy.target(&req, &route)?;
+    let destination = state.proxy.destination(&req, &route)?;
     let cookie = state.cookies.session_cookie(&req).ok_or(AppError::LoginRequired)?;
     let handle = cookie.id.handle();
     match state.proxy.forward(&client, &req, payload, destination, &state.tokens, &handle).await {
