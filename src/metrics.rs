@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Latency buckets from 0.5 ms to 30 s.
@@ -24,6 +25,55 @@ pub struct Metrics {
     store_duration: HistogramVec,
     store_errors: IntCounterVec,
     limited: IntCounterVec,
+    cache: CacheMetrics,
+}
+
+/// The coherent local token cache's counters, resolved once (no label look-up per call).
+#[derive(Clone)]
+pub struct CacheMetrics {
+    hits: IntCounter,
+    misses: IntCounter,
+    fills: IntCounter,
+    invalidations: IntCounter,
+    entries: IntGauge,
+    channel_up: IntGauge,
+    mode: IntGaugeVec,
+}
+
+/// How this instance finds token sets: the labels of `bff_token_cache_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheMode {
+    /// Cached, kept coherent by Redis' invalidations.
+    Tracking,
+    /// Read from the store on every call (`local_cache = false`, the in-memory store, or a
+    /// topology without tracking).
+    PerCallRead,
+}
+
+impl CacheMetrics {
+    pub fn hit(&self) {
+        self.hits.inc();
+    }
+    pub fn miss(&self) {
+        self.misses.inc();
+    }
+    pub fn filled(&self) {
+        self.fills.inc();
+    }
+    pub fn invalidation(&self) {
+        self.invalidations.inc();
+    }
+    pub fn entries(&self, n: usize) {
+        self.entries.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    pub fn channel_up(&self, up: bool) {
+        self.channel_up.set(i64::from(up));
+    }
+    pub fn mode(&self, mode: CacheMode) {
+        for (label, this) in [("tracking", CacheMode::Tracking), ("per_call_read", CacheMode::PerCallRead)] {
+            self.mode.with_label_values(&[label]).set(i64::from(mode == this));
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -109,6 +159,27 @@ impl Metrics {
                 Opts::new("requests_limited_total", "Requests refused by a limit"),
                 &["limit"],
             )?,
+            cache: CacheMetrics {
+                hits: IntCounter::new("token_cache_hits_total", "API calls answered from the local token cache")?,
+                misses: IntCounter::new(
+                    "token_cache_misses_total",
+                    "API calls that read the token set from the store",
+                )?,
+                fills: IntCounter::new("token_cache_fills_total", "Token sets read from the store and cached")?,
+                invalidations: IntCounter::new(
+                    "token_cache_invalidations_total",
+                    "Invalidation messages received from Redis (a key, or everything)",
+                )?,
+                entries: IntGauge::new("token_cache_entries", "Sessions held in the local token cache")?,
+                channel_up: IntGauge::new(
+                    "token_cache_channel_up",
+                    "1 while the invalidation channel is up (the cache is used), 0 otherwise",
+                )?,
+                mode: IntGaugeVec::new(
+                    Opts::new("token_cache_mode", "How token sets are found: 1 on the mode in force"),
+                    &["mode"],
+                )?,
+            },
             registry,
         };
         m.registry.register(Box::new(m.requests.clone()))?;
@@ -122,6 +193,13 @@ impl Metrics {
         m.registry.register(Box::new(m.store_duration.clone()))?;
         m.registry.register(Box::new(m.store_errors.clone()))?;
         m.registry.register(Box::new(m.limited.clone()))?;
+        m.registry.register(Box::new(m.cache.hits.clone()))?;
+        m.registry.register(Box::new(m.cache.misses.clone()))?;
+        m.registry.register(Box::new(m.cache.fills.clone()))?;
+        m.registry.register(Box::new(m.cache.invalidations.clone()))?;
+        m.registry.register(Box::new(m.cache.entries.clone()))?;
+        m.registry.register(Box::new(m.cache.channel_up.clone()))?;
+        m.registry.register(Box::new(m.cache.mode.clone()))?;
         Ok(m)
     }
 
@@ -170,6 +248,10 @@ impl Metrics {
     /// `limit`: `upstream_concurrency`, `login_rate`, `body_size`.
     pub fn limited(&self, limit: &'static str) {
         self.limited.with_label_values(&[limit]).inc();
+    }
+
+    pub fn cache(&self) -> CacheMetrics {
+        self.cache.clone()
     }
 
     /// The Prometheus text exposition format.

@@ -11,15 +11,15 @@ use crate::config::Config;
 use crate::crypto::Sealer;
 use crate::http::{observe, refuse_methods, security_headers};
 use crate::limits::RateLimiter;
-use crate::metrics::Metrics;
+use crate::metrics::{CacheMode, Metrics};
 use crate::oidc::Oidc;
 use crate::pages::{Pages, STYLESHEET_PATH};
 use crate::proxy::Proxy;
 use crate::routes;
 use crate::session::{CookiePolicy, KeyLayout, PendingLogins, SessionIndex, SessionLifetime};
 use crate::state::{AppState, content_security_policy};
-use crate::store::{MemoryStore, RedisStore, RedisTopology, Store};
-use crate::tokens::{TokenManager, TokenStore, TokenTimings};
+use crate::store::{ChangeListener, MemoryStore, RedisStore, RedisTopology, Store};
+use crate::tokens::{TokenCache, TokenManager, TokenStore, TokenTimings};
 
 pub struct Application {
     server: Server,
@@ -47,6 +47,34 @@ pub fn store_for(config: &Config) -> Result<Store, anyhow::Error> {
     Ok(Store::redis(RedisStore::with_topology(&topology, s.redis_timeout)?))
 }
 
+/// The coherent local token cache, when configured and the store can keep it coherent; the
+/// store returned tells the cache of this instance's writes and must be the one used everywhere.
+fn local_cache(config: &Config, store: Store, keys: &KeyLayout, metrics: &Metrics) -> (Store, Option<Arc<TokenCache>>) {
+    let cache_metrics = metrics.cache();
+    cache_metrics.mode(CacheMode::PerCallRead);
+    if !config.tokens.local_cache {
+        tracing::info!("tokens.local_cache is off: every API call reads its token set from the store");
+        return (store, None);
+    }
+    let cache = Arc::new(TokenCache::new(config.tokens.local_cache_max_entries, keys.clone(), cache_metrics.clone()));
+    match store.track_changes(Arc::clone(&cache) as Arc<dyn ChangeListener>) {
+        (store, Ok(())) => {
+            cache_metrics.mode(CacheMode::Tracking);
+            tracing::info!(
+                max_entries = config.tokens.local_cache_max_entries.get(),
+                "token cache on: token sets kept in memory, kept coherent by Redis invalidations"
+            );
+            (store, Some(cache))
+        }
+        (store, Err(why)) => {
+            if store.kind() == "redis" {
+                tracing::warn!("tokens.local_cache: {why}; every API call reads its token set from Redis");
+            }
+            (store, None)
+        }
+    }
+}
+
 impl Application {
     /// Builds the app on `listener` with the store the configuration names.
     pub async fn build(config: Config, listener: TcpListener) -> Result<Application, anyhow::Error> {
@@ -65,12 +93,16 @@ impl Application {
         let store = store.observed_by(Arc::clone(&metrics));
         let sealer = Sealer::new(&config.session.secrets);
         let keys = KeyLayout::new(&config.session.key_prefix);
+        let (store, cache) = local_cache(&config, store, &keys, &metrics);
         let oidc = Arc::new(Oidc::new(&config)?);
         if let Err(e) = oidc.discover().await {
             tracing::warn!("{e}; bff starts anyway and keeps trying (readyz answers 503 until then)");
             tokio::spawn(Arc::clone(&oidc).discover_until_ready());
         }
-        let token_store = TokenStore::new(store.clone(), sealer.clone(), keys.clone(), config.session.idle_timeout);
+        let mut token_store = TokenStore::new(store.clone(), sealer.clone(), keys.clone(), config.session.idle_timeout);
+        if let Some(cache) = cache {
+            token_store = token_store.with_cache(cache);
+        }
         let tokens = Arc::new(TokenManager::new(
             token_store,
             Arc::clone(&oidc),
@@ -118,6 +150,9 @@ impl Application {
             app.configure(|cfg| routes::configure(cfg, &state))
         })
         .shutdown_timeout(config.server.shutdown_grace.as_secs())
+        // Off by default in actix-web: an answer written in two pieces (head, then a chunked or
+        // streamed body) would wait for the client's delayed ACK, ~40 ms per call.
+        .tcp_nodelay(true)
         .listen(listener)?;
         if config.server.workers > 0 {
             server = server.workers(config.server.workers);
@@ -129,6 +164,7 @@ impl Application {
                     App::new().app_data(app_state.clone()).route("/metrics", web::get().to(routes::health::metrics))
                 })
                 .workers(1)
+                .tcp_nodelay(true)
                 .disable_signals()
                 .bind(addr)
                 .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (server.metrics_listen): {e}"))?;

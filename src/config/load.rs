@@ -245,6 +245,20 @@ impl Walker<'_> {
         }
     }
 
+    fn boolean(&mut self, sec: &mut Section<'_>, name: &'static str, default: bool) -> bool {
+        let key = sec.key(name);
+        let Some(value) = self.value(sec, name) else { return default };
+        match value {
+            Value::Bool(_, b) => *b,
+            Value::String(_, s) if s.trim() == "true" => true,
+            Value::String(_, s) if s.trim() == "false" => false,
+            other => {
+                self.error(key, format!("expected true or false, found {}", describe(other)));
+                default
+            }
+        }
+    }
+
     fn secs(&mut self, sec: &mut Section<'_>, name: &'static str, default: u64, min: u64) -> Duration {
         Duration::from_secs(self.uint(sec, name, default, min))
     }
@@ -590,8 +604,14 @@ impl Walker<'_> {
         let refresh_skew = self.secs(&mut s, "refresh_skew_secs", 30, 0);
         let refresh_lock = Duration::from_millis(self.uint(&mut s, "refresh_lock_ms", 10_000, 100));
         let default_expires_in = self.secs(&mut s, "default_expires_in_secs", 300, 1);
+        let local_cache = self.boolean(&mut s, "local_cache", true);
+        let max_entries = self.uint(&mut s, "local_cache_max_entries", 100_000, 1);
+        let local_cache_max_entries = usize::try_from(max_entries)
+            .ok()
+            .and_then(std::num::NonZeroUsize::new)
+            .unwrap_or(std::num::NonZeroUsize::MIN);
         self.finish(s);
-        TokensConfig { refresh_skew, refresh_lock, default_expires_in }
+        TokensConfig { refresh_skew, refresh_lock, default_expires_in, local_cache, local_cache_max_entries }
     }
 
     fn apis(&mut self, top: &mut Section<'_>) -> Vec<ApiConfig> {

@@ -206,3 +206,18 @@ fn env_key_paths_need_a_double_underscore() {
     assert_eq!(env_key_path("BFF_CONFIG"), None);
     assert_eq!(env_key_path("OTHER_X__Y"), None);
 }
+
+#[test]
+fn the_local_cache_is_on_by_default_and_can_be_turned_off() {
+    let config = load(ConfigSource::from_toml_text(&minimal())).unwrap();
+    assert!(config.tokens.local_cache);
+    assert_eq!(config.tokens.local_cache_max_entries.get(), 100_000);
+    let text = format!("{}\n[tokens]\nlocal_cache = false\nlocal_cache_max_entries = 10\n", minimal());
+    let config = load(ConfigSource::from_toml_text(&text)).unwrap();
+    assert!(!config.tokens.local_cache);
+    assert_eq!(config.tokens.local_cache_max_entries.get(), 10);
+    let text = format!("{}\n[tokens]\nlocal_cache = \"sometimes\"\nlocal_cache_max_entries = 0\n", minimal());
+    let errs = errors(&text);
+    assert!(errs.iter().any(|e| e.starts_with("tokens.local_cache: expected true or false")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("tokens.local_cache_max_entries: must be at least 1")), "{errs:?}");
+}

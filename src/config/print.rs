@@ -78,6 +78,11 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     tokens.insert("refresh_skew_secs".into(), secs(config.tokens.refresh_skew));
     tokens.insert("refresh_lock_ms".into(), millis(config.tokens.refresh_lock));
     tokens.insert("default_expires_in_secs".into(), secs(config.tokens.default_expires_in));
+    tokens.insert("local_cache".into(), Value::Boolean(config.tokens.local_cache));
+    tokens.insert(
+        "local_cache_max_entries".into(),
+        int(u64::try_from(config.tokens.local_cache_max_entries.get()).unwrap_or(u64::MAX)),
+    );
 
     let apis = config
         .api

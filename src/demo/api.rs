@@ -61,6 +61,7 @@ pub fn start(config: ApiConfig, listener: TcpListener) -> Result<Server, anyhow:
             .route("/events", web::get().to(events))
     })
     .workers(2)
+    .tcp_nodelay(true)
     .disable_signals()
     .listen(listener)?
     .run())

@@ -106,6 +106,7 @@ pub fn idp_http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Er
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeout)
         .timeout(timeout)
+        .tcp_nodelay(true)
         .user_agent(concat!("bff/", env!("CARGO_PKG_VERSION")))
         .build()
 }

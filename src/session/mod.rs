@@ -68,8 +68,11 @@ impl SessionHandle {
     }
 
     pub fn from_stored(raw: &str) -> Option<SessionHandle> {
-        let ok = raw.len() == 22 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        ok.then(|| SessionHandle(raw.to_string()))
+        SessionHandle::is_well_formed(raw).then(|| SessionHandle(raw.to_string()))
+    }
+
+    fn is_well_formed(raw: &str) -> bool {
+        raw.len() == 22 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     }
 }
 
@@ -90,6 +93,12 @@ impl KeyLayout {
 
     pub fn tokens(&self, h: &SessionHandle) -> String {
         format!("{}{{{}}}:tokens", self.prefix, h.0)
+    }
+
+    /// The session handle inside a token-set key (an invalidation names keys, not sessions).
+    pub fn session_of_tokens_key<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let handle = key.strip_prefix(self.prefix.as_str())?.strip_prefix('{')?.strip_suffix("}:tokens")?;
+        SessionHandle::is_well_formed(handle).then_some(handle)
     }
 
     pub fn refresh_lock(&self, h: &SessionHandle) -> String {
@@ -139,6 +148,9 @@ mod tests {
         assert_ne!(id.handle(), SessionId::generate().handle());
         let layout = KeyLayout::new("bff:");
         let h = id.handle();
+        assert_eq!(layout.session_of_tokens_key(&layout.tokens(&h)), Some(h.as_str()));
+        assert_eq!(layout.session_of_tokens_key(&layout.session(&h)), None);
+        assert_eq!(layout.session_of_tokens_key("bff:{short}:tokens"), None);
         for key in layout.all_of_session(&h) {
             assert!(key.starts_with(&format!("bff:{{{}}}:", h.as_str())), "{key}");
             assert!(!key.contains(id.expose()));

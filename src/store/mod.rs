@@ -6,6 +6,7 @@
 
 mod memory;
 mod redis;
+mod tracking;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use crate::metrics::Metrics;
 
 pub use memory::MemoryStore;
 pub use redis::{RedisStore, RedisTopology};
+pub use tracking::{ChangeListener, TrackedRead};
 
 /// The store could not be reached or did not answer in time. Callers answer 503.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,8 @@ enum Backend {
 pub struct Store {
     backend: Backend,
     metrics: Option<Arc<Metrics>>,
+    /// Told of this instance's writes (the coherent local cache).
+    listener: Option<Arc<dyn ChangeListener>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -64,16 +68,53 @@ macro_rules! dispatch {
 
 impl Store {
     pub fn redis(store: RedisStore) -> Store {
-        Store { backend: Backend::Redis(store), metrics: None }
+        Store { backend: Backend::Redis(store), metrics: None, listener: None }
     }
 
     pub fn memory(store: MemoryStore) -> Store {
-        Store { backend: Backend::Memory(store), metrics: None }
+        Store { backend: Backend::Memory(store), metrics: None, listener: None }
     }
 
     /// The same store, reporting to `metrics`.
     pub fn observed_by(self, metrics: Arc<Metrics>) -> Store {
         Store { metrics: Some(metrics), ..self }
+    }
+
+    /// The same store, keeping `listener` told of changes: this instance's writes at once, and
+    /// every change in Redis through the invalidation channel. `Err` says why this store cannot
+    /// tell of changes made elsewhere (every call then reads it).
+    pub fn track_changes(self, listener: Arc<dyn ChangeListener>) -> (Store, Result<(), &'static str>) {
+        let tracking = match &self.backend {
+            Backend::Redis(redis) => redis.start_tracking(Arc::clone(&listener)),
+            Backend::Memory(_) => Err("the in-memory store needs no cache"),
+        };
+        let listener = tracking.is_ok().then_some(listener);
+        (Store { listener, ..self }, tracking)
+    }
+
+    /// A read on the invalidation channel's connection, so the value may be cached.
+    pub async fn read_tracked(&self, key: &str) -> Result<TrackedRead, StoreError> {
+        match &self.backend {
+            Backend::Redis(s) => {
+                let started = std::time::Instant::now();
+                let result = s.read_tracked(key).await;
+                if let Some(metrics) = &self.metrics {
+                    metrics.store_op("read_tracked", started.elapsed(), result.is_ok());
+                }
+                result
+            }
+            Backend::Memory(_) => Ok(TrackedRead::NotTracking),
+        }
+    }
+
+    /// Before and after a write: a fill racing the write is refused, and one that read the old
+    /// value just before it is dropped.
+    fn written(&self, keys: &[&str]) {
+        if let Some(listener) = &self.listener {
+            for key in keys {
+                listener.written_locally(key);
+            }
+        }
     }
 
     pub fn kind(&self) -> &'static str {
@@ -97,12 +138,18 @@ impl Store {
     }
 
     pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
-        dispatch!(self, "set", s => s.set(key, value, ttl))
+        self.written(&[key]);
+        let result = dispatch!(self, "set", s => s.set(key, value, ttl));
+        self.written(&[key]);
+        result
     }
 
     /// Writes only when the key exists; false when it does not.
     pub async fn set_if_exists(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
-        dispatch!(self, "set_if_exists", s => s.set_if_exists(key, value, ttl))
+        self.written(&[key]);
+        let result = dispatch!(self, "set_if_exists", s => s.set_if_exists(key, value, ttl));
+        self.written(&[key]);
+        result
     }
 
     /// Writes only when the key is absent; false when it exists (a lock taken by someone else).
@@ -112,15 +159,24 @@ impl Store {
 
     /// Reads and deletes in one step: a value can be taken once.
     pub async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        dispatch!(self, "take", s => s.take(key))
+        self.written(&[key]);
+        let result = dispatch!(self, "take", s => s.take(key));
+        self.written(&[key]);
+        result
     }
 
     /// Deletes keys. Several keys must share one hash tag (one Redis Cluster slot).
     pub async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
-        dispatch!(self, "delete", s => s.delete(keys))
+        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.written(&names);
+        let result = dispatch!(self, "delete", s => s.delete(keys));
+        self.written(&names);
+        result
     }
 
     /// Sets the time to live of keys that exist. Several keys must share one hash tag.
+    /// A cached value is not dropped for a new time to live: Redis' invalidation (an expire
+    /// is a change) brings the new one.
     pub async fn expire(&self, keys: &[String], ttl: Duration) -> Result<(), StoreError> {
         dispatch!(self, "expire", s => s.expire(keys, ttl))
     }
@@ -133,7 +189,10 @@ impl Store {
         expected_prefix: &[u8],
         value: &[u8],
     ) -> Result<CasOutcome, StoreError> {
-        dispatch!(self, "replace_if_prefix", s => s.replace_if_prefix(key, expected_prefix, value))
+        self.written(&[key]);
+        let result = dispatch!(self, "replace_if_prefix", s => s.replace_if_prefix(key, expected_prefix, value));
+        self.written(&[key]);
+        result
     }
 
     /// Deletes the key when it holds `value` (a lock released by its owner only).

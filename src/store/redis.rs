@@ -4,7 +4,7 @@
 //! is down, and the first request after it comes back reconnects.
 
 use std::cell::RefCell;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
@@ -14,6 +14,7 @@ use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServer
 use redis::{RedisFuture, Script, Value};
 use secrecy::{ExposeSecret, SecretString};
 
+use super::tracking::{ChangeListener, ClientSource, TrackedRead, TrackingChannel};
 use super::{CasOutcome, StoreError, ttl_millis};
 
 /// After a failed connection attempt, callers fail at once for this long instead of each
@@ -119,6 +120,8 @@ struct Inner {
     timeout: Duration,
     scripts: Scripts,
     runtime: Option<tokio::runtime::Handle>,
+    /// The coherent local cache's invalidation channel, once started.
+    tracking: OnceLock<Arc<TrackingChannel>>,
 }
 
 #[derive(Clone)]
@@ -203,8 +206,46 @@ impl RedisStore {
                     set_add: Script::new(SET_ADD_KEEP_LONGEST),
                 },
                 runtime: tokio::runtime::Handle::try_current().ok(),
+                tracking: OnceLock::new(),
             }),
         })
+    }
+
+    /// Starts the invalidation channel for the coherent local cache; `Err` says why this
+    /// topology reads Redis on every call instead.
+    pub fn start_tracking(&self, listener: Arc<dyn ChangeListener>) -> Result<(), &'static str> {
+        let weak = Arc::downgrade(&self.inner);
+        let (source, check_role): (ClientSource, bool) = match &self.inner.target {
+            Target::Single(client) => {
+                let client = client.clone();
+                (Arc::new(move || Box::pin(std::future::ready(Ok(client.clone())))), false)
+            }
+            Target::Sentinel(_) => (
+                Arc::new(move || {
+                    let weak = weak.clone();
+                    Box::pin(async move {
+                        let inner = weak.upgrade().ok_or_else(|| StoreError("store dropped".into()))?;
+                        let Target::Sentinel(sentinel) = &inner.target else {
+                            return Err(StoreError("not a Sentinel set-up".into()));
+                        };
+                        let client = sentinel.lock().await.async_get_client().await;
+                        client.map_err(|e| StoreError(format!("asking the sentinels for the primary: {e}")))
+                    })
+                }),
+                true,
+            ),
+            Target::Cluster(_) => return Err("per-node tracking is not implemented for Redis Cluster"),
+        };
+        let channel = TrackingChannel::start(source, listener, self.inner.timeout, check_role);
+        self.inner.tracking.set(channel).map_err(|_| "tracking already started")
+    }
+
+    /// A read made on the tracked connection (see `tracking`).
+    pub async fn read_tracked(&self, key: &str) -> Result<TrackedRead, StoreError> {
+        match self.inner.tracking.get() {
+            Some(channel) => channel.read(key).await,
+            None => Ok(TrackedRead::NotTracking),
+        }
     }
 
     async fn connect(inner: &Inner) -> Result<Conn, StoreError> {

@@ -5,11 +5,12 @@
 //! Only the token manager writes it after login, and only with that compare-and-set: a request
 //! that read an older set can never write back a refresh token that was already rotated.
 
+mod cache;
 mod hot;
 mod manager;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openidconnect::{AccessToken, RefreshToken};
 use serde::{Deserialize, Serialize};
@@ -17,8 +18,9 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::Sealer;
 use crate::oidc::RawIdToken;
 use crate::session::{KeyLayout, SessionHandle, SessionIndex, now_unix};
-use crate::store::{CasOutcome, Store, StoreError};
+use crate::store::{CasOutcome, Store, StoreError, TrackedRead};
 
+pub use cache::TokenCache;
 pub use hot::HotToken;
 pub use manager::{TokenError, TokenManager, TokenTimings, UsableToken};
 
@@ -102,12 +104,20 @@ pub struct TokenStore {
     idle: Duration,
     index: SessionIndex,
     hot: Arc<hot::HotViews>,
+    /// The coherent local cache, when on and the store can keep it coherent.
+    cache: Option<Arc<TokenCache>>,
 }
 
 impl TokenStore {
     pub fn new(store: Store, sealer: Sealer, keys: KeyLayout, idle: Duration) -> TokenStore {
         let index = SessionIndex::new(store.clone(), keys.clone());
-        TokenStore { store, sealer, keys, idle, index, hot: Arc::default() }
+        TokenStore { store, sealer, keys, idle, index, hot: Arc::default(), cache: None }
+    }
+
+    /// The same, answering the proxy's reads from `cache` (the store must be the one that
+    /// keeps it coherent: `Store::track_changes`).
+    pub fn with_cache(self, cache: Arc<TokenCache>) -> TokenStore {
+        TokenStore { cache: Some(cache), ..self }
     }
 
     pub fn keys(&self) -> &KeyLayout {
@@ -149,13 +159,61 @@ impl TokenStore {
         let key = self.keys.tokens(handle);
         let Some((raw, ttl)) = self.store.get_with_ttl(&key).await? else { return Ok(None) };
         let Some((set, _)) = self.open(handle, &key, &raw).await? else { return Ok(None) };
-        self.touch_if_due(handle, ttl, set.session_expires_at);
+        if let Some(target) = self.touch_target(ttl, set.session_expires_at) {
+            self.touch(handle, target);
+        }
         Ok(Some(set))
     }
 
-    /// The proxy's read: one round trip, like `load`, but a value already opened once is not
-    /// opened again (see `hot`).
+    /// The proxy's read. With the cache: no store command while the cached value is valid; a
+    /// miss reads on the tracked connection and fills. Without: one round trip (`load_uncached`).
     pub async fn load_hot(&self, handle: &SessionHandle) -> Result<Option<HotToken>, StoreError> {
+        let Some(cache) = &self.cache else { return self.load_uncached(handle).await };
+        let now = Instant::now();
+        if let Some(entry) = cache.get(handle, now) {
+            let remaining = entry.valid_until.saturating_duration_since(now);
+            if let Some(target) = self.touch_target(remaining, entry.view.session_expires_at)
+                && entry.start_touch()
+            {
+                self.touch(handle, target);
+            }
+            return Ok(Some(entry.view.clone()));
+        }
+        let Some(fill) = cache.begin_fill(handle) else { return self.load_uncached(handle).await };
+        let key = self.keys.tokens(handle);
+        let read = match self.store.read_tracked(&key).await {
+            Ok(TrackedRead::Value(read)) => read,
+            Ok(TrackedRead::NotTracking) => {
+                cache.abandon(fill);
+                return self.load_uncached(handle).await;
+            }
+            Err(e) => {
+                cache.abandon(fill);
+                return Err(e);
+            }
+        };
+        let opened = match read {
+            Some((raw, ttl)) => self.open(handle, &key, &raw).await.map(|o| o.map(|o| (o, ttl))),
+            None => Ok(None),
+        };
+        let Ok(Some(((set, resealed), ttl))) = opened else {
+            cache.abandon(fill);
+            return opened.map(|_| None);
+        };
+        let view = HotToken::from(&set);
+        if resealed {
+            cache.abandon(fill);
+        } else {
+            cache.complete_fill(fill, view.clone(), now + ttl);
+        }
+        if let Some(target) = self.touch_target(ttl, view.session_expires_at) {
+            self.touch(handle, target);
+        }
+        Ok(Some(view))
+    }
+
+    /// One round trip; a value already opened once is not opened again (see `hot`).
+    async fn load_uncached(&self, handle: &SessionHandle) -> Result<Option<HotToken>, StoreError> {
         let key = self.keys.tokens(handle);
         let Some((raw, ttl)) = self.store.get_with_ttl(&key).await? else {
             self.hot.forget(&key);
@@ -174,7 +232,9 @@ impl TokenStore {
                 view
             }
         };
-        self.touch_if_due(handle, ttl, view.session_expires_at);
+        if let Some(target) = self.touch_target(ttl, view.session_expires_at) {
+            self.touch(handle, target);
+        }
         Ok(Some(view))
     }
 
@@ -225,13 +285,15 @@ impl TokenStore {
         Some(self.idle.min(Duration::from_secs(remaining)))
     }
 
-    /// Extends the idle timeout when the last extension is over a minute old (its remaining
-    /// time to live tells). Runs in the background: the request does not wait for it.
-    fn touch_if_due(&self, handle: &SessionHandle, ttl: Duration, session_expires_at: u64) {
-        let Some(target) = self.session_ttl(session_expires_at) else { return };
-        if target <= ttl + TOUCH_INTERVAL.min(self.idle / 2) {
-            return;
-        }
+    /// The idle time to live to extend to, when the last extension is over a minute old (the
+    /// remaining time to live tells).
+    fn touch_target(&self, ttl: Duration, session_expires_at: u64) -> Option<Duration> {
+        let target = self.session_ttl(session_expires_at)?;
+        (target > ttl + TOUCH_INTERVAL.min(self.idle / 2)).then_some(target)
+    }
+
+    /// Extends the idle timeout in the background: the request does not wait for it.
+    fn touch(&self, handle: &SessionHandle, target: Duration) {
         let store = self.store.clone();
         let keys = vec![self.keys.session(handle), self.keys.tokens(handle)];
         let short = handle.short().to_string();

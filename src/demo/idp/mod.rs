@@ -172,6 +172,7 @@ pub fn start(config: IdpConfig, listener: TcpListener) -> Result<(RunningIdp, Se
         App::new().app_data(data.clone()).app_data(pages.clone()).configure(handlers::configure)
     })
     .workers(2)
+    .tcp_nodelay(true)
     .disable_signals()
     .listen(listener)?
     .run();

@@ -1,0 +1,355 @@
+//! The coherent local cache of opened token sets (DESIGN.md "Storage", `tokens.local_cache`).
+//!
+//! A steady-state API call finds its session's token view here and makes no Redis command.
+//! Redis keeps the cache coherent: every fill is read on the store's tracked connection, and
+//! Redis pushes an invalidation when that key changes (`store::tracking`); this instance's own
+//! writes invalidate at once, before and after the write.
+//!
+//! The guard against the read/invalidation race: a miss first puts a placeholder holding a
+//! ticket number, then reads. An invalidation removes whatever the slot holds, placeholder or
+//! value; the fill is stored only if its own placeholder is still there and the channel has not
+//! gone down or come back since (the epoch). So an invalidation applied at any moment after the
+//! read was issued leaves nothing behind, and one applied after the fill removes the value.
+//!
+//! What is kept is what the proxy's hot path uses (`HotToken`: the access token and the
+//! expiries), never the refresh or ID token: refresh decisions read Redis (`TokenStore::load`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use lru::LruCache;
+
+use super::HotToken;
+use crate::metrics::CacheMetrics;
+use crate::session::{KeyLayout, SessionHandle};
+use crate::store::ChangeListener;
+
+/// A cached view and how long the store said it lives.
+pub struct CachedToken {
+    pub view: HotToken,
+    /// Fill time (when the read was issued) plus the key's time to live then: never trusted
+    /// past it, whatever the channel says (idle timeout without an invalidation).
+    pub valid_until: Instant,
+    /// An idle-timeout extension for this value was started (one per value).
+    touch_started: AtomicBool,
+}
+
+impl CachedToken {
+    /// True the first time only.
+    pub fn start_touch(&self) -> bool {
+        !self.touch_started.swap(true, Ordering::AcqRel)
+    }
+}
+
+enum Slot {
+    /// A read for this session is in flight; its ticket.
+    Pending(u64),
+    Filled(Arc<CachedToken>),
+}
+
+struct State {
+    slots: LruCache<String, Slot>,
+    /// The channel is up: fills are allowed.
+    up: bool,
+    /// Moves on every flush (channel down or up, flush-all): fills from before are refused.
+    epoch: u64,
+    next_ticket: u64,
+}
+
+/// A miss's right to fill, taken before the read.
+#[must_use]
+pub struct FillTicket {
+    handle: String,
+    ticket: u64,
+    epoch: u64,
+}
+
+pub struct TokenCache {
+    state: Mutex<State>,
+    keys: KeyLayout,
+    metrics: CacheMetrics,
+}
+
+impl TokenCache {
+    pub fn new(max_entries: std::num::NonZeroUsize, keys: KeyLayout, metrics: CacheMetrics) -> TokenCache {
+        metrics.channel_up(false);
+        TokenCache {
+            state: Mutex::new(State { slots: LruCache::new(max_entries), up: false, epoch: 0, next_ticket: 0 }),
+            keys,
+            metrics,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A value still within the store's time to live, or `None` (a miss).
+    pub fn get(&self, handle: &SessionHandle, now: Instant) -> Option<Arc<CachedToken>> {
+        let mut state = self.state();
+        let found = match state.slots.get(handle.as_str()) {
+            Some(Slot::Filled(entry)) if now < entry.valid_until => Some(Arc::clone(entry)),
+            Some(Slot::Filled(_)) => {
+                state.slots.pop(handle.as_str());
+                self.metrics.entries(state.slots.len());
+                None
+            }
+            _ => None,
+        };
+        drop(state);
+        match found {
+            Some(_) => self.metrics.hit(),
+            None => self.metrics.miss(),
+        }
+        found
+    }
+
+    /// Before a miss's read; `None` while the channel is not up (read, but do not fill).
+    pub fn begin_fill(&self, handle: &SessionHandle) -> Option<FillTicket> {
+        let mut state = self.state();
+        if !state.up {
+            return None;
+        }
+        state.next_ticket += 1;
+        let ticket = state.next_ticket;
+        state.slots.put(handle.as_str().to_string(), Slot::Pending(ticket));
+        self.metrics.entries(state.slots.len());
+        Some(FillTicket { handle: handle.as_str().to_string(), ticket, epoch: state.epoch })
+    }
+
+    /// Stores the value read under `ticket` unless something invalidated it meanwhile.
+    pub fn complete_fill(&self, fill: FillTicket, view: HotToken, valid_until: Instant) -> bool {
+        let mut state = self.state();
+        let ours = matches!(state.slots.peek(&fill.handle), Some(Slot::Pending(t)) if *t == fill.ticket);
+        if !(ours && state.up && state.epoch == fill.epoch) {
+            return false;
+        }
+        let entry = CachedToken { view, valid_until, touch_started: AtomicBool::new(false) };
+        state.slots.put(fill.handle, Slot::Filled(Arc::new(entry)));
+        self.metrics.filled();
+        true
+    }
+
+    /// The read failed or found nothing to keep: drop the placeholder if it is still ours.
+    pub fn abandon(&self, fill: FillTicket) {
+        let mut state = self.state();
+        if matches!(state.slots.peek(&fill.handle), Some(Slot::Pending(t)) if *t == fill.ticket) {
+            state.slots.pop(&fill.handle);
+            self.metrics.entries(state.slots.len());
+        }
+    }
+
+    fn forget(&self, handle: &str) {
+        let mut state = self.state();
+        if state.slots.pop(handle).is_some() {
+            self.metrics.entries(state.slots.len());
+        }
+    }
+
+    fn flush(&self, up: bool) {
+        let mut state = self.state();
+        state.slots.clear();
+        state.epoch += 1;
+        state.up = up;
+        self.metrics.entries(0);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.state().slots.len()
+    }
+}
+
+impl ChangeListener for TokenCache {
+    fn invalidated(&self, key: &[u8]) {
+        self.metrics.invalidation();
+        if let Some(handle) = std::str::from_utf8(key).ok().and_then(|k| self.keys.session_of_tokens_key(k)) {
+            self.forget(handle);
+        }
+    }
+
+    fn everything_invalidated(&self) {
+        self.metrics.invalidation();
+        let up = self.state().up;
+        self.flush(up);
+    }
+
+    fn written_locally(&self, key: &str) {
+        if let Some(handle) = self.keys.session_of_tokens_key(key) {
+            self.forget(handle);
+        }
+    }
+
+    fn channel_up(&self) {
+        self.flush(true);
+        self.metrics.channel_up(true);
+    }
+
+    fn channel_down(&self) {
+        self.flush(false);
+        self.metrics.channel_up(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+    use std::time::Duration;
+
+    use openidconnect::AccessToken;
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::session::SessionId;
+
+    fn view(version: u64) -> HotToken {
+        HotToken {
+            access_token: AccessToken::new(format!("at{version}")),
+            version,
+            expires_at: u64::MAX,
+            lifetime_secs: 300,
+            session_expires_at: u64::MAX,
+            has_refresh_token: true,
+        }
+    }
+
+    fn cache(max: usize) -> (TokenCache, KeyLayout) {
+        let keys = KeyLayout::new("t:");
+        let metrics = Metrics::new().map(|m| m.cache()).unwrap_or_else(|e| panic!("metrics: {e}"));
+        let max = NonZeroUsize::new(max).unwrap_or(NonZeroUsize::MIN);
+        let cache = TokenCache::new(max, keys.clone(), metrics);
+        cache.channel_up();
+        (cache, keys)
+    }
+
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    fn version_of(cache: &TokenCache, h: &SessionHandle) -> Option<u64> {
+        cache.get(h, Instant::now()).map(|e| e.view.version)
+    }
+
+    #[test]
+    fn a_fill_is_served_until_invalidated() {
+        let (cache, keys) = cache(10);
+        let h = SessionId::generate().handle();
+        assert!(cache.get(&h, Instant::now()).is_none());
+        let fill = cache.begin_fill(&h).unwrap_or_else(|| panic!("channel is up"));
+        assert!(cache.complete_fill(fill, view(1), later()));
+        assert_eq!(version_of(&cache, &h), Some(1));
+        cache.invalidated(keys.tokens(&h).as_bytes());
+        assert_eq!(version_of(&cache, &h), None);
+    }
+
+    #[test]
+    fn an_invalidation_between_the_read_and_its_fill_wins() {
+        let (cache, keys) = cache(10);
+        let h = SessionId::generate().handle();
+        let fill = cache.begin_fill(&h).unwrap_or_else(|| panic!("channel is up"));
+        // The read was sent; Redis changed the key and its invalidation was applied before the
+        // reply's fill: the old value must not be stored.
+        cache.invalidated(keys.tokens(&h).as_bytes());
+        assert!(!cache.complete_fill(fill, view(1), later()));
+        assert_eq!(version_of(&cache, &h), None);
+    }
+
+    #[test]
+    fn a_local_write_or_a_flush_during_the_read_refuses_the_fill() {
+        let (cache, keys) = cache(10);
+        let h = SessionId::generate().handle();
+        let fill = cache.begin_fill(&h).unwrap_or_else(|| panic!("up"));
+        cache.written_locally(&keys.tokens(&h));
+        assert!(!cache.complete_fill(fill, view(1), later()));
+
+        let fill = cache.begin_fill(&h).unwrap_or_else(|| panic!("up"));
+        cache.everything_invalidated();
+        assert!(!cache.complete_fill(fill, view(1), later()));
+
+        // Down and back up between the read and the fill: the read may have gone to a
+        // connection Redis no longer tracks for us.
+        let fill = cache.begin_fill(&h).unwrap_or_else(|| panic!("up"));
+        cache.channel_down();
+        cache.channel_up();
+        assert!(!cache.complete_fill(fill, view(1), later()));
+        assert_eq!(version_of(&cache, &h), None);
+    }
+
+    #[test]
+    fn a_second_read_for_the_same_session_takes_over_the_slot() {
+        let (cache, _) = cache(10);
+        let h = SessionId::generate().handle();
+        let first = cache.begin_fill(&h).unwrap_or_else(|| panic!("up"));
+        let second = cache.begin_fill(&h).unwrap_or_else(|| panic!("up"));
+        assert!(!cache.complete_fill(first, view(1), later()), "superseded");
+        assert!(cache.complete_fill(second, view(2), later()));
+        assert_eq!(version_of(&cache, &h), Some(2));
+    }
+
+    #[test]
+    fn nothing_is_filled_or_served_while_the_channel_is_down() {
+        let (cache, _) = cache(10);
+        let h = SessionId::generate().handle();
+        let fill = cache.begin_fill(&h).unwrap_or_else(|| panic!("up"));
+        assert!(cache.complete_fill(fill, view(1), later()));
+        cache.channel_down();
+        assert_eq!(version_of(&cache, &h), None, "emptied");
+        assert!(cache.begin_fill(&h).is_none(), "no fills while down");
+        cache.channel_up();
+        assert!(cache.begin_fill(&h).is_some());
+    }
+
+    #[test]
+    fn an_entry_is_never_trusted_past_the_store_time_to_live() {
+        let (cache, _) = cache(10);
+        let h = SessionId::generate().handle();
+        let fill = cache.begin_fill(&h).unwrap_or_else(|| panic!("up"));
+        let valid_until = Instant::now() + Duration::from_secs(5);
+        assert!(cache.complete_fill(fill, view(1), valid_until));
+        assert!(cache.get(&h, valid_until - Duration::from_millis(1)).is_some());
+        assert!(cache.get(&h, valid_until).is_none());
+        assert_eq!(cache.len(), 0, "the expired entry is dropped");
+    }
+
+    #[test]
+    fn memory_is_bounded_and_the_least_recently_used_go_first() {
+        let (cache, _) = cache(3);
+        let handles: Vec<SessionHandle> = (0..5).map(|_| SessionId::generate().handle()).collect();
+        for (i, h) in handles.iter().enumerate() {
+            if i == 3 {
+                // Touch the first so it is the most recently used.
+                assert!(cache.get(&handles[0], Instant::now()).is_some());
+            }
+            let fill = cache.begin_fill(h).unwrap_or_else(|| panic!("up"));
+            assert!(cache.complete_fill(fill, view(i as u64), later()));
+        }
+        assert_eq!(cache.len(), 3);
+        assert!(cache.get(&handles[0], Instant::now()).is_some(), "recently used, kept");
+        assert!(cache.get(&handles[4], Instant::now()).is_some());
+        assert!(cache.get(&handles[1], Instant::now()).is_none(), "least recently used, gone");
+    }
+
+    #[test]
+    fn keys_of_other_kinds_and_prefixes_are_ignored() {
+        let (cache, keys) = cache(10);
+        let h = SessionId::generate().handle();
+        let fill = cache.begin_fill(&h).unwrap_or_else(|| panic!("up"));
+        assert!(cache.complete_fill(fill, view(1), later()));
+        cache.invalidated(keys.session(&h).as_bytes());
+        cache.invalidated(KeyLayout::new("other:").tokens(&h).as_bytes());
+        cache.invalidated(&[0xff, 0xfe]);
+        assert_eq!(version_of(&cache, &h), Some(1));
+    }
+
+    #[test]
+    fn an_extension_is_started_once_per_value() {
+        let (cache, _) = cache(10);
+        let h = SessionId::generate().handle();
+        let fill = cache.begin_fill(&h).unwrap_or_else(|| panic!("up"));
+        assert!(cache.complete_fill(fill, view(1), later()));
+        let entry = cache.get(&h, Instant::now()).unwrap_or_else(|| panic!("filled"));
+        assert!(entry.start_touch());
+        assert!(!entry.start_touch());
+    }
+}
