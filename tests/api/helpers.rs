@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
@@ -143,6 +144,7 @@ redis_timeout_ms = 1000
 [tokens]
 refresh_skew_secs = {skew}
 refresh_lock_ms = 3000
+local_cache = {local_cache}
 
 [[api]]
 prefix = "/api"
@@ -156,8 +158,23 @@ max_body_bytes = 104857600
         secret = o.secret,
         same_site = o.same_site,
         skew = o.refresh_skew_secs,
+        local_cache = local_cache_default(),
         extra = o.extra_toml,
     )
+}
+
+/// On unless `BFF_TEST_LOCAL_CACHE=false`: CI runs the token and proxy tests both ways.
+pub fn local_cache_default() -> bool {
+    std::env::var("BFF_TEST_LOCAL_CACHE").map(|v| v != "false").unwrap_or(true)
+}
+
+/// The sum of every sample of a metric on an instance's `/metrics` (all label sets).
+pub async fn metric(base: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics")).await.expect("metrics").text().await.expect("text");
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -422,4 +439,71 @@ pub async fn raw_status(base: &str, method: &str, raw_path: &str, headers: &[(&s
     let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
     let text = String::from_utf8_lossy(&response);
     text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// A Redis server of the test's own, for what must not touch the shared one (restarts,
+/// `FLUSHALL`, killed connections).
+pub struct RedisProcess {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl RedisProcess {
+    /// With an append-only file in `dir`: data survives a restart on the same port and dir.
+    pub fn start(port: u16, dir: &std::path::Path) -> RedisProcess {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+            .args(["--appendfsync", "always", "--dir"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (.ci/run installs it)");
+        RedisProcess { child, port, dir: dir.to_path_buf() }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A fresh server on a free port and a temporary dir, answering.
+    pub async fn spawn() -> RedisProcess {
+        let dir = std::env::temp_dir().join(format!("bff-redis-{}", random_id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let redis = RedisProcess::start(dead_port(), &dir);
+        let url = redis.url();
+        eventually("redis starts", Duration::from_secs(10), || redis_answers(&url)).await;
+        redis
+    }
+
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test's Redis")
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub async fn redis_answers(url: &str) -> bool {
+    match redis::Client::open(url) {
+        Ok(c) => match c.get_multiplexed_async_connection().await {
+            Ok(mut conn) => redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok(),
+            Err(_) => false,
+        },
+        Err(_) => false,
+    }
 }

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod backchannel;
+mod cache;
 mod callback;
 mod cli;
 mod compose;

@@ -1,9 +1,8 @@
 //! Redis outages: fast 503s, never a hang or a bare 500, and recovery without a restart.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{AppOptions, dead_port, eventually, spawn_app, spawn_app_with};
+use crate::helpers::{AppOptions, RedisProcess, dead_port, eventually, redis_answers, spawn_app, spawn_app_with};
 
 /// A bff on the same secret and prefix as `app`, whose Redis URL points at `redis_url`.
 async fn twin_with_redis(app: &crate::helpers::TestApp, redis_url: &str) -> String {
@@ -43,52 +42,6 @@ async fn with_redis_unreachable_requests_fail_fast_with_503() {
     assert!(started.elapsed() < Duration::from_secs(5), "no hang");
     assert_eq!(b.get("/readyz").await.status(), 503);
     assert_eq!(b.get("/healthz").await.status(), 200);
-}
-
-struct RedisProcess {
-    child: Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl RedisProcess {
-    fn start(port: u16, dir: &std::path::Path) -> RedisProcess {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-            .args(["--appendfsync", "always", "--dir"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (.ci/run installs it)");
-        RedisProcess { child, port, dir: dir.to_path_buf() }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RedisProcess {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn redis_answers(url: &str) -> bool {
-    match redis::Client::open(url) {
-        Ok(c) => match c.get_multiplexed_async_connection().await {
-            Ok(mut conn) => redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok(),
-            Err(_) => false,
-        },
-        Err(_) => false,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
