@@ -186,7 +186,6 @@ async fn a_refresh_on_one_instance_reaches_the_other_which_never_sends_the_old_r
     let (app, second) = two_instances(None).await;
     let alice = app.browser();
     alice.login_as("alice").await;
-    let cookie = cookie_of(&app, &alice);
     let alice_on_second = alice.at(&second);
     cached_on(&second, &alice_on_second).await;
     cached_on(&app.address, &alice).await;
@@ -307,12 +306,11 @@ async fn an_idle_timeout_ends_the_cached_session_too() {
     channel_up(&second).await;
     let alice = app.browser();
     alice.login_as("alice").await;
-    let cookie = cookie_of(&app, &alice);
     let alice_on_second = alice.at(&second);
     cached_on(&second, &alice_on_second).await;
 
     // No call meanwhile (a call would extend the session): wait for Redis to end it.
-    let mut conn = app.redis().await;
+    let conn = app.redis().await;
     let key = format!("{}*:tokens", app.prefix);
     eventually("the token set expires in Redis", Duration::from_secs(10), || {
         let mut conn = conn.clone();
