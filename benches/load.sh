@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Load benchmark, one command, loopback only, stops by itself.
 #
-# Starts its own Redis (own port), the demo provider, a minimal upstream and bff (release build)
-# with a signed-in session, nginx as a plain reverse proxy to the same upstream, and nginx with a
-# Lua access phase that makes the one Redis round trip bff's contract allows (GET + PTTL of the
-# session's real token set, pooled connections) before proxying: what the fastest proxy we know
-# achieves when it does only that. Then runs wrk in alternation against (a) the upstream,
-# (b) nginx, (c) nginx + Redis, (d) bff, ROUNDS times, and counts the Redis commands bff issued
-# per proxied call (INFO commandstats).
+# Starts its own Redis (own port), the demo provider, an upstream that answers like real APIs
+# (a small JSON body with a Content-Length, the same body chunked, a 4 KiB JSON body, an event
+# stream), two bff instances (release build) sharing that Redis and one signed-in session — one
+# with the coherent local cache, one with `local_cache = false` — nginx as a plain reverse proxy,
+# and nginx with a Lua access phase making the one Redis round trip the old contract cost per
+# call (GET + PTTL of the session's real token set, pooled connections).
 #
-#   benches/load.sh                      # defaults: 3 rounds × 10 s, 16 connections
-#   ROUNDS=5 DURATION=20s CONNECTIONS=32 benches/load.sh
+# Then, for each upstream kind, wrk with keep-alive connections in alternation against the
+# upstream, nginx, nginx+redis, bff and bff without the cache, ROUNDS times, counting the Redis
+# commands of every bff run (INFO commandstats); the added latency of server-sent events
+# (upstream write → client read) direct, through nginx and through bff; and how long after a
+# logout on one cached instance another refuses the session.
+#
+#   benches/load.sh                      # defaults: 3 rounds × 10 s, 16 connections, 1 worker
+#   ROUNDS=5 DURATION=20s CONNECTIONS=32 BFF_WORKERS=2 benches/load.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +25,9 @@ CONNECTIONS=${CONNECTIONS:-16}
 THREADS=${THREADS:-1}
 BFF_WORKERS=${BFF_WORKERS:-1}
 NGINX_WORKERS=${NGINX_WORKERS:-$BFF_WORKERS}
+KINDS=${KINDS:-length chunked json4k}
+SSE_EVENTS=${SSE_EVENTS:-400}
+INVALIDATION_ROUNDS=${INVALIDATION_ROUNDS:-300}
 
 need=()
 command -v wrk >/dev/null || need+=(wrk)
@@ -27,7 +35,10 @@ command -v nginx >/dev/null || need+=(nginx-light)
 [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] || need+=(libnginx-mod-http-lua)
 [ -f /usr/share/lua/5.1/nginx/redis.lua ] || need+=(lua-nginx-redis)
 command -v redis-server >/dev/null || need+=(redis-server)
-if ((${#need[@]})); then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"; fi
+if ((${#need[@]})); then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
 
 work=$(mktemp -d)
 pids=()
@@ -44,6 +55,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --dir "$work" >/dev/null
+export BENCH_REDIS_URL="redis://127.0.0.1:$redis_port"
 
 echo "building (release)…" >&2
 bin=$(cargo build --release --bench stack --message-format=json 2>/dev/null |
@@ -54,19 +66,20 @@ for line in sys.stdin:
         print(m["executable"])')
 
 mkfifo "$work/stdin"
-BENCH_REDIS_URL="redis://127.0.0.1:$redis_port" BENCH_BFF_WORKERS="$BFF_WORKERS" RUST_LOG=warn \
-  "$bin" <"$work/stdin" >"$work/stack.out" 2>"$work/stack.err" &
+BENCH_BFF_WORKERS="$BFF_WORKERS" RUST_LOG=warn "$bin" <"$work/stdin" >"$work/stack.out" 2>"$work/stack.err" &
 pids+=($!)
 exec 3>"$work/stdin"
 for _ in $(seq 1 100); do grep -q READY=1 "$work/stack.out" 2>/dev/null && break; sleep 0.2; done
 grep -q READY=1 "$work/stack.out" || { cat "$work/stack.err" >&2; exit 1; }
 upstream=$(sed -n 's/^UPSTREAM=//p' "$work/stack.out")
 bff=$(sed -n 's/^BFF=//p' "$work/stack.out")
+bff_nocache=$(sed -n 's/^BFF_NOCACHE=//p' "$work/stack.out")
 cookie=$(sed -n 's/^COOKIE=//p' "$work/stack.out")
 
 # One nginx reverse proxy to the upstream, in its own directory under $work: the two instances
 # differ only in what runs before proxy_pass (main-context lines, http-context lines, an access
-# phase), so they pay the same proxy hop.
+# phase), so they pay the same proxy hop. Event streams are not buffered (as one sets nginx up
+# for SSE).
 start_nginx() { # name port main-lines http-lines access-block
   local dir="$work/$1"
   mkdir -p "$dir"
@@ -90,6 +103,13 @@ http {
       proxy_set_header Host \$host;
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
     }
+    location /sse {
+      $5
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
   }
 }
 NGINX
@@ -99,7 +119,8 @@ NGINX
 nginx_port=$(free_port)
 start_nginx plain "$nginx_port" "" "" ""
 
-# nginx + the contract's one Redis round trip: the session's own token set, read as bff reads it.
+# nginx + the old contract's one Redis round trip: the session's own token set, read as bff
+# read it before the cache.
 token_key=$(redis-cli -p "$redis_port" --scan --pattern 'bench:*tokens*' | head -1)
 [ -n "$token_key" ] || { echo "no token set in Redis" >&2; exit 1; }
 nginx_redis_port=$(free_port)
@@ -122,73 +143,115 @@ load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;" \
       }"
 
 busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+calls() { redis-cli -p "$redis_port" info commandstats | awk -F'[=,:]' '/^cmdstat_/ {n += $3} END {print n+0}'; }
 
-run() { # name url [headers…] -> name|req/s|p50|p99|errors|machine CPU µs per request
-  local name=$1 url=$2; shift 2
-  local out before after
+# name kind url [headers…] -> name|kind|req/s|p50|p99|errors|CPU ticks|requests|Redis commands
+run() {
+  local name=$1 kind=$2 url=$3; shift 3
+  local out before after calls_before
+  calls_before=$(calls)
   before=$(busy_ticks)
   out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url")
   after=$(busy_ticks)
-  local rps p50 p99 errors
+  local rps p50 p99 errors requests
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
   errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
-  echo "$name|$rps|$p50|$p99|${errors:-none}|$((after - before))"
+  # redis-cli's own INFO is one command.
+  echo "$name|$kind|$rps|$p50|$p99|${errors:-none}|$((after - before))|$requests|$(($(calls) - calls_before - 1))"
 }
 
-calls() { redis-cli -p "$redis_port" info commandstats | awk -F'[=,:]' '/^cmdstat_/ {n += $3} END {print n+0}'; }
-writes() { redis-cli -p "$redis_port" info commandstats | awk -F'[=,:]' '/^cmdstat_(set|pexpire|expire|del|eval|evalsha|getdel|sadd|srem)/ {n += $3} END {print n+0}'; }
-
-# Warm-up: connections, JIT-free but caches and pools.
-wrk -t1 -c"$CONNECTIONS" -d2s "$upstream/api/items" >/dev/null
-wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$nginx_port/api/items" >/dev/null
-wrk -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:$nginx_redis_port/api/items" >/dev/null
-wrk -t1 -c"$CONNECTIONS" -d2s -H "Cookie: $cookie" -H "X-CSRF: 1" "$bff/api/items" >/dev/null
-
-results=()
-bff_calls=0
-bff_writes=0
-for round in $(seq 1 "$ROUNDS"); do
-  results+=("$(run upstream "$upstream/items")")
-  results+=("$(run nginx "http://127.0.0.1:$nginx_port/items")")
-  results+=("$(run nginx+redis "http://127.0.0.1:$nginx_redis_port/items")")
-  calls_before=$(calls)
-  writes_before=$(writes)
-  results+=("$(run bff "$bff/api/items" -H "Cookie: $cookie" -H "X-CSRF: 1")")
-  bff_calls=$((bff_calls + $(calls) - calls_before))
-  bff_writes=$((bff_writes + $(writes) - writes_before))
-  echo "round $round: ${results[-4]} / ${results[-3]} / ${results[-2]} / ${results[-1]}" >&2
+session=(-H "Cookie: $cookie" -H "X-CSRF: 1")
+# Warm-up: connections, caches and pools.
+for kind in $KINDS; do
+  wrk -t1 -c"$CONNECTIONS" -d1s "$upstream/$kind" >/dev/null
+  wrk -t1 -c"$CONNECTIONS" -d1s "http://127.0.0.1:$nginx_port/$kind" >/dev/null
+  wrk -t1 -c"$CONNECTIONS" -d1s "http://127.0.0.1:$nginx_redis_port/$kind" >/dev/null
+  wrk -t1 -c"$CONNECTIONS" -d1s "${session[@]}" "$bff/api/$kind" >/dev/null
+  wrk -t1 -c"$CONNECTIONS" -d1s "${session[@]}" "$bff_nocache/api/$kind" >/dev/null
 done
 
-python3 - "$DURATION" "$CONNECTIONS" "$THREADS" "$BFF_WORKERS" "$bff_calls" "$bff_writes" "$(getconf CLK_TCK)" "${results[@]}" <<'PY'
+results=()
+for round in $(seq 1 "$ROUNDS"); do
+  for kind in $KINDS; do
+    results+=("$(run upstream "$kind" "$upstream/$kind")")
+    results+=("$(run nginx "$kind" "http://127.0.0.1:$nginx_port/$kind")")
+    results+=("$(run nginx+redis "$kind" "http://127.0.0.1:$nginx_redis_port/$kind")")
+    results+=("$(run bff "$kind" "$bff/api/$kind" "${session[@]}")")
+    results+=("$(run bff-nocache "$kind" "$bff_nocache/api/$kind" "${session[@]}")")
+    echo "round $round $kind: ${results[*]: -5}" >&2
+  done
+done
+
+echo "server-sent events…" >&2
+sse() { "$bin" sse "$@" | sed -n 's/^SSE_US=//p' | tr '\n' ' '; }
+sse_direct=$(sse "$upstream/sse?n=$SSE_EVENTS")
+sse_nginx=$(sse "http://127.0.0.1:$nginx_port/sse?n=$SSE_EVENTS")
+sse_bff=$(sse "$bff/api/sse?n=$SSE_EVENTS" "$cookie")
+
+echo "invalidation delay…" >&2
+invalidation=$(RUST_LOG=warn "$bin" invalidation "$INVALIDATION_ROUNDS" | sed -n 's/^INVALIDATION_US=\([0-9]*\).*/\1/p' | tr '\n' ' ')
+
+python3 - "$DURATION" "$CONNECTIONS" "$THREADS" "$BFF_WORKERS" "$(getconf CLK_TCK)" "$ROUNDS" \
+  "$sse_direct" "$sse_nginx" "$sse_bff" "$invalidation" "${results[@]}" <<'PY'
 import sys, statistics
-duration, conns, threads, workers, calls, writes, clk_tck = sys.argv[1:8]
-rows = [r.split("|") for r in sys.argv[8:]]
+duration, conns, threads, workers, clk_tck, rounds = sys.argv[1:7]
+sse = {"direct": sys.argv[7], "nginx": sys.argv[8], "bff": sys.argv[9]}
+invalidation = sys.argv[10]
+rows = [r.split("|") for r in sys.argv[11:]]
 def ms(v):
     v = v.strip()
     if v.endswith("us"): return float(v[:-2]) / 1000
     if v.endswith("ms"): return float(v[:-2])
     if v.endswith("s"): return float(v[:-1]) * 1000
     return float(v)
-by = {}
 secs = float(duration.rstrip("s"))
-for name, rps, p50, p99, errors, ticks in rows:
+by = {}
+for name, kind, rps, p50, p99, errors, ticks, requests, commands in rows:
     cpu_us = int(ticks) / int(clk_tck) * 1e6 / (float(rps) * secs)
-    by.setdefault(name, []).append((float(rps), ms(p50), ms(p99), errors, cpu_us))
-print(f"wrk -t{threads} -c{conns} -d{duration}, bff workers={workers}, {len(by['bff'])} alternating rounds; medians")
+    by.setdefault((kind, name), []).append(
+        (float(rps), ms(p50), ms(p99), errors, cpu_us, int(requests), int(commands)))
+med = lambda key, i: statistics.median(r[i] for r in by[key])
+print(f"wrk -t{threads} -c{conns} -d{duration} (keep-alive), bff and nginx workers={workers}, "
+      f"{rounds} alternating rounds; medians")
+kinds = []
+for kind, _ in by:
+    if kind not in kinds: kinds.append(kind)
+names = ["upstream", "nginx", "nginx+redis", "bff", "bff-nocache"]
+for kind in kinds:
+    print()
+    print(f"**{kind}**")
+    print()
+    print("| target | req/s | × nginx | p50 ms | p99 ms | machine CPU µs/call | Redis cmds/call | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    for name in names:
+        key = (kind, name)
+        if key not in by: continue
+        cmds = ""
+        if name.startswith("bff"):
+            cmds = f"{sum(r[6] for r in by[key]) / max(1, sum(r[5] for r in by[key])):.4f}"
+        print(f"| {name} | {med(key, 0):,.0f} | {med(key, 0) / med((kind, 'nginx'), 0):.2f} | "
+              f"{med(key, 1):.3f} | {med(key, 2):.3f} | {med(key, 4):.1f} | {cmds} | "
+              f"{', '.join(sorted(set(r[3] for r in by[key])))} |")
+def pct(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 print()
-print("| target | req/s | p50 ms | p99 ms | machine CPU µs per call | errors |")
-print("|---|---:|---:|---:|---:|---|")
-med = lambda name, i: statistics.median(r[i] for r in by[name])
-for name in ["upstream", "nginx", "nginx+redis", "bff"]:
-    print(f"| {name} | {med(name, 0):,.0f} | {med(name, 1):.3f} | {med(name, 2):.3f} | {med(name, 4):.1f} | "
-          f"{', '.join(sorted(set(r[3] for r in by[name])))} |")
-total = sum(r[0] for r in by["bff"]) * secs
+print("Server-sent events, delay per event (upstream write → client read), µs:")
 print()
-print(f"bff / nginx throughput: {med('bff', 0) / med('nginx', 0):.2f}×; bff p99 − nginx p99: "
-      f"{med('bff', 2) - med('nginx', 2):+.3f} ms")
-print(f"nginx+redis / nginx throughput: {med('nginx+redis', 0) / med('nginx', 0):.2f}× (the same Redis round trip, nothing else)")
-print(f"bff / nginx+redis throughput: {med('bff', 0) / med('nginx+redis', 0):.2f}×")
-print(f"Redis commands per proxied call: {int(calls) / total:.3f} (writes: {int(writes) / total:.4f}) over ~{total:,.0f} calls")
+print("| path | events | p50 | p99 | added p50 | added p99 |")
+print("|---|---:|---:|---:|---:|---:|")
+direct = [int(v) for v in sse["direct"].split()]
+for name, values in sse.items():
+    v = [int(x) for x in values.split()]
+    if not v: continue
+    print(f"| {name} | {len(v)} | {pct(v, 50)} | {pct(v, 99)} | {pct(v, 50) - pct(direct, 50)} | "
+          f"{pct(v, 99) - pct(direct, 99)} |")
+inv = [int(v) for v in invalidation.split()]
+if inv:
+    print()
+    print(f"Invalidation: logout on one cached instance → the other refuses the session, over {len(inv)} "
+          f"logouts: p50 {pct(inv, 50)} µs, p99 {pct(inv, 99)} µs, max {max(inv)} µs")
 PY

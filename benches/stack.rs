@@ -1,39 +1,148 @@
-//! The system under load, for `benches/load.sh`: the demo provider, a minimal upstream and bff
-//! (release build), a signed-in session, all on loopback. Prints `KEY=value` lines the script
-//! reads, then runs until its standard input closes.
+//! The system under load, for `benches/load.sh`: the demo provider, a minimal upstream, two bff
+//! instances sharing one Redis (release build; the first with the coherent local cache, the
+//! second with `local_cache = false`), a signed-in session, all on loopback. Prints `KEY=value`
+//! lines the script reads, then runs until its standard input closes.
+//!
+//! The upstream answers like real APIs do: `/length` a small JSON body with a Content-Length,
+//! `/chunked` the same body with `Transfer-Encoding: chunked` (a streamed answer, as Express or
+//! WebFlux send), `/json4k` a 4 KiB JSON body, `/sse?n=N` N server-sent events 5 ms apart, each
+//! carrying the wall-clock time it was written (µs since the epoch).
+//!
+//! Two more modes, run by the script as separate processes:
+//! - `stack sse URL [COOKIE]`: reads an event stream and prints the delay of each event
+//!   (client read − upstream write) as `SSE_US=…` lines.
+//! - `stack invalidation`: starts its own pair of cached instances and measures, N times, how
+//!   long after a logout on one the other refuses the session (`INVALIDATION_US=…`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Read;
 use std::net::TcpListener;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::web::Bytes;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use bff::config::{AuthMethod, Config};
 use bff::demo::idp::{self, Client, IdpConfig};
+use futures_util::StreamExt;
 
 fn listener() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").expect("bind")
 }
 
-#[actix_web::main]
-async fn main() {
-    let redis_url = std::env::var("BENCH_REDIS_URL").expect("BENCH_REDIS_URL");
-    let workers: usize = std::env::var("BENCH_BFF_WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(1);
+const SMALL: &str = r#"{"items":[1,2,3],"ok":true}"#;
 
-    // The upstream: a small JSON answer, as cheap as it gets.
-    let upstream_listener = listener();
-    let upstream = format!("http://{}", upstream_listener.local_addr().unwrap());
-    let server = HttpServer::new(|| {
-        App::new().default_service(web::to(|| async {
-            HttpResponse::Ok().content_type("application/json").body(r#"{"items":[1,2,3],"ok":true}"#)
-        }))
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(upstream_listener)
+fn now_us() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0)
+}
+
+fn json_4k() -> String {
+    let item = r#"{"id":1234,"name":"An item with a name of some length","tags":["a","b","c"],"price":12.5}"#;
+    let mut body = String::from("[");
+    while body.len() + item.len() + 2 < 4096 {
+        if body.len() > 1 {
+            body.push(',');
+        }
+        body.push_str(item);
+    }
+    body.push(']');
+    body
+}
+
+async fn upstream(req: HttpRequest, big: web::Data<String>) -> HttpResponse {
+    let json = |body: String| HttpResponse::Ok().content_type("application/json").body(body);
+    match req.path() {
+        "/chunked" => {
+            HttpResponse::Ok().content_type("application/json").streaming(futures_util::stream::once(async {
+                Ok::<_, std::io::Error>(Bytes::from_static(SMALL.as_bytes()))
+            }))
+        }
+        "/json4k" => json(big.get_ref().clone()),
+        "/sse" => {
+            let n: u64 = req.query_string().strip_prefix("n=").and_then(|n| n.parse().ok()).unwrap_or(100);
+            let events = futures_util::stream::unfold(0u64, move |i| async move {
+                if i >= n {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Some((Ok::<_, std::io::Error>(Bytes::from(format!("data: {}\n\n", now_us()))), i + 1))
+            });
+            HttpResponse::Ok().content_type("text/event-stream").streaming(events)
+        }
+        _ => json(SMALL.to_string()),
+    }
+}
+
+fn bff_config(public_url: &str, issuer: &str, redis_url: &str, upstream: &str, workers: usize, cache: bool) -> Config {
+    Config::from_toml(&format!(
+        r#"
+[server]
+public_url = "{public_url}"
+static_dir = ""
+workers = {workers}
+[oidc]
+issuer = "{issuer}"
+client_id = "bench"
+client_secret = "bench-secret"
+[session]
+redis_url = "{redis_url}"
+secret = "{secret}"
+key_prefix = "bench:"
+[tokens]
+local_cache = {cache}
+[[api]]
+prefix = "/api"
+upstream = "{upstream}"
+"#,
+        secret = "bench-secret-".repeat(6),
+    ))
     .unwrap()
-    .run();
+}
+
+/// Sign in: /auth/login → provider (signs in at once) → callback → session cookie.
+async fn sign_in(http: &reqwest::Client, public_url: &str) -> String {
+    let login = http.get(format!("{public_url}/auth/login")).send().await.unwrap();
+    let login_cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let authorize = login.headers()["location"].to_str().unwrap().to_string();
+    let back = http.get(authorize).send().await.unwrap();
+    let callback = back.headers()["location"].to_str().unwrap().to_string();
+    let done = http.get(callback).header("cookie", &login_cookie).send().await.unwrap();
+    done.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("bff="))
+        .and_then(|v| v.split(';').next())
+        .expect("a session cookie")
+        .to_string()
+}
+
+async fn api_status(http: &reqwest::Client, base: &str, cookie: &str) -> u16 {
+    let res = http.get(format!("{base}/api/length")).header("cookie", cookie).header("x-csrf", "1").send().await;
+    res.map(|r| r.status().as_u16()).unwrap_or(0)
+}
+
+struct Stack {
+    issuer: String,
+    upstream: String,
+    cached: String,
+    uncached: String,
+    http: reqwest::Client,
+}
+
+/// The upstream, the provider, a cached bff and (unless `cached_twin`) an uncached one, or
+/// two cached ones.
+async fn start_stack(redis_url: &str, workers: usize, cached_twin: bool) -> Stack {
+    let upstream_listener = listener();
+    let upstream_url = format!("http://{}", upstream_listener.local_addr().unwrap());
+    let big = web::Data::new(json_4k());
+    let server = HttpServer::new(move || App::new().app_data(big.clone()).default_service(web::to(upstream)))
+        .workers(1)
+        .tcp_nodelay(true)
+        .disable_signals()
+        .listen(upstream_listener)
+        .unwrap()
+        .run();
     actix_web::rt::spawn(server);
 
     let app_listener = listener();
@@ -58,59 +167,87 @@ async fn main() {
     actix_web::rt::spawn(idp_server);
     idp.controls.set_auto_login(Some("bench"));
 
-    let config = Config::from_toml(&format!(
-        r#"
-[server]
-public_url = "{public_url}"
-static_dir = ""
-workers = {workers}
-[oidc]
-issuer = "{issuer}"
-client_id = "bench"
-client_secret = "bench-secret"
-[session]
-redis_url = "{redis_url}"
-secret = "{secret}"
-key_prefix = "bench:"
-[[api]]
-prefix = "/api"
-upstream = "{upstream}"
-"#,
-        issuer = idp.issuer,
-        secret = "bench-secret-".repeat(6),
-    ))
-    .unwrap();
+    let config = bff_config(&public_url, &idp.issuer, redis_url, &upstream_url, workers, true);
+    let mut twin = config.clone();
+    twin.tokens.local_cache = cached_twin;
     let app = bff::Application::build(config, app_listener).await.unwrap();
     actix_web::rt::spawn(app.run_until_stopped());
-
-    // Sign in: /auth/login → provider (signs in at once) → callback → session cookie.
+    // Same public origin, same secret and prefix: the same cookie works on both.
+    let twin_listener = listener();
+    let twin_url = format!("http://{}", twin_listener.local_addr().unwrap());
+    let second = bff::Application::build(twin, twin_listener).await.unwrap();
+    actix_web::rt::spawn(second.run_until_stopped());
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let login = http.get(format!("{public_url}/auth/login")).send().await.unwrap();
-    let login_cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
-    let authorize = login.headers()["location"].to_str().unwrap().to_string();
-    let back = http.get(authorize).send().await.unwrap();
-    let callback = back.headers()["location"].to_str().unwrap().to_string();
-    let done = http.get(callback).header("cookie", &login_cookie).send().await.unwrap();
-    let session = done
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("bff="))
-        .and_then(|v| v.split(';').next())
-        .expect("a session cookie")
-        .to_string();
-    let check = http
-        .get(format!("{public_url}/api/items"))
-        .header("cookie", &session)
-        .header("x-csrf", "1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(check.status(), 200);
+    Stack { issuer: idp.issuer.clone(), upstream: upstream_url, cached: public_url, uncached: twin_url, http }
+}
 
-    println!("UPSTREAM={upstream}");
-    println!("BFF={public_url}");
+/// Reads an event stream; one delay per event.
+async fn sse(url: &str, cookie: Option<&str>) {
+    let http = reqwest::Client::new();
+    let mut req = http.get(url).header("x-csrf", "1");
+    if let Some(cookie) = cookie {
+        req = req.header("cookie", cookie);
+    }
+    let mut body = req.send().await.unwrap().bytes_stream();
+    let mut pending = String::new();
+    while let Some(chunk) = body.next().await {
+        let read_at = now_us();
+        pending.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        while let Some(end) = pending.find("\n\n") {
+            let event: String = pending.drain(..end + 2).collect();
+            if let Some(written) = event.trim().strip_prefix("data: ").and_then(|t| t.parse::<u128>().ok()) {
+                println!("SSE_US={}", read_at.saturating_sub(written));
+            }
+        }
+    }
+}
+
+/// Logout on one cached instance, then the other's calls until it refuses: N times.
+async fn invalidation(redis_url: &str, rounds: usize) {
+    let stack = start_stack(redis_url, 1, true).await;
+    let (a, b, http) = (&stack.cached, &stack.uncached, &stack.http);
+    // Both invalidation channels up before the first fill.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..rounds {
+        let cookie = sign_in(http, a).await;
+        assert_eq!(api_status(http, b, &cookie).await, 200);
+        assert_eq!(api_status(http, b, &cookie).await, 200);
+        let logout =
+            http.post(format!("{a}/auth/logout")).header("cookie", &cookie).header("x-csrf", "1").send().await.unwrap();
+        assert_eq!(logout.status(), 303);
+        let started = Instant::now();
+        let mut calls = 0;
+        while api_status(http, b, &cookie).await != 401 {
+            calls += 1;
+            assert!(started.elapsed() < Duration::from_secs(5), "never refused");
+        }
+        println!("INVALIDATION_US={} STALE_CALLS={calls}", started.elapsed().as_micros());
+    }
+}
+
+#[actix_web::main]
+async fn main() {
+    let redis_url = std::env::var("BENCH_REDIS_URL").expect("BENCH_REDIS_URL");
+    let workers: usize = std::env::var("BENCH_BFF_WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(1);
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    match args.first().map(String::as_str) {
+        Some("sse") => return sse(&args[1], args.get(2).map(String::as_str)).await,
+        Some("invalidation") => {
+            let rounds = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(200);
+            return invalidation(&redis_url, rounds).await;
+        }
+        _ => {}
+    }
+
+    let stack = start_stack(&redis_url, workers, false).await;
+    let session = sign_in(&stack.http, &stack.cached).await;
+    assert_eq!(api_status(&stack.http, &stack.cached, &session).await, 200);
+    assert_eq!(api_status(&stack.http, &stack.uncached, &session).await, 200);
+
+    println!("ISSUER={}", stack.issuer);
+    println!("UPSTREAM={}", stack.upstream);
+    println!("BFF={}", stack.cached);
+    println!("BFF_NOCACHE={}", stack.uncached);
     println!("COOKIE={session}");
     println!("READY=1");
     // Run until the script closes our stdin.

@@ -47,11 +47,16 @@ fn is_hop_by_hop(name: &str, named: &[String]) -> bool {
     HOP_BY_HOP.contains(&name) || name.starts_with("proxy-") || named.iter().any(|n| n == name)
 }
 
-/// How the original request reached us, for the `X-Forwarded-*` headers.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// How the original request reached us, for the `X-Forwarded-*` headers. Proto and host are
+/// the public URL's, made once (a clone is a reference count).
 pub struct ForwardedFor<'a> {
     pub peer: Option<IpAddr>,
-    pub proto: &'a str,
-    pub host: &'a str,
+    pub proto: &'a HeaderValue,
+    pub host: &'a HeaderValue,
 }
 
 /// The headers to send upstream. `Content-Length` is kept (a streamed body keeps its length).
@@ -69,45 +74,40 @@ pub fn upstream_request_headers(inbound: &InboundHeaders, forwarded: &ForwardedF
     }
     // Append to an existing chain (we may sit behind a load balancer); the upstream should trust
     // only the entries its own proxies added.
-    let previous: Vec<&str> = inbound
-        .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    let mut chain = previous.join(", ");
+    let mut chain = String::new();
+    for previous in inbound.get_all("x-forwarded-for").filter_map(|v| v.to_str().ok()).map(str::trim) {
+        if !previous.is_empty() {
+            if !chain.is_empty() {
+                chain.push_str(", ");
+            }
+            chain.push_str(previous);
+        }
+    }
     if let Some(peer) = forwarded.peer {
+        use std::fmt::Write as _;
         if !chain.is_empty() {
             chain.push_str(", ");
         }
-        chain.push_str(&peer.to_string());
+        let _ = write!(chain, "{peer}");
     }
     if !chain.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&chain)
+        && let Ok(v) = HeaderValue::try_from(chain)
     {
-        out.insert("x-forwarded-for", v);
+        out.insert(X_FORWARDED_FOR, v);
     }
-    if let Ok(v) = HeaderValue::from_str(forwarded.proto) {
-        out.insert("x-forwarded-proto", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(forwarded.host) {
-        out.insert("x-forwarded-host", v);
-    }
+    out.insert(X_FORWARDED_PROTO, forwarded.proto.clone());
+    out.insert(X_FORWARDED_HOST, forwarded.host.clone());
     out
 }
 
 /// The upstream's response headers that go back to the browser: no hop-by-hop headers, no
 /// `Set-Cookie` (the browser's cookies belong to bff), no `Content-Length` (the body writer sets it).
-pub fn downstream_response_headers(upstream: &OutboundHeaders) -> Vec<(String, Vec<u8>)> {
+pub fn downstream_response_headers(upstream: &OutboundHeaders) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
     let named = connection_named(upstream.get_all("connection").iter().map(|v| v.as_bytes().to_vec()));
-    upstream
-        .iter()
-        .filter(|(name, _)| {
-            let n = name.as_str();
-            !is_hop_by_hop(n, &named) && n != "set-cookie" && n != "content-length"
-        })
-        .map(|(name, value)| (name.as_str().to_string(), value.as_bytes().to_vec()))
-        .collect()
+    upstream.iter().filter(move |(name, _)| {
+        let n = name.as_str();
+        !is_hop_by_hop(n, &named) && n != "set-cookie" && n != "content-length"
+    })
 }
 
 #[cfg(test)]
@@ -146,7 +146,8 @@ mod tests {
             ("content-length", "5"),
             ("x-custom", "kept"),
         ]);
-        let fwd = ForwardedFor { peer: Some("10.0.0.9".parse().unwrap()), proto: "https", host: "app.example.com" };
+        let (proto, host) = (HeaderValue::from_static("https"), HeaderValue::from_static("app.example.com"));
+        let fwd = ForwardedFor { peer: Some("10.0.0.9".parse().unwrap()), proto: &proto, host: &host };
         let out = upstream_request_headers(&h, &fwd);
         let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         names.sort();
@@ -170,7 +171,8 @@ mod tests {
     #[test]
     fn forwarded_for_chains_are_appended_to() {
         let h = inbound(&[("x-forwarded-for", "203.0.113.7")]);
-        let fwd = ForwardedFor { peer: Some("10.0.0.1".parse().unwrap()), proto: "http", host: "h" };
+        let (proto, host) = (HeaderValue::from_static("http"), HeaderValue::from_static("h"));
+        let fwd = ForwardedFor { peer: Some("10.0.0.1".parse().unwrap()), proto: &proto, host: &host };
         assert_eq!(upstream_request_headers(&h, &fwd)["x-forwarded-for"], "203.0.113.7, 10.0.0.1");
     }
 
@@ -184,7 +186,7 @@ mod tests {
         up.append("content-length", HeaderValue::from_static("10"));
         up.append("content-type", HeaderValue::from_static("application/json"));
         up.append("cache-control", HeaderValue::from_static("max-age=5"));
-        let names: Vec<String> = downstream_response_headers(&up).into_iter().map(|(n, _)| n).collect();
+        let names: Vec<&str> = downstream_response_headers(&up).map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["content-type", "cache-control"]);
     }
 }

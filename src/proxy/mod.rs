@@ -70,8 +70,8 @@ pub struct Proxy {
     /// Longest prefix first, so the most specific route wins.
     routes: Vec<Arc<Route>>,
     connector: Connector,
-    proto: String,
-    host: String,
+    proto: HeaderValue,
+    host: HeaderValue,
     /// One permit per upstream exchange in flight (held until its response body ends).
     in_flight: Arc<Semaphore>,
     metrics: Arc<Metrics>,
@@ -100,8 +100,8 @@ impl Proxy {
         Proxy {
             routes,
             connector,
-            proto: public.scheme().to_string(),
-            host,
+            proto: HeaderValue::try_from(public.scheme()).unwrap_or(HeaderValue::from_static("https")),
+            host: HeaderValue::try_from(host).unwrap_or(HeaderValue::from_static("")),
             in_flight: Arc::new(Semaphore::new(config.server.max_upstream_concurrency)),
             metrics,
         }
@@ -171,14 +171,17 @@ impl Proxy {
         let retry_body = body.retryable();
         let method = hyper::Method::from_bytes(req.method().as_str().as_bytes())
             .map_err(|_| AppError::BadRequest("bad_method"))?;
-        let forwarded =
-            headers::ForwardedFor { peer: req.peer_addr().map(|a| a.ip()), proto: &self.proto, host: &self.host };
-        let mut base_headers = headers::upstream_request_headers(req.headers(), &forwarded);
-        if let Some(id) = req.extensions().get::<RequestId>()
-            && let Ok(v) = HeaderValue::from_str(&id.0)
-        {
-            base_headers.insert("x-request-id", v);
-        }
+        let request_headers = || {
+            let forwarded =
+                headers::ForwardedFor { peer: req.peer_addr().map(|a| a.ip()), proto: &self.proto, host: &self.host };
+            let mut headers = headers::upstream_request_headers(req.headers(), &forwarded);
+            if let Some(id) = req.extensions().get::<RequestId>()
+                && let Ok(v) = HeaderValue::from_str(&id.0)
+            {
+                headers.insert(X_REQUEST_ID, v);
+            }
+            headers
+        };
 
         let (outbound, too_large) = match body {
             RequestBody::Buffered(bytes) => (body::buffered(bytes), None),
@@ -187,14 +190,14 @@ impl Proxy {
                 (s.into_upstream(), Some(flag))
             }
         };
+        // Headers are made again for the rare retry rather than copied for every first try.
         let send = |token: &UsableToken, body: UpstreamBody| {
             let mut request = hyper::Request::new(body);
             *request.method_mut() = method.clone();
             *request.uri_mut() = destination.uri.clone();
-            *request.headers_mut() = base_headers.clone();
-            if let Ok(mut bearer) = HeaderValue::from_str(&format!("Bearer {}", token.access_token.secret())) {
-                bearer.set_sensitive(true);
-                request.headers_mut().insert(AUTHORIZATION, bearer);
+            *request.headers_mut() = request_headers();
+            if let Some(bearer) = &token.authorization {
+                request.headers_mut().insert(AUTHORIZATION, bearer.clone());
             }
             self.send(client, request, destination.route)
         };
@@ -255,6 +258,8 @@ impl Proxy {
 /// Tells the SPA when the access token used expires (never the token), so it can show refreshes.
 pub const TOKEN_EXPIRY_HEADER: &str = "x-bff-access-token-expires-at";
 
+const X_REQUEST_ID: hyper::header::HeaderName = hyper::header::HeaderName::from_static("x-request-id");
+
 /// Streams the upstream's answer back; the concurrency permit lives as long as the body does.
 fn respond(
     upstream: hyper::Response<Incoming>,
@@ -264,10 +269,19 @@ fn respond(
 ) -> HttpResponse {
     let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut res = HttpResponse::build(status);
+    // http 1 (hyper) to http 0.2 (actix): a standard name maps to its constant, a value is one copy.
     for (name, value) in headers::downstream_response_headers(upstream.headers()) {
-        res.append_header((name, value));
+        if let (Ok(name), Ok(value)) = (
+            actix_web::http::header::HeaderName::from_bytes(name.as_str().as_bytes()),
+            actix_web::http::header::HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            res.append_header((name, value));
+        }
     }
-    res.insert_header((TOKEN_EXPIRY_HEADER, token.expires_at.to_string()));
+    res.insert_header((
+        actix_web::http::header::HeaderName::from_static(TOKEN_EXPIRY_HEADER),
+        actix_web::http::header::HeaderValue::from(token.expires_at),
+    ));
     let no_body = head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     if no_body {
         return res.finish();

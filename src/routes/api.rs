@@ -18,8 +18,7 @@ pub async fn proxy(
 ) -> Result<HttpResponse, AppError> {
     require_csrf_header(&req)?;
     let destination = state.proxy.destination(&req, &route)?;
-    let cookie = state.cookies.session_cookie(&req).ok_or(AppError::LoginRequired)?;
-    let handle = cookie.id.handle();
+    let handle = state.cookies.session_handle(&req).ok_or(AppError::LoginRequired)?;
     match state.proxy.forward(&client, &req, payload, destination, &state.tokens, &handle).await {
         // The session is over: tell the browser to forget the cookie too.
         Err(AppError::LoginRequired) => {

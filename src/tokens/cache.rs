@@ -205,7 +205,7 @@ mod tests {
 
     fn view(version: u64) -> HotToken {
         HotToken {
-            access_token: AccessToken::new(format!("at{version}")),
+            authorization: super::super::bearer_header(&AccessToken::new(format!("at{version}"))),
             version,
             expires_at: u64::MAX,
             lifetime_secs: 300,

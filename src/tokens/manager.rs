@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::Shared;
-use openidconnect::AccessToken;
+use hyper::header::HeaderValue;
 
-use super::{HotToken, TokenSet, TokenStore};
+use super::{HotToken, TokenSet, TokenStore, bearer_header};
 use crate::crypto::random_token;
 use crate::metrics::{Metrics, RefreshOutcome};
 use crate::oidc::{Oidc, RefreshError};
@@ -32,7 +32,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// An access token ready to attach, and which version of the token set it came from.
 #[derive(Clone)]
 pub struct UsableToken {
-    pub access_token: AccessToken,
+    /// The ready `Authorization` header (see `bearer_header`).
+    pub authorization: Option<HeaderValue>,
     pub version: u64,
     pub expires_at: u64,
 }
@@ -45,13 +46,17 @@ impl std::fmt::Debug for UsableToken {
 
 impl From<&TokenSet> for UsableToken {
     fn from(set: &TokenSet) -> Self {
-        UsableToken { access_token: set.access_token.clone(), version: set.version, expires_at: set.expires_at }
+        UsableToken {
+            authorization: bearer_header(&set.access_token),
+            version: set.version,
+            expires_at: set.expires_at,
+        }
     }
 }
 
 impl From<&HotToken> for UsableToken {
     fn from(hot: &HotToken) -> Self {
-        UsableToken { access_token: hot.access_token.clone(), version: hot.version, expires_at: hot.expires_at }
+        UsableToken { authorization: hot.authorization.clone(), version: hot.version, expires_at: hot.expires_at }
     }
 }
 

@@ -91,6 +91,14 @@ impl HotToken {
     }
 }
 
+/// `Authorization: Bearer <access token>`, made once per token set and marked sensitive (`Debug`
+/// shows no value; HTTP/2 never indexes it). `None` for a token that is not a valid header value.
+pub fn bearer_header(token: &AccessToken) -> Option<hyper::header::HeaderValue> {
+    let mut value = hyper::header::HeaderValue::try_from(format!("Bearer {}", token.secret())).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
 fn version_prefix(version: u64) -> Vec<u8> {
     format!("v{version}.").into_bytes()
 }
