@@ -186,21 +186,26 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 echo "server-sent events…" >&2
-sse() { "$bin" sse "$@" | sed -n 's/^SSE_US=//p' | tr '\n' ' '; }
+# These phases report what they measured; one that fails leaves its line out, not the table.
+sse() { { "$bin" sse "$@" || true; } | sed -n 's/^SSE_US=//p' | tr '\n' ' '; }
 sse_direct=$(sse "$upstream/sse?n=$SSE_EVENTS")
 sse_nginx=$(sse "http://127.0.0.1:$nginx_port/sse?n=$SSE_EVENTS")
 sse_bff=$(sse "$bff/api/sse?n=$SSE_EVENTS" "$cookie")
 
 echo "invalidation delay…" >&2
-invalidation=$(RUST_LOG=warn "$bin" invalidation "$INVALIDATION_ROUNDS" | sed -n 's/^INVALIDATION_US=\([0-9]*\).*/\1/p' | tr '\n' ' ')
+invalidation=$({ RUST_LOG=warn "$bin" invalidation "$INVALIDATION_ROUNDS" || true; } | sed -n 's/^INVALIDATION_US=\([0-9]*\).*/\1/p' | tr '\n' ' ')
+
+echo "tracking modes…" >&2
+modes=$({ RUST_LOG=warn "$bin" tracking-modes || true; } | grep = | tr '\n' ' ')
 
 python3 - "$DURATION" "$CONNECTIONS" "$THREADS" "$BFF_WORKERS" "$(getconf CLK_TCK)" "$ROUNDS" \
-  "$sse_direct" "$sse_nginx" "$sse_bff" "$invalidation" "${results[@]}" <<'PY'
+  "$sse_direct" "$sse_nginx" "$sse_bff" "$invalidation" "$modes" "${results[@]}" <<'PY'
 import sys, statistics
 duration, conns, threads, workers, clk_tck, rounds = sys.argv[1:7]
 sse = {"direct": sys.argv[7], "nginx": sys.argv[8], "bff": sys.argv[9]}
 invalidation = sys.argv[10]
-rows = [r.split("|") for r in sys.argv[11:]]
+modes = dict(kv.split("=", 1) for kv in sys.argv[11].split())
+rows = [r.split("|") for r in sys.argv[12:]]
 def ms(v):
     v = v.strip()
     if v.endswith("us"): return float(v[:-2]) / 1000
@@ -254,4 +259,10 @@ if inv:
     print()
     print(f"Invalidation: logout on one cached instance → the other refuses the session, over {len(inv)} "
           f"logouts: p50 {pct(inv, 50)} µs, p99 {pct(inv, 99)} µs, max {max(inv)} µs")
+if modes:
+    print()
+    print("Tracking modes (Redis' own counts): invalidation messages to one instance per refresh: "
+          f"default {modes.get('DEFAULT_MSGS_REFRESH')}, BCAST by prefix {modes.get('BCAST_MSGS_REFRESH')}; "
+          f"per login, BCAST: {modes.get('BCAST_MSGS_LOGIN')}; server memory per tracked key (default "
+          f"mode, per instance holding it): {modes.get('TRACKED_KEY_BYTES')} bytes")
 PY

@@ -13,6 +13,9 @@
 //!   (client read − upstream write) as `SSE_US=…` lines.
 //! - `stack invalidation`: starts its own pair of cached instances and measures, N times, how
 //!   long after a logout on one the other refuses the session (`INVALIDATION_US=…`).
+//! - `stack tracking-modes`: what Redis' tracking modes cost: invalidation messages for one
+//!   login and one refresh in the default mode (what bff uses) and in `BCAST PREFIX`, and the
+//!   server memory a tracked key takes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -80,6 +83,8 @@ fn bff_config(public_url: &str, issuer: &str, redis_url: &str, upstream: &str, w
 public_url = "{public_url}"
 static_dir = ""
 workers = {workers}
+# The invalidation run signs in hundreds of times from one address.
+login_starts_per_minute = 100000
 [oidc]
 issuer = "{issuer}"
 client_id = "bench"
@@ -123,6 +128,7 @@ async fn api_status(http: &reqwest::Client, base: &str, cookie: &str) -> u16 {
 }
 
 struct Stack {
+    idp: std::sync::Arc<bff::demo::idp::Controls>,
     issuer: String,
     upstream: String,
     cached: String,
@@ -178,7 +184,14 @@ async fn start_stack(redis_url: &str, workers: usize, cached_twin: bool) -> Stac
     let second = bff::Application::build(twin, twin_listener).await.unwrap();
     actix_web::rt::spawn(second.run_until_stopped());
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    Stack { issuer: idp.issuer.clone(), upstream: upstream_url, cached: public_url, uncached: twin_url, http }
+    Stack {
+        idp: std::sync::Arc::clone(&idp.controls),
+        issuer: idp.issuer.clone(),
+        upstream: upstream_url,
+        cached: public_url,
+        uncached: twin_url,
+        http,
+    }
 }
 
 /// Reads an event stream; one delay per event.
@@ -225,6 +238,89 @@ async fn invalidation(redis_url: &str, rounds: usize) {
     }
 }
 
+/// A RESP3 connection with tracking on (`mode`: extra `CLIENT TRACKING ON` arguments) that
+/// counts the keys its invalidation messages name.
+async fn counting_connection(
+    redis_url: &str,
+    mode: &[&str],
+) -> (redis::aio::MultiplexedConnection, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let count = std::sync::Arc::new(AtomicU64::new(0));
+    let counter = std::sync::Arc::clone(&count);
+    let mut info: redis::ConnectionInfo = redis_url.parse().unwrap();
+    info.redis.protocol = redis::ProtocolVersion::RESP3;
+    let config = redis::AsyncConnectionConfig::new().set_push_sender(move |push: redis::PushInfo| {
+        if push.kind == redis::PushKind::Invalidate {
+            let keys = match push.data.first() {
+                Some(redis::Value::Array(keys)) => keys.len() as u64,
+                _ => 1,
+            };
+            counter.fetch_add(keys, Ordering::SeqCst);
+        }
+        Ok::<(), std::convert::Infallible>(())
+    });
+    let mut conn =
+        redis::Client::open(info).unwrap().get_multiplexed_async_connection_with_config(&config).await.unwrap();
+    let mut cmd = redis::cmd("CLIENT");
+    cmd.arg("TRACKING").arg("ON").arg(mode);
+    cmd.query_async::<()>(&mut conn).await.unwrap();
+    (conn, count)
+}
+
+async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await.unwrap();
+    info.lines().find_map(|l| l.strip_prefix("used_memory:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+}
+
+async fn tracking_modes(redis_url: &str) {
+    use std::sync::atomic::Ordering;
+    let stack = start_stack(redis_url, 1, true).await;
+    let (mut default, default_count) = counting_connection(redis_url, &[]).await;
+    let (_bcast, bcast_count) = counting_connection(redis_url, &["BCAST", "PREFIX", "bench:"]).await;
+    let settle = || tokio::time::sleep(Duration::from_millis(200));
+
+    stack.idp.set_access_token_ttl(Duration::from_secs(2));
+    let cookie = sign_in(&stack.http, &stack.cached).await;
+    settle().await;
+    println!("BCAST_MSGS_LOGIN={}", bcast_count.swap(0, Ordering::SeqCst));
+    let keys: Vec<String> = redis::cmd("KEYS").arg("bench:*:tokens").query_async(&mut default).await.unwrap();
+    for key in &keys {
+        let _: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(&mut default).await.unwrap();
+    }
+    settle().await;
+    default_count.store(0, Ordering::SeqCst);
+    bcast_count.store(0, Ordering::SeqCst);
+    // Due for refresh after half its 2 s lifetime: this call refreshes, with rotation.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(api_status(&stack.http, &stack.cached, &cookie).await, 200);
+    settle().await;
+    println!("DEFAULT_MSGS_REFRESH={}", default_count.load(Ordering::SeqCst));
+    println!("BCAST_MSGS_REFRESH={}", bcast_count.load(Ordering::SeqCst));
+
+    // Server memory of tracked keys: 20,000 token-set-sized values, read on a tracked connection.
+    let (mut plain, _) = counting_connection(redis_url, &["OPTIN"]).await;
+    let n = 20_000;
+    let value = vec![b'x'; 700];
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            pipe.cmd("SET").arg(format!("trk:{{h{i:021}}}:tokens")).arg(&value).ignore();
+        }
+        pipe.query_async::<()>(&mut plain).await.unwrap();
+    }
+    let before = used_memory(&mut plain).await;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            pipe.cmd("GET").arg(format!("trk:{{h{i:021}}}:tokens")).ignore();
+        }
+        pipe.query_async::<()>(&mut default).await.unwrap();
+    }
+    let after = used_memory(&mut plain).await;
+    println!("TRACKED_KEY_BYTES={}", (after - before) / n);
+    let _: () = redis::cmd("FLUSHDB").query_async(&mut plain).await.unwrap();
+}
+
 #[actix_web::main]
 async fn main() {
     let redis_url = std::env::var("BENCH_REDIS_URL").expect("BENCH_REDIS_URL");
@@ -232,6 +328,7 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     match args.first().map(String::as_str) {
         Some("sse") => return sse(&args[1], args.get(2).map(String::as_str)).await,
+        Some("tracking-modes") => return tracking_modes(&redis_url).await,
         Some("invalidation") => {
             let rounds = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(200);
             return invalidation(&redis_url, rounds).await;

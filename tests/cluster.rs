@@ -163,6 +163,8 @@ async fn bff_runs_on_a_redis_cluster_and_rides_out_a_primary_failover() {
     })
     .await;
     let second = spawn_second_instance(&app).await;
+    // No per-node tracking here: every call reads its token set, and the metrics say so.
+    assert_eq!(helpers::metric(&app.address, "bff_token_cache_mode{mode=\"per_call_read\"}").await, 1.0);
     let browser = app.browser();
     browser.login_as("alice").await;
     assert_eq!(browser.user().await.status(), 200);
@@ -337,4 +339,34 @@ async fn bff_finds_its_redis_through_sentinel_and_follows_a_failover() {
         !redis_cli(setup.sentinel, &["sentinel", "get-master-addr-by-name", "bffdata"]).contains(&primary.to_string())
     );
     assert_eq!(browser.user().await.status(), 200, "the session moved with the data");
+
+    // The token cache followed the primary: its channel is up again, a second instance caches
+    // the session there, and refuses it once the first instance logs it out on the new primary.
+    let cookie =
+        format!("{0}={1}", app.config.session.cookie_name, browser.cookie(&app.config.session.cookie_name).unwrap());
+    let second = spawn_second_instance(&app).await;
+    for base in [app.address.clone(), second.clone()] {
+        eventually("the invalidation channel is up on the new primary", Duration::from_secs(15), || {
+            let base = base.clone();
+            async move { helpers::metric(&base, "bff_token_cache_channel_up").await == 1.0 }
+        })
+        .await;
+    }
+    let on_second = browser.at(&second);
+    let hits = helpers::metric(&second, "bff_token_cache_hits_total").await;
+    assert_eq!(on_second.api(Method::GET, "/api/echo").await.status(), 200);
+    assert_eq!(on_second.api(Method::GET, "/api/echo").await.status(), 200);
+    assert!(helpers::metric(&second, "bff_token_cache_hits_total").await > hits, "cached on the second instance");
+    assert_eq!(browser.logout().await.status(), 303);
+    let (url, seen) = (on_second.url("/api/echo"), app.upstream.seen.clone());
+    eventually("the second instance refuses without calling the upstream", Duration::from_secs(5), || {
+        let (url, cookie, seen) = (url.clone(), cookie.clone(), seen.clone());
+        async move {
+            let before = seen.lock().unwrap().len();
+            let res =
+                reqwest::Client::new().get(url).header("cookie", cookie).header("x-csrf", "1").send().await.unwrap();
+            res.status() == 401 && seen.lock().unwrap().len() == before
+        }
+    })
+    .await;
 }

@@ -212,20 +212,20 @@ impl Proxy {
         };
         let head = req.method() == actix_web::http::Method::HEAD;
         if first.status() != hyper::StatusCode::UNAUTHORIZED {
-            return Ok(respond(first, head, &token, permit));
+            return Ok(respond(first, head, &token, permit).await);
         }
         let Some(retry_body) = retry_body else {
-            return Ok(respond(first, head, &token, permit));
+            return Ok(respond(first, head, &token, permit).await);
         };
         let fresh = match tokens.refresh_after_rejection(handle, token.version).await {
             Ok(fresh) => fresh,
             // Nothing to refresh with: the upstream's 401 is the answer.
-            Err(TokenError::CannotRefresh) => return Ok(respond(first, head, &token, permit)),
+            Err(TokenError::CannotRefresh) => return Ok(respond(first, head, &token, permit).await),
             Err(e) => return Err(e.into()),
         };
         drop(first);
         let second = send(&fresh, body::buffered(retry_body)).await?;
-        Ok(respond(second, head, &fresh, permit))
+        Ok(respond(second, head, &fresh, permit).await)
     }
 
     /// Sends and waits for the response head only: bodies (downloads, event streams) may take
@@ -261,7 +261,7 @@ pub const TOKEN_EXPIRY_HEADER: &str = "x-bff-access-token-expires-at";
 const X_REQUEST_ID: hyper::header::HeaderName = hyper::header::HeaderName::from_static("x-request-id");
 
 /// Streams the upstream's answer back; the concurrency permit lives as long as the body does.
-fn respond(
+async fn respond(
     upstream: hyper::Response<Incoming>,
     head_request: bool,
     token: &UsableToken,
@@ -287,10 +287,19 @@ fn respond(
         return res.finish();
     }
     let length = upstream.body().size_hint().exact();
-    let stream = upstream.into_body().into_data_stream().map_err(|e| {
+    let mut stream = upstream.into_body().into_data_stream().map_err(|e| {
         tracing::warn!("upstream body interrupted: {e}");
         std::io::Error::other("upstream body interrupted")
     });
+    let mut arrived = Vec::new();
+    if length.is_none() {
+        match take_arrived(&mut stream).await {
+            // Whole already: one write with a length instead of chunks and a last chunk.
+            Arrived::Whole(body) => return res.body(body),
+            Arrived::Start(start) => arrived = start,
+        }
+    }
+    let stream = futures_util::StreamExt::chain(futures_util::stream::iter(arrived), stream);
     // The permit travels with the body and is dropped when it ends.
     let stream = futures_util::stream::unfold((stream, permit), |(mut stream, permit)| async move {
         futures_util::StreamExt::next(&mut stream).await.map(|item| (item, (stream, permit)))
@@ -299,4 +308,61 @@ fn respond(
         Some(len) => res.body(SizedStream::new(len, stream)),
         None => res.streaming::<_, std::io::Error>(stream.map_ok(Bytes::from)),
     }
+}
+
+/// A body without a length that was read whole already is answered whole up to this size.
+const WHOLE_BODY_LIMIT: usize = 64 * 1024;
+
+enum Arrived {
+    Whole(Bytes),
+    /// What arrived so far; the rest follows as it comes.
+    Start(Vec<Result<Bytes, std::io::Error>>),
+}
+
+/// Scheduler turns given to the upstream connection's task to hand over what it has read.
+const ARRIVAL_TURNS: u32 = 3;
+
+/// What of a chunked answer has already arrived, without waiting for any more: most APIs
+/// answer small JSON bodies chunked (streaming frameworks do), all in one go. The connection's
+/// task hands the body over only once asked, so it gets a few scheduler turns (no timer, no
+/// waiting on the network). An event stream or a slow download is never held back: whatever is
+/// not there by then is streamed when it comes.
+async fn take_arrived<S>(stream: &mut S) -> Arrived
+where
+    S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Unpin,
+{
+    let mut start = Vec::new();
+    let mut size = 0;
+    let mut turns = ARRIVAL_TURNS;
+    while size <= WHOLE_BODY_LIMIT {
+        match futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(stream)) {
+            Some(Some(Ok(chunk))) => {
+                size += chunk.len();
+                start.push(Ok(chunk));
+            }
+            Some(None) if start.len() == 1 => {
+                if let Some(Ok(only)) = start.pop() {
+                    return Arrived::Whole(only);
+                }
+                return Arrived::Whole(Bytes::new());
+            }
+            Some(None) => {
+                let mut whole = bytes::BytesMut::with_capacity(size);
+                for chunk in start.iter().flatten() {
+                    whole.extend_from_slice(chunk);
+                }
+                return Arrived::Whole(whole.freeze());
+            }
+            Some(Some(Err(e))) => {
+                start.push(Err(e));
+                break;
+            }
+            None if turns > 0 => {
+                turns -= 1;
+                tokio::task::yield_now().await;
+            }
+            None => break,
+        }
+    }
+    Arrived::Start(start)
 }

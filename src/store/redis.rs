@@ -324,6 +324,9 @@ impl RedisStore {
         let stale = connection_lost(e) || e.kind() == redis::ErrorKind::ReadOnly;
         if stale && matches!(self.inner.target, Target::Sentinel(_)) {
             *self.inner.conn.write().await = None;
+            if let Some(channel) = self.inner.tracking.get() {
+                channel.reset();
+            }
         }
     }
 

@@ -60,6 +60,8 @@ pub struct TrackingChannel {
     check_role: bool,
     /// The tracked connection, present only while the channel is up.
     conn: RwLock<Option<MultiplexedConnection>>,
+    /// Fired when the store saw the primary move (Sentinel): reconnect now.
+    reset: Arc<Notify>,
 }
 
 /// What a tracked read found.
@@ -79,7 +81,14 @@ impl TrackingChannel {
         check_role: bool,
     ) -> Arc<TrackingChannel> {
         listener.channel_down();
-        let channel = Arc::new(TrackingChannel { source, listener, timeout, check_role, conn: RwLock::new(None) });
+        let channel = Arc::new(TrackingChannel {
+            source,
+            listener,
+            timeout,
+            check_role,
+            conn: RwLock::new(None),
+            reset: Arc::new(Notify::new()),
+        });
         tokio::spawn(supervise(Arc::downgrade(&channel)));
         channel
     }
@@ -100,6 +109,14 @@ impl TrackingChannel {
             (Some(_), Err(_)) => TrackedRead::NotTracking,
             (None, _) => TrackedRead::Value(None),
         })
+    }
+
+    /// The store found that the primary moved (a failover): empty the cache now and track on
+    /// the new primary, without waiting for the next probe.
+    pub fn reset(&self) {
+        self.set_connection(None);
+        self.listener.channel_down();
+        self.reset.notify_one();
     }
 
     fn connection(&self) -> Option<MultiplexedConnection> {
@@ -210,9 +227,13 @@ async fn watch(channel: &Weak<TrackingChannel>, opened: &Opened) -> Option<Store
     let mut conn = opened.conn.clone();
     let mut every = tokio::time::interval(PROBE_INTERVAL);
     every.tick().await;
+    let reset_signal = Arc::clone(&channel.upgrade()?.reset);
+    let reset = reset_signal.notified();
+    tokio::pin!(reset);
     loop {
         tokio::select! {
             () = opened.lost.notified() => return Some(StoreError("connection closed".into())),
+            () = &mut reset => return Some(StoreError("the primary moved".into())),
             _ = every.tick() => {
                 let this = channel.upgrade()?;
                 if let Err(e) = this.probe(&mut conn).await {

@@ -127,6 +127,19 @@ async fn upstream_cookies_and_hop_by_hop_headers_never_reach_the_browser() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_answer_that_arrived_whole_goes_back_with_its_length() {
+    let app = spawn_app().await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    // The fixture streams two chunks (no length); both have arrived when bff answers.
+    let res = browser.api(Method::GET, "/api/chunked").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-length"], "16");
+    assert!(res.headers().get("transfer-encoding").is_none());
+    assert_eq!(res.text().await.unwrap(), r#"{"chunked":true}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_streams_flow_as_events_arrive() {
     let app = spawn_app().await;
     let browser = app.browser();

@@ -102,6 +102,13 @@ async fn handle(req: HttpRequest, mut payload: web::Payload, state: web::Data<St
         tokio::time::sleep(Duration::from_millis(query(&req, "ms").unwrap_or(5000))).await;
         return HttpResponse::Ok().json(json!({ "slow": true }));
     }
+    if path == "/chunked" {
+        // Two chunks written at once, as streaming frameworks answer small JSON bodies.
+        let parts = [Bytes::from_static(b"{\"chunked\":"), Bytes::from_static(b"true}")];
+        return HttpResponse::Ok()
+            .content_type("application/json")
+            .streaming(futures_util::stream::iter(parts.map(Ok::<_, std::io::Error>)));
+    }
     if path == "/sse" {
         let count = query(&req, "count").unwrap_or(3);
         let events = futures_util::stream::unfold(0u64, move |i| async move {
