@@ -23,41 +23,17 @@ CACHE=${CACHE:-"true false"}
 command -v valgrind >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; }
 command -v redis-server >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  exec 3>&- 2>/dev/null || true
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -n "${redis_port:-}" ] && redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --dir "$work" >/dev/null
-export BENCH_REDIS_URL="redis://127.0.0.1:$redis_port"
+. benches/common.sh
+start_redis
 
 echo "building (release)…" >&2
 cargo build --release --bin bff >/dev/null 2>&1
 BIN=${BIN:-target/release/bff}
-stack=$(cargo build --release --bench stack --message-format=json 2>/dev/null |
-  python3 -c 'import sys, json
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "stack" and m.get("executable"):
-        print(m["executable"])')
-
-mkfifo "$work/stdin"
-RUST_LOG=warn "$stack" <"$work/stdin" >"$work/stack.out" 2>"$work/stack.err" &
-pids+=($!)
-exec 3>"$work/stdin"
-for _ in $(seq 1 100); do grep -q READY=1 "$work/stack.out" 2>/dev/null && break; sleep 0.2; done
-grep -q READY=1 "$work/stack.out" || { cat "$work/stack.err" >&2; exit 1; }
-issuer=$(sed -n 's/^ISSUER=//p' "$work/stack.out")
-upstream=$(sed -n 's/^UPSTREAM=//p' "$work/stack.out")
-public=$(sed -n 's/^BFF=//p' "$work/stack.out")
-cookie=$(sed -n 's/^COOKIE=//p' "$work/stack.out")
+start_stack "$(build_stack)"
+issuer=$(stack_value ISSUER)
+upstream=$(stack_value UPSTREAM)
+public=$(stack_value BFF)
+cookie=$(stack_value COOKIE)
 
 # calls port n: n sequential calls on one keep-alive connection; fails on any other status.
 calls() {

@@ -40,41 +40,19 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  exec 3>&- 2>/dev/null || true
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+. benches/common.sh
+cleanup_more() {
   for pid in "$work"/*/nginx.pid; do [ -f "$pid" ] && kill "$(cat "$pid")" 2>/dev/null || true; done
-  [ -n "${redis_port:-}" ] && redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
-  rm -rf "$work"
 }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --dir "$work" >/dev/null
-export BENCH_REDIS_URL="redis://127.0.0.1:$redis_port"
+start_redis
 
 echo "building (release)…" >&2
-bin=$(cargo build --release --bench stack --message-format=json 2>/dev/null |
-  python3 -c 'import sys, json
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "stack" and m.get("executable"):
-        print(m["executable"])')
-
-mkfifo "$work/stdin"
-BENCH_BFF_WORKERS="$BFF_WORKERS" RUST_LOG=warn "$bin" <"$work/stdin" >"$work/stack.out" 2>"$work/stack.err" &
-pids+=($!)
-exec 3>"$work/stdin"
-for _ in $(seq 1 100); do grep -q READY=1 "$work/stack.out" 2>/dev/null && break; sleep 0.2; done
-grep -q READY=1 "$work/stack.out" || { cat "$work/stack.err" >&2; exit 1; }
-upstream=$(sed -n 's/^UPSTREAM=//p' "$work/stack.out")
-bff=$(sed -n 's/^BFF=//p' "$work/stack.out")
-bff_nocache=$(sed -n 's/^BFF_NOCACHE=//p' "$work/stack.out")
-cookie=$(sed -n 's/^COOKIE=//p' "$work/stack.out")
+bin=$(build_stack)
+start_stack "$bin" BENCH_BFF_WORKERS="$BFF_WORKERS"
+upstream=$(stack_value UPSTREAM)
+bff=$(stack_value BFF)
+bff_nocache=$(stack_value BFF_NOCACHE)
+cookie=$(stack_value COOKIE)
 
 # One nginx reverse proxy to the upstream, in its own directory under $work: the two instances
 # differ only in what runs before proxy_pass (main-context lines, http-context lines, an access

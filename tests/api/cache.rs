@@ -49,6 +49,27 @@ async fn two_instances(redis_url: Option<String>) -> (TestApp, String) {
     (app, second)
 }
 
+/// Two cached instances, alice signed in on the first and answered from the cache on both.
+struct AliceOnTwo {
+    app: TestApp,
+    second: String,
+    alice: Browser,
+    alice_on_second: Browser,
+    /// Her session cookie as it was before anything cleared it.
+    cookie: String,
+}
+
+async fn alice_cached_on_two(redis_url: Option<String>) -> AliceOnTwo {
+    let (app, second) = two_instances(redis_url).await;
+    let alice = app.browser();
+    alice.login_as("alice").await;
+    let cookie = cookie_of(&app, &alice);
+    let alice_on_second = alice.at(&second);
+    cached_on(&app.address, &alice).await;
+    cached_on(&second, &alice_on_second).await;
+    AliceOnTwo { app, second, alice, alice_on_second, cookie }
+}
+
 async fn api_status(browser: &Browser) -> u16 {
     browser.api(Method::GET, "/api/echo").await.status().as_u16()
 }
@@ -146,12 +167,7 @@ async fn the_in_memory_store_reads_on_every_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logout_on_one_instance_is_refused_by_the_other() {
-    let (app, second) = two_instances(None).await;
-    let alice = app.browser();
-    alice.login_as("alice").await;
-    let cookie = cookie_of(&app, &alice);
-    let alice_on_second = alice.at(&second);
-    cached_on(&second, &alice_on_second).await;
+    let AliceOnTwo { app, second, alice, alice_on_second, cookie } = alice_cached_on_two(None).await;
     let invalidations = metric(&second, "bff_token_cache_invalidations_total").await;
 
     assert_eq!(alice.logout().await.status(), 303);
@@ -163,15 +179,10 @@ async fn a_logout_on_one_instance_is_refused_by_the_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_back_channel_logout_on_one_instance_is_refused_by_the_other() {
-    let (app, second) = two_instances(None).await;
-    let alice = app.browser();
-    alice.login_as("alice").await;
-    let cookie = cookie_of(&app, &alice);
+    let AliceOnTwo { app, second, alice_on_second, cookie, .. } = alice_cached_on_two(None).await;
     let bob = app.browser();
     bob.login_as("bob").await;
-    let alice_on_second = alice.at(&second);
     let bob_on_second = bob.at(&second);
-    cached_on(&second, &alice_on_second).await;
     cached_on(&second, &bob_on_second).await;
 
     let sid = app.idp.provider.session_of("alice").expect("alice has a provider session");
@@ -183,12 +194,7 @@ async fn a_back_channel_logout_on_one_instance_is_refused_by_the_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_on_one_instance_reaches_the_other_which_never_sends_the_old_refresh_token() {
-    let (app, second) = two_instances(None).await;
-    let alice = app.browser();
-    alice.login_as("alice").await;
-    let alice_on_second = alice.at(&second);
-    cached_on(&second, &alice_on_second).await;
-    cached_on(&app.address, &alice).await;
+    let AliceOnTwo { app, alice, alice_on_second, .. } = alice_cached_on_two(None).await;
     let old = app.upstream.seen().last().and_then(|s| s.bearer.clone()).expect("a bearer");
 
     // The upstream rejects the next call: the first instance refreshes (rotating the refresh
@@ -221,13 +227,7 @@ async fn a_refresh_on_one_instance_reaches_the_other_which_never_sends_the_old_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushall_is_refused_by_every_instance() {
     let redis = RedisProcess::spawn().await;
-    let (app, second) = two_instances(Some(redis.url())).await;
-    let alice = app.browser();
-    alice.login_as("alice").await;
-    let cookie = cookie_of(&app, &alice);
-    let alice_on_second = alice.at(&second);
-    cached_on(&app.address, &alice).await;
-    cached_on(&second, &alice_on_second).await;
+    let AliceOnTwo { app, alice, alice_on_second, cookie, .. } = alice_cached_on_two(Some(redis.url())).await;
 
     let mut conn = redis.connection().await;
     redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await.unwrap();
@@ -239,13 +239,7 @@ async fn flushall_is_refused_by_every_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_redis_restart_lost_sessions_are_refused_and_new_logins_work() {
     let mut redis = RedisProcess::spawn().await;
-    let (app, second) = two_instances(Some(redis.url())).await;
-    let alice = app.browser();
-    alice.login_as("alice").await;
-    let cookie = cookie_of(&app, &alice);
-    let alice_on_second = alice.at(&second);
-    cached_on(&app.address, &alice).await;
-    cached_on(&second, &alice_on_second).await;
+    let AliceOnTwo { app, second, alice, alice_on_second, cookie } = alice_cached_on_two(Some(redis.url())).await;
 
     // The same port, a new data directory: everything is gone.
     let port = redis.url().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap();
@@ -267,12 +261,7 @@ async fn after_a_redis_restart_lost_sessions_are_refused_and_new_logins_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_channel_is_noticed_and_a_logout_made_meanwhile_is_refused() {
     let redis = RedisProcess::spawn().await;
-    let (app, second) = two_instances(Some(redis.url())).await;
-    let alice = app.browser();
-    alice.login_as("alice").await;
-    let cookie = cookie_of(&app, &alice);
-    let alice_on_second = alice.at(&second);
-    cached_on(&second, &alice_on_second).await;
+    let AliceOnTwo { app, second, alice, alice_on_second, cookie } = alice_cached_on_two(Some(redis.url())).await;
 
     // Every connection of both instances, the invalidation channels included.
     let mut conn = redis.connection().await;
