@@ -88,6 +88,13 @@ pub fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// 128 random bits as 22 base64url characters: an identifier, not a secret (request ids).
+pub fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
 /// SHA-256, base64url without padding.
 pub fn digest(value: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(value.as_bytes()))
@@ -99,6 +106,14 @@ mod tests {
 
     fn secret(s: &str) -> SecretString {
         SecretString::from(s.repeat(64))
+    }
+
+    #[test]
+    fn random_ids_are_22_url_safe_characters_and_differ() {
+        let (a, b) = (random_id(), random_id());
+        assert_eq!(a.len(), 22);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'), "{a}");
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -136,7 +136,7 @@ fn request_id(req: &ServiceRequest) -> RequestId {
     let incoming = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).filter(|v| {
         (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
     });
-    RequestId(incoming.map(String::from).unwrap_or_else(|| crate::crypto::random_token()[..22].to_string()))
+    RequestId(incoming.map(String::from).unwrap_or_else(crate::crypto::random_id))
 }
 
 /// Which kind of route a path is, for metrics and logs (never the path itself: unbounded).
@@ -164,8 +164,8 @@ pub async fn observe(
     let state = req.app_data::<web::Data<AppState>>().cloned();
     let id = request_id(&req);
     let route = route_class(req.path(), state.as_ref().map(|s| s.get_ref()));
-    let method = req.method().clone();
-    let path = req.path().to_string();
+    // Kept for the access log line only when that line is written.
+    let logged = tracing::enabled!(tracing::Level::INFO).then(|| (req.method().clone(), req.path().to_string()));
     let span = tracing::info_span!("request", request_id = %id.0, route);
     let target_bytes = req.uri().path().len() + req.uri().query().map_or(0, str::len);
     let header_bytes: usize =
@@ -187,15 +187,17 @@ pub async fn observe(
     if let Some(state) = &state {
         state.metrics.request(route, status.as_u16(), started.elapsed());
     }
-    span.in_scope(|| {
-        tracing::info!(
-            method = %method,
-            path = %path,
-            status = status.as_u16(),
-            latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "request"
-        );
-    });
+    if let Some((method, path)) = logged {
+        span.in_scope(|| {
+            tracing::info!(
+                method = %method,
+                path = %path,
+                status = status.as_u16(),
+                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "request"
+            );
+        });
+    }
     res.map(|mut r| {
         if let Ok(v) = HeaderValue::from_str(&id.0) {
             r.headers_mut().insert(HeaderName::from_static("x-request-id"), v);
