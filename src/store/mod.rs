@@ -107,14 +107,15 @@ impl Store {
         }
     }
 
-    /// Before and after a write: a fill racing the write is refused, and one that read the old
-    /// value just before it is dropped.
-    fn written(&self, keys: &[&str]) {
-        if let Some(listener) = &self.listener {
-            for key in keys {
-                listener.written_locally(key);
-            }
-        }
+    /// Tells the listener of a write now and again when the guard is dropped — after the write,
+    /// or when the write's future is dropped midway: a fill racing the write is refused, and one
+    /// that read the old value just before it is dropped. The lock operations (`set_if_absent`,
+    /// `delete_if_equals`, `expire_if_equals`) and set indexes never hold token sets and do not
+    /// tell; `expire` only lengthens a life, and Redis' invalidation brings the new one.
+    fn writing<'a>(&'a self, keys: &'a [&'a str]) -> Writing<'a> {
+        let writing = Writing { listener: self.listener.as_ref(), keys };
+        writing.tell();
+        writing
     }
 
     pub fn kind(&self) -> &'static str {
@@ -138,18 +139,16 @@ impl Store {
     }
 
     pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
-        self.written(&[key]);
-        let result = dispatch!(self, "set", s => s.set(key, value, ttl));
-        self.written(&[key]);
-        result
+        let keys = [key];
+        let _after = self.writing(&keys);
+        dispatch!(self, "set", s => s.set(key, value, ttl))
     }
 
     /// Writes only when the key exists; false when it does not.
     pub async fn set_if_exists(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
-        self.written(&[key]);
-        let result = dispatch!(self, "set_if_exists", s => s.set_if_exists(key, value, ttl));
-        self.written(&[key]);
-        result
+        let keys = [key];
+        let _after = self.writing(&keys);
+        dispatch!(self, "set_if_exists", s => s.set_if_exists(key, value, ttl))
     }
 
     /// Writes only when the key is absent; false when it exists (a lock taken by someone else).
@@ -159,19 +158,16 @@ impl Store {
 
     /// Reads and deletes in one step: a value can be taken once.
     pub async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.written(&[key]);
-        let result = dispatch!(self, "take", s => s.take(key));
-        self.written(&[key]);
-        result
+        let keys = [key];
+        let _after = self.writing(&keys);
+        dispatch!(self, "take", s => s.take(key))
     }
 
     /// Deletes keys. Several keys must share one hash tag (one Redis Cluster slot).
     pub async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
         let names: Vec<&str> = keys.iter().map(String::as_str).collect();
-        self.written(&names);
-        let result = dispatch!(self, "delete", s => s.delete(keys));
-        self.written(&names);
-        result
+        let _after = self.writing(&names);
+        dispatch!(self, "delete", s => s.delete(keys))
     }
 
     /// Sets the time to live of keys that exist. Several keys must share one hash tag.
@@ -189,10 +185,9 @@ impl Store {
         expected_prefix: &[u8],
         value: &[u8],
     ) -> Result<CasOutcome, StoreError> {
-        self.written(&[key]);
-        let result = dispatch!(self, "replace_if_prefix", s => s.replace_if_prefix(key, expected_prefix, value));
-        self.written(&[key]);
-        result
+        let keys = [key];
+        let _after = self.writing(&keys);
+        dispatch!(self, "replace_if_prefix", s => s.replace_if_prefix(key, expected_prefix, value))
     }
 
     /// Deletes the key when it holds `value` (a lock released by its owner only).
@@ -216,6 +211,28 @@ impl Store {
 
     pub async fn set_remove(&self, key: &str, member: &str) -> Result<(), StoreError> {
         dispatch!(self, "set_remove", s => s.set_remove(key, member))
+    }
+}
+
+#[must_use]
+struct Writing<'a> {
+    listener: Option<&'a Arc<dyn ChangeListener>>,
+    keys: &'a [&'a str],
+}
+
+impl Writing<'_> {
+    fn tell(&self) {
+        if let Some(listener) = self.listener {
+            for key in self.keys {
+                listener.written_locally(key);
+            }
+        }
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.tell();
     }
 }
 

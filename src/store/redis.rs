@@ -215,28 +215,25 @@ impl RedisStore {
     /// topology reads Redis on every call instead.
     pub fn start_tracking(&self, listener: Arc<dyn ChangeListener>) -> Result<(), &'static str> {
         let weak = Arc::downgrade(&self.inner);
-        let (source, check_role): (ClientSource, bool) = match &self.inner.target {
+        let source: ClientSource = match &self.inner.target {
             Target::Single(client) => {
                 let client = client.clone();
-                (Arc::new(move || Box::pin(std::future::ready(Ok(client.clone())))), false)
+                Arc::new(move || Box::pin(std::future::ready(Ok(client.clone()))))
             }
-            Target::Sentinel(_) => (
-                Arc::new(move || {
-                    let weak = weak.clone();
-                    Box::pin(async move {
-                        let inner = weak.upgrade().ok_or_else(|| StoreError("store dropped".into()))?;
-                        let Target::Sentinel(sentinel) = &inner.target else {
-                            return Err(StoreError("not a Sentinel set-up".into()));
-                        };
-                        let client = sentinel.lock().await.async_get_client().await;
-                        client.map_err(|e| StoreError(format!("asking the sentinels for the primary: {e}")))
-                    })
-                }),
-                true,
-            ),
+            Target::Sentinel(_) => Arc::new(move || {
+                let weak = weak.clone();
+                Box::pin(async move {
+                    let inner = weak.upgrade().ok_or_else(|| StoreError("store dropped".into()))?;
+                    let Target::Sentinel(sentinel) = &inner.target else {
+                        return Err(StoreError("not a Sentinel set-up".into()));
+                    };
+                    let client = sentinel.lock().await.async_get_client().await;
+                    client.map_err(|e| StoreError(format!("asking the sentinels for the primary: {e}")))
+                })
+            }),
             Target::Cluster(_) => return Err("per-node tracking is not implemented for Redis Cluster"),
         };
-        let channel = TrackingChannel::start(source, listener, self.inner.timeout, check_role);
+        let channel = TrackingChannel::start(source, listener, self.inner.timeout);
         self.inner.tracking.set(channel).map_err(|_| "tracking already started")
     }
 

@@ -16,8 +16,8 @@
 //!
 //! Whenever the channel is not known to be up the listener is told, and the cache empties and
 //! stops filling: at start until tracking is on, when the connection drops (the read loop's
-//! disconnection push), when a PING (Sentinel: `ROLE`, which also notices a primary demoted by
-//! a failover) goes unanswered, and across every reconnection.
+//! disconnection push), when the probe (`ROLE`, which also notices a primary demoted by a
+//! failover) goes unanswered or says "replica", and across every reconnection.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, Weak};
@@ -56,8 +56,6 @@ pub struct TrackingChannel {
     source: ClientSource,
     listener: Arc<dyn ChangeListener>,
     timeout: Duration,
-    /// A primary behind Sentinel: probe with `ROLE`, so a demoted primary counts as lost.
-    check_role: bool,
     /// The tracked connection, present only while the channel is up.
     conn: RwLock<Option<MultiplexedConnection>>,
     /// Fired when the store saw the primary move (Sentinel): reconnect now.
@@ -74,18 +72,12 @@ pub enum TrackedRead {
 
 impl TrackingChannel {
     /// Starts the channel's task on the current runtime; it ends when the channel is dropped.
-    pub fn start(
-        source: ClientSource,
-        listener: Arc<dyn ChangeListener>,
-        timeout: Duration,
-        check_role: bool,
-    ) -> Arc<TrackingChannel> {
+    pub fn start(source: ClientSource, listener: Arc<dyn ChangeListener>, timeout: Duration) -> Arc<TrackingChannel> {
         listener.channel_down();
         let channel = Arc::new(TrackingChannel {
             source,
             listener,
             timeout,
-            check_role,
             conn: RwLock::new(None),
             reset: Arc::new(Notify::new()),
         });
@@ -129,7 +121,11 @@ impl TrackingChannel {
 
     /// Connects with RESP3 and a push sender, turns tracking on and probes once.
     async fn open(&self) -> Result<Opened, StoreError> {
-        let client = (self.source)().await?;
+        // Bounded: the Sentinel look-up has no timeout of its own and holds the lock the store's
+        // own reconnects need.
+        let client = tokio::time::timeout(self.timeout, (self.source)())
+            .await
+            .map_err(|_| StoreError("finding the server to track timed out".into()))??;
         let mut info = client.get_connection_info().clone();
         info.redis.protocol = redis::ProtocolVersion::RESP3;
         let client = redis::Client::open(info).map_err(|e| StoreError(format!("tracking client: {e}")))?;
@@ -163,18 +159,15 @@ impl TrackingChannel {
         }
     }
 
+    /// `ROLE`, not `PING`: it also tells when the server tracked is no longer the primary (a
+    /// Sentinel failover, or a DNS name or proxy that moved to another node), whose writes this
+    /// connection would never hear of. A server that refuses `ROLE` never gets the channel up:
+    /// every call then reads Redis, which is safe.
     async fn probe(&self, conn: &mut MultiplexedConnection) -> Result<(), StoreError> {
-        let answer = async {
-            if self.check_role {
-                let role: Vec<Value> = redis::cmd("ROLE").query_async(conn).await?;
-                Ok(matches!(role.first(), Some(Value::BulkString(r)) if r == b"master"))
-            } else {
-                redis::cmd("PING").query_async::<String>(conn).await.map(|_| true)
-            }
-        };
-        match tokio::time::timeout(self.timeout, answer).await {
-            Ok(Ok(true)) => Ok(()),
-            Ok(Ok(false)) => Err(StoreError("the tracked server is no longer the primary".into())),
+        let command = redis::cmd("ROLE");
+        match tokio::time::timeout(self.timeout, command.query_async::<Vec<Value>>(conn)).await {
+            Ok(Ok(role)) if matches!(role.first(), Some(Value::BulkString(r)) if r == b"master") => Ok(()),
+            Ok(Ok(_)) => Err(StoreError("the tracked server is not the primary".into())),
             Ok(Err(e)) => Err(StoreError(e.to_string())),
             Err(_) => Err(StoreError("no answer to the channel's probe".into())),
         }
@@ -202,8 +195,10 @@ fn push_handler(
             PushKind::Invalidate => match push.data.first() {
                 Some(Value::Array(keys) | Value::Set(keys)) => {
                     for key in keys {
-                        if let Value::BulkString(key) = key {
-                            listener.invalidated(key);
+                        match key {
+                            Value::BulkString(key) => listener.invalidated(key),
+                            // Not understood: assume the worst.
+                            _ => listener.everything_invalidated(),
                         }
                     }
                 }

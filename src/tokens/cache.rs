@@ -105,10 +105,12 @@ impl TokenCache {
         found
     }
 
-    /// Before a miss's read; `None` while the channel is not up (read, but do not fill).
+    /// Before a miss's read; `None` while the channel is not up, or while another read for the
+    /// session is already filling (read, but do not fill: concurrent misses must not keep
+    /// superseding each other's fills).
     pub fn begin_fill(&self, handle: &SessionHandle) -> Option<FillTicket> {
         let mut state = self.state();
-        if !state.up {
+        if !state.up || matches!(state.slots.peek(handle.as_str()), Some(Slot::Pending(_))) {
             return None;
         }
         state.next_ticket += 1;
@@ -140,6 +142,11 @@ impl TokenCache {
         }
     }
 
+    /// Drops what is held for a session (its idle extension failed: read Redis again).
+    pub fn forget_session(&self, handle: &SessionHandle) {
+        self.forget(handle.as_str());
+    }
+
     fn forget(&self, handle: &str) {
         let mut state = self.state();
         if state.slots.pop(handle).is_some() {
@@ -147,11 +154,15 @@ impl TokenCache {
         }
     }
 
-    fn flush(&self, up: bool) {
+    /// Empties the cache; `up`: the channel state from now on, `None` keeps it (in the same
+    /// critical section, so a flush-all cannot undo a concurrent up or down).
+    fn flush(&self, up: Option<bool>) {
         let mut state = self.state();
         state.slots.clear();
         state.epoch += 1;
-        state.up = up;
+        if let Some(up) = up {
+            state.up = up;
+        }
         self.metrics.entries(0);
     }
 
@@ -171,8 +182,7 @@ impl ChangeListener for TokenCache {
 
     fn everything_invalidated(&self) {
         self.metrics.invalidation();
-        let up = self.state().up;
-        self.flush(up);
+        self.flush(None);
     }
 
     fn written_locally(&self, key: &str) {
@@ -182,12 +192,12 @@ impl ChangeListener for TokenCache {
     }
 
     fn channel_up(&self) {
-        self.flush(true);
+        self.flush(Some(true));
         self.metrics.channel_up(true);
     }
 
     fn channel_down(&self) {
-        self.flush(false);
+        self.flush(Some(false));
         self.metrics.channel_up(false);
     }
 }
@@ -277,14 +287,28 @@ mod tests {
     }
 
     #[test]
-    fn a_second_read_for_the_same_session_takes_over_the_slot() {
+    fn a_second_read_while_one_fills_reads_without_filling() {
         let (cache, _) = cache(10);
         let h = SessionId::generate().handle();
         let first = cache.begin_fill(&h).unwrap_or_else(|| panic!("up"));
-        let second = cache.begin_fill(&h).unwrap_or_else(|| panic!("up"));
-        assert!(!cache.complete_fill(first, view(1), later()), "superseded");
-        assert!(cache.complete_fill(second, view(2), later()));
-        assert_eq!(version_of(&cache, &h), Some(2));
+        assert!(cache.begin_fill(&h).is_none(), "one fill at a time per session");
+        assert!(cache.complete_fill(first, view(1), later()));
+        assert_eq!(version_of(&cache, &h), Some(1));
+        // An abandoned fill frees the slot for the next miss.
+        let other = SessionId::generate().handle();
+        let fill = cache.begin_fill(&other).unwrap_or_else(|| panic!("up"));
+        cache.abandon(fill);
+        assert!(cache.begin_fill(&other).is_some());
+    }
+
+    #[test]
+    fn a_flush_all_keeps_the_channel_state() {
+        let (cache, _) = cache(10);
+        cache.everything_invalidated();
+        assert!(cache.begin_fill(&SessionId::generate().handle()).is_some(), "still up");
+        cache.channel_down();
+        cache.everything_invalidated();
+        assert!(cache.begin_fill(&SessionId::generate().handle()).is_none(), "still down");
     }
 
     #[test]

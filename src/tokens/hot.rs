@@ -1,7 +1,8 @@
 //! What the proxy needs of a token set, kept decoded between calls.
 //!
-//! Every proxied call still reads the token set from the store (so a logout, a refresh or an
-//! expiry on any instance is seen at once); what is saved is opening it again. A stored value is
+//! For the path without the local cache (`tokens.local_cache = false`, the in-memory store,
+//! Redis Cluster): every proxied call still reads the token set from the store, so a logout, a
+//! refresh or an expiry on any instance is seen at once; what is saved is opening it again. A stored value is
 //! recognised by its fingerprint: its clear version prefix, its nonce and its GCM tag. Every seal
 //! draws a fresh random nonce, so a value written since (refresh, re-seal, new login) never
 //! matches. A value that matches is answered with the view decoded from the value that was

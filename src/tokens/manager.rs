@@ -138,7 +138,7 @@ impl TokenManager {
         &self.tokens
     }
 
-    /// The steady-state path: one store read, no write.
+    /// The steady-state path: no store command with the local cache, else one read; no write.
     pub async fn access_token(self: &Arc<Self>, handle: &SessionHandle) -> FlightResult {
         let hot = self.tokens.load_hot(handle).await?.ok_or(TokenError::LoginRequired)?;
         let now = now_unix();

@@ -25,7 +25,8 @@ pub use hot::HotToken;
 pub use manager::{TokenError, TokenManager, TokenTimings, UsableToken};
 
 /// Extend a session's idle timeout at most this often (or every half idle timeout, if that is
-/// shorter): a steady stream of API calls costs one read each and a write once a minute.
+/// shorter): a steady stream of API calls costs a write once a minute, and, without the local
+/// cache, one read each (with it, one read after each extension, which invalidates the set).
 const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Serialize, Deserialize)]
@@ -195,9 +196,12 @@ impl TokenStore {
                 cache.abandon(fill);
                 return self.load_uncached(handle).await;
             }
+            // The tracked connection failed (half-open until its probe notices): this call
+            // reads on the ordinary connection instead of failing.
             Err(e) => {
                 cache.abandon(fill);
-                return Err(e);
+                tracing::debug!("tracked read failed ({e}); reading without the cache");
+                return self.load_uncached(handle).await;
             }
         };
         let opened = match read {
@@ -300,14 +304,20 @@ impl TokenStore {
         (target > ttl + TOUCH_INTERVAL.min(self.idle / 2)).then_some(target)
     }
 
-    /// Extends the idle timeout in the background: the request does not wait for it.
+    /// Extends the idle timeout in the background: the request does not wait for it. A failed
+    /// extension drops the cached value, so the next call reads Redis and tries again (a cached
+    /// value starts one extension only).
     fn touch(&self, handle: &SessionHandle, target: Duration) {
         let store = self.store.clone();
         let keys = vec![self.keys.session(handle), self.keys.tokens(handle)];
-        let short = handle.short().to_string();
+        let cache = self.cache.clone();
+        let handle = handle.clone();
         tokio::spawn(async move {
             if let Err(e) = store.expire(&keys, target).await {
-                tracing::warn!(session = short, "could not extend the session: {e}");
+                tracing::warn!(session = handle.short(), "could not extend the session: {e}");
+                if let Some(cache) = cache {
+                    cache.forget_session(&handle);
+                }
             }
         });
     }
