@@ -338,3 +338,30 @@ async fn more_sessions_than_the_cache_holds_are_all_served_right() {
     }
     assert!(metric(&app.address, "bff_token_cache_fills_total").await >= 5.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_probe_takes_the_channel_down_until_redis_answers_again() {
+    let redis = RedisProcess::spawn().await;
+    let app = app_with_cache(Some(redis.url())).await;
+    channel_up(&app.address).await;
+    let alice = app.browser();
+    alice.login_as("alice").await;
+    cached_on(&app.address, &alice).await;
+
+    // Redis stops answering without closing anything (as behind a partition): only the
+    // channel's probe, unanswered within redis_timeout_ms, can tell.
+    let mut conn = redis.connection().await;
+    redis::cmd("CLIENT").arg("PAUSE").arg(4000).arg("ALL").query_async::<()>(&mut conn).await.unwrap();
+    let base = app.address.clone();
+    eventually("the channel is taken down and the cache emptied", Duration::from_secs(4), || {
+        let base = base.clone();
+        async move {
+            metric(&base, "bff_token_cache_channel_up").await == 0.0
+                && metric(&base, "bff_token_cache_entries").await == 0.0
+        }
+    })
+    .await;
+    redis::cmd("CLIENT").arg("UNPAUSE").query_async::<()>(&mut conn).await.unwrap();
+    channel_up(&app.address).await;
+    cached_on(&app.address, &alice).await;
+}
