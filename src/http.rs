@@ -14,6 +14,7 @@ use actix_web::{Error, HttpMessage, HttpRequest, ResponseError, web};
 use tracing::Instrument;
 
 use crate::error::{AppError, is_navigation};
+use crate::request_id::request_id;
 use crate::state::AppState;
 
 /// Bodies sent to `/auth/*` (forms, logout tokens) are small.
@@ -125,18 +126,6 @@ pub async fn reseal_session_cookie(
         let _ = res.response_mut().add_cookie(&resealed);
     }
     Ok(res)
-}
-
-/// The request id of a request: the caller's `X-Request-Id` when it is well-formed, else made up.
-/// Logged on every line of the request, returned to the caller and forwarded upstream.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
-fn request_id(req: &ServiceRequest) -> RequestId {
-    let incoming = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).filter(|v| {
-        (1..=64).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-    });
-    RequestId(incoming.map(String::from).unwrap_or_else(crate::crypto::random_id))
 }
 
 /// Which kind of route a path is, for metrics and logs (never the path itself: unbounded).

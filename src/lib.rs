@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod oidc;
 pub mod pages;
 pub mod proxy;
+pub mod request_id;
 pub mod return_to;
 pub mod routes;
 pub mod session;

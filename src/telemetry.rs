@@ -14,3 +14,15 @@ pub fn init(format: LogFormat, default_filter: &str) {
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
     };
 }
+
+/// An error and its sources on one line; for logs (never for response bodies).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

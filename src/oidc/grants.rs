@@ -7,7 +7,8 @@ use openidconnect::{
     AccessToken, AuthType, Nonce, OAuth2TokenResponse, RefreshToken, RequestTokenError, TokenResponse,
 };
 
-use super::{Oidc, OidcError, RawIdToken, error_chain};
+use super::{Oidc, OidcError, RawIdToken};
+use crate::telemetry::error_chain;
 
 /// A successful refresh.
 pub struct Refreshed {

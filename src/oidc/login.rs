@@ -13,8 +13,8 @@ use openidconnect::{
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{Oidc, OidcError, RawIdToken, error_chain};
-use crate::session::UserInfo;
+use super::{Oidc, OidcError, RawIdToken, UserInfo};
+use crate::telemetry::error_chain;
 
 /// A login in progress, stored server-side under its `state` until the callback takes it.
 #[derive(Serialize, Deserialize)]

@@ -142,7 +142,7 @@ impl Oidc {
     pub async fn discover(&self) -> Result<(), OidcError> {
         let metadata = DiscoveredMetadata::discover_async(self.issuer.clone(), &self.http)
             .await
-            .map_err(|e| OidcError::Unavailable(format!("discovery failed: {}", error_chain(&e))))?;
+            .map_err(|e| OidcError::Unavailable(format!("discovery failed: {}", crate::telemetry::error_chain(&e))))?;
         let parse_optional = |raw: &Option<String>, what: &str| -> Option<Url> {
             let raw = raw.as_ref()?;
             Url::parse(raw).map_err(|e| tracing::warn!("ignoring the provider's {what} ({e})")).ok()
@@ -203,16 +203,13 @@ impl Oidc {
     }
 }
 
-/// An error and its sources on one line; for logs (never for response bodies).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+/// Who is signed in, as the SPA may see it: claims only, never a token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UserInfo {
+    pub sub: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A raw ID token (a JWT). Its `Debug` is redacted; it leaves bff only as `id_token_hint`.

@@ -25,8 +25,8 @@ use url::Url;
 
 use crate::config::{ApiConfig, Config};
 use crate::error::AppError;
-use crate::http::RequestId;
 use crate::metrics::Metrics;
+use crate::request_id::RequestId;
 use crate::session::SessionHandle;
 use crate::tokens::{TokenError, TokenManager, UsableToken};
 
@@ -247,7 +247,7 @@ impl Proxy {
             }
             Ok(Err(e)) => {
                 self.metrics.upstream_error(&route.prefix, "unavailable");
-                tracing::warn!(api = route.prefix, "upstream unreachable: {}", crate::oidc::error_chain(&e));
+                tracing::warn!(api = route.prefix, "upstream unreachable: {}", crate::telemetry::error_chain(&e));
                 Err(AppError::UpstreamUnavailable)
             }
             Ok(Ok(response)) => Ok(response),

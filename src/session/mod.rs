@@ -18,7 +18,7 @@ use crate::crypto;
 pub use cookie::{CookiePolicy, SessionCookie};
 pub use index::SessionIndex;
 pub use pending::{PENDING_LOGIN_TTL, PendingLogins};
-pub use store::{SessionEntries, SessionLifetime, SessionStoreAdapter, SignedIn, UserInfo, now_unix};
+pub use store::{SessionEntries, SessionLifetime, SessionStoreAdapter, SignedIn, now_unix};
 
 /// The secret session id. Its `Debug` is redacted; it is only ever written into the cookie.
 #[derive(Clone)]

@@ -11,10 +11,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use actix_session::Session;
 use actix_session::storage::{LoadError, SaveError, SessionKey, SessionStore, UpdateError};
 use actix_web::cookie::time;
-use serde::{Deserialize, Serialize};
 
 use super::{KeyLayout, SessionHandle, SessionId};
 use crate::crypto::Sealer;
+use crate::oidc::UserInfo;
 use crate::store::Store;
 
 const NEW_ID_ENTRY: &str = "__new_session_id";
@@ -24,15 +24,6 @@ const EXPIRES_AT_ENTRY: &str = "expires_at";
 
 pub fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-/// Who is signed in, as the SPA may see it: claims only, never a token.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct UserInfo {
-    pub sub: String,
-    pub name: Option<String>,
-    pub email: Option<String>,
-    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The typed view of a session's entries; the only code that knows the entry names.

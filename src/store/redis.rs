@@ -129,6 +129,22 @@ pub struct RedisStore {
     inner: Arc<Inner>,
 }
 
+/// The condition of a conditional `SET`.
+#[derive(Clone, Copy)]
+enum Only {
+    IfExists,
+    IfAbsent,
+}
+
+impl Only {
+    fn arg(self) -> &'static str {
+        match self {
+            Only::IfExists => "XX",
+            Only::IfAbsent => "NX",
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Attempts {
     Once,
@@ -450,21 +466,31 @@ impl RedisStore {
         .await
     }
 
-    async fn set_conditional(&self, key: &str, value: &[u8], ttl: Duration, cond: &str) -> Result<bool, StoreError> {
+    async fn set_conditional(&self, key: &str, value: &[u8], ttl: Duration, only: Only) -> Result<bool, StoreError> {
         let op = |mut c: Conn| async move {
-            redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ttl_millis(ttl)).arg(cond).query_async(&mut c).await
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(ttl_millis(ttl))
+                .arg(only.arg())
+                .query_async(&mut c)
+                .await
         };
         // A lost reply to `SET NX` would make the retry see our own write as someone else's.
-        let reply: Value = if cond == "NX" { self.run_once(op).await? } else { self.run(op).await? };
+        let reply: Value = match only {
+            Only::IfAbsent => self.run_once(op).await?,
+            Only::IfExists => self.run(op).await?,
+        };
         Ok(!matches!(reply, Value::Nil))
     }
 
     pub async fn set_if_exists(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
-        self.set_conditional(key, value, ttl, "XX").await
+        self.set_conditional(key, value, ttl, Only::IfExists).await
     }
 
     pub async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
-        self.set_conditional(key, value, ttl, "NX").await
+        self.set_conditional(key, value, ttl, Only::IfAbsent).await
     }
 
     pub async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
