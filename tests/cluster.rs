@@ -269,30 +269,10 @@ impl SentinelSetup {
         std::fs::create_dir_all(&dir).unwrap();
         let (primary, replica, sentinel) = (dead_port(), dead_port(), dead_port());
         let common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"];
-        // Each server in a directory of its own: a replica writes the RDB it receives to its
-        // working directory, which would otherwise be the repository.
-        let own_dir = |name: &str| {
-            let d = dir.join(name);
-            std::fs::create_dir_all(&d).unwrap();
-            d.to_string_lossy().into_owned()
-        };
-        let (primary_dir, replica_dir) = (own_dir("primary"), own_dir("replica"));
-        let mut children =
-            vec![redis_process(&[&["--port", &primary.to_string(), "--dir", &primary_dir][..], &common[..]].concat())];
+        let mut children = vec![redis_process(&[&["--port", &primary.to_string()][..], &common[..]].concat())];
         children.push(redis_process(
-            &[
-                &[
-                    "--port",
-                    &replica.to_string(),
-                    "--dir",
-                    &replica_dir,
-                    "--replicaof",
-                    "127.0.0.1",
-                    &primary.to_string(),
-                ][..],
-                &common[..],
-            ]
-            .concat(),
+            &[&["--port", &replica.to_string(), "--replicaof", "127.0.0.1", &primary.to_string()][..], &common[..]]
+                .concat(),
         ));
         let conf = dir.join("sentinel.conf");
         std::fs::write(
