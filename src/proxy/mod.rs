@@ -331,38 +331,37 @@ async fn take_arrived<S>(stream: &mut S) -> Arrived
 where
     S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Unpin,
 {
-    let mut start = Vec::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
     let mut size = 0;
     let mut turns = ARRIVAL_TURNS;
-    while size <= WHOLE_BODY_LIMIT {
+    let error = loop {
+        if size > WHOLE_BODY_LIMIT {
+            break None;
+        }
         match futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(stream)) {
             Some(Some(Ok(chunk))) => {
                 size += chunk.len();
-                start.push(Ok(chunk));
+                chunks.push(chunk);
             }
-            Some(None) if start.len() == 1 => {
-                if let Some(Ok(only)) = start.pop() {
-                    return Arrived::Whole(only);
-                }
-                return Arrived::Whole(Bytes::new());
-            }
-            Some(None) => {
-                let mut whole = bytes::BytesMut::with_capacity(size);
-                for chunk in start.iter().flatten() {
-                    whole.extend_from_slice(chunk);
-                }
-                return Arrived::Whole(whole.freeze());
-            }
-            Some(Some(Err(e))) => {
-                start.push(Err(e));
-                break;
-            }
+            Some(None) => return Arrived::Whole(concat(chunks, size)),
+            Some(Some(Err(e))) => break Some(e),
             None if turns > 0 => {
                 turns -= 1;
                 tokio::task::yield_now().await;
             }
-            None => break,
+            None => break None,
         }
+    };
+    Arrived::Start(chunks.into_iter().map(Ok).chain(error.map(Err)).collect())
+}
+
+fn concat(mut chunks: Vec<Bytes>, size: usize) -> Bytes {
+    if chunks.len() == 1 {
+        return chunks.pop().unwrap_or_default();
     }
-    Arrived::Start(start)
+    let mut whole = bytes::BytesMut::with_capacity(size);
+    for chunk in &chunks {
+        whole.extend_from_slice(chunk);
+    }
+    whole.freeze()
 }

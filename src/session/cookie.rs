@@ -145,6 +145,11 @@ impl CookiePolicy {
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| Cookie::parse_encoded(pair.trim().to_string()).ok())
             .find(|c| c.name() == self.name)?;
+        self.open_cookie(cookie)
+    }
+
+    /// Opens a parsed session cookie with the first key that can; the index of that key.
+    fn open_cookie(&self, cookie: Cookie<'static>) -> Option<(SessionId, usize)> {
         let mut jar = CookieJar::new();
         jar.add_original(cookie);
         self.keys.iter().enumerate().find_map(|(i, key)| {
@@ -194,13 +199,7 @@ impl CookiePolicy {
 
     /// Opens one sealed value; the index of the key that opened it.
     fn open_value(&self, raw: &str) -> Option<(SessionId, usize)> {
-        let cookie = Cookie::parse_encoded(format!("{}={raw}", self.name)).ok()?;
-        let mut jar = CookieJar::new();
-        jar.add_original(cookie);
-        self.keys.iter().enumerate().find_map(|(i, key)| {
-            let opened = jar.private(key).get(&self.name)?;
-            SessionId::parse(opened.value()).map(|id| (id, i))
-        })
+        self.open_cookie(Cookie::parse_encoded(format!("{}={raw}", self.name)).ok()?)
     }
 
     /// The session cookie sealed again with the current key, when the request's opens only

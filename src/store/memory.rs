@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{CasOutcome, StoreError};
+use super::{CasOutcome, StoreError, TrackedRead};
 
 /// Sweep expired entries every this many writes, so an idle map does not grow without bound.
 const SWEEP_EVERY: u64 = 1024;
@@ -72,6 +72,11 @@ impl MemoryStore {
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.lock()?.bytes(key, Instant::now()).cloned())
+    }
+
+    /// One process holds everything: there is no change made elsewhere to be told of.
+    pub async fn read_tracked(&self, _key: &str) -> Result<TrackedRead, StoreError> {
+        Ok(TrackedRead::NotTracking)
     }
 
     pub async fn get_with_ttl(&self, key: &str) -> Result<Option<(Vec<u8>, Duration)>, StoreError> {

@@ -94,17 +94,7 @@ impl Store {
 
     /// A read on the invalidation channel's connection, so the value may be cached.
     pub async fn read_tracked(&self, key: &str) -> Result<TrackedRead, StoreError> {
-        match &self.backend {
-            Backend::Redis(s) => {
-                let started = std::time::Instant::now();
-                let result = s.read_tracked(key).await;
-                if let Some(metrics) = &self.metrics {
-                    metrics.store_op("read_tracked", started.elapsed(), result.is_ok());
-                }
-                result
-            }
-            Backend::Memory(_) => Ok(TrackedRead::NotTracking),
-        }
+        dispatch!(self, "read_tracked", s => s.read_tracked(key))
     }
 
     /// Tells the listener of a write now and again when the guard is dropped — after the write,

@@ -57,12 +57,29 @@ struct State {
     next_ticket: u64,
 }
 
-/// A miss's right to fill, taken before the read.
+/// A miss's right to fill, taken before the read. Dropped without `complete_fill` (the read
+/// failed, found nothing to keep, or the request went away mid-read), it frees its placeholder,
+/// which would otherwise hold off every other fill for the session.
 #[must_use]
-pub struct FillTicket {
+pub struct FillTicket<'c> {
+    cache: &'c TokenCache,
     handle: String,
     ticket: u64,
     epoch: u64,
+    completed: bool,
+}
+
+impl Drop for FillTicket<'_> {
+    fn drop(&mut self) {
+        if self.completed {
+            return;
+        }
+        let mut state = self.cache.state();
+        if matches!(state.slots.peek(&self.handle), Some(Slot::Pending(t)) if *t == self.ticket) {
+            state.slots.pop(&self.handle);
+            self.cache.metrics.entries(state.slots.len());
+        }
+    }
 }
 
 pub struct TokenCache {
@@ -108,7 +125,7 @@ impl TokenCache {
     /// Before a miss's read; `None` while the channel is not up, or while another read for the
     /// session is already filling (read, but do not fill: concurrent misses must not keep
     /// superseding each other's fills).
-    pub fn begin_fill(&self, handle: &SessionHandle) -> Option<FillTicket> {
+    pub fn begin_fill(&self, handle: &SessionHandle) -> Option<FillTicket<'_>> {
         let mut state = self.state();
         if !state.up || matches!(state.slots.peek(handle.as_str()), Some(Slot::Pending(_))) {
             return None;
@@ -117,29 +134,27 @@ impl TokenCache {
         let ticket = state.next_ticket;
         state.slots.put(handle.as_str().to_string(), Slot::Pending(ticket));
         self.metrics.entries(state.slots.len());
-        Some(FillTicket { handle: handle.as_str().to_string(), ticket, epoch: state.epoch })
+        Some(FillTicket {
+            cache: self,
+            handle: handle.as_str().to_string(),
+            ticket,
+            epoch: state.epoch,
+            completed: false,
+        })
     }
 
     /// Stores the value read under `ticket` unless something invalidated it meanwhile.
-    pub fn complete_fill(&self, fill: FillTicket, view: HotToken, valid_until: Instant) -> bool {
+    pub fn complete_fill(&self, mut fill: FillTicket<'_>, view: HotToken, valid_until: Instant) -> bool {
         let mut state = self.state();
         let ours = matches!(state.slots.peek(&fill.handle), Some(Slot::Pending(t)) if *t == fill.ticket);
         if !(ours && state.up && state.epoch == fill.epoch) {
             return false;
         }
         let entry = CachedToken { view, valid_until, touch_started: AtomicBool::new(false) };
-        state.slots.put(fill.handle, Slot::Filled(Arc::new(entry)));
+        state.slots.put(std::mem::take(&mut fill.handle), Slot::Filled(Arc::new(entry)));
+        fill.completed = true;
         self.metrics.filled();
         true
-    }
-
-    /// The read failed or found nothing to keep: drop the placeholder if it is still ours.
-    pub fn abandon(&self, fill: FillTicket) {
-        let mut state = self.state();
-        if matches!(state.slots.peek(&fill.handle), Some(Slot::Pending(t)) if *t == fill.ticket) {
-            state.slots.pop(&fill.handle);
-            self.metrics.entries(state.slots.len());
-        }
     }
 
     /// Drops what is held for a session (its idle extension failed: read Redis again).
@@ -297,7 +312,7 @@ mod tests {
         // An abandoned fill frees the slot for the next miss.
         let other = SessionId::generate().handle();
         let fill = cache.begin_fill(&other).unwrap_or_else(|| panic!("up"));
-        cache.abandon(fill);
+        drop(fill);
         assert!(cache.begin_fill(&other).is_some());
     }
 

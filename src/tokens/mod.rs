@@ -168,9 +168,7 @@ impl TokenStore {
         let key = self.keys.tokens(handle);
         let Some((raw, ttl)) = self.store.get_with_ttl(&key).await? else { return Ok(None) };
         let Some((set, _)) = self.open(handle, &key, &raw).await? else { return Ok(None) };
-        if let Some(target) = self.touch_target(ttl, set.session_expires_at) {
-            self.touch(handle, target);
-        }
+        self.touch_if_due(handle, ttl, set.session_expires_at);
         Ok(Some(set))
     }
 
@@ -190,37 +188,24 @@ impl TokenStore {
         }
         let Some(fill) = cache.begin_fill(handle) else { return self.load_uncached(handle).await };
         let key = self.keys.tokens(handle);
-        let read = match self.store.read_tracked(&key).await {
-            Ok(TrackedRead::Value(read)) => read,
-            Ok(TrackedRead::NotTracking) => {
-                cache.abandon(fill);
-                return self.load_uncached(handle).await;
-            }
+        // On every early return the ticket is dropped, which frees its placeholder.
+        let (raw, ttl) = match self.store.read_tracked(&key).await {
+            Ok(TrackedRead::Value(Some(read))) => read,
+            Ok(TrackedRead::Value(None)) => return Ok(None),
+            Ok(TrackedRead::NotTracking) => return self.load_uncached(handle).await,
             // The tracked connection failed (half-open until its probe notices): this call
             // reads on the ordinary connection instead of failing.
             Err(e) => {
-                cache.abandon(fill);
                 tracing::debug!("tracked read failed ({e}); reading without the cache");
                 return self.load_uncached(handle).await;
             }
         };
-        let opened = match read {
-            Some((raw, ttl)) => self.open(handle, &key, &raw).await.map(|o| o.map(|o| (o, ttl))),
-            None => Ok(None),
-        };
-        let Ok(Some(((set, resealed), ttl))) = opened else {
-            cache.abandon(fill);
-            return opened.map(|_| None);
-        };
+        let Some((set, resealed)) = self.open(handle, &key, &raw).await? else { return Ok(None) };
         let view = HotToken::from(&set);
-        if resealed {
-            cache.abandon(fill);
-        } else {
+        if !resealed {
             cache.complete_fill(fill, view.clone(), now + ttl);
         }
-        if let Some(target) = self.touch_target(ttl, view.session_expires_at) {
-            self.touch(handle, target);
-        }
+        self.touch_if_due(handle, ttl, view.session_expires_at);
         Ok(Some(view))
     }
 
@@ -244,9 +229,7 @@ impl TokenStore {
                 view
             }
         };
-        if let Some(target) = self.touch_target(ttl, view.session_expires_at) {
-            self.touch(handle, target);
-        }
+        self.touch_if_due(handle, ttl, view.session_expires_at);
         Ok(Some(view))
     }
 
@@ -302,6 +285,12 @@ impl TokenStore {
     fn touch_target(&self, ttl: Duration, session_expires_at: u64) -> Option<Duration> {
         let target = self.session_ttl(session_expires_at)?;
         (target > ttl + TOUCH_INTERVAL.min(self.idle / 2)).then_some(target)
+    }
+
+    fn touch_if_due(&self, handle: &SessionHandle, ttl: Duration, session_expires_at: u64) {
+        if let Some(target) = self.touch_target(ttl, session_expires_at) {
+            self.touch(handle, target);
+        }
     }
 
     /// Extends the idle timeout in the background: the request does not wait for it. A failed
