@@ -8,6 +8,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError};
 
 use crate::pages::Pages;
 use crate::store::StoreError;
+use crate::telemetry::error_chain;
 use crate::tokens::TokenError;
 
 #[derive(Debug, thiserror::Error)]
@@ -137,7 +138,7 @@ impl ResponseError for AppError {
 
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
-        tracing::warn!("{e}");
+        tracing::warn!("{}", error_chain(&e));
         AppError::SessionStoreUnavailable
     }
 }
@@ -149,8 +150,8 @@ impl From<TokenError> for AppError {
             // Only reached where the caller has no upstream answer to pass through.
             TokenError::CannotRefresh => AppError::LoginRequired,
             TokenError::RefreshUnavailable(_) => AppError::TokenRefreshUnavailable,
-            TokenError::Store(reason) => {
-                tracing::warn!("session store unavailable: {reason}");
+            TokenError::Store(e) => {
+                tracing::warn!("{}", error_chain(&e));
                 AppError::SessionStoreUnavailable
             }
         }

@@ -16,6 +16,7 @@ use tracing::Instrument;
 use crate::error::{AppError, is_navigation};
 use crate::request_id::request_id;
 use crate::state::AppState;
+use crate::telemetry::error_chain;
 
 /// Bodies sent to `/auth/*` (forms, logout tokens) are small.
 pub const AUTH_BODY_LIMIT: usize = 64 * 1024;
@@ -82,7 +83,7 @@ pub async fn auth_guard(
             Ok(res.map_into_left_body())
         }
         Err(e) => {
-            tracing::warn!("session store failed: {e}");
+            tracing::warn!("session store failed: {}", error_chain(&e));
             let err = AppError::SessionStoreUnavailable;
             let mut res = match (&state, navigation) {
                 (Some(state), true) => err.page(&state.pages),

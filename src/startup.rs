@@ -19,6 +19,7 @@ use crate::routes;
 use crate::session::{CookiePolicy, KeyLayout, PendingLogins, SessionIndex, SessionLifetime};
 use crate::state::{AppState, content_security_policy};
 use crate::store::{ChangeListener, MemoryStore, RedisStore, RedisTopology, Store};
+use crate::telemetry::error_chain;
 use crate::tokens::{TokenCache, TokenManager, TokenStore, TokenTimings};
 
 pub struct Application {
@@ -96,7 +97,7 @@ impl Application {
         let (store, cache) = local_cache(&config, store, &keys, &metrics);
         let oidc = Arc::new(Oidc::new(&config)?);
         if let Err(e) = oidc.discover().await {
-            tracing::warn!("{e}; bff starts anyway and keeps trying (readyz answers 503 until then)");
+            tracing::warn!("{}; bff starts anyway and keeps trying (readyz answers 503 until then)", error_chain(&e));
             tokio::spawn(Arc::clone(&oidc).discover_until_ready());
         }
         let mut token_store = TokenStore::new(store.clone(), sealer.clone(), keys.clone(), config.session.idle_timeout);

@@ -2,13 +2,9 @@
 
 use std::time::Duration;
 
-use openidconnect::core::CoreErrorResponseType;
-use openidconnect::{
-    AccessToken, AuthType, Nonce, OAuth2TokenResponse, RefreshToken, RequestTokenError, TokenResponse,
-};
+use openidconnect::{AccessToken, AuthType, Nonce, OAuth2TokenResponse, RefreshToken, TokenResponse};
 
-use super::{Oidc, OidcError, RawIdToken};
-use crate::telemetry::error_chain;
+use super::{Oidc, OidcError, RawIdToken, TokenEndpointError};
 
 /// A successful refresh.
 pub struct Refreshed {
@@ -21,34 +17,24 @@ pub struct Refreshed {
 }
 
 /// Why a refresh failed, by consequence.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
     /// `invalid_grant`: the grant is gone; the session is over.
     #[error("the provider rejected the refresh token (invalid_grant)")]
     Revoked,
     /// Anything else (unreachable, timeout, 5xx, `invalid_client`, `server_error`,
     /// `temporarily_unavailable`): keep the session and the refresh token, try again later.
-    #[error("token refresh unavailable: {0}")]
-    Unavailable(String),
+    #[error("token refresh unavailable")]
+    Unavailable(#[from] OidcError),
 }
 
 impl Oidc {
     pub async fn refresh(&self, refresh_token: &RefreshToken, sub: &str) -> Result<Refreshed, RefreshError> {
-        let provider = self.provider().map_err(|e| RefreshError::Unavailable(e.to_string()))?;
-        let request = provider
-            .client
-            .exchange_refresh_token(refresh_token)
-            .map_err(|e| RefreshError::Unavailable(format!("provider has no token endpoint ({e})")))?;
-        let response = request.request_async(&self.http).await.map_err(|e| match e {
-            RequestTokenError::ServerResponse(err) if *err.error() == CoreErrorResponseType::InvalidGrant => {
-                RefreshError::Revoked
-            }
-            RequestTokenError::ServerResponse(err) => {
-                RefreshError::Unavailable(format!("token endpoint answered {}", err.error().as_ref()))
-            }
-            RequestTokenError::Request(e) => RefreshError::Unavailable(error_chain(&e)),
-            RequestTokenError::Parse(e, _body) => RefreshError::Unavailable(format!("unreadable token response: {e}")),
-            RequestTokenError::Other(msg) => RefreshError::Unavailable(msg),
+        let provider = self.provider()?;
+        let request = provider.client.exchange_refresh_token(refresh_token).map_err(OidcError::NoTokenEndpoint)?;
+        let response = request.request_async(&self.http).await.map_err(|e| match TokenEndpointError::from(e) {
+            e if e.is_invalid_grant() => RefreshError::Revoked,
+            e => RefreshError::Unavailable(e.into()),
         })?;
         let id_token = response.id_token().and_then(|token| {
             // OIDC Core §12.2: a refreshed ID token must be valid and name the same subject;
@@ -95,13 +81,9 @@ impl Oidc {
                     request.basic_auth(encode(self.client_id.as_str()), Some(encode(self.client_secret.secret())));
             }
         }
-        let response = request
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| OidcError::Unavailable(format!("revocation request failed: {}", error_chain(&e))))?;
+        let response = request.form(&form).send().await.map_err(OidcError::Revocation)?;
         if !response.status().is_success() {
-            return Err(OidcError::Unavailable(format!("revocation endpoint answered {}", response.status())));
+            return Err(OidcError::RevocationRefused(response.status()));
         }
         Ok(true)
     }

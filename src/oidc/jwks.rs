@@ -23,7 +23,7 @@ const ALLOWED: &[Algorithm] = &[
     Algorithm::ES384,
 ];
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum JwtError {
     #[error("malformed token")]
     Malformed,
@@ -31,10 +31,10 @@ pub enum JwtError {
     Algorithm,
     #[error("no key for this token")]
     UnknownKey,
-    #[error("invalid: {0}")]
-    Invalid(String),
-    #[error("keys unavailable: {0}")]
-    KeysUnavailable(String),
+    #[error("invalid")]
+    Invalid(#[source] jsonwebtoken::errors::Error),
+    #[error("keys unavailable")]
+    KeysUnavailable(#[source] reqwest::Error),
 }
 
 /// What a token must satisfy besides its signature.
@@ -65,10 +65,10 @@ impl JwksVerifier {
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| JwtError::KeysUnavailable(e.to_string()))?
+            .map_err(JwtError::KeysUnavailable)?
             .json()
             .await
-            .map_err(|e| JwtError::KeysUnavailable(e.to_string()))?;
+            .map_err(JwtError::KeysUnavailable)?;
         if let Ok(mut slot) = self.keys.write() {
             *slot = Some((set, Instant::now()));
         }
@@ -112,8 +112,6 @@ impl JwksVerifier {
         validation.leeway = expect.leeway_secs;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(expect.required);
-        jsonwebtoken::decode::<T>(jwt, &key, &validation)
-            .map(|data| data.claims)
-            .map_err(|e| JwtError::Invalid(e.to_string()))
+        jsonwebtoken::decode::<T>(jwt, &key, &validation).map(|data| data.claims).map_err(JwtError::Invalid)
     }
 }

@@ -5,16 +5,15 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use openidconnect::core::{CoreAuthenticationFlow, CoreErrorResponseType, CoreIdToken};
+use openidconnect::core::{CoreAuthenticationFlow, CoreIdToken};
 use openidconnect::{
     AccessToken, AuthorizationCode, ClaimsVerificationError, CsrfToken, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
-    PkceCodeVerifier, RefreshToken, RequestTokenError, Scope, SignatureVerificationError, TokenResponse,
+    PkceCodeVerifier, RefreshToken, Scope, SignatureVerificationError, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{Oidc, OidcError, RawIdToken, UserInfo};
-use crate::telemetry::error_chain;
+use super::{Oidc, OidcError, RawIdToken, TokenEndpointError, UserInfo};
 
 /// A login in progress, stored server-side under its `state` until the callback takes it.
 #[derive(Serialize, Deserialize)]
@@ -40,8 +39,8 @@ pub struct LoginResult {
 #[derive(Debug, thiserror::Error)]
 pub enum CallbackError {
     /// The provider refused the code (`invalid_grant` and other client errors): 400.
-    #[error("the identity provider rejected the authorization code ({0})")]
-    CodeRejected(String),
+    #[error("the identity provider rejected the authorization code")]
+    CodeRejected(#[source] TokenEndpointError),
     /// 400.
     #[error("the ID token failed validation: {0}")]
     InvalidIdToken(String),
@@ -78,25 +77,11 @@ impl Oidc {
         let request = provider
             .client
             .exchange_code(AuthorizationCode::new(code))
-            .map_err(|e| OidcError::Unavailable(format!("provider has no token endpoint ({e})")))?
+            .map_err(OidcError::NoTokenEndpoint)?
             .set_pkce_verifier(pending.pkce_verifier);
-        let response = request.request_async(&self.http).await.map_err(|e| match e {
-            RequestTokenError::ServerResponse(err) => match err.error() {
-                CoreErrorResponseType::Extension(code)
-                    if code == "server_error" || code == "temporarily_unavailable" =>
-                {
-                    CallbackError::Provider(OidcError::Unavailable(format!("token endpoint answered {code}")))
-                }
-                other => CallbackError::CodeRejected(other.as_ref().to_string()),
-            },
-            RequestTokenError::Request(e) => {
-                CallbackError::Provider(OidcError::Unavailable(format!("token request failed: {}", error_chain(&e))))
-            }
-            // A body that is not an OAuth answer at all: a proxy error page, a 5xx.
-            RequestTokenError::Parse(e, _body) => {
-                CallbackError::Provider(OidcError::Unavailable(format!("unreadable token response: {e}")))
-            }
-            RequestTokenError::Other(msg) => CallbackError::Provider(OidcError::Unavailable(msg)),
+        let response = request.request_async(&self.http).await.map_err(|e| match TokenEndpointError::from(e) {
+            e if e.is_provider_failure() => CallbackError::Provider(e.into()),
+            e => CallbackError::CodeRejected(e),
         })?;
 
         let id_token = response

@@ -65,8 +65,8 @@ impl Oidc {
             required: &["iss", "aud", "iat", "exp"],
         };
         let claims: Claims = verifier.verify(jwt, &expect).await.map_err(|e| match e {
-            JwtError::KeysUnavailable(reason) => LogoutTokenError::Unavailable(OidcError::Unavailable(reason)),
-            other => LogoutTokenError::Invalid(other.to_string()),
+            JwtError::KeysUnavailable(e) => LogoutTokenError::Unavailable(OidcError::Keys(e)),
+            other => LogoutTokenError::Invalid(crate::telemetry::error_chain(&other)),
         })?;
         check_claims(claims)
     }

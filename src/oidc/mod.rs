@@ -6,6 +6,7 @@ mod grants;
 pub mod jwks;
 mod login;
 mod logout_token;
+mod token_endpoint;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -28,6 +29,10 @@ use crate::config::{AuthMethod, Config};
 pub use grants::{RefreshError, Refreshed};
 pub use login::{CallbackError, LoginResult, PendingLogin};
 pub use logout_token::{LogoutRequest, LogoutTokenError};
+pub use token_endpoint::TokenEndpointError;
+
+/// A cause kept as it came (types of the HTTP and discovery layers that bff does not name).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Endpoints outside core discovery that bff uses when the provider has them.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -73,8 +78,18 @@ pub struct Provider {
 pub enum OidcError {
     #[error("identity provider metadata not loaded yet")]
     NotReady,
-    #[error("identity provider unreachable or failing: {0}")]
-    Unavailable(String),
+    #[error("discovery failed")]
+    Discovery(#[source] BoxError),
+    #[error("the provider's metadata names no token endpoint")]
+    NoTokenEndpoint(#[source] openidconnect::ConfigurationError),
+    #[error("the token endpoint failed")]
+    TokenEndpoint(#[from] TokenEndpointError),
+    #[error("the revocation request failed")]
+    Revocation(#[source] reqwest::Error),
+    #[error("the revocation endpoint answered {0}")]
+    RevocationRefused(reqwest::StatusCode),
+    #[error("the provider's signing keys cannot be fetched")]
+    Keys(#[source] reqwest::Error),
 }
 
 /// Do not refetch the JWKS for an unknown key more often than this.
@@ -142,7 +157,7 @@ impl Oidc {
     pub async fn discover(&self) -> Result<(), OidcError> {
         let metadata = DiscoveredMetadata::discover_async(self.issuer.clone(), &self.http)
             .await
-            .map_err(|e| OidcError::Unavailable(format!("discovery failed: {}", crate::telemetry::error_chain(&e))))?;
+            .map_err(|e| OidcError::Discovery(Box::new(e)))?;
         let parse_optional = |raw: &Option<String>, what: &str| -> Option<Url> {
             let raw = raw.as_ref()?;
             Url::parse(raw).map_err(|e| tracing::warn!("ignoring the provider's {what} ({e})")).ok()
@@ -172,7 +187,12 @@ impl Oidc {
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(issuer = self.issuer.as_str(), retry_in_ms = delay.as_millis() as u64, "{e}");
+                    tracing::warn!(
+                        issuer = self.issuer.as_str(),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "{}",
+                        crate::telemetry::error_chain(&e)
+                    );
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }

@@ -17,6 +17,7 @@ use crate::oidc::{CallbackError, LogoutTokenError};
 use crate::return_to::ReturnTo;
 use crate::session::{SessionEntries, SessionId, now_unix};
 use crate::state::AppState;
+use crate::telemetry::error_chain;
 use crate::tokens::TokenSet;
 
 fn redirect(status: StatusCode, location: &str) -> actix_web::HttpResponseBuilder {
@@ -59,7 +60,7 @@ pub async fn login(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
     let (url, csrf_state, pending) = match state.oidc.begin_login(return_to.into_string(), digest(&binding)) {
         Ok(started) => started,
         Err(e) => {
-            tracing::warn!("cannot start a login: {e}");
+            tracing::warn!("cannot start a login: {}", error_chain(&e));
             return AppError::IdpUnavailable.respond(&req, &state.pages);
         }
     };
@@ -130,7 +131,7 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>, session: Ses
     let login = match state.oidc.complete_login(code, pending).await {
         Ok(login) => login,
         Err(e @ (CallbackError::CodeRejected(_) | CallbackError::InvalidIdToken(_))) => {
-            tracing::warn!("login failed: {e}");
+            tracing::warn!("login failed: {}", error_chain(&e));
             return callback_error(
                 &state,
                 StatusCode::BAD_REQUEST,
@@ -138,7 +139,7 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>, session: Ses
             );
         }
         Err(CallbackError::Provider(e)) => {
-            tracing::warn!("login failed: {e}");
+            tracing::warn!("login failed: {}", error_chain(&e));
             return callback_error(
                 &state,
                 StatusCode::BAD_GATEWAY,
@@ -174,7 +175,7 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>, session: Ses
         return AppError::from(e).page(&state.pages);
     }
     if let Err(e) = SessionEntries::start(&session, &id, &login.user, session_expires_at) {
-        tracing::error!("cannot fill the session: {e}");
+        tracing::error!("cannot fill the session: {:#}", e);
         return AppError::Internal.page(&state.pages);
     }
     state.metrics.auth_event("login");
@@ -217,7 +218,9 @@ pub async fn logout(req: HttpRequest, state: web::Data<AppState>, session: Sessi
                         tracing::info!(session = signed_in.handle.short(), revoked, "refresh token revocation")
                     }
                     // The session ends here anyway; the provider expires the grant in time.
-                    Err(e) => tracing::warn!(session = signed_in.handle.short(), "revocation failed: {e}"),
+                    Err(e) => {
+                        tracing::warn!(session = signed_in.handle.short(), "revocation failed: {}", error_chain(&e))
+                    }
                 }
             }
             id_token_hint = tokens.id_token;
@@ -262,7 +265,7 @@ pub async fn backchannel_logout(state: web::Data<AppState>, form: web::Form<Back
             return bad();
         }
         Err(LogoutTokenError::Unavailable(e)) => {
-            tracing::warn!("back-channel logout cannot be checked now: {e}");
+            tracing::warn!("back-channel logout cannot be checked now: {}", error_chain(&e));
             return AppError::IdpUnavailable.error_response();
         }
     };

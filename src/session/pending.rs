@@ -25,7 +25,8 @@ impl PendingLogins {
 
     pub async fn put(&self, state: &str, pending: &PendingLogin) -> Result<(), StoreError> {
         let key = self.keys.pending_login(state);
-        let plain = serde_json::to_vec(pending).map_err(|e| StoreError(format!("encoding a pending login: {e}")))?;
+        let plain =
+            serde_json::to_vec(pending).map_err(|source| StoreError::Encoding { what: "a pending login", source })?;
         self.store.set(&key, &self.sealer.seal(key.as_bytes(), &plain), PENDING_LOGIN_TTL).await?;
         self.store
             .set_add(&self.keys.pending_logins_of_browser(&pending.browser), &digest(state), PENDING_LOGIN_TTL)

@@ -16,6 +16,7 @@ use super::{KeyLayout, SessionHandle, SessionId};
 use crate::crypto::Sealer;
 use crate::oidc::UserInfo;
 use crate::store::Store;
+use crate::telemetry::error_chain;
 
 const NEW_ID_ENTRY: &str = "__new_session_id";
 const HANDLE_ENTRY: &str = "handle";
@@ -131,7 +132,11 @@ impl SessionStore for SessionStoreAdapter {
             // its time to live, so the old secret can later be removed without ending it.
             let resealed = self.sealer.seal(key.as_bytes(), &plain);
             if let Err(e) = self.store.replace_if_prefix(&key, b"", &resealed).await {
-                tracing::warn!(session = id.handle().short(), "could not re-seal the session state: {e}");
+                tracing::warn!(
+                    session = id.handle().short(),
+                    "could not re-seal the session state: {}",
+                    error_chain(&e)
+                );
             }
         }
         let state: HashMap<String, String> =

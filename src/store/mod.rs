@@ -17,10 +17,41 @@ pub use memory::MemoryStore;
 pub use redis::{RedisStore, RedisTopology};
 pub use tracking::{ChangeListener, TrackedRead};
 
-/// The store could not be reached or did not answer in time. Callers answer 503.
+/// The store could not be reached, did not answer in time, or refused a command. Callers
+/// answer 503. The cause stays attached (`source()`); logs print the whole chain.
 #[derive(Debug, thiserror::Error)]
-#[error("session store unavailable: {0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    #[error("session store unavailable")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("session store did not answer within {} ms", .0.as_millis())]
+    Timeout(Duration),
+    /// A connection attempt failed moments ago; callers fail at once until the hold-off ends.
+    #[error("session store not connected (reconnecting)")]
+    HeldOff,
+    /// The configured addresses do not make a valid client (the cause never repeats the URL).
+    #[error("invalid session store set-up ({what})")]
+    Setup {
+        what: &'static str,
+        #[source]
+        source: ::redis::RedisError,
+    },
+    #[error("cannot encode {what}")]
+    Encoding {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the tracked server is not the primary")]
+    NotPrimary,
+    #[error("the invalidation channel's connection closed")]
+    ChannelClosed,
+    #[error("the primary moved")]
+    PrimaryMoved,
+    #[error("the store's connection task failed")]
+    Task(#[from] tokio::task::JoinError),
+    #[error("the store was dropped")]
+    Dropped,
+}
 
 /// Result of a compare-and-set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

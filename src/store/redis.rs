@@ -167,7 +167,7 @@ fn manager_config(timeout: Duration) -> redis::aio::ConnectionManagerConfig {
 
 // The URLs may carry passwords: errors name the problem, never the value.
 fn open_client(url: &SecretString) -> Result<redis::Client, StoreError> {
-    redis::Client::open(url.expose_secret()).map_err(|e| StoreError(format!("invalid Redis URL ({})", e.category())))
+    redis::Client::open(url.expose_secret()).map_err(|source| StoreError::Setup { what: "Redis URL", source })
 }
 
 impl RedisStore {
@@ -191,7 +191,7 @@ impl RedisStore {
                     redis_connection_info: Some(i.redis.clone()),
                 });
                 let client = SentinelClient::build(infos, service.clone(), node, SentinelServerType::Master)
-                    .map_err(|e| StoreError(format!("invalid Sentinel set-up ({})", e.category())))?;
+                    .map_err(|source| StoreError::Setup { what: "Sentinel", source })?;
                 Target::Sentinel(tokio::sync::Mutex::new(client))
             }
             RedisTopology::Cluster(nodes) => {
@@ -204,7 +204,7 @@ impl RedisStore {
                     .response_timeout(timeout)
                     .retries(2)
                     .build()
-                    .map_err(|e| StoreError(format!("invalid Cluster set-up ({})", e.category())))?;
+                    .map_err(|source| StoreError::Setup { what: "Cluster", source })?;
                 Target::Cluster(client)
             }
         };
@@ -239,12 +239,12 @@ impl RedisStore {
             Target::Sentinel(_) => Arc::new(move || {
                 let weak = weak.clone();
                 Box::pin(async move {
-                    let inner = weak.upgrade().ok_or_else(|| StoreError("store dropped".into()))?;
+                    let inner = weak.upgrade().ok_or(StoreError::Dropped)?;
                     let Target::Sentinel(sentinel) = &inner.target else {
-                        return Err(StoreError("not a Sentinel set-up".into()));
+                        return Err(StoreError::Dropped);
                     };
                     let client = sentinel.lock().await.async_get_client().await;
-                    client.map_err(|e| StoreError(format!("asking the sentinels for the primary: {e}")))
+                    Ok(client?)
                 })
             }),
             Target::Cluster(_) => return Err("per-node tracking is not implemented for Redis Cluster"),
@@ -263,16 +263,15 @@ impl RedisStore {
 
     async fn connect(inner: &Inner) -> Result<Conn, StoreError> {
         let timeout = inner.timeout;
-        let failed = |e: redis::RedisError| StoreError(format!("connect failed: {e}"));
         let attempt = async {
             match &inner.target {
                 Target::Single(client) => client
                     .get_connection_manager_with_config(manager_config(timeout))
                     .await
                     .map(Conn::Single)
-                    .map_err(failed),
+                    .map_err(StoreError::from),
                 Target::Sentinel(sentinel) => {
-                    let client = sentinel.lock().await.async_get_client().await.map_err(failed)?;
+                    let client = sentinel.lock().await.async_get_client().await.map_err(StoreError::from)?;
                     let config = redis::AsyncConnectionConfig::new()
                         .set_connection_timeout(timeout)
                         .set_response_timeout(timeout);
@@ -280,12 +279,14 @@ impl RedisStore {
                         .get_multiplexed_async_connection_with_config(&config)
                         .await
                         .map(Conn::Sentinel)
-                        .map_err(failed)
+                        .map_err(StoreError::from)
                 }
-                Target::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster).map_err(failed),
+                Target::Cluster(client) => {
+                    client.get_async_connection().await.map(Conn::Cluster).map_err(StoreError::from)
+                }
             }
         };
-        tokio::time::timeout(timeout, attempt).await.map_err(|_| StoreError("connect timed out".into()))?
+        tokio::time::timeout(timeout, attempt).await.map_err(|_| StoreError::Timeout(timeout))?
     }
 
     async fn connection(&self) -> Result<Conn, StoreError> {
@@ -293,7 +294,7 @@ impl RedisStore {
             return Ok(conn.clone());
         }
         if self.held_off() {
-            return Err(StoreError("not connected".into()));
+            return Err(StoreError::HeldOff);
         }
         let inner = Arc::clone(&self.inner);
         let connect = async move {
@@ -309,9 +310,7 @@ impl RedisStore {
         // runtime that built the store (the main one), not on whichever worker asked first:
         // workers stop at shutdown, and the store is still needed then (releasing locks).
         let result = match &self.inner.runtime {
-            Some(runtime) => {
-                runtime.spawn(connect).await.unwrap_or_else(|e| Err(StoreError(format!("connect task: {e}"))))
-            }
+            Some(runtime) => runtime.spawn(connect).await.unwrap_or_else(|e| Err(StoreError::Task(e))),
             None => connect.await,
         };
         if result.is_err() {
@@ -379,16 +378,14 @@ impl RedisStore {
                     Err(e) => {
                         self.forget_connection_if_stale(&e).await;
                         if attempts == Attempts::Once || retried || !connection_lost(&e) {
-                            return Err(StoreError(e.to_string()));
+                            return Err(StoreError::Redis(e));
                         }
                         retried = true;
                     }
                 }
             }
         };
-        tokio::time::timeout(deadline, attempt)
-            .await
-            .map_err(|_| StoreError(format!("no answer within {} ms", deadline.as_millis())))?
+        tokio::time::timeout(deadline, attempt).await.map_err(|_| StoreError::Timeout(deadline))?
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -416,14 +413,14 @@ impl RedisStore {
                     // Next time, a new connection (this one's runtime may be gone); now, the
                     // shared one, which also heals itself after a restart of Redis.
                     Err(e) if connection_lost(&e) => self.forget_thread_connection(),
-                    Err(e) => return Err(StoreError(e.to_string())),
+                    Err(e) => return Err(StoreError::Redis(e)),
                 }
             }
             self.run(read).await
         };
         let (value, pttl) = tokio::time::timeout(deadline, attempt).await.map_err(|_| {
             self.forget_thread_connection();
-            StoreError(format!("no answer within {} ms", deadline.as_millis()))
+            StoreError::Timeout(deadline)
         })??;
         Ok(value.map(|v| (v, Duration::from_millis(u64::try_from(pttl).unwrap_or(0)))))
     }

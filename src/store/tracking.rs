@@ -91,10 +91,8 @@ impl TrackingChannel {
         let mut pipe = redis::pipe();
         pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
         let read = pipe.query_async::<(Option<Vec<u8>>, i64)>(&mut conn);
-        let (value, pttl) = tokio::time::timeout(self.timeout, read)
-            .await
-            .map_err(|_| StoreError(format!("no answer within {} ms", self.timeout.as_millis())))?
-            .map_err(|e| StoreError(e.to_string()))?;
+        let (value, pttl) =
+            tokio::time::timeout(self.timeout, read).await.map_err(|_| StoreError::Timeout(self.timeout))??;
         // A key without a time to live is not one bff wrote; never cache what has no end.
         Ok(match (value, u64::try_from(pttl)) {
             (Some(v), Ok(ms)) => TrackedRead::Value(Some((v, Duration::from_millis(ms)))),
@@ -125,10 +123,11 @@ impl TrackingChannel {
         // own reconnects need.
         let client = tokio::time::timeout(self.timeout, (self.source)())
             .await
-            .map_err(|_| StoreError("finding the server to track timed out".into()))??;
+            .map_err(|_| StoreError::Timeout(self.timeout))??;
         let mut info = client.get_connection_info().clone();
         info.redis.protocol = redis::ProtocolVersion::RESP3;
-        let client = redis::Client::open(info).map_err(|e| StoreError(format!("tracking client: {e}")))?;
+        let client =
+            redis::Client::open(info).map_err(|source| StoreError::Setup { what: "tracking client", source })?;
         let lost = Arc::new(Notify::new());
         let current = Arc::new(AtomicBool::new(true));
         let config = redis::AsyncConnectionConfig::new()
@@ -142,10 +141,8 @@ impl TrackingChannel {
             Ok::<_, redis::RedisError>(conn)
         };
         let opened = async {
-            let mut conn = tokio::time::timeout(self.timeout, connect)
-                .await
-                .map_err(|_| StoreError("tracking connection timed out".into()))?
-                .map_err(|e| StoreError(format!("tracking connection: {e}")))?;
+            let mut conn =
+                tokio::time::timeout(self.timeout, connect).await.map_err(|_| StoreError::Timeout(self.timeout))??;
             self.probe(&mut conn).await?;
             Ok(conn)
         }
@@ -167,9 +164,9 @@ impl TrackingChannel {
         let command = redis::cmd("ROLE");
         match tokio::time::timeout(self.timeout, command.query_async::<Vec<Value>>(conn)).await {
             Ok(Ok(role)) if matches!(role.first(), Some(Value::BulkString(r)) if r == b"master") => Ok(()),
-            Ok(Ok(_)) => Err(StoreError("the tracked server is not the primary".into())),
-            Ok(Err(e)) => Err(StoreError(e.to_string())),
-            Err(_) => Err(StoreError("no answer to the channel's probe".into())),
+            Ok(Ok(_)) => Err(StoreError::NotPrimary),
+            Ok(Err(e)) => Err(StoreError::Redis(e)),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
         }
     }
 }
@@ -227,8 +224,8 @@ async fn watch(channel: &Weak<TrackingChannel>, opened: &Opened) -> Option<Store
     tokio::pin!(reset);
     loop {
         tokio::select! {
-            () = opened.lost.notified() => return Some(StoreError("connection closed".into())),
-            () = &mut reset => return Some(StoreError("the primary moved".into())),
+            () = opened.lost.notified() => return Some(StoreError::ChannelClosed),
+            () = &mut reset => return Some(StoreError::PrimaryMoved),
             _ = every.tick() => {
                 let this = channel.upgrade()?;
                 if let Err(e) = this.probe(&mut conn).await {

@@ -22,9 +22,10 @@ use hyper::header::HeaderValue;
 use super::{HotToken, TokenSet, TokenStore, bearer_header};
 use crate::crypto::random_token;
 use crate::metrics::{Metrics, RefreshOutcome};
-use crate::oidc::{Oidc, RefreshError};
+use crate::oidc::{Oidc, OidcError, RefreshError};
 use crate::session::{SessionHandle, now_unix};
 use crate::store::{CasOutcome, StoreError};
+use crate::telemetry::error_chain;
 
 /// How often a flight that waits on another instance's refresh looks at the token set.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -60,6 +61,7 @@ impl From<&HotToken> for UsableToken {
     }
 }
 
+/// Cloned to every caller that joined one refresh, hence the shared causes.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenError {
     /// No session, or it is over (expired, logged out, `invalid_grant`): 401 `login_required`.
@@ -69,17 +71,36 @@ pub enum TokenError {
     /// answer through.
     #[error("the token cannot be refreshed")]
     CannotRefresh,
-    /// The provider is unreachable or failing: 503 `token_refresh_unavailable`; session kept.
-    #[error("token refresh unavailable: {0}")]
-    RefreshUnavailable(String),
+    /// The refresh did not happen now; the session is kept: 503 `token_refresh_unavailable`.
+    #[error("token refresh unavailable")]
+    RefreshUnavailable(#[source] Arc<RefreshUnavailable>),
     /// 503 `session_store_unavailable`.
-    #[error("{0}")]
-    Store(String),
+    #[error("session store unavailable")]
+    Store(#[source] Arc<StoreError>),
+}
+
+/// Why a refresh could not be made now.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshUnavailable {
+    /// The provider is unreachable or failing.
+    #[error("the provider failed")]
+    Provider(#[source] OidcError),
+    #[error("another instance's refresh did not finish in {0:?}")]
+    WaitedTooLong(Duration),
+    /// The lease ran out while the provider answered (the store could not renew it).
+    #[error("the refresh lock was lost during the refresh")]
+    LockLost,
 }
 
 impl From<StoreError> for TokenError {
     fn from(e: StoreError) -> Self {
-        TokenError::Store(e.to_string())
+        TokenError::Store(Arc::new(e))
+    }
+}
+
+impl From<RefreshUnavailable> for TokenError {
+    fn from(e: RefreshUnavailable) -> Self {
+        TokenError::RefreshUnavailable(Arc::new(e))
     }
 }
 
@@ -244,7 +265,7 @@ impl TokenManager {
             waited = true;
             if Instant::now() >= give_up_at {
                 self.metrics.lock_waited(started.elapsed());
-                return Err(TokenError::RefreshUnavailable("timed out waiting for another refresh".into()));
+                return Err(RefreshUnavailable::WaitedTooLong(self.wait_limit).into());
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
@@ -260,7 +281,7 @@ impl TokenManager {
         self.metrics.lock_released();
         if let Err(e) = self.tokens.store().delete_if_equals(lock_key, owner.as_bytes()).await {
             // The lease ends it anyway.
-            tracing::warn!("could not release a refresh lock: {e}");
+            tracing::warn!("could not release a refresh lock: {}", error_chain(&e));
         }
     }
 
@@ -271,7 +292,7 @@ impl TokenManager {
         for (key, owner) in &held {
             self.metrics.lock_released();
             if let Err(e) = self.tokens.store().delete_if_equals(key, owner.as_bytes()).await {
-                tracing::warn!("could not release a refresh lock at shutdown: {e}");
+                tracing::warn!("could not release a refresh lock at shutdown: {}", error_chain(&e));
             }
         }
         held.len()
@@ -297,7 +318,11 @@ impl TokenManager {
             tokio::pin!(refresh, renew);
             tokio::select! {
                 result = &mut refresh => result,
-                () = &mut renew => Err(RefreshError::Unavailable("lost the refresh lock".into())),
+                () = &mut renew => {
+                    self.metrics.refresh(RefreshOutcome::Transient);
+                    tracing::warn!(session = handle.short(), "refresh lock lost during the refresh; session kept");
+                    return Err(RefreshUnavailable::LockLost.into());
+                }
             }
         };
 
@@ -345,10 +370,10 @@ impl TokenManager {
                 tracing::info!(session = handle.short(), "refresh token rejected (invalid_grant); ending the session");
                 self.end_session(handle, &set).await
             }
-            Err(RefreshError::Unavailable(reason)) => {
+            Err(RefreshError::Unavailable(e)) => {
                 self.metrics.refresh(RefreshOutcome::Transient);
-                tracing::warn!(session = handle.short(), reason, "token refresh failed; session kept");
-                Err(TokenError::RefreshUnavailable(reason))
+                tracing::warn!(session = handle.short(), "token refresh failed; session kept: {}", error_chain(&e));
+                Err(RefreshUnavailable::Provider(e).into())
             }
         }
     }
@@ -362,7 +387,7 @@ impl TokenManager {
                 Ok(true) => {}
                 Ok(false) => return,
                 // A store hiccup: keep going, the next renewal may succeed before the lease ends.
-                Err(e) => tracing::warn!("could not renew the refresh lock: {e}"),
+                Err(e) => tracing::warn!("could not renew the refresh lock: {}", error_chain(&e)),
             }
         }
     }

@@ -19,6 +19,7 @@ use crate::crypto::Sealer;
 use crate::oidc::RawIdToken;
 use crate::session::{KeyLayout, SessionHandle, SessionIndex, now_unix};
 use crate::store::{CasOutcome, Store, StoreError, TrackedRead};
+use crate::telemetry::error_chain;
 
 pub use cache::TokenCache;
 pub use hot::HotToken;
@@ -138,7 +139,7 @@ impl TokenStore {
     }
 
     fn encode(&self, key: &str, set: &TokenSet) -> Result<Vec<u8>, StoreError> {
-        let plain = serde_json::to_vec(set).map_err(|e| StoreError(format!("encoding a token set: {e}")))?;
+        let plain = serde_json::to_vec(set).map_err(|source| StoreError::Encoding { what: "a token set", source })?;
         let mut out = version_prefix(set.version);
         let aad = [key.as_bytes(), &out].concat();
         out.extend_from_slice(&self.sealer.seal(&aad, &plain));
@@ -196,7 +197,7 @@ impl TokenStore {
             // The tracked connection failed (half-open until its probe notices): this call
             // reads on the ordinary connection instead of failing.
             Err(e) => {
-                tracing::debug!("tracked read failed ({e}); reading without the cache");
+                tracing::debug!("tracked read failed ({}); reading without the cache", error_chain(&e));
                 return self.load_uncached(handle).await;
             }
         };
@@ -303,7 +304,7 @@ impl TokenStore {
         let handle = handle.clone();
         tokio::spawn(async move {
             if let Err(e) = store.expire(&keys, target).await {
-                tracing::warn!(session = handle.short(), "could not extend the session: {e}");
+                tracing::warn!(session = handle.short(), "could not extend the session: {}", error_chain(&e));
                 if let Some(cache) = cache {
                     cache.forget_session(&handle);
                 }
