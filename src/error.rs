@@ -6,6 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 
+use crate::limits::Limit;
 use crate::pages::Pages;
 use crate::store::StoreError;
 use crate::telemetry::error_chain;
@@ -17,14 +18,10 @@ pub enum AppError {
     LoginRequired,
     #[error("missing or wrong anti-forgery header")]
     Csrf,
-    #[error("request body too large")]
-    PayloadTooLarge,
-    #[error("request headers too large")]
-    HeadersTooLarge,
-    #[error("too many requests: {0}")]
-    TooManyRequests(&'static str),
-    #[error("bad request: {0}")]
-    BadRequest(&'static str),
+    #[error("refused by a limit ({})", .0.label())]
+    Limited(Limit),
+    #[error("bad request ({})", .0.code())]
+    BadRequest(BadRequest),
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("session store unavailable")]
@@ -41,16 +38,38 @@ pub enum AppError {
     Internal,
 }
 
+/// What was wrong with a request that is refused with 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadRequest {
+    /// The path would leave the upstream's base path, or does not make a URL.
+    InvalidPath,
+    /// Not an HTTP method the upstream client can send.
+    BadMethod,
+    /// The body broke off or was malformed on the way in.
+    BadRequestBody,
+}
+
+impl BadRequest {
+    pub fn code(self) -> &'static str {
+        match self {
+            BadRequest::InvalidPath => "invalid_path",
+            BadRequest::BadMethod => "bad_method",
+            BadRequest::BadRequestBody => "bad_request_body",
+        }
+    }
+}
+
 impl AppError {
-    /// The stable code in the JSON body; DESIGN.md lists them.
+    /// The stable code in the JSON body; docs/CONTRACT.md lists them.
     pub fn code(&self) -> &'static str {
         match self {
             AppError::LoginRequired => "login_required",
             AppError::Csrf => "csrf",
-            AppError::PayloadTooLarge => "payload_too_large",
-            AppError::HeadersTooLarge => "headers_too_large",
-            AppError::TooManyRequests(code) => code,
-            AppError::BadRequest(code) => code,
+            AppError::Limited(Limit::HeaderSize) => "headers_too_large",
+            AppError::Limited(Limit::BodySize) => "payload_too_large",
+            AppError::Limited(Limit::UpstreamConcurrency) => "upstream_busy",
+            AppError::Limited(Limit::LoginRate) => "too_many_logins",
+            AppError::BadRequest(reason) => reason.code(),
             AppError::MethodNotAllowed => "method_not_allowed",
             AppError::SessionStoreUnavailable => "session_store_unavailable",
             AppError::TokenRefreshUnavailable => "token_refresh_unavailable",
@@ -66,8 +85,10 @@ impl AppError {
         match self {
             AppError::LoginRequired => "You are not signed in, or your session has ended.",
             AppError::Csrf => "This request was refused because it did not come from the application.",
-            AppError::PayloadTooLarge | AppError::HeadersTooLarge => "The request was too large.",
-            AppError::TooManyRequests(_) => "Too many requests. Please wait a moment and try again.",
+            AppError::Limited(Limit::HeaderSize | Limit::BodySize) => "The request was too large.",
+            AppError::Limited(Limit::UpstreamConcurrency | Limit::LoginRate) => {
+                "Too many requests. Please wait a moment and try again."
+            }
             AppError::BadRequest(_) => "The request was not understood.",
             AppError::MethodNotAllowed => "This method is not allowed here.",
             AppError::SessionStoreUnavailable => "Sessions cannot be read right now. Please try again in a moment.",
@@ -106,9 +127,9 @@ impl ResponseError for AppError {
         match self {
             AppError::LoginRequired => StatusCode::UNAUTHORIZED,
             AppError::Csrf => StatusCode::FORBIDDEN,
-            AppError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            AppError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            AppError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            AppError::Limited(Limit::BodySize) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::Limited(Limit::HeaderSize) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            AppError::Limited(Limit::UpstreamConcurrency | Limit::LoginRate) => StatusCode::TOO_MANY_REQUESTS,
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::SessionStoreUnavailable | AppError::TokenRefreshUnavailable | AppError::IdpUnavailable => {
@@ -123,7 +144,7 @@ impl ResponseError for AppError {
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status_code());
         res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
-        if matches!(self, AppError::TooManyRequests(_)) {
+        if self.status_code() == StatusCode::TOO_MANY_REQUESTS {
             res.insert_header((header::RETRY_AFTER, HeaderValue::from_static("10")));
         }
         if matches!(self, AppError::MethodNotAllowed) {
@@ -172,7 +193,11 @@ mod tests {
             (AppError::TokenRefreshUnavailable, 503, "token_refresh_unavailable"),
             (AppError::UpstreamUnavailable, 502, "upstream_unavailable"),
             (AppError::UpstreamTimeout, 504, "upstream_timeout"),
-            (AppError::PayloadTooLarge, 413, "payload_too_large"),
+            (AppError::Limited(Limit::BodySize), 413, "payload_too_large"),
+            (AppError::Limited(Limit::HeaderSize), 431, "headers_too_large"),
+            (AppError::Limited(Limit::LoginRate), 429, "too_many_logins"),
+            (AppError::Limited(Limit::UpstreamConcurrency), 429, "upstream_busy"),
+            (AppError::BadRequest(BadRequest::InvalidPath), 400, "invalid_path"),
         ] {
             let res = err.error_response();
             assert_eq!(res.status().as_u16(), status);

@@ -14,6 +14,7 @@ use actix_web::{Error, HttpMessage, HttpRequest, ResponseError, web};
 use tracing::Instrument;
 
 use crate::error::{AppError, is_navigation};
+use crate::limits::Limit;
 use crate::request_id::request_id;
 use crate::state::AppState;
 use crate::telemetry::error_chain;
@@ -70,7 +71,10 @@ pub async fn auth_guard(
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > AUTH_BODY_LIMIT) {
-        let res = AppError::PayloadTooLarge.error_response();
+        if let Some(state) = req.app_data::<web::Data<AppState>>() {
+            state.metrics.limited(Limit::BodySize);
+        }
+        let res = AppError::Limited(Limit::BodySize).error_response();
         return Ok(req.into_response(res).map_into_right_body());
     }
     // Everything the error answer needs is taken now: the request itself cannot be kept across
@@ -164,9 +168,9 @@ pub async fn observe(
     req.extensions_mut().insert(id.clone());
     let res = if header_bytes > max_header_bytes {
         if let Some(state) = &state {
-            state.metrics.limited("header_size");
+            state.metrics.limited(Limit::HeaderSize);
         }
-        Ok(req.into_response(AppError::HeadersTooLarge.error_response()).map_into_right_body())
+        Ok(req.into_response(AppError::Limited(Limit::HeaderSize).error_response()).map_into_right_body())
     } else {
         next.call(req).instrument(span.clone()).await.map(ServiceResponse::map_into_left_body)
     };

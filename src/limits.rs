@@ -8,6 +8,31 @@ use std::time::{Duration, Instant};
 
 use actix_web::HttpRequest;
 
+/// A limit a request ran into. It decides the answer (`AppError::Limited`) and names the
+/// `requests_limited_total` label, so the two cannot drift apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `server.max_header_bytes`: 431.
+    HeaderSize,
+    /// A route's `max_body_bytes`, or the `/auth` body cap: 413.
+    BodySize,
+    /// `server.max_upstream_concurrency` calls already in flight: 429 `upstream_busy`.
+    UpstreamConcurrency,
+    /// `server.login_starts_per_minute`, per client address or per browser: 429 `too_many_logins`.
+    LoginRate,
+}
+
+impl Limit {
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::HeaderSize => "header_size",
+            Limit::BodySize => "body_size",
+            Limit::UpstreamConcurrency => "upstream_concurrency",
+            Limit::LoginRate => "login_rate",
+        }
+    }
+}
+
 const WINDOW: Duration = Duration::from_secs(60);
 /// Forget idle clients when the table grows past this.
 const SWEEP_ABOVE: usize = 10_000;

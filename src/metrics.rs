@@ -2,6 +2,7 @@
 //! instances in one process). Every label has a bounded set of values: route classes, status
 //! classes, configured API prefixes, fixed outcome names — never a path, user or session.
 
+use crate::limits::Limit;
 use std::time::Duration;
 
 use prometheus::{
@@ -79,6 +80,42 @@ impl CacheMetrics {
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Metrics")
+    }
+}
+
+/// A sign-in event, by its `auth_events_total` label.
+#[derive(Debug, Clone, Copy)]
+pub enum AuthEvent {
+    Login,
+    LoginFailed,
+    Logout,
+    BackchannelLogout,
+}
+
+impl AuthEvent {
+    fn label(self) -> &'static str {
+        match self {
+            AuthEvent::Login => "login",
+            AuthEvent::LoginFailed => "login_failed",
+            AuthEvent::Logout => "logout",
+            AuthEvent::BackchannelLogout => "backchannel_logout",
+        }
+    }
+}
+
+/// How an upstream call failed, by its `upstream_errors_total` label.
+#[derive(Debug, Clone, Copy)]
+pub enum UpstreamFailure {
+    Timeout,
+    Unavailable,
+}
+
+impl UpstreamFailure {
+    fn label(self) -> &'static str {
+        match self {
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Unavailable => "unavailable",
+        }
     }
 }
 
@@ -212,9 +249,8 @@ impl Metrics {
         self.upstream_duration.with_label_values(&[api]).observe(elapsed.as_secs_f64());
     }
 
-    /// `kind`: `unavailable` or `timeout`.
-    pub fn upstream_error(&self, api: &str, kind: &'static str) {
-        self.upstream_errors.with_label_values(&[api, kind]).inc();
+    pub fn upstream_error(&self, api: &str, failure: UpstreamFailure) {
+        self.upstream_errors.with_label_values(&[api, failure.label()]).inc();
     }
 
     pub fn refresh(&self, outcome: RefreshOutcome) {
@@ -233,9 +269,8 @@ impl Metrics {
         self.locks_active.dec();
     }
 
-    /// `event`: `login`, `login_failed`, `logout`, `backchannel_logout`.
-    pub fn auth_event(&self, event: &'static str) {
-        self.auth_events.with_label_values(&[event]).inc();
+    pub fn auth_event(&self, event: AuthEvent) {
+        self.auth_events.with_label_values(&[event.label()]).inc();
     }
 
     pub fn store_op(&self, op: &'static str, elapsed: Duration, ok: bool) {
@@ -245,9 +280,8 @@ impl Metrics {
         }
     }
 
-    /// `limit`: `upstream_concurrency`, `login_rate`, `body_size`.
-    pub fn limited(&self, limit: &'static str) {
-        self.limited.with_label_values(&[limit]).inc();
+    pub fn limited(&self, limit: Limit) {
+        self.limited.with_label_values(&[limit.label()]).inc();
     }
 
     pub fn cache(&self) -> CacheMetrics {

@@ -16,11 +16,11 @@ use crate::oidc::Oidc;
 use crate::pages::{Pages, STYLESHEET_PATH};
 use crate::proxy::Proxy;
 use crate::routes;
-use crate::session::{CookiePolicy, KeyLayout, PendingLogins, SessionIndex, SessionLifetime};
+use crate::session::{CookiePolicy, KeyLayout, PendingLogins, SessionLifetime, SessionStoreAdapter};
 use crate::state::{AppState, content_security_policy};
 use crate::store::{ChangeListener, MemoryStore, RedisStore, RedisTopology, Store};
 use crate::telemetry::error_chain;
-use crate::tokens::{TokenCache, TokenManager, TokenStore, TokenTimings};
+use crate::tokens::{Sessions, TokenCache, TokenManager, TokenStore, TokenTimings};
 
 pub struct Application {
     server: Server,
@@ -100,12 +100,21 @@ impl Application {
             tracing::warn!("{}; bff starts anyway and keeps trying (readyz answers 503 until then)", error_chain(&e));
             tokio::spawn(Arc::clone(&oidc).discover_until_ready());
         }
-        let mut token_store = TokenStore::new(store.clone(), sealer.clone(), keys.clone(), config.session.idle_timeout);
+        let lifetime = SessionLifetime { idle: config.session.idle_timeout };
+        let mut token_store = TokenStore::new(store.clone(), sealer.clone(), keys.clone(), lifetime);
         if let Some(cache) = cache {
             token_store = token_store.with_cache(cache);
         }
+        let session_states = SessionStoreAdapter::new(store.clone(), sealer.clone(), keys.clone(), lifetime);
+        let sessions = Arc::new(Sessions::new(
+            token_store.clone(),
+            session_states,
+            config.session.absolute_timeout,
+            config.tokens.default_expires_in,
+        ));
         let tokens = Arc::new(TokenManager::new(
             token_store,
+            Arc::clone(&sessions),
             Arc::clone(&oidc),
             TokenTimings {
                 refresh_skew: config.tokens.refresh_skew,
@@ -118,9 +127,9 @@ impl Application {
         let state = web::Data::new(AppState {
             public_origin: config.server.public_url.origin().ascii_serialization(),
             cookies: CookiePolicy::from_config(&config),
-            lifetime: SessionLifetime { idle: config.session.idle_timeout },
+            lifetime,
             logins: PendingLogins::new(store.clone(), sealer.clone(), keys.clone()),
-            sessions: SessionIndex::new(store.clone(), keys.clone()),
+            sessions,
             pages: Arc::new(Pages::load(&config.server.templates_dir, STYLESHEET_PATH)?),
             proxy: Arc::new(Proxy::new(&config, Arc::clone(&metrics))),
             content_security_policy: content_security_policy(&config),

@@ -11,9 +11,9 @@ use crate::metrics::Metrics;
 use crate::oidc::Oidc;
 use crate::pages::Pages;
 use crate::proxy::Proxy;
-use crate::session::{CookiePolicy, KeyLayout, PendingLogins, SessionIndex, SessionLifetime, SessionStoreAdapter};
+use crate::session::{CookiePolicy, KeyLayout, PendingLogins, SessionLifetime, SessionStoreAdapter};
 use crate::store::Store;
-use crate::tokens::TokenManager;
+use crate::tokens::{Sessions, TokenManager};
 
 pub struct AppState {
     pub config: Arc<Config>,
@@ -27,7 +27,8 @@ pub struct AppState {
     pub lifetime: SessionLifetime,
     pub tokens: Arc<TokenManager>,
     pub logins: PendingLogins,
-    pub sessions: SessionIndex,
+    /// Starts and ends signed-in sessions.
+    pub sessions: Arc<Sessions>,
     pub pages: Arc<Pages>,
     pub proxy: Arc<Proxy>,
     pub content_security_policy: HeaderValue,

@@ -11,7 +11,8 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use tokio::sync::mpsc;
 
-use crate::error::AppError;
+use crate::error::{AppError, BadRequest};
+use crate::limits::Limit;
 
 /// Chunks in flight between the browser side and the upstream side of a streamed body.
 const STREAM_BUFFER_CHUNKS: usize = 16;
@@ -65,18 +66,15 @@ pub async fn read(
     max_retry: u64,
     max_body: u64,
 ) -> Result<RequestBody, AppError> {
-    if content_length.is_some_and(|len| len > max_body) {
-        return Err(AppError::PayloadTooLarge);
-    }
     let buffer_all = content_length.is_some_and(|len| len <= max_retry);
     let mut buffered = BytesMut::new();
     // Without a length, read up to the retry limit before choosing.
     if content_length.is_none() || buffer_all {
         while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|_| AppError::BadRequest("bad_request_body"))?;
+            let chunk = chunk.map_err(|_| AppError::BadRequest(BadRequest::BadRequestBody))?;
             buffered.extend_from_slice(&chunk);
             if buffered.len() as u64 > max_body {
-                return Err(AppError::PayloadTooLarge);
+                return Err(AppError::Limited(Limit::BodySize));
             }
             if !buffer_all && buffered.len() as u64 > max_retry {
                 return Ok(RequestBody::Streaming(stream_rest(buffered.freeze(), payload, max_body)));

@@ -24,8 +24,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use url::Url;
 
 use crate::config::{ApiConfig, Config};
-use crate::error::AppError;
-use crate::metrics::Metrics;
+use crate::error::{AppError, BadRequest};
+use crate::limits::Limit;
+use crate::metrics::{Metrics, UpstreamFailure};
 use crate::request_id::RequestId;
 use crate::session::SessionHandle;
 use crate::tokens::{TokenError, TokenManager, UsableToken};
@@ -134,7 +135,7 @@ impl Proxy {
     /// Checks the path before anything else: a request that would leave the upstream's base
     /// path is refused before a token is looked at.
     pub fn destination<'a>(&self, req: &HttpRequest, route: &'a Route) -> Result<Destination<'a>, AppError> {
-        let invalid = || AppError::BadRequest("invalid_path");
+        let invalid = || AppError::BadRequest(BadRequest::InvalidPath);
         let rest = strip_prefix(req.uri().path(), &route.prefix).ok_or_else(invalid)?;
         let url = upstream_url(&route.base, rest, req.uri().query()).map_err(|_| invalid())?;
         let uri = url.as_str().parse().map_err(|_| invalid())?;
@@ -153,12 +154,10 @@ impl Proxy {
         let content_length =
             req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if content_length.is_some_and(|len| len > destination.route.max_body_bytes) {
-            self.metrics.limited("body_size");
-            return Err(AppError::PayloadTooLarge);
+            return Err(AppError::Limited(Limit::BodySize));
         }
         let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
-            self.metrics.limited("upstream_concurrency");
-            return Err(AppError::TooManyRequests("upstream_busy"));
+            return Err(AppError::Limited(Limit::UpstreamConcurrency));
         };
         let token = tokens.access_token(handle).await?;
         let body = body::read(
@@ -170,7 +169,7 @@ impl Proxy {
         .await?;
         let retry_body = body.retryable();
         let method = hyper::Method::from_bytes(req.method().as_str().as_bytes())
-            .map_err(|_| AppError::BadRequest("bad_method"))?;
+            .map_err(|_| AppError::BadRequest(BadRequest::BadMethod))?;
         let request_headers = || {
             let forwarded =
                 headers::ForwardedFor { peer: req.peer_addr().map(|a| a.ip()), proto: &self.proto, host: &self.host };
@@ -205,8 +204,7 @@ impl Proxy {
         let first = send(&token, outbound).await;
         let first = match first {
             Err(_) if too_large.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) => {
-                self.metrics.limited("body_size");
-                return Err(AppError::PayloadTooLarge);
+                return Err(AppError::Limited(Limit::BodySize));
             }
             other => other?,
         };
@@ -241,12 +239,12 @@ impl Proxy {
         self.metrics.upstream(&route.prefix, started.elapsed());
         match result {
             Err(_) => {
-                self.metrics.upstream_error(&route.prefix, "timeout");
+                self.metrics.upstream_error(&route.prefix, UpstreamFailure::Timeout);
                 tracing::warn!(api = route.prefix, "upstream did not answer within {} s", route.timeout.as_secs());
                 Err(AppError::UpstreamTimeout)
             }
             Ok(Err(e)) => {
-                self.metrics.upstream_error(&route.prefix, "unavailable");
+                self.metrics.upstream_error(&route.prefix, UpstreamFailure::Unavailable);
                 tracing::warn!(api = route.prefix, "upstream unreachable: {}", crate::telemetry::error_chain(&e));
                 Err(AppError::UpstreamUnavailable)
             }

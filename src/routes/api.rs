@@ -19,7 +19,11 @@ pub async fn proxy(
     require_csrf_header(&req)?;
     let destination = state.proxy.destination(&req, &route)?;
     let handle = state.cookies.session_handle(&req).ok_or(AppError::LoginRequired)?;
-    match state.proxy.forward(&client, &req, payload, destination, &state.tokens, &handle).await {
+    let forwarded = state.proxy.forward(&client, &req, payload, destination, &state.tokens, &handle).await;
+    if let Err(AppError::Limited(limit)) = &forwarded {
+        state.metrics.limited(*limit);
+    }
+    match forwarded {
         // The session is over: tell the browser to forget the cookie too.
         Err(AppError::LoginRequired) => {
             let mut res = AppError::LoginRequired.error_response();

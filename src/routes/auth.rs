@@ -4,7 +4,6 @@
 use actix_session::Session;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
-use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Deserialize;
@@ -13,12 +12,14 @@ use serde_json::json;
 use crate::crypto::{digest, random_token};
 use crate::error::AppError;
 use crate::http::{require_csrf_header, require_csrf_or_same_origin};
+use crate::limits::Limit;
+use crate::metrics::AuthEvent;
 use crate::oidc::{CallbackError, LogoutTokenError};
 use crate::return_to::ReturnTo;
-use crate::session::{SessionEntries, SessionId, now_unix};
+use crate::session::SessionEntries;
 use crate::state::AppState;
 use crate::telemetry::error_chain;
-use crate::tokens::TokenSet;
+use crate::tokens::EndReason;
 
 fn redirect(status: StatusCode, location: &str) -> actix_web::HttpResponseBuilder {
     let mut res = HttpResponse::build(status);
@@ -42,18 +43,18 @@ pub async fn login(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
     // Each start leaves a pending login in the store for ten minutes: limit starts per client
     // address, and logins in progress per browser.
     let limit = state.config.server.login_starts_per_minute;
+    let too_many = || {
+        state.metrics.limited(Limit::LoginRate);
+        AppError::Limited(Limit::LoginRate).respond(&req, &state.pages)
+    };
     let client = crate::limits::client_ip(&req, state.config.server.trusted_proxy_hops);
     if client.is_some_and(|ip| !state.login_limiter.allow(ip)) {
-        state.metrics.limited("login_rate");
-        return AppError::TooManyRequests("too_many_logins").respond(&req, &state.pages);
+        return too_many();
     }
     // One binding value per browser, reused while it lives, so several tabs can log in at once.
     let binding = state.cookies.login_binding(&req).unwrap_or_else(random_token);
     match state.logins.pending_for_browser(&digest(&binding)).await {
-        Ok(n) if n >= limit as usize => {
-            state.metrics.limited("login_rate");
-            return AppError::TooManyRequests("too_many_logins").respond(&req, &state.pages);
-        }
+        Ok(n) if n >= limit as usize => return too_many(),
         Ok(_) => {}
         Err(e) => return AppError::from(e).respond(&req, &state.pages),
     }
@@ -78,7 +79,7 @@ pub struct CallbackQuery {
 }
 
 fn callback_error(state: &AppState, status: StatusCode, message: &str) -> HttpResponse {
-    state.metrics.auth_event("login_failed");
+    state.metrics.auth_event(AuthEvent::LoginFailed);
     state.pages.error(status, message, true)
 }
 
@@ -148,38 +149,29 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>, session: Ses
         }
     };
 
-    let id = SessionId::generate();
-    let handle = id.handle();
-    let now = now_unix();
-    let session_expires_at = now + state.config.session.absolute_timeout.as_secs();
-    let lifetime = login.expires_in.unwrap_or(state.config.tokens.default_expires_in).as_secs();
-    let tokens = TokenSet {
-        access_token: login.access_token,
-        refresh_token: login.refresh_token,
-        id_token: Some(login.id_token),
-        expires_at: now + lifetime,
-        lifetime_secs: lifetime,
-        session_expires_at,
-        sub: login.user.sub.clone(),
-        provider_sid: login.provider_sid.clone(),
-        version: 1,
+    let previous = SessionEntries::read(&session);
+    let started = match state.sessions.start(login).await {
+        Ok(started) => started,
+        Err(e) => return AppError::from(e).page(&state.pages),
     };
-    if let Err(e) = state.tokens.store().create(&handle, &tokens).await {
-        return AppError::from(e).page(&state.pages);
-    }
-    let indexed = state
-        .sessions
-        .add(&handle, &login.user.sub, login.provider_sid.as_deref(), state.config.session.absolute_timeout)
-        .await;
-    if let Err(e) = indexed {
-        return AppError::from(e).page(&state.pages);
-    }
-    if let Err(e) = SessionEntries::start(&session, &id, &login.user, session_expires_at) {
-        tracing::error!("cannot fill the session: {:#}", e);
+    if let Err(e) = SessionEntries::start(&session, &started.id, started.state) {
+        tracing::error!("cannot fill the session: {e:#}");
+        if let Err(e) = state.sessions.end(&started.handle, EndReason::Abandoned).await {
+            tracing::warn!("{}", error_chain(&e));
+        }
         return AppError::Internal.page(&state.pages);
     }
-    state.metrics.auth_event("login");
-    tracing::info!(session = handle.short(), "signed in");
+    // The browser was signed in already: that session ends (its cookie is replaced now).
+    if let Some(previous) = previous
+        && let Err(e) = state.sessions.end(&previous.handle, EndReason::Replaced).await
+    {
+        tracing::warn!(
+            session = previous.handle.short(),
+            "the replaced session stays until it expires: {}",
+            error_chain(&e)
+        );
+    }
+    state.metrics.auth_event(AuthEvent::Login);
     redirect(StatusCode::FOUND, &return_to).finish()
 }
 
@@ -202,7 +194,7 @@ pub async fn user(req: HttpRequest, state: web::Data<AppState>, session: Session
             "expires_at": signed_in.expires_at,
         },
         // When the current access token expires (never the token itself), so the SPA can show it.
-        "access_token_expires_at": tokens.expires_at,
+        "access_token_expires_at": tokens.expiry().expires_at,
     })))
 }
 
@@ -211,25 +203,21 @@ pub async fn logout(req: HttpRequest, state: web::Data<AppState>, session: Sessi
     require_csrf_or_same_origin(&req, &state.public_origin)?;
     let mut id_token_hint = None;
     if let Some(signed_in) = SessionEntries::read(&session) {
-        if let Some(tokens) = state.tokens.store().load(&signed_in.handle).await? {
-            if let Some(refresh_token) = &tokens.refresh_token {
+        if let Some(ended) = state.sessions.end(&signed_in.handle, EndReason::SignedOut).await? {
+            if let Some(refresh_token) = &ended.refresh_token {
                 match state.oidc.revoke_refresh_token(refresh_token).await {
                     Ok(revoked) => {
                         tracing::info!(session = signed_in.handle.short(), revoked, "refresh token revocation")
                     }
-                    // The session ends here anyway; the provider expires the grant in time.
+                    // The session has ended anyway; the provider expires the grant in time.
                     Err(e) => {
                         tracing::warn!(session = signed_in.handle.short(), "revocation failed: {}", error_chain(&e))
                     }
                 }
             }
-            id_token_hint = tokens.id_token;
+            id_token_hint = ended.id_token;
         }
-        state.tokens.store().delete_session(&signed_in.handle).await?;
-        let sid = signed_in.user.claims.get("sid").and_then(|v| v.as_str());
-        state.sessions.remove(&signed_in.handle, &signed_in.user.sub, sid).await?;
-        state.metrics.auth_event("logout");
-        tracing::info!(session = signed_in.handle.short(), "signed out");
+        state.metrics.auth_event(AuthEvent::Logout);
     }
     if let Some(binding) = state.cookies.login_binding(&req) {
         state.logins.forget_browser(&digest(&binding)).await?;
@@ -269,20 +257,9 @@ pub async fn backchannel_logout(state: web::Data<AppState>, form: web::Form<Back
             return AppError::IdpUnavailable.error_response();
         }
     };
-    let replay_window = Duration::from_secs(request.exp.saturating_sub(now_unix()).max(60) + 60);
-    let ended = async {
-        if !state.sessions.claim_logout_token(&request.jti, replay_window).await? {
-            return Ok(None);
-        }
-        let handles = state.sessions.take(request.sub.as_deref(), request.sid.as_deref()).await?;
-        for handle in &handles {
-            state.tokens.store().delete_session(handle).await?;
-        }
-        Ok::<_, crate::store::StoreError>(Some(handles.len()))
-    };
-    match ended.await {
+    match state.sessions.end_for_provider(&request).await {
         Ok(Some(count)) => {
-            state.metrics.auth_event("backchannel_logout");
+            state.metrics.auth_event(AuthEvent::BackchannelLogout);
             tracing::info!(sessions = count, "back-channel logout");
             HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).finish()
         }

@@ -1,9 +1,10 @@
 //! actix-session's `SessionStore` over our [`Store`], and the typed entries a session holds.
 //!
-//! actix-session lets the store pick the session key at the first save, but a login must know
-//! the id before that: the token set is written under the same handle during the callback. So
-//! the callback puts the id it generated into the state under [`NEW_ID_ENTRY`]; `save` takes it
-//! out (it is never stored) and uses it as the key.
+//! actix-session writes a new session's state when the response leaves, after the handler;
+//! a sign-in cannot leave its failure that late (the token set would be left behind with no
+//! cookie to reach it). So the sign-in (`tokens::Sessions::start`) writes the state itself,
+//! with its other writes, and marks the in-memory session with [`STORED_ID_ENTRY`]: `save`
+//! then only hands actix-session the key, writing nothing.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,10 +16,10 @@ use actix_web::cookie::time;
 use super::{KeyLayout, SessionHandle, SessionId};
 use crate::crypto::Sealer;
 use crate::oidc::UserInfo;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::telemetry::error_chain;
 
-const NEW_ID_ENTRY: &str = "__new_session_id";
+const STORED_ID_ENTRY: &str = "__stored_session_id";
 const HANDLE_ENTRY: &str = "handle";
 const USER_ENTRY: &str = "user";
 const EXPIRES_AT_ENTRY: &str = "expires_at";
@@ -40,13 +41,28 @@ pub struct SignedIn {
 }
 
 impl SessionEntries {
-    /// Fills a session for a fresh login and renews its id (no fixation).
-    pub fn start(session: &Session, id: &SessionId, user: &UserInfo, expires_at: u64) -> Result<(), anyhow::Error> {
+    /// The state of a new signed-in session, as actix-session holds it (values in JSON).
+    pub fn state(
+        handle: &SessionHandle,
+        user: &UserInfo,
+        expires_at: u64,
+    ) -> Result<HashMap<String, String>, serde_json::Error> {
+        Ok(HashMap::from([
+            (HANDLE_ENTRY.to_string(), serde_json::to_string(handle.as_str())?),
+            (USER_ENTRY.to_string(), serde_json::to_string(user)?),
+            (EXPIRES_AT_ENTRY.to_string(), serde_json::to_string(&expires_at)?),
+        ]))
+    }
+
+    /// Puts into the browser's session the state `Sessions::start` already stored under `id`,
+    /// and renews the session (no fixation: the old id, if any, is dropped).
+    pub fn start(session: &Session, id: &SessionId, state: HashMap<String, String>) -> Result<(), anyhow::Error> {
         clear_entries(session);
-        session.insert(NEW_ID_ENTRY, id.expose())?;
-        session.insert(HANDLE_ENTRY, id.handle().as_str())?;
-        session.insert(USER_ENTRY, user)?;
-        session.insert(EXPIRES_AT_ENTRY, expires_at)?;
+        session.insert(STORED_ID_ENTRY, id.expose())?;
+        for (name, json) in state {
+            let value: serde_json::Value = serde_json::from_str(&json)?;
+            session.insert(name, value)?;
+        }
         session.renew();
         Ok(())
     }
@@ -105,6 +121,13 @@ impl SessionStoreAdapter {
         Ok(self.sealer.seal(key.as_bytes(), &serde_json::to_vec(state)?))
     }
 
+    /// Writes the state of a session that is being signed in (see the module's note).
+    pub async fn create(&self, id: &SessionId, state: &HashMap<String, String>) -> Result<(), StoreError> {
+        let key = self.keys.session(&id.handle());
+        let sealed = self.seal(&key, state).map_err(|source| StoreError::Encoding { what: "a session", source })?;
+        self.store.set(&key, &sealed, self.ttl_of(state)).await
+    }
+
     fn ttl_of(&self, state: &HashMap<String, String>) -> Duration {
         let expires_at = state.get(EXPIRES_AT_ENTRY).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         // A state without an end (never written by bff) lives one idle period at most.
@@ -145,11 +168,14 @@ impl SessionStore for SessionStoreAdapter {
     }
 
     async fn save(&self, mut state: HashMap<String, String>, _ttl: &time::Duration) -> Result<SessionKey, SaveError> {
-        let id = state
-            .remove(NEW_ID_ENTRY)
+        let stored = state
+            .remove(STORED_ID_ENTRY)
             .and_then(|raw| serde_json::from_str::<String>(&raw).ok())
-            .and_then(|raw| SessionId::parse(&raw))
-            .unwrap_or_else(SessionId::generate);
+            .and_then(|raw| SessionId::parse(&raw));
+        if let Some(id) = stored {
+            return session_key(&id).map_err(SaveError::Other);
+        }
+        let id = SessionId::generate();
         let key = self.keys.session(&id.handle());
         let sealed = self.seal(&key, &state).map_err(|e| SaveError::Serialization(e.into()))?;
         self.store.set(&key, &sealed, self.ttl_of(&state)).await.map_err(|e| SaveError::Other(e.into()))?;
@@ -159,12 +185,13 @@ impl SessionStore for SessionStoreAdapter {
     async fn update(
         &self,
         session_key: SessionKey,
-        state: HashMap<String, String>,
+        mut state: HashMap<String, String>,
         ttl: &time::Duration,
     ) -> Result<SessionKey, UpdateError> {
         let Some(id) = Self::id_of(&session_key) else {
             return self.save(state, ttl).await.map_err(|e| UpdateError::Other(e.into()));
         };
+        state.remove(STORED_ID_ENTRY);
         let key = self.keys.session(&id.handle());
         let sealed = self.seal(&key, &state).map_err(|e| UpdateError::Serialization(e.into()))?;
         let written = self
@@ -186,9 +213,11 @@ impl SessionStore for SessionStoreAdapter {
         Ok(())
     }
 
+    /// Only the state: the token set and the rest of a session end with it, through
+    /// `tokens::Sessions::end`, which every path that purges a live session calls first.
     async fn delete(&self, session_key: &SessionKey) -> Result<(), anyhow::Error> {
         if let Some(id) = Self::id_of(session_key) {
-            self.store.delete(&self.keys.all_of_session(&id.handle())).await?;
+            self.store.delete(&[self.keys.session(&id.handle())]).await?;
         }
         Ok(())
     }

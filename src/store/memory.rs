@@ -53,11 +53,43 @@ impl Map {
 #[derive(Clone, Default)]
 pub struct MemoryStore {
     map: Arc<Mutex<Map>>,
+    /// Unit tests of callers: the write (1-based) that fails, to check what a failure midway
+    /// leaves behind.
+    #[cfg(test)]
+    failing_write: Arc<Mutex<Option<(u32, u32)>>>,
 }
 
 impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    /// Makes the `n`th write from now fail (once).
+    #[cfg(test)]
+    pub(crate) fn fail_write(&self, n: u32) {
+        *self.failing_write.lock().unwrap_or_else(|p| p.into_inner()) = Some((0, n));
+    }
+
+    /// Every live key.
+    #[cfg(test)]
+    pub(crate) fn keys(&self) -> Vec<String> {
+        let now = Instant::now();
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.entries.iter().filter(|(_, e)| e.expires_at > now).map(|(k, _)| k.clone()).collect()
+    }
+
+    fn write(&self) -> Result<MutexGuard<'_, Map>, StoreError> {
+        #[cfg(test)]
+        {
+            let mut plan = self.failing_write.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((done, fail_at)) = plan.as_mut() {
+                *done += 1;
+                if *done == *fail_at {
+                    return Err(StoreError::HeldOff);
+                }
+            }
+        }
+        self.lock()
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Map>, StoreError> {
@@ -89,13 +121,13 @@ impl MemoryStore {
     }
 
     pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
-        self.lock()?.insert(key, Data::Bytes(value.to_vec()), ttl, Instant::now());
+        self.write()?.insert(key, Data::Bytes(value.to_vec()), ttl, Instant::now());
         Ok(())
     }
 
     pub async fn set_if_exists(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
         let now = Instant::now();
-        let mut map = self.lock()?;
+        let mut map = self.write()?;
         if map.live(key, now).is_none() {
             return Ok(false);
         }
@@ -105,7 +137,7 @@ impl MemoryStore {
 
     pub async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
         let now = Instant::now();
-        let mut map = self.lock()?;
+        let mut map = self.write()?;
         if map.live(key, now).is_some() {
             return Ok(false);
         }
@@ -115,7 +147,7 @@ impl MemoryStore {
 
     pub async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let now = Instant::now();
-        let mut map = self.lock()?;
+        let mut map = self.write()?;
         if map.bytes(key, now).is_none() {
             return Ok(None);
         }
@@ -126,7 +158,7 @@ impl MemoryStore {
     }
 
     pub async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
-        let mut map = self.lock()?;
+        let mut map = self.write()?;
         for key in keys {
             map.entries.remove(key);
         }
@@ -135,7 +167,7 @@ impl MemoryStore {
 
     pub async fn expire(&self, keys: &[String], ttl: Duration) -> Result<(), StoreError> {
         let now = Instant::now();
-        let mut map = self.lock()?;
+        let mut map = self.write()?;
         for key in keys {
             if let Some(entry) = map.live(key, now) {
                 entry.expires_at = now + ttl;
@@ -145,7 +177,7 @@ impl MemoryStore {
     }
 
     pub async fn replace_if_prefix(&self, key: &str, prefix: &[u8], value: &[u8]) -> Result<CasOutcome, StoreError> {
-        let mut map = self.lock()?;
+        let mut map = self.write()?;
         Ok(match map.bytes(key, Instant::now()) {
             None => CasOutcome::Missing,
             Some(current) if !current.starts_with(prefix) => CasOutcome::Conflict,
@@ -157,7 +189,7 @@ impl MemoryStore {
     }
 
     pub async fn delete_if_equals(&self, key: &str, value: &[u8]) -> Result<bool, StoreError> {
-        let mut map = self.lock()?;
+        let mut map = self.write()?;
         if map.bytes(key, Instant::now()).is_some_and(|v| v.as_slice() == value) {
             map.entries.remove(key);
             return Ok(true);
@@ -167,7 +199,7 @@ impl MemoryStore {
 
     pub async fn expire_if_equals(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
         let now = Instant::now();
-        let mut map = self.lock()?;
+        let mut map = self.write()?;
         match map.live(key, now) {
             Some(entry) if matches!(&entry.data, Data::Bytes(b) if b.as_slice() == value) => {
                 entry.expires_at = now + ttl;
@@ -179,7 +211,7 @@ impl MemoryStore {
 
     pub async fn set_add(&self, key: &str, member: &str, ttl: Duration) -> Result<(), StoreError> {
         let now = Instant::now();
-        let mut map = self.lock()?;
+        let mut map = self.write()?;
         match map.live(key, now) {
             Some(Entry { data: Data::Set(set), expires_at }) => {
                 set.insert(member.to_string());
@@ -199,7 +231,7 @@ impl MemoryStore {
     }
 
     pub async fn set_remove(&self, key: &str, member: &str) -> Result<(), StoreError> {
-        let mut map = self.lock()?;
+        let mut map = self.write()?;
         if let Some(Entry { data: Data::Set(set), .. }) = map.live(key, Instant::now()) {
             set.remove(member);
             if set.is_empty() {

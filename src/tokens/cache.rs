@@ -232,9 +232,7 @@ mod tests {
         HotToken {
             authorization: super::super::bearer_header(&AccessToken::new(format!("at{version}"))),
             version,
-            expires_at: u64::MAX,
-            lifetime_secs: 300,
-            session_expires_at: u64::MAX,
+            expiry: crate::tokens::Expiry { expires_at: u64::MAX, lifetime_secs: 300, session_expires_at: u64::MAX },
             has_refresh_token: true,
         }
     }

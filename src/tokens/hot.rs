@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use hyper::header::HeaderValue;
 
-use super::{TokenSet, bearer_header};
+use super::{Expiry, TokenSet, bearer_header};
 
 /// Sessions whose views are kept; past it, one is dropped per insertion.
 const CAPACITY: usize = 4096;
@@ -28,9 +28,7 @@ const TAG_LEN: usize = 16;
 pub struct HotToken {
     pub authorization: Option<HeaderValue>,
     pub version: u64,
-    pub expires_at: u64,
-    pub lifetime_secs: u64,
-    pub session_expires_at: u64,
+    pub expiry: Expiry,
     pub has_refresh_token: bool,
 }
 
@@ -39,9 +37,7 @@ impl From<&TokenSet> for HotToken {
         HotToken {
             authorization: bearer_header(&set.access_token),
             version: set.version,
-            expires_at: set.expires_at,
-            lifetime_secs: set.lifetime_secs,
-            session_expires_at: set.session_expires_at,
+            expiry: set.expiry,
             has_refresh_token: set.refresh_token.is_some(),
         }
     }
@@ -98,9 +94,7 @@ mod tests {
         HotToken {
             authorization: bearer_header(&openidconnect::AccessToken::new("at".into())),
             version,
-            expires_at: 10,
-            lifetime_secs: 10,
-            session_expires_at: 100,
+            expiry: crate::tokens::Expiry { expires_at: 10, lifetime_secs: 10, session_expires_at: 100 },
             has_refresh_token: true,
         }
     }

@@ -19,7 +19,7 @@ use futures_util::FutureExt;
 use futures_util::future::Shared;
 use hyper::header::HeaderValue;
 
-use super::{HotToken, TokenSet, TokenStore, bearer_header};
+use super::{EndReason, HotToken, Sessions, TokenSet, TokenStore, bearer_header};
 use crate::crypto::random_token;
 use crate::metrics::{Metrics, RefreshOutcome};
 use crate::oidc::{Oidc, OidcError, RefreshError};
@@ -50,14 +50,18 @@ impl From<&TokenSet> for UsableToken {
         UsableToken {
             authorization: bearer_header(&set.access_token),
             version: set.version,
-            expires_at: set.expires_at,
+            expires_at: set.expiry.expires_at,
         }
     }
 }
 
 impl From<&HotToken> for UsableToken {
     fn from(hot: &HotToken) -> Self {
-        UsableToken { authorization: hot.authorization.clone(), version: hot.version, expires_at: hot.expires_at }
+        UsableToken {
+            authorization: hot.authorization.clone(),
+            version: hot.version,
+            expires_at: hot.expiry.expires_at,
+        }
     }
 }
 
@@ -118,6 +122,7 @@ type Flight = Shared<Pin<Box<dyn Future<Output = FlightResult> + Send>>>;
 
 pub struct TokenManager {
     tokens: TokenStore,
+    sessions: Arc<Sessions>,
     oidc: Arc<Oidc>,
     skew: Duration,
     lease: Duration,
@@ -139,9 +144,16 @@ pub struct TokenTimings {
 }
 
 impl TokenManager {
-    pub fn new(tokens: TokenStore, oidc: Arc<Oidc>, t: TokenTimings, metrics: Arc<Metrics>) -> TokenManager {
+    pub fn new(
+        tokens: TokenStore,
+        sessions: Arc<Sessions>,
+        oidc: Arc<Oidc>,
+        t: TokenTimings,
+        metrics: Arc<Metrics>,
+    ) -> TokenManager {
         TokenManager {
             tokens,
+            sessions,
             oidc,
             skew: t.refresh_skew,
             lease: t.lock_lease,
@@ -163,18 +175,18 @@ impl TokenManager {
     pub async fn access_token(self: &Arc<Self>, handle: &SessionHandle) -> FlightResult {
         let hot = self.tokens.load_hot(handle).await?.ok_or(TokenError::LoginRequired)?;
         let now = now_unix();
-        if hot.session_over(now) {
+        if hot.expiry.session_over(now) {
             // Reads the whole set to end the session (and its back-channel index entries).
             return self.load_live(handle).await.and(Err(TokenError::LoginRequired));
         }
-        if !hot.needs_refresh(now, self.skew) {
+        if !hot.expiry.needs_refresh(now, self.skew) {
             return Ok(UsableToken::from(&hot));
         }
         if !hot.has_refresh_token {
             // Nothing to refresh with: use the token while it lasts.
-            if hot.is_expired(now) {
+            if hot.expiry.is_expired(now) {
                 let set = self.load_live(handle).await?;
-                return self.end_session(handle, &set).await;
+                return self.end_session(handle, &set, EndReason::Expired).await;
             }
             return Ok(UsableToken::from(&hot));
         }
@@ -188,17 +200,17 @@ impl TokenManager {
 
     async fn load_live(&self, handle: &SessionHandle) -> Result<TokenSet, TokenError> {
         match self.tokens.load(handle).await? {
-            Some(set) if !set.session_over(now_unix()) => Ok(set),
+            Some(set) if !set.expiry.session_over(now_unix()) => Ok(set),
             Some(set) => {
-                self.tokens.end_session(handle, &set).await?;
+                self.sessions.end_known(handle, Some(&set), EndReason::Expired).await?;
                 Err(TokenError::LoginRequired)
             }
             None => Err(TokenError::LoginRequired),
         }
     }
 
-    async fn end_session(&self, handle: &SessionHandle, set: &TokenSet) -> FlightResult {
-        self.tokens.end_session(handle, set).await?;
+    async fn end_session(&self, handle: &SessionHandle, set: &TokenSet, reason: EndReason) -> FlightResult {
+        self.sessions.end_known(handle, Some(set), reason).await?;
         Err(TokenError::LoginRequired)
     }
 
@@ -307,7 +319,9 @@ impl TokenManager {
         let Some(refresh_token) = set.refresh_token.clone() else {
             return match want {
                 Want::NewerThan(_) => Err(TokenError::CannotRefresh),
-                Want::Fresh if set.is_expired(now_unix()) => self.end_session(handle, &set).await,
+                Want::Fresh if set.expiry.is_expired(now_unix()) => {
+                    self.end_session(handle, &set, EndReason::Expired).await
+                }
                 Want::Fresh => Ok(UsableToken::from(&set)),
             };
         };
@@ -328,20 +342,7 @@ impl TokenManager {
 
         match refreshed {
             Ok(r) => {
-                let now = now_unix();
-                let lifetime = r.expires_in.unwrap_or(self.default_expires_in).as_secs();
-                let next = TokenSet {
-                    access_token: r.access_token,
-                    // No refresh_token in the answer: the provider did not rotate; keep ours.
-                    refresh_token: r.refresh_token.or(set.refresh_token),
-                    id_token: r.id_token.or(set.id_token),
-                    expires_at: now + lifetime,
-                    lifetime_secs: lifetime,
-                    session_expires_at: set.session_expires_at,
-                    sub: set.sub.clone(),
-                    provider_sid: set.provider_sid.clone(),
-                    version: set.version + 1,
-                };
+                let next = set.refreshed(r, now_unix(), self.default_expires_in);
                 match self.tokens.replace(handle, set.version, &next).await? {
                     CasOutcome::Written => {
                         self.metrics.refresh(RefreshOutcome::Ok);
@@ -367,8 +368,8 @@ impl TokenManager {
                     return Ok(UsableToken::from(&current));
                 }
                 self.metrics.refresh(RefreshOutcome::InvalidGrant);
-                tracing::info!(session = handle.short(), "refresh token rejected (invalid_grant); ending the session");
-                self.end_session(handle, &set).await
+                tracing::info!(session = handle.short(), "refresh token rejected (invalid_grant)");
+                self.end_session(handle, &set, EndReason::GrantRevoked).await
             }
             Err(RefreshError::Unavailable(e)) => {
                 self.metrics.refresh(RefreshOutcome::Transient);
@@ -395,8 +396,8 @@ impl TokenManager {
 
 fn ready_token(set: &TokenSet, want: Want, skew: Duration) -> Option<UsableToken> {
     let ready = match want {
-        Want::Fresh => !set.needs_refresh(now_unix(), skew),
-        Want::NewerThan(v) => set.version > v && !set.is_expired(now_unix()),
+        Want::Fresh => !set.expiry.needs_refresh(now_unix(), skew),
+        Want::NewerThan(v) => set.version > v && !set.expiry.is_expired(now_unix()),
     };
     ready.then(|| UsableToken::from(set))
 }

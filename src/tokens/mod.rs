@@ -2,11 +2,14 @@
 //!
 //! The token set lives under its own key, sealed, prefixed with its version in clear
 //! (`v7.<sealed>`) so a Lua compare-and-set can check the version without the key to open it.
-//! Only the token manager writes it after login, and only with that compare-and-set: a request
-//! that read an older set can never write back a refresh token that was already rotated.
+//! Only this module writes it: `Sessions` (the lifecycle) when a session starts and ends, and
+//! the token manager after a refresh, only with that compare-and-set, so a request that read an
+//! older set can never write back a refresh token that was already rotated. The writes are
+//! private to the module: the compiler holds every other module to reading.
 
 mod cache;
 mod hot;
+mod lifecycle;
 mod manager;
 
 use std::sync::Arc;
@@ -16,80 +19,151 @@ use openidconnect::{AccessToken, RefreshToken};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::Sealer;
-use crate::oidc::RawIdToken;
-use crate::session::{KeyLayout, SessionHandle, SessionIndex, now_unix};
+use crate::oidc::{LoginResult, RawIdToken, Refreshed};
+use crate::session::{KeyLayout, SessionHandle, SessionLifetime};
 use crate::store::{CasOutcome, Store, StoreError, TrackedRead};
 use crate::telemetry::error_chain;
 
 pub use cache::TokenCache;
 pub use hot::HotToken;
-pub use manager::{TokenError, TokenManager, TokenTimings, UsableToken};
+pub use lifecycle::{EndReason, Ended, Sessions, Started};
+pub use manager::{RefreshUnavailable, TokenError, TokenManager, TokenTimings, UsableToken};
 
 /// Extend a session's idle timeout at most this often (or every half idle timeout, if that is
 /// shorter): a steady stream of API calls costs a write once a minute, and, without the local
 /// cache, one read each (with it, one read after each extension, which invalidates the set).
 const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
+/// Made by [`TokenSet::issue`] only, written by this module only (the fields are private).
 #[derive(Serialize, Deserialize)]
 pub struct TokenSet {
-    pub access_token: AccessToken,
-    pub refresh_token: Option<RefreshToken>,
-    pub id_token: Option<RawIdToken>,
+    access_token: AccessToken,
+    refresh_token: Option<RefreshToken>,
+    id_token: Option<RawIdToken>,
+    #[serde(flatten)]
+    expiry: Expiry,
+    sub: String,
+    /// The provider's session id, to find this session again for back-channel logout.
+    #[serde(default)]
+    provider_sid: Option<String>,
+    version: u64,
+}
+
+/// When a session's access token and the session itself end, and the decisions made on them;
+/// one type for the whole set and for the proxy's decoded view of it (`HotToken`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expiry {
     /// Unix seconds.
     pub expires_at: u64,
     /// The access token's lifetime as issued, to cap the refresh skew.
     pub lifetime_secs: u64,
     /// Unix seconds: the session's absolute end.
     pub session_expires_at: u64,
-    pub sub: String,
-    /// The provider's session id, to find this session again for back-channel logout.
-    #[serde(default)]
-    pub provider_sid: Option<String>,
-    pub version: u64,
+}
+
+/// What the provider issued, at sign-in or at a refresh.
+struct Issued {
+    access_token: AccessToken,
+    refresh_token: Option<RefreshToken>,
+    id_token: Option<RawIdToken>,
+    expires_in: Option<Duration>,
+}
+
+impl From<LoginResult> for Issued {
+    fn from(login: LoginResult) -> Self {
+        Issued {
+            access_token: login.access_token,
+            refresh_token: login.refresh_token,
+            id_token: Some(login.id_token),
+            expires_in: login.expires_in,
+        }
+    }
+}
+
+impl From<Refreshed> for Issued {
+    fn from(r: Refreshed) -> Self {
+        Issued {
+            access_token: r.access_token,
+            refresh_token: r.refresh_token,
+            id_token: r.id_token,
+            expires_in: r.expires_in,
+        }
+    }
+}
+
+/// Who a session belongs to and until when: fixed at sign-in, carried by every later set.
+struct Owner {
+    sub: String,
+    provider_sid: Option<String>,
+    session_expires_at: u64,
 }
 
 impl std::fmt::Debug for TokenSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenSet")
-            .field("expires_at", &self.expires_at)
+            .field("expires_at", &self.expiry.expires_at)
             .field("has_refresh_token", &self.refresh_token.is_some())
             .field("version", &self.version)
             .finish_non_exhaustive()
     }
 }
 
-/// The access token expires within the skew, capped at half its lifetime so short-lived tokens
-/// are still used for a while before being refreshed.
-fn refresh_due(expires_at: u64, lifetime_secs: u64, now: u64, skew: Duration) -> bool {
-    let skew = skew.as_secs().min(lifetime_secs / 2);
-    now.saturating_add(skew) >= expires_at
+impl Expiry {
+    /// The access token expires within the skew, capped at half its lifetime so short-lived
+    /// tokens are still used for a while before being refreshed.
+    pub fn needs_refresh(&self, now: u64, skew: Duration) -> bool {
+        let skew = skew.as_secs().min(self.lifetime_secs / 2);
+        now.saturating_add(skew) >= self.expires_at
+    }
+
+    pub fn is_expired(&self, now: u64) -> bool {
+        now >= self.expires_at
+    }
+
+    pub fn session_over(&self, now: u64) -> bool {
+        now >= self.session_expires_at
+    }
 }
 
 impl TokenSet {
-    pub fn needs_refresh(&self, now: u64, skew: Duration) -> bool {
-        refresh_due(self.expires_at, self.lifetime_secs, now, skew)
+    /// The one constructor: what the provider issued, for `owner`, following `previous` (none
+    /// at sign-in). An answer without a refresh token or an ID token keeps the previous ones
+    /// (the provider did not rotate).
+    fn issue(
+        issued: Issued,
+        owner: Owner,
+        previous: Option<&TokenSet>,
+        now: u64,
+        default_expires_in: Duration,
+    ) -> TokenSet {
+        let lifetime = issued.expires_in.unwrap_or(default_expires_in).as_secs();
+        TokenSet {
+            access_token: issued.access_token,
+            refresh_token: issued.refresh_token.or_else(|| previous.and_then(|p| p.refresh_token.clone())),
+            id_token: issued.id_token.or_else(|| previous.and_then(|p| p.id_token.clone())),
+            expiry: Expiry {
+                expires_at: now + lifetime,
+                lifetime_secs: lifetime,
+                session_expires_at: owner.session_expires_at,
+            },
+            sub: owner.sub,
+            provider_sid: owner.provider_sid,
+            version: previous.map_or(1, |p| p.version + 1),
+        }
     }
 
-    pub fn is_expired(&self, now: u64) -> bool {
-        now >= self.expires_at
+    /// The next version, after a refresh.
+    fn refreshed(&self, r: Refreshed, now: u64, default_expires_in: Duration) -> TokenSet {
+        let owner = Owner {
+            sub: self.sub.clone(),
+            provider_sid: self.provider_sid.clone(),
+            session_expires_at: self.expiry.session_expires_at,
+        };
+        TokenSet::issue(r.into(), owner, Some(self), now, default_expires_in)
     }
 
-    pub fn session_over(&self, now: u64) -> bool {
-        now >= self.session_expires_at
-    }
-}
-
-impl HotToken {
-    pub fn needs_refresh(&self, now: u64, skew: Duration) -> bool {
-        refresh_due(self.expires_at, self.lifetime_secs, now, skew)
-    }
-
-    pub fn is_expired(&self, now: u64) -> bool {
-        now >= self.expires_at
-    }
-
-    pub fn session_over(&self, now: u64) -> bool {
-        now >= self.session_expires_at
+    pub fn expiry(&self) -> Expiry {
+        self.expiry
     }
 }
 
@@ -111,17 +185,15 @@ pub struct TokenStore {
     store: Store,
     sealer: Sealer,
     keys: KeyLayout,
-    idle: Duration,
-    index: SessionIndex,
+    lifetime: SessionLifetime,
     hot: Arc<hot::HotViews>,
     /// The coherent local cache, when on and the store can keep it coherent.
     cache: Option<Arc<TokenCache>>,
 }
 
 impl TokenStore {
-    pub fn new(store: Store, sealer: Sealer, keys: KeyLayout, idle: Duration) -> TokenStore {
-        let index = SessionIndex::new(store.clone(), keys.clone());
-        TokenStore { store, sealer, keys, idle, index, hot: Arc::default(), cache: None }
+    pub fn new(store: Store, sealer: Sealer, keys: KeyLayout, lifetime: SessionLifetime) -> TokenStore {
+        TokenStore { store, sealer, keys, lifetime, hot: Arc::default(), cache: None }
     }
 
     /// The same, answering the proxy's reads from `cache` (the store must be the one that
@@ -130,11 +202,11 @@ impl TokenStore {
         TokenStore { cache: Some(cache), ..self }
     }
 
-    pub fn keys(&self) -> &KeyLayout {
+    fn keys(&self) -> &KeyLayout {
         &self.keys
     }
 
-    pub fn store(&self) -> &Store {
+    fn store(&self) -> &Store {
         &self.store
     }
 
@@ -158,9 +230,9 @@ impl TokenStore {
     }
 
     /// The first token set of a session, at login.
-    pub async fn create(&self, handle: &SessionHandle, set: &TokenSet) -> Result<(), StoreError> {
+    async fn create(&self, handle: &SessionHandle, set: &TokenSet) -> Result<(), StoreError> {
         let key = self.keys.tokens(handle);
-        let ttl = self.session_ttl(set.session_expires_at).unwrap_or(Duration::from_millis(1));
+        let ttl = self.lifetime.ttl(set.expiry.session_expires_at).unwrap_or(Duration::from_millis(1));
         self.store.set(&key, &self.encode(&key, set)?, ttl).await
     }
 
@@ -169,7 +241,7 @@ impl TokenStore {
         let key = self.keys.tokens(handle);
         let Some((raw, ttl)) = self.store.get_with_ttl(&key).await? else { return Ok(None) };
         let Some((set, _)) = self.open(handle, &key, &raw).await? else { return Ok(None) };
-        self.touch_if_due(handle, ttl, set.session_expires_at);
+        self.touch_if_due(handle, ttl, set.expiry.session_expires_at);
         Ok(Some(set))
     }
 
@@ -180,7 +252,7 @@ impl TokenStore {
         let now = Instant::now();
         if let Some(entry) = cache.get(handle, now) {
             let remaining = entry.valid_until.saturating_duration_since(now);
-            if let Some(target) = self.touch_target(remaining, entry.view.session_expires_at)
+            if let Some(target) = self.touch_target(remaining, entry.view.expiry.session_expires_at)
                 && entry.start_touch()
             {
                 self.touch(handle, target);
@@ -206,7 +278,7 @@ impl TokenStore {
         if !resealed {
             cache.complete_fill(fill, view.clone(), now + ttl);
         }
-        self.touch_if_due(handle, ttl, view.session_expires_at);
+        self.touch_if_due(handle, ttl, view.expiry.session_expires_at);
         Ok(Some(view))
     }
 
@@ -230,7 +302,7 @@ impl TokenStore {
                 view
             }
         };
-        self.touch_if_due(handle, ttl, view.session_expires_at);
+        self.touch_if_due(handle, ttl, view.expiry.session_expires_at);
         Ok(Some(view))
     }
 
@@ -254,7 +326,7 @@ impl TokenStore {
     }
 
     /// Writes `new` only if the stored set is still `expected_version`.
-    pub async fn replace(
+    async fn replace(
         &self,
         handle: &SessionHandle,
         expected_version: u64,
@@ -265,27 +337,15 @@ impl TokenStore {
     }
 
     /// Removes everything of a session: its state, token set and refresh lock.
-    pub async fn delete_session(&self, handle: &SessionHandle) -> Result<(), StoreError> {
+    async fn delete_session(&self, handle: &SessionHandle) -> Result<(), StoreError> {
         self.store.delete(&self.keys.all_of_session(handle)).await
-    }
-
-    /// Ends a session bff decided is over (expired, grant revoked): also drops it from the
-    /// back-channel logout index.
-    pub async fn end_session(&self, handle: &SessionHandle, set: &TokenSet) -> Result<(), StoreError> {
-        self.delete_session(handle).await?;
-        self.index.remove(handle, &set.sub, set.provider_sid.as_deref()).await
-    }
-
-    fn session_ttl(&self, session_expires_at: u64) -> Option<Duration> {
-        let remaining = session_expires_at.checked_sub(now_unix()).filter(|r| *r > 0)?;
-        Some(self.idle.min(Duration::from_secs(remaining)))
     }
 
     /// The idle time to live to extend to, when the last extension is over a minute old (the
     /// remaining time to live tells).
     fn touch_target(&self, ttl: Duration, session_expires_at: u64) -> Option<Duration> {
-        let target = self.session_ttl(session_expires_at)?;
-        (target > ttl + TOUCH_INTERVAL.min(self.idle / 2)).then_some(target)
+        let target = self.lifetime.ttl(session_expires_at)?;
+        (target > ttl + TOUCH_INTERVAL.min(self.lifetime.idle / 2)).then_some(target)
     }
 
     fn touch_if_due(&self, handle: &SessionHandle, ttl: Duration, session_expires_at: u64) {
@@ -317,30 +377,58 @@ impl TokenStore {
 mod tests {
     use super::*;
 
-    fn set(expires_at: u64, lifetime_secs: u64) -> TokenSet {
-        TokenSet {
-            access_token: AccessToken::new("at".into()),
-            refresh_token: Some(RefreshToken::new("rt".into())),
+    fn issued(access: &str, refresh: Option<&str>, expires_in: Option<u64>) -> Issued {
+        Issued {
+            access_token: AccessToken::new(access.into()),
+            refresh_token: refresh.map(|r| RefreshToken::new(r.into())),
             id_token: None,
-            expires_at,
-            lifetime_secs,
-            session_expires_at: u64::MAX,
-            sub: "s".into(),
-            provider_sid: None,
-            version: 1,
+            expires_in: expires_in.map(Duration::from_secs),
         }
+    }
+
+    fn owner() -> Owner {
+        Owner { sub: "s".into(), provider_sid: Some("sid".into()), session_expires_at: u64::MAX }
+    }
+
+    fn set(expires_at: u64, lifetime_secs: u64) -> TokenSet {
+        let now = expires_at - lifetime_secs;
+        TokenSet::issue(issued("at", Some("rt"), Some(lifetime_secs)), owner(), None, now, Duration::ZERO)
     }
 
     #[test]
     fn refresh_is_due_within_the_skew_capped_at_half_the_lifetime() {
         let skew = Duration::from_secs(30);
+        let expiry = |expires_at, lifetime_secs| set(expires_at, lifetime_secs).expiry();
         // A 300 s token refreshes 30 s before expiry.
-        assert!(!set(1000, 300).needs_refresh(969, skew));
-        assert!(set(1000, 300).needs_refresh(970, skew));
+        assert!(!expiry(1000, 300).needs_refresh(969, skew));
+        assert!(expiry(1000, 300).needs_refresh(970, skew));
         // A 10 s token refreshes 5 s before expiry, not at once.
-        assert!(!set(1000, 10).needs_refresh(994, skew));
-        assert!(set(1000, 10).needs_refresh(995, skew));
-        assert!(set(1000, 10).is_expired(1000));
+        assert!(!expiry(1000, 10).needs_refresh(994, skew));
+        assert!(expiry(1000, 10).needs_refresh(995, skew));
+        assert!(expiry(1000, 10).is_expired(1000));
+        assert!(!expiry(1000, 10).session_over(1000));
+    }
+
+    #[test]
+    fn a_refresh_keeps_the_owner_and_what_the_provider_did_not_rotate() {
+        let first = set(1300, 300);
+        assert_eq!(first.version, 1);
+        let rotated =
+            TokenSet::issue(issued("at2", Some("rt2"), None), owner(), Some(&first), 2000, Duration::from_secs(60));
+        assert_eq!((rotated.version, rotated.expiry.expires_at, rotated.expiry.lifetime_secs), (2, 2060, 60));
+        assert_eq!(rotated.refresh_token.as_ref().map(|t| t.secret().as_str()), Some("rt2"));
+        let kept = TokenSet::issue(issued("at3", None, Some(10)), owner(), Some(&rotated), 3000, Duration::ZERO);
+        assert_eq!(kept.refresh_token.as_ref().map(|t| t.secret().as_str()), Some("rt2"), "not rotated: kept");
+        assert_eq!((kept.version, kept.provider_sid.as_deref()), (3, Some("sid")));
+    }
+
+    #[test]
+    fn the_stored_form_is_unchanged_by_the_expiry_type() {
+        // Sets written before `Expiry` existed must still open.
+        let json = serde_json::to_value(set(1000, 10)).unwrap_or_default();
+        for field in ["expires_at", "lifetime_secs", "session_expires_at", "version", "sub", "provider_sid"] {
+            assert!(json.get(field).is_some(), "{field} in {json}");
+        }
     }
 
     #[test]
@@ -356,7 +444,7 @@ mod tests {
             Store::memory(crate::store::MemoryStore::new()),
             Sealer::new(&[secret]),
             KeyLayout::new("t:"),
-            Duration::from_secs(60),
+            SessionLifetime { idle: Duration::from_secs(60) },
         );
         let mut s = set(5, 5);
         s.version = 42;

@@ -73,11 +73,13 @@ async fn the_session_id_changes_at_login() {
     let browser = app.browser();
     assert_eq!(browser.login_as("carol").await.status(), 302);
     let first = browser.cookie("bff").expect("session cookie");
+    let keys_of_one_session = app.keys().await.len();
 
     assert_eq!(browser.login_as("carol").await.status(), 302);
     let second = browser.cookie("bff").expect("session cookie");
 
     assert_ne!(first, second);
+    assert_eq!(app.keys().await.len(), keys_of_one_session, "the replaced session left nothing behind");
     // The session before the second login is gone (no fixation, no orphan).
     let old = Browser::new(&app.address);
     old.set_cookie("bff", &first);

@@ -1,0 +1,245 @@
+//! A signed-in session from the login that starts it to whatever ends it: the one owner of its
+//! keys (state, token set, refresh lock) and of its entries in the back-channel logout index.
+//!
+//! A start writes four things; one that fails midway removes what it wrote before answering,
+//! so a failed sign-in leaves nothing a later request could find. An end removes them all,
+//! whatever the reason, and says why in the log.
+
+use std::time::Duration;
+
+use openidconnect::RefreshToken;
+
+use super::{Owner, TokenSet, TokenStore};
+use crate::oidc::{LoginResult, LogoutRequest, RawIdToken, UserInfo};
+use crate::session::{SessionEntries, SessionHandle, SessionId, SessionIndex, SessionStoreAdapter, now_unix};
+use crate::store::StoreError;
+use crate::telemetry::error_chain;
+
+/// Why a session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The user signed out (`POST /auth/logout`).
+    SignedOut,
+    /// The provider ended its session (back-channel logout).
+    BackChannel,
+    /// The provider refused the refresh token (`invalid_grant`).
+    GrantRevoked,
+    /// The same browser signed in again.
+    Replaced,
+    /// The absolute timeout passed, or the access token expired with nothing to refresh it.
+    Expired,
+    /// The sign-in was stored but could not be handed to the browser.
+    Abandoned,
+}
+
+impl EndReason {
+    fn label(self) -> &'static str {
+        match self {
+            EndReason::SignedOut => "signed_out",
+            EndReason::BackChannel => "backchannel_logout",
+            EndReason::GrantRevoked => "invalid_grant",
+            EndReason::Replaced => "replaced",
+            EndReason::Expired => "expired",
+            EndReason::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// A session just signed in: what the browser's session needs.
+pub struct Started {
+    pub id: SessionId,
+    pub handle: SessionHandle,
+    /// The state `SessionEntries::start` puts into the browser's session (already stored).
+    pub state: std::collections::HashMap<String, String>,
+}
+
+/// What is left of a session that ended, for the provider's sake (revocation, the logout hint).
+pub struct Ended {
+    pub refresh_token: Option<RefreshToken>,
+    pub id_token: Option<RawIdToken>,
+}
+
+pub struct Sessions {
+    tokens: TokenStore,
+    index: SessionIndex,
+    states: SessionStoreAdapter,
+    absolute_timeout: Duration,
+    default_expires_in: Duration,
+}
+
+impl Sessions {
+    pub fn new(
+        tokens: TokenStore,
+        states: SessionStoreAdapter,
+        absolute_timeout: Duration,
+        default_expires_in: Duration,
+    ) -> Sessions {
+        let index = SessionIndex::new(tokens.store().clone(), tokens.keys().clone());
+        Sessions { tokens, index, states, absolute_timeout, default_expires_in }
+    }
+
+    /// Starts a session for a completed login: its token set, its back-channel index entries
+    /// and its state, under a fresh id. On failure nothing of it is left (best effort: the
+    /// clean-up needs the store too, and whatever it cannot remove expires with its TTL).
+    pub async fn start(&self, login: LoginResult) -> Result<Started, StoreError> {
+        let id = SessionId::generate();
+        let handle = id.handle();
+        let now = now_unix();
+        let session_expires_at = now + self.absolute_timeout.as_secs();
+        let user: UserInfo = login.user.clone();
+        let owner = Owner { sub: user.sub.clone(), provider_sid: login.provider_sid.clone(), session_expires_at };
+        let set = TokenSet::issue(login.into(), owner, None, now, self.default_expires_in);
+        let state = SessionEntries::state(&handle, &user, session_expires_at)
+            .map_err(|source| StoreError::Encoding { what: "a session", source })?;
+        let written = async {
+            self.tokens.create(&handle, &set).await?;
+            self.index.add(&handle, &set.sub, set.provider_sid.as_deref(), self.absolute_timeout).await?;
+            self.states.create(&id, &state).await
+        };
+        if let Err(e) = written.await {
+            if let Err(cleanup) = self.remove(&handle, Some(&set)).await {
+                tracing::warn!(
+                    session = handle.short(),
+                    "a failed sign-in left keys behind: {}",
+                    error_chain(&cleanup)
+                );
+            }
+            return Err(e);
+        }
+        tracing::info!(session = handle.short(), "signed in");
+        Ok(Started { id, handle, state })
+    }
+
+    /// Ends a session, reading its token set first (it names the index entries to remove, and
+    /// holds what the provider is told at sign-out). `None`: it had already ended.
+    pub async fn end(&self, handle: &SessionHandle, reason: EndReason) -> Result<Option<Ended>, StoreError> {
+        let set = self.tokens.load(handle).await?;
+        self.end_known(handle, set.as_ref(), reason).await?;
+        Ok(set.map(|set| Ended { refresh_token: set.refresh_token, id_token: set.id_token }))
+    }
+
+    /// Ends a session whose token set the caller already holds (the token manager).
+    pub(super) async fn end_known(
+        &self,
+        handle: &SessionHandle,
+        set: Option<&TokenSet>,
+        reason: EndReason,
+    ) -> Result<(), StoreError> {
+        self.remove(handle, set).await?;
+        tracing::info!(session = handle.short(), reason = reason.label(), "session ended");
+        Ok(())
+    }
+
+    /// Back-channel logout: ends every session of the provider session (`sid`) or, without
+    /// one, of the user (`sub`). `None` if this logout token was already used.
+    pub async fn end_for_provider(&self, request: &LogoutRequest) -> Result<Option<usize>, StoreError> {
+        let replay_window = Duration::from_secs(request.exp.saturating_sub(now_unix()).max(60) + 60);
+        if !self.index.claim_logout_token(&request.jti, replay_window).await? {
+            return Ok(None);
+        }
+        let handles = self.index.take(request.sub.as_deref(), request.sid.as_deref()).await?;
+        for handle in &handles {
+            self.end(handle, EndReason::BackChannel).await?;
+        }
+        Ok(Some(handles.len()))
+    }
+
+    async fn remove(&self, handle: &SessionHandle, set: Option<&TokenSet>) -> Result<(), StoreError> {
+        self.tokens.delete_session(handle).await?;
+        if let Some(set) = set {
+            self.index.remove(handle, &set.sub, set.provider_sid.as_deref()).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Sealer;
+    use crate::oidc::RawIdToken;
+    use crate::session::{KeyLayout, SessionLifetime};
+    use crate::store::{MemoryStore, Store};
+    use openidconnect::AccessToken;
+
+    fn sessions(memory: &MemoryStore) -> Sessions {
+        let store = Store::memory(memory.clone());
+        let sealer = Sealer::new(&[secrecy::SecretString::from("s".repeat(64))]);
+        let keys = KeyLayout::new("t:");
+        let lifetime = SessionLifetime { idle: Duration::from_secs(600) };
+        let tokens = TokenStore::new(store.clone(), sealer.clone(), keys.clone(), lifetime);
+        let states = SessionStoreAdapter::new(store, sealer, keys, lifetime);
+        Sessions::new(tokens, states, Duration::from_secs(3600), Duration::from_secs(300))
+    }
+
+    fn login() -> LoginResult {
+        LoginResult {
+            access_token: AccessToken::new("at".into()),
+            refresh_token: Some(RefreshToken::new("rt".into())),
+            id_token: RawIdToken::new("id.token.jwt".into()),
+            expires_in: Some(Duration::from_secs(300)),
+            user: UserInfo { sub: "alice".into(), name: None, email: None, claims: serde_json::Map::new() },
+            provider_sid: Some("op-session".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_start_writes_its_state_tokens_and_index_entries() {
+        let memory = MemoryStore::new();
+        let started = sessions(&memory).start(login()).await;
+        assert!(started.is_ok());
+        let mut keys = memory.keys();
+        keys.sort();
+        assert_eq!(keys.len(), 4, "{keys:?}");
+        assert!(keys.iter().any(|k| k.ends_with(":session")) && keys.iter().any(|k| k.ends_with(":tokens")));
+        assert_eq!(keys.iter().filter(|k| k.starts_with("t:by-s")).count(), 2, "by-sub and by-sid: {keys:?}");
+    }
+
+    #[tokio::test]
+    async fn a_start_that_fails_at_any_write_leaves_nothing_behind() {
+        // Writes: token set, by-sub index, by-sid index, session state.
+        for failing in 1..=4 {
+            let memory = MemoryStore::new();
+            memory.fail_write(failing);
+            let started = sessions(&memory).start(login()).await;
+            assert!(started.is_err(), "write {failing} failed, yet the start succeeded");
+            assert_eq!(memory.keys(), Vec::<String>::new(), "after a failure at write {failing}");
+        }
+        // A fifth write is not part of a start: failing it changes nothing.
+        let memory = MemoryStore::new();
+        memory.fail_write(5);
+        assert!(sessions(&memory).start(login()).await.is_ok());
+        assert_eq!(memory.keys().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn an_end_removes_every_key_and_index_entry_and_hands_back_the_tokens() {
+        let memory = MemoryStore::new();
+        let sessions = sessions(&memory);
+        let Ok(started) = sessions.start(login()).await else { panic!("start failed") };
+        let ended = sessions.end(&started.handle, EndReason::SignedOut).await;
+        let Ok(Some(ended)) = ended else { panic!("the session was not found") };
+        assert_eq!(ended.refresh_token.as_ref().map(|t| t.secret().as_str()), Some("rt"));
+        assert_eq!(ended.id_token.as_ref().map(RawIdToken::secret), Some("id.token.jwt"));
+        assert_eq!(memory.keys(), Vec::<String>::new());
+        assert!(matches!(sessions.end(&started.handle, EndReason::SignedOut).await, Ok(None)));
+    }
+
+    #[tokio::test]
+    async fn a_back_channel_logout_ends_the_provider_session_once() {
+        let memory = MemoryStore::new();
+        let sessions = sessions(&memory);
+        let (Ok(first), Ok(second)) = (sessions.start(login()).await, sessions.start(login()).await) else {
+            panic!("start failed")
+        };
+        let request =
+            LogoutRequest { sub: None, sid: Some("op-session".into()), jti: "j1".into(), exp: now_unix() + 60 };
+        assert!(matches!(sessions.end_for_provider(&request).await, Ok(Some(2))));
+        for handle in [&first.handle, &second.handle] {
+            assert!(matches!(sessions.end(handle, EndReason::SignedOut).await, Ok(None)));
+        }
+        let left: Vec<String> = memory.keys().into_iter().filter(|k| !k.starts_with("t:logout-jti:")).collect();
+        assert_eq!(left, Vec::<String>::new(), "the by-sub entries go too");
+        assert!(matches!(sessions.end_for_provider(&request).await, Ok(None)), "a replayed token ends nothing");
+    }
+}
