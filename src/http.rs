@@ -16,6 +16,7 @@ use tracing::Instrument;
 use crate::error::{AppError, is_navigation};
 use crate::limits::Limit;
 use crate::request_id::request_id;
+use crate::session::cookie_pairs;
 use crate::state::AppState;
 use crate::telemetry::error_chain;
 
@@ -111,13 +112,8 @@ pub async fn reseal_session_cookie(
         return next.call(req).await;
     };
     let name = resealed.name().to_string();
-    let rewritten: Vec<String> = req
-        .headers()
-        .get_all(header::COOKIE)
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some(name.as_str()))
+    let rewritten: Vec<String> = cookie_pairs(req.headers())
+        .filter(|pair| pair.split('=').next() != Some(name.as_str()))
         .map(String::from)
         .chain(std::iter::once(format!("{name}={}", resealed.value())))
         .collect();

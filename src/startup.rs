@@ -18,7 +18,7 @@ use crate::proxy::Proxy;
 use crate::routes;
 use crate::session::{CookiePolicy, KeyLayout, PendingLogins, SessionLifetime, SessionStoreAdapter};
 use crate::state::{AppState, content_security_policy};
-use crate::store::{ChangeListener, MemoryStore, RedisStore, RedisTopology, Store};
+use crate::store::{ChangeListener, MemoryStore, RedisStore, RedisTopology, Store, Untracked};
 use crate::telemetry::error_chain;
 use crate::tokens::{Sessions, TokenCache, TokenManager, TokenStore, TokenTimings};
 
@@ -67,12 +67,11 @@ fn local_cache(config: &Config, store: Store, keys: &KeyLayout, metrics: &Metric
             );
             (store, Some(cache))
         }
-        (store, Err(why)) => {
-            if store.kind() == "redis" {
-                tracing::warn!("tokens.local_cache: {why}; every API call reads its token set from Redis");
-            }
+        (store, Err(Untracked::Unsupported(why))) => {
+            tracing::warn!("tokens.local_cache: {why}; every API call reads its token set from Redis");
             (store, None)
         }
+        (store, Err(Untracked::NotNeeded)) => (store, None),
     }
 }
 

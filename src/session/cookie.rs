@@ -7,6 +7,7 @@ use actix_session::SessionMiddleware;
 use actix_session::config::{CookieContentSecurity, PersistentSession, TtlExtensionPolicy};
 use actix_web::HttpRequest;
 use actix_web::cookie::{Cookie, CookieJar, Key, SameSite, time};
+use actix_web::http::header::HeaderMap;
 use secrecy::SecretString;
 
 use super::{SessionHandle, SessionId, SessionStoreAdapter};
@@ -115,14 +116,20 @@ impl CookiePolicy {
 
     /// Clears the session cookie from places that do not run the session middleware.
     pub fn session_cookie_removal(&self) -> Cookie<'static> {
-        let mut c = Cookie::build(self.name.clone(), "")
+        let mut c = self.session_cookie_with(String::new());
+        c.make_removal();
+        c
+    }
+
+    /// The session cookie's attributes, as the session middleware sets them.
+    fn session_cookie_with(&self, value: String) -> Cookie<'static> {
+        Cookie::build(self.name.clone(), value)
             .path("/")
             .http_only(true)
             .secure(self.secure)
             .same_site(self.same_site)
-            .finish();
-        c.make_removal();
-        c
+            .max_age(self.max_age)
+            .finish()
     }
 
     pub fn login_binding(&self, req: &HttpRequest) -> Option<String> {
@@ -138,12 +145,8 @@ impl CookiePolicy {
     /// header itself: `HttpRequest::cookie` caches what it parses, and the cookie may be
     /// rewritten after this (see `http::reseal_session_cookie`).
     fn open(&self, req: &HttpRequest) -> Option<(SessionId, usize)> {
-        let cookie = req
-            .headers()
-            .get_all(actix_web::http::header::COOKIE)
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| Cookie::parse_encoded(pair.trim().to_string()).ok())
+        let cookie = cookie_pairs(req.headers())
+            .filter_map(|pair| Cookie::parse_encoded(pair.to_string()).ok())
             .find(|c| c.name() == self.name)?;
         self.open_cookie(cookie)
     }
@@ -188,11 +191,8 @@ impl CookiePolicy {
 
     /// The first session cookie's value as sent, without parsing or decoding it.
     fn raw_session_cookie<'r>(&self, req: &'r HttpRequest) -> Option<&'r str> {
-        req.headers()
-            .get_all(actix_web::http::header::COOKIE)
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
+        cookie_pairs(req.headers())
+            .filter_map(|pair| pair.split_once('='))
             .find(|(name, _)| *name == self.name)
             .map(|(_, value)| value)
     }
@@ -210,16 +210,19 @@ impl CookiePolicy {
             return None;
         }
         let mut jar = CookieJar::new();
-        let cookie = Cookie::build(self.name.clone(), id.expose().to_string())
-            .path("/")
-            .http_only(true)
-            .secure(self.secure)
-            .same_site(self.same_site)
-            .max_age(self.max_age)
-            .finish();
-        jar.private_mut(self.current_key()).add(cookie);
+        jar.private_mut(self.current_key()).add(self.session_cookie_with(id.expose().to_string()));
         jar.delta().next().cloned()
     }
+}
+
+/// The `name=value` pairs of every `Cookie` header, trimmed, as sent (not decoded).
+pub fn cookie_pairs(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(actix_web::http::header::COOKIE)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
 }
 
 /// A session cookie that decrypted: its id may still name no live session.

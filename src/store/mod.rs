@@ -53,6 +53,15 @@ pub enum StoreError {
     Dropped,
 }
 
+/// Why a store does not keep a local cache coherent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Untracked {
+    /// One process holds everything (the in-memory store): there is nothing to cache.
+    NotNeeded,
+    /// This Redis set-up cannot tell of changes (why, for the log): every call reads it.
+    Unsupported(&'static str),
+}
+
 /// Result of a compare-and-set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CasOutcome {
@@ -114,10 +123,10 @@ impl Store {
     /// The same store, keeping `listener` told of changes: this instance's writes at once, and
     /// every change in Redis through the invalidation channel. `Err` says why this store cannot
     /// tell of changes made elsewhere (every call then reads it).
-    pub fn track_changes(self, listener: Arc<dyn ChangeListener>) -> (Store, Result<(), &'static str>) {
+    pub fn track_changes(self, listener: Arc<dyn ChangeListener>) -> (Store, Result<(), Untracked>) {
         let tracking = match &self.backend {
-            Backend::Redis(redis) => redis.start_tracking(Arc::clone(&listener)),
-            Backend::Memory(_) => Err("the in-memory store needs no cache"),
+            Backend::Redis(redis) => redis.start_tracking(Arc::clone(&listener)).map_err(Untracked::Unsupported),
+            Backend::Memory(_) => Err(Untracked::NotNeeded),
         };
         let listener = tracking.is_ok().then_some(listener);
         (Store { listener, ..self }, tracking)

@@ -19,7 +19,7 @@ use futures_util::FutureExt;
 use futures_util::future::Shared;
 use hyper::header::HeaderValue;
 
-use super::{EndReason, HotToken, Sessions, TokenSet, TokenStore, bearer_header};
+use super::{EndReason, Expiry, HotToken, Sessions, TokenSet, TokenStore, bearer_header};
 use crate::crypto::random_token;
 use crate::metrics::{Metrics, RefreshOutcome};
 use crate::oidc::{Oidc, OidcError, RefreshError};
@@ -174,23 +174,15 @@ impl TokenManager {
     /// The steady-state path: no store command with the local cache, else one read; no write.
     pub async fn access_token(self: &Arc<Self>, handle: &SessionHandle) -> FlightResult {
         let hot = self.tokens.load_hot(handle).await?.ok_or(TokenError::LoginRequired)?;
-        let now = now_unix();
-        if hot.expiry.session_over(now) {
-            // Reads the whole set to end the session (and its back-channel index entries).
-            return self.load_live(handle).await.and(Err(TokenError::LoginRequired));
-        }
-        if !hot.expiry.needs_refresh(now, self.skew) {
-            return Ok(UsableToken::from(&hot));
-        }
-        if !hot.has_refresh_token {
-            // Nothing to refresh with: use the token while it lasts.
-            if hot.expiry.is_expired(now) {
+        match decide(hot.expiry, hot.has_refresh_token, now_unix(), self.skew) {
+            Decision::Use => Ok(UsableToken::from(&hot)),
+            Decision::Refresh => self.join_flight(handle, Want::Fresh).await,
+            // Reads the whole set to end the session (it names its back-channel index entries).
+            Decision::End => {
                 let set = self.load_live(handle).await?;
-                return self.end_session(handle, &set, EndReason::Expired).await;
+                self.end_session(handle, &set, EndReason::Expired).await
             }
-            return Ok(UsableToken::from(&hot));
         }
-        self.join_flight(handle, Want::Fresh).await
     }
 
     /// After the upstream answered 401 to the token of `used_version`.
@@ -252,7 +244,6 @@ impl TokenManager {
         let lock_key = self.tokens.keys().refresh_lock(handle);
         let store = self.tokens.store();
         let started = Instant::now();
-        let give_up_at = started + self.wait_limit;
         let mut waited = false;
         loop {
             let set = self.load_live(handle).await?;
@@ -275,7 +266,7 @@ impl TokenManager {
                 return result;
             }
             waited = true;
-            if Instant::now() >= give_up_at {
+            if !keep_waiting(started.elapsed(), self.wait_limit) {
                 self.metrics.lock_waited(started.elapsed());
                 return Err(RefreshUnavailable::WaitedTooLong(self.wait_limit).into());
             }
@@ -394,17 +385,111 @@ impl TokenManager {
     }
 }
 
+/// What the steady-state path does with the token it read.
+#[derive(Debug, PartialEq, Eq)]
+enum Decision {
+    Use,
+    /// Due (within the skew) and refreshable: one refresh, shared by every caller.
+    Refresh,
+    /// The session is over, or the token expired with nothing to refresh it.
+    End,
+}
+
+fn decide(expiry: Expiry, has_refresh_token: bool, now: u64, skew: Duration) -> Decision {
+    if expiry.session_over(now) {
+        Decision::End
+    } else if !expiry.needs_refresh(now, skew) {
+        Decision::Use
+    } else if has_refresh_token {
+        Decision::Refresh
+    } else if expiry.is_expired(now) {
+        Decision::End
+    } else {
+        // Nothing to refresh with: use the token while it lasts.
+        Decision::Use
+    }
+}
+
+/// Whether a set already answers what the flight was started for (someone else refreshed).
+fn answers(expiry: Expiry, version: u64, want: Want, now: u64, skew: Duration) -> bool {
+    match want {
+        Want::Fresh => !expiry.needs_refresh(now, skew),
+        Want::NewerThan(v) => version > v && !expiry.is_expired(now),
+    }
+}
+
+/// A flight that finds another instance's lock polls until the lease and one provider call
+/// could have passed; past that the holder is presumed gone or stuck.
+fn keep_waiting(waited: Duration, limit: Duration) -> bool {
+    waited < limit
+}
+
 fn ready_token(set: &TokenSet, want: Want, skew: Duration) -> Option<UsableToken> {
-    let ready = match want {
-        Want::Fresh => !set.expiry.needs_refresh(now_unix(), skew),
-        Want::NewerThan(v) => set.version > v && !set.expiry.is_expired(now_unix()),
-    };
-    ready.then(|| UsableToken::from(set))
+    answers(set.expiry, set.version, want, now_unix(), skew).then(|| UsableToken::from(set))
 }
 
 fn satisfies(token: &UsableToken, want: Want) -> bool {
     match want {
         Want::Fresh => true,
         Want::NewerThan(v) => token.version > v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SKEW: Duration = Duration::from_secs(30);
+
+    /// A 300 s token issued at 1000, in a session that ends at 5000.
+    fn expiry() -> Expiry {
+        Expiry { expires_at: 1300, lifetime_secs: 300, session_expires_at: 5000 }
+    }
+
+    #[test]
+    fn a_token_is_used_until_due_then_refreshed() {
+        assert_eq!(decide(expiry(), true, 1000, SKEW), Decision::Use);
+        assert_eq!(decide(expiry(), true, 1269, SKEW), Decision::Use);
+        assert_eq!(decide(expiry(), true, 1270, SKEW), Decision::Refresh, "30 s before expiry");
+        assert_eq!(decide(expiry(), true, 1400, SKEW), Decision::Refresh, "expired but refreshable");
+    }
+
+    #[test]
+    fn without_a_refresh_token_a_token_is_used_while_it_lasts_then_the_session_ends() {
+        assert_eq!(decide(expiry(), false, 1290, SKEW), Decision::Use, "due, nothing to refresh with");
+        assert_eq!(decide(expiry(), false, 1300, SKEW), Decision::End);
+    }
+
+    #[test]
+    fn a_session_past_its_absolute_end_ends_whatever_its_token() {
+        let long_token = Expiry { expires_at: 9000, ..expiry() };
+        assert_eq!(decide(long_token, true, 5000, SKEW), Decision::End);
+        assert_eq!(decide(long_token, false, 4999, SKEW), Decision::Use);
+    }
+
+    #[test]
+    fn a_flight_is_answered_by_a_fresh_set_or_by_a_newer_unexpired_one() {
+        assert!(answers(expiry(), 1, Want::Fresh, 1000, SKEW));
+        assert!(!answers(expiry(), 1, Want::Fresh, 1270, SKEW));
+        // After a 401 on version 3: only a later version will do, even if 3 looks fresh.
+        assert!(!answers(expiry(), 3, Want::NewerThan(3), 1000, SKEW));
+        assert!(answers(expiry(), 4, Want::NewerThan(3), 1000, SKEW));
+        assert!(answers(expiry(), 4, Want::NewerThan(3), 1290, SKEW), "due soon is still usable after a 401");
+        assert!(!answers(expiry(), 4, Want::NewerThan(3), 1300, SKEW), "not an expired one");
+    }
+
+    #[test]
+    fn a_joined_result_must_satisfy_the_caller() {
+        let token = |version| UsableToken { authorization: None, version, expires_at: 0 };
+        assert!(satisfies(&token(1), Want::Fresh));
+        assert!(!satisfies(&token(3), Want::NewerThan(3)));
+        assert!(satisfies(&token(4), Want::NewerThan(3)));
+    }
+
+    #[test]
+    fn waiting_for_another_instance_gives_up_at_the_limit() {
+        let limit = Duration::from_secs(15);
+        assert!(keep_waiting(Duration::from_secs(14), limit));
+        assert!(!keep_waiting(limit, limit));
     }
 }
