@@ -1,5 +1,7 @@
 //! Unit tests of `load`: defaults, every validation rule, key paths in messages.
 use super::*;
+use crate::config::{AuthMethod, SameSitePolicy};
+use std::time::Duration;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 

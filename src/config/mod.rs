@@ -3,6 +3,8 @@
 
 mod load;
 mod print;
+mod sections;
+mod walker;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,0 +1,403 @@
+//! The per-section rules of the configuration: which keys each section has, their defaults,
+//! and what makes a value valid (alone and together with others). The walk itself is `walker`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::value::{Dict, Value};
+use secrecy::SecretString;
+use url::Url;
+
+use super::walker::{Section, Walker, describe};
+use super::{
+    ApiConfig, AuthMethod, Config, LogConfig, LogFormat, OidcConfig, SameSitePolicy, ServerConfig, SessionConfig,
+    TokensConfig,
+};
+
+const MIN_SECRET_BYTES: usize = 64;
+/// Authorization request parameters bff sets itself; `extra_auth_params` may not replace them.
+const RESERVED_AUTH_PARAMS: &[&str] = &[
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+];
+
+impl Walker<'_> {
+    pub(super) fn config(&mut self, root: &Dict) -> Option<Config> {
+        let mut top = Section { path: String::new(), dict: Some(root), known: BTreeSet::new() };
+        let server = self.server(&mut top);
+        let oidc = self.oidc(&mut top, server.as_ref());
+        let session = self.session(&mut top, server.as_ref());
+        let tokens = self.tokens(&mut top);
+        let api = self.apis(&mut top);
+        let log = self.log(&mut top);
+        top.known.extend(["server", "oidc", "session", "tokens", "api", "log"]);
+        self.finish(top);
+        Some(Config { server: server?, oidc: oidc?, session: session?, tokens, api, log })
+    }
+
+    fn log(&mut self, top: &mut Section<'_>) -> LogConfig {
+        let mut s = self.section(top, "log");
+        let format = match self.string_or(&mut s, "format", "text").to_ascii_lowercase().as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                self.error(s.key("format"), format!("must be \"text\" or \"json\" (got {other:?})"));
+                LogFormat::Text
+            }
+        };
+        let level = self.string_or(&mut s, "level", "info");
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            self.error(s.key("level"), format!("not a log filter ({level:?}); e.g. \"info\" or \"warn,bff=debug\""));
+        }
+        self.finish(s);
+        LogConfig { format, level }
+    }
+
+    fn server(&mut self, top: &mut Section<'_>) -> Option<ServerConfig> {
+        let mut s = self.section(top, "server");
+        let listen_raw = self.string_or(&mut s, "listen", "127.0.0.1:8080");
+        let listen = match listen_raw.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.error(s.key("listen"), format!("not an address:port ({listen_raw:?})"));
+                None
+            }
+        };
+        let public_raw = self.string_or(&mut s, "public_url", "http://localhost:8080");
+        let public_url = self.url(&s.key("public_url"), &public_raw, "public_url").and_then(|url| {
+            if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+                self.error(
+                    s.key("public_url"),
+                    "must be an origin (scheme://host[:port]) with no path, query or fragment",
+                );
+                return None;
+            }
+            Some(url)
+        });
+        let static_dir = self.string_or(&mut s, "static_dir", "static");
+        let templates_dir = self.string_or(&mut s, "templates_dir", "templates");
+        let workers = self.uint(&mut s, "workers", 0, 0) as usize;
+        let metrics_listen = self.string(&mut s, "metrics_listen").filter(|m| !m.is_empty()).and_then(|raw| {
+            raw.parse::<SocketAddr>()
+                .map_err(|_| self.error(s.key("metrics_listen"), format!("not an address:port ({raw:?})")))
+                .ok()
+        });
+        let shutdown_grace = self.secs(&mut s, "shutdown_grace_secs", 30, 0);
+        let max_header_bytes = self.uint(&mut s, "max_header_bytes", 16_384, 1024) as usize;
+        let max_upstream_concurrency = self.uint(&mut s, "max_upstream_concurrency", 1024, 1) as usize;
+        let login_starts_per_minute =
+            u32::try_from(self.uint(&mut s, "login_starts_per_minute", 30, 1)).unwrap_or(u32::MAX);
+        let trusted_proxy_hops = self.uint(&mut s, "trusted_proxy_hops", 0, 0) as usize;
+        self.finish(s);
+        Some(ServerConfig {
+            listen: listen?,
+            public_url: public_url?,
+            static_dir: (!static_dir.is_empty()).then(|| PathBuf::from(static_dir)),
+            templates_dir: PathBuf::from(templates_dir),
+            workers,
+            metrics_listen,
+            shutdown_grace,
+            max_header_bytes,
+            max_upstream_concurrency,
+            login_starts_per_minute,
+            trusted_proxy_hops,
+        })
+    }
+
+    fn oidc(&mut self, top: &mut Section<'_>, server: Option<&ServerConfig>) -> Option<OidcConfig> {
+        let mut s = self.section(top, "oidc");
+        let issuer = self
+            .required_string(&mut s, "issuer")
+            .and_then(|raw| self.url(&s.key("issuer"), &raw, "issuer").map(|_| raw));
+        let client_id = self.required_string(&mut s, "client_id");
+        let client_secret = self.client_secret(&mut s);
+        let auth_method = match self.string_or(&mut s, "auth_method", "client_secret_basic").as_str() {
+            "client_secret_basic" => Some(AuthMethod::ClientSecretBasic),
+            "client_secret_post" => Some(AuthMethod::ClientSecretPost),
+            other => {
+                self.error(
+                    s.key("auth_method"),
+                    format!("must be \"client_secret_basic\" or \"client_secret_post\" (got {other:?})"),
+                );
+                None
+            }
+        };
+        let scopes = self
+            .string_list(&mut s, "scopes")
+            .unwrap_or_else(|| ["openid", "profile", "email", "offline_access"].map(String::from).to_vec());
+        if !scopes.iter().any(|sc| sc == "openid") {
+            self.error(s.key("scopes"), "must include \"openid\"");
+        }
+        if let Some(bad) = scopes.iter().find(|sc| sc.is_empty() || sc.contains(char::is_whitespace)) {
+            self.error(s.key("scopes"), format!("{bad:?} is not a valid scope"));
+        }
+        let extra_auth_params = self.string_map(&mut s, "extra_auth_params");
+        for reserved in RESERVED_AUTH_PARAMS {
+            if extra_auth_params.contains_key(*reserved) {
+                self.error(
+                    format!("{}.{reserved}", s.key("extra_auth_params")),
+                    "is set by bff itself and cannot be overridden",
+                );
+            }
+        }
+        let post_logout_raw = self.string_or(&mut s, "post_logout_redirect", "/");
+        let post_logout_redirect = server.and_then(|server| {
+            resolve_same_origin(&server.public_url, &post_logout_raw)
+                .map_err(|msg| self.error(s.key("post_logout_redirect"), msg))
+                .ok()
+        });
+        let timeout = self.secs(&mut s, "timeout_secs", 10, 1);
+        self.finish(s);
+        Some(OidcConfig {
+            issuer: issuer?,
+            client_id: client_id?,
+            client_secret: client_secret?,
+            auth_method: auth_method?,
+            scopes,
+            extra_auth_params,
+            post_logout_redirect: post_logout_redirect?,
+            timeout,
+        })
+    }
+
+    fn client_secret(&mut self, s: &mut Section<'_>) -> Option<SecretString> {
+        let inline = self.string(s, "client_secret");
+        let file = self.string(s, "client_secret_file");
+        match (inline, file) {
+            (Some(_), Some(_)) => {
+                self.error(s.key("client_secret_file"), "set either client_secret or client_secret_file, not both");
+                None
+            }
+            (Some(secret), None) if secret.is_empty() => {
+                self.error(s.key("client_secret"), "must not be empty");
+                None
+            }
+            (Some(secret), None) => Some(SecretString::from(secret)),
+            (None, Some(path)) => match std::fs::read_to_string(&path) {
+                Ok(contents) => {
+                    // Secret files usually end with a newline that is not part of the secret.
+                    let secret = contents.trim_end_matches(['\r', '\n']).to_string();
+                    if secret.is_empty() {
+                        self.error(s.key("client_secret_file"), format!("{path} is empty"));
+                        None
+                    } else {
+                        Some(SecretString::from(secret))
+                    }
+                }
+                Err(e) => {
+                    self.error(s.key("client_secret_file"), format!("cannot read {path}: {e}"));
+                    None
+                }
+            },
+            (None, None) => {
+                self.error(s.key("client_secret"), "missing (required, or set client_secret_file)");
+                None
+            }
+        }
+    }
+
+    fn session(&mut self, top: &mut Section<'_>, server: Option<&ServerConfig>) -> Option<SessionConfig> {
+        let mut s = self.section(top, "session");
+        let redis_url = self.string(&mut s, "redis_url").filter(|u| !u.is_empty());
+        let redis_sentinels = self.string_list(&mut s, "redis_sentinels").unwrap_or_default();
+        let redis_sentinel_service = self.string_or(&mut s, "redis_sentinel_service", "mymaster");
+        let redis_cluster_nodes = self.string_list(&mut s, "redis_cluster_nodes").unwrap_or_default();
+        let check_url = |w: &mut Self, key: String, raw: &str| match Url::parse(raw) {
+            Ok(url) if matches!(url.scheme(), "redis" | "rediss" | "redis+unix" | "unix") => {}
+            // The URL may hold a password: name the problem, not the value.
+            _ => w.error(key, "must be a redis://, rediss:// or unix:// URL"),
+        };
+        if let Some(raw) = &redis_url {
+            check_url(self, s.key("redis_url"), raw);
+        }
+        for (i, raw) in redis_sentinels.iter().enumerate() {
+            check_url(self, format!("{}[{i}]", s.key("redis_sentinels")), raw);
+        }
+        for (i, raw) in redis_cluster_nodes.iter().enumerate() {
+            check_url(self, format!("{}[{i}]", s.key("redis_cluster_nodes")), raw);
+        }
+        let topologies = [redis_url.is_some(), !redis_sentinels.is_empty(), !redis_cluster_nodes.is_empty()];
+        if topologies.iter().filter(|t| **t).count() > 1 {
+            self.error(s.key("redis_url"), "set one of redis_url, redis_sentinels and redis_cluster_nodes");
+        }
+        let secrets = match self.string_list(&mut s, "secret") {
+            None => {
+                self.error(s.key("secret"), format!("missing (required, at least {MIN_SECRET_BYTES} bytes)"));
+                None
+            }
+            Some(list) if list.is_empty() => {
+                self.error(s.key("secret"), "must hold at least one secret");
+                None
+            }
+            Some(list) => {
+                for (i, secret) in list.iter().enumerate() {
+                    if secret.len() < MIN_SECRET_BYTES {
+                        let key = if list.len() == 1 { s.key("secret") } else { format!("{}[{i}]", s.key("secret")) };
+                        self.error(key, format!("must be at least {MIN_SECRET_BYTES} bytes (got {})", secret.len()));
+                    }
+                }
+                Some(list.into_iter().map(SecretString::from).collect::<Vec<_>>())
+            }
+        };
+        let https = server.is_some_and(|s| s.public_url.scheme() == "https");
+        let cookie_name = self.string_or(&mut s, "cookie_name", "");
+        let cookie_name = if cookie_name.is_empty() {
+            if https { "__Host-bff".to_string() } else { "bff".to_string() }
+        } else {
+            if !cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                self.error(s.key("cookie_name"), "may only hold letters, digits, '-', '_' and '.'");
+            }
+            if cookie_name.starts_with("__Host-") && !https {
+                self.error(s.key("cookie_name"), "a __Host- cookie needs an https public_url");
+            }
+            cookie_name
+        };
+        let same_site = match self.string_or(&mut s, "same_site", "lax").to_ascii_lowercase().as_str() {
+            "lax" => Some(SameSitePolicy::Lax),
+            "strict" => Some(SameSitePolicy::Strict),
+            other => {
+                self.error(s.key("same_site"), format!("must be \"lax\" or \"strict\" (got {other:?})"));
+                None
+            }
+        };
+        let idle_timeout = self.secs(&mut s, "idle_timeout_secs", 28_800, 60);
+        let absolute_timeout = self.secs(&mut s, "absolute_timeout_secs", 86_400, 60);
+        if idle_timeout > absolute_timeout {
+            self.error(s.key("idle_timeout_secs"), "must not exceed absolute_timeout_secs");
+        }
+        let key_prefix = self.string_or(&mut s, "key_prefix", "bff:");
+        if key_prefix.contains(['{', '}']) || key_prefix.contains(char::is_whitespace) {
+            // Braces are Redis Cluster hash tags: bff puts its own around each session id.
+            self.error(s.key("key_prefix"), "must not contain braces or white space");
+        }
+        let redis_timeout = Duration::from_millis(self.uint(&mut s, "redis_timeout_ms", 2000, 10));
+        self.finish(s);
+        Some(SessionConfig {
+            redis_url: redis_url.map(SecretString::from),
+            redis_sentinels: redis_sentinels.into_iter().map(SecretString::from).collect(),
+            redis_sentinel_service,
+            redis_cluster_nodes: redis_cluster_nodes.into_iter().map(SecretString::from).collect(),
+            secrets: secrets?,
+            cookie_name,
+            same_site: same_site?,
+            idle_timeout,
+            absolute_timeout,
+            key_prefix,
+            redis_timeout,
+        })
+    }
+
+    fn tokens(&mut self, top: &mut Section<'_>) -> TokensConfig {
+        let mut s = self.section(top, "tokens");
+        let refresh_skew = self.secs(&mut s, "refresh_skew_secs", 30, 0);
+        let refresh_lock = Duration::from_millis(self.uint(&mut s, "refresh_lock_ms", 10_000, 100));
+        let default_expires_in = self.secs(&mut s, "default_expires_in_secs", 300, 1);
+        let local_cache = self.boolean(&mut s, "local_cache", true);
+        let max_entries = self.uint(&mut s, "local_cache_max_entries", 100_000, 1);
+        let local_cache_max_entries = usize::try_from(max_entries)
+            .ok()
+            .and_then(std::num::NonZeroUsize::new)
+            .unwrap_or(std::num::NonZeroUsize::MIN);
+        self.finish(s);
+        TokensConfig { refresh_skew, refresh_lock, default_expires_in, local_cache, local_cache_max_entries }
+    }
+
+    fn apis(&mut self, top: &mut Section<'_>) -> Vec<ApiConfig> {
+        top.known.insert("api");
+        let items: Vec<&Dict> = match top.dict.and_then(|d| d.get("api")) {
+            None => Vec::new(),
+            Some(Value::Array(_, items)) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| match v {
+                    Value::Dict(_, d) => Some(d),
+                    other => {
+                        self.error(format!("api[{i}]"), format!("expected a table, found {}", describe(other)));
+                        None
+                    }
+                })
+                .collect(),
+            Some(other) => {
+                self.error("api", format!("expected an array of tables ([[api]]), found {}", describe(other)));
+                Vec::new()
+            }
+        };
+        let mut out = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (i, dict) in items.into_iter().enumerate() {
+            let mut s = Section { path: format!("api[{i}]"), dict: Some(dict), known: BTreeSet::new() };
+            let prefix = self.required_string(&mut s, "prefix").and_then(|p| self.api_prefix(&s, p));
+            if let Some(p) = &prefix
+                && let Some(first) = seen.insert(p.clone(), i)
+            {
+                self.error(s.key("prefix"), format!("duplicate prefix {p:?} (also api[{first}])"));
+            }
+            let upstream = self.required_string(&mut s, "upstream").and_then(|raw| {
+                let url = self.url(&s.key("upstream"), &raw, "upstream")?;
+                if url.query().is_some() || url.fragment().is_some() {
+                    self.error(s.key("upstream"), "must not carry a query or fragment");
+                    return None;
+                }
+                Some(url)
+            });
+            let timeout = self.secs(&mut s, "timeout_secs", 30, 1);
+            let max_retry_body_bytes = self.uint(&mut s, "max_retry_body_bytes", 1_048_576, 0);
+            let max_body_bytes = self.uint(&mut s, "max_body_bytes", 104_857_600, 0);
+            if max_retry_body_bytes > max_body_bytes {
+                self.error(s.key("max_retry_body_bytes"), "must not exceed max_body_bytes");
+            }
+            self.finish(s);
+            if let (Some(prefix), Some(upstream)) = (prefix, upstream) {
+                out.push(ApiConfig { prefix, upstream, timeout, max_retry_body_bytes, max_body_bytes });
+            }
+        }
+        out
+    }
+
+    fn api_prefix(&mut self, s: &Section<'_>, raw: String) -> Option<String> {
+        let key = s.key("prefix");
+        if !raw.starts_with('/') {
+            self.error(key, format!("must start with '/' (got {raw:?})"));
+            return None;
+        }
+        let prefix = raw.trim_end_matches('/').to_string();
+        if prefix.is_empty() {
+            self.error(key, "must not be \"/\": the SPA and /auth live there");
+            return None;
+        }
+        let reserved = ["/auth", "/healthz", "/readyz", "/metrics"];
+        if reserved.iter().any(|r| prefix == *r || prefix.starts_with(&format!("{r}/"))) {
+            self.error(key, format!("{prefix:?} collides with a route of bff itself"));
+            return None;
+        }
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "/-._~".contains(c);
+        if !prefix.chars().all(allowed)
+            || prefix.contains("//")
+            || prefix.split('/').any(|seg| seg == "." || seg == "..")
+        {
+            self.error(key, format!("{prefix:?} must be a plain path (letters, digits, '-', '.', '_', '~')"));
+            return None;
+        }
+        Some(prefix)
+    }
+}
+
+/// Resolves `raw` against `origin`; the result must stay on that origin.
+pub(crate) fn resolve_same_origin(origin: &Url, raw: &str) -> Result<Url, String> {
+    let url = origin.join(raw).map_err(|e| format!("not a valid URL or path ({e})"))?;
+    if url.origin() != origin.origin() {
+        return Err(format!(
+            "must be on the same origin as server.public_url ({})",
+            origin.origin().ascii_serialization()
+        ));
+    }
+    Ok(url)
+}
