@@ -1,7 +1,8 @@
-//! Redis behind a tuned `ConnectionManager`: bounded connect and response timeouts, a short
-//! reconnect backoff, and a deadline on every operation, so a Redis outage turns into fast 503s
-//! instead of hung requests. The connection is made lazily: start-up never fails because Redis
-//! is down, and the first request after it comes back reconnects.
+//! Where the data lives and how bff stays connected to it: one server, a primary found through
+//! Sentinel, or a Cluster, behind bounded connect and response timeouts, a short reconnect
+//! hold-off, and a deadline on every operation, so a Redis outage turns into fast 503s instead
+//! of hung requests. The connection is made lazily: start-up never fails because Redis is down,
+//! and the first request after it comes back reconnects. The commands are in `mod.rs`.
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -11,44 +12,16 @@ use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{RedisFuture, Script, Value};
+use redis::{RedisFuture, Value};
 use secrecy::{ExposeSecret, SecretString};
 
-use super::tracking::{ChangeListener, ClientSource, TrackedRead, TrackingChannel};
-use super::{CasOutcome, StoreError, ttl_millis};
+use super::Scripts;
+use crate::store::StoreError;
+use crate::store::tracking::{ChangeListener, ClientSource, TrackedRead, TrackingChannel};
 
 /// After a failed connection attempt, callers fail at once for this long instead of each
 /// waiting for their own connect timeout.
 const RECONNECT_HOLD_OFF: Duration = Duration::from_millis(500);
-
-const REPLACE_IF_PREFIX: &str = r"
-local cur = redis.call('GET', KEYS[1])
-if not cur then return -1 end
-if string.sub(cur, 1, string.len(ARGV[1])) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
-return 1";
-
-const DELETE_IF_EQUALS: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0";
-
-const EXPIRE_IF_EQUALS: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0";
-
-/// Adds to a set and extends its life to at least the given TTL, never shortening it.
-const SET_ADD_KEEP_LONGEST: &str = r"
-redis.call('SADD', KEYS[1], ARGV[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 1";
-
-struct Scripts {
-    replace_if_prefix: Script,
-    delete_if_equals: Script,
-    expire_if_equals: Script,
-    set_add: Script,
-}
 
 /// Where the data lives.
 pub enum RedisTopology {
@@ -68,7 +41,7 @@ enum Target {
 
 /// A live connection of any topology; all speak the same commands.
 #[derive(Clone)]
-enum Conn {
+pub(super) enum Conn {
     Single(ConnectionManager),
     Sentinel(MultiplexedConnection),
     Cluster(ClusterConnection),
@@ -111,14 +84,14 @@ thread_local! {
     static THREAD_CONNECTIONS: RefCell<Vec<(Weak<Inner>, ConnectionManager)>> = const { RefCell::new(Vec::new()) };
 }
 
-struct Inner {
+pub(super) struct Inner {
     target: Target,
     conn: tokio::sync::RwLock<Option<Conn>>,
     /// One connection attempt at a time.
     connecting: tokio::sync::Mutex<()>,
     last_failure: Mutex<Option<Instant>>,
-    timeout: Duration,
-    scripts: Scripts,
+    pub(super) timeout: Duration,
+    pub(super) scripts: Scripts,
     runtime: Option<tokio::runtime::Handle>,
     /// The coherent local cache's invalidation channel, once started.
     tracking: OnceLock<Arc<TrackingChannel>>,
@@ -126,23 +99,7 @@ struct Inner {
 
 #[derive(Clone)]
 pub struct RedisStore {
-    inner: Arc<Inner>,
-}
-
-/// The condition of a conditional `SET`.
-#[derive(Clone, Copy)]
-enum Only {
-    IfExists,
-    IfAbsent,
-}
-
-impl Only {
-    fn arg(self) -> &'static str {
-        match self {
-            Only::IfExists => "XX",
-            Only::IfAbsent => "NX",
-        }
-    }
+    pub(super) inner: Arc<Inner>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -215,12 +172,7 @@ impl RedisStore {
                 connecting: tokio::sync::Mutex::new(()),
                 last_failure: Mutex::new(None),
                 timeout,
-                scripts: Scripts {
-                    replace_if_prefix: Script::new(REPLACE_IF_PREFIX),
-                    delete_if_equals: Script::new(DELETE_IF_EQUALS),
-                    expire_if_equals: Script::new(EXPIRE_IF_EQUALS),
-                    set_add: Script::new(SET_ADD_KEEP_LONGEST),
-                },
+                scripts: Scripts::new(),
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 tracking: OnceLock::new(),
             }),
@@ -345,7 +297,7 @@ impl RedisStore {
     /// Runs one round trip under the operation deadline. A connection that was lost (Redis
     /// restarted) is re-established by the first operation that finds it broken; that operation
     /// is tried once more on the new connection, so it is not the request that pays for it.
-    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    pub(super) async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
         F: Fn(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
@@ -355,7 +307,7 @@ impl RedisStore {
 
     /// For operations whose repetition after a lost reply would change the outcome (`GETDEL`,
     /// `SET NX`): one attempt.
-    async fn run_once<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    pub(super) async fn run_once<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
         F: Fn(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
@@ -388,27 +340,20 @@ impl RedisStore {
         tokio::time::timeout(deadline, attempt).await.map_err(|_| StoreError::Timeout(deadline))?
     }
 
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await.map(drop) }).await
-    }
-
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.run(|mut c| async move { redis::cmd("GET").arg(key).query_async(&mut c).await }).await
-    }
-
-    /// The hot read of every proxied call. On a single server it goes through a connection owned
-    /// by the calling thread (an actix worker), whose driver runs on that thread's runtime: the
-    /// shared connection's driver lives on the main runtime, and reaching it costs two
-    /// cross-thread wake-ups per call, which at load cost more CPU than the read itself. Commands
-    /// queued by the requests of one event-loop turn also leave in one write.
-    pub async fn get_with_ttl(&self, key: &str) -> Result<Option<(Vec<u8>, Duration)>, StoreError> {
-        let read = |mut c: Conn| async move {
-            redis::pipe().cmd("GET").arg(key).cmd("PTTL").arg(key).query_async::<(Option<Vec<u8>>, i64)>(&mut c).await
-        };
+    /// For the hot read of every proxied call. On a single server it goes through a connection
+    /// owned by the calling thread (an actix worker), whose driver runs on that thread's
+    /// runtime: the shared connection's driver lives on the main runtime, and reaching it costs
+    /// two cross-thread wake-ups per call, which at load cost more CPU than the read itself.
+    /// Commands queued by the requests of one event-loop turn also leave in one write.
+    pub(super) async fn run_on_thread_connection<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
         let deadline = self.inner.timeout;
         let attempt = async {
             if let Some(conn) = self.thread_connection().await {
-                match read(Conn::Single(conn)).await {
+                match op(Conn::Single(conn)).await {
                     Ok(reply) => return Ok(reply),
                     // Next time, a new connection (this one's runtime may be gone); now, the
                     // shared one, which also heals itself after a restart of Redis.
@@ -416,13 +361,12 @@ impl RedisStore {
                     Err(e) => return Err(StoreError::Redis(e)),
                 }
             }
-            self.run(read).await
+            self.run(op).await
         };
-        let (value, pttl) = tokio::time::timeout(deadline, attempt).await.map_err(|_| {
+        tokio::time::timeout(deadline, attempt).await.map_err(|_| {
             self.forget_thread_connection();
             StoreError::Timeout(deadline)
-        })??;
-        Ok(value.map(|v| (v, Duration::from_millis(u64::try_from(pttl).unwrap_or(0)))))
+        })?
     }
 
     /// This thread's connection to a single server, made on first use once the shared
@@ -454,103 +398,5 @@ impl RedisStore {
     fn forget_thread_connection(&self) {
         let mine = Arc::downgrade(&self.inner);
         THREAD_CONNECTIONS.with(|all| all.borrow_mut().retain(|(store, _)| !Weak::ptr_eq(store, &mine)));
-    }
-
-    pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), StoreError> {
-        self.run(|mut c| async move {
-            redis::cmd("SET").arg(key).arg(value).arg("PX").arg(ttl_millis(ttl)).query_async::<()>(&mut c).await
-        })
-        .await
-    }
-
-    async fn set_conditional(&self, key: &str, value: &[u8], ttl: Duration, only: Only) -> Result<bool, StoreError> {
-        let op = |mut c: Conn| async move {
-            redis::cmd("SET")
-                .arg(key)
-                .arg(value)
-                .arg("PX")
-                .arg(ttl_millis(ttl))
-                .arg(only.arg())
-                .query_async(&mut c)
-                .await
-        };
-        // A lost reply to `SET NX` would make the retry see our own write as someone else's.
-        let reply: Value = match only {
-            Only::IfAbsent => self.run_once(op).await?,
-            Only::IfExists => self.run(op).await?,
-        };
-        Ok(!matches!(reply, Value::Nil))
-    }
-
-    pub async fn set_if_exists(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
-        self.set_conditional(key, value, ttl, Only::IfExists).await
-    }
-
-    pub async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
-        self.set_conditional(key, value, ttl, Only::IfAbsent).await
-    }
-
-    pub async fn take(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.run_once(|mut c| async move { redis::cmd("GETDEL").arg(key).query_async(&mut c).await }).await
-    }
-
-    pub async fn delete(&self, keys: &[String]) -> Result<(), StoreError> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        self.run(|mut c| async move { redis::cmd("DEL").arg(keys).query_async::<()>(&mut c).await }).await
-    }
-
-    pub async fn expire(&self, keys: &[String], ttl: Duration) -> Result<(), StoreError> {
-        let ms = ttl_millis(ttl);
-        self.run(|mut c| async move {
-            let mut pipe = redis::pipe();
-            for key in keys {
-                pipe.cmd("PEXPIRE").arg(key).arg(ms).ignore();
-            }
-            pipe.query_async::<()>(&mut c).await
-        })
-        .await
-    }
-
-    pub async fn replace_if_prefix(&self, key: &str, prefix: &[u8], value: &[u8]) -> Result<CasOutcome, StoreError> {
-        let script = &self.inner.scripts.replace_if_prefix;
-        let code: i64 =
-            self.run(|mut c| async move { script.key(key).arg(prefix).arg(value).invoke_async(&mut c).await }).await?;
-        Ok(match code {
-            1 => CasOutcome::Written,
-            0 => CasOutcome::Conflict,
-            _ => CasOutcome::Missing,
-        })
-    }
-
-    pub async fn delete_if_equals(&self, key: &str, value: &[u8]) -> Result<bool, StoreError> {
-        let script = &self.inner.scripts.delete_if_equals;
-        let n: i64 = self.run(|mut c| async move { script.key(key).arg(value).invoke_async(&mut c).await }).await?;
-        Ok(n == 1)
-    }
-
-    pub async fn expire_if_equals(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, StoreError> {
-        let script = &self.inner.scripts.expire_if_equals;
-        let ms = ttl_millis(ttl);
-        let n: i64 =
-            self.run(|mut c| async move { script.key(key).arg(value).arg(ms).invoke_async(&mut c).await }).await?;
-        Ok(n == 1)
-    }
-
-    pub async fn set_add(&self, key: &str, member: &str, ttl: Duration) -> Result<(), StoreError> {
-        let script = &self.inner.scripts.set_add;
-        let ms = ttl_millis(ttl);
-        self.run(|mut c| async move { script.key(key).arg(member).arg(ms).invoke_async::<i64>(&mut c).await })
-            .await
-            .map(drop)
-    }
-
-    pub async fn set_members(&self, key: &str) -> Result<Vec<String>, StoreError> {
-        self.run(|mut c| async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await }).await
-    }
-
-    pub async fn set_remove(&self, key: &str, member: &str) -> Result<(), StoreError> {
-        self.run(|mut c| async move { redis::cmd("SREM").arg(key).arg(member).query_async::<()>(&mut c).await }).await
     }
 }
