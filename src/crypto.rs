@@ -88,6 +88,12 @@ pub fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Whether `value` has the form `random_token` makes (43 base64url characters for 32 bytes):
+/// values made elsewhere are refused before they are used as keys or compared.
+pub fn is_random_token(value: &str) -> bool {
+    value.len() == 43 && URL_SAFE_NO_PAD.decode(value).is_ok_and(|bytes| bytes.len() == 32)
+}
+
 /// 128 random bits as 22 base64url characters: an identifier, not a secret (request ids).
 pub fn random_id() -> String {
     let mut bytes = [0u8; 16];

@@ -2,6 +2,8 @@
 //! `{"error": "<code>"}` for the SPA and APIs, or an HTML page for browser navigations. No
 //! internal error text ever reaches a body; details go to the log.
 
+use std::time::Duration;
+
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
@@ -20,6 +22,9 @@ pub enum AppError {
     Csrf,
     #[error("refused by a limit ({})", .0.label())]
     Limited(Limit),
+    /// A limit that knows when it frees up: `Retry-After` says so.
+    #[error("refused by a limit ({}) for {:?}", .0.label(), .1)]
+    LimitedFor(Limit, Duration),
     #[error("bad request ({})", .0.code())]
     BadRequest(BadRequest),
     #[error("method not allowed")]
@@ -69,6 +74,7 @@ impl AppError {
             AppError::Limited(Limit::BodySize) => "payload_too_large",
             AppError::Limited(Limit::UpstreamConcurrency) => "upstream_busy",
             AppError::Limited(Limit::LoginRate) => "too_many_logins",
+            AppError::LimitedFor(limit, _) => AppError::Limited(*limit).code(),
             AppError::BadRequest(reason) => reason.code(),
             AppError::MethodNotAllowed => "method_not_allowed",
             AppError::SessionStoreUnavailable => "session_store_unavailable",
@@ -89,6 +95,7 @@ impl AppError {
             AppError::Limited(Limit::UpstreamConcurrency | Limit::LoginRate) => {
                 "Too many requests. Please wait a moment and try again."
             }
+            AppError::LimitedFor(limit, _) => AppError::Limited(*limit).explanation(),
             AppError::BadRequest(_) => "The request was not understood.",
             AppError::MethodNotAllowed => "This method is not allowed here.",
             AppError::SessionStoreUnavailable => "Sessions cannot be read right now. Please try again in a moment.",
@@ -130,6 +137,7 @@ impl ResponseError for AppError {
             AppError::Limited(Limit::BodySize) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Limited(Limit::HeaderSize) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             AppError::Limited(Limit::UpstreamConcurrency | Limit::LoginRate) => StatusCode::TOO_MANY_REQUESTS,
+            AppError::LimitedFor(limit, _) => AppError::Limited(*limit).status_code(),
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::SessionStoreUnavailable | AppError::TokenRefreshUnavailable | AppError::IdpUnavailable => {
@@ -144,8 +152,16 @@ impl ResponseError for AppError {
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status_code());
         res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
-        if self.status_code() == StatusCode::TOO_MANY_REQUESTS {
-            res.insert_header((header::RETRY_AFTER, HeaderValue::from_static("10")));
+        match self {
+            AppError::LimitedFor(_, after) => {
+                // Whole seconds, rounded up: a client that waits that long is let through.
+                let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+                res.insert_header((header::RETRY_AFTER, HeaderValue::from(secs.max(1))));
+            }
+            _ if self.status_code() == StatusCode::TOO_MANY_REQUESTS => {
+                res.insert_header((header::RETRY_AFTER, HeaderValue::from_static("10")));
+            }
+            _ => {}
         }
         if matches!(self, AppError::MethodNotAllowed) {
             res.insert_header((
@@ -197,6 +213,7 @@ mod tests {
             (AppError::Limited(Limit::HeaderSize), 431, "headers_too_large"),
             (AppError::Limited(Limit::LoginRate), 429, "too_many_logins"),
             (AppError::Limited(Limit::UpstreamConcurrency), 429, "upstream_busy"),
+            (AppError::LimitedFor(Limit::LoginRate, Duration::from_millis(1500)), 429, "too_many_logins"),
             (AppError::BadRequest(BadRequest::InvalidPath), 400, "invalid_path"),
         ] {
             let res = err.error_response();
@@ -204,6 +221,21 @@ mod tests {
             let body = to_bytes(res.into_body()).await.unwrap_or_default();
             assert_eq!(body, format!("{{\"error\":\"{code}\"}}").as_bytes());
         }
+    }
+
+    #[test]
+    fn retry_after_tells_when_a_limit_frees_up() {
+        let retry_after = |e: AppError| {
+            let res = e.error_response();
+            res.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(String::from)
+        };
+        assert_eq!(
+            retry_after(AppError::LimitedFor(Limit::LoginRate, Duration::from_millis(1500))).as_deref(),
+            Some("2")
+        );
+        assert_eq!(retry_after(AppError::LimitedFor(Limit::LoginRate, Duration::ZERO)).as_deref(), Some("1"));
+        assert_eq!(retry_after(AppError::Limited(Limit::UpstreamConcurrency)).as_deref(), Some("10"));
+        assert_eq!(retry_after(AppError::Limited(Limit::BodySize)), None);
     }
 
     #[test]

@@ -66,8 +66,8 @@ impl RateLimiter {
         RateLimiter { per_window, clients: Mutex::new(HashMap::new()) }
     }
 
-    /// Counts one more event for `client`; false when it is over the limit.
-    pub fn allow(&self, client: IpAddr) -> bool {
+    /// Counts one more event for `client`; over the limit, how long until its window ends.
+    pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
         let now = Instant::now();
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if clients.len() > SWEEP_ABOVE {
@@ -78,7 +78,7 @@ impl RateLimiter {
             *entry = (now, 0);
         }
         entry.1 += 1;
-        entry.1 <= self.per_window
+        if entry.1 <= self.per_window { Ok(()) } else { Err(WINDOW.saturating_sub(now.duration_since(entry.0))) }
     }
 }
 
@@ -92,9 +92,10 @@ mod tests {
         let limiter = RateLimiter::per_minute(3);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        assert!((0..3).all(|_| limiter.allow(a)));
-        assert!(!limiter.allow(a));
-        assert!(limiter.allow(b));
+        assert!((0..3).all(|_| limiter.check(a).is_ok()));
+        let Err(retry_after) = limiter.check(a) else { panic!("a fourth event within the minute passed") };
+        assert!(retry_after > Duration::from_secs(59) && retry_after <= WINDOW, "{retry_after:?}");
+        assert!(limiter.check(b).is_ok());
     }
 
     #[test]

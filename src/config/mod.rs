@@ -92,6 +92,8 @@ pub struct OidcConfig {
     /// Absolute, same origin as `server.public_url`.
     pub post_logout_redirect: Url,
     pub timeout: Duration,
+    /// RFC 7009 revocation endpoint, for a provider whose metadata names none (or a wrong one).
+    pub revocation_endpoint: Option<Url>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

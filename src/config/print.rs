@@ -53,6 +53,10 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     );
     oidc.insert("post_logout_redirect".into(), string(config.oidc.post_logout_redirect.as_str()));
     oidc.insert("timeout_secs".into(), secs(config.oidc.timeout));
+    oidc.insert(
+        "revocation_endpoint".into(),
+        string(config.oidc.revocation_endpoint.as_ref().map_or("", |u| u.as_str())),
+    );
 
     let mut session = Table::new();
     session.insert("redis_url".into(), string(if config.session.redis_url.is_some() { REDACTED } else { "" }));

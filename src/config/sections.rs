@@ -155,6 +155,10 @@ impl Walker<'_> {
                 .ok()
         });
         let timeout = self.secs(&mut s, "timeout_secs", 10, 1);
+        let revocation_endpoint = self
+            .string(&mut s, "revocation_endpoint")
+            .filter(|raw| !raw.trim().is_empty())
+            .and_then(|raw| self.url(&s.key("revocation_endpoint"), raw.trim(), "revocation_endpoint"));
         self.finish(s);
         Some(OidcConfig {
             issuer: issuer?,
@@ -165,6 +169,7 @@ impl Walker<'_> {
             extra_auth_params,
             post_logout_redirect: post_logout_redirect?,
             timeout,
+            revocation_endpoint,
         })
     }
 

@@ -16,6 +16,22 @@ pub struct Refreshed {
     pub expires_in: Option<Duration>,
 }
 
+/// The token that stands for a grant at revocation: the refresh token, or, for a grant without
+/// one, the access token (RFC 7009 §2.1).
+#[derive(Clone, Copy)]
+pub enum GrantToken<'t> {
+    Refresh(&'t RefreshToken),
+    Access(&'t AccessToken),
+}
+
+/// What a revocation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    Revoked,
+    /// Neither the configuration nor the provider's metadata names a revocation endpoint.
+    NoEndpoint,
+}
+
 /// Why a refresh failed, by consequence.
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
@@ -61,13 +77,17 @@ impl Oidc {
         })
     }
 
-    /// Revokes a refresh token (RFC 7009) when the provider has a revocation endpoint; Ok(false)
-    /// if it has none. Sent by hand: oauth2's helper refuses plain-http endpoints, which rules
-    /// out a provider on loopback during development.
-    pub async fn revoke_refresh_token(&self, refresh_token: &RefreshToken) -> Result<bool, OidcError> {
+    /// Revokes a refresh token (RFC 7009) when the provider has a revocation endpoint. Sent by
+    /// hand: oauth2's helper refuses plain-http endpoints, which rules out a provider on loopback
+    /// during development.
+    pub async fn revoke(&self, grant: GrantToken<'_>) -> Result<Revocation, OidcError> {
         let provider = self.provider()?;
-        let Some(url) = provider.revocation_url.clone() else { return Ok(false) };
-        let mut form = vec![("token", refresh_token.secret().as_str()), ("token_type_hint", "refresh_token")];
+        let Some(url) = provider.revocation_url.clone() else { return Ok(Revocation::NoEndpoint) };
+        let (token, hint) = match grant {
+            GrantToken::Refresh(t) => (t.secret().as_str(), "refresh_token"),
+            GrantToken::Access(t) => (t.secret().as_str(), "access_token"),
+        };
+        let mut form = vec![("token", token), ("token_type_hint", hint)];
         let mut request = self.http.post(url);
         match self.auth_type {
             AuthType::RequestBody => {
@@ -85,6 +105,6 @@ impl Oidc {
         if !response.status().is_success() {
             return Err(OidcError::RevocationRefused(response.status()));
         }
-        Ok(true)
+        Ok(Revocation::Revoked)
     }
 }

@@ -49,6 +49,15 @@ pub enum CallbackError {
     Provider(#[from] OidcError),
 }
 
+/// Why an authorization response's `iss` (RFC 9207) is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ResponseIssuerError {
+    #[error("the authorization response names issuer {0:?}, not ours (mix-up attack or misconfiguration)")]
+    Mismatch(String),
+    #[error("the authorization response has no iss, which the provider says it always sends (RFC 9207)")]
+    Missing,
+}
+
 /// Claims that only serve the protocol and mean nothing to the SPA.
 const PROTOCOL_CLAIMS: &[&str] = &["nonce", "at_hash", "c_hash", "s_hash"];
 
@@ -69,6 +78,19 @@ impl Oidc {
         }
         let (url, state, nonce) = request.url();
         Ok((url, state, PendingLogin { pkce_verifier: verifier, nonce, return_to, browser }))
+    }
+
+    /// RFC 9207: an `iss` in the authorization response must be our issuer; one is required
+    /// when the provider advertises that it always sends it. Checked before anything else of
+    /// the response is used.
+    pub fn check_response_issuer(&self, iss: Option<&str>) -> Result<(), ResponseIssuerError> {
+        let required = self.provider().is_ok_and(|p| p.requires_response_iss);
+        match iss {
+            Some(iss) if iss == self.issuer.as_str() => Ok(()),
+            Some(other) => Err(ResponseIssuerError::Mismatch(other.chars().take(200).collect())),
+            None if required => Err(ResponseIssuerError::Missing),
+            None => Ok(()),
+        }
     }
 
     /// Exchanges the code and validates the ID token (signature, iss, aud, exp, nonce).

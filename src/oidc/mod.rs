@@ -6,6 +6,7 @@ mod grants;
 pub mod jwks;
 mod login;
 mod logout_token;
+mod metadata;
 mod token_endpoint;
 
 use std::sync::{Arc, RwLock};
@@ -26,8 +27,8 @@ use url::Url;
 
 use crate::config::{AuthMethod, Config};
 
-pub use grants::{RefreshError, Refreshed};
-pub use login::{CallbackError, LoginResult, PendingLogin};
+pub use grants::{GrantToken, RefreshError, Refreshed, Revocation};
+pub use login::{CallbackError, LoginResult, PendingLogin, ResponseIssuerError};
 pub use logout_token::{LogoutRequest, LogoutTokenError};
 pub use token_endpoint::TokenEndpointError;
 
@@ -41,6 +42,9 @@ pub struct ExtraProviderMetadata {
     pub revocation_endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_session_endpoint: Option<String>,
+    /// RFC 9207: the provider puts `iss` in every authorization response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_response_iss_parameter_supported: Option<bool>,
 }
 impl AdditionalProviderMetadata for ExtraProviderMetadata {}
 
@@ -70,6 +74,8 @@ pub struct Provider {
     revocation_url: Option<Url>,
     end_session_url: Option<Url>,
     jwks_uri: Url,
+    /// RFC 9207 advertised: an authorization response without `iss` is refused.
+    requires_response_iss: bool,
     loaded_at: Instant,
 }
 
@@ -104,6 +110,10 @@ pub struct Oidc {
     scopes: Vec<String>,
     extra_auth_params: Vec<(String, String)>,
     http: reqwest::Client,
+    /// `oidc.revocation_endpoint`: wins over whatever the provider's metadata says.
+    configured_revocation_url: Option<Url>,
+    /// The "logout will not revoke" warning is given once, not at every rediscovery.
+    warned_no_revocation: std::sync::atomic::AtomicBool,
     provider: RwLock<Option<Arc<Provider>>>,
     /// Checks logout tokens against the provider's JWKS (made on first use).
     logout_verifier: std::sync::Mutex<Option<(Url, Arc<jwks::JwksVerifier>)>>,
@@ -140,6 +150,8 @@ impl Oidc {
             scopes: config.oidc.scopes.clone(),
             extra_auth_params: config.oidc.extra_auth_params.clone().into_iter().collect(),
             http: idp_http_client(config.oidc.timeout)?,
+            configured_revocation_url: config.oidc.revocation_endpoint.clone(),
+            warned_no_revocation: std::sync::atomic::AtomicBool::new(false),
             provider: RwLock::new(None),
             logout_verifier: std::sync::Mutex::new(None),
         })
@@ -163,14 +175,36 @@ impl Oidc {
             Url::parse(raw).map_err(|e| tracing::warn!("ignoring the provider's {what} ({e})")).ok()
         };
         let extra = metadata.additional_metadata();
-        let revocation_url = parse_optional(&extra.revocation_endpoint, "revocation_endpoint");
+        let mut revocation_url = self
+            .configured_revocation_url
+            .clone()
+            .or_else(|| parse_optional(&extra.revocation_endpoint, "revocation_endpoint"));
+        if revocation_url.is_none()
+            && let Some(more) = metadata::fetch(&self.http, self.issuer.as_str()).await
+        {
+            revocation_url = parse_optional(&more.revocation_endpoint, "RFC 8414 revocation_endpoint");
+        }
+        if revocation_url.is_none() && !self.warned_no_revocation.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "the provider names no revocation endpoint (neither in OpenID discovery nor in RFC 8414 metadata): \
+                 logout will not revoke refresh tokens at the provider; set oidc.revocation_endpoint if it has one"
+            );
+        }
         let end_session_url = parse_optional(&extra.end_session_endpoint, "end_session_endpoint");
+        let requires_response_iss = extra.authorization_response_iss_parameter_supported == Some(true);
         let jwks_uri = metadata.jwks_uri().url().clone();
         let client =
             CoreClient::from_provider_metadata(metadata, self.client_id.clone(), Some(self.client_secret.clone()))
                 .set_redirect_uri(self.redirect_uri.clone())
                 .set_auth_type(self.auth_type.clone());
-        let provider = Provider { client, revocation_url, end_session_url, jwks_uri, loaded_at: Instant::now() };
+        let provider = Provider {
+            client,
+            revocation_url,
+            end_session_url,
+            jwks_uri,
+            requires_response_iss,
+            loaded_at: Instant::now(),
+        };
         if let Ok(mut slot) = self.provider.write() {
             *slot = Some(Arc::new(provider));
         }

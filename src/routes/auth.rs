@@ -1,6 +1,8 @@
 //! `/auth/*`: login, callback, user, logout. Thin: the protocol lives in `oidc`, storage in
 //! `session` and `tokens`.
 
+use std::sync::Arc;
+
 use actix_session::Session;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
@@ -14,12 +16,13 @@ use crate::error::AppError;
 use crate::http::{require_csrf_header, require_csrf_or_same_origin};
 use crate::limits::Limit;
 use crate::metrics::AuthEvent;
-use crate::oidc::{CallbackError, LogoutTokenError};
+use crate::oidc::{CallbackError, GrantToken, LogoutTokenError, Oidc, Revocation};
 use crate::return_to::ReturnTo;
 use crate::session::SessionEntries;
+use crate::session::SessionHandle;
 use crate::state::AppState;
 use crate::telemetry::error_chain;
-use crate::tokens::EndReason;
+use crate::tokens::{EndReason, Ended};
 
 fn redirect(status: StatusCode, location: &str) -> actix_web::HttpResponseBuilder {
     let mut res = HttpResponse::build(status);
@@ -43,19 +46,19 @@ pub async fn login(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
     // Each start leaves a pending login in the store for ten minutes: limit starts per client
     // address, and logins in progress per browser.
     let limit = state.config.server.login_starts_per_minute;
-    let too_many = || {
+    let too_many = |retry_after| {
         state.metrics.limited(Limit::LoginRate);
-        AppError::Limited(Limit::LoginRate).respond(&req, &state.pages)
+        AppError::LimitedFor(Limit::LoginRate, retry_after).respond(&req, &state.pages)
     };
     let client = crate::limits::client_ip(&req, state.config.server.trusted_proxy_hops);
-    if client.is_some_and(|ip| !state.login_limiter.allow(ip)) {
-        return too_many();
+    if let Some(Err(retry_after)) = client.map(|ip| state.login_limiter.check(ip)) {
+        return too_many(retry_after);
     }
     // One binding value per browser, reused while it lives, so several tabs can log in at once.
     let binding = state.cookies.login_binding(&req).unwrap_or_else(random_token);
-    match state.logins.pending_for_browser(&digest(&binding)).await {
-        Ok(n) if n >= limit as usize => return too_many(),
-        Ok(_) => {}
+    match state.logins.room_for(&digest(&binding), limit as usize).await {
+        Ok(Ok(())) => {}
+        Ok(Err(retry_after)) => return too_many(retry_after),
         Err(e) => return AppError::from(e).respond(&req, &state.pages),
     }
     let (url, csrf_state, pending) = match state.oidc.begin_login(return_to.into_string(), digest(&binding)) {
@@ -76,6 +79,8 @@ pub struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
+    /// RFC 9207.
+    iss: Option<String>,
 }
 
 fn callback_error(state: &AppState, status: StatusCode, message: &str) -> HttpResponse {
@@ -95,16 +100,41 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>, session: Ses
             "The sign-in response did not say which sign-in it answers.",
         );
     };
-    // Taken before anything else: a state works once, whatever happens next.
+    let unknown = || {
+        callback_error(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "This sign-in is unknown, has expired or was already used. Please start again.",
+        )
+    };
+    // Nothing is consumed by a response that names another issuer or reaches another browser:
+    // neither may burn the sign-in of the browser that started it.
+    if let Err(e) = state.oidc.check_response_issuer(query.iss.as_deref()) {
+        tracing::warn!("callback refused: {e}");
+        return callback_error(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "The sign-in response did not come from the expected identity provider.",
+        );
+    }
+    let browser = match state.logins.peek(csrf_state).await {
+        Ok(Some(pending)) => pending.browser,
+        Ok(None) => return unknown(),
+        Err(e) => return AppError::from(e).page(&state.pages),
+    };
+    let same_browser = state.cookies.login_binding(&req).is_some_and(|b| digest(&b) == browser);
+    if !same_browser {
+        tracing::warn!("callback completed in a browser other than the one that started the login");
+        return callback_error(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "This sign-in was started in another browser. Please start again here.",
+        );
+    }
+    // Taken now: a state works once, whatever happens next.
     let pending = match state.logins.take(csrf_state).await {
         Ok(Some(pending)) => pending,
-        Ok(None) => {
-            return callback_error(
-                &state,
-                StatusCode::BAD_REQUEST,
-                "This sign-in is unknown, has expired or was already used. Please start again.",
-            );
-        }
+        Ok(None) => return unknown(),
         Err(e) => return AppError::from(e).page(&state.pages),
     };
     if let Some(error) = &query.error {
@@ -115,15 +145,6 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>, session: Ses
             other => format!("The identity provider could not sign you in ({other})."),
         };
         return callback_error(&state, StatusCode::BAD_REQUEST, &message);
-    }
-    let same_browser = state.cookies.login_binding(&req).is_some_and(|b| digest(&b) == pending.browser);
-    if !same_browser {
-        tracing::warn!("callback completed in a browser other than the one that started the login");
-        return callback_error(
-            &state,
-            StatusCode::BAD_REQUEST,
-            "This sign-in was started in another browser. Please start again here.",
-        );
     }
     let Some(code) = query.code.clone().filter(|c| !c.is_empty()) else {
         return callback_error(&state, StatusCode::BAD_REQUEST, "The sign-in response carried no authorization code.");
@@ -161,18 +182,43 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>, session: Ses
         }
         return AppError::Internal.page(&state.pages);
     }
-    // The browser was signed in already: that session ends (its cookie is replaced now).
-    if let Some(previous) = previous
-        && let Err(e) = state.sessions.end(&previous.handle, EndReason::Replaced).await
-    {
-        tracing::warn!(
-            session = previous.handle.short(),
-            "the replaced session stays until it expires: {}",
-            error_chain(&e)
-        );
+    // The browser was signed in already: that session ends (its cookie is replaced now), and
+    // so does its grant at the provider, without holding up this sign-in.
+    if let Some(previous) = previous {
+        match state.sessions.end(&previous.handle, EndReason::Replaced).await {
+            Ok(Some(ended)) => {
+                let oidc = Arc::clone(&state.oidc);
+                tokio::spawn(async move { revoke_grant(&oidc, &previous.handle, &ended).await });
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                session = previous.handle.short(),
+                "the replaced session stays until it expires: {}",
+                error_chain(&e)
+            ),
+        }
     }
     state.metrics.auth_event(AuthEvent::Login);
     redirect(StatusCode::FOUND, &return_to).finish()
+}
+
+/// Asks the provider to end the grant of a session that ended. Failures are logged only: the
+/// session has ended anyway, and the provider expires the grant in time.
+async fn revoke_grant(oidc: &Oidc, handle: &SessionHandle, ended: &Ended) {
+    let grant = ended.grant();
+    let which = match grant {
+        GrantToken::Refresh(_) => "refresh token",
+        GrantToken::Access(_) => "access token (the session had no refresh token)",
+    };
+    match oidc.revoke(grant).await {
+        Ok(Revocation::Revoked) => tracing::info!(session = handle.short(), "{which} revoked at the provider"),
+        Ok(Revocation::NoEndpoint) => tracing::info!(
+            session = handle.short(),
+            "{which} not revoked: the provider has no revocation endpoint \
+             (none in its metadata; oidc.revocation_endpoint is not set)"
+        ),
+        Err(e) => tracing::warn!(session = handle.short(), "revoking the {which} failed: {}", error_chain(&e)),
+    }
 }
 
 /// `GET /auth/user`
@@ -204,17 +250,7 @@ pub async fn logout(req: HttpRequest, state: web::Data<AppState>, session: Sessi
     let mut id_token_hint = None;
     if let Some(signed_in) = SessionEntries::read(&session) {
         if let Some(ended) = state.sessions.end(&signed_in.handle, EndReason::SignedOut).await? {
-            if let Some(refresh_token) = &ended.refresh_token {
-                match state.oidc.revoke_refresh_token(refresh_token).await {
-                    Ok(revoked) => {
-                        tracing::info!(session = signed_in.handle.short(), revoked, "refresh token revocation")
-                    }
-                    // The session has ended anyway; the provider expires the grant in time.
-                    Err(e) => {
-                        tracing::warn!(session = signed_in.handle.short(), "revocation failed: {}", error_chain(&e))
-                    }
-                }
-            }
+            revoke_grant(&state.oidc, &signed_in.handle, &ended).await;
             id_token_hint = ended.id_token;
         }
         state.metrics.auth_event(AuthEvent::Logout);
@@ -222,6 +258,9 @@ pub async fn logout(req: HttpRequest, state: web::Data<AppState>, session: Sessi
     if let Some(binding) = state.cookies.login_binding(&req) {
         state.logins.forget_browser(&digest(&binding)).await?;
     }
+    // The session middleware clears the cookie of a session it loaded; one it could not (its
+    // state already gone) is cleared here, so the answer carries one removal, not two.
+    let middleware_clears_cookie = !session.entries().is_empty();
     session.purge();
     let post_logout = &state.config.oidc.post_logout_redirect;
     let target = state
@@ -230,7 +269,7 @@ pub async fn logout(req: HttpRequest, state: web::Data<AppState>, session: Sessi
         .unwrap_or_else(|| post_logout.clone());
     let mut res = redirect(StatusCode::SEE_OTHER, target.as_str());
     res.cookie(state.cookies.login_cookie_removal());
-    if state.cookies.session_cookie(&req).is_some() {
+    if !middleware_clears_cookie && state.cookies.session_cookie(&req).is_some() {
         res.cookie(state.cookies.session_cookie_removal());
     }
     Ok(res.finish())

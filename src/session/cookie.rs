@@ -132,8 +132,9 @@ impl CookiePolicy {
             .finish()
     }
 
+    /// The browser-binding value, if it is one bff could have made (`crypto::random_token`).
     pub fn login_binding(&self, req: &HttpRequest) -> Option<String> {
-        req.cookie(&self.login_name).map(|c| c.value().to_string()).filter(|v| v.len() == 43)
+        req.cookie(&self.login_name).map(|c| c.value().to_string()).filter(|v| crypto::is_random_token(v))
     }
 
     fn current_key(&self) -> &Key {

@@ -37,8 +37,7 @@ impl SessionId {
 
     /// Accepts what `generate` produces and nothing else, so a forged or legacy value is ignored.
     pub fn parse(raw: &str) -> Option<SessionId> {
-        let ok = raw.len() == 43 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        ok.then(|| SessionId(SecretString::from(raw.to_string())))
+        crypto::is_random_token(raw).then(|| SessionId(SecretString::from(raw.to_string())))
     }
 
     pub fn handle(&self) -> SessionHandle {

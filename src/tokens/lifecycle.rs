@@ -7,10 +7,10 @@
 
 use std::time::Duration;
 
-use openidconnect::RefreshToken;
+use openidconnect::{AccessToken, RefreshToken};
 
 use super::{Owner, TokenSet, TokenStore};
-use crate::oidc::{LoginResult, LogoutRequest, RawIdToken, UserInfo};
+use crate::oidc::{GrantToken, LoginResult, LogoutRequest, RawIdToken, UserInfo};
 use crate::session::{SessionEntries, SessionHandle, SessionId, SessionIndex, SessionStoreAdapter, now_unix};
 use crate::store::StoreError;
 use crate::telemetry::error_chain;
@@ -55,8 +55,19 @@ pub struct Started {
 
 /// What is left of a session that ended, for the provider's sake (revocation, the logout hint).
 pub struct Ended {
+    pub access_token: AccessToken,
     pub refresh_token: Option<RefreshToken>,
     pub id_token: Option<RawIdToken>,
+}
+
+impl Ended {
+    /// What to revoke so the provider ends the grant too.
+    pub fn grant(&self) -> GrantToken<'_> {
+        match &self.refresh_token {
+            Some(refresh) => GrantToken::Refresh(refresh),
+            None => GrantToken::Access(&self.access_token),
+        }
+    }
 }
 
 pub struct Sessions {
@@ -115,7 +126,11 @@ impl Sessions {
     pub async fn end(&self, handle: &SessionHandle, reason: EndReason) -> Result<Option<Ended>, StoreError> {
         let set = self.tokens.load(handle).await?;
         self.end_known(handle, set.as_ref(), reason).await?;
-        Ok(set.map(|set| Ended { refresh_token: set.refresh_token, id_token: set.id_token }))
+        Ok(set.map(|set| Ended {
+            access_token: set.access_token,
+            refresh_token: set.refresh_token,
+            id_token: set.id_token,
+        }))
     }
 
     /// Ends a session whose token set the caller already holds (the token manager).
@@ -160,7 +175,6 @@ mod tests {
     use crate::oidc::RawIdToken;
     use crate::session::{KeyLayout, SessionLifetime};
     use crate::store::{MemoryStore, Store};
-    use openidconnect::AccessToken;
 
     fn sessions(memory: &MemoryStore) -> Sessions {
         let store = Store::memory(memory.clone());

@@ -17,6 +17,7 @@ use crate::pages::Pages;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::FormConfig::default().limit(64 * 1024))
         .route("/.well-known/openid-configuration", web::get().to(discovery))
+        .route("/.well-known/oauth-authorization-server", web::get().to(authorization_server_metadata))
         .route("/jwks", web::get().to(jwks))
         .route("/authorize", web::get().to(authorize))
         .route("/login", web::post().to(login))
@@ -48,8 +49,9 @@ fn redirect(url: &str) -> HttpResponse {
 
 async fn discovery(p: web::Data<Provider>) -> HttpResponse {
     let i = &p.issuer;
-    HttpResponse::Ok().json(json!({
-        "issuer": i,
+    let quirks = p.controls.quirks();
+    let mut doc = json!({
+        "issuer": if quirks.issuer_with_trailing_slash { format!("{i}/") } else { i.clone() },
         "authorization_endpoint": format!("{i}/authorize"),
         "token_endpoint": format!("{i}/token"),
         "jwks_uri": format!("{i}/jwks"),
@@ -64,6 +66,28 @@ async fn discovery(p: web::Data<Provider>) -> HttpResponse {
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "code_challenge_methods_supported": ["S256"],
         "claims_supported": ["sub", "name", "preferred_username", "email", "email_verified", "sid"],
+        "authorization_response_iss_parameter_supported": quirks.iss_in_authorization_response,
+    });
+    if quirks.revocation_only_in_rfc8414
+        && let Some(fields) = doc.as_object_mut()
+    {
+        fields.remove("revocation_endpoint");
+    }
+    HttpResponse::Ok().json(doc)
+}
+
+/// RFC 8414 metadata, as providers serve it next to (and appended to the issuer like) OpenID
+/// discovery.
+async fn authorization_server_metadata(p: web::Data<Provider>) -> HttpResponse {
+    let i = &p.issuer;
+    HttpResponse::Ok().json(json!({
+        "issuer": i,
+        "authorization_endpoint": format!("{i}/authorize"),
+        "token_endpoint": format!("{i}/token"),
+        "jwks_uri": format!("{i}/jwks"),
+        "revocation_endpoint": format!("{i}/revoke"),
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
     }))
 }
 

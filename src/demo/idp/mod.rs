@@ -60,7 +60,19 @@ pub enum IdTokenFault {
 }
 
 /// Switches tests (and the demo) flip at run time.
+/// Ways real providers differ from the demo's defaults, switched on by tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quirks {
+    /// The revocation endpoint is listed in RFC 8414 metadata only, not in OpenID discovery.
+    pub revocation_only_in_rfc8414: bool,
+    /// Discovery names the issuer with a trailing `/` (a common cause of "issuer mismatch").
+    pub issuer_with_trailing_slash: bool,
+    /// RFC 9207: `iss` in the authorization response, advertised in discovery.
+    pub iss_in_authorization_response: bool,
+}
+
 pub struct Controls {
+    quirks: Mutex<Quirks>,
     access_token_ttl_secs: AtomicU64,
     refresh_token_ttl_secs: AtomicU64,
     auto_login: Mutex<Option<String>>,
@@ -80,6 +92,7 @@ fn write<T>(m: &Mutex<T>, value: T) {
 impl Controls {
     pub fn new(access_token_ttl: Duration) -> Controls {
         Controls {
+            quirks: Mutex::new(Quirks::default()),
             access_token_ttl_secs: AtomicU64::new(access_token_ttl.as_secs()),
             refresh_token_ttl_secs: AtomicU64::new(86_400),
             auto_login: Mutex::new(None),
@@ -87,6 +100,14 @@ impl Controls {
             id_token_fault: Mutex::new(IdTokenFault::None),
             authorize_error: Mutex::new(None),
         }
+    }
+
+    pub fn set_quirks(&self, quirks: Quirks) {
+        write(&self.quirks, quirks);
+    }
+
+    pub fn quirks(&self) -> Quirks {
+        read(&self.quirks)
     }
 
     pub fn access_token_ttl(&self) -> Duration {
