@@ -22,7 +22,11 @@ enum Command {
     /// Run the server (the default).
     Serve,
     /// Load and validate the configuration, print it with secrets redacted; exit 2 on problems.
-    CheckConfig,
+    CheckConfig {
+        /// Also fetch the provider's metadata and report what does not match the configuration.
+        #[arg(long)]
+        online: bool,
+    },
     /// Run a demo identity provider, a demo API and bff with the demo SPA, all on loopback.
     #[cfg(feature = "demo")]
     Demo(bff::demo::DemoArgs),
@@ -41,14 +45,35 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
     })
 }
 
+/// `check-config --online`: discovery as `serve` does it; its problem on stderr, exit 2.
+async fn check_provider(config: &Config) -> ExitCode {
+    let oidc = match bff::oidc::Oidc::new(config) {
+        Ok(oidc) => oidc,
+        Err(e) => {
+            eprintln!("bff: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match oidc.discover().await {
+        Ok(()) => {
+            eprintln!("bff: the provider at {} answers as configured", config.oidc.issuer);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bff: {}", bff::telemetry::error_chain(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
 #[actix_web::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig => match load_config(cli.config.as_deref()) {
+        Command::CheckConfig { online } => match load_config(cli.config.as_deref()) {
             Ok(config) => {
                 print!("{}", config.to_redacted_toml());
-                ExitCode::SUCCESS
+                if online { check_provider(&config).await } else { ExitCode::SUCCESS }
             }
             Err(code) => code,
         },

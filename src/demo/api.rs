@@ -83,7 +83,13 @@ async fn authenticate(req: &HttpRequest, state: &State) -> Result<Claims, HttpRe
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| unauthorized("no bearer token"))?;
-    let expect = Expect { issuer: &state.issuer, audience: &state.audience, leeway_secs: 0, required: &["exp", "sub"] };
+    let expect = Expect {
+        issuer: &state.issuer,
+        audience: &state.audience,
+        leeway_secs: 0,
+        required: &["exp", "sub"],
+        types: None,
+    };
     state.verifier.verify::<Claims>(token, &expect).await.map_err(|e| {
         tracing::info!("demo api: token refused: {e}");
         unauthorized("the token is invalid or expired")

@@ -48,9 +48,11 @@ impl Oidc {
     pub async fn refresh(&self, refresh_token: &RefreshToken, sub: &str) -> Result<Refreshed, RefreshError> {
         let provider = self.provider()?;
         let request = provider.client.exchange_refresh_token(refresh_token).map_err(OidcError::NoTokenEndpoint)?;
-        let response = request.request_async(&self.http).await.map_err(|e| match TokenEndpointError::from(e) {
-            e if e.is_invalid_grant() => RefreshError::Revoked,
-            e => RefreshError::Unavailable(e.into()),
+        let response = request.request_async(&self.http).await.map_err(|e| {
+            match TokenEndpointError::read(e, self.auth_method) {
+                e if e.is_invalid_grant() => RefreshError::Revoked,
+                e => RefreshError::Unavailable(e.into()),
+            }
         })?;
         let id_token = response.id_token().and_then(|token| {
             // OIDC Core §12.2: a refreshed ID token must be valid and name the same subject;
@@ -102,8 +104,17 @@ impl Oidc {
             }
         }
         let response = request.form(&form).send().await.map_err(OidcError::Revocation)?;
-        if !response.status().is_success() {
-            return Err(OidcError::RevocationRefused(response.status()));
+        let status = response.status();
+        if !status.is_success() {
+            #[derive(serde::Deserialize)]
+            struct ErrorBody {
+                error: String,
+            }
+            let body = response.json::<ErrorBody>().await.ok();
+            if body.is_some_and(|b| b.error == "invalid_client") {
+                return Err(OidcError::ClientAuthFailed { auth_method: self.auth_method.as_str() });
+            }
+            return Err(OidcError::RevocationRefused(status));
         }
         Ok(Revocation::Revoked)
     }

@@ -29,6 +29,8 @@ pub enum JwtError {
     Malformed,
     #[error("algorithm not allowed")]
     Algorithm,
+    #[error("a token of another type ({0:?})")]
+    Type(String),
     #[error("no key for this token")]
     UnknownKey,
     #[error("invalid")]
@@ -45,6 +47,8 @@ pub struct Expect<'a> {
     pub leeway_secs: u64,
     /// Claims that must be present.
     pub required: &'a [&'a str],
+    /// When the header names a `typ`, one of these (compared without case); `None`: any.
+    pub types: Option<&'a [&'a str]>,
 }
 
 pub struct JwksVerifier {
@@ -95,6 +99,11 @@ impl JwksVerifier {
         let header = jsonwebtoken::decode_header(jwt).map_err(|_| JwtError::Malformed)?;
         if !ALLOWED.contains(&header.alg) {
             return Err(JwtError::Algorithm);
+        }
+        if let (Some(allowed), Some(typ)) = (expect.types, header.typ.as_deref())
+            && !allowed.iter().any(|a| a.eq_ignore_ascii_case(typ))
+        {
+            return Err(JwtError::Type(typ.chars().take(40).collect()));
         }
         let kid = header.kid.as_deref();
         let jwk = match self.key_for(kid) {

@@ -39,7 +39,7 @@ pub struct LoginResult {
 #[derive(Debug, thiserror::Error)]
 pub enum CallbackError {
     /// The provider refused the code (`invalid_grant` and other client errors): 400.
-    #[error("the identity provider rejected the authorization code")]
+    #[error("the identity provider refused the code exchange")]
     CodeRejected(#[source] TokenEndpointError),
     /// 400.
     #[error("the ID token failed validation: {0}")]
@@ -101,9 +101,11 @@ impl Oidc {
             .exchange_code(AuthorizationCode::new(code))
             .map_err(OidcError::NoTokenEndpoint)?
             .set_pkce_verifier(pending.pkce_verifier);
-        let response = request.request_async(&self.http).await.map_err(|e| match TokenEndpointError::from(e) {
-            e if e.is_provider_failure() => CallbackError::Provider(e.into()),
-            e => CallbackError::CodeRejected(e),
+        let response = request.request_async(&self.http).await.map_err(|e| {
+            match TokenEndpointError::read(e, self.auth_method) {
+                e if e.is_provider_failure() => CallbackError::Provider(e.into()),
+                e => CallbackError::CodeRejected(e),
+            }
         })?;
 
         let id_token = response

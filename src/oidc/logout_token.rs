@@ -63,16 +63,25 @@ impl Oidc {
             audience: self.client_id.as_str(),
             leeway_secs: LEEWAY_SECS,
             required: &["iss", "aud", "iat", "exp"],
+            // OIDC Back-Channel Logout §2.4 recommends explicit typing; untyped and plain `JWT`
+            // tokens are what most providers send, so those pass too. Any other type (an ID or
+            // access token) does not.
+            types: Some(&["logout+jwt", "application/logout+jwt", "JWT"]),
         };
         let claims: Claims = verifier.verify(jwt, &expect).await.map_err(|e| match e {
             JwtError::KeysUnavailable(e) => LogoutTokenError::Unavailable(OidcError::Keys(e)),
             other => LogoutTokenError::Invalid(crate::telemetry::error_chain(&other)),
         })?;
-        check_claims(claims)
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        check_claims(claims, now)
     }
 }
 
-fn check_claims(claims: Claims) -> Result<LogoutRequest, LogoutTokenError> {
+/// How old a logout token may be when it arrives: a provider delivers it at once, and retries
+/// a failed delivery within minutes.
+const MAX_AGE_SECS: u64 = 600;
+
+fn check_claims(claims: Claims, now: u64) -> Result<LogoutRequest, LogoutTokenError> {
     let invalid = |why: &str| Err(LogoutTokenError::Invalid(why.to_string()));
     let is_event = claims.events.as_ref().and_then(|e| e.get(BACKCHANNEL_EVENT)).is_some_and(Value::is_object);
     if !is_event {
@@ -86,7 +95,13 @@ fn check_claims(claims: Claims) -> Result<LogoutRequest, LogoutTokenError> {
         return invalid("neither sub nor sid");
     }
     let Some(jti) = claims.jti.filter(|j| !j.is_empty()) else { return invalid("no jti") };
-    let (Some(_iat), Some(exp)) = (claims.iat, claims.exp) else { return invalid("no iat or exp") };
+    let (Some(iat), Some(exp)) = (claims.iat, claims.exp) else { return invalid("no iat or exp") };
+    if iat > now + LEEWAY_SECS {
+        return invalid("issued in the future");
+    }
+    if iat + MAX_AGE_SECS + LEEWAY_SECS < now {
+        return invalid("issued too long ago");
+    }
     Ok(LogoutRequest { sub: claims.sub, sid: claims.sid, jti, exp })
 }
 
@@ -95,18 +110,20 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    const NOW: u64 = 1_800_000_000;
+
     fn claims(v: Value) -> Claims {
         serde_json::from_value(v).unwrap()
     }
 
     fn base() -> Value {
-        json!({"sub": "u", "sid": "s", "jti": "j", "iat": 1, "exp": 2, "events": {BACKCHANNEL_EVENT: {}}})
+        json!({"sub": "u", "sid": "s", "jti": "j", "iat": NOW, "exp": NOW + 60, "events": {BACKCHANNEL_EVENT: {}}})
     }
 
     #[test]
     fn a_well_formed_logout_token_names_who_to_log_out() {
-        let r = check_claims(claims(base())).unwrap();
-        assert_eq!((r.sub.as_deref(), r.sid.as_deref(), r.jti.as_str(), r.exp), (Some("u"), Some("s"), "j", 2));
+        let r = check_claims(claims(base()), NOW).unwrap();
+        assert_eq!((r.sub.as_deref(), r.sid.as_deref(), r.jti.as_str(), r.exp), (Some("u"), Some("s"), "j", NOW + 60));
     }
 
     #[test]
@@ -126,16 +143,21 @@ mod tests {
             ),
             ("no jti", Box::new(|m| drop(m.remove("jti")))),
             ("no iat", Box::new(|m| drop(m.remove("iat")))),
+            ("iat in the future", Box::new(|m| drop(m.insert("iat".into(), json!(NOW + LEEWAY_SECS + 1))))),
+            ("iat too old", Box::new(|m| drop(m.insert("iat".into(), json!(NOW - MAX_AGE_SECS - LEEWAY_SECS - 1))))),
         ];
         for (what, spoil) in cases {
             let mut v = base();
             if let Some(m) = v.as_object_mut() {
                 spoil(m);
             }
-            assert!(check_claims(claims(v)).is_err(), "{what}");
+            assert!(check_claims(claims(v), NOW).is_err(), "{what}");
         }
         let mut only_sub = base();
         only_sub.as_object_mut().map(|m| m.remove("sid"));
-        assert!(check_claims(claims(only_sub)).is_ok());
+        assert!(check_claims(claims(only_sub), NOW).is_ok());
+        let mut slightly_late = base();
+        slightly_late.as_object_mut().map(|m| m.insert("iat".into(), json!(NOW - MAX_AGE_SECS)));
+        assert!(check_claims(claims(slightly_late), NOW).is_ok());
     }
 }

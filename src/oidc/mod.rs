@@ -86,6 +86,13 @@ pub enum OidcError {
     NotReady,
     #[error("discovery failed")]
     Discovery(#[source] BoxError),
+    /// A setup mistake, not an outage: said as such, with the fix.
+    #[error(
+        "configuration error: oidc.issuer is {configured:?} but the provider's discovery document says its issuer is \
+         {advertised:?}; set oidc.issuer to exactly {advertised:?} (issuers are compared character for character, \
+         a trailing slash included)"
+    )]
+    IssuerMismatch { configured: String, advertised: String },
     #[error("the provider's metadata names no token endpoint")]
     NoTokenEndpoint(#[source] openidconnect::ConfigurationError),
     #[error("the token endpoint failed")]
@@ -94,6 +101,8 @@ pub enum OidcError {
     Revocation(#[source] reqwest::Error),
     #[error("the revocation endpoint answered {0}")]
     RevocationRefused(reqwest::StatusCode),
+    #[error("{}", token_endpoint::client_auth_failed(.auth_method))]
+    ClientAuthFailed { auth_method: &'static str },
     #[error("the provider's signing keys cannot be fetched")]
     Keys(#[source] reqwest::Error),
 }
@@ -106,6 +115,7 @@ pub struct Oidc {
     client_id: ClientId,
     client_secret: ClientSecret,
     auth_type: AuthType,
+    auth_method: AuthMethod,
     redirect_uri: RedirectUrl,
     scopes: Vec<String>,
     extra_auth_params: Vec<(String, String)>,
@@ -115,6 +125,8 @@ pub struct Oidc {
     /// The "logout will not revoke" warning is given once, not at every rediscovery.
     warned_no_revocation: std::sync::atomic::AtomicBool,
     provider: RwLock<Option<Arc<Provider>>>,
+    /// The configuration problem the last discovery found, for `/readyz` and `check-config`.
+    setup_problem: RwLock<Option<String>>,
     /// Checks logout tokens against the provider's JWKS (made on first use).
     logout_verifier: std::sync::Mutex<Option<(Url, Arc<jwks::JwksVerifier>)>>,
 }
@@ -146,6 +158,7 @@ impl Oidc {
                 AuthMethod::ClientSecretBasic => AuthType::BasicAuth,
                 AuthMethod::ClientSecretPost => AuthType::RequestBody,
             },
+            auth_method: config.oidc.auth_method,
             redirect_uri: RedirectUrl::new(config.redirect_uri())?,
             scopes: config.oidc.scopes.clone(),
             extra_auth_params: config.oidc.extra_auth_params.clone().into_iter().collect(),
@@ -153,6 +166,7 @@ impl Oidc {
             configured_revocation_url: config.oidc.revocation_endpoint.clone(),
             warned_no_revocation: std::sync::atomic::AtomicBool::new(false),
             provider: RwLock::new(None),
+            setup_problem: RwLock::new(None),
             logout_verifier: std::sync::Mutex::new(None),
         })
     }
@@ -167,9 +181,46 @@ impl Oidc {
 
     /// Fetches the discovery document and the JWKS; the issuer must match the configured one.
     pub async fn discover(&self) -> Result<(), OidcError> {
-        let metadata = DiscoveredMetadata::discover_async(self.issuer.clone(), &self.http)
-            .await
-            .map_err(|e| OidcError::Discovery(Box::new(e)))?;
+        let result = self.load_metadata().await;
+        let problem = match &result {
+            Err(e @ OidcError::IssuerMismatch { .. }) => Some(e.to_string()),
+            _ => None,
+        };
+        if let Ok(mut slot) = self.setup_problem.write() {
+            *slot = problem;
+        }
+        result
+    }
+
+    /// A configuration problem discovery found (the provider answers, but not as configured).
+    pub fn setup_problem(&self) -> Option<String> {
+        self.setup_problem.read().ok().and_then(|p| p.clone())
+    }
+
+    /// The `issuer` the provider's discovery document names, read without validating it.
+    async fn advertised_issuer(&self) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Issuer {
+            issuer: String,
+        }
+        let url = self.issuer.join(".well-known/openid-configuration").ok()?;
+        let doc: Issuer = self.http.get(url).send().await.ok()?.json().await.ok()?;
+        Some(doc.issuer)
+    }
+
+    async fn load_metadata(&self) -> Result<(), OidcError> {
+        let metadata = match DiscoveredMetadata::discover_async(self.issuer.clone(), &self.http).await {
+            Ok(metadata) => metadata,
+            Err(e) => {
+                if matches!(e, openidconnect::DiscoveryError::Validation(_))
+                    && let Some(advertised) = self.advertised_issuer().await
+                    && advertised != self.issuer.as_str()
+                {
+                    return Err(OidcError::IssuerMismatch { configured: self.issuer.to_string(), advertised });
+                }
+                return Err(OidcError::Discovery(Box::new(e)));
+            }
+        };
         let parse_optional = |raw: &Option<String>, what: &str| -> Option<Url> {
             let raw = raw.as_ref()?;
             Url::parse(raw).map_err(|e| tracing::warn!("ignoring the provider's {what} ({e})")).ok()
@@ -219,6 +270,11 @@ impl Oidc {
                 Ok(()) => {
                     tracing::info!(issuer = self.issuer.as_str(), "identity provider metadata loaded");
                     return;
+                }
+                Err(e @ OidcError::IssuerMismatch { .. }) => {
+                    tracing::error!(retry_in_ms = delay.as_millis() as u64, "{e}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
                 }
                 Err(e) => {
                     tracing::warn!(

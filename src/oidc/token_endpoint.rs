@@ -4,6 +4,7 @@ use openidconnect::core::CoreErrorResponseType;
 use openidconnect::{HttpClientError, RequestTokenError, StandardErrorResponse};
 
 use super::BoxError;
+use crate::config::AuthMethod;
 
 type RequestError = RequestTokenError<HttpClientError<reqwest::Error>, StandardErrorResponse<CoreErrorResponseType>>;
 
@@ -19,6 +20,18 @@ pub enum TokenEndpointError {
     Unreadable(#[source] BoxError),
     #[error("the token request failed: {0}")]
     Other(String),
+    /// `invalid_client`: a setup mistake on bff's side, not a refusal of the grant.
+    #[error("{}", client_auth_failed(.auth_method))]
+    ClientAuthFailed { auth_method: &'static str },
+}
+
+/// What bff says when the provider refuses its client authentication (token endpoint or
+/// revocation endpoint).
+pub fn client_auth_failed(auth_method: &str) -> String {
+    format!(
+        "the provider refused bff's client authentication (invalid_client, with oidc.auth_method = \
+         {auth_method}): check oidc.client_id, oidc.client_secret and oidc.auth_method"
+    )
 }
 
 impl TokenEndpointError {
@@ -34,15 +47,19 @@ impl TokenEndpointError {
             TokenEndpointError::Refused(CoreErrorResponseType::Extension(code)) => {
                 code == "server_error" || code == "temporarily_unavailable"
             }
-            TokenEndpointError::Refused(_) => false,
+            TokenEndpointError::Refused(_) | TokenEndpointError::ClientAuthFailed { .. } => false,
             _ => true,
         }
     }
 }
 
-impl From<RequestError> for TokenEndpointError {
-    fn from(e: RequestError) -> Self {
+impl TokenEndpointError {
+    /// Reads a failed token request; `auth_method` is how bff authenticated itself.
+    pub fn read(e: RequestError, auth_method: AuthMethod) -> Self {
         match e {
+            RequestTokenError::ServerResponse(err) if *err.error() == CoreErrorResponseType::InvalidClient => {
+                TokenEndpointError::ClientAuthFailed { auth_method: auth_method.as_str() }
+            }
             RequestTokenError::ServerResponse(err) => TokenEndpointError::Refused(err.error().clone()),
             RequestTokenError::Request(e) => TokenEndpointError::Request(e),
             RequestTokenError::Parse(e, _body) => TokenEndpointError::Unreadable(Box::new(e)),
@@ -65,5 +82,10 @@ mod tests {
         assert!(refused(CoreErrorResponseType::Extension("temporarily_unavailable".into())).is_provider_failure());
         assert!(!refused(CoreErrorResponseType::Extension("consent_required".into())).is_provider_failure());
         assert!(TokenEndpointError::Other("x".into()).is_provider_failure());
+        let client = TokenEndpointError::ClientAuthFailed { auth_method: "client_secret_post" };
+        assert!(!client.is_provider_failure() && !client.is_invalid_grant());
+        assert!(
+            client.to_string().contains("client authentication") && client.to_string().contains("client_secret_post")
+        );
     }
 }

@@ -14,11 +14,20 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let store_ok = state.store.ping().await.is_ok();
     let idp_ok = state.oidc.is_ready();
-    let body = json!({
+    let problem = if idp_ok { None } else { state.oidc.setup_problem() };
+    let mut body = json!({
         "status": if store_ok && idp_ok { "ready" } else { "not_ready" },
         "session_store": if store_ok { "ok" } else { "unavailable" },
-        "identity_provider": if idp_ok { "ok" } else { "metadata_not_loaded" },
+        "identity_provider": match (idp_ok, &problem) {
+            (true, _) => "ok",
+            (false, Some(_)) => "misconfigured",
+            (false, None) => "metadata_not_loaded",
+        },
     });
+    if let (Some(problem), Some(fields)) = (problem, body.as_object_mut()) {
+        // A setup mistake an operator must fix (it names configuration, never a secret).
+        fields.insert("problem".into(), problem.into());
+    }
     if store_ok && idp_ok { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }
 
