@@ -1,0 +1,481 @@
+//! `docs/CONTRACT.md` checked against the program, so that the contract users read stays true:
+//! its tables are parsed here and compared with `bff --help`, the configuration loader, the
+//! error type and a running bff. A binary of its own, without the other tests' harness: it needs
+//! no Redis and no provider (the provider it names is never reachable).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Command;
+
+use actix_web::ResponseError;
+use bff::config::Config;
+use bff::error::AppError;
+use toml::{Table, Value};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn contract() -> String {
+    std::fs::read_to_string(Path::new(ROOT).join("docs/CONTRACT.md")).expect("read docs/CONTRACT.md")
+}
+
+/// The text of the `## <heading…>` section, up to the next `## `.
+fn section(doc: &str, heading: &str) -> String {
+    let start = doc
+        .lines()
+        .position(|l| l.starts_with(&format!("## {heading}")))
+        .unwrap_or_else(|| panic!("CONTRACT.md has no section \"## {heading}\""));
+    doc.lines().skip(start + 1).take_while(|l| !l.starts_with("## ")).collect::<Vec<_>>().join("\n")
+}
+
+/// The rows of every table in `text` whose first cell is in backticks, as trimmed cells.
+fn rows(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix('|')?.strip_suffix('|').map(str::to_string))
+        .map(|l| l.split('|').map(|c| c.trim().to_string()).collect::<Vec<_>>())
+        .filter(|cells| cells[0].starts_with('`'))
+        .collect()
+}
+
+/// What the first pair of backticks in `cell` holds.
+fn code(cell: &str) -> Option<&str> {
+    let rest = cell.split_once('`')?.1;
+    Some(rest.split_once('`')?.0)
+}
+
+/// A row of the configuration tables.
+struct Key {
+    name: String,
+    /// The documented default, when the cell starts with a TOML value in backticks.
+    default: Option<Value>,
+    env: String,
+}
+
+fn documented_keys() -> Vec<Key> {
+    rows(&section(&contract(), "Configuration"))
+        .into_iter()
+        .map(|cells| {
+            let name = code(&cells[0]).unwrap().to_string();
+            let default = cells[2].starts_with('`').then(|| {
+                let literal = code(&cells[2]).unwrap();
+                let parsed: Table = toml::from_str(&format!("v = {literal}"))
+                    .unwrap_or_else(|e| panic!("{name}: default {literal} is not a TOML value: {e}"));
+                parsed["v"].clone()
+            });
+            Key { name, default, env: cells[3].clone() }
+        })
+        .collect()
+}
+
+fn planned_keys() -> Vec<String> {
+    rows(&section(&contract(), "Planned")).iter().map(|cells| code(&cells[0]).unwrap().to_string()).collect()
+}
+
+/// The required keys and one `[[api]]` entry, so that `api[]` defaults show too.
+fn minimal() -> Table {
+    let text = format!(
+        "[oidc]\nissuer = \"http://127.0.0.1:9\"\nclient_id = \"bff\"\nclient_secret = \"contract-test\"\n\
+         [session]\nsecret = \"{}\"\n[[api]]\nprefix = \"/api\"\nupstream = \"http://127.0.0.1:9\"\n",
+        "contract-test-secret-".repeat(4)
+    );
+    toml::from_str(&text).unwrap()
+}
+
+/// Sets `section.key` or `api[].key` (in the first `[[api]]` entry).
+fn set(table: &mut Table, key: &str, value: Value) {
+    let (section, name) = key.split_once('.').unwrap();
+    let target = if section == "api[]" {
+        table["api"].as_array_mut().unwrap()[0].as_table_mut().unwrap()
+    } else {
+        table.entry(section).or_insert_with(|| Value::Table(Table::new())).as_table_mut().unwrap()
+    };
+    target.insert(name.to_string(), value);
+}
+
+fn load(table: &Table) -> Result<Config, bff::config::ConfigErrors> {
+    Config::from_toml(&toml::to_string(table).unwrap())
+}
+
+fn printed(table: &Table) -> String {
+    load(table).unwrap_or_else(|e| panic!("the configuration does not load:\n{e}")).to_redacted_toml()
+}
+
+/// `section.key` and `api[].key` of a printed configuration (tables as values are not entered).
+fn printed_keys(text: &str) -> BTreeSet<String> {
+    let root: Table = toml::from_str(text).unwrap();
+    let mut keys = BTreeSet::new();
+    for (section, value) in &root {
+        match value {
+            Value::Table(t) => keys.extend(t.keys().map(|k| format!("{section}.{k}"))),
+            Value::Array(items) => {
+                for item in items {
+                    keys.extend(item.as_table().unwrap().keys().map(|k| format!("{section}[].{k}")));
+                }
+            }
+            other => panic!("unexpected top-level {section} = {other}"),
+        }
+    }
+    keys
+}
+
+/// Every key the loader accepts. The loader decides: each name written as a string literal in
+/// `src/config/` is offered in each section (and as a section), and a key is accepted when the
+/// loader does not call it unknown. The sources only suggest the names.
+fn accepted_keys(sections: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for entry in std::fs::read_dir(Path::new(ROOT).join("src/config")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for (i, _) in text.match_indices('"') {
+            let name: String = text[i + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            if !name.is_empty() && text[i + 1 + name.len()..].starts_with('"') {
+                names.insert(name);
+            }
+        }
+    }
+    let unknown = |table: &Table, path: &str| {
+        load(table).err().is_some_and(|e| e.0.iter().any(|e| e.key == path && e.message.starts_with("unknown key")))
+    };
+    let mut accepted = BTreeSet::new();
+    for name in &names {
+        let mut table = minimal();
+        if !table.contains_key(name.as_str()) {
+            table.insert(name.clone(), Value::Table(Table::new()));
+            if !unknown(&table, name) {
+                accepted.insert(format!("[{name}]"));
+            }
+        }
+        for section in sections {
+            let mut table = minimal();
+            set(&mut table, &format!("{section}.{name}"), Value::String("x".into()));
+            if !unknown(&table, &format!("{}.{name}", section.replace("[]", "[0]"))) {
+                accepted.insert(format!("{section}.{name}"));
+            }
+        }
+    }
+    accepted
+}
+
+fn bff() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bff"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("BFF_") || name == "RUST_LOG" {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+#[test]
+fn the_documented_commands_are_the_commands() {
+    let out = bff().arg("--help").output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    let commands: BTreeSet<String> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(|c| format!("bff {c}"))
+        .collect();
+    let documented: BTreeSet<String> =
+        rows(&section(&contract(), "Command line")).iter().map(|cells| code(&cells[0]).unwrap().to_string()).collect();
+    assert!(!commands.is_empty(), "no commands in:\n{help}");
+    assert_eq!(documented, commands, "CONTRACT.md \"Command line\" against `bff --help`");
+}
+
+#[test]
+fn every_configuration_key_is_documented_and_every_documented_key_is_accepted() {
+    let keys = documented_keys();
+    let documented: BTreeSet<String> = keys.iter().map(|k| k.name.clone()).collect();
+    assert_eq!(documented.len(), keys.len(), "a key is documented twice");
+
+    // What `bff check-config` prints is documented.
+    let shown = printed_keys(&printed(&minimal()));
+    let undocumented: Vec<_> = shown.difference(&documented).collect();
+    assert!(undocumented.is_empty(), "printed by check-config but not in CONTRACT.md: {undocumented:?}");
+
+    // Every key the loader accepts has a row, and every section it accepts is a documented one.
+    let sections: BTreeSet<String> = documented.iter().map(|k| k.split_once('.').unwrap().0.to_string()).collect();
+    let accepted = accepted_keys(&sections);
+    assert!(accepted.len() > 30, "the loader's keys were not found: {accepted:?}");
+    let undocumented: Vec<_> = accepted
+        .iter()
+        .filter(|k| match k.strip_prefix('[').and_then(|k| k.strip_suffix(']')) {
+            Some(top) => !sections.contains(top) && !sections.contains(&format!("{top}[]")),
+            None => !documented.contains(*k),
+        })
+        .collect();
+    assert!(undocumented.is_empty(), "accepted by the loader but not in CONTRACT.md: {undocumented:?}");
+
+    // Every documented key is one the loader knows (its value may still be refused here).
+    let mut all = minimal();
+    for key in &keys {
+        set(&mut all, &key.name, key.default.clone().unwrap_or(Value::String("x".into())));
+    }
+    if let Err(errors) = load(&all) {
+        let unknown: Vec<String> =
+            errors.0.iter().filter(|e| e.message.starts_with("unknown key")).map(|e| e.key.clone()).collect();
+        assert!(unknown.is_empty(), "documented in CONTRACT.md but refused as unknown: {unknown:?}");
+    }
+}
+
+#[test]
+fn planned_keys_are_not_accepted_yet() {
+    let planned = planned_keys();
+    assert!(!planned.is_empty());
+    for key in planned {
+        let mut table = minimal();
+        set(&mut table, &key, Value::String("x".into()));
+        let path = key.replace("api[]", "api[0]");
+        let errors = load(&table).err().map(|e| e.0).unwrap_or_default();
+        assert!(
+            errors.iter().any(|e| e.key == path && e.message.starts_with("unknown key")),
+            "{key} is listed as planned in CONTRACT.md but is accepted now: move it to the configuration tables"
+        );
+    }
+}
+
+#[test]
+fn documented_defaults_are_the_defaults() {
+    let mut explicit = minimal();
+    let mut count = 0;
+    for key in documented_keys() {
+        if let Some(default) = key.default {
+            set(&mut explicit, &key.name, default);
+            count += 1;
+        }
+    }
+    assert!(count > 30, "only {count} defaults found");
+    assert_eq!(printed(&explicit), printed(&minimal()), "every key set to its documented default changes something");
+}
+
+#[test]
+fn documented_environment_names_set_their_keys() {
+    let dir = std::env::temp_dir().join(format!("bff-contract-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("minimal.toml");
+    std::fs::write(&file, toml::to_string(&minimal()).unwrap()).unwrap();
+    let check = |env: &[(String, String)]| {
+        let out = bff().arg("check-config").arg("--config").arg(&file).envs(env.iter().cloned()).output().unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(out.status.success(), "{env:?}\n{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+
+    let mut env = Vec::new();
+    for key in documented_keys() {
+        let (section, name) = key.name.split_once('.').unwrap();
+        if section == "api[]" {
+            assert_eq!(key.env, "file only", "{}", key.name);
+            continue;
+        }
+        let expected = format!("BFF_{}__{}", section.to_uppercase(), name.to_uppercase());
+        assert_eq!(code(&key.env), Some(expected.as_str()), "the environment name of {}", key.name);
+        if let Some(default) = key.default {
+            let value = match default {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            env.push((expected, value));
+        }
+    }
+    assert!(env.len() > 25);
+    // Each name is a key the loader knows (an unknown one fails), and the documented default
+    // given through it is the default.
+    assert_eq!(check(&env), check(&[]));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The error codes and statuses CONTRACT.md lists.
+fn documented_errors() -> BTreeMap<String, u16> {
+    rows(&section(&contract(), "Errors"))
+        .iter()
+        .map(|cells| (code(&cells[0]).unwrap().to_string(), cells[1].parse().expect("a status")))
+        .collect()
+}
+
+/// Codes written as string literals in `src/` (outside the demo) after `pattern`.
+fn codes_in_sources(pattern: &str) -> BTreeSet<String> {
+    fn walk(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() && path.file_name().is_some_and(|n| n != "demo") {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&Path::new(ROOT).join("src"), &mut files);
+    let mut codes = BTreeSet::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (i, _) in text.match_indices(pattern) {
+            let rest = &text[i + pattern.len()..];
+            if let Some((code, _)) = rest.split_once('"')
+                && !code.is_empty()
+                && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            {
+                codes.insert(code.to_string());
+            }
+        }
+    }
+    codes
+}
+
+/// Every `AppError`: the variants without a code of their own, and the codes the sources give
+/// the others.
+fn app_errors() -> Vec<AppError> {
+    let mut errors = vec![
+        AppError::LoginRequired,
+        AppError::Csrf,
+        AppError::PayloadTooLarge,
+        AppError::HeadersTooLarge,
+        AppError::MethodNotAllowed,
+        AppError::SessionStoreUnavailable,
+        AppError::TokenRefreshUnavailable,
+        AppError::IdpUnavailable,
+        AppError::UpstreamUnavailable,
+        AppError::UpstreamTimeout,
+        AppError::Internal,
+    ];
+    let leak = |c: String| -> &'static str { Box::leak(c.into_boxed_str()) };
+    errors.extend(codes_in_sources("BadRequest(\"").into_iter().map(|c| AppError::BadRequest(leak(c))));
+    errors.extend(codes_in_sources("TooManyRequests(\"").into_iter().map(|c| AppError::TooManyRequests(leak(c))));
+    errors
+}
+
+/// Does not compile once `AppError` has a variant more: add it to `app_errors` and the doc.
+fn listed(error: &AppError) -> bool {
+    match error {
+        AppError::LoginRequired
+        | AppError::Csrf
+        | AppError::PayloadTooLarge
+        | AppError::HeadersTooLarge
+        | AppError::TooManyRequests(_)
+        | AppError::BadRequest(_)
+        | AppError::MethodNotAllowed
+        | AppError::SessionStoreUnavailable
+        | AppError::TokenRefreshUnavailable
+        | AppError::IdpUnavailable
+        | AppError::UpstreamUnavailable
+        | AppError::UpstreamTimeout
+        | AppError::Internal => true,
+    }
+}
+
+#[test]
+fn every_error_code_is_documented_with_its_status() {
+    let documented = documented_errors();
+    let mut in_code = BTreeSet::new();
+    for error in app_errors() {
+        assert!(listed(&error));
+        let (code, status) = (error.code(), error.status_code().as_u16());
+        assert_eq!(documented.get(code), Some(&status), "CONTRACT.md \"Errors\": {code} answers {status}");
+        in_code.insert(code.to_string());
+    }
+    // Answers built without `AppError` (back-channel logout, the SPA's 404).
+    for code in codes_in_sources("\"error\": \"") {
+        assert!(documented.contains_key(&code), "the code {code} is used in src/ but not in CONTRACT.md \"Errors\"");
+        in_code.insert(code);
+    }
+    let stale: Vec<_> = documented.keys().filter(|c| !in_code.contains(*c)).collect();
+    assert!(stale.is_empty(), "CONTRACT.md lists codes the program does not use: {stale:?}");
+}
+
+/// A bff on port 0 with the in-memory store and a provider that is never reachable.
+async fn spawn_bff() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let mut table = minimal();
+    set(&mut table, "server.listen", Value::String(listener.local_addr().unwrap().to_string()));
+    set(&mut table, "server.public_url", Value::String(address.clone()));
+    set(&mut table, "server.static_dir", Value::String(format!("{ROOT}/static")));
+    set(&mut table, "server.templates_dir", Value::String(format!("{ROOT}/templates")));
+    set(&mut table, "server.workers", Value::Integer(1));
+    let app = bff::Application::build(load(&table).unwrap(), listener).await.unwrap();
+    tokio::spawn(app.run_until_stopped());
+    address
+}
+
+/// `GET /auth/user` → (GET, /auth/user); `ANY {api.prefix}/…` → (GET, /api/x); `GET /…` → (GET, /).
+fn request_of(route: &str) -> (reqwest::Method, String) {
+    let (method, path) = route.split_once(' ').unwrap();
+    let method = if method == "ANY" { "GET" } else { method };
+    let path = match path {
+        "/…" => "/".to_string(),
+        other => other.replace("{api.prefix}", "/api").replace('…', "x"),
+    };
+    (method.parse().unwrap(), path)
+}
+
+async fn error_code(res: reqwest::Response) -> (u16, String) {
+    let status = res.status().as_u16();
+    let body: serde_json::Value = res.json().await.unwrap_or_else(|e| panic!("{status}: not JSON ({e})"));
+    let object = body.as_object().unwrap_or_else(|| panic!("{status}: {body}"));
+    assert_eq!(object.len(), 1, "an error body holds the code only: {body}");
+    (status, object["error"].as_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documented_routes_answer_and_errors_have_their_documented_shape_and_status() {
+    let base = spawn_bff().await;
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let documented = documented_errors();
+    let send = |method: reqwest::Method, path: &str, csrf: bool| {
+        let mut req = client.request(method.clone(), format!("{base}{path}"));
+        if csrf {
+            req = req.header("x-csrf", "1");
+        }
+        if method == reqwest::Method::POST {
+            req = req.header("content-type", "application/x-www-form-urlencoded").body("");
+        }
+        req.send()
+    };
+
+    let routes = rows(&section(&contract(), "Routes"));
+    assert!(routes.len() >= 10);
+    for cells in &routes {
+        let route = code(&cells[0]).unwrap();
+        let (method, path) = request_of(route);
+        let res = send(method.clone(), &path, true).await.unwrap();
+        assert_ne!(res.status().as_u16(), 404, "{route} ({method} {path}) is documented but not served");
+        if cells[1].contains("`X-CSRF: 1`") {
+            let res = send(method.clone(), &path, false).await.unwrap();
+            assert_eq!(error_code(res).await, (403, "csrf".to_string()), "{route} without X-CSRF");
+        }
+    }
+
+    // Errors the program produces here, each as CONTRACT.md "Errors" says.
+    let big_body = "x".repeat(70 * 1024);
+    let big_header = "a".repeat(17 * 1024);
+    let probes = [
+        (client.get(format!("{base}/auth/user")).header("x-csrf", "1"), "login_required"),
+        (client.get(format!("{base}/api/x")).header("x-csrf", "1"), "login_required"),
+        (client.get(format!("{base}/api/x")), "csrf"),
+        (client.get(format!("{base}/api/a%2Fb")).header("x-csrf", "1"), "invalid_path"),
+        (client.request(reqwest::Method::TRACE, format!("{base}/")), "method_not_allowed"),
+        (client.get(format!("{base}/auth/login")), "idp_unavailable"),
+        (client.post(format!("{base}/auth/logout")).header("x-csrf", "1").body(big_body), "payload_too_large"),
+        (client.get(format!("{base}/healthz")).header("x-big", big_header), "headers_too_large"),
+        (client.get(format!("{base}/no-such-file.json")), "not_found"),
+        (
+            client
+                .post(format!("{base}/auth/backchannel-logout"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("logout_token="),
+            "invalid_request",
+        ),
+    ];
+    for (request, expected) in probes {
+        let (status, code) = error_code(request.send().await.unwrap()).await;
+        assert_eq!(code, expected);
+        assert_eq!(documented.get(&code), Some(&status), "CONTRACT.md \"Errors\": {code} answered {status}");
+    }
+}
