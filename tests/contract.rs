@@ -11,7 +11,8 @@ use std::process::Command;
 
 use actix_web::ResponseError;
 use bff::config::Config;
-use bff::error::AppError;
+use bff::error::{AppError, BadRequest};
+use bff::limits::Limit;
 use toml::{Table, Value};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -329,14 +330,12 @@ fn codes_in_sources(pattern: &str) -> BTreeSet<String> {
     codes
 }
 
-/// Every `AppError`: the variants without a code of their own, and the codes the sources give
-/// the others.
+/// Every `AppError`, with every value of the enums some variants carry.
 fn app_errors() -> Vec<AppError> {
+    let limits = [Limit::HeaderSize, Limit::BodySize, Limit::UpstreamConcurrency, Limit::LoginRate];
     let mut errors = vec![
         AppError::LoginRequired,
         AppError::Csrf,
-        AppError::PayloadTooLarge,
-        AppError::HeadersTooLarge,
         AppError::MethodNotAllowed,
         AppError::SessionStoreUnavailable,
         AppError::TokenRefreshUnavailable,
@@ -345,21 +344,24 @@ fn app_errors() -> Vec<AppError> {
         AppError::UpstreamTimeout,
         AppError::Internal,
     ];
-    let leak = |c: String| -> &'static str { Box::leak(c.into_boxed_str()) };
-    errors.extend(codes_in_sources("BadRequest(\"").into_iter().map(|c| AppError::BadRequest(leak(c))));
-    errors.extend(codes_in_sources("TooManyRequests(\"").into_iter().map(|c| AppError::TooManyRequests(leak(c))));
+    errors.extend(limits.map(AppError::Limited));
+    errors.extend(limits.map(|l| AppError::LimitedFor(l, std::time::Duration::from_secs(1))));
+    errors
+        .extend([BadRequest::InvalidPath, BadRequest::BadMethod, BadRequest::BadRequestBody].map(AppError::BadRequest));
     errors
 }
 
-/// Does not compile once `AppError` has a variant more: add it to `app_errors` and the doc.
+/// Does not compile once `AppError`, `Limit` or `BadRequest` has a variant more: add it to
+/// `app_errors` and the doc.
 fn listed(error: &AppError) -> bool {
+    let limit = |l: &Limit| match l {
+        Limit::HeaderSize | Limit::BodySize | Limit::UpstreamConcurrency | Limit::LoginRate => true,
+    };
     match error {
+        AppError::Limited(l) | AppError::LimitedFor(l, _) => limit(l),
+        AppError::BadRequest(BadRequest::InvalidPath | BadRequest::BadMethod | BadRequest::BadRequestBody) => true,
         AppError::LoginRequired
         | AppError::Csrf
-        | AppError::PayloadTooLarge
-        | AppError::HeadersTooLarge
-        | AppError::TooManyRequests(_)
-        | AppError::BadRequest(_)
         | AppError::MethodNotAllowed
         | AppError::SessionStoreUnavailable
         | AppError::TokenRefreshUnavailable

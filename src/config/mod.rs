@@ -128,7 +128,7 @@ pub struct TokensConfig {
     pub refresh_lock: Duration,
     /// Lifetime assumed for an access token whose response carried no `expires_in`.
     pub default_expires_in: Duration,
-    /// Keep opened token sets in memory, kept coherent by Redis (DESIGN.md "Storage").
+    /// Keep opened token sets in memory, kept coherent by Redis (docs/CONTRACT.md, "Storage").
     pub local_cache: bool,
     /// Sessions per instance in that cache; past it the least recently used go.
     pub local_cache_max_entries: std::num::NonZeroUsize,

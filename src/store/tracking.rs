@@ -1,4 +1,4 @@
-//! The invalidation channel of the coherent local cache (DESIGN.md "Storage").
+//! The invalidation channel of the coherent local cache (docs/CONTRACT.md, "Storage").
 //!
 //! One RESP3 connection per instance with `CLIENT TRACKING ON` in the default mode makes every
 //! cache fill's read. Redis then remembers which keys this connection read and pushes an

@@ -1,4 +1,4 @@
-//! The coherent local cache of opened token sets (DESIGN.md "Storage", `tokens.local_cache`).
+//! The coherent local cache of opened token sets (docs/CONTRACT.md, "Storage"; `tokens.local_cache`).
 //!
 //! A steady-state API call finds its session's token view here and makes no Redis command.
 //! Redis keeps the cache coherent: every fill is read on the store's tracked connection, and

@@ -1,4 +1,4 @@
-//! The coherent local token cache (DESIGN.md "Storage"): no store command on a steady-state
+//! The coherent local token cache (docs/CONTRACT.md, "Storage"): no store command on a steady-state
 //! call, and every change — made by another instance or by Redis itself — refused or picked up
 //! by every instance once the invalidation arrives (polled with a deadline, never slept for).
 //! Two instances share one Redis in every test here; the tests that flush, restart or cut
