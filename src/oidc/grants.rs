@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use openidconnect::core::CoreTokenType;
 use openidconnect::{AccessToken, AuthType, Nonce, OAuth2TokenResponse, RefreshToken, TokenResponse};
 
 use super::{Oidc, OidcError, RawIdToken, TokenEndpointError};
@@ -47,18 +48,36 @@ pub enum RefreshError {
 impl Oidc {
     pub async fn refresh(&self, refresh_token: &RefreshToken, sub: &str) -> Result<Refreshed, RefreshError> {
         let provider = self.provider()?;
-        let request = provider.client.exchange_refresh_token(refresh_token).map_err(OidcError::NoTokenEndpoint)?;
-        let response = request.request_async(&self.http).await.map_err(|e| {
-            match TokenEndpointError::read(e, self.auth_method) {
-                e if e.is_invalid_grant() => RefreshError::Revoked,
-                e => RefreshError::Unavailable(e.into()),
+        let mut asked_again = false;
+        let response = loop {
+            let request = provider.client.exchange_refresh_token(refresh_token).map_err(OidcError::NoTokenEndpoint)?;
+            match request.request_async(&self.http).await.map_err(|e| TokenEndpointError::read(e, self.auth_method)) {
+                Ok(response) => break response,
+                Err(e) if e.is_invalid_grant() => return Err(RefreshError::Revoked),
+                // No answer (timeout, connection lost): the provider may have rotated the refresh
+                // token already. One prompt second try with the same token: a provider with a
+                // reuse grace period answers it with the new pair; without one it would have
+                // refused the next refresh anyway.
+                Err(e @ TokenEndpointError::Request(_)) if !asked_again => {
+                    tracing::warn!(
+                        "no answer to a refresh ({}); asking once more with the same refresh token",
+                        crate::telemetry::error_chain(&e)
+                    );
+                    asked_again = true;
+                }
+                Err(e) => return Err(RefreshError::Unavailable(e.into())),
             }
-        })?;
+        };
+        if *response.token_type() != CoreTokenType::Bearer {
+            return Err(RefreshError::Unavailable(OidcError::UnsupportedTokenType(
+                response.token_type().as_ref().to_string(),
+            )));
+        }
         let id_token = response.id_token().and_then(|token| {
             // OIDC Core §12.2: a refreshed ID token must be valid and name the same subject;
             // one that is not is ignored (the tokens it came with are still good).
             let verified = token
-                .claims(&provider.client.id_token_verifier(), |_: Option<&Nonce>| Ok(()))
+                .claims(&provider.id_token_verifier(), |_: Option<&Nonce>| Ok(()))
                 .map_err(|e| e.to_string())
                 .and_then(|claims| {
                     (claims.subject().as_str() == sub).then_some(()).ok_or_else(|| "subject changed".to_string())

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use openidconnect::core::{CoreAuthenticationFlow, CoreIdToken};
+use openidconnect::core::{CoreAuthenticationFlow, CoreIdToken, CoreTokenType};
 use openidconnect::{
-    AccessToken, AuthorizationCode, ClaimsVerificationError, CsrfToken, Nonce, OAuth2TokenResponse, PkceCodeChallenge,
-    PkceCodeVerifier, RefreshToken, Scope, SignatureVerificationError, TokenResponse,
+    AccessToken, AccessTokenHash, AuthorizationCode, ClaimsVerificationError, CsrfToken, Nonce, OAuth2TokenResponse,
+    PkceCodeChallenge, PkceCodeVerifier, RefreshToken, Scope, SignatureVerificationError, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -108,11 +108,18 @@ impl Oidc {
             }
         })?;
 
+        // Sent upstream as `Authorization: Bearer`: a token of another type must not be.
+        if *response.token_type() != CoreTokenType::Bearer {
+            return Err(CallbackError::InvalidIdToken(format!(
+                "the token response's token_type is {:?}, not Bearer",
+                response.token_type().as_ref()
+            )));
+        }
         let id_token = response
             .id_token()
             .ok_or_else(|| CallbackError::InvalidIdToken("the token response has no id_token".into()))?;
         let raw_id_token = id_token.to_string();
-        let sub = self.verify_id_token(id_token, &pending.nonce).await?;
+        let sub = self.verify_id_token(id_token, &pending.nonce, response.access_token()).await?;
         let claims =
             decode_claims(&raw_id_token).ok_or_else(|| CallbackError::InvalidIdToken("unreadable claims".into()))?;
         let user = user_from_claims(sub, claims);
@@ -127,27 +134,59 @@ impl Oidc {
         })
     }
 
-    /// Validates an ID token, refetching the provider's keys once if it names an unknown key.
-    /// Returns the subject.
-    async fn verify_id_token(&self, id_token: &CoreIdToken, nonce: &Nonce) -> Result<String, CallbackError> {
-        let first = {
-            let provider = self.provider()?;
-            id_token.claims(&provider.client.id_token_verifier(), nonce).map(|c| c.subject().to_string())
-        };
+    /// Validates an ID token (see `Provider::id_token_verifier`) and its `at_hash`, when it has
+    /// one, against the access token it came with; refetches the provider's keys once if it
+    /// names an unknown key. Returns the subject.
+    async fn verify_id_token(
+        &self,
+        id_token: &CoreIdToken,
+        nonce: &Nonce,
+        access_token: &AccessToken,
+    ) -> Result<String, CallbackError> {
+        let first = check_id_token(&*self.provider()?, id_token, nonce, access_token);
         match first {
-            Ok(sub) => Ok(sub),
-            Err(ClaimsVerificationError::SignatureVerification(SignatureVerificationError::NoMatchingKey))
-                if self.refresh_keys().await =>
-            {
-                let provider = self.provider()?;
-                id_token
-                    .claims(&provider.client.id_token_verifier(), nonce)
-                    .map(|c| c.subject().to_string())
-                    .map_err(|e| CallbackError::InvalidIdToken(e.to_string()))
+            Err(IdTokenProblem::Claims(ClaimsVerificationError::SignatureVerification(
+                SignatureVerificationError::NoMatchingKey,
+            ))) if self.refresh_keys().await => {
+                check_id_token(&*self.provider()?, id_token, nonce, access_token).map_err(CallbackError::from)
             }
-            Err(e) => Err(CallbackError::InvalidIdToken(e.to_string())),
+            other => other.map_err(CallbackError::from),
         }
     }
+}
+
+enum IdTokenProblem {
+    Claims(ClaimsVerificationError),
+    AccessTokenHash(String),
+}
+
+impl From<IdTokenProblem> for CallbackError {
+    fn from(p: IdTokenProblem) -> Self {
+        match p {
+            IdTokenProblem::Claims(e) => CallbackError::InvalidIdToken(e.to_string()),
+            IdTokenProblem::AccessTokenHash(why) => CallbackError::InvalidIdToken(why),
+        }
+    }
+}
+
+fn check_id_token(
+    provider: &super::Provider,
+    id_token: &CoreIdToken,
+    nonce: &Nonce,
+    access_token: &AccessToken,
+) -> Result<String, IdTokenProblem> {
+    let verifier = provider.id_token_verifier();
+    let claims = id_token.claims(&verifier, nonce).map_err(IdTokenProblem::Claims)?;
+    if let Some(expected) = claims.access_token_hash() {
+        let hash_problem = |e: &dyn std::fmt::Display| IdTokenProblem::AccessTokenHash(format!("at_hash: {e}"));
+        let alg = id_token.signing_alg().map_err(|e| hash_problem(&e))?;
+        let key = id_token.signing_key(&verifier).map_err(|e| hash_problem(&e))?;
+        let actual = AccessTokenHash::from_token(access_token, alg, key).map_err(|e| hash_problem(&e))?;
+        if actual != *expected {
+            return Err(IdTokenProblem::AccessTokenHash("at_hash does not match the access token".into()));
+        }
+    }
+    Ok(claims.subject().to_string())
 }
 
 /// The payload of a JWT whose signature was already verified.

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use openidconnect::core::{
     CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod, CoreGrantType, CoreJsonWebKey,
-    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreResponseMode, CoreResponseType,
-    CoreSubjectIdentifierType,
+    CoreJweContentEncryptionAlgorithm, CoreJweKeyManagementAlgorithm, CoreJwsSigningAlgorithm, CoreResponseMode,
+    CoreResponseType, CoreSubjectIdentifierType,
 };
 use openidconnect::{
     AdditionalProviderMetadata, AuthType, ClientId, ClientSecret, EndpointMaybeSet, EndpointNotSet, EndpointSet,
@@ -76,7 +76,29 @@ pub struct Provider {
     jwks_uri: Url,
     /// RFC 9207 advertised: an authorization response without `iss` is refused.
     requires_response_iss: bool,
+    /// The ID token algorithms discovery lists that bff accepts (asymmetric only).
+    id_token_algs: Vec<CoreJwsSigningAlgorithm>,
     loaded_at: Instant,
+}
+
+/// Seconds of clock difference tolerated on an ID token's `iat`.
+const ID_TOKEN_LEEWAY_SECS: i64 = 30;
+
+impl Provider {
+    /// The ID-token checks (OIDC Core §3.1.3.7): signature with one of `id_token_algs`, `iss`,
+    /// `aud`, `exp`, `iat` not in the future, and `azp` = our client when there are several
+    /// audiences (the library requires it then). HMAC algorithms are left out: their key would be
+    /// the client secret, which a provider that lists them may not mean for ID tokens.
+    fn id_token_verifier(&self) -> openidconnect::core::CoreIdTokenVerifier<'_> {
+        self.client
+            .id_token_verifier()
+            .set_allowed_algs(self.id_token_algs.clone())
+            .set_other_audience_verifier_fn(|_| true)
+            .set_issue_time_verifier_fn(|iat| {
+                let latest = chrono::Utc::now() + chrono::Duration::seconds(ID_TOKEN_LEEWAY_SECS);
+                if iat > latest { Err(format!("issued in the future ({iat})")) } else { Ok(()) }
+            })
+    }
 }
 
 /// Failures talking to the provider, by what the caller should do about them.
@@ -103,6 +125,9 @@ pub enum OidcError {
     RevocationRefused(reqwest::StatusCode),
     #[error("{}", token_endpoint::client_auth_failed(.auth_method))]
     ClientAuthFailed { auth_method: &'static str },
+    /// bff sends access tokens as `Bearer`; one of another type is never used.
+    #[error("the token response's token_type is {0:?}, not Bearer")]
+    UnsupportedTokenType(String),
     #[error("the provider's signing keys cannot be fetched")]
     Keys(#[source] reqwest::Error),
 }
@@ -243,6 +268,26 @@ impl Oidc {
         }
         let end_session_url = parse_optional(&extra.end_session_endpoint, "end_session_endpoint");
         let requires_response_iss = extra.authorization_response_iss_parameter_supported == Some(true);
+        let id_token_algs: Vec<CoreJwsSigningAlgorithm> = metadata
+            .id_token_signing_alg_values_supported()
+            .iter()
+            .filter(|alg| {
+                !matches!(
+                    alg,
+                    CoreJwsSigningAlgorithm::HmacSha256
+                        | CoreJwsSigningAlgorithm::HmacSha384
+                        | CoreJwsSigningAlgorithm::HmacSha512
+                        | CoreJwsSigningAlgorithm::None
+                )
+            })
+            .cloned()
+            .collect();
+        if id_token_algs.is_empty() {
+            tracing::error!(
+                "the provider lists no asymmetric ID token algorithm (id_token_signing_alg_values_supported); \
+                 every sign-in will fail"
+            );
+        }
         let jwks_uri = metadata.jwks_uri().url().clone();
         let client =
             CoreClient::from_provider_metadata(metadata, self.client_id.clone(), Some(self.client_secret.clone()))
@@ -254,6 +299,7 @@ impl Oidc {
             end_session_url,
             jwks_uri,
             requires_response_iss,
+            id_token_algs,
             loaded_at: Instant::now(),
         };
         if let Ok(mut slot) = self.provider.write() {

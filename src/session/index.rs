@@ -53,6 +53,11 @@ impl SessionIndex {
         Ok(members.iter().filter_map(|m| SessionHandle::from_stored(m)).collect())
     }
 
+    /// Forgets a claimed `jti`, for a logout that could not be carried out.
+    pub async fn release_logout_token(&self, jti: &str) -> Result<(), StoreError> {
+        self.store.delete(&[self.keys.logout_token_jti(jti)]).await
+    }
+
     /// Marks a logout token's `jti` as used until `ttl`; false if it was already used.
     pub async fn claim_logout_token(&self, jti: &str, ttl: Duration) -> Result<bool, StoreError> {
         self.store.set_if_absent(&self.keys.logout_token_jti(jti), b"1", ttl).await

@@ -152,11 +152,23 @@ impl Sessions {
         if !self.index.claim_logout_token(&request.jti, replay_window).await? {
             return Ok(None);
         }
-        let handles = self.index.take(request.sub.as_deref(), request.sid.as_deref()).await?;
-        for handle in &handles {
-            self.end(handle, EndReason::BackChannel).await?;
+        let ended = async {
+            let handles = self.index.take(request.sub.as_deref(), request.sid.as_deref()).await?;
+            for handle in &handles {
+                self.end(handle, EndReason::BackChannel).await?;
+            }
+            Ok(handles.len())
+        };
+        match ended.await {
+            Ok(count) => Ok(Some(count)),
+            // The provider retries a logout that failed; its retry must not look like a replay.
+            Err(e) => {
+                if let Err(release) = self.index.release_logout_token(&request.jti).await {
+                    tracing::warn!("a failed back-channel logout keeps its jti claimed: {}", error_chain(&release));
+                }
+                Err(e)
+            }
         }
-        Ok(Some(handles.len()))
     }
 
     async fn remove(&self, handle: &SessionHandle, set: Option<&TokenSet>) -> Result<(), StoreError> {
@@ -255,5 +267,19 @@ mod tests {
         let left: Vec<String> = memory.keys().into_iter().filter(|k| !k.starts_with("t:logout-jti:")).collect();
         assert_eq!(left, Vec::<String>::new(), "the by-sub entries go too");
         assert!(matches!(sessions.end_for_provider(&request).await, Ok(None)), "a replayed token ends nothing");
+    }
+
+    #[tokio::test]
+    async fn a_back_channel_logout_that_fails_midway_can_be_retried() {
+        let memory = MemoryStore::new();
+        let sessions = sessions(&memory);
+        let Ok(started) = sessions.start(login()).await else { panic!("start failed") };
+        let request =
+            LogoutRequest { sub: None, sid: Some("op-session".into()), jti: "j2".into(), exp: now_unix() + 60 };
+        // Write 1 claims the jti; write 2 (taking the index) fails.
+        memory.fail_write(2);
+        assert!(sessions.end_for_provider(&request).await.is_err());
+        assert!(matches!(sessions.end_for_provider(&request).await, Ok(Some(1))), "the retry is not a replay");
+        assert!(matches!(sessions.end(&started.handle, EndReason::SignedOut).await, Ok(None)));
     }
 }

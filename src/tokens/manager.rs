@@ -157,8 +157,9 @@ impl TokenManager {
             oidc,
             skew: t.refresh_skew,
             lease: t.lock_lease,
-            // A holder may renew its lease while the provider answers; wait for one full call.
-            wait_limit: t.lock_lease + t.idp_timeout,
+            // A holder may renew its lease while the provider answers; wait for its two calls
+            // (a refresh whose answer was lost is asked once more).
+            wait_limit: t.lock_lease + 2 * t.idp_timeout,
             default_expires_in: t.default_expires_in,
             flights: Mutex::new(HashMap::new()),
             flight_ids: std::sync::atomic::AtomicU64::new(0),

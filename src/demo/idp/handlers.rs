@@ -209,7 +209,12 @@ async fn token(req: HttpRequest, p: web::Data<Provider>, form: web::Form<HashMap
             });
         }
     }
-    match p.token(&form, &presented(&req, &form)) {
+    let answer = p.token(&form, &presented(&req, &form));
+    if let Some(hold) = p.controls.take_token_answer_hold() {
+        // Done (a refresh token rotated), but the client gives up before it hears of it.
+        tokio::time::sleep(hold).await;
+    }
+    match answer {
         Ok(body) => no_store(HttpResponse::Ok().json(body)),
         Err(e) => oauth_error(&e),
     }

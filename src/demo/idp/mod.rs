@@ -73,6 +73,9 @@ pub struct Quirks {
 
 pub struct Controls {
     quirks: Mutex<Quirks>,
+    refresh_reuse_grace_secs: AtomicU64,
+    /// The next token answer is made, then held back this long (an answer lost to a timeout).
+    hold_next_token_answer: Mutex<Option<Duration>>,
     access_token_ttl_secs: AtomicU64,
     refresh_token_ttl_secs: AtomicU64,
     auto_login: Mutex<Option<String>>,
@@ -93,6 +96,8 @@ impl Controls {
     pub fn new(access_token_ttl: Duration) -> Controls {
         Controls {
             quirks: Mutex::new(Quirks::default()),
+            refresh_reuse_grace_secs: AtomicU64::new(0),
+            hold_next_token_answer: Mutex::new(None),
             access_token_ttl_secs: AtomicU64::new(access_token_ttl.as_secs()),
             refresh_token_ttl_secs: AtomicU64::new(86_400),
             auto_login: Mutex::new(None),
@@ -100,6 +105,23 @@ impl Controls {
             id_token_fault: Mutex::new(IdTokenFault::None),
             authorize_error: Mutex::new(None),
         }
+    }
+
+    /// How long a rotated-out refresh token may still be used (0: reuse revokes the grant).
+    pub fn set_refresh_reuse_grace(&self, grace: Duration) {
+        self.refresh_reuse_grace_secs.store(grace.as_secs(), Ordering::SeqCst);
+    }
+
+    pub fn refresh_reuse_grace(&self) -> Duration {
+        Duration::from_secs(self.refresh_reuse_grace_secs.load(Ordering::SeqCst))
+    }
+
+    pub fn hold_next_token_answer(&self, hold: Duration) {
+        write(&self.hold_next_token_answer, Some(hold));
+    }
+
+    fn take_token_answer_hold(&self) -> Option<Duration> {
+        self.hold_next_token_answer.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     pub fn set_quirks(&self, quirks: Quirks) {

@@ -66,6 +66,8 @@ pub struct Grant {
 struct RefreshRecord {
     grant_id: String,
     used: bool,
+    /// Unix seconds of the rotation that used it (for the reuse grace period).
+    used_at: u64,
     expires_at: u64,
 }
 
@@ -86,6 +88,8 @@ pub struct Counters {
     pub refresh_token: AtomicU64,
     pub revocations: AtomicU64,
     pub reuse_detected: AtomicU64,
+    /// Refresh tokens used again within the grace period (and answered).
+    pub reuse_within_grace: AtomicU64,
     pub end_session: AtomicU64,
     pub backchannel_ok: AtomicU64,
 }
@@ -343,7 +347,13 @@ impl Provider {
                 return Err(invalid("unknown refresh token"));
             };
             let grant_id = record.grant_id.clone();
-            if record.used {
+            let grace = self.controls.refresh_reuse_grace().as_secs();
+            let within_grace = record.used && grace > 0 && now_unix() <= record.used_at + grace;
+            if within_grace {
+                // A client whose answer was lost asks again with the same token: it gets a
+                // fresh pair instead of losing the grant (Okta, Keycloak, oidc-provider offer this).
+                self.counters.reuse_within_grace.fetch_add(1, Ordering::SeqCst);
+            } else if record.used {
                 // Reuse detection: whoever holds the rotated token and whoever replays the old
                 // one cannot be told apart, so the grant dies.
                 self.counters.reuse_detected.fetch_add(1, Ordering::SeqCst);
@@ -357,6 +367,9 @@ impl Provider {
                 return Err(invalid("refresh token expired"));
             }
             record.used = true;
+            if !within_grace {
+                record.used_at = now_unix();
+            }
             let grant = data.grants.get(&grant_id).ok_or_else(|| invalid("grant gone"))?;
             if grant.revoked {
                 return Err(invalid("grant revoked"));
@@ -439,8 +452,10 @@ impl Provider {
             data.access_tokens.insert(jti, grant_id.to_string());
             if let Some(rt) = &refresh_token {
                 let expires_at = now + self.controls.refresh_token_ttl().as_secs();
-                data.refresh_tokens
-                    .insert(rt.clone(), RefreshRecord { grant_id: grant_id.to_string(), used: false, expires_at });
+                data.refresh_tokens.insert(
+                    rt.clone(),
+                    RefreshRecord { grant_id: grant_id.to_string(), used: false, used_at: 0, expires_at },
+                );
             }
         }
         self.remember(&access_token);
