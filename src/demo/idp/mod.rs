@@ -57,6 +57,14 @@ pub enum IdTokenFault {
     BadSignature,
     WrongAudience,
     WrongIssuer,
+    /// `aud` has a second audience and `azp` names the client (valid).
+    ExtraAudienceWithAzp,
+    /// `aud` has a second audience and no `azp` (OIDC Core §3.1.3.7: refused).
+    ExtraAudienceWithoutAzp,
+    /// `at_hash` of another access token.
+    WrongAtHash,
+    /// `iat` an hour ahead.
+    IssuedInFuture,
 }
 
 /// Switches tests (and the demo) flip at run time.

@@ -418,15 +418,31 @@ impl Provider {
         let access_token = self.key.sign(&access, Some("at+jwt")).map_err(server_error)?;
 
         let fault = if at_login { self.controls.id_token_fault() } else { IdTokenFault::None };
+        let aud = match fault {
+            IdTokenFault::WrongAudience => json!("someone-else"),
+            IdTokenFault::ExtraAudienceWithAzp | IdTokenFault::ExtraAudienceWithoutAzp => {
+                json!([grant_client.clone(), "another-client"])
+            }
+            _ => json!(grant_client.clone()),
+        };
+        // OIDC Core §3.3.2.11: the left half of the SHA-256 of the access token.
+        let hashed = if fault == IdTokenFault::WrongAtHash { "not-the-access-token" } else { access_token.as_str() };
+        let at_hash = URL_SAFE_NO_PAD.encode(&Sha256::digest(hashed.as_bytes())[..16]);
         let mut id_claims = json!({
             "iss": if fault == IdTokenFault::WrongIssuer { "https://evil.example".to_string() } else { self.issuer.clone() },
             "sub": sub,
-            "aud": if fault == IdTokenFault::WrongAudience { "someone-else".to_string() } else { grant_client.clone() },
-            "iat": now,
+            "aud": aud,
+            "iat": if fault == IdTokenFault::IssuedInFuture { now + 3600 } else { now },
             "exp": if fault == IdTokenFault::Expired { now - 120 } else { now + 300 },
             "auth_time": auth_time,
             "sid": sid,
+            "at_hash": at_hash,
         });
+        if fault == IdTokenFault::ExtraAudienceWithAzp
+            && let Some(obj) = id_claims.as_object_mut()
+        {
+            obj.insert("azp".into(), json!(grant_client.clone()));
+        }
         if let (Some(obj), Some(p)) = (id_claims.as_object_mut(), profile.as_object()) {
             obj.extend(p.clone());
             match (nonce, fault) {
@@ -593,6 +609,17 @@ impl Provider {
         sub: Option<&str>,
         sid: Option<&str>,
     ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.logout_token_typed(client_id, sub, sid, Some("logout+jwt"))
+    }
+
+    /// The same with another JWT `typ` header (or none).
+    pub fn logout_token_typed(
+        &self,
+        client_id: &str,
+        sub: Option<&str>,
+        sid: Option<&str>,
+        typ: Option<&str>,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let now = now_unix();
         let mut claims = json!({
             "iss": self.issuer,
@@ -610,6 +637,6 @@ impl Provider {
                 obj.insert("sid".into(), json!(sid));
             }
         }
-        self.key.sign(&claims, Some("logout+jwt"))
+        self.key.sign(&claims, typ)
     }
 }
