@@ -80,6 +80,7 @@ impl Oidc {
                 .claims(&provider.id_token_verifier(), |_: Option<&Nonce>| Ok(()))
                 .map_err(|e| e.to_string())
                 .and_then(|claims| {
+                    provider.check_authorized_party(claims)?;
                     (claims.subject().as_str() == sub).then_some(()).ok_or_else(|| "subject changed".to_string())
                 });
             match verified {

@@ -157,14 +157,14 @@ impl Oidc {
 
 enum IdTokenProblem {
     Claims(ClaimsVerificationError),
-    AccessTokenHash(String),
+    Other(String),
 }
 
 impl From<IdTokenProblem> for CallbackError {
     fn from(p: IdTokenProblem) -> Self {
         match p {
             IdTokenProblem::Claims(e) => CallbackError::InvalidIdToken(e.to_string()),
-            IdTokenProblem::AccessTokenHash(why) => CallbackError::InvalidIdToken(why),
+            IdTokenProblem::Other(why) => CallbackError::InvalidIdToken(why),
         }
     }
 }
@@ -177,13 +177,14 @@ fn check_id_token(
 ) -> Result<String, IdTokenProblem> {
     let verifier = provider.id_token_verifier();
     let claims = id_token.claims(&verifier, nonce).map_err(IdTokenProblem::Claims)?;
+    provider.check_authorized_party(claims).map_err(IdTokenProblem::Other)?;
     if let Some(expected) = claims.access_token_hash() {
-        let hash_problem = |e: &dyn std::fmt::Display| IdTokenProblem::AccessTokenHash(format!("at_hash: {e}"));
+        let hash_problem = |e: &dyn std::fmt::Display| IdTokenProblem::Other(format!("at_hash: {e}"));
         let alg = id_token.signing_alg().map_err(|e| hash_problem(&e))?;
         let key = id_token.signing_key(&verifier).map_err(|e| hash_problem(&e))?;
         let actual = AccessTokenHash::from_token(access_token, alg, key).map_err(|e| hash_problem(&e))?;
         if actual != *expected {
-            return Err(IdTokenProblem::AccessTokenHash("at_hash does not match the access token".into()));
+            return Err(IdTokenProblem::Other("at_hash does not match the access token".into()));
         }
     }
     Ok(claims.subject().to_string())

@@ -85,6 +85,18 @@ pub struct Provider {
 const ID_TOKEN_LEEWAY_SECS: i64 = 30;
 
 impl Provider {
+    /// OIDC Core §3.1.3.7 steps 4-5, which the library leaves to its users: with several
+    /// audiences `azp` must be present, and when present it must name this client.
+    fn check_authorized_party(&self, claims: &openidconnect::core::CoreIdTokenClaims) -> Result<(), String> {
+        match claims.authorized_party() {
+            Some(azp) if azp.as_str() != self.client.client_id().as_str() => {
+                Err(format!("azp names another client ({:?})", azp.as_str()))
+            }
+            None if claims.audiences().len() > 1 => Err("several audiences and no azp".into()),
+            _ => Ok(()),
+        }
+    }
+
     /// The ID-token checks (OIDC Core §3.1.3.7): signature with one of `id_token_algs`, `iss`,
     /// `aud`, `exp`, `iat` not in the future, and `azp` = our client when there are several
     /// audiences (the library requires it then). HMAC algorithms are left out: their key would be

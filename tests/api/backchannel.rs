@@ -86,6 +86,19 @@ async fn a_replayed_logout_token_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untyped_and_plainly_typed_logout_tokens_are_accepted() {
+    for typ in [None, Some("JWT")] {
+        let app = spawn_app().await;
+        let browser = app.browser();
+        browser.login_as("alice").await;
+        let sid = app.idp.provider.session_of("alice").expect("sid");
+        let token = app.idp.provider.key.sign(&claims(&app, &sid), typ).expect("sign");
+        assert_eq!(post_logout_token(&app.address, &token).await, 200, "{typ:?}");
+        assert_eq!(browser.user().await.status(), 401, "{typ:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_malformed_logout_tokens_are_refused_and_change_nothing() {
     let app = spawn_app().await;
     let browser = app.browser();
@@ -127,6 +140,9 @@ async fn forged_and_malformed_logout_tokens_are_refused_and_change_nothing() {
             .expect("hs256"),
         ),
         ("alg none", format!("eyJhbGciOiJub25lIn0.{}.", base64_url(&claims(&app, &sid)))),
+        ("typed as an access token", app.idp.provider.key.sign(&claims(&app, &sid), Some("at+jwt")).expect("sign")),
+        ("issued an hour ago", spoiled(&|m| drop(m.insert("iat".into(), json!(now - 3600))))),
+        ("issued in the future", spoiled(&|m| drop(m.insert("iat".into(), json!(now + 600))))),
         ("not a JWT", "garbage".into()),
         ("empty", String::new()),
     ];

@@ -93,11 +93,23 @@ async fn id_tokens_that_fail_validation_are_refused() {
         IdTokenFault::BadSignature,
         IdTokenFault::WrongAudience,
         IdTokenFault::WrongIssuer,
+        IdTokenFault::ExtraAudienceWithoutAzp,
+        IdTokenFault::WrongAtHash,
+        IdTokenFault::IssuedInFuture,
     ] {
         let (res, app) = login_with_id_token_fault(fault).await;
         assert_eq!(res.status(), 400, "{fault:?}");
         assert!(app.keys().await.iter().all(|k| !k.ends_with(":tokens")), "{fault:?}: no token set stored");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_token_for_several_audiences_is_accepted_when_azp_names_us() {
+    let app = spawn_app().await;
+    app.idp.controls.set_id_token_fault(IdTokenFault::ExtraAudienceWithAzp);
+    let browser = app.browser();
+    assert_eq!(browser.login_as("alice").await.status(), 302);
+    assert_eq!(browser.user().await.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

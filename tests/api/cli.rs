@@ -311,3 +311,29 @@ fn the_example_configuration_is_valid() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("[server]"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_online_names_an_issuer_that_differs_by_a_slash() {
+    let idp = spawn_idp(IdpOptions {
+        auth_method: bff::config::AuthMethod::ClientSecretBasic,
+        access_token_ttl: Duration::from_secs(300),
+        redirect_uris: vec!["http://localhost:8080/auth/callback".into()],
+        post_logout_redirect_uris: vec![],
+        backchannel_logout_uri: None,
+    })
+    .await;
+    let config = |issuer: &str| {
+        write_config(&format!(
+            "[oidc]\nissuer = \"{issuer}\"\nclient_id = \"bff\"\nclient_secret = \"s\"\n[session]\nsecret = \"{}\"\n",
+            test_secret()
+        ))
+    };
+    let wrong = config(&format!("{}/", idp.issuer));
+    let out = bff().args(["check-config", "--online", "--config"]).arg(&wrong).output().expect("run bff");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("oidc.issuer") && stderr.contains("configuration error"), "{stderr}");
+    let right = config(&idp.issuer);
+    let out = bff().args(["check-config", "--online", "--config"]).arg(&right).output().expect("run bff");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}

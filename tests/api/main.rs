@@ -14,6 +14,7 @@ mod helpers;
 mod login;
 mod logout;
 mod operations;
+mod providers;
 mod proxy;
 mod refresh;
 mod rotation;
