@@ -190,6 +190,17 @@ async fn access_token_expires_at(browser: &Browser) -> u64 {
     user["access_token_expires_at"].as_u64().unwrap_or(0)
 }
 
+/// `GET /auth/login` as if from `address` (bff trusts one proxy in these tests).
+async fn start_login_from(browser: &Browser, address: &str) -> reqwest::Response {
+    browser.send(browser.request(reqwest::Method::GET, "/auth/login").header("x-forwarded-for", address)).await
+}
+
+/// A 429's `Retry-After`, in seconds.
+fn retry_after(refused: &reqwest::Response) -> u64 {
+    assert_eq!(refused.status(), 429);
+    refused.headers()["retry-after"].to_str().ok().and_then(|v| v.parse().ok()).expect("Retry-After")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completed_sign_ins_do_not_count_against_the_browser() {
     let app = spawn_app_with(AppOptions {
@@ -204,30 +215,18 @@ async fn completed_sign_ins_do_not_count_against_the_browser() {
     // Each sign-in from another address (one trusted proxy), so only the per-browser count
     // could refuse them.
     for i in 0..5 {
-        let start = browser
-            .send(
-                browser.request(reqwest::Method::GET, "/auth/login").header("x-forwarded-for", format!("192.0.2.{i}")),
-            )
-            .await;
+        let start = start_login_from(&browser, &format!("192.0.2.{i}")).await;
         assert_eq!(start.status(), 302, "sign-in {i}");
         let callback = browser.sign_in_at_provider(&location(&start), "alice").await;
         assert_eq!(browser.get(&callback).await.status(), 302, "sign-in {i}");
     }
     // Three left in progress fill the browser's allowance; the answer says for how long.
     for i in 10..13 {
-        let start = browser
-            .send(
-                browser.request(reqwest::Method::GET, "/auth/login").header("x-forwarded-for", format!("192.0.2.{i}")),
-            )
-            .await;
+        let start = start_login_from(&browser, &format!("192.0.2.{i}")).await;
         assert_eq!(start.status(), 302);
     }
-    let refused = browser
-        .send(browser.request(reqwest::Method::GET, "/auth/login").header("x-forwarded-for", "192.0.2.99"))
-        .await;
-    assert_eq!(refused.status(), 429);
-    let retry_after: u64 =
-        refused.headers()["retry-after"].to_str().ok().and_then(|v| v.parse().ok()).expect("Retry-After");
+    let refused = start_login_from(&browser, "192.0.2.99").await;
+    let retry_after = retry_after(&refused);
     assert!(retry_after > 500 && retry_after <= 600, "until the oldest login in progress expires: {retry_after}");
 }
 
@@ -242,9 +241,7 @@ async fn the_per_address_limit_says_when_its_minute_ends() {
         assert_eq!(app.browser().start_login(None).await.status(), 302);
     }
     let refused = app.browser().start_login(None).await;
-    assert_eq!(refused.status(), 429);
-    let retry_after: u64 =
-        refused.headers()["retry-after"].to_str().ok().and_then(|v| v.parse().ok()).expect("Retry-After");
+    let retry_after = retry_after(&refused);
     assert!(retry_after > 50 && retry_after <= 60, "{retry_after}");
 }
 
