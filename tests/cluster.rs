@@ -5,13 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
-#[path = "api/upstream.rs"]
-#[allow(dead_code)]
-mod upstream;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -21,16 +14,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use secrecy::SecretString;
 
-use helpers::{AppOptions, dead_port, eventually, random_id, spawn_app_with, spawn_second_instance};
-
-/// Printed, and kept in target/test-summary.txt for `.ci/run` to show.
-fn report(line: &str) {
-    println!("{line}");
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-summary.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-        let _ = std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes());
-    }
-}
+use support::{AppOptions, dead_port, eventually, metric, random_id, report, spawn_app_with, spawn_second_instance};
 
 struct Node {
     port: u16,
@@ -164,7 +148,7 @@ async fn bff_runs_on_a_redis_cluster_and_rides_out_a_primary_failover() {
     .await;
     let second = spawn_second_instance(&app).await;
     // No per-node tracking here: every call reads its token set, and the metrics say so.
-    assert_eq!(helpers::metric(&app.address, "bff_token_cache_mode{mode=\"per_call_read\"}").await, 1.0);
+    assert_eq!(metric(&app.address, "bff_token_cache_mode{mode=\"per_call_read\"}").await, 1.0);
     let browser = app.browser();
     browser.login_as("alice").await;
     assert_eq!(browser.user().await.status(), 200);
@@ -355,15 +339,15 @@ async fn bff_finds_its_redis_through_sentinel_and_follows_a_failover() {
     for base in [app.address.clone(), second.clone()] {
         eventually("the invalidation channel is up on the new primary", Duration::from_secs(15), || {
             let base = base.clone();
-            async move { helpers::metric(&base, "bff_token_cache_channel_up").await == 1.0 }
+            async move { metric(&base, "bff_token_cache_channel_up").await == 1.0 }
         })
         .await;
     }
     let on_second = browser.at(&second);
-    let hits = helpers::metric(&second, "bff_token_cache_hits_total").await;
+    let hits = metric(&second, "bff_token_cache_hits_total").await;
     assert_eq!(on_second.api(Method::GET, "/api/echo").await.status(), 200);
     assert_eq!(on_second.api(Method::GET, "/api/echo").await.status(), 200);
-    assert!(helpers::metric(&second, "bff_token_cache_hits_total").await > hits, "cached on the second instance");
+    assert!(metric(&second, "bff_token_cache_hits_total").await > hits, "cached on the second instance");
     assert_eq!(browser.logout().await.status(), 303);
     let (url, seen) = (on_second.url("/api/echo"), app.upstream.seen.clone());
     eventually("the second instance refuses without calling the upstream", Duration::from_secs(5), || {

@@ -3,13 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
-#[path = "api/upstream.rs"]
-#[allow(dead_code)]
-mod upstream;
-
 use futures_util::StreamExt;
 use reqwest::Method;
 use sha2::{Digest, Sha256};
@@ -34,7 +27,7 @@ fn pattern_chunk(i: u64) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_mebibytes_stream_up_and_down_without_buffering() {
-    let app = helpers::spawn_app().await;
+    let app = support::spawn_app().await;
     let browser = app.browser();
     browser.login_as("alice").await;
     assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200);

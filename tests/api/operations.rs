@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 
-use crate::helpers::{AppOptions, spawn_app, spawn_app_with};
+use support::{AppOptions, spawn_app, spawn_app_with};
 
 fn metric(text: &str, series: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok())).unwrap_or(0.0)
@@ -43,7 +43,7 @@ async fn metrics_count_what_happens_with_bounded_labels_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_can_live_on_their_own_listener() {
-    let port = crate::helpers::dead_port();
+    let port = support::dead_port();
     let app = spawn_app_with(AppOptions {
         tweak: std::sync::Arc::new(move |c: &mut bff::config::Config| {
             c.server.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));

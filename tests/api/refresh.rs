@@ -7,7 +7,7 @@ use std::time::Duration;
 use bff::demo::idp::TokenFault;
 use reqwest::Method;
 
-use crate::helpers::{AppOptions, TestApp, spawn_app_with, spawn_second_instance};
+use support::{AppOptions, TestApp, spawn_app_with, spawn_second_instance};
 
 /// Access tokens live 2 s, so they are due for refresh after 1 s (the skew is capped at half
 /// the lifetime).
@@ -104,7 +104,7 @@ async fn rotated_refresh_tokens_are_stored_so_consecutive_refreshes_succeed() {
 }
 
 /// Fires `n` calls at once, spread over the given bff addresses; returns their statuses.
-async fn storm(browser: &crate::helpers::Browser, bases: &[String], n: usize) -> Vec<u16> {
+async fn storm(browser: &support::Browser, bases: &[String], n: usize) -> Vec<u16> {
     let calls = (0..n).map(|i| {
         let b = browser.at(&bases[i % bases.len()]);
         async move { b.api(Method::GET, "/api/echo").await.status().as_u16() }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use bff::store::{CasOutcome, MemoryStore, RedisStore, Store};
 use secrecy::SecretString;
 
-use crate::helpers::{REDIS_URL, random_id};
+use support::{REDIS_URL, random_id};
 
 fn stores() -> Vec<(Store, String)> {
     let redis = RedisStore::new(&SecretString::from(REDIS_URL.to_string()), Duration::from_secs(2)).expect("redis url");
@@ -141,7 +141,7 @@ async fn both_stores_answer_ping() {
         store.ping().await.expect("ping");
     }
     let dead = RedisStore::new(
-        &SecretString::from(format!("redis://127.0.0.1:{}", crate::helpers::dead_port())),
+        &SecretString::from(format!("redis://127.0.0.1:{}", support::dead_port())),
         Duration::from_millis(500),
     )
     .expect("url");

@@ -47,7 +47,7 @@ struct State {
 }
 
 pub async fn spawn(provider: Option<Arc<Provider>>) -> Upstream {
-    let listener = crate::helpers::listener();
+    let listener = crate::listener();
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let controls = Arc::new(UpstreamControls::default());
     let seen = Arc::new(Mutex::new(Vec::new()));
