@@ -102,6 +102,7 @@ struct Served {
     logs: Arc<Mutex<String>>,
     browser: Browser,
     idp: bff::demo::idp::RunningIdp,
+    upstream: support::upstream::Upstream,
     prefix: String,
 }
 
@@ -163,7 +164,7 @@ impl Served {
             async move { b.http.get(b.url("/readyz")).send().await.map(|r| r.status() == 200).unwrap_or(false) }
         })
         .await;
-        Served { child, logs, browser, idp, prefix }
+        Served { child, logs, browser, idp, upstream, prefix }
     }
 
     fn logs(&self) -> String {
@@ -233,7 +234,8 @@ async fn sigterm_lets_calls_in_flight_finish_then_exits_zero() {
         let b = browser.clone();
         tokio::spawn(async move { b.api(reqwest::Method::GET, "/api/slow?ms=1500").await.status() })
     };
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // In flight once the upstream has it (it answers 1.5 s later).
+    served.upstream.until_received("/slow").await;
 
     served.terminate();
 

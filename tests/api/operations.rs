@@ -108,7 +108,8 @@ async fn concurrent_upstream_calls_are_capped() {
         let b = browser.clone();
         tokio::spawn(async move { b.api(Method::GET, "/api/slow?ms=1500").await.status() })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the upstream has it, the slow call holds the only permit for 1.5 s.
+    app.upstream.until_received("/slow").await;
 
     let refused = browser.api(Method::GET, "/api/echo").await;
 
