@@ -89,6 +89,23 @@ impl Default for AppOptions {
     }
 }
 
+impl AppOptions {
+    /// Access tokens that live 4 s, refreshed 1 s ahead of their expiry ([`SHORT_SKEW_SECS`]).
+    /// Expiry is kept in whole seconds, so such a token falls due between 2 and 3 s after it was
+    /// issued: a call within 2 s of the login finds it fresh wherever in a second the test
+    /// started, and [`until_refresh_due`] waits for the moment it is not.
+    pub fn short_lived_tokens() -> AppOptions {
+        AppOptions {
+            access_token_ttl: Duration::from_secs(4),
+            refresh_skew_secs: SHORT_SKEW_SECS,
+            ..Default::default()
+        }
+    }
+}
+
+/// The refresh skew of [`AppOptions::short_lived_tokens`] (below half the lifetime, so not capped).
+pub const SHORT_SKEW_SECS: u64 = 1;
+
 pub struct TestApp {
     pub address: String,
     pub config: Config,
