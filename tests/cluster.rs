@@ -5,13 +5,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
-#[path = "api/upstream.rs"]
-#[allow(dead_code)]
-mod upstream;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -21,16 +14,10 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use secrecy::SecretString;
 
-use helpers::{AppOptions, dead_port, eventually, random_id, spawn_app_with, spawn_second_instance};
-
-/// Printed, and kept in target/test-summary.txt for `.ci/run` to show.
-fn report(line: &str) {
-    println!("{line}");
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-summary.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-        let _ = std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes());
-    }
-}
+use support::{
+    AppOptions, blocking_eventually, dead_port, eventually, metric, report, spawn_app_with, spawn_second_instance,
+    temp_dir,
+};
 
 struct Node {
     port: u16,
@@ -61,9 +48,28 @@ fn redis_cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// A number from a server's `INFO <section>` (0 when absent).
+fn info_number(port: u16, section: &str, name: &str) -> u64 {
+    let info = redis_cli(port, &["info", section]);
+    info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Waits until `replica` has applied every write `primary` has taken so far, so a failover
+/// loses none of them. (`WAIT` cannot tell: it waits for the writes made on the connection it
+/// runs on, and a new redis-cli connection has made none, so it returns at once.)
+fn until_replicated(primary: u16, replica: u16) {
+    let written = info_number(primary, "replication", "master_repl_offset");
+    assert!(written > 0, "the primary {primary} reports its replication offset");
+    blocking_eventually(
+        &format!("the replica {replica} applies the primary's writes up to offset {written}"),
+        Duration::from_secs(10),
+        || info_number(replica, "replication", "slave_repl_offset") >= written,
+    );
+}
+
 impl RedisCluster {
     fn start(nodes: usize) -> RedisCluster {
-        let dir = std::env::temp_dir().join(format!("bff-cluster-{}", random_id()));
+        let dir = temp_dir("cluster");
         let nodes: Vec<Node> = (0..nodes)
             .map(|_| {
                 let port = dead_port();
@@ -82,12 +88,11 @@ impl RedisCluster {
             })
             .collect();
         let cluster = RedisCluster { nodes, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let limit = Duration::from_secs(20);
         for node in &cluster.nodes {
-            while !redis_cli(node.port, &["ping"]).contains("PONG") {
-                assert!(Instant::now() < deadline, "redis node {} did not start", node.port);
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            blocking_eventually(&format!("redis node {} starts", node.port), limit, || {
+                redis_cli(node.port, &["ping"]).contains("PONG")
+            });
         }
         let addrs: Vec<String> = cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let out = Command::new("redis-cli")
@@ -98,21 +103,16 @@ impl RedisCluster {
             .expect("redis-cli --cluster create");
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
         for node in &cluster.nodes {
-            while !redis_cli(node.port, &["cluster", "info"]).contains("cluster_state:ok") {
-                assert!(Instant::now() < deadline, "cluster not ok at {}", node.port);
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            blocking_eventually(&format!("the cluster is ok at {}", node.port), limit, || {
+                redis_cli(node.port, &["cluster", "info"]).contains("cluster_state:ok")
+            });
         }
         // A replica that never synced is not allowed to take over: wait for every link.
         for node in &cluster.nodes {
-            loop {
+            blocking_eventually(&format!("node {} is a primary or a synced replica", node.port), limit, || {
                 let info = redis_cli(node.port, &["info", "replication"]);
-                if info.contains("role:master") || info.contains("master_link_status:up") {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "replica {} not synced", node.port);
-                std::thread::sleep(Duration::from_millis(100));
-            }
+                info.contains("role:master") || info.contains("master_link_status:up")
+            });
         }
         cluster
     }
@@ -142,6 +142,16 @@ impl RedisCluster {
         panic!("no primary for slot {slot}");
     }
 
+    /// The port of the replica following the primary on `primary`.
+    fn replica_of(&self, primary: u16) -> u16 {
+        let nodes = redis_cli(self.nodes[0].port, &["cluster", "nodes"]);
+        let port = |addr: &str| -> u16 { addr.split('@').next().unwrap().rsplit(':').next().unwrap().parse().unwrap() };
+        let lines: Vec<Vec<&str>> =
+            nodes.lines().map(|l| l.split_whitespace().collect::<Vec<_>>()).filter(|f| f.len() >= 8).collect();
+        let id = lines.iter().find(|f| port(f[1]) == primary).map(|f| f[0]).expect("the primary in CLUSTER NODES");
+        lines.iter().find(|f| f[2].contains("slave") && f[3] == id).map(|f| port(f[1])).expect("its replica")
+    }
+
     fn kill(&mut self, port: u16) {
         let node = self.nodes.iter_mut().find(|n| n.port == port).unwrap();
         let _ = node.child.kill();
@@ -164,7 +174,7 @@ async fn bff_runs_on_a_redis_cluster_and_rides_out_a_primary_failover() {
     .await;
     let second = spawn_second_instance(&app).await;
     // No per-node tracking here: every call reads its token set, and the metrics say so.
-    assert_eq!(helpers::metric(&app.address, "bff_token_cache_mode{mode=\"per_call_read\"}").await, 1.0);
+    assert_eq!(metric(&app.address, "bff_token_cache_mode{mode=\"per_call_read\"}").await, 1.0);
     let browser = app.browser();
     browser.login_as("alice").await;
     assert_eq!(browser.user().await.status(), 200);
@@ -201,7 +211,7 @@ async fn bff_runs_on_a_redis_cluster_and_rides_out_a_primary_failover() {
     };
     let victim = cluster.primary_for(&any_key);
     // Every write so far has reached the replica before the primary dies.
-    assert!(redis_cli(victim, &["wait", "1", "2000"]).trim() == "1", "the replica acknowledged");
+    until_replicated(victim, cluster.replica_of(victim));
     cluster.kill(victim);
     let killed_at = Instant::now();
 
@@ -266,15 +276,20 @@ fn redis_process(args: &[&str]) -> Child {
 
 impl SentinelSetup {
     fn start() -> SentinelSetup {
-        let dir = std::env::temp_dir().join(format!("bff-sentinel-{}", random_id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir("sentinel");
         let (primary, replica, sentinel) = (dead_port(), dead_port(), dead_port());
-        let common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--repl-diskless-sync-delay", "0"];
-        let mut children = vec![redis_process(&[&["--port", &primary.to_string()][..], &common[..]].concat())];
-        children.push(redis_process(
-            &[&["--port", &replica.to_string(), "--replicaof", "127.0.0.1", &primary.to_string()][..], &common[..]]
-                .concat(),
-        ));
+        // Each server in a directory of its own: nothing it writes (the RDB a replica receives
+        // when it does not load it diskless) lands in the working directory, the repository.
+        let server = |port: u16, extra: &[&str]| {
+            let own = dir.join(port.to_string());
+            std::fs::create_dir_all(&own).unwrap();
+            let own = own.to_str().unwrap().to_string();
+            let port = port.to_string();
+            let args = ["--port", &port, "--dir", &own, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
+            redis_process(&[&args[..], &["--repl-diskless-sync-delay", "0"], extra].concat())
+        };
+        let mut children = vec![server(primary, &[])];
+        children.push(server(replica, &["--replicaof", "127.0.0.1", &primary.to_string()]));
         let conf = dir.join("sentinel.conf");
         std::fs::write(
             &conf,
@@ -286,16 +301,14 @@ impl SentinelSetup {
         .unwrap();
         children.push(redis_process(&[conf.to_str().unwrap(), "--sentinel"]));
         let setup = SentinelSetup { children, primary, replica, sentinel, dir };
-        let deadline = Instant::now() + Duration::from_secs(20);
         // The sentinel learns of the replica from the primary's INFO (every ten seconds): until it
         // has, it could not fail over.
-        while !redis_cli(replica, &["info", "replication"]).contains("master_link_status:up")
-            || !redis_cli(sentinel, &["sentinel", "get-master-addr-by-name", "bffdata"]).contains(&primary.to_string())
-            || !redis_cli(sentinel, &["sentinel", "replicas", "bffdata"]).contains(&replica.to_string())
-        {
-            assert!(Instant::now() < deadline, "sentinel set-up not ready");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        blocking_eventually("the sentinel set-up is ready", Duration::from_secs(20), || {
+            redis_cli(replica, &["info", "replication"]).contains("master_link_status:up")
+                && redis_cli(sentinel, &["sentinel", "get-master-addr-by-name", "bffdata"])
+                    .contains(&primary.to_string())
+                && redis_cli(sentinel, &["sentinel", "replicas", "bffdata"]).contains(&replica.to_string())
+        });
         setup
     }
 }
@@ -316,13 +329,8 @@ async fn bff_finds_its_redis_through_sentinel_and_follows_a_failover() {
     let browser = app.browser();
     browser.login_as("alice").await;
     assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200);
-    // Every write so far has reached the replica before the primary dies (a `WAIT` from another
-    // connection would not tell: it waits only for that connection's own writes).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while redis_cli(setup.replica, &["dbsize"]) != redis_cli(setup.primary, &["dbsize"]) {
-        assert!(Instant::now() < deadline, "the replica has the session's keys");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Every write so far has reached the replica before the primary dies.
+    until_replicated(setup.primary, setup.replica);
 
     let primary = setup.primary;
     let _ = setup.children[0].kill();
@@ -355,15 +363,15 @@ async fn bff_finds_its_redis_through_sentinel_and_follows_a_failover() {
     for base in [app.address.clone(), second.clone()] {
         eventually("the invalidation channel is up on the new primary", Duration::from_secs(15), || {
             let base = base.clone();
-            async move { helpers::metric(&base, "bff_token_cache_channel_up").await == 1.0 }
+            async move { metric(&base, "bff_token_cache_channel_up").await == 1.0 }
         })
         .await;
     }
     let on_second = browser.at(&second);
-    let hits = helpers::metric(&second, "bff_token_cache_hits_total").await;
+    let hits = metric(&second, "bff_token_cache_hits_total").await;
     assert_eq!(on_second.api(Method::GET, "/api/echo").await.status(), 200);
     assert_eq!(on_second.api(Method::GET, "/api/echo").await.status(), 200);
-    assert!(helpers::metric(&second, "bff_token_cache_hits_total").await > hits, "cached on the second instance");
+    assert!(metric(&second, "bff_token_cache_hits_total").await > hits, "cached on the second instance");
     assert_eq!(browser.logout().await.status(), 303);
     let (url, seen) = (on_second.url("/api/echo"), app.upstream.seen.clone());
     eventually("the second instance refuses without calling the upstream", Duration::from_secs(5), || {

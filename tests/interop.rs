@@ -7,28 +7,22 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::Path;
+use std::panic::AssertUnwindSafe;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use reqwest::Method;
 use serde_json::{Value, json};
+use support::{dead_port as free_port, report, repository as root};
 
 const ACCESS_TOKEN_TTL: u64 = 5;
 const STORM_CALLERS: usize = 32;
 const STORM_SECONDS: u64 = 20;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A child process, killed when dropped.
 struct Process {
@@ -288,16 +282,6 @@ async fn start_bff(config: &str) -> Bff {
     Bff { _process: Process { child }, url }
 }
 
-/// A line of the suite's summary: printed, and kept in target/test-summary.txt for `.ci/run`
-/// to show (the test harness hides a passing test's output).
-fn report(line: &str) {
-    println!("{line}");
-    let path = root().join("target/test-summary.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-        let _ = std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes());
-    }
-}
-
 fn check(what: &str, detail: impl std::fmt::Display) {
     report(&format!("  ✔ {what}: {detail}"));
 }
@@ -313,80 +297,137 @@ async fn login(stack: &Stack, entry: &str, browser: &Browser, user: &str) {
     assert!(browser.cookie(entry, "bff").is_some());
 }
 
+/// What the scenarios share: the provider and the API (Node processes), three bff instances, and
+/// alice's browser, whose session scenarios 1 to 6 follow from login to logout.
+struct Interop {
+    stack: Stack,
+    /// A1 and A2 stand behind one public URL (A1's), as behind a load balancer, as client
+    /// `bff-basic` (client_secret_basic).
+    a1: Bff,
+    a2: Bff,
+    /// B is client `bff-post` (client_secret_post), at a public URL of its own.
+    b: Bff,
+    public_a: String,
+    alice: Browser,
+}
+
+impl Interop {
+    async fn start() -> Interop {
+        let node_modules = root().join("tests/interop/node_modules/oidc-provider");
+        assert!(node_modules.is_dir(), "run `npm ci --prefix tests/interop` (or .ci/run)");
+
+        let (a1_port, a2_port, b_port) = (free_port(), free_port(), free_port());
+        let public_a = format!("http://127.0.0.1:{a1_port}");
+        let public_b = format!("http://127.0.0.1:{b_port}");
+        let client = |id: &str, auth_method: &str, public: &str| {
+            json!({
+                "client_id": id, "client_secret": format!("{id}-secret"),
+                "token_endpoint_auth_method": auth_method,
+                "redirect_uris": [format!("{public}/auth/callback")],
+                "post_logout_redirect_uris": [format!("{public}/")],
+                "backchannel_logout_uri": format!("{public}/auth/backchannel-logout"),
+                "backchannel_logout_session_required": true,
+                "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
+            })
+        };
+        let clients = json!([
+            client("bff-basic", "client_secret_basic", &public_a),
+            client("bff-post", "client_secret_post", &public_b),
+        ]);
+        let mut provider = Command::new("node");
+        provider
+            .arg(root().join("tests/interop/provider.mjs"))
+            .env("PROVIDER_PORT", "0")
+            .env("STATS_PORT", "0")
+            .env("ACCESS_TOKEN_TTL", ACCESS_TOKEN_TTL.to_string())
+            .env("CLIENTS", clients.to_string());
+        let (provider, ready) = start(provider, "READY");
+        let issuer = field(&ready, "issuer");
+        let stats = field(&ready, "stats");
+        let mut api = Command::new("node");
+        api.arg(root().join("tests/interop/api.mjs")).env("API_PORT", "0").env("ISSUER", &issuer);
+        let (api, ready) = start(api, "READY");
+        let api_url = field(&ready, "url");
+        let stack = Stack {
+            _provider: provider,
+            _api: api,
+            issuer: issuer.clone(),
+            stats,
+            api: api_url.clone(),
+            http: reqwest::Client::new(),
+        };
+        report(&format!("interop: oidc-provider 9.13.3 at {issuer}, introspecting API at {api_url}"));
+
+        let prefix = format!("bfftest:interop:{}:", free_port());
+        let basic = |port| bff_config(&public_a, port, &issuer, "bff-basic", "client_secret_basic", &api_url, &prefix);
+        let a1 = start_bff(&basic(a1_port)).await;
+        let a2 = start_bff(&basic(a2_port)).await;
+        let b = start_bff(&bff_config(&public_b, b_port, &issuer, "bff-post", "client_secret_post", &api_url, &prefix))
+            .await;
+        Interop { stack, a1, a2, b, public_a, alice: Browser::new() }
+    }
+}
+
+/// Runs one scenario; a failure names it (the assertion's own message is printed above it).
+async fn scenario(name: &str, run: impl Future<Output = ()>) {
+    if let Err(panic) = AssertUnwindSafe(run).catch_unwind().await {
+        let why = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        panic!("interop scenario `{name}` failed: {why}");
+    }
+}
+
+/// The scenarios share the provider, the instances and alice's session, so they run in this
+/// order, each under its own name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bff_interoperates_with_a_certified_provider() {
-    let node_modules = root().join("tests/interop/node_modules/oidc-provider");
-    assert!(node_modules.is_dir(), "run `npm ci --prefix tests/interop` (or .ci/run)");
+    let it = Interop::start().await;
+    macro_rules! run {
+        ($($name:ident),* $(,)?) => { $( scenario(stringify!($name), $name(&it)).await; )* };
+    }
+    run!(
+        login_through_the_providers_own_login_and_consent_pages,
+        api_calls_go_through_the_proxy_and_pass_introspection,
+        tokens_are_refreshed_ahead_of_three_expiries_on_alternating_instances,
+        an_api_401_makes_one_refresh_and_one_retry,
+        a_storm_on_two_instances_never_presents_a_refresh_token_twice,
+        logout_revokes_the_refresh_token_and_ends_the_provider_session,
+        client_secret_post_logs_in_refreshes_and_logs_out_on_its_own_instance,
+        backchannel_logout_ends_the_session_on_both_instances,
+    );
+    report("interop: all checks passed");
+}
 
-    let (a1_port, a2_port, b_port) = (free_port(), free_port(), free_port());
-    // Instances A1 and A2 stand behind one public URL (A1's), as behind a load balancer.
-    let public_a = format!("http://127.0.0.1:{a1_port}");
-    let public_b = format!("http://127.0.0.1:{b_port}");
-    let client = |id: &str, auth_method: &str, public: &str| {
-        json!({
-            "client_id": id, "client_secret": format!("{id}-secret"),
-            "token_endpoint_auth_method": auth_method,
-            "redirect_uris": [format!("{public}/auth/callback")],
-            "post_logout_redirect_uris": [format!("{public}/")],
-            "backchannel_logout_uri": format!("{public}/auth/backchannel-logout"),
-            "backchannel_logout_session_required": true,
-            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
-        })
-    };
-    let clients = json!([
-        client("bff-basic", "client_secret_basic", &public_a),
-        client("bff-post", "client_secret_post", &public_b),
-    ]);
-    let mut provider = Command::new("node");
-    provider
-        .arg(root().join("tests/interop/provider.mjs"))
-        .env("PROVIDER_PORT", "0")
-        .env("STATS_PORT", "0")
-        .env("ACCESS_TOKEN_TTL", ACCESS_TOKEN_TTL.to_string())
-        .env("CLIENTS", clients.to_string());
-    let (provider, ready) = start(provider, "READY");
-    let issuer = field(&ready, "issuer");
-    let stats = field(&ready, "stats");
-    let mut api = Command::new("node");
-    api.arg(root().join("tests/interop/api.mjs")).env("API_PORT", "0").env("ISSUER", &issuer);
-    let (api, ready) = start(api, "READY");
-    let api_url = field(&ready, "url");
-    let stack = Stack {
-        _provider: provider,
-        _api: api,
-        issuer: issuer.clone(),
-        stats,
-        api: api_url.clone(),
-        http: reqwest::Client::new(),
-    };
-    report(&format!("interop: oidc-provider 9.13.3 at {issuer}, introspecting API at {api_url}"));
-
-    let prefix = format!("bfftest:interop:{}:", free_port());
-    let a1 = start_bff(&bff_config(&public_a, a1_port, &issuer, "bff-basic", "client_secret_basic", &api_url, &prefix))
-        .await;
-    let a2 = start_bff(&bff_config(&public_a, a2_port, &issuer, "bff-basic", "client_secret_basic", &api_url, &prefix))
-        .await;
-    let b =
-        start_bff(&bff_config(&public_b, b_port, &issuer, "bff-post", "client_secret_post", &api_url, &prefix)).await;
-
-    // 1. Login through the provider's own login and consent pages (client_secret_basic).
-    let alice = Browser::new();
-    login(&stack, &a1.url, &alice, "alice").await;
+/// 1. Login through the provider's own login and consent pages (client_secret_basic).
+async fn login_through_the_providers_own_login_and_consent_pages(it: &Interop) {
+    let Interop { stack, a1, alice, .. } = it;
+    login(stack, &a1.url, alice, "alice").await;
     let user: Value = alice.api(Method::GET, &format!("{}/auth/user", a1.url)).await.json().await.unwrap();
     assert_eq!(user["sub"], "alice");
     assert!(user["claims"]["sid"].is_string(), "the ID token carries sid");
     check("login via oidc-provider's login + consent forms, client_secret_basic", format!("sub={}", user["sub"]));
+}
 
-    // 2. API calls through the proxy, checked by introspection.
+/// 2. API calls through the proxy, checked by introspection.
+async fn api_calls_go_through_the_proxy_and_pass_introspection(it: &Interop) {
+    let Interop { a1, alice, .. } = it;
     let res = alice.api(Method::GET, &format!("{}/api/things?x=1", a1.url)).await;
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
     assert_eq!((body["sub"].as_str(), body["path"].as_str()), (Some("alice"), Some("/things?x=1")));
     check("API call through the proxy", "introspection says active");
+}
 
-    // 3. Proactive refreshes over several expiries, with rotation and reuse detection on.
+/// 3. Proactive refreshes over several expiries, with rotation and reuse detection on.
+async fn tokens_are_refreshed_ahead_of_three_expiries_on_alternating_instances(it: &Interop) {
+    let Interop { stack, a1, a2, alice, .. } = it;
     let grants_before = stack.stat("refresh_token_grants").await;
     for round in 1..=3 {
+        // A whole token lifetime: bff finds the token due (refreshed 2 s ahead) wherever in a
+        // second it was issued.
         tokio::time::sleep(Duration::from_secs(ACCESS_TOKEN_TTL)).await;
         let res = alice
             .api(Method::GET, &format!("{}/api/round/{round}", if round % 2 == 0 { &a2.url } else { &a1.url }))
@@ -397,16 +438,22 @@ async fn bff_interoperates_with_a_certified_provider() {
     assert!(proactive >= 3, "a refresh per expiry, got {proactive}");
     assert_eq!(stack.stat("reuse_detected").await, 0);
     check("proactive refresh across 3 expiries (alternating instances)", format!("{proactive} refreshes, 0 reuse"));
+}
 
-    // 4. Refresh-and-retry when the API answers 401 to a token bff still thought good.
+/// 4. Refresh-and-retry when the API answers 401 to a token bff still thought good.
+async fn an_api_401_makes_one_refresh_and_one_retry(it: &Interop) {
+    let Interop { stack, a1, alice, .. } = it;
     let before = stack.stat("refresh_token_grants").await;
     stack.reject_next_api_calls(1).await;
     let res = alice.api(Method::GET, &format!("{}/api/after-401", a1.url)).await;
     assert_eq!(res.status(), 200);
     assert_eq!(stack.stat("refresh_token_grants").await - before, 1);
     check("upstream 401 → one refresh (rotated) → one retry", "200");
+}
 
-    // 5. The storm: 32 callers for 20 s, 5 s tokens, two instances sharing Redis.
+/// 5. The storm: 32 callers for 20 s, 5 s tokens, two instances sharing Redis.
+async fn a_storm_on_two_instances_never_presents_a_refresh_token_twice(it: &Interop) {
+    let Interop { stack, a1, a2, alice, .. } = it;
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let failures: Arc<Mutex<BTreeMap<u16, u64>>> = Arc::default();
@@ -451,8 +498,12 @@ async fn bff_interoperates_with_a_certified_provider() {
         "storm, two instances, rotation + reuse detection",
         format!("{calls_ok} calls, 0 failures, {storm_refreshes} refreshes, 0 reuse"),
     );
+}
 
-    // 6. Logout: refresh token revoked at the provider, end-session redirect with id_token_hint.
+/// 6. Logout: refresh token revoked at the provider, end-session redirect with id_token_hint.
+async fn logout_revokes_the_refresh_token_and_ends_the_provider_session(it: &Interop) {
+    let Interop { stack, a1, a2, public_a, alice, .. } = it;
+    let issuer = &stack.issuer;
     let out = alice.api(Method::POST, &format!("{}/auth/logout", a1.url)).await;
     assert_eq!(out.status(), 303);
     let end_session = location(&out, &a1.url);
@@ -476,24 +527,33 @@ async fn bff_interoperates_with_a_certified_provider() {
             Some(&[("xsrf".into(), xsrf), ("logout".into(), "yes".into())]),
         )
         .await;
-    assert!(location(&confirm, &issuer).starts_with(&format!("{public_a}/")));
+    assert!(location(&confirm, issuer).starts_with(&format!("{public_a}/")));
     check("logout: refresh token revoked (introspection/provider says inactive), end-session with id_token_hint", "ok");
+}
 
-    // 7. client_secret_post, on its own instance: login, API, a refresh, logout.
+/// 7. client_secret_post, on its own instance: login, API, a refresh, logout.
+async fn client_secret_post_logs_in_refreshes_and_logs_out_on_its_own_instance(it: &Interop) {
+    let Interop { stack, b, .. } = it;
     let bob = Browser::new();
-    login(&stack, &b.url, &bob, "bob").await;
+    login(stack, &b.url, &bob, "bob").await;
     assert_eq!(bob.api(Method::GET, &format!("{}/api/b", b.url)).await.status(), 200);
     let before = stack.stat("refresh_token_grants").await;
+    // A whole token lifetime: bff finds the token due (refreshed 2 s ahead) wherever in a second
+    // it was issued.
     tokio::time::sleep(Duration::from_secs(ACCESS_TOKEN_TTL)).await;
     assert_eq!(bob.api(Method::GET, &format!("{}/api/b2", b.url)).await.status(), 200);
     assert!(stack.stat("refresh_token_grants").await > before);
     assert_eq!(bob.api(Method::POST, &format!("{}/auth/logout", b.url)).await.status(), 303);
     assert!(stack.refresh_tokens().await.iter().all(|t| t["active"] == false));
     check("client_secret_post: login, API, refresh, logout + revocation", "ok");
+}
 
-    // 8. Back-channel logout: the session ends at the provider, bff's session dies everywhere.
+/// 8. Back-channel logout: the session ends at the provider, bff's session dies everywhere.
+async fn backchannel_logout_ends_the_session_on_both_instances(it: &Interop) {
+    let Interop { stack, a1, a2, .. } = it;
+    let issuer = &stack.issuer;
     let carol = Browser::new();
-    login(&stack, &a1.url, &carol, "carol").await;
+    login(stack, &a1.url, &carol, "carol").await;
     assert_eq!(carol.api(Method::GET, &format!("{}/api/c", a2.url)).await.status(), 200);
     let backchannel_before = stack.stat("backchannel_ok").await;
     let page = carol.get(&format!("{issuer}/session/end")).await;
@@ -511,6 +571,4 @@ async fn bff_interoperates_with_a_certified_provider() {
     assert_eq!(carol.api(Method::GET, &format!("{}/auth/user", a1.url)).await.status(), 401);
     assert_eq!(carol.api(Method::GET, &format!("{}/api/c", a2.url)).await.status(), 401);
     check("back-channel logout from oidc-provider ends the session on both instances", "ok");
-
-    report("interop: all checks passed");
 }

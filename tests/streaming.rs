@@ -3,12 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "api/helpers.rs"]
-#[allow(dead_code)]
-mod helpers;
-#[path = "api/upstream.rs"]
-#[allow(dead_code)]
-mod upstream;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::Method;
@@ -34,7 +29,14 @@ fn pattern_chunk(i: u64) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_mebibytes_stream_up_and_down_without_buffering() {
-    let app = helpers::spawn_app().await;
+    // The upstream answers once it has the whole upload, and an unoptimised build takes about
+    // two seconds to move and hash 64 MiB: the test app's 2 s upstream timeout would cut it off
+    // with a 504. What is measured here is memory, not speed.
+    let app = support::spawn_app_with(support::AppOptions {
+        tweak: std::sync::Arc::new(|c: &mut bff::config::Config| c.api[0].timeout = Duration::from_secs(60)),
+        ..Default::default()
+    })
+    .await;
     let browser = app.browser();
     browser.login_as("alice").await;
     assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200);

@@ -6,7 +6,7 @@ use bff::session::now_unix;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{CLIENT_ID, TestApp, spawn_app, spawn_second_instance};
+use support::{CLIENT_ID, TestApp, spawn_app, spawn_second_instance};
 
 const EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 
@@ -135,7 +135,7 @@ async fn forged_and_malformed_logout_tokens_are_refused_and_change_nothing() {
             jsonwebtoken::encode(
                 &jsonwebtoken::Header::default(),
                 &claims(&app, &sid),
-                &jsonwebtoken::EncodingKey::from_secret(crate::helpers::CLIENT_SECRET.as_bytes()),
+                &jsonwebtoken::EncodingKey::from_secret(support::CLIENT_SECRET.as_bytes()),
             )
             .expect("hs256"),
         ),

@@ -11,9 +11,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{
-    AppOptions, Browser, RedisProcess, TestApp, eventually, metric, spawn_app_with, spawn_instance_with,
-};
+use support::{AppOptions, Browser, RedisProcess, TestApp, eventually, metric, spawn_app_with, spawn_instance_with};
 
 const DEADLINE: Duration = Duration::from_secs(5);
 const STORE_OPS: &str = "bff_session_store_duration_seconds_count";
@@ -242,13 +240,10 @@ async fn after_a_redis_restart_lost_sessions_are_refused_and_new_logins_work() {
     let AliceOnTwo { app, second, alice, alice_on_second, cookie } = alice_cached_on_two(Some(redis.url())).await;
 
     // The same port, a new data directory: everything is gone.
-    let port = redis.url().rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap();
+    let port = redis.port();
     redis.kill();
-    let dir = std::env::temp_dir().join(format!("bff-redis-{}", crate::helpers::random_id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let restarted = RedisProcess::start(port, &dir);
-    let url = restarted.url();
-    eventually("redis restarts", Duration::from_secs(10), || crate::helpers::redis_answers(&url)).await;
+    let restarted = RedisProcess::start(port, &support::temp_dir("redis"));
+    restarted.answering().await;
 
     refused_eventually("the first instance refuses the lost session", &app, &alice, &cookie).await;
     refused_eventually("the second instance refuses the lost session", &app, &alice_on_second, &cookie).await;

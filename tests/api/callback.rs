@@ -1,6 +1,6 @@
 use bff::demo::idp::{IdTokenFault, TokenFault};
 
-use crate::helpers::{location, query_param, spawn_app};
+use support::{location, query_param, spawn_app};
 
 async fn body(res: reqwest::Response) -> String {
     res.text().await.unwrap_or_default()
@@ -76,7 +76,7 @@ async fn a_provider_error_is_shown_as_a_friendly_page() {
     assert!(html.contains("href=\"/auth/login\""), "a try-again link");
 }
 
-async fn login_with_id_token_fault(fault: IdTokenFault) -> (reqwest::Response, crate::helpers::TestApp) {
+async fn login_with_id_token_fault(fault: IdTokenFault) -> (reqwest::Response, support::TestApp) {
     let app = spawn_app().await;
     app.idp.controls.set_id_token_fault(fault);
     let browser = app.browser();

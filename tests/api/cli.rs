@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::helpers::{Browser, IdpOptions, eventually, listener, random_id, spawn_idp, test_secret};
+use support::{Browser, IdpOptions, eventually, listener, random_id, spawn_idp, test_secret};
 
 fn bff() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bff"));
@@ -102,6 +102,7 @@ struct Served {
     logs: Arc<Mutex<String>>,
     browser: Browser,
     idp: bff::demo::idp::RunningIdp,
+    upstream: support::upstream::Upstream,
     prefix: String,
 }
 
@@ -125,10 +126,10 @@ impl Served {
             backchannel_logout_uri: None,
         })
         .await;
-        let upstream = crate::upstream::spawn(Some(Arc::clone(&idp.provider))).await;
+        let upstream = support::upstream::spawn(Some(Arc::clone(&idp.provider))).await;
         let prefix = format!("bfftest:{}:", random_id());
-        let options = crate::helpers::AppOptions { refresh_skew_secs: 1, ..Default::default() };
-        let text = crate::helpers::config_toml(&public_url, &idp.issuer, &upstream.url, &prefix, &options)
+        let options = support::AppOptions { refresh_skew_secs: 1, ..Default::default() };
+        let text = support::config_toml(&public_url, &idp.issuer, &upstream.url, &prefix, &options)
             .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""))
             + extra;
         let text = edits.iter().fold(text, |t, (from, to)| t.replace(from, to));
@@ -163,7 +164,7 @@ impl Served {
             async move { b.http.get(b.url("/readyz")).send().await.map(|r| r.status() == 200).unwrap_or(false) }
         })
         .await;
-        Served { child, logs, browser, idp, prefix }
+        Served { child, logs, browser, idp, upstream, prefix }
     }
 
     fn logs(&self) -> String {
@@ -196,8 +197,8 @@ async fn no_secret_reaches_the_logs_in_a_full_run() {
     let browser = served.browser.clone();
 
     let start = browser.start_login(None).await;
-    let callback = browser.sign_in_at_provider(&crate::helpers::location(&start), "alice").await;
-    let code = crate::helpers::query_param(&callback, "code").expect("code");
+    let callback = browser.sign_in_at_provider(&support::location(&start), "alice").await;
+    let code = support::query_param(&callback, "code").expect("code");
     assert_eq!(browser.get(&callback).await.status(), 302);
     let cookie = browser.cookie("bff").expect("session cookie");
     assert_eq!(browser.api(reqwest::Method::GET, "/api/echo").await.status(), 200);
@@ -217,7 +218,7 @@ async fn no_secret_reaches_the_logs_in_a_full_run() {
         served.idp.provider.issued_tokens().into_iter().map(|t| ("token".into(), t)).collect();
     secrets.push(("code".into(), code));
     secrets.push(("cookie".into(), cookie));
-    secrets.push(("client secret".into(), crate::helpers::CLIENT_SECRET.into()));
+    secrets.push(("client secret".into(), support::CLIENT_SECRET.into()));
     secrets.push(("session secret".into(), test_secret()));
     for (what, secret) in secrets {
         assert!(!logs.contains(&secret), "a {what} appears in the logs");
@@ -233,7 +234,8 @@ async fn sigterm_lets_calls_in_flight_finish_then_exits_zero() {
         let b = browser.clone();
         tokio::spawn(async move { b.api(reqwest::Method::GET, "/api/slow?ms=1500").await.status() })
     };
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // In flight once the upstream has it (it answers 1.5 s later).
+    served.upstream.until_received("/slow").await;
 
     served.terminate();
 
@@ -259,7 +261,7 @@ async fn refresh_locks_still_held_when_the_grace_period_ends_are_released() {
         // Cut off by the shutdown: its outcome does not matter here.
         tokio::spawn(async move { request.send().await.map(|r| r.status()) })
     };
-    let client = redis::Client::open(crate::helpers::REDIS_URL).expect("redis");
+    let client = redis::Client::open(support::REDIS_URL).expect("redis");
     let mut redis = client.get_multiplexed_async_connection().await.expect("redis");
     let pattern = format!("{}*:lock", served.prefix);
     let mut locks: Vec<String> = Vec::new();

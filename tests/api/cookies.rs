@@ -1,6 +1,6 @@
 use actix_web::cookie::{Cookie, SameSite};
 
-use crate::helpers::{AppOptions, Browser, spawn_app, spawn_app_with};
+use support::{AppOptions, Browser, spawn_app, spawn_app_with};
 
 fn session_set_cookie(res: &reqwest::Response, name: &str) -> Cookie<'static> {
     res.headers()
@@ -43,7 +43,7 @@ async fn strict_same_site_is_honoured_but_the_login_cookie_stays_lax() {
     let start = browser.start_login(None).await;
     // The callback is a cross-site navigation from the provider: Strict would lose the binding.
     assert_eq!(session_set_cookie(&start, "bff-login").same_site(), Some(SameSite::Lax));
-    let callback = browser.sign_in_at_provider(&crate::helpers::location(&start), "alice").await;
+    let callback = browser.sign_in_at_provider(&support::location(&start), "alice").await;
     let res = browser.get(&callback).await;
     assert_eq!(session_set_cookie(&res, "bff").same_site(), Some(SameSite::Strict));
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 
-use crate::helpers::{Browser, location};
+use support::{Browser, location};
 
 struct Demo {
     child: Child,

@@ -1,6 +1,6 @@
 use std::collections::HashSet;
 
-use crate::helpers::{Browser, location, query_param, spawn_app};
+use support::{Browser, location, query_param, spawn_app};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_redirects_to_the_provider_with_pkce_state_and_nonce() {
@@ -107,7 +107,7 @@ async fn two_tabs_can_log_in_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_client_authentication_works_too() {
-    let app = crate::helpers::spawn_app_with(crate::helpers::AppOptions {
+    let app = support::spawn_app_with(support::AppOptions {
         auth_method: bff::config::AuthMethod::ClientSecretPost,
         ..Default::default()
     })
@@ -120,7 +120,7 @@ async fn post_client_authentication_works_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_authenticating_with_an_unregistered_method_gets_an_error_page() {
     // The provider registered the client for client_secret_post; bff is set to basic.
-    let app = crate::helpers::spawn_app_with(crate::helpers::AppOptions {
+    let app = support::spawn_app_with(support::AppOptions {
         idp_auth_method: Some(bff::config::AuthMethod::ClientSecretPost),
         ..Default::default()
     })
@@ -136,8 +136,7 @@ async fn a_client_authenticating_with_an_unregistered_method_gets_an_error_page(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_in_memory_store_serves_a_whole_session() {
-    let app =
-        crate::helpers::spawn_app_with(crate::helpers::AppOptions { redis_url: None, ..Default::default() }).await;
+    let app = support::spawn_app_with(support::AppOptions { redis_url: None, ..Default::default() }).await;
     let browser = app.browser();
     assert_eq!(browser.login_as("gina").await.status(), 302);
     assert_eq!(browser.user().await.status(), 200);
@@ -150,18 +149,18 @@ async fn the_in_memory_store_serves_a_whole_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bff_starts_before_its_provider_and_becomes_ready_when_it_appears() {
     // The provider's port is reserved but nobody answers yet.
-    let idp_listener = crate::helpers::listener();
+    let idp_listener = support::listener();
     let idp_port = idp_listener.local_addr().expect("addr").port();
     drop(idp_listener);
-    let app_listener = crate::helpers::listener();
+    let app_listener = support::listener();
     let port = app_listener.local_addr().expect("addr").port();
     let public_url = format!("http://127.0.0.1:{port}");
-    let options = crate::helpers::AppOptions::default();
-    let toml = crate::helpers::config_toml(
+    let options = support::AppOptions::default();
+    let toml = support::config_toml(
         &public_url,
         &format!("http://127.0.0.1:{idp_port}"),
         "http://127.0.0.1:9",
-        &format!("bfftest:{}:", crate::helpers::random_id()),
+        &format!("bfftest:{}:", support::random_id()),
         &options,
     );
     let config = bff::config::Config::from_toml(&toml).expect("config");
@@ -174,8 +173,8 @@ async fn bff_starts_before_its_provider_and_becomes_ready_when_it_appears() {
 
     let config = bff::demo::idp::IdpConfig {
         clients: vec![bff::demo::idp::Client {
-            client_id: crate::helpers::CLIENT_ID.into(),
-            client_secret: crate::helpers::CLIENT_SECRET.into(),
+            client_id: support::CLIENT_ID.into(),
+            client_secret: support::CLIENT_SECRET.into(),
             auth_method: bff::config::AuthMethod::ClientSecretBasic,
             redirect_uris: vec![format!("{public_url}/auth/callback")],
             post_logout_redirect_uris: vec![],
@@ -190,7 +189,7 @@ async fn bff_starts_before_its_provider_and_becomes_ready_when_it_appears() {
     tokio::spawn(server);
 
     let b = browser.clone();
-    crate::helpers::eventually("ready once the provider answers", std::time::Duration::from_secs(15), || {
+    support::eventually("ready once the provider answers", std::time::Duration::from_secs(15), || {
         let b = b.clone();
         async move { b.get("/readyz").await.status() == 200 }
     })

@@ -1,4 +1,4 @@
-use crate::helpers::{location, query_param, spawn_app};
+use support::{location, query_param, spawn_app};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logout_revokes_deletes_everything_and_redirects_to_end_session() {

@@ -1,4 +1,5 @@
-//! Integration tests: real HTTP to bff on port 0, real Redis, the demo provider on port 0.
+//! Integration tests: real HTTP to bff on port 0, real Redis, the demo provider on port 0. The
+//! harness that sets them up is the `support` crate (tests/support).
 
 // A test that cannot set up its fixture should stop right there, loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -10,7 +11,6 @@ mod cli;
 mod compose;
 mod cookies;
 mod demo;
-mod helpers;
 mod login;
 mod logout;
 mod operations;
@@ -21,5 +21,4 @@ mod rotation;
 mod store_conformance;
 mod store_down;
 mod timeouts;
-mod upstream;
 mod user;

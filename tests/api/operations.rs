@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 
-use crate::helpers::{AppOptions, spawn_app, spawn_app_with};
+use support::{AppOptions, SHORT_SKEW_SECS, spawn_app, spawn_app_with, token_expiry, until_refresh_due};
 
 fn metric(text: &str, series: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok())).unwrap_or(0.0)
@@ -12,11 +12,14 @@ fn metric(text: &str, series: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_what_happens_with_bounded_labels_only() {
-    let app = spawn_app_with(AppOptions { access_token_ttl: Duration::from_secs(2), ..Default::default() }).await;
+    let app = spawn_app_with(AppOptions::short_lived_tokens()).await;
     let browser = app.browser();
     browser.login_as("alice").await;
-    assert_eq!(browser.api(Method::GET, "/api/echo/private/path/42").await.status(), 200);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let first = browser.api(Method::GET, "/api/echo/private/path/42").await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(app.token_requests("refresh_token"), 0, "the first call uses the login's token");
+    // One refresh: the next call finds the token due, and the new one lives a minute.
+    until_refresh_due(token_expiry(&first), SHORT_SKEW_SECS).await;
     app.idp.controls.set_access_token_ttl(Duration::from_secs(60));
     assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200);
     assert_eq!(browser.logout().await.status(), 303);
@@ -43,7 +46,7 @@ async fn metrics_count_what_happens_with_bounded_labels_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_can_live_on_their_own_listener() {
-    let port = crate::helpers::dead_port();
+    let port = support::dead_port();
     let app = spawn_app_with(AppOptions {
         tweak: std::sync::Arc::new(move |c: &mut bff::config::Config| {
             c.server.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
@@ -108,7 +111,8 @@ async fn concurrent_upstream_calls_are_capped() {
         let b = browser.clone();
         tokio::spawn(async move { b.api(Method::GET, "/api/slow?ms=1500").await.status() })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the upstream has it, the slow call holds the only permit for 1.5 s.
+    app.upstream.until_received("/slow").await;
 
     let refused = browser.api(Method::GET, "/api/echo").await;
 

@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::helpers::{AppOptions, raw_status, spawn_app, spawn_app_with};
+use support::{AppOptions, raw_status, spawn_app, spawn_app_with};
 
 async fn json(res: reqwest::Response) -> Value {
     res.json().await.expect("json body")
@@ -165,7 +165,7 @@ async fn an_unreachable_upstream_is_502_and_a_slow_one_504() {
     let app = spawn_app_with(AppOptions {
         extra_toml: format!(
             "[[api]]\nprefix = \"/down\"\nupstream = \"http://127.0.0.1:{}\"\ntimeout_secs = 1\n",
-            crate::helpers::dead_port()
+            support::dead_port()
         ),
         ..Default::default()
     })
@@ -184,10 +184,10 @@ async fn an_unreachable_upstream_is_502_and_a_slow_one_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_longest_prefix_wins_and_base_paths_are_kept() {
     let app = spawn_app().await;
-    let second = crate::upstream::spawn(None).await;
+    let second = support::upstream::spawn(None).await;
     let v2_upstream = url::Url::parse(&format!("{}/base/v2", second.url)).expect("url");
     // An instance with an extra, longer route; it shares the first one's sessions.
-    let instance = crate::helpers::spawn_instance_with(&app, |c| {
+    let instance = support::spawn_instance_with(&app, |c| {
         let v2 = bff::config::ApiConfig { prefix: "/api/v2".into(), upstream: v2_upstream, ..c.api[0].clone() };
         c.api.push(v2);
     })

@@ -7,7 +7,9 @@ use std::time::Duration;
 use bff::demo::idp::TokenFault;
 use reqwest::Method;
 
-use crate::helpers::{AppOptions, TestApp, spawn_app_with, spawn_second_instance};
+use support::{
+    AppOptions, SHORT_SKEW_SECS, TestApp, spawn_app_with, spawn_second_instance, token_expiry, until_refresh_due,
+};
 
 /// Access tokens live 2 s, so they are due for refresh after 1 s (the skew is capped at half
 /// the lifetime).
@@ -21,13 +23,14 @@ fn bearers(app: &TestApp) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_about_to_expire_is_refreshed_before_proxying() {
-    let app = short_lived_app().await;
+    let app = spawn_app_with(AppOptions::short_lived_tokens()).await;
     let browser = app.browser();
     browser.login_as("alice").await;
-    assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200);
+    let first = browser.api(Method::GET, "/api/echo").await;
+    assert_eq!(first.status(), 200);
     assert_eq!(app.token_requests("refresh_token"), 0, "a fresh token is used as it is");
 
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    until_refresh_due(token_expiry(&first), SHORT_SKEW_SECS).await;
     app.idp.controls.set_access_token_ttl(Duration::from_secs(60));
     assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200);
 
@@ -104,7 +107,7 @@ async fn rotated_refresh_tokens_are_stored_so_consecutive_refreshes_succeed() {
 }
 
 /// Fires `n` calls at once, spread over the given bff addresses; returns their statuses.
-async fn storm(browser: &crate::helpers::Browser, bases: &[String], n: usize) -> Vec<u16> {
+async fn storm(browser: &support::Browser, bases: &[String], n: usize) -> Vec<u16> {
     let calls = (0..n).map(|i| {
         let b = browser.at(&bases[i % bases.len()]);
         async move { b.api(Method::GET, "/api/echo").await.status().as_u16() }

@@ -5,7 +5,7 @@
 use reqwest::Method;
 use secrecy::SecretString;
 
-use crate::helpers::{TestApp, spawn_app, spawn_instance_with, test_secret};
+use support::{TestApp, spawn_app, spawn_instance_with, test_secret};
 
 async fn instance_with_secrets(app: &TestApp, secrets: &[String]) -> String {
     spawn_instance_with(app, |c| c.session.secrets = secrets.iter().map(|s| SecretString::from(s.clone())).collect())

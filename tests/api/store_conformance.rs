@@ -5,7 +5,7 @@ use std::time::Duration;
 use bff::store::{CasOutcome, MemoryStore, RedisStore, Store};
 use secrecy::SecretString;
 
-use crate::helpers::{REDIS_URL, random_id};
+use support::{REDIS_URL, random_id};
 
 fn stores() -> Vec<(Store, String)> {
     let redis = RedisStore::new(&SecretString::from(REDIS_URL.to_string()), Duration::from_secs(2)).expect("redis url");
@@ -114,6 +114,20 @@ async fn locks_are_released_and_renewed_by_their_owner_only() {
     }
 }
 
+/// A key's remaining life as Redis reports it (`PTTL`), read past the store: the store's own
+/// `get_with_ttl` reads values, not sets. `None` for the memory store, which tells a set's life
+/// only by when it ends.
+async fn redis_ttl(store: &Store, key: &str) -> Option<Duration> {
+    if store.kind() != "redis" {
+        return None;
+    }
+    let client = redis::Client::open(REDIS_URL).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to the test Redis");
+    let ms: i64 = redis::cmd("PTTL").arg(key).query_async(&mut conn).await.expect("PTTL");
+    assert!(ms >= 0, "{key} has a time to live (PTTL {ms})");
+    Some(Duration::from_millis(ms.unsigned_abs()))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sets_collect_members_and_never_shorten_their_life() {
     for (store, p) in stores() {
@@ -121,10 +135,21 @@ async fn sets_collect_members_and_never_shorten_their_life() {
         let key = format!("{p}set");
         assert!(store.set_members(&key).await.expect("members").is_empty(), "{kind}");
         store.set_add(&key, "a", Duration::from_secs(60)).await.expect("add");
-        store.set_add(&key, "b", Duration::from_secs(5)).await.expect("add");
+        store.set_add(&key, "b", Duration::from_millis(100)).await.expect("add");
+        // The shorter life of the second member leaves the set's as it was: Redis says so...
+        if let Some(ttl) = redis_ttl(&store, &key).await {
+            assert!(ttl > Duration::from_secs(55), "{kind}: the set's life was shortened to {ttl:?}");
+        }
+        // ...and both stores keep the set past it.
+        tokio::time::sleep(Duration::from_millis(250)).await;
         let mut members = store.set_members(&key).await.expect("members");
         members.sort();
-        assert_eq!(members, ["a", "b"], "{kind}");
+        assert_eq!(members, ["a", "b"], "{kind}: the set outlives its shortest-lived member");
+        // A longer life extends it.
+        store.set_add(&key, "a", Duration::from_secs(120)).await.expect("add");
+        if let Some(ttl) = redis_ttl(&store, &key).await {
+            assert!(ttl > Duration::from_secs(115), "{kind}: the set's life was not extended: {ttl:?}");
+        }
         store.set_remove(&key, "a").await.expect("remove");
         assert_eq!(store.set_members(&key).await.expect("members"), ["b"], "{kind}");
         store.set_remove(&key, "b").await.expect("remove");
@@ -141,7 +166,7 @@ async fn both_stores_answer_ping() {
         store.ping().await.expect("ping");
     }
     let dead = RedisStore::new(
-        &SecretString::from(format!("redis://127.0.0.1:{}", crate::helpers::dead_port())),
+        &SecretString::from(format!("redis://127.0.0.1:{}", support::dead_port())),
         Duration::from_millis(500),
     )
     .expect("url");

@@ -2,12 +2,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::{AppOptions, RedisProcess, dead_port, eventually, redis_answers, spawn_app, spawn_app_with};
+use support::{AppOptions, RedisProcess, dead_port, eventually, spawn_app, spawn_app_with};
 
 /// A bff on the same secret and prefix as `app`, whose Redis URL points at `redis_url`.
-async fn twin_with_redis(app: &crate::helpers::TestApp, redis_url: &str) -> String {
+async fn twin_with_redis(app: &support::TestApp, redis_url: &str) -> String {
     // Building the instance succeeds: start-up does not need Redis.
-    crate::helpers::spawn_instance_with(app, |c| {
+    support::spawn_instance_with(app, |c| {
         c.session.redis_url = Some(secrecy::SecretString::from(redis_url.to_string()));
     })
     .await
@@ -46,12 +46,10 @@ async fn with_redis_unreachable_requests_fail_fast_with_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_survive_a_redis_restart_and_requests_recover_by_themselves() {
-    let dir = std::env::temp_dir().join(format!("bff-redis-{}", crate::helpers::random_id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = support::temp_dir("redis");
     let port = dead_port();
     let mut redis = RedisProcess::start(port, &dir);
-    let url = redis.url();
-    eventually("redis starts", Duration::from_secs(10), || redis_answers(&url)).await;
+    redis.answering().await;
     let app = spawn_app_with(AppOptions { redis_url: Some(redis.url()), ..Default::default() }).await;
     let browser = app.browser();
     browser.login_as("alice").await;
@@ -71,7 +69,7 @@ async fn sessions_survive_a_redis_restart_and_requests_recover_by_themselves() {
     assert!(started.elapsed() < Duration::from_secs(5), "503 within the store timeout, not a hang");
 
     let mut restarted = RedisProcess::start(port, &dir);
-    eventually("redis restarts", Duration::from_secs(10), || redis_answers(&url)).await;
+    restarted.answering().await;
     let b = browser.clone();
     eventually("bff recovers without a restart", Duration::from_secs(15), || {
         let b = b.clone();

@@ -1,4 +1,4 @@
-use crate::helpers::spawn_app;
+use support::spawn_app;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_needs_the_csrf_header() {

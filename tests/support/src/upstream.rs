@@ -38,6 +38,14 @@ impl Upstream {
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().expect("seen").clone()
     }
+
+    /// Waits (bounded) until a request for `path` has arrived: from then on, that call is in
+    /// flight (held by a slow endpoint, for instance).
+    pub async fn until_received(&self, path: &str) {
+        let what = format!("a request for {path} reaches the upstream");
+        crate::eventually(&what, Duration::from_secs(10), || async move { self.seen().iter().any(|s| s.path == path) })
+            .await;
+    }
 }
 
 struct State {
@@ -47,7 +55,7 @@ struct State {
 }
 
 pub async fn spawn(provider: Option<Arc<Provider>>) -> Upstream {
-    let listener = crate::helpers::listener();
+    let listener = crate::listener();
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let controls = Arc::new(UpstreamControls::default());
     let seen = Arc::new(Mutex::new(Vec::new()));

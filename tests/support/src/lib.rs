@@ -1,0 +1,89 @@
+//! The harness of bff's integration tests (`tests/api`, `tests/streaming.rs`, `tests/cluster.rs`,
+//! `tests/interop.rs`): the system under test and its fixtures, each on port 0 over loopback.
+//!
+//! - [`app`]: bff itself, in the test's process, with the demo provider and a key prefix of its own
+//!   in the shared Redis;
+//! - [`browser`]: an HTTP client that keeps cookies like a browser and walks the login;
+//! - [`upstream`]: the API behind the proxy, which checks tokens at the demo provider;
+//! - [`redis`]: Redis servers of a test's own, each in a temporary directory.
+//!
+//! A harness that cannot set up its fixture stops right there, loudly: it panics.
+
+pub mod app;
+pub mod browser;
+pub mod redis;
+pub mod upstream;
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use self::redis::{RedisProcess, redis_answers};
+pub use app::{
+    AppOptions, CLIENT_ID, CLIENT_SECRET, IdpOptions, REDIS_URL, SHORT_SKEW_SECS, TestApp, config_toml,
+    local_cache_default, metric, spawn_app, spawn_app_with, spawn_idp, spawn_instance_with, spawn_second_instance,
+    test_secret, token_expiry, until_refresh_due,
+};
+pub use browser::{Browser, location, query_param, raw_status, urlencode};
+
+pub fn listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("bind a loopback port")
+}
+
+/// A port where nothing listens (bound, then released).
+pub fn dead_port() -> u16 {
+    listener().local_addr().expect("local addr").port()
+}
+
+pub fn random_id() -> String {
+    bff::crypto::random_token()[..12].to_string()
+}
+
+/// A new, empty directory under the system's temporary directory; the caller removes it.
+pub fn temp_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bff-{what}-{}", random_id()));
+    std::fs::create_dir_all(&dir).expect("create a temporary directory");
+    dir
+}
+
+/// The repository: `cargo test` runs there, and the summary goes to its `target/`.
+pub fn repository() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+/// A line of a suite's summary: printed, and kept in target/test-summary.txt for `.ci/run` to
+/// show (the test harness hides a passing test's output).
+pub fn report(line: &str) {
+    println!("{line}");
+    let path = repository().join("target/test-summary.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes());
+    }
+}
+
+/// Waits (bounded) until a condition holds; for background effects such as readiness.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not within {limit:?}");
+}
+
+/// [`eventually`] for a condition checked without waiting (a clock, a child process, a
+/// command-line tool's answer), from synchronous code.
+pub fn blocking_eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
