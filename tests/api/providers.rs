@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use bff::demo::idp::Quirks;
 
-use crate::helpers::{
-    AppOptions, Browser, TestApp, eventually, location, spawn_app, spawn_app_with, spawn_instance_with,
-};
+use support::{AppOptions, Browser, TestApp, eventually, location, spawn_app, spawn_app_with, spawn_instance_with};
 
 /// A second bff instance that discovers the provider after `quirks` were switched on.
 async fn instance_after(app: &TestApp, quirks: Quirks, tweak: impl FnOnce(&mut bff::config::Config)) -> Browser {
@@ -50,7 +48,7 @@ async fn logout_revokes_at_an_endpoint_named_only_in_rfc8414_metadata() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_revocation_endpoint_wins_over_the_providers_metadata() {
     let app = spawn_app().await;
-    let dead = format!("http://127.0.0.1:{}/revoke", crate::helpers::dead_port());
+    let dead = format!("http://127.0.0.1:{}/revoke", support::dead_port());
     let browser = instance_after(&app, Quirks::default(), |c| {
         c.oidc.revocation_endpoint = url::Url::parse(&dead).ok();
     })
