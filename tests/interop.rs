@@ -397,6 +397,7 @@ async fn bff_interoperates_with_a_certified_provider() {
         logout_revokes_the_refresh_token_and_ends_the_provider_session,
         client_secret_post_logs_in_refreshes_and_logs_out_on_its_own_instance,
         backchannel_logout_ends_the_session_on_both_instances,
+        a_tampered_iss_in_the_authorization_response_is_refused,
     );
     report("interop: all checks passed");
 }
@@ -571,4 +572,24 @@ async fn backchannel_logout_ends_the_session_on_both_instances(it: &Interop) {
     assert_eq!(carol.api(Method::GET, &format!("{}/auth/user", a1.url)).await.status(), 401);
     assert_eq!(carol.api(Method::GET, &format!("{}/api/c", a2.url)).await.status(), 401);
     check("back-channel logout from oidc-provider ends the session on both instances", "ok");
+}
+
+/// 9. RFC 9207: oidc-provider advertises and sends `iss`; a callback whose `iss` names another
+/// issuer is refused, and does not use up the sign-in it was copied from.
+async fn a_tampered_iss_in_the_authorization_response_is_refused(it: &Interop) {
+    let Interop { stack, a1, .. } = it;
+    let carol = Browser::new();
+    let start = carol.get(&format!("{}/auth/login", a1.url)).await;
+    assert_eq!(start.status(), 302);
+    let callback = sign_in_at_provider(&carol, &location(&start, &a1.url), &stack.issuer, "carol").await;
+    let genuine = url::Url::parse(&callback).unwrap();
+    assert!(genuine.query_pairs().any(|(k, v)| k == "iss" && v == stack.issuer.as_str()), "{callback}");
+    let mut tampered = genuine.clone();
+    let pairs: Vec<(String, String)> = genuine.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    tampered.query_pairs_mut().clear().extend_pairs(
+        pairs.iter().map(|(k, v)| (k.as_str(), if k == "iss" { "https://evil.example" } else { v.as_str() })),
+    );
+    assert_eq!(carol.get(tampered.as_str()).await.status(), 400, "a tampered iss");
+    assert_eq!(carol.get(genuine.as_str()).await.status(), 302, "the genuine response still signs in");
+    check("RFC 9207: a tampered iss is refused and consumes nothing", "ok");
 }
