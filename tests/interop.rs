@@ -574,8 +574,8 @@ async fn backchannel_logout_ends_the_session_on_both_instances(it: &Interop) {
     check("back-channel logout from oidc-provider ends the session on both instances", "ok");
 }
 
-/// 9. RFC 9207: oidc-provider advertises and sends `iss`; a callback whose `iss` names another
-/// issuer is refused, and does not use up the sign-in it was copied from.
+/// 9. RFC 9207 (oidc-provider advertises and sends `iss`): a callback whose `iss` names another
+///    issuer is refused, and does not use up the sign-in it was copied from.
 async fn a_tampered_iss_in_the_authorization_response_is_refused(it: &Interop) {
     let Interop { stack, a1, .. } = it;
     let carol = Browser::new();
