@@ -286,6 +286,15 @@ fn check(what: &str, detail: impl std::fmt::Display) {
     report(&format!("  ✔ {what}: {detail}"));
 }
 
+/// Confirms the sign-out on the provider's end-session page at `url`; the provider's answer.
+async fn confirm_provider_logout(browser: &Browser, url: &str, issuer: &str) -> reqwest::Response {
+    let page = browser.get(url).await;
+    let html = page.text().await.unwrap();
+    let xsrf = hidden(&html, "xsrf").expect("the provider's logout form");
+    let form = [("xsrf".to_string(), xsrf), ("logout".to_string(), "yes".to_string())];
+    browser.send(Method::POST, &format!("{issuer}/session/end/confirm"), &[], Some(&form)).await
+}
+
 /// Signs in through bff `entry` (the one whose public URL the provider redirects to).
 async fn login(stack: &Stack, entry: &str, browser: &Browser, user: &str) {
     let start = browser.get(&format!("{entry}/auth/login")).await;
@@ -517,17 +526,7 @@ async fn logout_revokes_the_refresh_token_and_ends_the_provider_session(it: &Int
     assert!(active.is_empty(), "every refresh token is revoked: {} still active", active.len());
     assert_eq!(alice.api(Method::GET, &format!("{}/auth/user", a2.url)).await.status(), 401);
     // The provider's confirm page, then back to bff.
-    let page = alice.get(&end_session).await;
-    let html = page.text().await.unwrap();
-    let xsrf = hidden(&html, "xsrf").expect("the logout confirm form");
-    let confirm = alice
-        .send(
-            Method::POST,
-            &format!("{issuer}/session/end/confirm"),
-            &[],
-            Some(&[("xsrf".into(), xsrf), ("logout".into(), "yes".into())]),
-        )
-        .await;
+    let confirm = confirm_provider_logout(alice, &end_session, issuer).await;
     assert!(location(&confirm, issuer).starts_with(&format!("{public_a}/")));
     check("logout: refresh token revoked (introspection/provider says inactive), end-session with id_token_hint", "ok");
 }
@@ -557,17 +556,7 @@ async fn backchannel_logout_ends_the_session_on_both_instances(it: &Interop) {
     login(stack, &a1.url, &carol, "carol").await;
     assert_eq!(carol.api(Method::GET, &format!("{}/api/c", a2.url)).await.status(), 200);
     let backchannel_before = stack.stat("backchannel_ok").await;
-    let page = carol.get(&format!("{issuer}/session/end")).await;
-    let html = page.text().await.unwrap();
-    let xsrf = hidden(&html, "xsrf").expect("the provider's logout form");
-    carol
-        .send(
-            Method::POST,
-            &format!("{issuer}/session/end/confirm"),
-            &[],
-            Some(&[("xsrf".into(), xsrf), ("logout".into(), "yes".into())]),
-        )
-        .await;
+    confirm_provider_logout(&carol, &format!("{issuer}/session/end"), issuer).await;
     assert_eq!(stack.stat("backchannel_ok").await - backchannel_before, 1, "bff accepted the logout token");
     assert_eq!(carol.api(Method::GET, &format!("{}/auth/user", a1.url)).await.status(), 401);
     assert_eq!(carol.api(Method::GET, &format!("{}/api/c", a2.url)).await.status(), 401);
