@@ -113,6 +113,15 @@ async fn an_id_token_for_several_audiences_is_accepted_when_azp_names_us() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_response_that_is_not_bearer_is_refused() {
+    let app = spawn_app().await;
+    app.idp.controls.set_token_fault(TokenFault::NotBearer);
+    let browser = app.browser();
+    assert_eq!(browser.login_as("alice").await.status(), 400);
+    assert!(browser.cookie("bff").is_none(), "no session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_code_the_provider_rejects_is_a_400() {
     let app = spawn_app().await;
     app.idp.controls.set_token_fault(TokenFault::InvalidGrant);

@@ -201,6 +201,12 @@ async fn token(req: HttpRequest, p: web::Data<Provider>, form: web::Form<HashMap
             tokio::time::sleep(Duration::from_secs(3600)).await;
             return HttpResponse::GatewayTimeout().finish();
         }
+        TokenFault::NotBearer => {
+            if let Ok(mut body) = p.token(&form, &presented(&req, &form)) {
+                body["token_type"] = json!("N_A");
+                return no_store(HttpResponse::Ok().json(body));
+            }
+        }
         TokenFault::InvalidGrant => {
             return oauth_error(&OAuthError {
                 status: 400,

@@ -46,6 +46,8 @@ pub enum TokenFault {
     Hang,
     /// 400 `invalid_grant`, as if the grant were revoked.
     InvalidGrant,
+    /// Answers with a `token_type` other than `Bearer`.
+    NotBearer,
 }
 
 /// How the next login's ID token is spoiled (tests).
