@@ -142,6 +142,9 @@ pub struct ApiConfig {
     pub timeout: Duration,
     pub max_retry_body_bytes: u64,
     pub max_body_bytes: u64,
+    /// Request headers not forwarded to this upstream, besides the ones bff never forwards;
+    /// lower-case.
+    pub request_headers_drop: Vec<String>,
 }
 
 impl Config {

@@ -359,9 +359,28 @@ impl Walker<'_> {
             if max_retry_body_bytes > max_body_bytes {
                 self.error(s.key("max_retry_body_bytes"), "must not exceed max_body_bytes");
             }
+            let request_headers_drop: Vec<String> = self
+                .string_list(&mut s, "request_headers_drop")
+                .unwrap_or_default()
+                .into_iter()
+                .map(|name| name.trim().to_ascii_lowercase())
+                .collect();
+            if let Some(bad) = request_headers_drop
+                .iter()
+                .find(|n| actix_web::http::header::HeaderName::from_bytes(n.as_bytes()).is_err())
+            {
+                self.error(s.key("request_headers_drop"), format!("{bad:?} is not a header name"));
+            }
             self.finish(s);
             if let (Some(prefix), Some(upstream)) = (prefix, upstream) {
-                out.push(ApiConfig { prefix, upstream, timeout, max_retry_body_bytes, max_body_bytes });
+                out.push(ApiConfig {
+                    prefix,
+                    upstream,
+                    timeout,
+                    max_retry_body_bytes,
+                    max_body_bytes,
+                    request_headers_drop,
+                });
             }
         }
         out

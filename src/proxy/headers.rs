@@ -21,7 +21,9 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 /// Request headers that never go upstream: the browser's credentials and our own anti-forgery
-/// header, what the client sets for itself (`Host`, `Expect`), and forwarding headers we set.
+/// header, what the client sets for itself (`Host`, `Expect`), and the headers an upstream may
+/// trust as set by infrastructure (a browser could otherwise choose its address, the URL or the
+/// method the upstream acts on). Every `X-Forwarded-*` goes too (`is_not_forwarded`).
 const NOT_FORWARDED: &[&str] = &[
     "cookie",
     "authorization",
@@ -29,10 +31,21 @@ const NOT_FORWARDED: &[&str] = &[
     "host",
     "expect",
     "forwarded",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-forwarded-for",
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "cf-connecting-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
 ];
+
+fn is_not_forwarded(name: &str, route_drops: &[String]) -> bool {
+    NOT_FORWARDED.contains(&name) || name.starts_with("x-forwarded-") || route_drops.iter().any(|d| d == name)
+}
 
 /// Headers the `Connection` header names are hop-by-hop too.
 fn connection_named(headers: impl Iterator<Item = Vec<u8>>) -> Vec<String> {
@@ -55,49 +68,53 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// the public URL's, made once (a clone is a reference count).
 pub struct ForwardedFor<'a> {
     pub peer: Option<IpAddr>,
+    /// `server.trusted_proxy_hops`: how many of the last `X-Forwarded-For` entries our own
+    /// proxies added (the rest were written by the client and are not passed on).
+    pub trusted_hops: usize,
     pub proto: &'a HeaderValue,
     pub host: &'a HeaderValue,
 }
 
 /// The headers to send upstream. `Content-Length` is kept (a streamed body keeps its length).
-pub fn upstream_request_headers(inbound: &InboundHeaders, forwarded: &ForwardedFor<'_>) -> OutboundHeaders {
+/// `route_drops`: the route's `request_headers_drop`, lower-case.
+pub fn upstream_request_headers(
+    inbound: &InboundHeaders,
+    forwarded: &ForwardedFor<'_>,
+    route_drops: &[String],
+) -> OutboundHeaders {
     let named = connection_named(inbound.get_all("connection").map(|v| v.as_bytes().to_vec()));
     let mut out = OutboundHeaders::with_capacity(inbound.len() + 4);
     for (name, value) in inbound {
         let lower = name.as_str();
-        if is_hop_by_hop(lower, &named) || NOT_FORWARDED.contains(&lower) {
+        if is_hop_by_hop(lower, &named) || is_not_forwarded(lower, route_drops) {
             continue;
         }
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(lower.as_bytes()), HeaderValue::from_bytes(value.as_bytes())) {
             out.append(n, v);
         }
     }
-    // Append to an existing chain (we may sit behind a load balancer); the upstream should trust
-    // only the entries its own proxies added.
-    let mut chain = String::new();
-    for previous in inbound.get_all("x-forwarded-for").filter_map(|v| v.to_str().ok()).map(str::trim) {
-        if !previous.is_empty() {
-            if !chain.is_empty() {
-                chain.push_str(", ");
-            }
-            chain.push_str(previous);
-        }
-    }
-    if let Some(peer) = forwarded.peer {
-        use std::fmt::Write as _;
-        if !chain.is_empty() {
-            chain.push_str(", ");
-        }
-        let _ = write!(chain, "{peer}");
-    }
-    if !chain.is_empty()
-        && let Ok(v) = HeaderValue::try_from(chain)
-    {
+    if let Some(v) = forwarded_for(inbound, forwarded) {
         out.insert(X_FORWARDED_FOR, v);
     }
     out.insert(X_FORWARDED_PROTO, forwarded.proto.clone());
     out.insert(X_FORWARDED_HOST, forwarded.host.clone());
     out
+}
+
+/// The entries our trusted proxies added, then the peer: what reached us, and nothing a client
+/// wrote about itself.
+fn forwarded_for(inbound: &InboundHeaders, forwarded: &ForwardedFor<'_>) -> Option<HeaderValue> {
+    let chain: Vec<&str> = inbound
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    let trusted = &chain[chain.len().saturating_sub(forwarded.trusted_hops)..];
+    let mut entries: Vec<String> = trusted.iter().map(|e| (*e).to_string()).collect();
+    entries.extend(forwarded.peer.map(|p| p.to_string()));
+    (!entries.is_empty()).then(|| HeaderValue::try_from(entries.join(", ")).ok()).flatten()
 }
 
 /// The upstream's response headers that go back to the browser: no hop-by-hop headers, no
@@ -141,14 +158,24 @@ mod tests {
             ("host", "evil"),
             ("forwarded", "for=1.2.3.4"),
             ("x-forwarded-host", "evil"),
+            ("x-forwarded-port", "1"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-forwarded-server", "evil"),
+            ("x-real-ip", "1.2.3.4"),
+            ("true-client-ip", "1.2.3.4"),
+            ("x-original-url", "/admin"),
+            ("x-rewrite-url", "/admin"),
+            ("x-http-method-override", "DELETE"),
+            ("x-method-override", "DELETE"),
+            ("x-route-secret", "dropped by the route"),
             ("accept", "application/json"),
             ("content-type", "text/plain"),
             ("content-length", "5"),
             ("x-custom", "kept"),
         ]);
         let (proto, host) = (HeaderValue::from_static("https"), HeaderValue::from_static("app.example.com"));
-        let fwd = ForwardedFor { peer: Some("10.0.0.9".parse().unwrap()), proto: &proto, host: &host };
-        let out = upstream_request_headers(&h, &fwd);
+        let fwd = ForwardedFor { peer: Some("10.0.0.9".parse().unwrap()), trusted_hops: 0, proto: &proto, host: &host };
+        let out = upstream_request_headers(&h, &fwd, &["x-route-secret".to_string()]);
         let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(
@@ -169,11 +196,18 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_chains_are_appended_to() {
-        let h = inbound(&[("x-forwarded-for", "203.0.113.7")]);
+    fn forwarded_for_keeps_only_what_trusted_proxies_added() {
+        let h = inbound(&[("x-forwarded-for", "10.9.9.9, 198.51.100.1"), ("x-forwarded-for", "203.0.113.7")]);
         let (proto, host) = (HeaderValue::from_static("http"), HeaderValue::from_static("h"));
-        let fwd = ForwardedFor { peer: Some("10.0.0.1".parse().unwrap()), proto: &proto, host: &host };
-        assert_eq!(upstream_request_headers(&h, &fwd)["x-forwarded-for"], "203.0.113.7, 10.0.0.1");
+        let xff = |trusted_hops| {
+            let fwd =
+                ForwardedFor { peer: Some("10.0.0.1".parse().unwrap()), trusted_hops, proto: &proto, host: &host };
+            upstream_request_headers(&h, &fwd, &[])["x-forwarded-for"].to_str().unwrap_or_default().to_string()
+        };
+        assert_eq!(xff(0), "10.0.0.1", "no trusted proxy: the peer only");
+        assert_eq!(xff(1), "203.0.113.7, 10.0.0.1");
+        assert_eq!(xff(2), "198.51.100.1, 203.0.113.7, 10.0.0.1");
+        assert_eq!(xff(9), "10.9.9.9, 198.51.100.1, 203.0.113.7, 10.0.0.1", "a short chain is kept whole");
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct Route {
     timeout: Duration,
     max_retry_body_bytes: u64,
     max_body_bytes: u64,
+    /// Request headers this upstream must not get, lower-case (`request_headers_drop`).
+    request_headers_drop: Vec<String>,
 }
 
 impl From<&ApiConfig> for Route {
@@ -51,6 +53,7 @@ impl From<&ApiConfig> for Route {
             base: api.upstream.clone(),
             timeout: api.timeout,
             max_retry_body_bytes: api.max_retry_body_bytes,
+            request_headers_drop: api.request_headers_drop.clone(),
             max_body_bytes: api.max_body_bytes,
         }
     }
@@ -73,6 +76,7 @@ pub struct Proxy {
     connector: Connector,
     proto: HeaderValue,
     host: HeaderValue,
+    trusted_hops: usize,
     /// One permit per upstream exchange in flight (held until its response body ends).
     in_flight: Arc<Semaphore>,
     metrics: Arc<Metrics>,
@@ -103,6 +107,7 @@ impl Proxy {
             connector,
             proto: HeaderValue::try_from(public.scheme()).unwrap_or(HeaderValue::from_static("https")),
             host: HeaderValue::try_from(host).unwrap_or(HeaderValue::from_static("")),
+            trusted_hops: config.server.trusted_proxy_hops,
             in_flight: Arc::new(Semaphore::new(config.server.max_upstream_concurrency)),
             metrics,
         }
@@ -171,9 +176,14 @@ impl Proxy {
         let method = hyper::Method::from_bytes(req.method().as_str().as_bytes())
             .map_err(|_| AppError::BadRequest(BadRequest::BadMethod))?;
         let request_headers = || {
-            let forwarded =
-                headers::ForwardedFor { peer: req.peer_addr().map(|a| a.ip()), proto: &self.proto, host: &self.host };
-            let mut headers = headers::upstream_request_headers(req.headers(), &forwarded);
+            let forwarded = headers::ForwardedFor {
+                peer: req.peer_addr().map(|a| a.ip()),
+                trusted_hops: self.trusted_hops,
+                proto: &self.proto,
+                host: &self.host,
+            };
+            let mut headers =
+                headers::upstream_request_headers(req.headers(), &forwarded, &destination.route.request_headers_drop);
             if let Some(id) = req.extensions().get::<RequestId>()
                 && let Ok(v) = HeaderValue::from_str(&id.0)
             {

@@ -1,6 +1,11 @@
 //! Mapping `{prefix}/rest?query` onto `{upstream}/rest?query` without ever leaving the upstream's
 //! base path: the rest is percent-decoded once, dot segments are resolved, and a path that would
 //! climb above the prefix, or that hides a slash or backslash in an escape, is refused.
+//!
+//! Upstreams read paths in their own ways, so what one of them could take for a dot segment is one
+//! here too: a `;` path parameter does not hide it (`..;x` and `.;` are `..` and `.` to servlet
+//! containers), and a segment that a second decoding would turn into a dot segment or a separator
+//! (`%252e%252e`, `%252f`) is refused, for upstreams that decode again.
 
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use url::Url;
@@ -54,7 +59,13 @@ pub fn upstream_url(base: &Url, rest: &str, query: Option<&str>) -> Result<Url, 
         if decoded.contains(['/', '\\', '\0']) {
             return Err(PathError::Ambiguous);
         }
-        match decoded.as_ref() {
+        let twice = percent_decode_str(&decoded).decode_utf8_lossy();
+        if twice != decoded && (twice.contains(['/', '\\', '\0']) || is_dot_segment(&twice)) {
+            return Err(PathError::Ambiguous);
+        }
+        // A dot segment with path parameters resolves as the dot segment (its parameters go).
+        let name = decoded.split(';').next().unwrap_or_default();
+        match if is_dot_segment(&decoded) { name } else { decoded.as_ref() } {
             "." => trailing_slash = i == last,
             ".." => {
                 segments.pop().ok_or(PathError::Escapes)?;
@@ -78,6 +89,11 @@ pub fn upstream_url(base: &Url, rest: &str, query: Option<&str>) -> Result<Url, 
     url.set_path(&path);
     url.set_query(query.filter(|q| !q.is_empty()));
     Ok(url)
+}
+
+/// `.` or `..`, with or without `;` parameters.
+fn is_dot_segment(decoded: &str) -> bool {
+    matches!(decoded.split(';').next(), Some("." | ".."))
 }
 
 #[cfg(test)]
@@ -106,6 +122,33 @@ mod tests {
         assert_eq!(map("http://h/v1", "/a/./b", None), Ok("http://h/v1/a/b".into()));
         assert_eq!(map("http://h/v1", "/a/%2e%2e/b", None), Ok("http://h/v1/b".into()));
         assert_eq!(map("http://h/v1", "/a/..", None), Ok("http://h/v1/".into()));
+        // Servlet containers read `..;` as `..`: so does bff, inside the prefix.
+        assert_eq!(map("http://h/v1", "/a/..;/b", None), Ok("http://h/v1/b".into()));
+        assert_eq!(map("http://h/v1", "/a/.;x=1/b", None), Ok("http://h/v1/a/b".into()));
+        assert_eq!(map("http://h/v1", "/a;v=1/b", None), Ok("http://h/v1/a;v=1/b".into()), "other parameters stay");
+        assert_eq!(map("http://h/v1", "/a..;/b", None), Ok("http://h/v1/a..;/b".into()), "not a dot segment");
+    }
+
+    #[test]
+    fn dot_segments_with_parameters_or_encoded_twice_never_escape() {
+        for rest in [
+            "/..;/secret",
+            "/..%3B/secret",
+            "/..%3b/secret",
+            "/x/..;/..;/secret",
+            "/.;/..;/secret",
+            "/%2e%2e;/secret",
+            "/%2e%2e%3b/secret",
+            "/..;jsessionid=x/secret",
+            "/a/..;/..;/..;/secret",
+            "/.%2e;/secret",
+        ] {
+            assert_eq!(map("http://h/v1", rest, None), Err(PathError::Escapes), "{rest}");
+        }
+        for rest in ["/%252e%252e/secret", "/%252E%252E;/secret", "/a%252fb", "/%252e/x", "/a%255cb", "/..%253b/x"] {
+            assert_eq!(map("http://h/v1", rest, None), Err(PathError::Ambiguous), "{rest}");
+        }
+        assert_eq!(map("http://h/v1", "/100%2525", None), Ok("http://h/v1/100%2525".into()), "a literal %25 is fine");
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod cli;
 mod compose;
 mod cookies;
 mod demo;
+mod edges;
 mod login;
 mod logout;
 mod operations;

@@ -1,0 +1,122 @@
+//! The proxy's edges (issue 13): paths an upstream could read as climbing out of its base, and
+//! headers an upstream could trust as set by infrastructure.
+
+use reqwest::Method;
+use serde_json::Value;
+use support::{raw_status, spawn_app, spawn_instance_with};
+
+/// An instance whose `/api/v1` route goes to `{upstream}/v1`, and the signed-in cookie header.
+async fn based_route() -> (support::TestApp, String, [(&'static str, String); 2]) {
+    let app = spawn_app().await;
+    let base = url::Url::parse(&format!("{}/v1", app.upstream.url)).expect("url");
+    let instance = spawn_instance_with(&app, |c| {
+        let v1 = bff::config::ApiConfig { prefix: "/api/v1".into(), upstream: base, ..c.api[0].clone() };
+        c.api.push(v1);
+    })
+    .await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    let cookie = format!("bff={}", browser.cookie("bff").expect("cookie"));
+    (app, instance, [("cookie", cookie), ("x-csrf", "1".to_string())])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_parameters_and_double_encodings_never_leave_the_base_path() {
+    let (app, instance, headers) = based_route().await;
+    for raw in [
+        "/api/v1/..;/secret",
+        "/api/v1/..%3B/secret",
+        "/api/v1/..%3b/secret",
+        "/api/v1/x/..;/..;/secret",
+        "/api/v1/.;/..;/secret",
+        "/api/v1/%2e%2e;/secret",
+        "/api/v1/%2e%2e%3b/secret",
+        "/api/v1/..;jsessionid=1/secret",
+        "/api/v1/.%2e;x/secret",
+        "/api/v1/%252e%252e/secret",
+        "/api/v1/%252e%252e;/secret",
+        "/api/v1/a%252f..%252f..%252fsecret",
+        "/api/v1/..%253b/secret",
+        "/api/v1/%252e/secret",
+    ] {
+        assert_eq!(raw_status(&instance, "GET", raw, &headers).await, 400, "{raw}");
+    }
+    assert!(app.upstream.seen().is_empty(), "no escape attempt reached the upstream");
+    // Resolved inside the base: what arrives has no dot segment left for the upstream to read.
+    for (raw, arrives) in [
+        ("/api/v1/a/..;/echo", "/v1/echo"),
+        ("/api/v1/a/.;/echo", "/v1/a/echo"),
+        ("/api/v1/a/b/..%3B/..;x/echo", "/v1/echo"),
+    ] {
+        assert_eq!(raw_status(&instance, "GET", raw, &headers).await, 200, "{raw}");
+        assert_eq!(app.upstream.seen().last().map(|s| s.path.clone()).as_deref(), Some(arrives), "{raw}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_an_upstream_may_trust_never_come_from_the_browser() {
+    let app = spawn_app().await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    let infrastructure = [
+        ("forwarded", "for=10.9.9.9;host=evil"),
+        ("x-forwarded-for", "10.9.9.9"),
+        ("x-forwarded-host", "evil.example"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-port", "8443"),
+        ("x-forwarded-prefix", "/admin"),
+        ("x-forwarded-server", "evil"),
+        ("x-real-ip", "10.9.9.9"),
+        ("true-client-ip", "10.9.9.9"),
+        ("x-original-url", "/admin/delete"),
+        ("x-rewrite-url", "/admin/delete"),
+        ("x-http-method-override", "DELETE"),
+        ("x-method-override", "DELETE"),
+    ];
+    let mut request = browser.request(Method::GET, "/api/echo").header("x-csrf", "1").header("x-custom", "kept");
+    for (name, value) in infrastructure {
+        request = request.header(name, value);
+    }
+    let echo: Value = browser.send(request).await.json().await.expect("echo");
+    let seen = &echo["headers"];
+    for (name, _) in infrastructure {
+        let value = seen.get(name).and_then(Value::as_str).unwrap_or_default();
+        assert!(!value.contains("evil") && !value.contains("10.9.9.9") && !value.contains("admin"), "{name}: {value}");
+    }
+    for name in
+        ["forwarded", "x-forwarded-port", "x-forwarded-prefix", "x-real-ip", "x-original-url", "x-method-override"]
+    {
+        assert!(seen.get(name).is_none(), "{name} is not forwarded");
+    }
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "no trusted proxy: the peer alone");
+    assert_eq!(seen["x-custom"], "kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x_forwarded_for_keeps_what_two_trusted_proxies_added() {
+    let app = spawn_app().await;
+    let instance = spawn_instance_with(&app, |c| c.server.trusted_proxy_hops = 2).await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    let b = browser.at(&instance);
+    let request = b
+        .request(Method::GET, "/api/echo")
+        .header("x-csrf", "1")
+        .header("x-forwarded-for", "10.9.9.9, 203.0.113.5, 198.51.100.7");
+    let echo: Value = b.send(request).await.json().await.expect("echo");
+    assert_eq!(echo["headers"]["x-forwarded-for"], "203.0.113.5, 198.51.100.7, 127.0.0.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_can_drop_more_request_headers() {
+    let app = spawn_app().await;
+    let instance = spawn_instance_with(&app, |c| c.api[0].request_headers_drop = vec!["x-tenant".into()]).await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    let b = browser.at(&instance);
+    let request =
+        b.request(Method::GET, "/api/echo").header("x-csrf", "1").header("X-Tenant", "other").header("x-keep", "1");
+    let echo: Value = b.send(request).await.json().await.expect("echo");
+    assert!(echo["headers"].get("x-tenant").is_none());
+    assert_eq!(echo["headers"]["x-keep"], "1");
+}
