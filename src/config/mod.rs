@@ -145,6 +145,9 @@ pub struct ApiConfig {
     /// Request headers not forwarded to this upstream, besides the ones bff never forwards;
     /// lower-case.
     pub request_headers_drop: Vec<String>,
+    /// The methods this route takes (upper-case); empty: every method but TRACE and CONNECT.
+    /// GET implies HEAD.
+    pub methods: Vec<String>,
 }
 
 impl Config {

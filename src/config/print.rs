@@ -98,6 +98,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
             t.insert("timeout_secs".into(), secs(api.timeout));
             t.insert("max_retry_body_bytes".into(), int(api.max_retry_body_bytes));
             t.insert("max_body_bytes".into(), int(api.max_body_bytes));
+            t.insert("methods".into(), Value::Array(api.methods.iter().map(string).collect()));
             t.insert(
                 "request_headers_drop".into(),
                 Value::Array(api.request_headers_drop.iter().map(string).collect()),

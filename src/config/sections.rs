@@ -371,9 +371,22 @@ impl Walker<'_> {
             {
                 self.error(s.key("request_headers_drop"), format!("{bad:?} is not a header name"));
             }
+            let methods: Vec<String> = self
+                .string_list(&mut s, "methods")
+                .unwrap_or_default()
+                .into_iter()
+                .map(|m| m.trim().to_ascii_uppercase())
+                .collect();
+            for method in &methods {
+                let valid = actix_web::http::Method::from_bytes(method.as_bytes()).is_ok();
+                if !valid || method == "TRACE" || method == "CONNECT" {
+                    self.error(s.key("methods"), format!("{method:?} is not a method a route can take"));
+                }
+            }
             self.finish(s);
             if let (Some(prefix), Some(upstream)) = (prefix, upstream) {
                 out.push(ApiConfig {
+                    methods,
                     prefix,
                     upstream,
                     timeout,

@@ -44,6 +44,24 @@ pub struct Route {
     max_body_bytes: u64,
     /// Request headers this upstream must not get, lower-case (`request_headers_drop`).
     request_headers_drop: Vec<String>,
+    /// `methods`; empty: any (TRACE and CONNECT are refused before routing).
+    methods: Vec<String>,
+}
+
+impl Route {
+    /// Whether the route takes `method` (GET implies HEAD).
+    pub fn takes(&self, method: &str) -> bool {
+        self.methods.is_empty() || self.methods.iter().any(|m| m == method || (method == "HEAD" && m == "GET"))
+    }
+
+    /// The `Allow` header of a 405 on this route.
+    pub fn allowed(&self) -> String {
+        let mut methods = self.methods.clone();
+        if methods.iter().any(|m| m == "GET") && !methods.iter().any(|m| m == "HEAD") {
+            methods.push("HEAD".into());
+        }
+        methods.join(", ")
+    }
 }
 
 impl From<&ApiConfig> for Route {
@@ -54,6 +72,7 @@ impl From<&ApiConfig> for Route {
             timeout: api.timeout,
             max_retry_body_bytes: api.max_retry_body_bytes,
             request_headers_drop: api.request_headers_drop.clone(),
+            methods: api.methods.clone(),
             max_body_bytes: api.max_body_bytes,
         }
     }

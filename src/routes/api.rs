@@ -16,6 +16,13 @@ pub async fn proxy(
     route: web::Data<Arc<Route>>,
     client: web::Data<UpstreamClient>,
 ) -> Result<HttpResponse, AppError> {
+    if !route.takes(req.method().as_str()) {
+        let mut res = AppError::MethodNotAllowed.error_response();
+        if let Ok(allow) = actix_web::http::header::HeaderValue::from_str(&route.allowed()) {
+            res.headers_mut().insert(actix_web::http::header::ALLOW, allow);
+        }
+        return Ok(res);
+    }
     require_csrf_header(&req)?;
     let destination = state.proxy.destination(&req, &route)?;
     let handle = state.cookies.session_handle(&req).ok_or(AppError::LoginRequired)?;

@@ -120,3 +120,21 @@ async fn a_route_can_drop_more_request_headers() {
     assert!(echo["headers"].get("x-tenant").is_none());
     assert_eq!(echo["headers"]["x-keep"], "1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_takes_only_its_methods() {
+    let app = spawn_app().await;
+    let instance = spawn_instance_with(&app, |c| c.api[0].methods = vec!["GET".into(), "POST".into()]).await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    let b = browser.at(&instance);
+    assert_eq!(b.api(Method::GET, "/api/echo").await.status(), 200);
+    assert_eq!(b.api(Method::HEAD, "/api/echo").await.status(), 200, "GET implies HEAD");
+    assert_eq!(b.api(Method::POST, "/api/echo").await.status(), 200);
+    let delete = b.api(Method::DELETE, "/api/echo").await;
+    assert_eq!(delete.status(), 405);
+    assert_eq!(delete.headers()["allow"], "GET, POST, HEAD");
+    let seen = app.upstream.seen().len();
+    assert_eq!(b.api(Method::PUT, "/api/echo").await.status(), 405);
+    assert_eq!(app.upstream.seen().len(), seen, "a refused method reaches nothing");
+}
