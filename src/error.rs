@@ -72,7 +72,7 @@ impl AppError {
             AppError::Csrf => "csrf",
             AppError::Limited(Limit::HeaderSize) => "headers_too_large",
             AppError::Limited(Limit::BodySize) => "payload_too_large",
-            AppError::Limited(Limit::UpstreamConcurrency) => "upstream_busy",
+            AppError::Limited(Limit::UpstreamConcurrency | Limit::SessionConcurrency) => "upstream_busy",
             AppError::Limited(Limit::LoginRate) => "too_many_logins",
             AppError::LimitedFor(limit, _) => AppError::Limited(*limit).code(),
             AppError::BadRequest(reason) => reason.code(),
@@ -92,7 +92,7 @@ impl AppError {
             AppError::LoginRequired => "You are not signed in, or your session has ended.",
             AppError::Csrf => "This request was refused because it did not come from the application.",
             AppError::Limited(Limit::HeaderSize | Limit::BodySize) => "The request was too large.",
-            AppError::Limited(Limit::UpstreamConcurrency | Limit::LoginRate) => {
+            AppError::Limited(Limit::UpstreamConcurrency | Limit::SessionConcurrency | Limit::LoginRate) => {
                 "Too many requests. Please wait a moment and try again."
             }
             AppError::LimitedFor(limit, _) => AppError::Limited(*limit).explanation(),
@@ -136,7 +136,9 @@ impl ResponseError for AppError {
             AppError::Csrf => StatusCode::FORBIDDEN,
             AppError::Limited(Limit::BodySize) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Limited(Limit::HeaderSize) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            AppError::Limited(Limit::UpstreamConcurrency | Limit::LoginRate) => StatusCode::TOO_MANY_REQUESTS,
+            AppError::Limited(Limit::UpstreamConcurrency | Limit::SessionConcurrency | Limit::LoginRate) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             AppError::LimitedFor(limit, _) => AppError::Limited(*limit).status_code(),
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

@@ -18,6 +18,9 @@ pub enum Limit {
     BodySize,
     /// `server.max_upstream_concurrency` calls already in flight: 429 `upstream_busy`.
     UpstreamConcurrency,
+    /// `server.max_upstream_concurrency_per_session` calls of this session in flight: 429
+    /// `upstream_busy`.
+    SessionConcurrency,
     /// `server.login_starts_per_minute`, per client address or per browser: 429 `too_many_logins`.
     LoginRate,
 }
@@ -28,6 +31,7 @@ impl Limit {
             Limit::HeaderSize => "header_size",
             Limit::BodySize => "body_size",
             Limit::UpstreamConcurrency => "upstream_concurrency",
+            Limit::SessionConcurrency => "session_concurrency",
             Limit::LoginRate => "login_rate",
         }
     }

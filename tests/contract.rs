@@ -332,7 +332,8 @@ fn codes_in_sources(pattern: &str) -> BTreeSet<String> {
 
 /// Every `AppError`, with every value of the enums some variants carry.
 fn app_errors() -> Vec<AppError> {
-    let limits = [Limit::HeaderSize, Limit::BodySize, Limit::UpstreamConcurrency, Limit::LoginRate];
+    let limits =
+        [Limit::HeaderSize, Limit::BodySize, Limit::UpstreamConcurrency, Limit::SessionConcurrency, Limit::LoginRate];
     let mut errors = vec![
         AppError::LoginRequired,
         AppError::Csrf,
@@ -355,7 +356,11 @@ fn app_errors() -> Vec<AppError> {
 /// `app_errors` and the doc.
 fn listed(error: &AppError) -> bool {
     let limit = |l: &Limit| match l {
-        Limit::HeaderSize | Limit::BodySize | Limit::UpstreamConcurrency | Limit::LoginRate => true,
+        Limit::HeaderSize
+        | Limit::BodySize
+        | Limit::UpstreamConcurrency
+        | Limit::SessionConcurrency
+        | Limit::LoginRate => true,
     };
     match error {
         AppError::Limited(l) | AppError::LimitedFor(l, _) => limit(l),

@@ -58,6 +58,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Upstream calls in flight at once in this instance; more wait for none: 429.
     pub max_upstream_concurrency: usize,
+    /// The same for each session (in this instance).
+    pub max_upstream_concurrency_per_session: usize,
     /// `/auth/login` starts allowed per client address per minute, and pending logins per browser.
     pub login_starts_per_minute: u32,
     /// Proxies in front of bff that append to `X-Forwarded-For` (0: the peer is the client).

@@ -38,6 +38,10 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     server.insert("shutdown_grace_secs".into(), secs(config.server.shutdown_grace));
     server.insert("max_header_bytes".into(), int(config.server.max_header_bytes as u64));
     server.insert("max_upstream_concurrency".into(), int(config.server.max_upstream_concurrency as u64));
+    server.insert(
+        "max_upstream_concurrency_per_session".into(),
+        int(config.server.max_upstream_concurrency_per_session as u64),
+    );
     server.insert("login_starts_per_minute".into(), int(u64::from(config.server.login_starts_per_minute)));
     server.insert("trusted_proxy_hops".into(), int(config.server.trusted_proxy_hops as u64));
 

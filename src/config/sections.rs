@@ -93,6 +93,8 @@ impl Walker<'_> {
         let shutdown_grace = self.secs(&mut s, "shutdown_grace_secs", 30, 0);
         let max_header_bytes = self.uint(&mut s, "max_header_bytes", 16_384, 1024) as usize;
         let max_upstream_concurrency = self.uint(&mut s, "max_upstream_concurrency", 1024, 1) as usize;
+        let max_upstream_concurrency_per_session =
+            self.uint(&mut s, "max_upstream_concurrency_per_session", 64, 1) as usize;
         let login_starts_per_minute =
             u32::try_from(self.uint(&mut s, "login_starts_per_minute", 30, 1)).unwrap_or(u32::MAX);
         let trusted_proxy_hops = self.uint(&mut s, "trusted_proxy_hops", 0, 0) as usize;
@@ -107,6 +109,7 @@ impl Walker<'_> {
             shutdown_grace,
             max_header_bytes,
             max_upstream_concurrency,
+            max_upstream_concurrency_per_session,
             login_starts_per_minute,
             trusted_proxy_hops,
         })

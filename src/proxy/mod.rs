@@ -1,6 +1,7 @@
 //! The API proxy: `{prefix}/…` to the configured upstream with the session's access token,
 //! one retry after a refresh when the upstream answers 401 and the body could be kept.
 
+mod admission;
 mod body;
 mod headers;
 mod path;
@@ -20,7 +21,7 @@ use hyper::header::{AUTHORIZATION, HeaderValue};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use url::Url;
 
 use crate::config::{ApiConfig, Config};
@@ -30,6 +31,7 @@ use crate::metrics::{Metrics, UpstreamFailure};
 use crate::request_id::RequestId;
 use crate::session::SessionHandle;
 use crate::tokens::{TokenError, TokenManager, UsableToken};
+use admission::{Admission, Permit};
 
 pub use body::{RequestBody, UpstreamBody};
 pub use path::{PathError, strip_prefix, upstream_url};
@@ -96,8 +98,8 @@ pub struct Proxy {
     proto: HeaderValue,
     host: HeaderValue,
     trusted_hops: usize,
-    /// One permit per upstream exchange in flight (held until its response body ends).
-    in_flight: Arc<Semaphore>,
+    /// Exchanges in flight, in all and per session (a permit lives until its response body ends).
+    admission: Admission,
     metrics: Arc<Metrics>,
 }
 
@@ -127,7 +129,10 @@ impl Proxy {
             proto: HeaderValue::try_from(public.scheme()).unwrap_or(HeaderValue::from_static("https")),
             host: HeaderValue::try_from(host).unwrap_or(HeaderValue::from_static("")),
             trusted_hops: config.server.trusted_proxy_hops,
-            in_flight: Arc::new(Semaphore::new(config.server.max_upstream_concurrency)),
+            admission: Admission::new(
+                config.server.max_upstream_concurrency,
+                config.server.max_upstream_concurrency_per_session,
+            ),
             metrics,
         }
     }
@@ -180,9 +185,7 @@ impl Proxy {
         if content_length.is_some_and(|len| len > destination.route.max_body_bytes) {
             return Err(AppError::Limited(Limit::BodySize));
         }
-        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
-            return Err(AppError::Limited(Limit::UpstreamConcurrency));
-        };
+        let permit = self.admission.admit(handle).map_err(AppError::Limited)?;
         let token = tokens.access_token(handle).await?;
         let body = body::read(
             payload,
@@ -292,7 +295,7 @@ async fn respond(
     upstream: hyper::Response<Incoming>,
     head_request: bool,
     token: &UsableToken,
-    permit: OwnedSemaphorePermit,
+    permit: Permit,
 ) -> HttpResponse {
     let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut res = HttpResponse::build(status);
