@@ -29,6 +29,9 @@ pub enum AppError {
     BadRequest(BadRequest),
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The request body stopped arriving.
+    #[error("request timeout")]
+    RequestTimeout,
     #[error("session store unavailable")]
     SessionStoreUnavailable,
     #[error("token refresh unavailable")]
@@ -77,6 +80,7 @@ impl AppError {
             AppError::LimitedFor(limit, _) => AppError::Limited(*limit).code(),
             AppError::BadRequest(reason) => reason.code(),
             AppError::MethodNotAllowed => "method_not_allowed",
+            AppError::RequestTimeout => "request_timeout",
             AppError::SessionStoreUnavailable => "session_store_unavailable",
             AppError::TokenRefreshUnavailable => "token_refresh_unavailable",
             AppError::IdpUnavailable => "idp_unavailable",
@@ -98,6 +102,7 @@ impl AppError {
             AppError::LimitedFor(limit, _) => AppError::Limited(*limit).explanation(),
             AppError::BadRequest(_) => "The request was not understood.",
             AppError::MethodNotAllowed => "This method is not allowed here.",
+            AppError::RequestTimeout => "The request took too long to arrive.",
             AppError::SessionStoreUnavailable => "Sessions cannot be read right now. Please try again in a moment.",
             AppError::TokenRefreshUnavailable | AppError::IdpUnavailable => {
                 "The sign-in service cannot be reached right now. Please try again in a moment."
@@ -142,6 +147,7 @@ impl ResponseError for AppError {
             AppError::LimitedFor(limit, _) => AppError::Limited(*limit).status_code(),
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             AppError::SessionStoreUnavailable | AppError::TokenRefreshUnavailable | AppError::IdpUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

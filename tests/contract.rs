@@ -338,6 +338,7 @@ fn app_errors() -> Vec<AppError> {
         AppError::LoginRequired,
         AppError::Csrf,
         AppError::MethodNotAllowed,
+        AppError::RequestTimeout,
         AppError::SessionStoreUnavailable,
         AppError::TokenRefreshUnavailable,
         AppError::IdpUnavailable,
@@ -368,6 +369,7 @@ fn listed(error: &AppError) -> bool {
         AppError::LoginRequired
         | AppError::Csrf
         | AppError::MethodNotAllowed
+        | AppError::RequestTimeout
         | AppError::SessionStoreUnavailable
         | AppError::TokenRefreshUnavailable
         | AppError::IdpUnavailable

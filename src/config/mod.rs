@@ -150,6 +150,8 @@ pub struct ApiConfig {
     /// The methods this route takes (upper-case); empty: every method but TRACE and CONNECT.
     /// GET implies HEAD.
     pub methods: Vec<String>,
+    /// A request body that sends nothing this long is answered 408.
+    pub body_timeout: Duration,
 }
 
 impl Config {

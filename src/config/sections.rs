@@ -357,6 +357,7 @@ impl Walker<'_> {
                 Some(url)
             });
             let timeout = self.secs(&mut s, "timeout_secs", 30, 1);
+            let body_timeout = self.secs(&mut s, "body_timeout_secs", 30, 1);
             let max_retry_body_bytes = self.uint(&mut s, "max_retry_body_bytes", 1_048_576, 0);
             let max_body_bytes = self.uint(&mut s, "max_body_bytes", 104_857_600, 0);
             if max_retry_body_bytes > max_body_bytes {
@@ -390,6 +391,7 @@ impl Walker<'_> {
             if let (Some(prefix), Some(upstream)) = (prefix, upstream) {
                 out.push(ApiConfig {
                     methods,
+                    body_timeout,
                     prefix,
                     upstream,
                     timeout,

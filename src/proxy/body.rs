@@ -2,7 +2,8 @@
 //! larger ones stream through with backpressure and a size cap, never held whole in memory.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
 
 use actix_web::web::{self, Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -26,8 +27,30 @@ pub enum RequestBody {
 
 pub struct StreamedBody {
     pub receiver: mpsc::Receiver<Result<Bytes, std::io::Error>>,
-    /// Set when the browser sent more than the cap; the proxy then answers 413.
-    pub too_large: Arc<AtomicBool>,
+    /// Why the browser's body stopped early, if it did: the proxy answers that, not a 502.
+    pub fault: Arc<BodyFault>,
+}
+
+/// Why a streamed request body stopped before its end.
+#[derive(Default)]
+pub struct BodyFault(AtomicU8);
+
+const TOO_LARGE: u8 = 1;
+const STALLED: u8 = 2;
+
+impl BodyFault {
+    fn set(&self, fault: u8) {
+        self.0.store(fault, Ordering::SeqCst);
+    }
+
+    /// The answer to give for it: 413 over the cap, 408 for a body that stopped arriving.
+    pub fn error(&self) -> Option<AppError> {
+        match self.0.load(Ordering::SeqCst) {
+            TOO_LARGE => Some(AppError::Limited(Limit::BodySize)),
+            STALLED => Some(AppError::RequestTimeout),
+            _ => None,
+        }
+    }
 }
 
 impl RequestBody {
@@ -59,47 +82,65 @@ fn too_large_error() -> std::io::Error {
 }
 
 /// Reads enough of the body to decide: all of it if it fits `max_retry`, else the start of it,
-/// and the rest is streamed by a local task (the payload is not `Send`).
+/// and the rest is streamed by a local task (the payload is not `Send`). A body that sends
+/// nothing for `stall` is given up on (408), so it does not hold its permit for ever.
 pub async fn read(
     mut payload: web::Payload,
     content_length: Option<u64>,
-    max_retry: u64,
-    max_body: u64,
+    limits: BodyLimits,
 ) -> Result<RequestBody, AppError> {
+    let BodyLimits { max_retry, max_body, stall } = limits;
     let buffer_all = content_length.is_some_and(|len| len <= max_retry);
     let mut buffered = BytesMut::new();
     // Without a length, read up to the retry limit before choosing.
     if content_length.is_none() || buffer_all {
-        while let Some(chunk) = payload.next().await {
+        while let Some(chunk) =
+            tokio::time::timeout(stall, payload.next()).await.map_err(|_| AppError::RequestTimeout)?
+        {
             let chunk = chunk.map_err(|_| AppError::BadRequest(BadRequest::BadRequestBody))?;
             buffered.extend_from_slice(&chunk);
             if buffered.len() as u64 > max_body {
                 return Err(AppError::Limited(Limit::BodySize));
             }
             if !buffer_all && buffered.len() as u64 > max_retry {
-                return Ok(RequestBody::Streaming(stream_rest(buffered.freeze(), payload, max_body)));
+                return Ok(RequestBody::Streaming(stream_rest(buffered.freeze(), payload, limits)));
             }
         }
         return Ok(RequestBody::Buffered(buffered.freeze()));
     }
-    Ok(RequestBody::Streaming(stream_rest(Bytes::new(), payload, max_body)))
+    Ok(RequestBody::Streaming(stream_rest(Bytes::new(), payload, limits)))
 }
 
-fn stream_rest(head: Bytes, mut payload: web::Payload, max_body: u64) -> StreamedBody {
+/// A route's limits on request bodies.
+#[derive(Clone, Copy)]
+pub struct BodyLimits {
+    pub max_retry: u64,
+    pub max_body: u64,
+    /// The longest a body may send nothing (`body_timeout_secs`).
+    pub stall: Duration,
+}
+
+fn stream_rest(head: Bytes, mut payload: web::Payload, limits: BodyLimits) -> StreamedBody {
     let (tx, receiver) = mpsc::channel(STREAM_BUFFER_CHUNKS);
-    let too_large = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&too_large);
+    let fault = Arc::new(BodyFault::default());
+    let flag = Arc::clone(&fault);
     actix_web::rt::spawn(async move {
         let mut sent = head.len() as u64;
         if !head.is_empty() && tx.send(Ok(head)).await.is_err() {
             return;
         }
-        while let Some(chunk) = payload.next().await {
+        loop {
+            let Ok(next) = tokio::time::timeout(limits.stall, payload.next()).await else {
+                flag.set(STALLED);
+                let _ = tx.send(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "request body stalled"))).await;
+                return;
+            };
+            let Some(chunk) = next else { return };
             let item = match chunk {
                 Ok(bytes) => {
                     sent += bytes.len() as u64;
-                    if sent > max_body {
-                        flag.store(true, Ordering::SeqCst);
+                    if sent > limits.max_body {
+                        flag.set(TOO_LARGE);
                         let _ = tx.send(Err(too_large_error())).await;
                         return;
                     }
@@ -114,5 +155,5 @@ fn stream_rest(head: Bytes, mut payload: web::Payload, max_body: u64) -> Streame
             }
         }
     });
-    StreamedBody { receiver, too_large }
+    StreamedBody { receiver, fault }
 }

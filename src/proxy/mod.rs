@@ -7,7 +7,6 @@ mod headers;
 mod path;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix_web::body::SizedStream;
@@ -32,6 +31,7 @@ use crate::request_id::RequestId;
 use crate::session::SessionHandle;
 use crate::tokens::{TokenError, TokenManager, UsableToken};
 use admission::{Admission, Permit};
+use body::BodyLimits;
 
 pub use body::{RequestBody, UpstreamBody};
 pub use path::{PathError, strip_prefix, upstream_url};
@@ -48,6 +48,8 @@ pub struct Route {
     request_headers_drop: Vec<String>,
     /// `methods`; empty: any (TRACE and CONNECT are refused before routing).
     methods: Vec<String>,
+    /// How long a request body may send nothing (`body_timeout_secs`).
+    body_timeout: Duration,
 }
 
 impl Route {
@@ -75,6 +77,7 @@ impl From<&ApiConfig> for Route {
             max_retry_body_bytes: api.max_retry_body_bytes,
             request_headers_drop: api.request_headers_drop.clone(),
             methods: api.methods.clone(),
+            body_timeout: api.body_timeout,
             max_body_bytes: api.max_body_bytes,
         }
     }
@@ -186,14 +189,14 @@ impl Proxy {
             return Err(AppError::Limited(Limit::BodySize));
         }
         let permit = self.admission.admit(handle).map_err(AppError::Limited)?;
+        let limits = BodyLimits {
+            max_retry: destination.route.max_retry_body_bytes,
+            max_body: destination.route.max_body_bytes,
+            stall: destination.route.body_timeout,
+        };
+        let body = body::read(payload, content_length, limits).await?;
+        // After the body is in: a slow upload is not sent with a token that expired meanwhile.
         let token = tokens.access_token(handle).await?;
-        let body = body::read(
-            payload,
-            content_length,
-            destination.route.max_retry_body_bytes,
-            destination.route.max_body_bytes,
-        )
-        .await?;
         let retry_body = body.retryable();
         let method = hyper::Method::from_bytes(req.method().as_str().as_bytes())
             .map_err(|_| AppError::BadRequest(BadRequest::BadMethod))?;
@@ -214,11 +217,11 @@ impl Proxy {
             headers
         };
 
-        let (outbound, too_large) = match body {
+        let (outbound, body_fault) = match body {
             RequestBody::Buffered(bytes) => (body::buffered(bytes), None),
             RequestBody::Streaming(s) => {
-                let flag = Arc::clone(&s.too_large);
-                (s.into_upstream(), Some(flag))
+                let fault = Arc::clone(&s.fault);
+                (s.into_upstream(), Some(fault))
             }
         };
         // Headers are made again for the rare retry rather than copied for every first try.
@@ -235,10 +238,8 @@ impl Proxy {
 
         let first = send(&token, outbound).await;
         let first = match first {
-            Err(_) if too_large.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) => {
-                return Err(AppError::Limited(Limit::BodySize));
-            }
-            other => other?,
+            Err(e) => return Err(body_fault.and_then(|f| f.error()).unwrap_or(e)),
+            Ok(first) => first,
         };
         let head = req.method() == actix_web::http::Method::HEAD;
         if first.status() != hyper::StatusCode::UNAUTHORIZED {

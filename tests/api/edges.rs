@@ -170,3 +170,37 @@ async fn one_session_cannot_take_the_capacity_the_others_need() {
     let text = greedy.get("/metrics").await.text().await.expect("metrics");
     assert!(text.contains("bff_requests_limited_total{limit=\"session_concurrency\"}"), "counted");
 }
+
+/// Sends a request whose body stops after `sent` of its declared `declared` bytes; the status.
+async fn stalled_upload(base: &str, cookie: &str, declared: usize, sent: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(authority).await.expect("connect");
+    let head = format!(
+        "POST /api/echo HTTP/1.1\r\nHost: {authority}\r\nCookie: {cookie}\r\nX-CSRF: 1\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    stream.write_all(&vec![b'a'; sent]).await.expect("write");
+    let mut response = vec![0; 1024];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut response)).await;
+    let n = read.ok().and_then(Result::ok).unwrap_or(0);
+    String::from_utf8_lossy(&response[..n]).split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_answered_408_and_frees_its_permit() {
+    let app = spawn_app().await;
+    let instance = spawn_instance_with(&app, |c| {
+        c.api[0].body_timeout = std::time::Duration::from_secs(1);
+        c.server.max_upstream_concurrency = 1;
+    })
+    .await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    let cookie = format!("bff={}", browser.cookie("bff").expect("cookie"));
+    // Buffered (under max_retry_body_bytes) and streamed (over it) bodies alike.
+    assert_eq!(stalled_upload(&instance, &cookie, 100, 10).await, 408);
+    assert_eq!(stalled_upload(&instance, &cookie, 200_000, 100_000).await, 408);
+    assert_eq!(browser.at(&instance).api(Method::GET, "/api/echo").await.status(), 200, "the only permit is back");
+}
