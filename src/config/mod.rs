@@ -152,6 +152,28 @@ pub struct ApiConfig {
     pub methods: Vec<String>,
     /// A request body that sends nothing this long is answered 408.
     pub body_timeout: Duration,
+    pub token: TokenPolicy,
+}
+
+/// Whose access token a route's upstream gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenPolicy {
+    /// The signed-in user's; no session is 401.
+    User,
+    /// The user's while signed in; signed out, the call goes without a token.
+    UserOrNone,
+    /// None: no session, no `X-CSRF`, never a token (public APIs).
+    None,
+}
+
+impl TokenPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenPolicy::User => "user",
+            TokenPolicy::UserOrNone => "user_or_none",
+            TokenPolicy::None => "none",
+        }
+    }
 }
 
 impl Config {

@@ -103,6 +103,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
             t.insert("max_retry_body_bytes".into(), int(api.max_retry_body_bytes));
             t.insert("max_body_bytes".into(), int(api.max_body_bytes));
             t.insert("body_timeout_secs".into(), secs(api.body_timeout));
+            t.insert("token".into(), string(api.token.as_str()));
             t.insert("methods".into(), Value::Array(api.methods.iter().map(string).collect()));
             t.insert(
                 "request_headers_drop".into(),

@@ -13,7 +13,7 @@ use url::Url;
 use super::walker::{Section, Walker, describe};
 use super::{
     ApiConfig, AuthMethod, Config, LogConfig, LogFormat, OidcConfig, SameSitePolicy, ServerConfig, SessionConfig,
-    TokensConfig,
+    TokenPolicy, TokensConfig,
 };
 
 const MIN_SECRET_BYTES: usize = 64;
@@ -358,6 +358,25 @@ impl Walker<'_> {
             });
             let timeout = self.secs(&mut s, "timeout_secs", 30, 1);
             let body_timeout = self.secs(&mut s, "body_timeout_secs", 30, 1);
+            let token = match self.string_or(&mut s, "token", "user").as_str() {
+                "user" => TokenPolicy::User,
+                "user_or_none" => TokenPolicy::UserOrNone,
+                "none" => TokenPolicy::None,
+                "client" => {
+                    self.error(
+                        s.key("token"),
+                        "\"client\" (bff's own client-credentials token) is not supported yet; use \"user\", \"user_or_none\" or \"none\"",
+                    );
+                    TokenPolicy::User
+                }
+                other => {
+                    self.error(
+                        s.key("token"),
+                        format!("must be \"user\", \"user_or_none\" or \"none\" (got {other:?})"),
+                    );
+                    TokenPolicy::User
+                }
+            };
             let max_retry_body_bytes = self.uint(&mut s, "max_retry_body_bytes", 1_048_576, 0);
             let max_body_bytes = self.uint(&mut s, "max_body_bytes", 104_857_600, 0);
             if max_retry_body_bytes > max_body_bytes {
@@ -390,6 +409,7 @@ impl Walker<'_> {
             self.finish(s);
             if let (Some(prefix), Some(upstream)) = (prefix, upstream) {
                 out.push(ApiConfig {
+                    token,
                     methods,
                     body_timeout,
                     prefix,

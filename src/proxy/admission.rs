@@ -19,7 +19,8 @@ pub struct Admission {
 /// Held as long as the exchange lasts (its response body included); dropping it frees both shares.
 pub struct Permit {
     _all: OwnedSemaphorePermit,
-    _session: SessionShare,
+    /// `None` for a call made without a session (a `token = "none"` route).
+    _session: Option<SessionShare>,
 }
 
 struct SessionShare {
@@ -46,7 +47,11 @@ impl Admission {
 
     /// A permit for one more exchange of `handle`, or the limit it would pass. The session's
     /// share is taken first: a session at its limit does not hold a global permit meanwhile.
-    pub fn admit(&self, handle: &SessionHandle) -> Result<Permit, Limit> {
+    pub fn admit(&self, handle: Option<&SessionHandle>) -> Result<Permit, Limit> {
+        let Some(handle) = handle else {
+            let all = Arc::clone(&self.all).try_acquire_owned().map_err(|_| Limit::UpstreamConcurrency)?;
+            return Ok(Permit { _all: all, _session: None });
+        };
         let session = {
             let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
             let count = sessions.entry(handle.clone()).or_insert(0);
@@ -57,7 +62,7 @@ impl Admission {
             SessionShare { sessions: Arc::clone(&self.sessions), handle: handle.clone() }
         };
         let all = Arc::clone(&self.all).try_acquire_owned().map_err(|_| Limit::UpstreamConcurrency)?;
-        Ok(Permit { _all: all, _session: session })
+        Ok(Permit { _all: all, _session: Some(session) })
     }
 
     #[cfg(test)]
@@ -75,23 +80,23 @@ mod tests {
     fn a_session_at_its_share_is_refused_while_others_are_admitted() {
         let admission = Admission::new(4, 2);
         let (a, b) = (SessionId::generate().handle(), SessionId::generate().handle());
-        let first = admission.admit(&a).ok();
-        let second = admission.admit(&a).ok();
+        let first = admission.admit(Some(&a)).ok();
+        let second = admission.admit(Some(&a)).ok();
         assert!(first.is_some() && second.is_some());
-        assert_eq!(admission.admit(&a).err(), Some(Limit::SessionConcurrency));
-        let other = admission.admit(&b).ok();
+        assert_eq!(admission.admit(Some(&a)).err(), Some(Limit::SessionConcurrency));
+        let other = admission.admit(Some(&b)).ok();
         assert!(other.is_some(), "another session is served");
         drop(first);
-        assert!(admission.admit(&a).is_ok(), "a finished exchange frees its share");
+        assert!(admission.admit(Some(&a)).is_ok(), "a finished exchange frees its share");
     }
 
     #[test]
     fn the_global_cap_still_holds_and_a_refusal_keeps_no_share() {
         let admission = Admission::new(1, 5);
         let (a, b) = (SessionId::generate().handle(), SessionId::generate().handle());
-        let held = admission.admit(&a).ok();
+        let held = admission.admit(Some(&a)).ok();
         assert!(held.is_some());
-        assert_eq!(admission.admit(&b).err(), Some(Limit::UpstreamConcurrency));
+        assert_eq!(admission.admit(Some(&b)).err(), Some(Limit::UpstreamConcurrency));
         drop(held);
         assert_eq!(admission.sessions_in_flight(), 0, "no share is left behind");
     }

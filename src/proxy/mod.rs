@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use url::Url;
 
-use crate::config::{ApiConfig, Config};
+use crate::config::{ApiConfig, Config, TokenPolicy};
 use crate::error::{AppError, BadRequest};
 use crate::limits::Limit;
 use crate::metrics::{Metrics, UpstreamFailure};
@@ -50,6 +50,8 @@ pub struct Route {
     methods: Vec<String>,
     /// How long a request body may send nothing (`body_timeout_secs`).
     body_timeout: Duration,
+    /// Whose token the upstream gets (`token`).
+    pub token: TokenPolicy,
 }
 
 impl Route {
@@ -78,6 +80,7 @@ impl From<&ApiConfig> for Route {
             request_headers_drop: api.request_headers_drop.clone(),
             methods: api.methods.clone(),
             body_timeout: api.body_timeout,
+            token: api.token,
             max_body_bytes: api.max_body_bytes,
         }
     }
@@ -181,8 +184,9 @@ impl Proxy {
         payload: web::Payload,
         destination: Destination<'_>,
         tokens: &Arc<TokenManager>,
-        handle: &SessionHandle,
+        caller: Caller<'_>,
     ) -> Result<HttpResponse, AppError> {
+        let handle = caller.session();
         let content_length =
             req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if content_length.is_some_and(|len| len > destination.route.max_body_bytes) {
@@ -196,7 +200,15 @@ impl Proxy {
         };
         let body = body::read(payload, content_length, limits).await?;
         // After the body is in: a slow upload is not sent with a token that expired meanwhile.
-        let token = tokens.access_token(handle).await?;
+        let token = match caller {
+            Caller::Session(handle) => Some(tokens.access_token(handle).await?),
+            Caller::SessionIfLive(handle) => match tokens.access_token(handle).await {
+                Ok(token) => Some(token),
+                Err(TokenError::LoginRequired) => None,
+                Err(e) => return Err(e.into()),
+            },
+            Caller::Anonymous => None,
+        };
         let retry_body = body.retryable();
         let method = hyper::Method::from_bytes(req.method().as_str().as_bytes())
             .map_err(|_| AppError::BadRequest(BadRequest::BadMethod))?;
@@ -225,38 +237,42 @@ impl Proxy {
             }
         };
         // Headers are made again for the rare retry rather than copied for every first try.
-        let send = |token: &UsableToken, body: UpstreamBody| {
+        let send = |token: Option<&UsableToken>, body: UpstreamBody| {
             let mut request = hyper::Request::new(body);
             *request.method_mut() = method.clone();
             *request.uri_mut() = destination.uri.clone();
             *request.headers_mut() = request_headers();
-            if let Some(bearer) = &token.authorization {
+            if let Some(bearer) = token.and_then(|t| t.authorization.as_ref()) {
                 request.headers_mut().insert(AUTHORIZATION, bearer.clone());
             }
             self.send(client, request, destination.route)
         };
 
-        let first = send(&token, outbound).await;
+        let first = send(token.as_ref(), outbound).await;
         let first = match first {
             Err(e) => return Err(body_fault.and_then(|f| f.error()).unwrap_or(e)),
             Ok(first) => first,
         };
         let head = req.method() == actix_web::http::Method::HEAD;
+        // Only a call that carried a user's token is retried after a 401.
+        let (Some(token), Some(handle)) = (&token, handle) else {
+            return Ok(respond(first, head, token.as_ref(), permit).await);
+        };
         if first.status() != hyper::StatusCode::UNAUTHORIZED {
-            return Ok(respond(first, head, &token, permit).await);
+            return Ok(respond(first, head, Some(token), permit).await);
         }
         let Some(retry_body) = retry_body else {
-            return Ok(respond(first, head, &token, permit).await);
+            return Ok(respond(first, head, Some(token), permit).await);
         };
         let fresh = match tokens.refresh_after_rejection(handle, token.version).await {
             Ok(fresh) => fresh,
             // Nothing to refresh with: the upstream's 401 is the answer.
-            Err(TokenError::CannotRefresh) => return Ok(respond(first, head, &token, permit).await),
+            Err(TokenError::CannotRefresh) => return Ok(respond(first, head, Some(token), permit).await),
             Err(e) => return Err(e.into()),
         };
         drop(first);
-        let second = send(&fresh, body::buffered(retry_body)).await?;
-        Ok(respond(second, head, &fresh, permit).await)
+        let second = send(Some(&fresh), body::buffered(retry_body)).await?;
+        Ok(respond(second, head, Some(&fresh), permit).await)
     }
 
     /// Sends and waits for the response head only: bodies (downloads, event streams) may take
@@ -286,6 +302,26 @@ impl Proxy {
     }
 }
 
+/// Who a proxied call is made for, by the route's `token` policy.
+#[derive(Clone, Copy)]
+pub enum Caller<'h> {
+    /// `user`: this session's token; no live session is 401.
+    Session(&'h SessionHandle),
+    /// `user_or_none`: this session's token while it lives, else no token.
+    SessionIfLive(&'h SessionHandle),
+    /// `none`, or `user_or_none` without a session cookie: no token.
+    Anonymous,
+}
+
+impl<'h> Caller<'h> {
+    fn session(self) -> Option<&'h SessionHandle> {
+        match self {
+            Caller::Session(h) | Caller::SessionIfLive(h) => Some(h),
+            Caller::Anonymous => None,
+        }
+    }
+}
+
 /// Tells the SPA when the access token used expires (never the token), so it can show refreshes.
 pub const TOKEN_EXPIRY_HEADER: &str = "x-bff-access-token-expires-at";
 
@@ -295,7 +331,7 @@ const X_REQUEST_ID: hyper::header::HeaderName = hyper::header::HeaderName::from_
 async fn respond(
     upstream: hyper::Response<Incoming>,
     head_request: bool,
-    token: &UsableToken,
+    token: Option<&UsableToken>,
     permit: Permit,
 ) -> HttpResponse {
     let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -309,10 +345,12 @@ async fn respond(
             res.append_header((name, value));
         }
     }
-    res.insert_header((
-        actix_web::http::header::HeaderName::from_static(TOKEN_EXPIRY_HEADER),
-        actix_web::http::header::HeaderValue::from(token.expires_at),
-    ));
+    if let Some(token) = token {
+        res.insert_header((
+            actix_web::http::header::HeaderName::from_static(TOKEN_EXPIRY_HEADER),
+            actix_web::http::header::HeaderValue::from(token.expires_at),
+        ));
+    }
     let no_body = head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     if no_body {
         return res.finish();

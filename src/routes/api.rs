@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 
+use crate::config::TokenPolicy;
 use crate::error::AppError;
 use crate::http::require_csrf_header;
-use crate::proxy::{Route, UpstreamClient};
+use crate::proxy::{Caller, Route, UpstreamClient};
 use crate::state::AppState;
 
 pub async fn proxy(
@@ -23,10 +24,22 @@ pub async fn proxy(
         }
         return Ok(res);
     }
-    require_csrf_header(&req)?;
+    // A route that never carries a user's token needs no proof the call came from the SPA.
+    if route.token != TokenPolicy::None {
+        require_csrf_header(&req)?;
+    }
     let destination = state.proxy.destination(&req, &route)?;
-    let handle = state.cookies.session_handle(&req).ok_or(AppError::LoginRequired)?;
-    let forwarded = state.proxy.forward(&client, &req, payload, destination, &state.tokens, &handle).await;
+    let handle = match route.token {
+        TokenPolicy::None => None,
+        TokenPolicy::User => Some(state.cookies.session_handle(&req).ok_or(AppError::LoginRequired)?),
+        TokenPolicy::UserOrNone => state.cookies.session_handle(&req),
+    };
+    let caller = match (route.token, &handle) {
+        (TokenPolicy::User, Some(h)) => Caller::Session(h),
+        (TokenPolicy::UserOrNone, Some(h)) => Caller::SessionIfLive(h),
+        _ => Caller::Anonymous,
+    };
+    let forwarded = state.proxy.forward(&client, &req, payload, destination, &state.tokens, caller).await;
     if let Err(AppError::Limited(limit)) = &forwarded {
         state.metrics.limited(*limit);
     }

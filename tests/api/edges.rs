@@ -204,3 +204,53 @@ async fn a_stalled_body_is_answered_408_and_frees_its_permit() {
     assert_eq!(stalled_upload(&instance, &cookie, 200_000, 100_000).await, 408);
     assert_eq!(browser.at(&instance).api(Method::GET, "/api/echo").await.status(), 200, "the only permit is back");
 }
+
+/// A GET without `X-CSRF`, as a page or another site could make it.
+async fn plain(b: &support::Browser, path: &str) -> reqwest::Response {
+    b.send(b.request(Method::GET, path)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_policies_decide_whose_token_the_upstream_gets() {
+    use bff::config::TokenPolicy;
+    let app = spawn_app().await;
+    // An upstream that serves callers with or without a token.
+    let open = support::upstream::spawn(None).await;
+    let open_url = url::Url::parse(&open.url).expect("url");
+    let instance = spawn_instance_with(&app, |c| {
+        let base = bff::config::ApiConfig { upstream: open_url, ..c.api[0].clone() };
+        c.api.push(bff::config::ApiConfig { prefix: "/public".into(), token: TokenPolicy::None, ..base.clone() });
+        c.api.push(bff::config::ApiConfig { prefix: "/maybe".into(), token: TokenPolicy::UserOrNone, ..base });
+    })
+    .await;
+    let bearer_seen = |_: &support::TestApp| open.seen().last().and_then(|s| s.bearer.clone());
+    let signed_out = support::Browser::new(&instance);
+    // `none`: no session, no X-CSRF, never a token.
+    assert_eq!(plain(&signed_out, "/public/echo").await.status(), 200);
+    assert_eq!(bearer_seen(&app), None);
+    // `user_or_none` signed out: forwarded without a token (X-CSRF still asked for).
+    assert_eq!(plain(&signed_out, "/maybe/echo").await.status(), 403);
+    assert_eq!(signed_out.api(Method::GET, "/maybe/echo").await.status(), 200);
+    assert_eq!(bearer_seen(&app), None);
+    // `user` (the default) signed out: 401.
+    assert_eq!(signed_out.api(Method::GET, "/api/echo").await.status(), 401);
+
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    let b = browser.at(&instance);
+    assert_eq!(b.api(Method::GET, "/maybe/echo").await.status(), 200);
+    assert!(bearer_seen(&app).is_some(), "signed in: the user's token");
+    assert_eq!(plain(&b, "/public/echo").await.status(), 200);
+    assert_eq!(bearer_seen(&app), None, "a public route never gets the user's token");
+}
+
+#[test]
+fn a_client_credentials_route_is_refused_until_it_is_supported() {
+    let text = format!(
+        "[oidc]\nissuer = \"https://idp.example\"\nclient_id = \"c\"\nclient_secret = \"s\"\n[session]\nsecret = \"{}\"\n\
+         [[api]]\nprefix = \"/m2m\"\nupstream = \"http://127.0.0.1:1\"\ntoken = \"client\"\n",
+        support::test_secret()
+    );
+    let errors = bff::config::Config::from_toml(&text).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(errors.contains("api[0].token") && errors.contains("not supported yet"), "{errors}");
+}
