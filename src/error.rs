@@ -36,6 +36,9 @@ pub enum AppError {
     SessionStoreUnavailable,
     #[error("token refresh unavailable")]
     TokenRefreshUnavailable,
+    /// The sign-in's grant does not cover the route's resource (RFC 8707).
+    #[error("no token for the route's resource")]
+    ResourceNotGranted,
     #[error("identity provider unavailable")]
     IdpUnavailable,
     #[error("upstream unavailable")]
@@ -83,6 +86,7 @@ impl AppError {
             AppError::RequestTimeout => "request_timeout",
             AppError::SessionStoreUnavailable => "session_store_unavailable",
             AppError::TokenRefreshUnavailable => "token_refresh_unavailable",
+            AppError::ResourceNotGranted => "resource_not_granted",
             AppError::IdpUnavailable => "idp_unavailable",
             AppError::UpstreamUnavailable => "upstream_unavailable",
             AppError::UpstreamTimeout => "upstream_timeout",
@@ -110,6 +114,7 @@ impl AppError {
             AppError::UpstreamUnavailable | AppError::UpstreamTimeout => {
                 "A service behind this application is not answering."
             }
+            AppError::ResourceNotGranted => "Your sign-in does not give access to this service.",
             AppError::Internal => "Something went wrong on our side.",
         }
     }
@@ -138,7 +143,7 @@ impl ResponseError for AppError {
     fn status_code(&self) -> StatusCode {
         match self {
             AppError::LoginRequired => StatusCode::UNAUTHORIZED,
-            AppError::Csrf => StatusCode::FORBIDDEN,
+            AppError::Csrf | AppError::ResourceNotGranted => StatusCode::FORBIDDEN,
             AppError::Limited(Limit::BodySize) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Limited(Limit::HeaderSize) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             AppError::Limited(Limit::UpstreamConcurrency | Limit::SessionConcurrency | Limit::LoginRate) => {
@@ -195,6 +200,7 @@ impl From<TokenError> for AppError {
             // Only reached where the caller has no upstream answer to pass through.
             TokenError::CannotRefresh => AppError::LoginRequired,
             TokenError::RefreshUnavailable(_) => AppError::TokenRefreshUnavailable,
+            TokenError::NotForResource => AppError::ResourceNotGranted,
             TokenError::Store(e) => {
                 tracing::warn!("{}", error_chain(&e));
                 AppError::SessionStoreUnavailable
@@ -215,6 +221,7 @@ mod tests {
             (AppError::Csrf, 403, "csrf"),
             (AppError::SessionStoreUnavailable, 503, "session_store_unavailable"),
             (AppError::TokenRefreshUnavailable, 503, "token_refresh_unavailable"),
+            (AppError::ResourceNotGranted, 403, "resource_not_granted"),
             (AppError::UpstreamUnavailable, 502, "upstream_unavailable"),
             (AppError::UpstreamTimeout, 504, "upstream_timeout"),
             (AppError::Limited(Limit::BodySize), 413, "payload_too_large"),

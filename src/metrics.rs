@@ -20,6 +20,7 @@ pub struct Metrics {
     upstream_duration: HistogramVec,
     upstream_errors: IntCounterVec,
     refreshes: IntCounterVec,
+    client_tokens: IntCounterVec,
     lock_wait: Histogram,
     locks_active: IntGauge,
     auth_events: IntCounterVec,
@@ -175,6 +176,10 @@ impl Metrics {
                 Opts::new("token_refreshes_total", "Access-token refreshes by outcome"),
                 &["outcome"],
             )?,
+            client_tokens: IntCounterVec::new(
+                Opts::new("client_token_requests_total", "Client-credentials token requests, by outcome"),
+                &["outcome"],
+            )?,
             lock_wait: Histogram::with_opts(hist(
                 "refresh_lock_wait_seconds",
                 "Time spent waiting for another instance's refresh",
@@ -224,6 +229,7 @@ impl Metrics {
         m.registry.register(Box::new(m.upstream_duration.clone()))?;
         m.registry.register(Box::new(m.upstream_errors.clone()))?;
         m.registry.register(Box::new(m.refreshes.clone()))?;
+        m.registry.register(Box::new(m.client_tokens.clone()))?;
         m.registry.register(Box::new(m.lock_wait.clone()))?;
         m.registry.register(Box::new(m.locks_active.clone()))?;
         m.registry.register(Box::new(m.auth_events.clone()))?;
@@ -255,6 +261,11 @@ impl Metrics {
 
     pub fn refresh(&self, outcome: RefreshOutcome) {
         self.refreshes.with_label_values(&[outcome.label()]).inc();
+    }
+
+    /// A client-credentials token request; `ok`: a token came back.
+    pub fn client_token(&self, ok: bool) {
+        self.client_tokens.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
     }
 
     pub fn lock_waited(&self, elapsed: Duration) {

@@ -341,6 +341,7 @@ fn app_errors() -> Vec<AppError> {
         AppError::RequestTimeout,
         AppError::SessionStoreUnavailable,
         AppError::TokenRefreshUnavailable,
+        AppError::ResourceNotGranted,
         AppError::IdpUnavailable,
         AppError::UpstreamUnavailable,
         AppError::UpstreamTimeout,
@@ -372,6 +373,7 @@ fn listed(error: &AppError) -> bool {
         | AppError::RequestTimeout
         | AppError::SessionStoreUnavailable
         | AppError::TokenRefreshUnavailable
+        | AppError::ResourceNotGranted
         | AppError::IdpUnavailable
         | AppError::UpstreamUnavailable
         | AppError::UpstreamTimeout

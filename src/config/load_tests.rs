@@ -1,6 +1,6 @@
 //! Unit tests of `load`: defaults, every validation rule, key paths in messages.
 use super::*;
-use crate::config::{AuthMethod, SameSitePolicy};
+use crate::config::{AuthMethod, SameSitePolicy, TokenPolicy};
 use std::time::Duration;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -222,4 +222,32 @@ fn the_local_cache_is_on_by_default_and_can_be_turned_off() {
     let errs = errors(&text);
     assert!(errs.iter().any(|e| e.starts_with("tokens.local_cache: expected true or false")), "{errs:?}");
     assert!(errs.iter().any(|e| e.starts_with("tokens.local_cache_max_entries: must be at least 1")), "{errs:?}");
+}
+
+#[test]
+fn route_token_policies_resources_and_client_scopes_are_checked() {
+    let route =
+        |extra: &str| format!("{}\n[[api]]\nprefix = \"/x\"\nupstream = \"http://127.0.0.1:1\"\n{extra}\n", minimal());
+    let config = load(ConfigSource::from_toml_text(&route(""))).unwrap();
+    assert_eq!((config.api[0].token, config.api[0].resource.as_deref()), (TokenPolicy::User, None));
+    let config = load(ConfigSource::from_toml_text(&route(
+        "token = \"client\"\nscopes = [\"orders:read\", \"orders:write\"]\nresource = \"https://orders.example/\"",
+    )))
+    .unwrap();
+    assert_eq!(config.api[0].token, TokenPolicy::Client);
+    assert_eq!(config.api[0].scopes, ["orders:read", "orders:write"]);
+    assert_eq!(config.api[0].resource.as_deref(), Some("https://orders.example/"));
+    assert!(load(ConfigSource::from_toml_text(&route("resource = \"\""))).unwrap().api[0].resource.is_none());
+    for (extra, key, msg) in [
+        ("token = \"admin\"", "api[0].token", "must be"),
+        ("resource = \"orders\"", "api[0].resource", "absolute URI"),
+        ("resource = \"https://orders.example/#x\"", "api[0].resource", "without a fragment"),
+        ("token = \"none\"\nresource = \"https://orders.example\"", "api[0].resource", "no token"),
+        ("scopes = [\"a\"]", "api[0].scopes", "token = \"client\" only"),
+        ("token = \"client\"\nscopes = [\"a b\"]", "api[0].scopes", "not a scope"),
+        ("token = \"client\"\nscopes = [\"a\\\"\"]", "api[0].scopes", "not a scope"),
+    ] {
+        let errs = errors(&route(extra));
+        assert!(errs.iter().any(|e| e.starts_with(key) && e.contains(msg)), "{extra}: {errs:?}");
+    }
 }

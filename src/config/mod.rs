@@ -153,6 +153,10 @@ pub struct ApiConfig {
     /// A request body that sends nothing this long is answered 408.
     pub body_timeout: Duration,
     pub token: TokenPolicy,
+    /// RFC 8707 resource indicator: this route's tokens are requested for this audience.
+    pub resource: Option<String>,
+    /// The scopes of the client-credentials token (`token = "client"` only).
+    pub scopes: Vec<String>,
 }
 
 /// Whose access token a route's upstream gets.
@@ -164,6 +168,8 @@ pub enum TokenPolicy {
     UserOrNone,
     /// None: no session, no `X-CSRF`, never a token (public APIs).
     None,
+    /// bff's own client-credentials token, shared by every caller; no session needed.
+    Client,
 }
 
 impl TokenPolicy {
@@ -172,6 +178,7 @@ impl TokenPolicy {
             TokenPolicy::User => "user",
             TokenPolicy::UserOrNone => "user_or_none",
             TokenPolicy::None => "none",
+            TokenPolicy::Client => "client",
         }
     }
 }

@@ -104,6 +104,10 @@ pub(super) fn redacted_toml(config: &Config) -> String {
             t.insert("max_body_bytes".into(), int(api.max_body_bytes));
             t.insert("body_timeout_secs".into(), secs(api.body_timeout));
             t.insert("token".into(), string(api.token.as_str()));
+            if let Some(resource) = &api.resource {
+                t.insert("resource".into(), string(resource));
+            }
+            t.insert("scopes".into(), Value::Array(api.scopes.iter().map(string).collect()));
             t.insert("methods".into(), Value::Array(api.methods.iter().map(string).collect()));
             t.insert(
                 "request_headers_drop".into(),

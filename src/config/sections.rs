@@ -362,21 +362,27 @@ impl Walker<'_> {
                 "user" => TokenPolicy::User,
                 "user_or_none" => TokenPolicy::UserOrNone,
                 "none" => TokenPolicy::None,
-                "client" => {
-                    self.error(
-                        s.key("token"),
-                        "\"client\" (bff's own client-credentials token) is not supported yet; use \"user\", \"user_or_none\" or \"none\"",
-                    );
-                    TokenPolicy::User
-                }
+                "client" => TokenPolicy::Client,
                 other => {
                     self.error(
                         s.key("token"),
-                        format!("must be \"user\", \"user_or_none\" or \"none\" (got {other:?})"),
+                        format!("must be \"user\", \"user_or_none\", \"none\" or \"client\" (got {other:?})"),
                     );
                     TokenPolicy::User
                 }
             };
+            let resource =
+                self.string(&mut s, "resource").filter(|r| !r.is_empty()).and_then(|raw| self.resource(&s, token, raw));
+            let scopes = self.string_list(&mut s, "scopes").unwrap_or_default();
+            if !scopes.is_empty() && token != TokenPolicy::Client {
+                self.error(
+                    s.key("scopes"),
+                    "applies to token = \"client\" only (a user's token has the scopes of the sign-in)",
+                );
+            }
+            if let Some(bad) = scopes.iter().find(|scope| !is_scope_token(scope)) {
+                self.error(s.key("scopes"), format!("{bad:?} is not a scope (RFC 6749 §3.3)"));
+            }
             let max_retry_body_bytes = self.uint(&mut s, "max_retry_body_bytes", 1_048_576, 0);
             let max_body_bytes = self.uint(&mut s, "max_body_bytes", 104_857_600, 0);
             if max_retry_body_bytes > max_body_bytes {
@@ -410,6 +416,8 @@ impl Walker<'_> {
             if let (Some(prefix), Some(upstream)) = (prefix, upstream) {
                 out.push(ApiConfig {
                     token,
+                    resource,
+                    scopes,
                     methods,
                     body_timeout,
                     prefix,
@@ -422,6 +430,21 @@ impl Walker<'_> {
             }
         }
         out
+    }
+
+    /// RFC 8707 §2: an absolute URI without a fragment; meaningless on a route without a token.
+    fn resource(&mut self, s: &Section<'_>, token: TokenPolicy, raw: String) -> Option<String> {
+        if token == TokenPolicy::None {
+            self.error(s.key("resource"), "a route with token = \"none\" gets no token to bind to a resource");
+            return None;
+        }
+        match Url::parse(&raw) {
+            Ok(url) if url.fragment().is_none() && !url.cannot_be_a_base() => Some(raw),
+            _ => {
+                self.error(s.key("resource"), format!("must be an absolute URI without a fragment (got {raw:?})"));
+                None
+            }
+        }
     }
 
     fn api_prefix(&mut self, s: &Section<'_>, raw: String) -> Option<String> {
@@ -462,4 +485,9 @@ pub(crate) fn resolve_same_origin(origin: &Url, raw: &str) -> Result<Url, String
         ));
     }
     Ok(url)
+}
+
+/// RFC 6749 §3.3: `scope-token = 1*( %x21 / %x23-5B / %x5D-7E )`.
+fn is_scope_token(scope: &str) -> bool {
+    !scope.is_empty() && scope.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use openidconnect::core::CoreTokenType;
-use openidconnect::{AccessToken, AuthType, Nonce, OAuth2TokenResponse, RefreshToken, TokenResponse};
+use openidconnect::{AccessToken, AuthType, Nonce, OAuth2TokenResponse, RefreshToken, Scope, TokenResponse};
 
 use super::{Oidc, OidcError, RawIdToken, TokenEndpointError};
 
@@ -15,6 +15,20 @@ pub struct Refreshed {
     /// A new, validated ID token for the same subject, if the provider sent one.
     pub id_token: Option<RawIdToken>,
     pub expires_in: Option<Duration>,
+}
+
+/// bff's own access token, from the client-credentials grant.
+pub struct ClientToken {
+    pub access_token: AccessToken,
+    pub expires_in: Option<Duration>,
+}
+
+/// bff attaches tokens as `Bearer`: a token of another type would be sent wrongly.
+fn require_bearer(token_type: &CoreTokenType) -> Result<(), OidcError> {
+    match token_type {
+        CoreTokenType::Bearer => Ok(()),
+        other => Err(OidcError::UnsupportedTokenType(other.as_ref().to_string())),
+    }
 }
 
 /// The token that stands for a grant at revocation: the refresh token, or, for a grant without
@@ -39,6 +53,10 @@ pub enum RefreshError {
     /// `invalid_grant`: the grant is gone; the session is over.
     #[error("the provider rejected the refresh token (invalid_grant)")]
     Revoked,
+    /// `invalid_target` (RFC 8707 §2.2): the grant does not cover the resource asked for; the
+    /// session and its other tokens are fine.
+    #[error("the provider will not issue a token for this resource (invalid_target)")]
+    NotForResource,
     /// Anything else (unreachable, timeout, 5xx, `invalid_client`, `server_error`,
     /// `temporarily_unavailable`): keep the session and the refresh token, try again later.
     #[error("token refresh unavailable")]
@@ -46,14 +64,25 @@ pub enum RefreshError {
 }
 
 impl Oidc {
-    pub async fn refresh(&self, refresh_token: &RefreshToken, sub: &str) -> Result<Refreshed, RefreshError> {
+    /// A refresh; with `resource`, for that audience (RFC 8707 §2.2), the default one otherwise.
+    pub async fn refresh(
+        &self,
+        refresh_token: &RefreshToken,
+        sub: &str,
+        resource: Option<&str>,
+    ) -> Result<Refreshed, RefreshError> {
         let provider = self.provider()?;
         let mut asked_again = false;
         let response = loop {
-            let request = provider.client.exchange_refresh_token(refresh_token).map_err(OidcError::NoTokenEndpoint)?;
+            let mut request =
+                provider.client.exchange_refresh_token(refresh_token).map_err(OidcError::NoTokenEndpoint)?;
+            if let Some(resource) = resource {
+                request = request.add_extra_param("resource", resource);
+            }
             match request.request_async(&self.http).await.map_err(|e| TokenEndpointError::read(e, self.auth_method)) {
                 Ok(response) => break response,
                 Err(e) if e.is_invalid_grant() => return Err(RefreshError::Revoked),
+                Err(e) if e.is_invalid_target() => return Err(RefreshError::NotForResource),
                 // No answer (timeout, connection lost): the provider may have rotated the refresh
                 // token already. One prompt second try with the same token: a provider with a
                 // reuse grace period answers it with the new pair; without one it would have
@@ -68,11 +97,7 @@ impl Oidc {
                 Err(e) => return Err(RefreshError::Unavailable(e.into())),
             }
         };
-        if *response.token_type() != CoreTokenType::Bearer {
-            return Err(RefreshError::Unavailable(OidcError::UnsupportedTokenType(
-                response.token_type().as_ref().to_string(),
-            )));
-        }
+        require_bearer(response.token_type())?;
         let id_token = response.id_token().and_then(|token| {
             // OIDC Core §12.2: a refreshed ID token must be valid and name the same subject;
             // one that is not is ignored (the tokens it came with are still good).
@@ -97,6 +122,26 @@ impl Oidc {
             id_token,
             expires_in: response.expires_in(),
         })
+    }
+
+    /// bff's own token (RFC 6749 §4.4), for `scopes` and, with `resource`, that audience.
+    pub async fn client_credentials(
+        &self,
+        scopes: &[String],
+        resource: Option<&str>,
+    ) -> Result<ClientToken, OidcError> {
+        let provider = self.provider()?;
+        let mut request = provider.client.exchange_client_credentials().map_err(OidcError::NoTokenEndpoint)?;
+        request = request.add_scopes(scopes.iter().cloned().map(Scope::new));
+        if let Some(resource) = resource {
+            request = request.add_extra_param("resource", resource);
+        }
+        let response = request
+            .request_async(&self.http)
+            .await
+            .map_err(|e| OidcError::TokenEndpoint(TokenEndpointError::read(e, self.auth_method)))?;
+        require_bearer(response.token_type())?;
+        Ok(ClientToken { access_token: response.access_token().clone(), expires_in: response.expires_in() })
     }
 
     /// Revokes a refresh token (RFC 7009) when the provider has a revocation endpoint. Sent by

@@ -27,7 +27,7 @@ use url::Url;
 
 use crate::config::{AuthMethod, Config};
 
-pub use grants::{GrantToken, RefreshError, Refreshed, Revocation};
+pub use grants::{ClientToken, GrantToken, RefreshError, Refreshed, Revocation};
 pub use login::{CallbackError, LoginResult, PendingLogin, ResponseIssuerError};
 pub use logout_token::{LogoutRequest, LogoutTokenError};
 pub use token_endpoint::TokenEndpointError;

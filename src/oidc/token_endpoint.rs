@@ -40,6 +40,11 @@ impl TokenEndpointError {
         matches!(self, TokenEndpointError::Refused(CoreErrorResponseType::InvalidGrant))
     }
 
+    /// RFC 8707 §2.2: the resource asked for is not one the grant or the client may have.
+    pub fn is_invalid_target(&self) -> bool {
+        matches!(self, TokenEndpointError::Refused(CoreErrorResponseType::Extension(code)) if code == "invalid_target")
+    }
+
     /// An answer from a provider that refused for a reason of its own, not of the request
     /// (`server_error`, `temporarily_unavailable`, OAuth 2.0 errata): worth trying again.
     pub fn is_provider_failure(&self) -> bool {

@@ -3,6 +3,7 @@
 
 mod admission;
 mod body;
+mod caller;
 mod headers;
 mod path;
 
@@ -28,12 +29,12 @@ use crate::error::{AppError, BadRequest};
 use crate::limits::Limit;
 use crate::metrics::{Metrics, UpstreamFailure};
 use crate::request_id::RequestId;
-use crate::session::SessionHandle;
-use crate::tokens::{TokenError, TokenManager, UsableToken};
+use crate::tokens::{ClientGrant, TokenError, TokenManager, UsableToken};
 use admission::{Admission, Permit};
 use body::BodyLimits;
 
 pub use body::{RequestBody, UpstreamBody};
+pub use caller::Caller;
 pub use path::{PathError, strip_prefix, upstream_url};
 
 /// One `[[api]]` entry.
@@ -52,6 +53,10 @@ pub struct Route {
     body_timeout: Duration,
     /// Whose token the upstream gets (`token`).
     pub token: TokenPolicy,
+    /// The audience of the route's tokens (`resource`, RFC 8707).
+    resource: Option<String>,
+    /// What bff's own token is asked for with (`token = "client"`).
+    pub client_grant: Option<ClientGrant>,
 }
 
 impl Route {
@@ -81,6 +86,9 @@ impl From<&ApiConfig> for Route {
             methods: api.methods.clone(),
             body_timeout: api.body_timeout,
             token: api.token,
+            resource: api.resource.clone(),
+            client_grant: (api.token == TokenPolicy::Client)
+                .then(|| ClientGrant { scopes: api.scopes.clone(), resource: api.resource.clone() }),
             max_body_bytes: api.max_body_bytes,
         }
     }
@@ -200,15 +208,8 @@ impl Proxy {
         };
         let body = body::read(payload, content_length, limits).await?;
         // After the body is in: a slow upload is not sent with a token that expired meanwhile.
-        let token = match caller {
-            Caller::Session(handle) => Some(tokens.access_token(handle).await?),
-            Caller::SessionIfLive(handle) => match tokens.access_token(handle).await {
-                Ok(token) => Some(token),
-                Err(TokenError::LoginRequired) => None,
-                Err(e) => return Err(e.into()),
-            },
-            Caller::Anonymous => None,
-        };
+        let resource = destination.route.resource.as_deref();
+        let token = caller.token(tokens, resource).await?;
         let retry_body = body.retryable();
         let method = hyper::Method::from_bytes(req.method().as_str().as_bytes())
             .map_err(|_| AppError::BadRequest(BadRequest::BadMethod))?;
@@ -254,9 +255,9 @@ impl Proxy {
             Ok(first) => first,
         };
         let head = req.method() == actix_web::http::Method::HEAD;
-        // Only a call that carried a user's token is retried after a 401.
-        let (Some(token), Some(handle)) = (&token, handle) else {
-            return Ok(respond(first, head, token.as_ref(), permit).await);
+        // Only a call that carried a token is retried after a 401.
+        let Some(token) = &token else {
+            return Ok(respond(first, head, None, permit).await);
         };
         if first.status() != hyper::StatusCode::UNAUTHORIZED {
             return Ok(respond(first, head, Some(token), permit).await);
@@ -264,7 +265,7 @@ impl Proxy {
         let Some(retry_body) = retry_body else {
             return Ok(respond(first, head, Some(token), permit).await);
         };
-        let fresh = match tokens.refresh_after_rejection(handle, token.version).await {
+        let fresh = match caller.renewed(tokens, resource, token).await {
             Ok(fresh) => fresh,
             // Nothing to refresh with: the upstream's 401 is the answer.
             Err(TokenError::CannotRefresh) => return Ok(respond(first, head, Some(token), permit).await),
@@ -298,26 +299,6 @@ impl Proxy {
                 Err(AppError::UpstreamUnavailable)
             }
             Ok(Ok(response)) => Ok(response),
-        }
-    }
-}
-
-/// Who a proxied call is made for, by the route's `token` policy.
-#[derive(Clone, Copy)]
-pub enum Caller<'h> {
-    /// `user`: this session's token; no live session is 401.
-    Session(&'h SessionHandle),
-    /// `user_or_none`: this session's token while it lives, else no token.
-    SessionIfLive(&'h SessionHandle),
-    /// `none`, or `user_or_none` without a session cookie: no token.
-    Anonymous,
-}
-
-impl<'h> Caller<'h> {
-    fn session(self) -> Option<&'h SessionHandle> {
-        match self {
-            Caller::Session(h) | Caller::SessionIfLive(h) => Some(h),
-            Caller::Anonymous => None,
         }
     }
 }

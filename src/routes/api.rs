@@ -31,12 +31,15 @@ pub async fn proxy(
     let destination = state.proxy.destination(&req, &route)?;
     let handle = match route.token {
         TokenPolicy::None => None,
-        TokenPolicy::User => Some(state.cookies.session_handle(&req).ok_or(AppError::LoginRequired)?),
+        TokenPolicy::User | TokenPolicy::Client => {
+            Some(state.cookies.session_handle(&req).ok_or(AppError::LoginRequired)?)
+        }
         TokenPolicy::UserOrNone => state.cookies.session_handle(&req),
     };
-    let caller = match (route.token, &handle) {
-        (TokenPolicy::User, Some(h)) => Caller::Session(h),
-        (TokenPolicy::UserOrNone, Some(h)) => Caller::SessionIfLive(h),
+    let caller = match (route.token, &handle, &route.client_grant) {
+        (TokenPolicy::User, Some(h), _) => Caller::Session(h),
+        (TokenPolicy::UserOrNone, Some(h), _) => Caller::SessionIfLive(h),
+        (TokenPolicy::Client, Some(h), Some(grant)) => Caller::Client(h, grant),
         _ => Caller::Anonymous,
     };
     let forwarded = state.proxy.forward(&client, &req, payload, destination, &state.tokens, caller).await;

@@ -234,6 +234,7 @@ mod tests {
             version,
             expiry: crate::tokens::Expiry { expires_at: u64::MAX, lifetime_secs: 300, session_expires_at: u64::MAX },
             has_refresh_token: true,
+            audiences: std::sync::Arc::default(),
         }
     }
 

@@ -10,11 +10,11 @@
 //! tag can at worst make bff use the token set it had already verified, never one it has not.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use hyper::header::HeaderValue;
 
-use super::{Expiry, TokenSet, bearer_header};
+use super::{Expiry, TokenSet, UsableToken, bearer_header};
 
 /// Sessions whose views are kept; past it, one is dropped per insertion.
 const CAPACITY: usize = 4096;
@@ -26,20 +26,60 @@ const TAG_LEN: usize = 16;
 /// count), instead of formatting and checking ~1 KB of header per call.
 #[derive(Clone)]
 pub struct HotToken {
+    /// The default audience's token, the version that issued it and its expiry.
     pub authorization: Option<HeaderValue>,
     pub version: u64,
     pub expiry: Expiry,
     pub has_refresh_token: bool,
+    /// The tokens for other audiences (RFC 8707), usually none.
+    pub audiences: Arc<[HotAudience]>,
+}
+
+pub struct HotAudience {
+    resource: String,
+    authorization: Option<HeaderValue>,
+    version: u64,
+    expiry: Expiry,
 }
 
 impl From<&TokenSet> for HotToken {
     fn from(set: &TokenSet) -> Self {
+        let access = set.access();
         HotToken {
-            authorization: bearer_header(&set.access_token),
-            version: set.version,
+            authorization: bearer_header(access.access_token),
+            version: access.version,
             expiry: set.expiry,
             has_refresh_token: set.refresh_token.is_some(),
+            audiences: set
+                .audiences
+                .keys()
+                .filter_map(|resource| {
+                    let token = set.token_for(Some(resource))?;
+                    Some(HotAudience {
+                        resource: resource.clone(),
+                        authorization: bearer_header(token.access_token),
+                        version: token.version,
+                        expiry: token.expiry,
+                    })
+                })
+                .collect(),
         }
+    }
+}
+
+impl HotToken {
+    /// The token for `resource` (the default audience when `None`) and its expiry, if the set
+    /// has one.
+    pub fn usable(&self, resource: Option<&str>) -> Option<(UsableToken, Expiry)> {
+        let (authorization, version, expiry) = match resource {
+            None => (&self.authorization, self.version, self.expiry),
+            Some(r) => {
+                let a = self.audiences.iter().find(|a| a.resource == r)?;
+                (&a.authorization, a.version, a.expiry)
+            }
+        };
+        let token = UsableToken { authorization: authorization.clone(), version, expires_at: expiry.expires_at };
+        Some((token, expiry))
     }
 }
 
@@ -96,6 +136,7 @@ mod tests {
             version,
             expiry: crate::tokens::Expiry { expires_at: 10, lifetime_secs: 10, session_expires_at: 100 },
             has_refresh_token: true,
+            audiences: Arc::default(),
         }
     }
 

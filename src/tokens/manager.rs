@@ -19,7 +19,7 @@ use futures_util::FutureExt;
 use futures_util::future::Shared;
 use hyper::header::HeaderValue;
 
-use super::{EndReason, Expiry, HotToken, Sessions, TokenSet, TokenStore, bearer_header};
+use super::{ClientTokens, EndReason, Expiry, Sessions, TokenOf, TokenSet, TokenStore, bearer_header};
 use crate::crypto::random_token;
 use crate::metrics::{Metrics, RefreshOutcome};
 use crate::oidc::{Oidc, OidcError, RefreshError};
@@ -45,22 +45,12 @@ impl std::fmt::Debug for UsableToken {
     }
 }
 
-impl From<&TokenSet> for UsableToken {
-    fn from(set: &TokenSet) -> Self {
+impl From<TokenOf<'_>> for UsableToken {
+    fn from(token: TokenOf<'_>) -> Self {
         UsableToken {
-            authorization: bearer_header(&set.access_token),
-            version: set.version,
-            expires_at: set.expiry.expires_at,
-        }
-    }
-}
-
-impl From<&HotToken> for UsableToken {
-    fn from(hot: &HotToken) -> Self {
-        UsableToken {
-            authorization: hot.authorization.clone(),
-            version: hot.version,
-            expires_at: hot.expiry.expires_at,
+            authorization: bearer_header(token.access_token),
+            version: token.version,
+            expires_at: token.expiry.expires_at,
         }
     }
 }
@@ -75,6 +65,10 @@ pub enum TokenError {
     /// answer through.
     #[error("the token cannot be refreshed")]
     CannotRefresh,
+    /// The grant does not cover the route's resource (no refresh token to ask with, or the
+    /// provider answered `invalid_target`): 403 `resource_not_granted`; the session is kept.
+    #[error("no token for this resource")]
+    NotForResource,
     /// The refresh did not happen now; the session is kept: 503 `token_refresh_unavailable`.
     #[error("token refresh unavailable")]
     RefreshUnavailable(#[source] Arc<RefreshUnavailable>),
@@ -94,6 +88,9 @@ pub enum RefreshUnavailable {
     /// The lease ran out while the provider answered (the store could not renew it).
     #[error("the refresh lock was lost during the refresh")]
     LockLost,
+    /// Another writer's set replaced the one refreshed, without this audience's token.
+    #[error("the token set changed during the refresh")]
+    Superseded,
 }
 
 impl From<StoreError> for TokenError {
@@ -110,18 +107,23 @@ impl From<RefreshUnavailable> for TokenError {
 
 /// What a caller needs from a flight.
 #[derive(Debug, Clone, Copy)]
-enum Want {
+pub(super) enum Want {
     /// A token not due for refresh.
     Fresh,
     /// A token newer than the one the upstream just rejected.
     NewerThan(u64),
 }
 
-type FlightResult = Result<UsableToken, TokenError>;
+pub(super) type FlightResult = Result<UsableToken, TokenError>;
+
+/// Refreshes share a flight per session and audience (`None`: the default one); every flight
+/// of a session takes the same store lock, since they all use its one refresh token.
+type FlightKey = (SessionHandle, Option<String>);
 type Flight = Shared<Pin<Box<dyn Future<Output = FlightResult> + Send>>>;
 
 pub struct TokenManager {
     tokens: TokenStore,
+    client: Arc<ClientTokens>,
     sessions: Arc<Sessions>,
     oidc: Arc<Oidc>,
     skew: Duration,
@@ -129,7 +131,7 @@ pub struct TokenManager {
     /// How long a flight waits for another instance's refresh before giving up.
     wait_limit: Duration,
     default_expires_in: Duration,
-    flights: Mutex<HashMap<SessionHandle, (u64, Flight)>>,
+    flights: Mutex<HashMap<FlightKey, (u64, Flight)>>,
     flight_ids: std::sync::atomic::AtomicU64,
     /// Refresh locks this instance holds (key → owner), released at shutdown if still held.
     held_locks: Mutex<HashMap<String, String>>,
@@ -152,6 +154,12 @@ impl TokenManager {
         metrics: Arc<Metrics>,
     ) -> TokenManager {
         TokenManager {
+            client: Arc::new(ClientTokens::new(
+                Arc::clone(&oidc),
+                t.refresh_skew,
+                t.default_expires_in,
+                Arc::clone(&metrics),
+            )),
             tokens,
             sessions,
             oidc,
@@ -172,12 +180,35 @@ impl TokenManager {
         &self.tokens
     }
 
+    /// bff's own tokens, for `token = "client"` routes.
+    pub fn client_tokens(&self) -> &Arc<ClientTokens> {
+        &self.client
+    }
+
+    /// `LoginRequired` unless the session lives (a `client` route serves signed-in users only).
+    pub async fn require_live_session(&self, handle: &SessionHandle) -> Result<(), TokenError> {
+        match self.tokens.load_hot(handle).await? {
+            Some(hot) if !hot.expiry.session_over(now_unix()) => Ok(()),
+            _ => Err(TokenError::LoginRequired),
+        }
+    }
+
     /// The steady-state path: no store command with the local cache, else one read; no write.
-    pub async fn access_token(self: &Arc<Self>, handle: &SessionHandle) -> FlightResult {
+    /// With `resource`, the session's token for that audience (RFC 8707), got on first use.
+    pub async fn access_token(self: &Arc<Self>, handle: &SessionHandle, resource: Option<&str>) -> FlightResult {
         let hot = self.tokens.load_hot(handle).await?.ok_or(TokenError::LoginRequired)?;
-        match decide(hot.expiry, hot.has_refresh_token, now_unix(), self.skew) {
-            Decision::Use => Ok(UsableToken::from(&hot)),
-            Decision::Refresh => self.join_flight(handle, Want::Fresh).await,
+        let now = now_unix();
+        let Some((usable, expiry)) = hot.usable(resource) else {
+            // No token for this audience yet: one is asked for with the refresh token.
+            return if hot.has_refresh_token {
+                self.join_flight(handle, resource, Want::Fresh).await
+            } else {
+                Err(TokenError::NotForResource)
+            };
+        };
+        match decide(expiry, hot.has_refresh_token, now, self.skew) {
+            Decision::Use => Ok(usable),
+            Decision::Refresh => self.join_flight(handle, resource, Want::Fresh).await,
             // Reads the whole set to end the session (it names its back-channel index entries).
             Decision::End => {
                 let set = self.load_live(handle).await?;
@@ -186,9 +217,14 @@ impl TokenManager {
         }
     }
 
-    /// After the upstream answered 401 to the token of `used_version`.
-    pub async fn refresh_after_rejection(self: &Arc<Self>, handle: &SessionHandle, used_version: u64) -> FlightResult {
-        self.join_flight(handle, Want::NewerThan(used_version)).await
+    /// After the upstream answered 401 to the token of `used_version` (for `resource`).
+    pub async fn refresh_after_rejection(
+        self: &Arc<Self>,
+        handle: &SessionHandle,
+        resource: Option<&str>,
+        used_version: u64,
+    ) -> FlightResult {
+        self.join_flight(handle, resource, Want::NewerThan(used_version)).await
     }
 
     async fn load_live(&self, handle: &SessionHandle) -> Result<TokenSet, TokenError> {
@@ -207,11 +243,12 @@ impl TokenManager {
         Err(TokenError::LoginRequired)
     }
 
-    async fn join_flight(self: &Arc<Self>, handle: &SessionHandle, want: Want) -> FlightResult {
+    async fn join_flight(self: &Arc<Self>, handle: &SessionHandle, resource: Option<&str>, want: Want) -> FlightResult {
+        let key: FlightKey = (handle.clone(), resource.map(str::to_string));
         // A flight started for another reason may finish with a token this caller cannot use
         // (rare: it found a newer, still fresh set that this caller already had rejected).
         for _ in 0..2 {
-            let result = self.flight(handle, want).await?;
+            let result = self.flight(&key, want).await?;
             if satisfies(&result, want) {
                 return Ok(result);
             }
@@ -219,36 +256,36 @@ impl TokenManager {
         Err(TokenError::CannotRefresh)
     }
 
-    fn flight(self: &Arc<Self>, handle: &SessionHandle, want: Want) -> Flight {
+    fn flight(self: &Arc<Self>, key: &FlightKey, want: Want) -> Flight {
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, flight)) = flights.get(handle) {
+        if let Some((_, flight)) = flights.get(key) {
             self.metrics.refresh(RefreshOutcome::Joined);
             return flight.clone();
         }
         let id = self.flight_ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let this = Arc::clone(self);
-        let h = handle.clone();
+        let k = key.clone();
         let fut: Pin<Box<dyn Future<Output = FlightResult> + Send>> = Box::pin(async move {
-            let result = this.run_flight(&h, want).await;
+            let result = this.run_flight(&k.0, k.1.as_deref(), want).await;
             let mut flights = this.flights.lock().unwrap_or_else(|p| p.into_inner());
-            if flights.get(&h).is_some_and(|(fid, _)| *fid == id) {
-                flights.remove(&h);
+            if flights.get(&k).is_some_and(|(fid, _)| *fid == id) {
+                flights.remove(&k);
             }
             result
         });
         let flight = fut.shared();
-        flights.insert(handle.clone(), (id, flight.clone()));
+        flights.insert(key.clone(), (id, flight.clone()));
         flight
     }
 
-    async fn run_flight(&self, handle: &SessionHandle, want: Want) -> FlightResult {
+    async fn run_flight(&self, handle: &SessionHandle, resource: Option<&str>, want: Want) -> FlightResult {
         let lock_key = self.tokens.keys().refresh_lock(handle);
         let store = self.tokens.store();
         let started = Instant::now();
         let mut waited = false;
         loop {
             let set = self.load_live(handle).await?;
-            if let Some(ready) = ready_token(&set, want, self.skew) {
+            if let Some(ready) = ready_token(&set, resource, want, self.skew) {
                 if waited {
                     // Another instance did the refresh while we waited for its lock.
                     self.metrics.lock_waited(started.elapsed());
@@ -262,7 +299,7 @@ impl TokenManager {
                     self.metrics.lock_waited(started.elapsed());
                 }
                 self.hold(&lock_key, &owner);
-                let result = self.refresh_locked(handle, want, &lock_key, &owner).await;
+                let result = self.refresh_locked(handle, resource, want, &lock_key, &owner).await;
                 self.release(&lock_key, &owner).await;
                 return result;
             }
@@ -303,23 +340,31 @@ impl TokenManager {
     }
 
     /// Holding the lock: re-read, refresh if still needed, store with a compare-and-set.
-    async fn refresh_locked(&self, handle: &SessionHandle, want: Want, lock_key: &str, owner: &str) -> FlightResult {
+    async fn refresh_locked(
+        &self,
+        handle: &SessionHandle,
+        resource: Option<&str>,
+        want: Want,
+        lock_key: &str,
+        owner: &str,
+    ) -> FlightResult {
         let set = self.load_live(handle).await?;
-        if let Some(ready) = ready_token(&set, want, self.skew) {
+        if let Some(ready) = ready_token(&set, resource, want, self.skew) {
             return Ok(ready);
         }
         let Some(refresh_token) = set.refresh_token.clone() else {
             return match want {
                 Want::NewerThan(_) => Err(TokenError::CannotRefresh),
+                Want::Fresh if resource.is_some() => Err(TokenError::NotForResource),
                 Want::Fresh if set.expiry.is_expired(now_unix()) => {
                     self.end_session(handle, &set, EndReason::Expired).await
                 }
-                Want::Fresh => Ok(UsableToken::from(&set)),
+                Want::Fresh => Ok(UsableToken::from(set.access())),
             };
         };
 
         let refreshed = {
-            let refresh = self.oidc.refresh(&refresh_token, &set.sub);
+            let refresh = self.oidc.refresh(&refresh_token, &set.sub, resource);
             let renew = self.renew_lease(lock_key, owner);
             tokio::pin!(refresh, renew);
             tokio::select! {
@@ -334,12 +379,17 @@ impl TokenManager {
 
         match refreshed {
             Ok(r) => {
-                let next = set.refreshed(r, now_unix(), self.default_expires_in);
+                let next = set.refreshed(r, resource, now_unix(), self.default_expires_in);
                 match self.tokens.replace(handle, set.version, &next).await? {
                     CasOutcome::Written => {
                         self.metrics.refresh(RefreshOutcome::Ok);
-                        tracing::info!(session = handle.short(), version = next.version, "access token refreshed");
-                        Ok(UsableToken::from(&next))
+                        tracing::info!(
+                            session = handle.short(),
+                            version = next.version,
+                            resource = resource.unwrap_or_default(),
+                            "access token refreshed"
+                        );
+                        usable(&next, resource)
                     }
                     CasOutcome::Conflict => {
                         // Someone wrote despite our lock (its lease had run out): theirs is newer.
@@ -348,7 +398,7 @@ impl TokenManager {
                             "token set changed during refresh; using the stored one"
                         );
                         let current = self.load_live(handle).await?;
-                        Ok(UsableToken::from(&current))
+                        usable(&current, resource)
                     }
                     CasOutcome::Missing => Err(TokenError::LoginRequired),
                 }
@@ -357,11 +407,19 @@ impl TokenManager {
                 // A refresh that another holder completed after our read would also make ours
                 // look revoked; only a grant that is really gone ends the session.
                 if let Some(current) = self.tokens.load(handle).await?.filter(|c| c.version != set.version) {
-                    return Ok(UsableToken::from(&current));
+                    return usable(&current, resource);
                 }
                 self.metrics.refresh(RefreshOutcome::InvalidGrant);
                 tracing::info!(session = handle.short(), "refresh token rejected (invalid_grant)");
                 self.end_session(handle, &set, EndReason::GrantRevoked).await
+            }
+            Err(RefreshError::NotForResource) => {
+                tracing::info!(
+                    session = handle.short(),
+                    resource = resource.unwrap_or_default(),
+                    "the provider issues no token for this resource (invalid_target)"
+                );
+                Err(TokenError::NotForResource)
             }
             Err(RefreshError::Unavailable(e)) => {
                 self.metrics.refresh(RefreshOutcome::Transient);
@@ -412,7 +470,7 @@ fn decide(expiry: Expiry, has_refresh_token: bool, now: u64, skew: Duration) -> 
 }
 
 /// Whether a set already answers what the flight was started for (someone else refreshed).
-fn answers(expiry: Expiry, version: u64, want: Want, now: u64, skew: Duration) -> bool {
+pub(super) fn answers(expiry: Expiry, version: u64, want: Want, now: u64, skew: Duration) -> bool {
     match want {
         Want::Fresh => !expiry.needs_refresh(now, skew),
         Want::NewerThan(v) => version > v && !expiry.is_expired(now),
@@ -425,8 +483,15 @@ fn keep_waiting(waited: Duration, limit: Duration) -> bool {
     waited < limit
 }
 
-fn ready_token(set: &TokenSet, want: Want, skew: Duration) -> Option<UsableToken> {
-    answers(set.expiry, set.version, want, now_unix(), skew).then(|| UsableToken::from(set))
+fn ready_token(set: &TokenSet, resource: Option<&str>, want: Want, skew: Duration) -> Option<UsableToken> {
+    let token = set.token_for(resource)?;
+    answers(token.expiry, token.version, want, now_unix(), skew).then(|| UsableToken::from(token))
+}
+
+/// A set's token for `resource`; a set written by someone else meanwhile may not have one yet
+/// (it refreshed another audience): the caller may try again.
+fn usable(set: &TokenSet, resource: Option<&str>) -> FlightResult {
+    set.token_for(resource).map(UsableToken::from).ok_or_else(|| RefreshUnavailable::Superseded.into())
 }
 
 fn satisfies(token: &UsableToken, want: Want) -> bool {

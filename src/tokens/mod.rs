@@ -8,10 +8,12 @@
 //! private to the module: the compiler holds every other module to reading.
 
 mod cache;
+mod client;
 mod hot;
 mod lifecycle;
 mod manager;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,7 @@ use crate::store::{CasOutcome, Store, StoreError, TrackedRead};
 use crate::telemetry::error_chain;
 
 pub use cache::TokenCache;
+pub use client::{ClientGrant, ClientTokens};
 pub use hot::HotToken;
 pub use lifecycle::{EndReason, Ended, Sessions, Started};
 pub use manager::{RefreshUnavailable, TokenError, TokenManager, TokenTimings, UsableToken};
@@ -47,6 +50,31 @@ pub struct TokenSet {
     #[serde(default)]
     provider_sid: Option<String>,
     version: u64,
+    /// The version that issued `access_token` (a refresh for another audience moves `version`
+    /// only). Absent in sets written before audiences: `version`.
+    #[serde(default)]
+    access_version: Option<u64>,
+    /// Tokens for other audiences (RFC 8707), by resource, got with the one refresh token.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    audiences: BTreeMap<String, AudienceToken>,
+}
+
+/// A session's token for one resource.
+#[derive(Clone, Serialize, Deserialize)]
+struct AudienceToken {
+    access_token: AccessToken,
+    expires_at: u64,
+    lifetime_secs: u64,
+    /// The version of the set that issued it.
+    version: u64,
+}
+
+/// One access token of a set and what decides its use.
+pub struct TokenOf<'s> {
+    pub access_token: &'s AccessToken,
+    pub expiry: Expiry,
+    /// The set version that issued this token: a 401 on it asks for a later one.
+    pub version: u64,
 }
 
 /// When a session's access token and the session itself end, and the decisions made on them;
@@ -137,6 +165,7 @@ impl TokenSet {
         default_expires_in: Duration,
     ) -> TokenSet {
         let lifetime = issued.expires_in.unwrap_or(default_expires_in).as_secs();
+        let version = previous.map_or(1, |p| p.version + 1);
         TokenSet {
             access_token: issued.access_token,
             refresh_token: issued.refresh_token.or_else(|| previous.and_then(|p| p.refresh_token.clone())),
@@ -148,18 +177,56 @@ impl TokenSet {
             },
             sub: owner.sub,
             provider_sid: owner.provider_sid,
-            version: previous.map_or(1, |p| p.version + 1),
+            version,
+            access_version: Some(version),
+            // Each audience's token lives on until it is due (the refresh token is shared).
+            audiences: previous.map(|p| p.audiences.clone()).unwrap_or_default(),
         }
     }
 
-    /// The next version, after a refresh.
-    fn refreshed(&self, r: Refreshed, now: u64, default_expires_in: Duration) -> TokenSet {
+    /// The next version, after a refresh for `resource` (the default audience when `None`):
+    /// only that audience's token changes; a rotated refresh token replaces the one all use.
+    fn refreshed(&self, r: Refreshed, resource: Option<&str>, now: u64, default_expires_in: Duration) -> TokenSet {
         let owner = Owner {
             sub: self.sub.clone(),
             provider_sid: self.provider_sid.clone(),
             session_expires_at: self.expiry.session_expires_at,
         };
-        TokenSet::issue(r.into(), owner, Some(self), now, default_expires_in)
+        let Some(resource) = resource else {
+            return TokenSet::issue(r.into(), owner, Some(self), now, default_expires_in);
+        };
+        let Refreshed { access_token, refresh_token, id_token, expires_in } = r;
+        let lifetime = expires_in.unwrap_or(default_expires_in).as_secs();
+        let kept = Issued { access_token: self.access_token.clone(), refresh_token, id_token, expires_in: None };
+        let mut next = TokenSet::issue(kept, owner, Some(self), now, default_expires_in);
+        // The default audience's token is the one it was.
+        next.expiry = self.expiry;
+        next.access_version = Some(self.access_version());
+        let token =
+            AudienceToken { access_token, expires_at: now + lifetime, lifetime_secs: lifetime, version: next.version };
+        next.audiences.insert(resource.to_string(), token);
+        next
+    }
+
+    fn access_version(&self) -> u64 {
+        self.access_version.unwrap_or(self.version)
+    }
+
+    /// The default audience's token.
+    pub fn access(&self) -> TokenOf<'_> {
+        TokenOf { access_token: &self.access_token, expiry: self.expiry, version: self.access_version() }
+    }
+
+    /// The token for `resource` (the default audience when `None`), if the set has one.
+    pub fn token_for(&self, resource: Option<&str>) -> Option<TokenOf<'_>> {
+        match resource {
+            None => Some(self.access()),
+            Some(r) => self.audiences.get(r).map(|t| TokenOf {
+                access_token: &t.access_token,
+                expiry: Expiry { expires_at: t.expires_at, lifetime_secs: t.lifetime_secs, ..self.expiry },
+                version: t.version,
+            }),
+        }
     }
 
     pub fn expiry(&self) -> Expiry {
@@ -420,6 +487,60 @@ mod tests {
         let kept = TokenSet::issue(issued("at3", None, Some(10)), owner(), Some(&rotated), 3000, Duration::ZERO);
         assert_eq!(kept.refresh_token.as_ref().map(|t| t.secret().as_str()), Some("rt2"), "not rotated: kept");
         assert_eq!((kept.version, kept.provider_sid.as_deref()), (3, Some("sid")));
+    }
+
+    fn refreshed(access: &str, refresh: Option<&str>, expires_in: u64) -> Refreshed {
+        Refreshed {
+            access_token: AccessToken::new(access.into()),
+            refresh_token: refresh.map(|r| RefreshToken::new(r.into())),
+            id_token: None,
+            expires_in: Some(Duration::from_secs(expires_in)),
+        }
+    }
+
+    fn secret_of(token: Option<TokenOf<'_>>) -> Option<String> {
+        token.map(|t| t.access_token.secret().clone())
+    }
+
+    #[test]
+    fn an_audience_refresh_changes_that_audience_only_and_shares_the_rotated_refresh_token() {
+        let first = set(1300, 300);
+        assert!(first.token_for(Some("https://orders")).is_none());
+        let orders =
+            first.refreshed(refreshed("orders-1", Some("rt2"), 60), Some("https://orders"), 1100, Duration::ZERO);
+        assert_eq!(orders.version, 2);
+        assert_eq!(secret_of(orders.token_for(None)).as_deref(), Some("at"), "the default token is kept");
+        assert_eq!(orders.expiry(), first.expiry());
+        assert_eq!(orders.access().version, 1, "and still counts as issued by version 1");
+        let token = orders.token_for(Some("https://orders"));
+        assert_eq!(
+            token.as_ref().map(|t| (t.expiry.expires_at, t.expiry.lifetime_secs, t.version)),
+            Some((1160, 60, 2))
+        );
+        assert_eq!(orders.refresh_token.as_ref().map(|t| t.secret().as_str()), Some("rt2"), "rotation applies to all");
+
+        // A default refresh keeps the audience tokens; an audience refresh without rotation
+        // keeps the refresh token.
+        let default = orders.refreshed(refreshed("at2", None, 300), None, 1200, Duration::ZERO);
+        assert_eq!((default.version, default.access().version), (3, 3));
+        assert_eq!(secret_of(default.token_for(Some("https://orders"))).as_deref(), Some("orders-1"));
+        assert_eq!(default.token_for(Some("https://orders")).map(|t| t.version), Some(2));
+        let billing =
+            default.refreshed(refreshed("billing-1", None, 60), Some("https://billing"), 1250, Duration::ZERO);
+        assert_eq!(billing.refresh_token.as_ref().map(|t| t.secret().as_str()), Some("rt2"));
+        assert_eq!(secret_of(billing.token_for(Some("https://billing"))).as_deref(), Some("billing-1"));
+        assert_eq!(secret_of(billing.token_for(Some("https://orders"))).as_deref(), Some("orders-1"));
+    }
+
+    #[test]
+    fn a_set_written_before_audiences_opens_with_its_token_issued_by_its_version() {
+        let mut json = serde_json::to_value(set(1000, 10)).unwrap_or_default();
+        if let Some(obj) = json.as_object_mut() {
+            obj.remove("access_version");
+            obj.insert("version".into(), serde_json::json!(7));
+        }
+        let old: Option<TokenSet> = serde_json::from_value(json).ok();
+        assert_eq!(old.map(|s| s.access().version), Some(7));
     }
 
     #[test]

@@ -243,14 +243,3 @@ async fn token_policies_decide_whose_token_the_upstream_gets() {
     assert_eq!(plain(&b, "/public/echo").await.status(), 200);
     assert_eq!(bearer_seen(&app), None, "a public route never gets the user's token");
 }
-
-#[test]
-fn a_client_credentials_route_is_refused_until_it_is_supported() {
-    let text = format!(
-        "[oidc]\nissuer = \"https://idp.example\"\nclient_id = \"c\"\nclient_secret = \"s\"\n[session]\nsecret = \"{}\"\n\
-         [[api]]\nprefix = \"/m2m\"\nupstream = \"http://127.0.0.1:1\"\ntoken = \"client\"\n",
-        support::test_secret()
-    );
-    let errors = bff::config::Config::from_toml(&text).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(errors.contains("api[0].token") && errors.contains("not supported yet"), "{errors}");
-}

@@ -19,6 +19,7 @@ mod providers;
 mod proxy;
 mod refresh;
 mod rotation;
+mod route_tokens;
 mod store_conformance;
 mod store_down;
 mod timeouts;

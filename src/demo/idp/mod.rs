@@ -92,6 +92,8 @@ pub struct Controls {
     token_fault: Mutex<TokenFault>,
     id_token_fault: Mutex<IdTokenFault>,
     authorize_error: Mutex<Option<String>>,
+    /// Resources (RFC 8707) answered `invalid_target`.
+    refused_resources: Mutex<Vec<String>>,
 }
 
 fn read<T: Clone>(m: &Mutex<T>) -> T {
@@ -114,6 +116,7 @@ impl Controls {
             token_fault: Mutex::new(TokenFault::None),
             id_token_fault: Mutex::new(IdTokenFault::None),
             authorize_error: Mutex::new(None),
+            refused_resources: Mutex::new(Vec::new()),
         }
     }
 
@@ -186,6 +189,15 @@ impl Controls {
 
     pub fn authorize_error(&self) -> Option<String> {
         read(&self.authorize_error)
+    }
+
+    /// Answer token requests for `resource` with `invalid_target` (a grant that does not cover it).
+    pub fn refuse_resource(&self, resource: &str) {
+        self.refused_resources.lock().unwrap_or_else(|p| p.into_inner()).push(resource.to_string());
+    }
+
+    pub fn refuses_resource(&self, resource: &str) -> bool {
+        self.refused_resources.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|r| r == resource)
     }
 }
 

@@ -86,6 +86,7 @@ struct Data {
 pub struct Counters {
     pub authorization_code: AtomicU64,
     pub refresh_token: AtomicU64,
+    pub client_credentials: AtomicU64,
     pub revocations: AtomicU64,
     pub reuse_detected: AtomicU64,
     /// Refresh tokens used again within the grace period (and answered).
@@ -300,7 +301,15 @@ impl Provider {
                 self.counters.refresh_token.fetch_add(1, Ordering::SeqCst);
                 self.refresh(client, form)
             }
-            _ => Err(oauth_error(400, "unsupported_grant_type", "authorization_code or refresh_token")),
+            Some("client_credentials") => {
+                self.counters.client_credentials.fetch_add(1, Ordering::SeqCst);
+                self.client_credentials(client, form)
+            }
+            _ => Err(oauth_error(
+                400,
+                "unsupported_grant_type",
+                "authorization_code, refresh_token or client_credentials",
+            )),
         }
     }
 
@@ -334,10 +343,61 @@ impl Provider {
         if URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())) != request.code_challenge {
             return Err(invalid("PKCE verification failed"));
         }
-        self.tokens_for(&grant_id, request.nonce.as_deref(), true)
+        self.tokens_for(&grant_id, request.nonce.as_deref(), true, None)
+    }
+
+    /// RFC 8707 §2: the audience asked for, if any: an absolute URI without a fragment that
+    /// this provider has not been told to refuse.
+    fn resource(&self, form: &HashMap<String, String>) -> Result<Option<String>, OAuthError> {
+        let Some(resource) = form.get("resource") else { return Ok(None) };
+        let valid = url::Url::parse(resource).is_ok_and(|u| u.fragment().is_none() && !u.cannot_be_a_base());
+        if !valid || self.controls.refuses_resource(resource) {
+            return Err(oauth_error(400, "invalid_target", "this resource is not served"));
+        }
+        Ok(Some(resource.clone()))
+    }
+
+    /// bff's own token (RFC 6749 §4.4): its own subject, no refresh or ID token.
+    fn client_credentials(&self, client: &Client, form: &HashMap<String, String>) -> Result<Value, OAuthError> {
+        let audience = self.resource(form)?;
+        let scope = form.get("scope").cloned().unwrap_or_default();
+        let now = now_unix();
+        let ttl = self.controls.access_token_ttl().as_secs();
+        let (grant_id, jti) = (random_token(), random_token());
+        let access = AccessClaims {
+            iss: self.issuer.clone(),
+            sub: client.client_id.clone(),
+            aud: audience.unwrap_or_else(|| self.api_audience.clone()),
+            exp: now + ttl,
+            iat: now,
+            jti: jti.clone(),
+            client_id: client.client_id.clone(),
+            scope: scope.clone(),
+            sid: String::new(),
+            name: None,
+            preferred_username: None,
+        };
+        let access_token =
+            self.key.sign(&access, Some("at+jwt")).map_err(|e| oauth_error(500, "server_error", e.to_string()))?;
+        {
+            let mut data = self.data();
+            let grant = Grant {
+                client_id: client.client_id.clone(),
+                username: String::new(),
+                scope: scope.clone(),
+                sid: String::new(),
+                auth_time: now,
+                revoked: false,
+            };
+            data.grants.insert(grant_id.clone(), grant);
+            data.access_tokens.insert(jti, grant_id);
+        }
+        self.remember(&access_token);
+        Ok(json!({ "access_token": access_token, "token_type": "Bearer", "expires_in": ttl, "scope": scope }))
     }
 
     fn refresh(&self, client: &Client, form: &HashMap<String, String>) -> Result<Value, OAuthError> {
+        let audience = self.resource(form)?;
         let invalid = |why: &str| oauth_error(400, "invalid_grant", why);
         let presented =
             form.get("refresh_token").ok_or_else(|| oauth_error(400, "invalid_request", "refresh_token is missing"))?;
@@ -379,7 +439,7 @@ impl Provider {
             }
             grant_id
         };
-        self.tokens_for(&grant_id, None, false)
+        self.tokens_for(&grant_id, None, false, audience)
     }
 
     fn rogue_key(&self) -> Option<std::sync::Arc<SigningKey>> {
@@ -390,8 +450,15 @@ impl Provider {
         slot.clone()
     }
 
-    /// Access token (JWT), a rotated refresh token when `offline_access` was granted, ID token.
-    fn tokens_for(&self, grant_id: &str, nonce: Option<&str>, at_login: bool) -> Result<Value, OAuthError> {
+    /// Access token (JWT, for `audience` or the API's), a rotated refresh token when
+    /// `offline_access` was granted, ID token.
+    fn tokens_for(
+        &self,
+        grant_id: &str,
+        nonce: Option<&str>,
+        at_login: bool,
+        audience: Option<String>,
+    ) -> Result<Value, OAuthError> {
         let server_error = |e: jsonwebtoken::errors::Error| oauth_error(500, "server_error", e.to_string());
         let (grant_client, username, scope, sid, auth_time) = {
             let data = self.data();
@@ -405,7 +472,7 @@ impl Provider {
         let access = AccessClaims {
             iss: self.issuer.clone(),
             sub: sub.clone(),
-            aud: self.api_audience.clone(),
+            aud: audience.unwrap_or_else(|| self.api_audience.clone()),
             exp: now + ttl,
             iat: now,
             jti: jti.clone(),
@@ -511,9 +578,15 @@ impl Provider {
         Ok(())
     }
 
-    /// An access token that is signed by us, unexpired and whose grant still lives.
+    /// An access token for the API's audience that is signed by us, unexpired and whose grant
+    /// still lives.
     pub fn active_access_token(&self, token: &str) -> Option<AccessClaims> {
-        let claims = self.key.verify::<AccessClaims>(token, Some(&self.api_audience), true)?;
+        self.active_access_token_for(token, &self.api_audience)
+    }
+
+    /// The same, for an API that is `audience` (RFC 8707): a token meant for another is refused.
+    pub fn active_access_token_for(&self, token: &str, audience: &str) -> Option<AccessClaims> {
+        let claims = self.key.verify::<AccessClaims>(token, Some(audience), true)?;
         let data = self.data();
         let grant_id = data.access_tokens.get(&claims.jti)?;
         data.grants.get(grant_id).filter(|g| !g.revoked).map(|_| claims)

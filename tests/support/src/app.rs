@@ -274,6 +274,7 @@ impl TestApp {
         let counter = match grant {
             "authorization_code" => &c.authorization_code,
             "refresh_token" => &c.refresh_token,
+            "client_credentials" => &c.client_credentials,
             "revocation" => &c.revocations,
             "reuse" => &c.reuse_detected,
             other => panic!("no counter {other}"),

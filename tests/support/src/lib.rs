@@ -87,3 +87,11 @@ pub fn blocking_eventually(what: &str, limit: Duration, mut check: impl FnMut() 
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The claims of a JWT, unverified (the test reads what a token says, the API verified it).
+pub fn jwt_claims(jwt: &str) -> serde_json::Value {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1).expect("a JWT has a payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON claims")
+}

@@ -50,16 +50,28 @@ impl Upstream {
 
 struct State {
     provider: Option<Arc<Provider>>,
+    /// The `aud` this API accepts (the provider's API audience when `None`).
+    audience: Option<String>,
     controls: Arc<UpstreamControls>,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 pub async fn spawn(provider: Option<Arc<Provider>>) -> Upstream {
+    spawn_for_audience(provider, None).await
+}
+
+/// An API that accepts only tokens issued for `audience` (RFC 8707), checked at `provider`.
+pub async fn spawn_for_audience(provider: Option<Arc<Provider>>, audience: Option<&str>) -> Upstream {
     let listener = crate::listener();
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let controls = Arc::new(UpstreamControls::default());
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let state = web::Data::new(State { provider, controls: Arc::clone(&controls), seen: Arc::clone(&seen) });
+    let state = web::Data::new(State {
+        provider,
+        audience: audience.map(String::from),
+        controls: Arc::clone(&controls),
+        seen: Arc::clone(&seen),
+    });
     let server = HttpServer::new(move || App::new().app_data(state.clone()).default_service(web::to(handle)))
         .workers(2)
         .disable_signals()
@@ -93,7 +105,10 @@ async fn handle(req: HttpRequest, mut payload: web::Payload, state: web::Data<St
         .collect();
     state.seen.lock().expect("seen").push(Seen { path: req.path().to_string(), bearer: token.clone() });
     let valid = match (&state.provider, &token) {
-        (Some(p), Some(t)) => p.active_access_token(t).is_some(),
+        (Some(p), Some(t)) => match &state.audience {
+            Some(audience) => p.active_access_token_for(t, audience).is_some(),
+            None => p.active_access_token(t).is_some(),
+        },
         (None, _) => true,
         (Some(_), None) => false,
     };

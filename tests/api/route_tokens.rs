@@ -1,0 +1,238 @@
+//! Route token policies that are not the signed-in user's default token: bff's own
+//! client-credentials token (`token = "client"`) and audience-bound user tokens (`resource`,
+//! RFC 8707), against the demo provider and APIs that check `aud`.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bff::config::{ApiConfig, TokenPolicy};
+use bff::demo::idp::TokenFault;
+use futures_util::future::join_all;
+use reqwest::Method;
+use serde_json::Value;
+use support::{AppOptions, Browser, TestApp, jwt_claims, spawn_app_with, spawn_instance_with, until_refresh_due};
+
+const ORDERS: &str = "https://orders.example";
+const BILLING: &str = "https://billing.example";
+
+/// The bearers the upstream received for `path`, in order.
+fn bearers(upstream: &support::upstream::Upstream, path: &str) -> Vec<String> {
+    upstream.seen().into_iter().filter(|s| s.path == path).filter_map(|s| s.bearer).collect()
+}
+
+async fn json_error(res: reqwest::Response) -> (u16, String) {
+    let status = res.status().as_u16();
+    let body: Value = res.json().await.unwrap_or_default();
+    (status, body["error"].as_str().unwrap_or_default().to_string())
+}
+
+/// `calls` concurrent GETs of `path`, spread over `browsers`; their statuses.
+async fn concurrently(browsers: &[Browser], path: &str, calls: usize) -> Vec<u16> {
+    let requests = (0..calls).map(|i| {
+        let b = &browsers[i % browsers.len()];
+        async move { b.api(Method::GET, path).await.status().as_u16() }
+    });
+    join_all(requests).await
+}
+
+/// An instance with a `/m2m` route that carries bff's own token for `api:read`.
+async fn client_route(app: &TestApp) -> String {
+    let upstream = url::Url::parse(&app.upstream.url).expect("url");
+    spawn_instance_with(app, |c| {
+        c.api.push(ApiConfig {
+            prefix: "/m2m".into(),
+            upstream,
+            token: TokenPolicy::Client,
+            scopes: vec!["api:read".into()],
+            ..c.api[0].clone()
+        });
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_token_is_shared_by_every_session_and_renewed_once_when_due() {
+    let app = spawn_app_with(AppOptions::short_lived_tokens()).await;
+    let instance = client_route(&app).await;
+    let (alice, bob) = (app.browser(), app.browser());
+    alice.login_as("alice").await;
+    bob.login_as("bob").await;
+    let (alice, bob) = (alice.at(&instance), bob.at(&instance));
+
+    let signed_out = Browser::new(&instance);
+    assert_eq!(json_error(signed_out.api(Method::GET, "/m2m/echo").await).await, (401, "login_required".into()));
+    let no_csrf = alice.send(alice.request(Method::GET, "/m2m/echo")).await;
+    assert_eq!(no_csrf.status(), 403, "a session's cookie authorises the call: X-CSRF is asked for");
+
+    let statuses = concurrently(&[alice.clone(), bob.clone()], "/m2m/echo", 40).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(app.token_requests("client_credentials"), 1, "one token for both sessions and 40 calls");
+    let first = bearers(&app.upstream, "/echo");
+    assert_eq!(first.len(), 40);
+    assert!(first.iter().all(|b| *b == first[0]), "every call carried the same token");
+    let claims = jwt_claims(&first[0]);
+    assert_eq!(claims["sub"], app.config.oidc.client_id.as_str(), "bff's own token, not a user's");
+    assert_eq!(claims["scope"], "api:read");
+
+    // Renewed ahead of its expiry, by one request however many callers find it due.
+    let res = alice.api(Method::GET, "/m2m/echo").await;
+    until_refresh_due(support::token_expiry(&res), support::SHORT_SKEW_SECS).await;
+    let statuses = concurrently(&[alice.clone(), bob.clone()], "/m2m/echo", 40).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(app.token_requests("client_credentials"), 2);
+    let renewed = bearers(&app.upstream, "/echo").last().cloned().expect("a bearer");
+    assert_ne!(renewed, first[0]);
+
+    // An upstream's 401: a new token and one retry.
+    app.upstream.controls.reject_next.store(1, Ordering::SeqCst);
+    assert_eq!(bob.api(Method::GET, "/m2m/echo").await.status(), 200);
+    assert_eq!(app.token_requests("client_credentials"), 3);
+    let seen = bearers(&app.upstream, "/echo");
+    assert_eq!(seen[seen.len() - 2], renewed, "the rejected token");
+    assert_ne!(seen[seen.len() - 1], renewed, "the retry carried a new one");
+
+    // The users' own tokens were never asked to refresh for this route.
+    assert_eq!(app.token_requests("refresh_token"), 0);
+    let metrics = reqwest::get(format!("{instance}/metrics")).await.expect("metrics").text().await.expect("text");
+    assert!(metrics.contains("bff_client_token_requests_total{outcome=\"ok\"} 3"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_token_the_provider_will_not_give_is_a_503_and_the_next_call_asks_again() {
+    let app = spawn_app_with(AppOptions::default()).await;
+    let instance = client_route(&app).await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    let b = browser.at(&instance);
+    app.idp.controls.set_token_fault(TokenFault::Unavailable);
+    assert_eq!(json_error(b.api(Method::GET, "/m2m/echo").await).await, (503, "token_refresh_unavailable".into()));
+    app.idp.controls.set_token_fault(TokenFault::None);
+    assert_eq!(b.api(Method::GET, "/m2m/echo").await.status(), 200);
+    assert_eq!(b.api(Method::GET, "/api/echo").await.status(), 200, "the user's session is untouched");
+}
+
+/// An instance with `/orders` and `/billing` routes bound to their audiences, each in front of
+/// an API that accepts only tokens for it; `/api` stays on the default audience.
+async fn audience_routes(app: &TestApp) -> (String, support::upstream::Upstream, support::upstream::Upstream) {
+    let provider = Some(app.idp.provider.clone());
+    let orders = support::upstream::spawn_for_audience(provider.clone(), Some(ORDERS)).await;
+    let billing = support::upstream::spawn_for_audience(provider, Some(BILLING)).await;
+    let (orders_url, billing_url) = (orders.url.clone(), billing.url.clone());
+    let instance = spawn_instance_with(app, |c| {
+        let base = c.api[0].clone();
+        let route = |prefix: &str, upstream: &str, resource: &str| ApiConfig {
+            prefix: prefix.into(),
+            upstream: url::Url::parse(upstream).expect("url"),
+            resource: Some(resource.into()),
+            ..base.clone()
+        };
+        c.api.push(route("/orders", &orders_url, ORDERS));
+        c.api.push(route("/billing", &billing_url, BILLING));
+        c.api.push(route("/refused", &orders_url, "https://refused.example"));
+    })
+    .await;
+    (instance, orders, billing)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_resource_route_gets_a_token_for_its_own_audience() {
+    let app = spawn_app_with(AppOptions::default()).await;
+    let (instance, orders, billing) = audience_routes(&app).await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    let b = browser.at(&instance);
+
+    // Both audiences asked for at once, many times: one refresh each, one after the other on
+    // the one rotating refresh token (a replay of the old one would revoke the grant).
+    let mut calls = concurrently(std::slice::from_ref(&b), "/orders/echo", 20).await;
+    calls.extend(concurrently(std::slice::from_ref(&b), "/billing/echo", 20).await);
+    let both = join_all([
+        concurrently(std::slice::from_ref(&b), "/orders/echo", 15),
+        concurrently(std::slice::from_ref(&b), "/billing/echo", 15),
+    ])
+    .await;
+    calls.extend(both.into_iter().flatten());
+    assert!(calls.iter().all(|s| *s == 200), "{calls:?}");
+    assert_eq!(app.token_requests("refresh_token"), 2, "one token per audience");
+    assert_eq!(app.token_requests("reuse"), 0);
+    assert_eq!(b.api(Method::GET, "/api/echo").await.status(), 200, "the default token still works");
+
+    let orders_token = bearers(&orders, "/echo")[0].clone();
+    let billing_token = bearers(&billing, "/echo")[0].clone();
+    let default_token = bearers(&app.upstream, "/echo")[0].clone();
+    assert_eq!(jwt_claims(&orders_token)["aud"], ORDERS);
+    assert_eq!(jwt_claims(&billing_token)["aud"], BILLING);
+    assert_eq!(jwt_claims(&default_token)["aud"], "demo-api");
+    assert!(bearers(&orders, "/echo").iter().all(|t| *t == orders_token), "kept in the token set");
+
+    // An API's 401 refreshes that audience's token only.
+    orders.controls.reject_next.store(1, Ordering::SeqCst);
+    assert_eq!(b.api(Method::GET, "/orders/echo").await.status(), 200);
+    assert_eq!(app.token_requests("refresh_token"), 3);
+    assert_ne!(bearers(&orders, "/echo").last(), Some(&orders_token));
+    assert_eq!(b.api(Method::GET, "/billing/echo").await.status(), 200);
+    assert_eq!(bearers(&billing, "/echo").last(), Some(&billing_token), "billing's token is untouched");
+    assert_eq!(b.api(Method::GET, "/api/echo").await.status(), 200);
+    assert_eq!(bearers(&app.upstream, "/echo").last(), Some(&default_token), "and so is the default one");
+
+    // A resource the grant does not cover: 403, and the session lives on.
+    app.idp.controls.refuse_resource("https://refused.example");
+    assert_eq!(json_error(b.api(Method::GET, "/refused/echo").await).await, (403, "resource_not_granted".into()));
+    assert_eq!(b.api(Method::GET, "/orders/echo").await.status(), 200);
+    assert_eq!(app.token_requests("reuse"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audience_token_falls_due_on_its_own_and_two_instances_refresh_it_once() {
+    let app = spawn_app_with(AppOptions::default()).await;
+    let (instance, orders, _billing) = audience_routes(&app).await;
+    let (other, ..) = audience_routes(&app).await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    let b = browser.at(&instance);
+    assert_eq!(b.api(Method::GET, "/api/echo").await.status(), 200);
+    let default_token = bearers(&app.upstream, "/echo")[0].clone();
+
+    // The audience token lives 4 s; the default one, issued at sign-in, 300 s.
+    app.idp.controls.set_access_token_ttl(Duration::from_secs(4));
+    let res = b.api(Method::GET, "/orders/echo").await;
+    assert_eq!(res.status(), 200);
+    let first = bearers(&orders, "/echo")[0].clone();
+    // Skew 30 s, capped at half the lifetime: due 2 s before it expires.
+    until_refresh_due(support::token_expiry(&res), 2).await;
+
+    let both = [b.clone(), browser.at(&other)];
+    let statuses = concurrently(&both, "/orders/echo", 30).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(app.token_requests("refresh_token"), 2, "one refresh across both instances");
+    assert_eq!(app.token_requests("reuse"), 0);
+    assert_ne!(bearers(&orders, "/echo").last(), Some(&first));
+    assert_eq!(b.api(Method::GET, "/api/echo").await.status(), 200);
+    assert_eq!(bearers(&app.upstream, "/echo").last(), Some(&default_token), "the default token was not due");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_refresh_token_a_resource_route_is_refused_and_the_session_kept() {
+    let orders = support::upstream::spawn(None).await;
+    let orders_url = url::Url::parse(&orders.url).expect("url");
+    // Signed in without offline_access: no refresh token to ask for another audience with.
+    let options = AppOptions {
+        tweak: std::sync::Arc::new(move |c: &mut bff::config::Config| {
+            c.oidc.scopes.retain(|s| s != "offline_access");
+            let orders = ApiConfig {
+                prefix: "/orders".into(),
+                upstream: orders_url.clone(),
+                resource: Some(ORDERS.into()),
+                ..c.api[0].clone()
+            };
+            c.api.push(orders);
+        }),
+        ..AppOptions::default()
+    };
+    let app = spawn_app_with(options).await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    assert_eq!(json_error(browser.api(Method::GET, "/orders/echo").await).await, (403, "resource_not_granted".into()));
+    assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200);
+    assert!(orders.seen().is_empty(), "the default token never went to the orders API");
+}
