@@ -255,6 +255,39 @@ timeout_secs = 10
     )
 }
 
+const ORDERS: &str = "https://orders.interop";
+const BILLING: &str = "https://billing.interop";
+
+/// `base` plus routes bound to the orders and billing APIs (RFC 8707), and `/m2m` with bff's own
+/// client-credentials token for the orders API; the sign-in asks for their scope too.
+fn resource_config(base: &str, api: &str) -> String {
+    let base = base.replacen(
+        "timeout_secs = 10\n",
+        "timeout_secs = 10\nscopes = [\"openid\", \"profile\", \"email\", \"offline_access\", \"api:read\"]\n",
+        1,
+    );
+    format!(
+        r#"{base}
+[[api]]
+prefix = "/orders"
+upstream = "{api}/aud/orders"
+resource = "{ORDERS}"
+
+[[api]]
+prefix = "/billing"
+upstream = "{api}/aud/billing"
+resource = "{BILLING}"
+
+[[api]]
+prefix = "/m2m"
+upstream = "{api}/aud/orders"
+token = "client"
+scopes = ["api:read"]
+resource = "{ORDERS}"
+"#
+    )
+}
+
 async fn start_bff(config: &str) -> Bff {
     let path = std::env::temp_dir().join(format!("bff-interop-{}.toml", free_port()));
     std::fs::write(&path, config).unwrap();
@@ -316,6 +349,8 @@ struct Interop {
     a2: Bff,
     /// B is client `bff-post` (client_secret_post), at a public URL of its own.
     b: Bff,
+    /// C is client `bff-rs`, with routes bound to resources and one with bff's own token.
+    c: Bff,
     public_a: String,
     alice: Browser,
 }
@@ -325,9 +360,10 @@ impl Interop {
         let node_modules = root().join("tests/interop/node_modules/oidc-provider");
         assert!(node_modules.is_dir(), "run `npm ci --prefix tests/interop` (or .ci/run)");
 
-        let (a1_port, a2_port, b_port) = (free_port(), free_port(), free_port());
+        let (a1_port, a2_port, b_port, c_port) = (free_port(), free_port(), free_port(), free_port());
         let public_a = format!("http://127.0.0.1:{a1_port}");
         let public_b = format!("http://127.0.0.1:{b_port}");
+        let public_c = format!("http://127.0.0.1:{c_port}");
         let client = |id: &str, auth_method: &str, public: &str| {
             json!({
                 "client_id": id, "client_secret": format!("{id}-secret"),
@@ -339,9 +375,12 @@ impl Interop {
                 "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
             })
         };
+        let mut resource_client = client("bff-rs", "client_secret_basic", &public_c);
+        resource_client["grant_types"] = json!(["authorization_code", "refresh_token", "client_credentials"]);
         let clients = json!([
             client("bff-basic", "client_secret_basic", &public_a),
             client("bff-post", "client_secret_post", &public_b),
+            resource_client,
         ]);
         let mut provider = Command::new("node");
         provider
@@ -349,7 +388,8 @@ impl Interop {
             .env("PROVIDER_PORT", "0")
             .env("STATS_PORT", "0")
             .env("ACCESS_TOKEN_TTL", ACCESS_TOKEN_TTL.to_string())
-            .env("CLIENTS", clients.to_string());
+            .env("CLIENTS", clients.to_string())
+            .env("RESOURCES", json!([ORDERS, BILLING]).to_string());
         let (provider, ready) = start(provider, "READY");
         let issuer = field(&ready, "issuer");
         let stats = field(&ready, "stats");
@@ -373,7 +413,12 @@ impl Interop {
         let a2 = start_bff(&basic(a2_port)).await;
         let b = start_bff(&bff_config(&public_b, b_port, &issuer, "bff-post", "client_secret_post", &api_url, &prefix))
             .await;
-        Interop { stack, a1, a2, b, public_a, alice: Browser::new() }
+        let c = start_bff(&resource_config(
+            &bff_config(&public_c, c_port, &issuer, "bff-rs", "client_secret_basic", &api_url, &prefix),
+            &api_url,
+        ))
+        .await;
+        Interop { stack, a1, a2, b, c, public_a, alice: Browser::new() }
     }
 }
 
@@ -407,6 +452,7 @@ async fn bff_interoperates_with_a_certified_provider() {
         client_secret_post_logs_in_refreshes_and_logs_out_on_its_own_instance,
         backchannel_logout_ends_the_session_on_both_instances,
         a_tampered_iss_in_the_authorization_response_is_refused,
+        resource_and_client_tokens_are_bound_to_their_audiences,
     );
     report("interop: all checks passed");
 }
@@ -581,4 +627,47 @@ async fn a_tampered_iss_in_the_authorization_response_is_refused(it: &Interop) {
     assert_eq!(carol.get(tampered.as_str()).await.status(), 400, "a tampered iss");
     assert_eq!(carol.get(genuine.as_str()).await.status(), 302, "the genuine response still signs in");
     check("RFC 9207: a tampered iss is refused and consumes nothing", "ok");
+}
+
+/// 10. RFC 8707 with oidc-provider's resource indicators: the sign-in names both resources, each
+///     route gets a token whose `aud` is its API (the API refuses any other), one refresh per
+///     audience on the one rotating refresh token; `/m2m` carries bff's own client-credentials
+///     token for the orders API, asked for once.
+async fn resource_and_client_tokens_are_bound_to_their_audiences(it: &Interop) {
+    let Interop { stack, c, .. } = it;
+    let dave = Browser::new();
+    login(stack, &c.url, &dave, "dave").await;
+    let (refreshes, reuse) = (stack.stat("refresh_token_grants").await, stack.stat("reuse_detected").await);
+    let call = |path: &'static str| {
+        let dave = dave.clone();
+        let url = format!("{}{path}", c.url);
+        async move {
+            let res = dave.api(Method::GET, &url).await;
+            assert_eq!(res.status(), 200, "{path}");
+            res.json::<Value>().await.unwrap()
+        }
+    };
+    let default = call("/api/x").await;
+    assert_ne!(default["aud"], ORDERS);
+    for _ in 0..3 {
+        let orders = call("/orders/x").await;
+        assert_eq!((orders["aud"].as_str(), orders["sub"].as_str()), (Some(ORDERS), Some("dave")), "{orders}");
+        let billing = call("/billing/x").await;
+        assert_eq!((billing["aud"].as_str(), billing["sub"].as_str()), (Some(BILLING), Some("dave")), "{billing}");
+    }
+    assert_eq!(stack.stat("refresh_token_grants").await - refreshes, 2, "one token per audience, kept");
+    assert_eq!(stack.stat("reuse_detected").await, reuse, "the rotated refresh token is the one used next");
+    check("RFC 8707 tokens per route", "orders and billing each got a token for their own aud");
+
+    let before = stack.stat("client_credentials_grants").await;
+    for _ in 0..3 {
+        let m2m = call("/m2m/x").await;
+        assert_eq!((m2m["aud"].as_str(), m2m["client_id"].as_str()), (Some(ORDERS), Some("bff-rs")), "{m2m}");
+        assert!(m2m["sub"].is_null(), "bff's own token has no user: {m2m}");
+        assert_eq!(m2m["scope"], "api:read");
+    }
+    assert_eq!(stack.stat("client_credentials_grants").await - before, 1);
+    let api: Value = stack.http.get(format!("{}/__stats", stack.api)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(api["wrong_audience"], 0, "no API ever received a token meant for another");
+    check("client-credentials route token", "one token, for the orders API, shared across calls");
 }

@@ -76,6 +76,9 @@ impl Oidc {
         for (name, value) in &self.extra_auth_params {
             request = request.add_extra_param(name.as_str(), value.as_str());
         }
+        for resource in &self.user_resources {
+            request = request.add_extra_param("resource", resource.as_str());
+        }
         let (url, state, nonce) = request.url();
         Ok((url, state, PendingLogin { pkce_verifier: verifier, nonce, return_to, browser }))
     }

@@ -25,7 +25,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::config::{AuthMethod, Config};
+use crate::config::{AuthMethod, Config, TokenPolicy};
 
 pub use grants::{ClientToken, GrantToken, RefreshError, Refreshed, Revocation};
 pub use login::{CallbackError, LoginResult, PendingLogin, ResponseIssuerError};
@@ -156,6 +156,9 @@ pub struct Oidc {
     redirect_uri: RedirectUrl,
     scopes: Vec<String>,
     extra_auth_params: Vec<(String, String)>,
+    /// The `resource` of routes that carry a user's token, named in the authorization request
+    /// (RFC 8707 §2.1): providers that implement resource indicators grant only those.
+    user_resources: Vec<String>,
     http: reqwest::Client,
     /// `oidc.revocation_endpoint`: wins over whatever the provider's metadata says.
     configured_revocation_url: Option<Url>,
@@ -199,6 +202,17 @@ impl Oidc {
             redirect_uri: RedirectUrl::new(config.redirect_uri())?,
             scopes: config.oidc.scopes.clone(),
             extra_auth_params: config.oidc.extra_auth_params.clone().into_iter().collect(),
+            user_resources: {
+                let mut resources: Vec<String> = config
+                    .api
+                    .iter()
+                    .filter(|api| matches!(api.token, TokenPolicy::User | TokenPolicy::UserOrNone))
+                    .filter_map(|api| api.resource.clone())
+                    .collect();
+                resources.sort();
+                resources.dedup();
+                resources
+            },
             http: idp_http_client(config.oidc.timeout)?,
             configured_revocation_url: config.oidc.revocation_endpoint.clone(),
             warned_no_revocation: std::sync::atomic::AtomicBool::new(false),

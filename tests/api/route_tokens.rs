@@ -236,3 +236,17 @@ async fn without_a_refresh_token_a_resource_route_is_refused_and_the_session_kep
     assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200);
     assert!(orders.seen().is_empty(), "the default token never went to the orders API");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorization_request_names_the_resources_of_user_routes() {
+    let app = spawn_app_with(AppOptions::default()).await;
+    let (instance, ..) = audience_routes(&app).await;
+    let authorize = support::location(&Browser::new(&instance).start_login(None).await);
+    let url = url::Url::parse(&authorize).expect("authorize URL");
+    let mut resources: Vec<String> =
+        url.query_pairs().filter(|(k, _)| k == "resource").map(|(_, v)| v.into_owned()).collect();
+    resources.sort();
+    assert_eq!(resources, [BILLING, ORDERS, "https://refused.example"], "RFC 8707 §2.1, each once");
+    let plain = support::location(&Browser::new(&app.address).start_login(None).await);
+    assert!(!plain.contains("resource="), "no resource route, no resource parameter: {plain}");
+}

@@ -39,7 +39,7 @@ const basicCredentials = Buffer.from(
   `${encodeURIComponent(clientId)}:${encodeURIComponent(clientSecret)}`,
 ).toString('base64');
 
-const stats = { requests: 0, ok: 0, unauthorized: 0 };
+const stats = { requests: 0, ok: 0, unauthorized: 0, wrong_audience: 0 };
 let rejectNext = 0;
 
 async function introspect(token) {
@@ -107,11 +107,14 @@ async function handle(req, res) {
       ok: true,
       sub: introspection.sub,
       client_id: introspection.client_id,
+      aud: introspection.aud,
+      scope: introspection.scope,
       path: req.url,
       method: req.method,
     });
   } else {
     stats.unauthorized += 1;
+    if (introspection?.active === true && !forUs) stats.wrong_audience += 1;
     sendJson(res, 401, { error: 'invalid_token' }, {
       'www-authenticate': 'Bearer error="invalid_token"',
     });

@@ -6,13 +6,15 @@
 //   ACCESS_TOKEN_TTL   access token lifetime in seconds (default 5)
 //   CLIENTS            JSON array of client metadata objects, registered as given
 //   API_CLIENT_SECRET  secret of the built-in `api` client that may introspect any token (default "api-secret")
+//   RESOURCES          JSON array of resource indicators (RFC 8707) the provider serves, each with
+//                      the scope `api:read` and opaque access tokens whose `aud` is the indicator
 //
 // stdout carries one JSON object per line for events of interest, and exactly one
 // `READY issuer=<issuer> stats=<stats url>` line once both servers listen. Diagnostics go to stderr.
 
 import * as http from 'node:http';
 
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 // oidc-provider prints its development notices ("default ... function called") with console.info,
 // i.e. on stdout; send them to stderr so stdout only carries the READY line and JSON events.
@@ -28,6 +30,7 @@ const env = (name, fallback) => process.env[name] ?? fallback;
 
 const accessTokenTtl = Number.parseInt(env('ACCESS_TOKEN_TTL', '5'), 10);
 const clients = JSON.parse(env('CLIENTS', '[]'));
+const resources = new Set(JSON.parse(env('RESOURCES', '[]')));
 if (!Array.isArray(clients)) {
   throw new TypeError('CLIENTS must be a JSON array of client metadata objects');
 }
@@ -40,6 +43,7 @@ const stats = {
   backchannel_errors: 0, // logout token deliveries that failed
   refresh_tokens_issued: 0,
   refresh_token_grants: 0, // successful refresh_token grants
+  client_credentials_grants: 0, // successful client_credentials grants
   introspections: 0, // requests to the introspection endpoint, whatever their outcome
 };
 
@@ -129,6 +133,27 @@ const provider = new Provider(issuer, {
     // survive the logout (library semantics): their refresh tokens stay valid until revoked.
     rpInitiatedLogout: { enabled: true },
     backchannelLogout: { enabled: true },
+    // RFC 8707: a refresh (or client-credentials) request with `resource` gets a token for that
+    // audience only, and only for a resource the grant names (the authorization request's
+    // `resource` parameters); any other indicator is `invalid_target`. Opaque, so the API
+    // introspects them like the default tokens.
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: async (ctx, client, oneOf) => oneOf,
+      useGrantedResource: async () => false,
+      async getResourceServerInfo(ctx, resourceIndicator) {
+        if (!resources.has(resourceIndicator)) {
+          throw new errors.InvalidTarget();
+        }
+        return {
+          scope: 'api:read',
+          audience: resourceIndicator,
+          accessTokenFormat: 'opaque',
+          accessTokenTTL: accessTokenTtl,
+        };
+      },
+    },
+    clientCredentials: { enabled: true },
   },
   pkce: { required: () => true },
   // Refresh tokens are issued by the default issueRefreshToken policy: the client has the
@@ -178,6 +203,9 @@ provider.on('grant.success', (ctx) => {
   const grantType = ctx.oidc.params.grant_type;
   if (grantType === 'refresh_token') {
     stats.refresh_token_grants += 1;
+  }
+  if (grantType === 'client_credentials') {
+    stats.client_credentials_grants += 1;
   }
   logEvent('grant.success', { grant_type: grantType, client_id: clientIdOf(ctx) });
 });
