@@ -249,9 +249,21 @@ impl Proxy {
             self.send(client, request, destination.route)
         };
 
-        let first = send(token.as_ref(), outbound).await;
+        let first = match (send(token.as_ref(), outbound).await, &retry_body) {
+            // The upstream closed a pooled connection as the request went out (its keep-alive
+            // timer ran out first, a race no pool setting removes): an idempotent request may
+            // be sent again (RFC 9110 §9.2.2), as Go's and browsers' clients do.
+            (Err(SendError::ClosedUnanswered), Some(bytes)) if replayable(req) => {
+                tracing::debug!(
+                    api = destination.route.prefix,
+                    "upstream closed the connection unanswered; sent again"
+                );
+                send(token.as_ref(), body::buffered(bytes.clone())).await
+            }
+            (first, _) => first,
+        };
         let first = match first {
-            Err(e) => return Err(body_fault.and_then(|f| f.error()).unwrap_or(e)),
+            Err(e) => return Err(body_fault.and_then(|f| f.error()).unwrap_or_else(|| e.into())),
             Ok(first) => first,
         };
         let head = req.method() == actix_web::http::Method::HEAD;
@@ -272,7 +284,7 @@ impl Proxy {
             Err(e) => return Err(e.into()),
         };
         drop(first);
-        let second = send(Some(&fresh), body::buffered(retry_body)).await?;
+        let second = send(Some(&fresh), body::buffered(retry_body)).await.map_err(AppError::from)?;
         Ok(respond(second, head, Some(&fresh), permit).await)
     }
 
@@ -283,7 +295,7 @@ impl Proxy {
         client: &UpstreamClient,
         request: hyper::Request<UpstreamBody>,
         route: &Route,
-    ) -> Result<hyper::Response<Incoming>, AppError> {
+    ) -> Result<hyper::Response<Incoming>, SendError> {
         let started = std::time::Instant::now();
         let result = tokio::time::timeout(route.timeout, client.0.request(request)).await;
         self.metrics.upstream(&route.prefix, started.elapsed());
@@ -291,16 +303,54 @@ impl Proxy {
             Err(_) => {
                 self.metrics.upstream_error(&route.prefix, UpstreamFailure::Timeout);
                 tracing::warn!(api = route.prefix, "upstream did not answer within {} s", route.timeout.as_secs());
-                Err(AppError::UpstreamTimeout)
+                Err(SendError::Timeout)
             }
             Ok(Err(e)) => {
                 self.metrics.upstream_error(&route.prefix, UpstreamFailure::Unavailable);
+                let closed = closed_unanswered(&e);
                 tracing::warn!(api = route.prefix, "upstream unreachable: {}", crate::telemetry::error_chain(&e));
-                Err(AppError::UpstreamUnavailable)
+                Err(if closed { SendError::ClosedUnanswered } else { SendError::Unreachable })
             }
             Ok(Ok(response)) => Ok(response),
         }
     }
+}
+
+/// Why an upstream exchange gave no response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendError {
+    Timeout,
+    /// The connection closed after the request went out and before any answer.
+    ClosedUnanswered,
+    Unreachable,
+}
+
+impl From<SendError> for AppError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::Timeout => AppError::UpstreamTimeout,
+            SendError::ClosedUnanswered | SendError::Unreachable => AppError::UpstreamUnavailable,
+        }
+    }
+}
+
+fn closed_unanswered(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if cause.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message) {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
+/// Whether a request may be sent again without asking: an idempotent method (RFC 9110 §9.2.2),
+/// or one its sender marked with an idempotency key.
+fn replayable(req: &HttpRequest) -> bool {
+    use actix_web::http::Method;
+    matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
+        || req.headers().contains_key("idempotency-key")
 }
 
 /// Tells the SPA when the access token used expires (never the token), so it can show refreshes.

@@ -243,3 +243,83 @@ async fn token_policies_decide_whose_token_the_upstream_gets() {
     assert_eq!(plain(&b, "/public/echo").await.status(), 200);
     assert_eq!(bearer_seen(&app), None, "a public route never gets the user's token");
 }
+
+/// An upstream that answers the first request of each connection with keep-alive, then closes
+/// the connection when the next request arrives, unanswered (as a server whose keep-alive timer
+/// fires just as a pooled connection is used); counts the requests it read.
+async fn upstream_closing_reused_connections() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let requests = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = std::sync::Arc::clone(&requests);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let seen = std::sync::Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut answered = 0;
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = socket.read(&mut chunk).await {
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    // Requests without bodies (GET) or with small ones that arrive with the head.
+                    while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buffer.len() < end + 4 + length {
+                            break;
+                        }
+                        buffer.drain(..end + 4 + length);
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        if answered == 1 {
+                            return;
+                        }
+                        answered += 1;
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok";
+                        if socket.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, requests)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_call_on_a_connection_the_upstream_just_closed_is_sent_again() {
+    use std::sync::atomic::Ordering;
+    let app = spawn_app().await;
+    let (url, requests) = upstream_closing_reused_connections().await;
+    let upstream = url::Url::parse(&url).expect("url");
+    let instance = spawn_instance_with(&app, |c| {
+        // One worker: every call goes through the one pool, so the second reuses the connection.
+        c.server.workers = 1;
+        c.api.push(bff::config::ApiConfig { prefix: "/racy".into(), upstream, ..c.api[0].clone() });
+    })
+    .await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    let b = browser.at(&instance);
+    assert_eq!(b.api(Method::GET, "/racy/a").await.status(), 200);
+    assert_eq!(b.api(Method::GET, "/racy/b").await.status(), 200, "sent again on a new connection");
+    assert_eq!(requests.load(Ordering::SeqCst), 3, "the closed one, then the one answered");
+    // A POST may have been acted on: its sender decides, bff does not send it twice.
+    let post = b.send(b.request(Method::POST, "/racy/c").header("x-csrf", "1").body("x")).await;
+    assert_eq!(post.status(), 502);
+    assert_eq!(requests.load(Ordering::SeqCst), 4);
+    assert_eq!(b.api(Method::GET, "/racy/e").await.status(), 200, "a new connection, answered");
+    let keyed =
+        b.send(b.request(Method::POST, "/racy/d").header("x-csrf", "1").header("idempotency-key", "k1").body("x"));
+    assert_eq!(keyed.await.status(), 200, "unless it carries an idempotency key");
+    assert_eq!(requests.load(Ordering::SeqCst), 7, "the keyed POST was sent twice");
+}
