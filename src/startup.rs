@@ -12,7 +12,7 @@ use crate::crypto::Sealer;
 use crate::http::{observe, refuse_methods, security_headers};
 use crate::limits::RateLimiter;
 use crate::metrics::{CacheMode, Metrics};
-use crate::oidc::{Oidc, OidcError};
+use crate::oidc::Oidc;
 use crate::pages::{Pages, STYLESHEET_PATH};
 use crate::proxy::Proxy;
 use crate::routes;
@@ -97,9 +97,10 @@ impl Application {
         let oidc = Arc::new(Oidc::new(&config)?);
         if let Err(e) = oidc.discover().await {
             let what = "bff starts anyway and keeps trying (readyz answers 503 until then)";
-            match e {
-                OidcError::IssuerMismatch { .. } => tracing::error!("{e}; {what}"),
-                _ => tracing::warn!("{}; {what}", error_chain(&e)),
+            if e.is_setup_problem() {
+                tracing::error!("{e}; {what}");
+            } else {
+                tracing::warn!("{}; {what}", error_chain(&e));
             }
             tokio::spawn(Arc::clone(&oidc).discover_until_ready());
         }

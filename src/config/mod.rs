@@ -96,6 +96,28 @@ pub struct OidcConfig {
     pub timeout: Duration,
     /// RFC 7009 revocation endpoint, for a provider whose metadata names none (or a wrong one).
     pub revocation_endpoint: Option<Url>,
+    pub par: ParMode,
+}
+
+/// When the authorization request is pushed to the provider first (RFC 9126).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParMode {
+    /// When the provider offers it.
+    Auto,
+    /// Always; a provider without it is a configuration error.
+    Required,
+    /// Never (a provider that requires it is a configuration error).
+    Off,
+}
+
+impl ParMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParMode::Auto => "auto",
+            ParMode::Required => "required",
+            ParMode::Off => "off",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

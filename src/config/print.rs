@@ -50,6 +50,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     oidc.insert("client_id".into(), string(&config.oidc.client_id));
     oidc.insert("client_secret".into(), string(REDACTED));
     oidc.insert("auth_method".into(), string(config.oidc.auth_method.as_str()));
+    oidc.insert("par".into(), string(config.oidc.par.as_str()));
     oidc.insert("scopes".into(), Value::Array(config.oidc.scopes.iter().map(string).collect()));
     oidc.insert(
         "extra_auth_params".into(),

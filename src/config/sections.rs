@@ -12,8 +12,8 @@ use url::Url;
 
 use super::walker::{Section, Walker, describe};
 use super::{
-    ApiConfig, AuthMethod, Config, LogConfig, LogFormat, OidcConfig, SameSitePolicy, ServerConfig, SessionConfig,
-    TokenPolicy, TokensConfig,
+    ApiConfig, AuthMethod, Config, LogConfig, LogFormat, OidcConfig, ParMode, SameSitePolicy, ServerConfig,
+    SessionConfig, TokenPolicy, TokensConfig,
 };
 
 const MIN_SECRET_BYTES: usize = 64;
@@ -27,6 +27,7 @@ const RESERVED_AUTH_PARAMS: &[&str] = &[
     "nonce",
     "code_challenge",
     "code_challenge_method",
+    "request_uri",
 ];
 
 impl Walker<'_> {
@@ -162,8 +163,18 @@ impl Walker<'_> {
             .string(&mut s, "revocation_endpoint")
             .filter(|raw| !raw.trim().is_empty())
             .and_then(|raw| self.url(&s.key("revocation_endpoint"), raw.trim(), "revocation_endpoint"));
+        let par = match self.string_or(&mut s, "par", "auto").as_str() {
+            "auto" => ParMode::Auto,
+            "required" => ParMode::Required,
+            "off" => ParMode::Off,
+            other => {
+                self.error(s.key("par"), format!("must be \"auto\", \"required\" or \"off\" (got {other:?})"));
+                ParMode::Auto
+            }
+        };
         self.finish(s);
         Some(OidcConfig {
+            par,
             issuer: issuer?,
             client_id: client_id?,
             client_secret: client_secret?,

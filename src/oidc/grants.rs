@@ -144,6 +144,28 @@ impl Oidc {
         Ok(ClientToken { access_token: response.access_token().clone(), expires_in: response.expires_in() })
     }
 
+    /// `request` with bff's client authentication, as `oidc.auth_method` says (in the header or
+    /// in `form`), for the calls bff makes by hand (revocation, pushed authorization requests).
+    pub(super) fn authenticated<'f>(
+        &'f self,
+        request: reqwest::RequestBuilder,
+        form: &mut Vec<(&'f str, &'f str)>,
+    ) -> reqwest::RequestBuilder {
+        match self.auth_type {
+            AuthType::RequestBody => {
+                form.retain(|(name, _)| *name != "client_id");
+                form.push(("client_id", self.client_id.as_str()));
+                form.push(("client_secret", self.client_secret.secret().as_str()));
+                request
+            }
+            _ => {
+                // RFC 6749 §2.3.1: form-urlencode each part before base64.
+                let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+                request.basic_auth(encode(self.client_id.as_str()), Some(encode(self.client_secret.secret())))
+            }
+        }
+    }
+
     /// Revokes a refresh token (RFC 7009) when the provider has a revocation endpoint. Sent by
     /// hand: oauth2's helper refuses plain-http endpoints, which rules out a provider on loopback
     /// during development.
@@ -155,19 +177,7 @@ impl Oidc {
             GrantToken::Access(t) => (t.secret().as_str(), "access_token"),
         };
         let mut form = vec![("token", token), ("token_type_hint", hint)];
-        let mut request = self.http.post(url);
-        match self.auth_type {
-            AuthType::RequestBody => {
-                form.push(("client_id", self.client_id.as_str()));
-                form.push(("client_secret", self.client_secret.secret().as_str()));
-            }
-            _ => {
-                // RFC 6749 §2.3.1: form-urlencode each part before base64.
-                let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-                request =
-                    request.basic_auth(encode(self.client_id.as_str()), Some(encode(self.client_secret.secret())));
-            }
-        }
+        let request = self.authenticated(self.http.post(url), &mut form);
         let response = request.form(&form).send().await.map_err(OidcError::Revocation)?;
         let status = response.status();
         if !status.is_success() {

@@ -63,7 +63,13 @@ const PROTOCOL_CLAIMS: &[&str] = &["nonce", "at_hash", "c_hash", "s_hash"];
 
 impl Oidc {
     /// The authorization URL (PKCE S256, fresh state and nonce) and what the callback needs.
-    pub fn begin_login(&self, return_to: String, browser: String) -> Result<(Url, CsrfToken, PendingLogin), OidcError> {
+    /// With pushed authorization requests (RFC 9126), the request goes to the provider first
+    /// and the browser carries only a reference to it.
+    pub async fn begin_login(
+        &self,
+        return_to: String,
+        browser: String,
+    ) -> Result<(Url, CsrfToken, PendingLogin), OidcError> {
         let provider = self.provider()?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request = provider
@@ -80,7 +86,49 @@ impl Oidc {
             request = request.add_extra_param("resource", resource.as_str());
         }
         let (url, state, nonce) = request.url();
+        let url = match &provider.par_url {
+            Some(endpoint) => self.push_authorization_request(endpoint, provider.client.auth_uri().url(), &url).await?,
+            None => url,
+        };
         Ok((url, state, PendingLogin { pkce_verifier: verifier, nonce, return_to, browser }))
+    }
+
+    /// RFC 9126 §2: posts the parameters of `authorize` (with client authentication), and
+    /// answers the authorization endpoint's URL with `client_id` and the `request_uri` only.
+    async fn push_authorization_request(
+        &self,
+        endpoint: &Url,
+        authorization_endpoint: &Url,
+        authorize: &Url,
+    ) -> Result<Url, OidcError> {
+        #[derive(Deserialize)]
+        struct Pushed {
+            request_uri: String,
+        }
+        #[derive(Deserialize)]
+        struct Refusal {
+            error: String,
+        }
+        let params: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
+        let mut form: Vec<(&str, &str)> = params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let request = self.authenticated(self.http.post(endpoint.clone()), &mut form);
+        let response = request.form(&form).send().await.map_err(OidcError::PushRequest)?;
+        let status = response.status();
+        if !status.is_success() {
+            let refusal = response.json::<Refusal>().await.ok().map(|r| r.error);
+            return Err(match refusal.as_deref() {
+                Some("invalid_client") => OidcError::ClientAuthFailed { auth_method: self.auth_method.as_str() },
+                Some(error) => OidcError::PushRefused(format!("{status}, {error}")),
+                None => OidcError::PushRefused(status.to_string()),
+            });
+        }
+        let pushed: Pushed = response.json().await.map_err(OidcError::PushRequest)?;
+        // The endpoint's own query (Azure B2C's `p=`, say) stays.
+        let mut url = authorization_endpoint.clone();
+        url.query_pairs_mut()
+            .append_pair("client_id", self.client_id.as_str())
+            .append_pair("request_uri", &pushed.request_uri);
+        Ok(url)
     }
 
     /// RFC 9207: an `iss` in the authorization response must be our issuer; one is required

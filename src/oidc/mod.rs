@@ -25,7 +25,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use crate::config::{AuthMethod, Config, TokenPolicy};
+use crate::config::{AuthMethod, Config, ParMode, TokenPolicy};
 
 pub use grants::{ClientToken, GrantToken, RefreshError, Refreshed, Revocation};
 pub use login::{CallbackError, LoginResult, PendingLogin, ResponseIssuerError};
@@ -45,6 +45,11 @@ pub struct ExtraProviderMetadata {
     /// RFC 9207: the provider puts `iss` in every authorization response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization_response_iss_parameter_supported: Option<bool>,
+    /// RFC 9126.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_authorization_request_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_pushed_authorization_requests: Option<bool>,
 }
 impl AdditionalProviderMetadata for ExtraProviderMetadata {}
 
@@ -76,6 +81,8 @@ pub struct Provider {
     jwks_uri: Url,
     /// RFC 9207 advertised: an authorization response without `iss` is refused.
     requires_response_iss: bool,
+    /// Where authorization requests are pushed first (RFC 9126), when they are.
+    par_url: Option<Url>,
     /// The ID token algorithms discovery lists that bff accepts (asymmetric only).
     id_token_algs: Vec<CoreJwsSigningAlgorithm>,
     loaded_at: Instant,
@@ -142,6 +149,29 @@ pub enum OidcError {
     UnsupportedTokenType(String),
     #[error("the provider's signing keys cannot be fetched")]
     Keys(#[source] reqwest::Error),
+    #[error(
+        "configuration error: oidc.par = \"required\" but the provider's metadata names no \
+         pushed_authorization_request_endpoint (RFC 9126); enable pushed authorization requests at the provider, \
+         or set oidc.par = \"auto\""
+    )]
+    ParNotOffered,
+    #[error(
+        "configuration error: the provider requires pushed authorization requests \
+         (require_pushed_authorization_requests) but oidc.par = \"off\"; set oidc.par = \"auto\""
+    )]
+    ParRequiredByProvider,
+    #[error("the pushed authorization request failed")]
+    PushRequest(#[source] reqwest::Error),
+    #[error("the pushed authorization request was refused ({0})")]
+    PushRefused(String),
+}
+
+impl OidcError {
+    /// The provider answers, but not as the configuration expects: reported by `/readyz` and
+    /// `bff check-config --online` with the fix.
+    pub fn is_setup_problem(&self) -> bool {
+        matches!(self, OidcError::IssuerMismatch { .. } | OidcError::ParNotOffered | OidcError::ParRequiredByProvider)
+    }
 }
 
 /// Do not refetch the JWKS for an unknown key more often than this.
@@ -159,6 +189,7 @@ pub struct Oidc {
     /// The `resource` of routes that carry a user's token, named in the authorization request
     /// (RFC 8707 §2.1): providers that implement resource indicators grant only those.
     user_resources: Vec<String>,
+    par: ParMode,
     http: reqwest::Client,
     /// `oidc.revocation_endpoint`: wins over whatever the provider's metadata says.
     configured_revocation_url: Option<Url>,
@@ -213,6 +244,7 @@ impl Oidc {
                 resources.dedup();
                 resources
             },
+            par: config.oidc.par,
             http: idp_http_client(config.oidc.timeout)?,
             configured_revocation_url: config.oidc.revocation_endpoint.clone(),
             warned_no_revocation: std::sync::atomic::AtomicBool::new(false),
@@ -234,7 +266,7 @@ impl Oidc {
     pub async fn discover(&self) -> Result<(), OidcError> {
         let result = self.load_metadata().await;
         let problem = match &result {
-            Err(e @ OidcError::IssuerMismatch { .. }) => Some(e.to_string()),
+            Err(e) if e.is_setup_problem() => Some(e.to_string()),
             _ => None,
         };
         if let Ok(mut slot) = self.setup_problem.write() {
@@ -294,6 +326,16 @@ impl Oidc {
         }
         let end_session_url = parse_optional(&extra.end_session_endpoint, "end_session_endpoint");
         let requires_response_iss = extra.authorization_response_iss_parameter_supported == Some(true);
+        let offered_par =
+            parse_optional(&extra.pushed_authorization_request_endpoint, "pushed_authorization_request_endpoint");
+        let par_url = match (self.par, offered_par) {
+            (ParMode::Off, _) if extra.require_pushed_authorization_requests == Some(true) => {
+                return Err(OidcError::ParRequiredByProvider);
+            }
+            (ParMode::Off, _) => None,
+            (ParMode::Required, None) => return Err(OidcError::ParNotOffered),
+            (_, offered) => offered,
+        };
         let id_token_algs: Vec<CoreJwsSigningAlgorithm> = metadata
             .id_token_signing_alg_values_supported()
             .iter()
@@ -325,6 +367,7 @@ impl Oidc {
             end_session_url,
             jwks_uri,
             requires_response_iss,
+            par_url,
             id_token_algs,
             loaded_at: Instant::now(),
         };

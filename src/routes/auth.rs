@@ -61,7 +61,7 @@ pub async fn login(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
         Ok(Err(retry_after)) => return too_many(retry_after),
         Err(e) => return AppError::from(e).respond(&req, &state.pages),
     }
-    let (url, csrf_state, pending) = match state.oidc.begin_login(return_to.into_string(), digest(&binding)) {
+    let (url, csrf_state, pending) = match state.oidc.begin_login(return_to.into_string(), digest(&binding)).await {
         Ok(started) => started,
         Err(e) => {
             tracing::warn!("cannot start a login: {}", error_chain(&e));

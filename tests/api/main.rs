@@ -15,6 +15,7 @@ mod edges;
 mod login;
 mod logout;
 mod operations;
+mod par;
 mod providers;
 mod proxy;
 mod refresh;

@@ -9,7 +9,11 @@ use bff::demo::idp::Quirks;
 use support::{AppOptions, Browser, TestApp, eventually, location, spawn_app, spawn_app_with, spawn_instance_with};
 
 /// A second bff instance that discovers the provider after `quirks` were switched on.
-async fn instance_after(app: &TestApp, quirks: Quirks, tweak: impl FnOnce(&mut bff::config::Config)) -> Browser {
+pub(crate) async fn instance_after(
+    app: &TestApp,
+    quirks: Quirks,
+    tweak: impl FnOnce(&mut bff::config::Config),
+) -> Browser {
     app.idp.controls.set_quirks(quirks);
     Browser::new(&spawn_instance_with(app, tweak).await)
 }
@@ -17,7 +21,7 @@ async fn instance_after(app: &TestApp, quirks: Quirks, tweak: impl FnOnce(&mut b
 /// The whole sign-in through `browser`'s instance: the provider redirects to the public URL
 /// (the first instance's address), so the callback is sent where the sign-in started, as a load
 /// balancer in front of both would.
-async fn login_here(browser: &Browser) -> reqwest::Response {
+pub(crate) async fn login_here(browser: &Browser) -> reqwest::Response {
     let start = browser.start_login(None).await;
     let callback = browser.sign_in_at_provider(&location(&start), "alice").await;
     browser.get(&here(browser, &callback)).await

@@ -20,6 +20,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/.well-known/oauth-authorization-server", web::get().to(authorization_server_metadata))
         .route("/jwks", web::get().to(jwks))
         .route("/authorize", web::get().to(authorize))
+        .route("/par", web::post().to(pushed_authorization_request))
         .route("/login", web::post().to(login))
         .route("/token", web::post().to(token))
         .route("/revoke", web::post().to(revoke))
@@ -68,6 +69,12 @@ async fn discovery(p: web::Data<Provider>) -> HttpResponse {
         "claims_supported": ["sub", "name", "preferred_username", "email", "email_verified", "sid"],
         "authorization_response_iss_parameter_supported": quirks.iss_in_authorization_response,
     });
+    if (quirks.par_offered || quirks.par_required)
+        && let Some(fields) = doc.as_object_mut()
+    {
+        fields.insert("pushed_authorization_request_endpoint".into(), json!(format!("{i}/par")));
+        fields.insert("require_pushed_authorization_requests".into(), json!(quirks.par_required));
+    }
     if quirks.revocation_only_in_rfc8414
         && let Some(fields) = doc.as_object_mut()
     {
@@ -130,7 +137,11 @@ async fn authorize(
     pages: web::Data<Pages>,
     q: web::Query<HashMap<String, String>>,
 ) -> HttpResponse {
-    let request = match p.check_authorize(&q) {
+    let params = match p.authorization_params(&q) {
+        Ok(params) => params,
+        Err(reason) => return pages.error(StatusCode::BAD_REQUEST, &reason, false),
+    };
+    let request = match p.check_authorize(&params) {
         Ok(Ok(request)) => request,
         Ok(Err(error_redirect)) => return redirect(error_redirect.as_str()),
         Err(reason) => return pages.error(StatusCode::BAD_REQUEST, &reason, false),
@@ -222,6 +233,17 @@ async fn token(req: HttpRequest, p: web::Data<Provider>, form: web::Form<HashMap
     }
     match answer {
         Ok(body) => no_store(HttpResponse::Ok().json(body)),
+        Err(e) => oauth_error(&e),
+    }
+}
+
+async fn pushed_authorization_request(
+    req: HttpRequest,
+    p: web::Data<Provider>,
+    form: web::Form<HashMap<String, String>>,
+) -> HttpResponse {
+    match p.push_authorization(&form, &presented(&req, &form)) {
+        Ok(body) => no_store(HttpResponse::Created().json(body)),
         Err(e) => oauth_error(&e),
     }
 }

@@ -79,6 +79,10 @@ pub struct Quirks {
     pub issuer_with_trailing_slash: bool,
     /// RFC 9207: `iss` in the authorization response, advertised in discovery.
     pub iss_in_authorization_response: bool,
+    /// RFC 9126: a pushed authorization request endpoint, advertised in discovery.
+    pub par_offered: bool,
+    /// RFC 9126 §5: authorization requests only by reference to a pushed one (implies offered).
+    pub par_required: bool,
 }
 
 pub struct Controls {

@@ -79,11 +79,14 @@ struct Data {
     refresh_tokens: HashMap<String, RefreshRecord>,
     /// Access-token `jti` → grant.
     access_tokens: HashMap<String, String>,
+    /// RFC 9126 `request_uri` → the pushed request's client, parameters and expiry.
+    pushed: HashMap<String, (String, HashMap<String, String>, u64)>,
 }
 
 /// Counters tests read.
 #[derive(Default)]
 pub struct Counters {
+    pub pushed_authorization_requests: AtomicU64,
     pub authorization_code: AtomicU64,
     pub refresh_token: AtomicU64,
     pub client_credentials: AtomicU64,
@@ -183,6 +186,58 @@ impl Provider {
 
     pub fn issued_tokens(&self) -> Vec<String> {
         self.issued.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// RFC 9126 §2: a client pushes its authorization request; it gets a one-time reference.
+    pub fn push_authorization(
+        &self,
+        form: &HashMap<String, String>,
+        presented: &Presented,
+    ) -> Result<Value, OAuthError> {
+        let client = self.authenticate(presented)?;
+        if form.contains_key("request_uri") {
+            return Err(oauth_error(400, "invalid_request", "request_uri must not be pushed"));
+        }
+        if form.get("client_id").is_some_and(|id| *id != client.client_id) {
+            return Err(oauth_error(400, "invalid_request", "client_id is not the authenticated client"));
+        }
+        let mut params = form.clone();
+        params.remove("client_secret");
+        params.insert("client_id".into(), client.client_id.clone());
+        // Errors that would be redirected at /authorize are answered here instead (§2.3).
+        match self.check_authorize(&params) {
+            Ok(Ok(_)) => {}
+            Ok(Err(redirect)) => {
+                let error = redirect.query_pairs().find(|(k, _)| k == "error").map(|(_, v)| v.into_owned());
+                return Err(oauth_error(400, "invalid_request", error.unwrap_or_default()));
+            }
+            Err(reason) => return Err(oauth_error(400, "invalid_request", reason)),
+        }
+        self.counters.pushed_authorization_requests.fetch_add(1, Ordering::SeqCst);
+        let request_uri = format!("urn:ietf:params:oauth:request_uri:{}", random_token());
+        let expires_in = 60;
+        self.data().pushed.insert(request_uri.clone(), (client.client_id.clone(), params, now_unix() + expires_in));
+        Ok(json!({ "request_uri": request_uri, "expires_in": expires_in }))
+    }
+
+    /// The parameters of an authorization request: the pushed ones its `request_uri` names (once,
+    /// unexpired, for the same client), or the query itself where pushing is not required.
+    pub fn authorization_params(&self, q: &HashMap<String, String>) -> Result<HashMap<String, String>, String> {
+        let Some(request_uri) = q.get("request_uri") else {
+            if self.controls.quirks().par_required {
+                return Err("this provider takes pushed authorization requests only (RFC 9126)".into());
+            }
+            return Ok(q.clone());
+        };
+        let (client_id, params, expires_at) =
+            self.data().pushed.remove(request_uri).ok_or("unknown or already used request_uri")?;
+        if q.get("client_id") != Some(&client_id) {
+            return Err("request_uri was pushed by another client".into());
+        }
+        if expires_at < now_unix() {
+            return Err("request_uri expired".into());
+        }
+        Ok(params)
     }
 
     /// Checks an authorization request. Errors that can be sent back to the client come as

@@ -275,6 +275,7 @@ impl TestApp {
             "authorization_code" => &c.authorization_code,
             "refresh_token" => &c.refresh_token,
             "client_credentials" => &c.client_credentials,
+            "par" => &c.pushed_authorization_requests,
             "revocation" => &c.revocations,
             "reuse" => &c.reuse_detected,
             other => panic!("no counter {other}"),
