@@ -332,7 +332,11 @@ async fn confirm_provider_logout(browser: &Browser, url: &str, issuer: &str) -> 
 async fn login(stack: &Stack, entry: &str, browser: &Browser, user: &str) {
     let start = browser.get(&format!("{entry}/auth/login")).await;
     assert_eq!(start.status(), 302);
-    let callback = sign_in_at_provider(browser, &location(&start, entry), &stack.issuer, user).await;
+    // oidc-provider offers pushed authorization requests (RFC 9126): bff uses them (par = auto).
+    let authorize = url::Url::parse(&location(&start, entry)).unwrap();
+    let params: Vec<String> = authorize.query_pairs().map(|(k, _)| k.into_owned()).collect();
+    assert_eq!(params, ["client_id", "request_uri"], "{authorize}");
+    let callback = sign_in_at_provider(browser, authorize.as_str(), &stack.issuer, user).await;
     assert!(callback.starts_with(&format!("{entry}/auth/callback?")), "{callback}");
     let done = browser.get(&callback).await;
     assert_eq!(done.status(), 302, "callback");
@@ -461,6 +465,7 @@ async fn bff_interoperates_with_a_certified_provider() {
 async fn login_through_the_providers_own_login_and_consent_pages(it: &Interop) {
     let Interop { stack, a1, alice, .. } = it;
     login(stack, &a1.url, alice, "alice").await;
+    check("pushed authorization request (RFC 9126)", "the browser carried client_id and request_uri only");
     let user: Value = alice.api(Method::GET, &format!("{}/auth/user", a1.url)).await.json().await.unwrap();
     assert_eq!(user["sub"], "alice");
     assert!(user["claims"]["sid"].is_string(), "the ID token carries sid");
