@@ -348,8 +348,10 @@ fn app_errors() -> Vec<AppError> {
     ];
     errors.extend(limits.map(AppError::Limited));
     errors.extend(limits.map(|l| AppError::LimitedFor(l, std::time::Duration::from_secs(1))));
-    errors
-        .extend([BadRequest::InvalidPath, BadRequest::BadMethod, BadRequest::BadRequestBody].map(AppError::BadRequest));
+    errors.extend(
+        [BadRequest::InvalidPath, BadRequest::BadMethod, BadRequest::BadRequestBody, BadRequest::WebSocketDisabled]
+            .map(AppError::BadRequest),
+    );
     errors
 }
 
@@ -365,7 +367,12 @@ fn listed(error: &AppError) -> bool {
     };
     match error {
         AppError::Limited(l) | AppError::LimitedFor(l, _) => limit(l),
-        AppError::BadRequest(BadRequest::InvalidPath | BadRequest::BadMethod | BadRequest::BadRequestBody) => true,
+        AppError::BadRequest(
+            BadRequest::InvalidPath
+            | BadRequest::BadMethod
+            | BadRequest::BadRequestBody
+            | BadRequest::WebSocketDisabled,
+        ) => true,
         AppError::LoginRequired
         | AppError::Csrf
         | AppError::MethodNotAllowed

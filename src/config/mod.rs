@@ -153,6 +153,8 @@ pub struct ApiConfig {
     /// A request body that sends nothing this long is answered 408.
     pub body_timeout: Duration,
     pub token: TokenPolicy,
+    /// WebSocket upgrades pass through (checked by `Origin`); `false`: refused with 400.
+    pub websocket: bool,
 }
 
 /// Whose access token a route's upstream gets.

@@ -105,6 +105,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
             t.insert("body_timeout_secs".into(), secs(api.body_timeout));
             t.insert("token".into(), string(api.token.as_str()));
             t.insert("methods".into(), Value::Array(api.methods.iter().map(string).collect()));
+            t.insert("websocket".into(), Value::Boolean(api.websocket));
             t.insert(
                 "request_headers_drop".into(),
                 Value::Array(api.request_headers_drop.iter().map(string).collect()),

@@ -3,8 +3,10 @@
 
 mod admission;
 mod body;
+mod frames;
 mod headers;
 mod path;
+mod websocket;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +37,7 @@ use body::BodyLimits;
 
 pub use body::{RequestBody, UpstreamBody};
 pub use path::{PathError, strip_prefix, upstream_url};
+pub use websocket::is_upgrade;
 
 /// One `[[api]]` entry.
 #[derive(Debug)]
@@ -52,6 +55,8 @@ pub struct Route {
     body_timeout: Duration,
     /// Whose token the upstream gets (`token`).
     pub token: TokenPolicy,
+    /// WebSocket upgrades pass through (`websocket`).
+    pub websocket: bool,
 }
 
 impl Route {
@@ -81,6 +86,7 @@ impl From<&ApiConfig> for Route {
             methods: api.methods.clone(),
             body_timeout: api.body_timeout,
             token: api.token,
+            websocket: api.websocket,
             max_body_bytes: api.max_body_bytes,
         }
     }
@@ -101,6 +107,8 @@ pub struct Proxy {
     /// Longest prefix first, so the most specific route wins.
     routes: Vec<Arc<Route>>,
     connector: Connector,
+    /// The same without HTTP/2 in ALPN: a WebSocket is an HTTP/1.1 upgrade.
+    websocket_connector: Connector,
     proto: HeaderValue,
     host: HeaderValue,
     trusted_hops: usize,
@@ -117,12 +125,9 @@ impl Proxy {
         tcp.set_connect_timeout(Some(Duration::from_secs(5)));
         tcp.set_nodelay(true);
         tcp.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(tcp);
+        let https = || hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1();
+        let connector = https().enable_http2().wrap_connector(tcp.clone());
+        let websocket_connector = https().wrap_connector(tcp);
 
         let public = &config.server.public_url;
         let host = match public.port() {
@@ -132,6 +137,7 @@ impl Proxy {
         Proxy {
             routes,
             connector,
+            websocket_connector,
             proto: HeaderValue::try_from(public.scheme()).unwrap_or(HeaderValue::from_static("https")),
             host: HeaderValue::try_from(host).unwrap_or(HeaderValue::from_static("")),
             trusted_hops: config.server.trusted_proxy_hops,
@@ -200,34 +206,11 @@ impl Proxy {
         };
         let body = body::read(payload, content_length, limits).await?;
         // After the body is in: a slow upload is not sent with a token that expired meanwhile.
-        let token = match caller {
-            Caller::Session(handle) => Some(tokens.access_token(handle).await?),
-            Caller::SessionIfLive(handle) => match tokens.access_token(handle).await {
-                Ok(token) => Some(token),
-                Err(TokenError::LoginRequired) => None,
-                Err(e) => return Err(e.into()),
-            },
-            Caller::Anonymous => None,
-        };
+        let token = caller.token(tokens).await?;
         let retry_body = body.retryable();
         let method = hyper::Method::from_bytes(req.method().as_str().as_bytes())
             .map_err(|_| AppError::BadRequest(BadRequest::BadMethod))?;
-        let request_headers = || {
-            let forwarded = headers::ForwardedFor {
-                peer: req.peer_addr().map(|a| a.ip()),
-                trusted_hops: self.trusted_hops,
-                proto: &self.proto,
-                host: &self.host,
-            };
-            let mut headers =
-                headers::upstream_request_headers(req.headers(), &forwarded, &destination.route.request_headers_drop);
-            if let Some(id) = req.extensions().get::<RequestId>()
-                && let Ok(v) = HeaderValue::from_str(&id.0)
-            {
-                headers.insert(X_REQUEST_ID, v);
-            }
-            headers
-        };
+        let request_headers = || self.request_headers(req, destination.route);
 
         let (outbound, body_fault) = match body {
             RequestBody::Buffered(bytes) => (body::buffered(bytes), None),
@@ -283,8 +266,17 @@ impl Proxy {
         request: hyper::Request<UpstreamBody>,
         route: &Route,
     ) -> Result<hyper::Response<Incoming>, AppError> {
+        self.timed(route, client.0.request(request)).await
+    }
+
+    /// An upstream call, bounded by the route's timeout, measured, its failure classified.
+    async fn timed<T, E: std::error::Error>(
+        &self,
+        route: &Route,
+        call: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, AppError> {
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(route.timeout, client.0.request(request)).await;
+        let result = tokio::time::timeout(route.timeout, call).await;
         self.metrics.upstream(&route.prefix, started.elapsed());
         match result {
             Err(_) => {
@@ -299,6 +291,23 @@ impl Proxy {
             }
             Ok(Ok(response)) => Ok(response),
         }
+    }
+
+    /// What the upstream gets of the browser's headers (see `headers`), and the request id.
+    fn request_headers(&self, req: &HttpRequest, route: &Route) -> hyper::HeaderMap {
+        let forwarded = headers::ForwardedFor {
+            peer: req.peer_addr().map(|a| a.ip()),
+            trusted_hops: self.trusted_hops,
+            proto: &self.proto,
+            host: &self.host,
+        };
+        let mut headers = headers::upstream_request_headers(req.headers(), &forwarded, &route.request_headers_drop);
+        if let Some(id) = req.extensions().get::<RequestId>()
+            && let Ok(v) = HeaderValue::from_str(&id.0)
+        {
+            headers.insert(X_REQUEST_ID, v);
+        }
+        headers
     }
 }
 
@@ -320,6 +329,19 @@ impl<'h> Caller<'h> {
             Caller::Anonymous => None,
         }
     }
+
+    /// The token the upstream gets, by the policy.
+    async fn token(self, tokens: &Arc<TokenManager>) -> Result<Option<UsableToken>, AppError> {
+        match self {
+            Caller::Session(handle) => Ok(Some(tokens.access_token(handle).await?)),
+            Caller::SessionIfLive(handle) => match tokens.access_token(handle).await {
+                Ok(token) => Ok(Some(token)),
+                Err(TokenError::LoginRequired) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+            Caller::Anonymous => Ok(None),
+        }
+    }
 }
 
 /// Tells the SPA when the access token used expires (never the token), so it can show refreshes.
@@ -336,15 +358,7 @@ async fn respond(
 ) -> HttpResponse {
     let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut res = HttpResponse::build(status);
-    // http 1 (hyper) to http 0.2 (actix): a standard name maps to its constant, a value is one copy.
-    for (name, value) in headers::downstream_response_headers(upstream.headers()) {
-        if let (Ok(name), Ok(value)) = (
-            actix_web::http::header::HeaderName::from_bytes(name.as_str().as_bytes()),
-            actix_web::http::header::HeaderValue::from_bytes(value.as_bytes()),
-        ) {
-            res.append_header((name, value));
-        }
-    }
+    copy_response_headers(&mut res, upstream.headers());
     if let Some(token) = token {
         res.insert_header((
             actix_web::http::header::HeaderName::from_static(TOKEN_EXPIRY_HEADER),
@@ -376,6 +390,19 @@ async fn respond(
     match length {
         Some(len) => res.body(SizedStream::new(len, stream)),
         None => res.streaming::<_, std::io::Error>(stream.map_ok(Bytes::from)),
+    }
+}
+
+/// The upstream's response headers that go back (see `headers`).
+fn copy_response_headers(res: &mut actix_web::HttpResponseBuilder, upstream: &hyper::HeaderMap) {
+    // http 1 (hyper) to http 0.2 (actix): a standard name maps to its constant, a value is one copy.
+    for (name, value) in headers::downstream_response_headers(upstream) {
+        if let (Ok(name), Ok(value)) = (
+            actix_web::http::header::HeaderName::from_bytes(name.as_str().as_bytes()),
+            actix_web::http::header::HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            res.append_header((name, value));
+        }
     }
 }
 

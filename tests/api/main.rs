@@ -23,3 +23,4 @@ mod store_conformance;
 mod store_down;
 mod timeouts;
 mod user;
+mod websocket;
