@@ -475,6 +475,14 @@ async fn documented_routes_answer_and_errors_have_their_documented_shape_and_sta
         (client.get(format!("{base}/auth/user")).header("x-csrf", "1"), "login_required"),
         (client.get(format!("{base}/api/x")).header("x-csrf", "1"), "login_required"),
         (client.get(format!("{base}/api/x")), "csrf"),
+        (
+            client
+                .get(format!("{base}/api/x"))
+                .header("upgrade", "websocket")
+                .header("connection", "upgrade")
+                .header("origin", "http://evil.example"),
+            "csrf",
+        ),
         (client.get(format!("{base}/api/a%2Fb")).header("x-csrf", "1"), "invalid_path"),
         (client.request(reqwest::Method::TRACE, format!("{base}/")), "method_not_allowed"),
         (client.get(format!("{base}/auth/login")), "idp_unavailable"),
