@@ -110,7 +110,14 @@ impl Proxy {
         let mut res = HttpResponse::build(StatusCode::SWITCHING_PROTOCOLS);
         copy_response_headers(&mut res, answer.headers());
         res.upgrade("websocket");
-        let upgraded = self.timed(route, hyper::upgrade::on(&mut answer)).await?;
+        // Handed over as soon as the 101 is read; bounded all the same.
+        let upgraded = match tokio::time::timeout(route.timeout, hyper::upgrade::on(&mut answer)).await {
+            Ok(Ok(upgraded)) => upgraded,
+            _ => {
+                tracing::warn!(api = route.prefix, "the upstream's WebSocket connection was not handed over");
+                return Err(AppError::UpstreamUnavailable);
+            }
+        };
 
         let (to_browser, from_tunnel) = mpsc::channel::<Bytes>(TO_BROWSER_CHUNKS);
         let tunnel = Tunnel {
@@ -228,7 +235,8 @@ impl Towards {
     fn close(self, cause: SocketEnd) -> Bytes {
         let (code, reason) = match cause {
             SocketEnd::SessionEnded => (4401, "session ended"),
-            _ => (4408, "idle timeout"),
+            // (bff never closes a socket for `Peer`.)
+            SocketEnd::Idle | SocketEnd::Peer => (4408, "idle timeout"),
         };
         Bytes::from(match self {
             Towards::Browser => close_frame(code, reason, None),
