@@ -386,3 +386,100 @@ impl Sink for WriteHalf<TokioIo<Upgraded>> {
         self.write_all(&bytes).await.is_ok() && self.flush().await.is_ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    /// Chunks given one by one; before the one at `close_at`, bff decides to close (as the
+    /// watcher would, while the direction waits for bytes).
+    struct Scripted<'c> {
+        chunks: VecDeque<Vec<u8>>,
+        given: usize,
+        close_at: Option<(usize, SocketEnd)>,
+        control: &'c Control,
+    }
+
+    impl Source for Scripted<'_> {
+        async fn next_chunk(&mut self) -> Option<Bytes> {
+            if let Some((at, cause)) = self.close_at
+                && at == self.given
+            {
+                self.close_at = None;
+                self.control.close(cause);
+                tokio::task::yield_now().await;
+            }
+            self.given += 1;
+            self.chunks.pop_front().map(Bytes::from)
+        }
+    }
+
+    #[derive(Default)]
+    struct Collected(Vec<u8>);
+
+    impl Sink for &mut Collected {
+        async fn put(&mut self, bytes: Bytes) -> bool {
+            self.0.extend_from_slice(&bytes);
+            true
+        }
+    }
+
+    fn control() -> Control {
+        Control { phase: watch::channel(Phase::Open).0, cause: Cell::new(None), active: Cell::new(Instant::now()) }
+    }
+
+    /// A server's unmasked binary frame of `len` bytes.
+    fn frame(len: u8) -> Vec<u8> {
+        [vec![0x82, len], vec![7; usize::from(len)]].concat()
+    }
+
+    #[tokio::test]
+    async fn a_close_asked_for_mid_frame_goes_after_that_frame_and_nothing_more_passes() {
+        let (first, second) = (frame(100), frame(20));
+        let rest = [&first[10..], &second[..5]].concat();
+        let control = control();
+        let source = Scripted {
+            // Half a frame, then bff closes; then the rest of it with the start of the next.
+            chunks: VecDeque::from([first[..10].to_vec(), rest, second[5..].to_vec(), close_frame(1000, "", None)]),
+            given: 0,
+            close_at: Some((1, SocketEnd::SessionEnded)),
+            control: &control,
+        };
+        let mut out = Collected::default();
+        pump(source, &mut out, Towards::Browser, &control).await;
+        assert_eq!(out.0, [first, close_frame(4401, "session ended", None)].concat());
+    }
+
+    #[tokio::test]
+    async fn between_frames_the_close_goes_at_once_and_the_answer_ends_the_direction() {
+        let control = control();
+        let source = Scripted {
+            chunks: VecDeque::from([frame(3), frame(4), close_frame(1001, "", Some([1, 2, 3, 4]))]),
+            given: 0,
+            close_at: Some((1, SocketEnd::Idle)),
+            control: &control,
+        };
+        let mut out = Collected::default();
+        pump(source, &mut out, Towards::Upstream, &control).await;
+        // The frame that came after the decision is not passed; the upstream's Close is masked.
+        let mut frames = FrameTracker::new();
+        assert_eq!(out.0[..5], frame(3)[..]);
+        let close = &out.0[5..];
+        assert_eq!(frames.feed(close), crate::proxy::frames::Fed { frames: 1, close: true });
+        assert_eq!(close[1] & 0x80, 0x80, "masked");
+        assert_eq!(control.cause.get(), Some(SocketEnd::Idle));
+    }
+
+    #[tokio::test]
+    async fn a_side_that_goes_away_ends_the_tunnel() {
+        let control = control();
+        let source = Scripted { chunks: VecDeque::from([frame(2)]), given: 0, close_at: None, control: &control };
+        let mut out = Collected::default();
+        pump(source, &mut out, Towards::Browser, &control).await;
+        assert_eq!(out.0, frame(2));
+        assert_eq!(*control.phase.borrow(), Phase::Ended);
+        assert_eq!(control.cause.get(), None);
+    }
+}
