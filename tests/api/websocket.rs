@@ -118,8 +118,8 @@ async fn a_public_route_upgrades_without_a_session_and_never_sends_a_token() {
     })
     .await;
     let anonymous = support::Browser::new(&instance);
-    let mut socket = anonymous.websocket("/public/ws", None).await.expect("no session, no Origin needed");
-    assert_eq!(echoed(&mut socket, Message::text("hi")).await, Message::text("hi"));
+    let mut anonymous_socket = anonymous.websocket("/public/ws", None).await.expect("no session, no Origin needed");
+    assert_eq!(echoed(&mut anonymous_socket, Message::text("hi")).await, Message::text("hi"));
     assert_eq!(open_upstream.seen().last().and_then(|s| s.bearer.clone()), None);
 
     let mut socket = browser.at(&instance).websocket("/public/ws", Some(&app.address)).await.expect("101");
@@ -127,6 +127,14 @@ async fn a_public_route_upgrades_without_a_session_and_never_sends_a_token() {
     let seen = open_upstream.seen().last().cloned().expect("seen");
     assert_eq!(seen.bearer, None, "signed in, still no token");
     assert!(!seen.headers.contains_key("cookie"));
+
+    // Browsers that go away without a Close: both tunnels end.
+    assert_eq!(metric(&instance, "bff_websockets_open").await, 2.0);
+    drop((anonymous_socket, socket));
+    eventually("the gauge goes back down", Duration::from_secs(10), || async {
+        metric(&instance, "bff_websockets_open").await == 0.0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
