@@ -58,6 +58,8 @@ pub enum BadRequest {
     BadMethod,
     /// The body broke off or was malformed on the way in.
     BadRequestBody,
+    /// A WebSocket upgrade on a route with `websocket = false`.
+    WebSocketDisabled,
 }
 
 impl BadRequest {
@@ -66,6 +68,7 @@ impl BadRequest {
             BadRequest::InvalidPath => "invalid_path",
             BadRequest::BadMethod => "bad_method",
             BadRequest::BadRequestBody => "bad_request_body",
+            BadRequest::WebSocketDisabled => "websocket_disabled",
         }
     }
 }

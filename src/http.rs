@@ -205,6 +205,15 @@ pub fn require_csrf_header(req: &HttpRequest) -> Result<(), AppError> {
     }
 }
 
+/// `Origin` exactly `public_url`'s origin: what a browser sends with a request our own pages
+/// made (a WebSocket handshake, a form post), and what another site's page cannot send.
+pub fn require_same_origin(req: &HttpRequest, public_origin: &str) -> Result<(), AppError> {
+    match req.headers().get(header::ORIGIN) {
+        Some(o) if o.as_bytes() == public_origin.as_bytes() => Ok(()),
+        _ => Err(AppError::Csrf),
+    }
+}
+
 /// Logout also accepts a plain form post from our own pages, recognised by its `Origin` (or,
 /// where a browser sends `Origin: null`, by `Sec-Fetch-Site: same-origin`, which pages cannot set).
 pub fn require_csrf_or_same_origin(req: &HttpRequest, public_origin: &str) -> Result<(), AppError> {
@@ -212,7 +221,7 @@ pub fn require_csrf_or_same_origin(req: &HttpRequest, public_origin: &str) -> Re
         return Ok(());
     }
     let headers = req.headers();
-    let origin_ok = headers.get(header::ORIGIN).is_some_and(|o| o.as_bytes() == public_origin.as_bytes());
+    let origin_ok = require_same_origin(req, public_origin).is_ok();
     let fetch_site_ok = headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"same-origin")
         && headers.get(header::ORIGIN).is_none_or(|o| o.as_bytes() == b"null");
     if origin_ok || fetch_site_ok { Ok(()) } else { Err(AppError::Csrf) }

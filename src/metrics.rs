@@ -27,6 +27,9 @@ pub struct Metrics {
     store_duration: HistogramVec,
     store_errors: IntCounterVec,
     limited: IntCounterVec,
+    websocket_upgrades: IntCounterVec,
+    websocket_closes: IntCounterVec,
+    websockets_open: IntGauge,
     cache: CacheMetrics,
 }
 
@@ -141,6 +144,36 @@ impl RefreshOutcome {
     }
 }
 
+/// Why bff closed a WebSocket, by its `websocket_closes_total` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketEnd {
+    /// The browser or the upstream closed it (or went away).
+    Peer,
+    /// The session ended (logout, back-channel logout, expiry), on any instance.
+    SessionEnded,
+    /// Nothing went either way for the route's `timeout_secs`.
+    Idle,
+}
+
+impl SocketEnd {
+    fn label(self) -> &'static str {
+        match self {
+            SocketEnd::Peer => "peer",
+            SocketEnd::SessionEnded => "session_ended",
+            SocketEnd::Idle => "idle_timeout",
+        }
+    }
+}
+
+/// One open WebSocket, counted in `websockets_open` while it lives.
+pub struct OpenSocket(IntGauge);
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 fn status_class(status: u16) -> &'static str {
     match status {
         100..=199 => "1xx",
@@ -201,6 +234,18 @@ impl Metrics {
                 Opts::new("requests_limited_total", "Requests refused by a limit"),
                 &["limit"],
             )?,
+            websocket_upgrades: IntCounterVec::new(
+                Opts::new(
+                    "websocket_upgrades_total",
+                    "WebSocket upgrade requests: upgraded, refused (by bff or the upstream), failed (5xx)",
+                ),
+                &["outcome"],
+            )?,
+            websocket_closes: IntCounterVec::new(
+                Opts::new("websocket_closes_total", "WebSockets that ended, by why"),
+                &["reason"],
+            )?,
+            websockets_open: IntGauge::new("websockets_open", "WebSockets open through this instance now")?,
             cache: CacheMetrics {
                 hits: IntCounter::new("token_cache_hits_total", "API calls answered from the local token cache")?,
                 misses: IntCounter::new(
@@ -236,6 +281,9 @@ impl Metrics {
         m.registry.register(Box::new(m.store_duration.clone()))?;
         m.registry.register(Box::new(m.store_errors.clone()))?;
         m.registry.register(Box::new(m.limited.clone()))?;
+        m.registry.register(Box::new(m.websocket_upgrades.clone()))?;
+        m.registry.register(Box::new(m.websocket_closes.clone()))?;
+        m.registry.register(Box::new(m.websockets_open.clone()))?;
         m.registry.register(Box::new(m.cache.hits.clone()))?;
         m.registry.register(Box::new(m.cache.misses.clone()))?;
         m.registry.register(Box::new(m.cache.fills.clone()))?;
@@ -295,6 +343,26 @@ impl Metrics {
         self.limited.with_label_values(&[limit.label()]).inc();
     }
 
+    /// A WebSocket upgrade request answered with `status`.
+    pub fn websocket_upgrade(&self, status: u16) {
+        let outcome = match status {
+            101 => "upgraded",
+            500.. => "failed",
+            _ => "refused",
+        };
+        self.websocket_upgrades.with_label_values(&[outcome]).inc();
+    }
+
+    /// Counts a WebSocket as open until the guard is dropped.
+    pub fn websocket_opened(&self) -> OpenSocket {
+        self.websockets_open.inc();
+        OpenSocket(self.websockets_open.clone())
+    }
+
+    pub fn websocket_closed(&self, end: SocketEnd) {
+        self.websocket_closes.with_label_values(&[end.label()]).inc();
+    }
+
     pub fn cache(&self) -> CacheMetrics {
         self.cache.clone()
     }
@@ -324,5 +392,16 @@ mod tests {
         assert!(text.contains("bff_token_refreshes_total{outcome=\"joined\"} 1"));
         assert!(text.contains("bff_session_store_errors_total{op=\"get\"} 1"));
         assert!(text.contains("bff_refresh_locks_active 0"));
+        let socket = m.websocket_opened();
+        m.websocket_upgrade(101);
+        m.websocket_upgrade(403);
+        assert!(m.render().contains("bff_websockets_open 1"));
+        drop(socket);
+        m.websocket_closed(SocketEnd::Idle);
+        let text = m.render();
+        assert!(text.contains("bff_websockets_open 0"));
+        assert!(text.contains("bff_websocket_upgrades_total{outcome=\"upgraded\"} 1"), "{text}");
+        assert!(text.contains("bff_websocket_upgrades_total{outcome=\"refused\"} 1"));
+        assert!(text.contains("bff_websocket_closes_total{reason=\"idle_timeout\"} 1"));
     }
 }

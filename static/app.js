@@ -10,6 +10,7 @@ const state = {
   tokenIssuedAt: null,
   refreshes: 0,
   stream: null,
+  socket: null,
 };
 
 function showView(name) {
@@ -173,12 +174,67 @@ function stopStream() {
   $("stream-stop").disabled = true;
 }
 
+// A WebSocket through bff: the browser sends the cookie and its Origin, bff checks both and
+// attaches the token upstream. bff closes it with 4401 when the session ends, 4408 when idle.
+function socketUi(status, open) {
+  $("ws-status").textContent = status;
+  $("ws-connect").disabled = open !== null;
+  $("ws-close").disabled = open !== true;
+  $("ws-input").disabled = open !== true;
+  $("ws-send").disabled = open !== true;
+}
+
+function echoLine(text) {
+  const li = document.createElement("li");
+  li.textContent = `${clock()}  ${text}`;
+  $("ws-echoes").prepend(li);
+  while ($("ws-echoes").children.length > 50) $("ws-echoes").lastChild.remove();
+}
+
+function connectSocket() {
+  closeSocket();
+  const url = new URL("/api/ws", window.location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  const socket = new WebSocket(url);
+  state.socket = socket;
+  socketUi("Connecting…", false);
+  const started = performance.now();
+  socket.addEventListener("open", () => {
+    log("WS /api/ws", 101, performance.now() - started, "socket open");
+    socketUi("Open: messages sent come back from the demo API.", true);
+  });
+  socket.addEventListener("message", (e) => echoLine(`← ${e.data}`));
+  socket.addEventListener("close", (e) => {
+    const why = { 4401: "the session ended", 4408: "idle for too long" }[e.code] || e.reason || "closed";
+    log("WS /api/ws", null, null, `socket closed: ${e.code} (${why})`);
+    if (state.socket !== socket) return;
+    state.socket = null;
+    socketUi(`Closed: ${e.code} (${why}).`, null);
+    if (e.code === 4401) loadUser();
+  });
+}
+
+function sendOnSocket(event) {
+  event.preventDefault();
+  const text = $("ws-input").value;
+  if (!state.socket || state.socket.readyState !== WebSocket.OPEN || text === "") return;
+  state.socket.send(text);
+  echoLine(`→ ${text}`);
+}
+
+function closeSocket() {
+  if (state.socket) state.socket.close(1000, "closed by the page");
+}
+
 function init() {
   const here = window.location.pathname + window.location.search;
   $("sign-in").href = `/auth/login?return_to=${encodeURIComponent(here)}`;
   document.querySelectorAll("[data-call]").forEach((b) => b.addEventListener("click", onCall));
   $("stream-start").addEventListener("click", startStream);
   $("stream-stop").addEventListener("click", stopStream);
+  $("ws-connect").addEventListener("click", connectSocket);
+  $("ws-close").addEventListener("click", closeSocket);
+  $("ws-form").addEventListener("submit", sendOnSocket);
   $("doc-cookie").textContent = JSON.stringify(document.cookie);
   setInterval(renderCountdown, 1000);
   loadUser().catch((e) => {

@@ -349,8 +349,10 @@ fn app_errors() -> Vec<AppError> {
     ];
     errors.extend(limits.map(AppError::Limited));
     errors.extend(limits.map(|l| AppError::LimitedFor(l, std::time::Duration::from_secs(1))));
-    errors
-        .extend([BadRequest::InvalidPath, BadRequest::BadMethod, BadRequest::BadRequestBody].map(AppError::BadRequest));
+    errors.extend(
+        [BadRequest::InvalidPath, BadRequest::BadMethod, BadRequest::BadRequestBody, BadRequest::WebSocketDisabled]
+            .map(AppError::BadRequest),
+    );
     errors
 }
 
@@ -366,7 +368,12 @@ fn listed(error: &AppError) -> bool {
     };
     match error {
         AppError::Limited(l) | AppError::LimitedFor(l, _) => limit(l),
-        AppError::BadRequest(BadRequest::InvalidPath | BadRequest::BadMethod | BadRequest::BadRequestBody) => true,
+        AppError::BadRequest(
+            BadRequest::InvalidPath
+            | BadRequest::BadMethod
+            | BadRequest::BadRequestBody
+            | BadRequest::WebSocketDisabled,
+        ) => true,
         AppError::LoginRequired
         | AppError::Csrf
         | AppError::MethodNotAllowed
@@ -470,6 +477,14 @@ async fn documented_routes_answer_and_errors_have_their_documented_shape_and_sta
         (client.get(format!("{base}/auth/user")).header("x-csrf", "1"), "login_required"),
         (client.get(format!("{base}/api/x")).header("x-csrf", "1"), "login_required"),
         (client.get(format!("{base}/api/x")), "csrf"),
+        (
+            client
+                .get(format!("{base}/api/x"))
+                .header("upgrade", "websocket")
+                .header("connection", "upgrade")
+                .header("origin", "http://evil.example"),
+            "csrf",
+        ),
         (client.get(format!("{base}/api/a%2Fb")).header("x-csrf", "1"), "invalid_path"),
         (client.request(reqwest::Method::TRACE, format!("{base}/")), "method_not_allowed"),
         (client.get(format!("{base}/auth/login")), "idp_unavailable"),

@@ -179,6 +179,8 @@ pub struct ApiConfig {
     pub resource: Option<String>,
     /// The scopes of the client-credentials token (`token = "client"` only).
     pub scopes: Vec<String>,
+    /// WebSocket upgrades pass through (checked by `Origin`); `false`: refused with 400.
+    pub websocket: bool,
 }
 
 /// Whose access token a route's upstream gets.

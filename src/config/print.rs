@@ -110,6 +110,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
             }
             t.insert("scopes".into(), Value::Array(api.scopes.iter().map(string).collect()));
             t.insert("methods".into(), Value::Array(api.methods.iter().map(string).collect()));
+            t.insert("websocket".into(), Value::Boolean(api.websocket));
             t.insert(
                 "request_headers_drop".into(),
                 Value::Array(api.request_headers_drop.iter().map(string).collect()),

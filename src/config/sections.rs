@@ -423,9 +423,11 @@ impl Walker<'_> {
                     self.error(s.key("methods"), format!("{method:?} is not a method a route can take"));
                 }
             }
+            let websocket = self.boolean(&mut s, "websocket", true);
             self.finish(s);
             if let (Some(prefix), Some(upstream)) = (prefix, upstream) {
                 out.push(ApiConfig {
+                    websocket,
                     token,
                     resource,
                     scopes,

@@ -1,4 +1,4 @@
-//! The demo API: a few JSON endpoints and an event stream behind bearer-token checks, as a
+//! The demo API: a few JSON endpoints, an event stream and a WebSocket echo behind bearer-token checks, as a
 //! real resource server would do them: signature from the provider's JWKS, issuer, audience and
 //! expiry. An expired or forged token gets 401, which is what makes bff refresh.
 
@@ -59,6 +59,7 @@ pub fn start(config: ApiConfig, listener: TcpListener) -> Result<Server, anyhow:
             .route("/items", web::post().to(create_item))
             .route("/time", web::get().to(time))
             .route("/events", web::get().to(events))
+            .route("/ws", web::get().to(socket))
     })
     .workers(2)
     .tcp_nodelay(true)
@@ -156,4 +157,47 @@ async fn events(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .streaming(ticks)
+}
+
+/// A WebSocket that echoes every message (text, binary, fragmented ones whole) and answers
+/// pings; after the bearer check, like the other endpoints.
+async fn socket(req: HttpRequest, payload: web::Payload, state: web::Data<State>) -> HttpResponse {
+    match authenticate(&req, &state).await {
+        Ok(_) => echo_socket(&req, payload),
+        Err(res) => res,
+    }
+}
+
+/// Largest message the echo takes (a bigger one closes the socket).
+const ECHO_MAX_MESSAGE: usize = 8 * 1024 * 1024;
+
+/// Accepts a WebSocket handshake and echoes on it (also the tests' upstream WebSocket).
+pub fn echo_socket(req: &HttpRequest, payload: web::Payload) -> HttpResponse {
+    use actix_ws::AggregatedMessage;
+    let (res, mut session, stream) = match actix_ws::handle(req, payload) {
+        Ok(parts) => parts,
+        Err(e) => return HttpResponse::from_error(e),
+    };
+    let mut messages =
+        stream.max_frame_size(ECHO_MAX_MESSAGE).aggregate_continuations().max_continuation_size(ECHO_MAX_MESSAGE);
+    actix_web::rt::spawn(async move {
+        let mut close = None;
+        while let Some(Ok(message)) = messages.recv().await {
+            let sent = match message {
+                AggregatedMessage::Text(text) => session.text(text).await,
+                AggregatedMessage::Binary(bytes) => session.binary(bytes).await,
+                AggregatedMessage::Ping(bytes) => session.pong(&bytes).await,
+                AggregatedMessage::Pong(_) => Ok(()),
+                AggregatedMessage::Close(reason) => {
+                    close = reason;
+                    break;
+                }
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+        let _ = session.close(close).await;
+    });
+    res
 }

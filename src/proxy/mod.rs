@@ -4,8 +4,10 @@
 mod admission;
 mod body;
 mod caller;
+mod frames;
 mod headers;
 mod path;
+mod websocket;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +38,7 @@ use body::BodyLimits;
 pub use body::{RequestBody, UpstreamBody};
 pub use caller::Caller;
 pub use path::{PathError, strip_prefix, upstream_url};
+pub use websocket::is_upgrade;
 
 /// One `[[api]]` entry.
 #[derive(Debug)]
@@ -57,6 +60,8 @@ pub struct Route {
     resource: Option<String>,
     /// What bff's own token is asked for with (`token = "client"`).
     pub client_grant: Option<ClientGrant>,
+    /// WebSocket upgrades pass through (`websocket`).
+    pub websocket: bool,
 }
 
 impl Route {
@@ -89,6 +94,7 @@ impl From<&ApiConfig> for Route {
             resource: api.resource.clone(),
             client_grant: (api.token == TokenPolicy::Client)
                 .then(|| ClientGrant { scopes: api.scopes.clone(), resource: api.resource.clone() }),
+            websocket: api.websocket,
             max_body_bytes: api.max_body_bytes,
         }
     }
@@ -102,6 +108,14 @@ pub struct Destination<'a> {
     uri: hyper::Uri,
 }
 
+/// One proxied call: the browser's request, where it goes, and whose token it carries.
+pub struct Call<'a> {
+    pub req: &'a HttpRequest,
+    pub destination: Destination<'a>,
+    pub tokens: &'a Arc<TokenManager>,
+    pub caller: Caller<'a>,
+}
+
 /// One connection pool to the upstreams per actix worker (see `Proxy::upstream_client`).
 pub struct UpstreamClient(Client<Connector, UpstreamBody>);
 
@@ -109,6 +123,8 @@ pub struct Proxy {
     /// Longest prefix first, so the most specific route wins.
     routes: Vec<Arc<Route>>,
     connector: Connector,
+    /// The same without HTTP/2 in ALPN: a WebSocket is an HTTP/1.1 upgrade.
+    websocket_connector: Connector,
     proto: HeaderValue,
     host: HeaderValue,
     trusted_hops: usize,
@@ -125,12 +141,9 @@ impl Proxy {
         tcp.set_connect_timeout(Some(Duration::from_secs(5)));
         tcp.set_nodelay(true);
         tcp.enforce_http(false);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(tcp);
+        let https = || hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1();
+        let connector = https().enable_http2().wrap_connector(tcp.clone());
+        let websocket_connector = https().wrap_connector(tcp);
 
         let public = &config.server.public_url;
         let host = match public.port() {
@@ -140,6 +153,7 @@ impl Proxy {
         Proxy {
             routes,
             connector,
+            websocket_connector,
             proto: HeaderValue::try_from(public.scheme()).unwrap_or(HeaderValue::from_static("https")),
             host: HeaderValue::try_from(host).unwrap_or(HeaderValue::from_static("")),
             trusted_hops: config.server.trusted_proxy_hops,
@@ -188,12 +202,10 @@ impl Proxy {
     pub async fn forward(
         &self,
         client: &UpstreamClient,
-        req: &HttpRequest,
+        call: Call<'_>,
         payload: web::Payload,
-        destination: Destination<'_>,
-        tokens: &Arc<TokenManager>,
-        caller: Caller<'_>,
     ) -> Result<HttpResponse, AppError> {
+        let Call { req, destination, tokens, caller } = call;
         let handle = caller.session();
         let content_length =
             req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -213,22 +225,7 @@ impl Proxy {
         let retry_body = body.retryable();
         let method = hyper::Method::from_bytes(req.method().as_str().as_bytes())
             .map_err(|_| AppError::BadRequest(BadRequest::BadMethod))?;
-        let request_headers = || {
-            let forwarded = headers::ForwardedFor {
-                peer: req.peer_addr().map(|a| a.ip()),
-                trusted_hops: self.trusted_hops,
-                proto: &self.proto,
-                host: &self.host,
-            };
-            let mut headers =
-                headers::upstream_request_headers(req.headers(), &forwarded, &destination.route.request_headers_drop);
-            if let Some(id) = req.extensions().get::<RequestId>()
-                && let Ok(v) = HeaderValue::from_str(&id.0)
-            {
-                headers.insert(X_REQUEST_ID, v);
-            }
-            headers
-        };
+        let request_headers = || self.request_headers(req, destination.route);
 
         let (outbound, body_fault) = match body {
             RequestBody::Buffered(bytes) => (body::buffered(bytes), None),
@@ -296,8 +293,17 @@ impl Proxy {
         request: hyper::Request<UpstreamBody>,
         route: &Route,
     ) -> Result<hyper::Response<Incoming>, SendError> {
+        self.timed(route, client.0.request(request)).await
+    }
+
+    /// An upstream call, bounded by the route's timeout, measured, its failure classified.
+    async fn timed<T, E: std::error::Error + 'static>(
+        &self,
+        route: &Route,
+        call: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, SendError> {
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(route.timeout, client.0.request(request)).await;
+        let result = tokio::time::timeout(route.timeout, call).await;
         self.metrics.upstream(&route.prefix, started.elapsed());
         match result {
             Err(_) => {
@@ -313,6 +319,23 @@ impl Proxy {
             }
             Ok(Ok(response)) => Ok(response),
         }
+    }
+
+    /// What the upstream gets of the browser's headers (see `headers`), and the request id.
+    fn request_headers(&self, req: &HttpRequest, route: &Route) -> hyper::HeaderMap {
+        let forwarded = headers::ForwardedFor {
+            peer: req.peer_addr().map(|a| a.ip()),
+            trusted_hops: self.trusted_hops,
+            proto: &self.proto,
+            host: &self.host,
+        };
+        let mut headers = headers::upstream_request_headers(req.headers(), &forwarded, &route.request_headers_drop);
+        if let Some(id) = req.extensions().get::<RequestId>()
+            && let Ok(v) = HeaderValue::from_str(&id.0)
+        {
+            headers.insert(X_REQUEST_ID, v);
+        }
+        headers
     }
 }
 
@@ -334,8 +357,8 @@ impl From<SendError> for AppError {
     }
 }
 
-fn closed_unanswered(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source = std::error::Error::source(e);
+fn closed_unanswered(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
     while let Some(cause) = source {
         if cause.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message) {
             return true;
@@ -367,15 +390,7 @@ async fn respond(
 ) -> HttpResponse {
     let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut res = HttpResponse::build(status);
-    // http 1 (hyper) to http 0.2 (actix): a standard name maps to its constant, a value is one copy.
-    for (name, value) in headers::downstream_response_headers(upstream.headers()) {
-        if let (Ok(name), Ok(value)) = (
-            actix_web::http::header::HeaderName::from_bytes(name.as_str().as_bytes()),
-            actix_web::http::header::HeaderValue::from_bytes(value.as_bytes()),
-        ) {
-            res.append_header((name, value));
-        }
-    }
+    copy_response_headers(&mut res, upstream.headers());
     if let Some(token) = token {
         res.insert_header((
             actix_web::http::header::HeaderName::from_static(TOKEN_EXPIRY_HEADER),
@@ -407,6 +422,19 @@ async fn respond(
     match length {
         Some(len) => res.body(SizedStream::new(len, stream)),
         None => res.streaming::<_, std::io::Error>(stream.map_ok(Bytes::from)),
+    }
+}
+
+/// The upstream's response headers that go back (see `headers`).
+fn copy_response_headers(res: &mut actix_web::HttpResponseBuilder, upstream: &hyper::HeaderMap) {
+    // http 1 (hyper) to http 0.2 (actix): a standard name maps to its constant, a value is one copy.
+    for (name, value) in headers::downstream_response_headers(upstream) {
+        if let (Ok(name), Ok(value)) = (
+            actix_web::http::header::HeaderName::from_bytes(name.as_str().as_bytes()),
+            actix_web::http::header::HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            res.append_header((name, value));
+        }
     }
 }
 

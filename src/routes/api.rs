@@ -1,13 +1,14 @@
-//! `{api.prefix}/…`: the proxy. Checks anti-forgery, the path and the session, then forwards.
+//! `{api.prefix}/…`: the proxy. Checks anti-forgery, the path and the session, then forwards
+//! (or, for a WebSocket handshake, opens the tunnel).
 
 use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 
 use crate::config::TokenPolicy;
-use crate::error::AppError;
-use crate::http::require_csrf_header;
-use crate::proxy::{Caller, Route, UpstreamClient};
+use crate::error::{AppError, BadRequest};
+use crate::http::{require_csrf_header, require_same_origin};
+use crate::proxy::{Call, Caller, Route, UpstreamClient, is_upgrade};
 use crate::state::AppState;
 
 pub async fn proxy(
@@ -17,6 +18,25 @@ pub async fn proxy(
     route: web::Data<Arc<Route>>,
     client: web::Data<UpstreamClient>,
 ) -> Result<HttpResponse, AppError> {
+    let upgrade = is_upgrade(&req);
+    let answer = call(&req, payload, &state, &route, &client, upgrade).await;
+    if upgrade {
+        state.metrics.websocket_upgrade(match &answer {
+            Ok(res) => res.status().as_u16(),
+            Err(e) => e.status_code().as_u16(),
+        });
+    }
+    answer
+}
+
+async fn call(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    route: &Route,
+    client: &UpstreamClient,
+    upgrade: bool,
+) -> Result<HttpResponse, AppError> {
     if !route.takes(req.method().as_str()) {
         let mut res = AppError::MethodNotAllowed.error_response();
         if let Ok(allow) = actix_web::http::header::HeaderValue::from_str(&route.allowed()) {
@@ -24,17 +44,21 @@ pub async fn proxy(
         }
         return Ok(res);
     }
-    // A route that never carries a user's token needs no proof the call came from the SPA.
-    if route.token != TokenPolicy::None {
-        require_csrf_header(&req)?;
+    if upgrade && !route.websocket {
+        return Err(AppError::BadRequest(BadRequest::WebSocketDisabled));
     }
-    let destination = state.proxy.destination(&req, &route)?;
+    // A route that never carries a user's token needs no proof the call came from the SPA. A
+    // WebSocket cannot carry a header of the page's choosing: its `Origin` is the proof.
+    if route.token != TokenPolicy::None {
+        if upgrade { require_same_origin(req, &state.public_origin)? } else { require_csrf_header(req)? }
+    }
+    let destination = state.proxy.destination(req, route)?;
     let handle = match route.token {
         TokenPolicy::None => None,
         TokenPolicy::User | TokenPolicy::Client => {
-            Some(state.cookies.session_handle(&req).ok_or(AppError::LoginRequired)?)
+            Some(state.cookies.session_handle(req).ok_or(AppError::LoginRequired)?)
         }
-        TokenPolicy::UserOrNone => state.cookies.session_handle(&req),
+        TokenPolicy::UserOrNone => state.cookies.session_handle(req),
     };
     let caller = match (route.token, &handle, &route.client_grant) {
         (TokenPolicy::User, Some(h), _) => Caller::Session(h),
@@ -42,7 +66,11 @@ pub async fn proxy(
         (TokenPolicy::Client, Some(h), Some(grant)) => Caller::Client(h, grant),
         _ => Caller::Anonymous,
     };
-    let forwarded = state.proxy.forward(&client, &req, payload, destination, &state.tokens, caller).await;
+    let forwarded = if upgrade {
+        state.proxy.websocket(Call { req, destination, tokens: &state.tokens, caller }, payload).await
+    } else {
+        state.proxy.forward(client, Call { req, destination, tokens: &state.tokens, caller }, payload).await
+    };
     if let Err(AppError::Limited(limit)) = &forwarded {
         state.metrics.limited(*limit);
     }

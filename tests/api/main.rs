@@ -25,3 +25,4 @@ mod store_conformance;
 mod store_down;
 mod timeouts;
 mod user;
+mod websocket;

@@ -1,6 +1,6 @@
 // The demo in a real browser: Debian's Chromium driven by playwright-core. Signs in through the
 // demo provider's login page, calls the API, waits past the access token's expiry, watches the
-// refresh, streams events, signs out — and checks that the page never holds a token.
+// refresh, streams events, echoes on a WebSocket, signs out — and checks that the page never holds a token.
 //
 //   BFF_BIN=target/debug/bff node tests/browser/demo.test.mjs
 //
@@ -103,6 +103,15 @@ async function main() {
   step("open the event stream");
   await page.click("#stream-start");
   await page.waitForFunction(() => document.querySelectorAll("#ticks li").length >= 2, null, { timeout: 10_000 });
+
+  step("open a WebSocket, send, see the echo");
+  await page.click("#ws-connect");
+  await page.waitForFunction(() => document.querySelector("#ws-status").textContent.startsWith("Open"), null, { timeout: 10_000 });
+  await page.fill("#ws-input", "echo me through bff");
+  await page.click("#ws-send");
+  await page.waitForFunction(() => document.querySelector("#ws-echoes").textContent.includes("← echo me through bff"), null, { timeout: 10_000 });
+  await page.click("#ws-close");
+  await page.waitForFunction(() => document.querySelector("#ws-status").textContent.startsWith("Closed: 1000"), null, { timeout: 10_000 });
 
   step("nothing secret in the page");
   assert.equal(await page.evaluate(() => document.cookie), "", "the session cookie is HttpOnly");

@@ -45,7 +45,7 @@ impl Browser {
         self.jar.lock().expect("jar").insert(name.into(), value.into());
     }
 
-    fn cookie_header(&self) -> Option<String> {
+    pub(crate) fn cookie_header(&self) -> Option<String> {
         let jar = self.jar.lock().expect("jar");
         (!jar.is_empty()).then(|| jar.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; "))
     }

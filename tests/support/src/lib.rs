@@ -5,7 +5,8 @@
 //!   in the shared Redis;
 //! - [`browser`]: an HTTP client that keeps cookies like a browser and walks the login;
 //! - [`upstream`]: the API behind the proxy, which checks tokens at the demo provider;
-//! - [`redis`]: Redis servers of a test's own, each in a temporary directory.
+//! - [`redis`]: Redis servers of a test's own, each in a temporary directory;
+//! - [`websocket`]: WebSockets opened as a page would.
 //!
 //! A harness that cannot set up its fixture stops right there, loudly: it panics.
 
@@ -13,6 +14,7 @@ pub mod app;
 pub mod browser;
 pub mod redis;
 pub mod upstream;
+pub mod websocket;
 
 use std::future::Future;
 use std::net::TcpListener;

@@ -1,6 +1,7 @@
 //! An upstream API for the proxy tests: it checks the bearer token at the demo provider (so a
 //! token the provider considers dead really fails), records what it received and echoes it,
-//! and has endpoints for slow answers, event streams, large downloads and uploads.
+//! and has endpoints for slow answers, event streams, large downloads and uploads, and a
+//! WebSocket echo at `/ws` (the demo API's).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -25,6 +26,8 @@ pub struct UpstreamControls {
 pub struct Seen {
     pub path: String,
     pub bearer: Option<String>,
+    /// Every request header, lower-case names (a binary value as `<binary>`).
+    pub headers: BTreeMap<String, String>,
 }
 
 #[derive(Clone)]
@@ -103,7 +106,11 @@ async fn handle(req: HttpRequest, mut payload: web::Payload, state: web::Data<St
         .iter()
         .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("<binary>").to_string()))
         .collect();
-    state.seen.lock().expect("seen").push(Seen { path: req.path().to_string(), bearer: token.clone() });
+    state.seen.lock().expect("seen").push(Seen {
+        path: req.path().to_string(),
+        bearer: token.clone(),
+        headers: headers.clone(),
+    });
     let valid = match (&state.provider, &token) {
         (Some(p), Some(t)) => match &state.audience {
             Some(audience) => p.active_access_token_for(t, audience).is_some(),
@@ -121,6 +128,9 @@ async fn handle(req: HttpRequest, mut payload: web::Payload, state: web::Data<St
     }
 
     let path = req.path().to_string();
+    if path == "/ws" {
+        return bff::demo::api::echo_socket(&req, payload);
+    }
     if path.starts_with("/slow") {
         tokio::time::sleep(Duration::from_millis(query(&req, "ms").unwrap_or(5000))).await;
         return HttpResponse::Ok().json(json!({ "slow": true }));
