@@ -505,3 +505,17 @@ async fn documented_routes_answer_and_errors_have_their_documented_shape_and_sta
         assert_eq!(documented.get(&code), Some(&status), "CONTRACT.md \"Errors\": {code} answered {status}");
     }
 }
+
+#[test]
+fn the_readme_reference_names_every_error_code_and_every_api_key() {
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).expect("read README.md");
+    let missing: Vec<_> =
+        documented_errors().into_keys().filter(|code| !readme.contains(&format!("`{code}`"))).collect();
+    assert!(missing.is_empty(), "error codes missing from the README's reference: {missing:?}");
+    let api_keys: Vec<String> = documented_keys()
+        .into_iter()
+        .filter_map(|k| k.name.strip_prefix("api[].").map(String::from))
+        .filter(|name| !readme.contains(&format!("`{name}`")))
+        .collect();
+    assert!(api_keys.is_empty(), "[[api]] keys missing from the README's reference: {api_keys:?}");
+}
