@@ -63,7 +63,7 @@ listen = "nowhere"
 bogus = 1
 [oidc]
 issuer = "not a url"
-auth_method = "private_key_jwt"
+auth_method = "client_secret_jwt"
 [session]
 secret = "short"
 same_site = "none"
@@ -188,7 +188,7 @@ fn client_secret_file_is_read_and_trimmed() {
     let text = minimal()
         .replace("client_secret = \"s3cret\"", &format!("client_secret_file = {:?}", path.display().to_string()));
     let config = load(ConfigSource::from_toml_text(&text)).unwrap();
-    assert_eq!(config.oidc.client_secret.expose_secret(), "from-file");
+    assert_eq!(config.oidc.client_secret.as_ref().map(|s| s.expose_secret()), Some("from-file"));
     let text = minimal().replace("client_secret = \"s3cret\"", "client_secret_file = \"/nonexistent/secret\"");
     let errs = errors(&text);
     assert!(errs[0].starts_with("oidc.client_secret_file: cannot read /nonexistent/secret"), "{errs:?}");
@@ -249,5 +249,53 @@ fn route_token_policies_resources_and_client_scopes_are_checked() {
     ] {
         let errs = errors(&route(extra));
         assert!(errs.iter().any(|e| e.starts_with(key) && e.contains(msg)), "{extra}: {errs:?}");
+    }
+}
+
+#[test]
+fn private_key_jwt_takes_keys_and_no_secret() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let base = |oidc: &str| {
+        format!(
+            "[oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"bff\"\n{oidc}\n[session]\nsecret = \"{SECRET}\"\n"
+        )
+    };
+    let text = base(&format!(
+        "auth_method = \"private_key_jwt\"\nclient_key_file = [\"{fixtures}/client-ec.pem\", \"{fixtures}/client-rsa.pem\"]"
+    ));
+    let config = load(ConfigSource::from_toml_text(&text)).unwrap();
+    assert_eq!(config.oidc.auth_method, AuthMethod::PrivateKeyJwt);
+    assert!(config.oidc.client_secret.is_none());
+    let jwks = config.oidc.client_keys.as_ref().map(|k| k.jwks()).unwrap_or_default();
+    assert_eq!(jwks["keys"].as_array().map(Vec::len), Some(2));
+    let single = base(&format!("auth_method = \"private_key_jwt\"\nclient_key_file = \"{fixtures}/client-ec.pem\""));
+    assert!(load(ConfigSource::from_toml_text(&single)).is_ok(), "one path is a list of one");
+    for (oidc, key, msg) in [
+        ("auth_method = \"private_key_jwt\"".to_string(), "oidc.client_key_file", "missing"),
+        (
+            format!(
+                "auth_method = \"private_key_jwt\"\nclient_key_file = \"{fixtures}/client-ec.pem\"\nclient_secret = \"s\""
+            ),
+            "oidc.client_secret",
+            "not used",
+        ),
+        (
+            format!("client_secret = \"s\"\nclient_key_file = \"{fixtures}/client-ec.pem\""),
+            "oidc.client_key_file",
+            "private_key_jwt",
+        ),
+        (
+            "auth_method = \"private_key_jwt\"\nclient_key_file = \"/nonexistent/key.pem\"".to_string(),
+            "oidc.client_key_file",
+            "cannot read",
+        ),
+        (
+            format!("auth_method = \"private_key_jwt\"\nclient_key_file = \"{fixtures}/../../Cargo.toml\""),
+            "oidc.client_key_file",
+            "key 1",
+        ),
+    ] {
+        let errs = errors(&base(&oidc));
+        assert!(errs.iter().any(|e| e.starts_with(key) && e.contains(msg)), "{oidc}: {errs:?}");
     }
 }

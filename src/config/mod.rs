@@ -70,6 +70,8 @@ pub struct ServerConfig {
 pub enum AuthMethod {
     ClientSecretBasic,
     ClientSecretPost,
+    /// RFC 7523 client assertions signed with `client_key_file`.
+    PrivateKeyJwt,
 }
 
 impl AuthMethod {
@@ -77,6 +79,7 @@ impl AuthMethod {
         match self {
             AuthMethod::ClientSecretBasic => "client_secret_basic",
             AuthMethod::ClientSecretPost => "client_secret_post",
+            AuthMethod::PrivateKeyJwt => "private_key_jwt",
         }
     }
 }
@@ -87,7 +90,12 @@ pub struct OidcConfig {
     /// `issuer` (Auth0's ends with `/`, most others do not).
     pub issuer: String,
     pub client_id: String,
-    pub client_secret: SecretString,
+    /// For the `client_secret_*` methods (required with them, refused with `private_key_jwt`).
+    pub client_secret: Option<SecretString>,
+    /// For `private_key_jwt` (required with it, refused otherwise): the first signs.
+    pub client_keys: Option<crate::client_keys::ClientKeys>,
+    /// Where they were read from (for `check-config`).
+    pub client_key_files: Vec<String>,
     pub auth_method: AuthMethod,
     pub scopes: Vec<String>,
     pub extra_auth_params: BTreeMap<String, String>,

@@ -48,7 +48,12 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     let mut oidc = Table::new();
     oidc.insert("issuer".into(), string(&config.oidc.issuer));
     oidc.insert("client_id".into(), string(&config.oidc.client_id));
-    oidc.insert("client_secret".into(), string(REDACTED));
+    if config.oidc.client_secret.is_some() {
+        oidc.insert("client_secret".into(), string(REDACTED));
+    }
+    if !config.oidc.client_key_files.is_empty() {
+        oidc.insert("client_key_file".into(), Value::Array(config.oidc.client_key_files.iter().map(string).collect()));
+    }
     oidc.insert("auth_method".into(), string(config.oidc.auth_method.as_str()));
     oidc.insert("par".into(), string(config.oidc.par.as_str()));
     oidc.insert("scopes".into(), Value::Array(config.oidc.scopes.iter().map(string).collect()));

@@ -10,6 +10,8 @@ use figment::value::{Dict, Value};
 use secrecy::SecretString;
 use url::Url;
 
+use crate::client_keys::ClientKeys;
+
 use super::walker::{Section, Walker, describe};
 use super::{
     ApiConfig, AuthMethod, Config, LogConfig, LogFormat, OidcConfig, ParMode, SameSitePolicy, ServerConfig,
@@ -122,17 +124,32 @@ impl Walker<'_> {
             .required_string(&mut s, "issuer")
             .and_then(|raw| self.url(&s.key("issuer"), &raw, "issuer").map(|_| raw));
         let client_id = self.required_string(&mut s, "client_id");
-        let client_secret = self.client_secret(&mut s);
         let auth_method = match self.string_or(&mut s, "auth_method", "client_secret_basic").as_str() {
             "client_secret_basic" => Some(AuthMethod::ClientSecretBasic),
             "client_secret_post" => Some(AuthMethod::ClientSecretPost),
+            "private_key_jwt" => Some(AuthMethod::PrivateKeyJwt),
             other => {
                 self.error(
                     s.key("auth_method"),
-                    format!("must be \"client_secret_basic\" or \"client_secret_post\" (got {other:?})"),
+                    format!(
+                        "must be \"client_secret_basic\", \"client_secret_post\" or \"private_key_jwt\" (got {other:?})"
+                    ),
                 );
                 None
             }
+        };
+        let with_keys = auth_method == Some(AuthMethod::PrivateKeyJwt);
+        let client_key_files = self.string_list(&mut s, "client_key_file").unwrap_or_default();
+        let client_keys = self.client_keys(&s, &client_key_files, with_keys);
+        let client_secret = if with_keys {
+            if s.dict.is_some_and(|d| d.contains_key("client_secret") || d.contains_key("client_secret_file")) {
+                self.error(s.key("client_secret"), "is not used with auth_method = \"private_key_jwt\"; remove it");
+            }
+            self.value(&mut s, "client_secret");
+            self.value(&mut s, "client_secret_file");
+            Some(None)
+        } else {
+            self.client_secret(&mut s).map(Some)
         };
         let scopes = self
             .string_list(&mut s, "scopes")
@@ -178,6 +195,8 @@ impl Walker<'_> {
             issuer: issuer?,
             client_id: client_id?,
             client_secret: client_secret?,
+            client_keys: client_keys?,
+            client_key_files,
             auth_method: auth_method?,
             scopes,
             extra_auth_params,
@@ -185,6 +204,41 @@ impl Walker<'_> {
             timeout,
             revocation_endpoint,
         })
+    }
+
+    /// `client_key_file`: one path or a list; read and checked now. `Some(None)`: not used.
+    fn client_keys(&mut self, s: &Section<'_>, paths: &[String], wanted: bool) -> Option<Option<ClientKeys>> {
+        let key = s.key("client_key_file");
+        match (wanted, paths.is_empty()) {
+            (false, true) => return Some(None),
+            (false, false) => {
+                self.error(key, "is used with auth_method = \"private_key_jwt\" only");
+                return None;
+            }
+            (true, true) => {
+                self.error(key, "missing (required with auth_method = \"private_key_jwt\")");
+                return None;
+            }
+            (true, false) => {}
+        }
+        let mut pems = Vec::new();
+        for path in paths {
+            match std::fs::read_to_string(path) {
+                Ok(pem) => pems.push(pem),
+                Err(e) => {
+                    self.error(key.clone(), format!("cannot read {path}: {e}"));
+                    return None;
+                }
+            }
+        }
+        let texts: Vec<&str> = pems.iter().map(String::as_str).collect();
+        match ClientKeys::from_pems(&texts) {
+            Ok(keys) => Some(Some(keys)),
+            Err(e) => {
+                self.error(key, e);
+                None
+            }
+        }
     }
 
     fn client_secret(&mut self, s: &mut Section<'_>) -> Option<SecretString> {

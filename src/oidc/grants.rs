@@ -5,7 +5,8 @@ use std::time::Duration;
 use openidconnect::core::CoreTokenType;
 use openidconnect::{AccessToken, AuthType, Nonce, OAuth2TokenResponse, RefreshToken, Scope, TokenResponse};
 
-use super::{Oidc, OidcError, RawIdToken, TokenEndpointError};
+use super::{Credential, Oidc, OidcError, Provider, RawIdToken, TokenEndpointError};
+use url::Url;
 
 /// A successful refresh.
 pub struct Refreshed {
@@ -79,6 +80,10 @@ impl Oidc {
             if let Some(resource) = resource {
                 request = request.add_extra_param("resource", resource);
             }
+            // A new assertion for each request: a provider refuses a `jti` it has seen.
+            for (name, value) in self.client_assertion(&provider)?.into_iter().flatten() {
+                request = request.add_extra_param(name, value);
+            }
             match request.request_async(&self.http).await.map_err(|e| TokenEndpointError::read(e, self.auth_method)) {
                 Ok(response) => break response,
                 Err(e) if e.is_invalid_grant() => return Err(RefreshError::Revoked),
@@ -136,6 +141,9 @@ impl Oidc {
         if let Some(resource) = resource {
             request = request.add_extra_param("resource", resource);
         }
+        for (name, value) in self.client_assertion(&provider)?.into_iter().flatten() {
+            request = request.add_extra_param(name, value);
+        }
         let response = request
             .request_async(&self.http)
             .await
@@ -144,26 +152,40 @@ impl Oidc {
         Ok(ClientToken { access_token: response.access_token().clone(), expires_in: response.expires_in() })
     }
 
-    /// `request` with bff's client authentication, as `oidc.auth_method` says (in the header or
-    /// in `form`), for the calls bff makes by hand (revocation, pushed authorization requests).
-    pub(super) fn authenticated<'f>(
-        &'f self,
-        request: reqwest::RequestBuilder,
-        form: &mut Vec<(&'f str, &'f str)>,
-    ) -> reqwest::RequestBuilder {
-        match self.auth_type {
-            AuthType::RequestBody => {
-                form.retain(|(name, _)| *name != "client_id");
-                form.push(("client_id", self.client_id.as_str()));
-                form.push(("client_secret", self.client_secret.secret().as_str()));
+    /// A form post to `url` with bff's client authentication, as `oidc.auth_method` says (a
+    /// header, or fields of the form), for the calls bff makes by hand (revocation, pushed
+    /// authorization requests).
+    pub(super) fn authenticated_post(
+        &self,
+        provider: &Provider,
+        url: Url,
+        mut form: Vec<(String, String)>,
+    ) -> Result<reqwest::RequestBuilder, OidcError> {
+        let request = self.http.post(url);
+        let with_client_id = |form: &mut Vec<(String, String)>| {
+            form.retain(|(name, _)| name != "client_id");
+            form.push(("client_id".into(), self.client_id.to_string()));
+        };
+        let request = match (&self.credential, &self.auth_type) {
+            (Credential::Keys(_), _) => {
+                with_client_id(&mut form);
+                for (name, value) in self.client_assertion(provider)?.into_iter().flatten() {
+                    form.push((name.into(), value));
+                }
                 request
             }
-            _ => {
+            (Credential::Secret(secret), AuthType::RequestBody) => {
+                with_client_id(&mut form);
+                form.push(("client_secret".into(), secret.secret().clone()));
+                request
+            }
+            (Credential::Secret(secret), _) => {
                 // RFC 6749 §2.3.1: form-urlencode each part before base64.
                 let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-                request.basic_auth(encode(self.client_id.as_str()), Some(encode(self.client_secret.secret())))
+                request.basic_auth(encode(self.client_id.as_str()), Some(encode(secret.secret())))
             }
-        }
+        };
+        Ok(request.form(&form))
     }
 
     /// Revokes a refresh token (RFC 7009) when the provider has a revocation endpoint. Sent by
@@ -176,9 +198,9 @@ impl Oidc {
             GrantToken::Refresh(t) => (t.secret().as_str(), "refresh_token"),
             GrantToken::Access(t) => (t.secret().as_str(), "access_token"),
         };
-        let mut form = vec![("token", token), ("token_type_hint", hint)];
-        let request = self.authenticated(self.http.post(url), &mut form);
-        let response = request.form(&form).send().await.map_err(OidcError::Revocation)?;
+        let form = vec![("token".into(), token.to_string()), ("token_type_hint".into(), hint.to_string())];
+        let request = self.authenticated_post(&provider, url, form)?;
+        let response = request.send().await.map_err(OidcError::Revocation)?;
         let status = response.status();
         if !status.is_success() {
             #[derive(serde::Deserialize)]

@@ -13,7 +13,7 @@ use openidconnect::{
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{Oidc, OidcError, RawIdToken, TokenEndpointError, UserInfo};
+use super::{Oidc, OidcError, Provider, RawIdToken, TokenEndpointError, UserInfo};
 
 /// A login in progress, stored server-side under its `state` until the callback takes it.
 #[derive(Serialize, Deserialize)]
@@ -87,7 +87,7 @@ impl Oidc {
         }
         let (url, state, nonce) = request.url();
         let url = match &provider.par_url {
-            Some(endpoint) => self.push_authorization_request(endpoint, provider.client.auth_uri().url(), &url).await?,
+            Some(endpoint) => self.push_authorization_request(&provider, endpoint, &url).await?,
             None => url,
         };
         Ok((url, state, PendingLogin { pkce_verifier: verifier, nonce, return_to, browser }))
@@ -97,8 +97,8 @@ impl Oidc {
     /// answers the authorization endpoint's URL with `client_id` and the `request_uri` only.
     async fn push_authorization_request(
         &self,
+        provider: &Provider,
         endpoint: &Url,
-        authorization_endpoint: &Url,
         authorize: &Url,
     ) -> Result<Url, OidcError> {
         #[derive(Deserialize)]
@@ -110,9 +110,8 @@ impl Oidc {
             error: String,
         }
         let params: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
-        let mut form: Vec<(&str, &str)> = params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let request = self.authenticated(self.http.post(endpoint.clone()), &mut form);
-        let response = request.form(&form).send().await.map_err(OidcError::PushRequest)?;
+        let request = self.authenticated_post(provider, endpoint.clone(), params)?;
+        let response = request.send().await.map_err(OidcError::PushRequest)?;
         let status = response.status();
         if !status.is_success() {
             let refusal = response.json::<Refusal>().await.ok().map(|r| r.error);
@@ -124,7 +123,7 @@ impl Oidc {
         }
         let pushed: Pushed = response.json().await.map_err(OidcError::PushRequest)?;
         // The endpoint's own query (Azure B2C's `p=`, say) stays.
-        let mut url = authorization_endpoint.clone();
+        let mut url = provider.client.auth_uri().url().clone();
         url.query_pairs_mut()
             .append_pair("client_id", self.client_id.as_str())
             .append_pair("request_uri", &pushed.request_uri);
@@ -147,11 +146,14 @@ impl Oidc {
     /// Exchanges the code and validates the ID token (signature, iss, aud, exp, nonce).
     pub async fn complete_login(&self, code: String, pending: PendingLogin) -> Result<LoginResult, CallbackError> {
         let provider = self.provider()?;
-        let request = provider
+        let mut request = provider
             .client
             .exchange_code(AuthorizationCode::new(code))
             .map_err(OidcError::NoTokenEndpoint)?
             .set_pkce_verifier(pending.pkce_verifier);
+        for (name, value) in self.client_assertion(&provider)?.into_iter().flatten() {
+            request = request.add_extra_param(name, value);
+        }
         let response = request.request_async(&self.http).await.map_err(|e| {
             match TokenEndpointError::read(e, self.auth_method) {
                 e if e.is_provider_failure() => CallbackError::Provider(e.into()),

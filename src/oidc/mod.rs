@@ -25,6 +25,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
+use crate::client_keys::ClientKeys;
 use crate::config::{AuthMethod, Config, ParMode, TokenPolicy};
 
 pub use grants::{ClientToken, GrantToken, RefreshError, Refreshed, Revocation};
@@ -83,6 +84,8 @@ pub struct Provider {
     requires_response_iss: bool,
     /// Where authorization requests are pushed first (RFC 9126), when they are.
     par_url: Option<Url>,
+    /// `token_endpoint_auth_signing_alg_values_supported`: what a client assertion may use.
+    assertion_algs: Vec<String>,
     /// The ID token algorithms discovery lists that bff accepts (asymmetric only).
     id_token_algs: Vec<CoreJwsSigningAlgorithm>,
     loaded_at: Instant,
@@ -160,6 +163,8 @@ pub enum OidcError {
          (require_pushed_authorization_requests) but oidc.par = \"off\"; set oidc.par = \"auto\""
     )]
     ParRequiredByProvider,
+    #[error("the client assertion cannot be signed")]
+    ClientAssertion(#[source] jsonwebtoken::errors::Error),
     #[error("the pushed authorization request failed")]
     PushRequest(#[source] reqwest::Error),
     #[error("the pushed authorization request was refused ({0})")]
@@ -177,10 +182,27 @@ impl OidcError {
 /// Do not refetch the JWKS for an unknown key more often than this.
 const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 
+/// How bff proves it is the client.
+enum Credential {
+    Secret(ClientSecret),
+    Keys(ClientKeys),
+}
+
+impl Credential {
+    fn secret(&self) -> Option<ClientSecret> {
+        match self {
+            Credential::Secret(secret) => Some(secret.clone()),
+            Credential::Keys(_) => None,
+        }
+    }
+}
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
 pub struct Oidc {
     issuer: IssuerUrl,
     client_id: ClientId,
-    client_secret: ClientSecret,
+    credential: Credential,
     auth_type: AuthType,
     auth_method: AuthMethod,
     redirect_uri: RedirectUrl,
@@ -224,10 +246,15 @@ impl Oidc {
         Ok(Oidc {
             issuer: IssuerUrl::new(config.oidc.issuer.clone())?,
             client_id: ClientId::new(config.oidc.client_id.clone()),
-            client_secret: ClientSecret::new(config.oidc.client_secret.expose_secret().to_string()),
+            credential: match (&config.oidc.client_keys, &config.oidc.client_secret) {
+                (Some(keys), _) => Credential::Keys(keys.clone()),
+                (None, Some(secret)) => Credential::Secret(ClientSecret::new(secret.expose_secret().to_string())),
+                (None, None) => anyhow::bail!("oidc: neither a client secret nor client keys"),
+            },
             auth_type: match config.oidc.auth_method {
                 AuthMethod::ClientSecretBasic => AuthType::BasicAuth,
-                AuthMethod::ClientSecretPost => AuthType::RequestBody,
+                // With an assertion, oauth2 sends client_id in the body and no secret.
+                AuthMethod::ClientSecretPost | AuthMethod::PrivateKeyJwt => AuthType::RequestBody,
             },
             auth_method: config.oidc.auth_method,
             redirect_uri: RedirectUrl::new(config.redirect_uri())?,
@@ -357,10 +384,13 @@ impl Oidc {
             );
         }
         let jwks_uri = metadata.jwks_uri().url().clone();
-        let client =
-            CoreClient::from_provider_metadata(metadata, self.client_id.clone(), Some(self.client_secret.clone()))
-                .set_redirect_uri(self.redirect_uri.clone())
-                .set_auth_type(self.auth_type.clone());
+        let assertion_algs: Vec<String> = metadata
+            .token_endpoint_auth_signing_alg_values_supported()
+            .map(|algs| algs.iter().filter_map(|a| serde_json::to_value(a).ok()?.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        let client = CoreClient::from_provider_metadata(metadata, self.client_id.clone(), self.credential.secret())
+            .set_redirect_uri(self.redirect_uri.clone())
+            .set_auth_type(self.auth_type.clone());
         let provider = Provider {
             client,
             revocation_url,
@@ -368,6 +398,7 @@ impl Oidc {
             jwks_uri,
             requires_response_iss,
             par_url,
+            assertion_algs,
             id_token_algs,
             loaded_at: Instant::now(),
         };
@@ -375,6 +406,21 @@ impl Oidc {
             *slot = Some(Arc::new(provider));
         }
         Ok(())
+    }
+
+    /// The `client_assertion_type` and `client_assertion` fields of a request, with
+    /// `private_key_jwt`; `None` with a client secret.
+    fn client_assertion(&self, provider: &Provider) -> Result<Option<[(&'static str, String); 2]>, OidcError> {
+        let Credential::Keys(keys) = &self.credential else { return Ok(None) };
+        let jwt = keys
+            .assertion(
+                self.client_id.as_str(),
+                self.issuer.as_str(),
+                &provider.assertion_algs,
+                crate::session::now_unix(),
+            )
+            .map_err(OidcError::ClientAssertion)?;
+        Ok(Some([("client_assertion_type", JWT_BEARER.to_string()), ("client_assertion", jwt)]))
     }
 
     /// Keeps trying discovery until it succeeds: a bff that starts before its provider is normal.

@@ -28,9 +28,14 @@ pub enum TokenEndpointError {
 /// What bff says when the provider refuses its client authentication (token endpoint or
 /// revocation endpoint).
 pub fn client_auth_failed(auth_method: &str) -> String {
+    let credential = if auth_method == "private_key_jwt" {
+        "oidc.client_key_file (is its public key registered at the provider?)"
+    } else {
+        "oidc.client_secret"
+    };
     format!(
         "the provider refused bff's client authentication (invalid_client, with oidc.auth_method = \
-         {auth_method}): check oidc.client_id, oidc.client_secret and oidc.auth_method"
+         {auth_method}): check oidc.client_id, {credential} and oidc.auth_method"
     )
 }
 

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod auth;
 pub mod health;
+mod jwks;
 mod spa;
 
 use actix_web::middleware::from_fn;
@@ -30,6 +31,13 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &web::Data<AppState>) {
                 .route("/signed-out", web::get().to(auth::signed_out))
                 .route("/style.css", web::get().to(auth::stylesheet)),
         );
+    if let Some(keys) = &state.config.oidc.client_keys {
+        cfg.service(
+            web::resource("/.well-known/jwks.json")
+                .app_data(web::Data::new(keys.clone()))
+                .route(web::get().to(jwks::jwks)),
+        );
+    }
     for route in state.proxy.routes() {
         cfg.service(
             web::scope(&route.prefix).app_data(web::Data::new(route.clone())).default_service(web::to(api::proxy)),

@@ -8,6 +8,7 @@ mod backchannel;
 mod cache;
 mod callback;
 mod cli;
+mod client_auth;
 mod compose;
 mod cookies;
 mod demo;

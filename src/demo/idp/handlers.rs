@@ -64,7 +64,8 @@ async fn discovery(p: web::Data<Provider>) -> HttpResponse {
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
         "scopes_supported": ["openid", "profile", "email", "offline_access"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["PS256", "RS256", "ES256"],
         "code_challenge_methods_supported": ["S256"],
         "claims_supported": ["sub", "name", "preferred_username", "email", "email_verified", "sid"],
         "authorization_response_iss_parameter_supported": quirks.iss_in_authorization_response,
@@ -197,7 +198,13 @@ fn presented(req: &HttpRequest, form: &HashMap<String, String>) -> Presented {
         (Some(id), Some(secret)) => Some((id.clone(), secret.clone())),
         _ => None,
     };
-    Presented { basic, post }
+    let assertion = match (form.get("client_assertion_type").map(String::as_str), form.get("client_assertion")) {
+        (Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer"), Some(jwt)) => {
+            Some((form.get("client_id").cloned(), jwt.clone()))
+        }
+        _ => None,
+    };
+    Presented { basic, post, assertion }
 }
 
 async fn token(req: HttpRequest, p: web::Data<Provider>, form: web::Form<HashMap<String, String>>) -> HttpResponse {

@@ -98,6 +98,8 @@ pub struct Controls {
     authorize_error: Mutex<Option<String>>,
     /// Resources (RFC 8707) answered `invalid_target`.
     refused_resources: Mutex<Vec<String>>,
+    /// The public keys `private_key_jwt` clients sign with (their registered JWKS).
+    client_jwks: Mutex<Vec<serde_json::Value>>,
 }
 
 fn read<T: Clone>(m: &Mutex<T>) -> T {
@@ -121,6 +123,7 @@ impl Controls {
             id_token_fault: Mutex::new(IdTokenFault::None),
             authorize_error: Mutex::new(None),
             refused_resources: Mutex::new(Vec::new()),
+            client_jwks: Mutex::new(Vec::new()),
         }
     }
 
@@ -193,6 +196,15 @@ impl Controls {
 
     pub fn authorize_error(&self) -> Option<String> {
         read(&self.authorize_error)
+    }
+
+    /// Registers the keys (a JWK Set's `keys`) that `private_key_jwt` clients sign with.
+    pub fn set_client_jwks(&self, jwks: &serde_json::Value) {
+        write(&self.client_jwks, jwks["keys"].as_array().cloned().unwrap_or_default());
+    }
+
+    pub fn client_jwks(&self) -> Vec<serde_json::Value> {
+        read(&self.client_jwks)
     }
 
     /// Answer token requests for `resource` with `invalid_target` (a grant that does not cover it).

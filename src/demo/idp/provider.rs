@@ -79,6 +79,8 @@ struct Data {
     refresh_tokens: HashMap<String, RefreshRecord>,
     /// Access-token `jti` → grant.
     access_tokens: HashMap<String, String>,
+    /// Client assertion `jti`s seen, until they expire (replays are refused).
+    seen_assertions: HashMap<String, u64>,
     /// RFC 9126 `request_uri` → the pushed request's client, parameters and expiry.
     pushed: HashMap<String, (String, HashMap<String, String>, u64)>,
 }
@@ -87,6 +89,8 @@ struct Data {
 #[derive(Default)]
 pub struct Counters {
     pub pushed_authorization_requests: AtomicU64,
+    /// `private_key_jwt` client assertions accepted.
+    pub client_assertions: AtomicU64,
     pub authorization_code: AtomicU64,
     pub refresh_token: AtomicU64,
     pub client_credentials: AtomicU64,
@@ -103,6 +107,8 @@ pub struct Counters {
 pub struct Presented {
     pub basic: Option<(String, String)>,
     pub post: Option<(String, String)>,
+    /// RFC 7523 §2.2: `client_assertion` (of type jwt-bearer) and the form's `client_id`.
+    pub assertion: Option<(Option<String>, String)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -323,6 +329,12 @@ impl Provider {
 
     /// Authenticates the client with exactly its registered method.
     pub fn authenticate(&self, presented: &Presented) -> Result<&Client, OAuthError> {
+        if let Some((form_client_id, assertion)) = &presented.assertion {
+            if presented.basic.is_some() || presented.post.is_some() {
+                return Err(oauth_error(400, "invalid_request", "more than one client authentication"));
+            }
+            return self.authenticate_assertion(form_client_id.as_deref(), assertion);
+        }
         let (method, (id, secret)) = match (&presented.basic, &presented.post) {
             (Some(b), None) => (AuthMethod::ClientSecretBasic, b),
             (None, Some(p)) => (AuthMethod::ClientSecretPost, p),
@@ -342,6 +354,66 @@ impl Provider {
                 format!("this client must use {}", client.auth_method.as_str()),
             ));
         }
+        Ok(client)
+    }
+
+    /// `private_key_jwt` (RFC 7523 §3): signed by a key registered for the client, `iss` = `sub`
+    /// = the client, `aud` this provider (its issuer or one of its endpoints), a minute or so of
+    /// life, a `jti` never seen before.
+    fn authenticate_assertion(&self, form_client_id: Option<&str>, jwt: &str) -> Result<&Client, OAuthError> {
+        #[derive(Deserialize)]
+        struct Assertion {
+            iss: String,
+            sub: String,
+            jti: String,
+            exp: u64,
+            #[serde(default)]
+            iat: Option<u64>,
+        }
+        let refused = |why: &str| oauth_error(401, "invalid_client", why);
+        let header = jsonwebtoken::decode_header(jwt).map_err(|_| refused("client_assertion is not a JWT"))?;
+        let kid = header.kid.ok_or_else(|| refused("client_assertion has no kid"))?;
+        let jwks = self.controls.client_jwks();
+        let jwk = jwks.iter().find(|k| k["kid"] == kid.as_str()).ok_or_else(|| refused("unknown key"))?;
+        let key = match (jwk["kty"].as_str(), header.alg) {
+            (Some("RSA"), jsonwebtoken::Algorithm::RS256 | jsonwebtoken::Algorithm::PS256) => {
+                jsonwebtoken::DecodingKey::from_rsa_components(
+                    jwk["n"].as_str().unwrap_or_default(),
+                    jwk["e"].as_str().unwrap_or_default(),
+                )
+            }
+            (Some("EC"), jsonwebtoken::Algorithm::ES256) => jsonwebtoken::DecodingKey::from_ec_components(
+                jwk["x"].as_str().unwrap_or_default(),
+                jwk["y"].as_str().unwrap_or_default(),
+            ),
+            _ => return Err(refused("key type and algorithm do not match")),
+        }
+        .map_err(|_| refused("unusable key"))?;
+        let mut validation = jsonwebtoken::Validation::new(header.alg);
+        let audiences: Vec<String> =
+            ["", "/token", "/par", "/revoke"].iter().map(|path| format!("{}{path}", self.issuer)).collect();
+        validation.set_audience(&audiences);
+        validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        let claims = jsonwebtoken::decode::<Assertion>(jwt, &key, &validation)
+            .map_err(|e| refused(&format!("client_assertion refused: {e}")))?
+            .claims;
+        if claims.iss != claims.sub || form_client_id.is_some_and(|id| id != claims.iss) {
+            return Err(refused("iss, sub and client_id must all name the client"));
+        }
+        if claims.exp > now_unix() + 300 || claims.iat.is_some_and(|iat| iat > now_unix() + 30) {
+            return Err(refused("client_assertion lives too long"));
+        }
+        let client = self.clients.get(&claims.iss).ok_or_else(|| refused("unknown client"))?;
+        if client.auth_method != AuthMethod::PrivateKeyJwt {
+            return Err(refused(&format!("this client must use {}", client.auth_method.as_str())));
+        }
+        let mut data = self.data();
+        let now = now_unix();
+        data.seen_assertions.retain(|_, exp| *exp >= now);
+        if data.seen_assertions.insert(claims.jti, claims.exp).is_some() {
+            return Err(refused("client_assertion replayed (jti seen before)"));
+        }
+        self.counters.client_assertions.fetch_add(1, Ordering::SeqCst);
         Ok(client)
     }
 

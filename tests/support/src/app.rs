@@ -68,6 +68,9 @@ pub struct AppOptions {
     pub idp_auth_method: Option<AuthMethod>,
     pub same_site: &'static str,
     pub secret: String,
+    /// With `private_key_jwt`: the key fixtures bff signs with (`client-ec.pem` when empty); the
+    /// provider is given their public keys.
+    pub client_keys: Vec<&'static str>,
     /// Adjusts the configuration in code, past what the file format allows (short timeouts).
     pub tweak: Arc<dyn Fn(&mut Config) + Send + Sync>,
 }
@@ -84,6 +87,7 @@ impl Default for AppOptions {
             idp_auth_method: None,
             same_site: "lax",
             secret: test_secret(),
+            client_keys: Vec::new(),
             tweak: Arc::new(|_| {}),
         }
     }
@@ -133,7 +137,7 @@ workers = 2
 [oidc]
 issuer = "{issuer}"
 client_id = "{CLIENT_ID}"
-client_secret = "{CLIENT_SECRET}"
+{credential}
 auth_method = "{method}"
 timeout_secs = 2
 
@@ -157,12 +161,22 @@ max_body_bytes = 104857600
 {extra}
 "#,
         method = o.auth_method.as_str(),
+        credential = match o.auth_method {
+            AuthMethod::PrivateKeyJwt => format!("client_key_file = {:?}", client_key_fixtures(&o.client_keys)),
+            _ => format!("client_secret = \"{CLIENT_SECRET}\""),
+        },
         secret = o.secret,
         same_site = o.same_site,
         skew = o.refresh_skew_secs,
         local_cache = local_cache_default(),
         extra = o.extra_toml,
     )
+}
+
+/// The paths of key fixtures (`tests/fixtures/<name>`); `client-ec.pem` when none are named.
+pub fn client_key_fixtures(names: &[&str]) -> Vec<String> {
+    let names = if names.is_empty() { &["client-ec.pem"][..] } else { names };
+    names.iter().map(|n| crate::repository().join("tests/fixtures").join(n).display().to_string()).collect()
 }
 
 /// On unless `BFF_TEST_LOCAL_CACHE=false`: CI runs the token and proxy tests both ways.
@@ -224,6 +238,9 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let toml =
         config_toml(&public_url, &idp.issuer, &upstream.url, &prefix, &options).replace("UPSTREAM", &upstream.url);
     let mut config = Config::from_toml(&toml).expect("test config is valid");
+    if let Some(keys) = &config.oidc.client_keys {
+        idp.controls.set_client_jwks(&keys.jwks());
+    }
     (options.tweak)(&mut config);
     let app = Application::build(config.clone(), app_listener).await.expect("build the app");
     tokio::spawn(app.run_until_stopped());

@@ -23,9 +23,9 @@ use std::time::Duration;
 
 pub use self::redis::{RedisProcess, redis_answers};
 pub use app::{
-    AppOptions, CLIENT_ID, CLIENT_SECRET, IdpOptions, REDIS_URL, SHORT_SKEW_SECS, TestApp, config_toml,
-    local_cache_default, metric, spawn_app, spawn_app_with, spawn_idp, spawn_instance_with, spawn_second_instance,
-    test_secret, token_expiry, until_refresh_due,
+    AppOptions, CLIENT_ID, CLIENT_SECRET, IdpOptions, REDIS_URL, SHORT_SKEW_SECS, TestApp, client_key_fixtures,
+    config_toml, local_cache_default, metric, spawn_app, spawn_app_with, spawn_idp, spawn_instance_with,
+    spawn_second_instance, test_secret, token_expiry, until_refresh_due,
 };
 pub use browser::{Browser, location, query_param, raw_status, urlencode};
 
