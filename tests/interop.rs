@@ -355,6 +355,8 @@ struct Interop {
     b: Bff,
     /// C is client `bff-rs`, with routes bound to resources and one with bff's own token.
     c: Bff,
+    /// D is client `bff-jwt`: private_key_jwt (its JWKS fetched from bff), PAR required.
+    d: Bff,
     public_a: String,
     alice: Browser,
 }
@@ -364,10 +366,12 @@ impl Interop {
         let node_modules = root().join("tests/interop/node_modules/oidc-provider");
         assert!(node_modules.is_dir(), "run `npm ci --prefix tests/interop` (or .ci/run)");
 
-        let (a1_port, a2_port, b_port, c_port) = (free_port(), free_port(), free_port(), free_port());
+        let (a1_port, a2_port, b_port, c_port, d_port) =
+            (free_port(), free_port(), free_port(), free_port(), free_port());
         let public_a = format!("http://127.0.0.1:{a1_port}");
         let public_b = format!("http://127.0.0.1:{b_port}");
         let public_c = format!("http://127.0.0.1:{c_port}");
+        let public_d = format!("http://127.0.0.1:{d_port}");
         let client = |id: &str, auth_method: &str, public: &str| {
             json!({
                 "client_id": id, "client_secret": format!("{id}-secret"),
@@ -381,10 +385,18 @@ impl Interop {
         };
         let mut resource_client = client("bff-rs", "client_secret_basic", &public_c);
         resource_client["grant_types"] = json!(["authorization_code", "refresh_token", "client_credentials"]);
+        // No shared secret: bff's keys from its JWKS route; pushed authorization requests only.
+        let mut jwt_client = client("bff-jwt", "private_key_jwt", &public_d);
+        jwt_client["jwks_uri"] = json!(format!("{public_d}/.well-known/jwks.json"));
+        jwt_client["require_pushed_authorization_requests"] = json!(true);
+        if let Some(fields) = jwt_client.as_object_mut() {
+            fields.remove("client_secret");
+        }
         let clients = json!([
             client("bff-basic", "client_secret_basic", &public_a),
             client("bff-post", "client_secret_post", &public_b),
             resource_client,
+            jwt_client,
         ]);
         let mut provider = Command::new("node");
         provider
@@ -422,7 +434,17 @@ impl Interop {
             &api_url,
         ))
         .await;
-        Interop { stack, a1, a2, b, c, public_a, alice: Browser::new() }
+        let key = root().join("tests/fixtures/client-ec.pem");
+        let d = start_bff(
+            &bff_config(&public_d, d_port, &issuer, "bff-jwt", "private_key_jwt", &api_url, &prefix)
+                .replace(
+                    "client_secret = \"bff-jwt-secret\"",
+                    &format!("client_key_file = {:?}", key.display().to_string()),
+                )
+                .replacen("timeout_secs = 10\n", "timeout_secs = 10\npar = \"required\"\n", 1),
+        )
+        .await;
+        Interop { stack, a1, a2, b, c, d, public_a, alice: Browser::new() }
     }
 }
 
@@ -457,6 +479,7 @@ async fn bff_interoperates_with_a_certified_provider() {
         backchannel_logout_ends_the_session_on_both_instances,
         a_tampered_iss_in_the_authorization_response_is_refused,
         resource_and_client_tokens_are_bound_to_their_audiences,
+        private_key_jwt_with_required_par_logs_in_refreshes_and_revokes,
     );
     report("interop: all checks passed");
 }
@@ -675,4 +698,30 @@ async fn resource_and_client_tokens_are_bound_to_their_audiences(it: &Interop) {
     let api: Value = stack.http.get(format!("{}/__stats", stack.api)).send().await.unwrap().json().await.unwrap();
     assert_eq!(api["wrong_audience"], 0, "no API ever received a token meant for another");
     check("client-credentials route token", "one token, for the orders API, shared across calls");
+}
+
+/// 11. No shared secret: `private_key_jwt` with bff's key, which oidc-provider fetches from bff's
+///     own `/.well-known/jwks.json`, and pushed authorization requests required by the client's
+///     registration (`par = "required"` at bff): sign-in, an API call, a refresh after a 401,
+///     logout with revocation.
+async fn private_key_jwt_with_required_par_logs_in_refreshes_and_revokes(it: &Interop) {
+    let Interop { stack, d, .. } = it;
+    let erin = Browser::new();
+    login(stack, &d.url, &erin, "erin").await;
+    let res = erin.api(Method::GET, &format!("{}/api/jwt", d.url)).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!((body["sub"].as_str(), body["client_id"].as_str()), (Some("erin"), Some("bff-jwt")));
+    let before = stack.stat("refresh_token_grants").await;
+    stack.reject_next_api_calls(1).await;
+    assert_eq!(erin.api(Method::GET, &format!("{}/api/jwt-401", d.url)).await.status(), 200);
+    assert_eq!(stack.stat("refresh_token_grants").await - before, 1, "a refresh authenticated by assertion");
+    let issued = stack.refresh_tokens().await;
+    let latest = issued.last().unwrap()["value"].as_str().unwrap().to_string();
+    let logout = erin.api(Method::POST, &format!("{}/auth/logout", d.url)).await;
+    assert_eq!(logout.status(), 303);
+    let after = stack.refresh_tokens().await;
+    let revoked = after.iter().find(|t| t["value"] == latest.as_str()).map(|t| t["active"].clone());
+    assert_eq!(revoked, Some(json!(false)), "revoked with an assertion");
+    check("private_key_jwt + PAR required", "login, API, refresh, revocation without a client secret");
 }
