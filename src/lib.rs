@@ -8,6 +8,7 @@
 pub mod client_keys;
 pub mod config;
 pub mod crypto;
+pub mod dpop;
 pub mod error;
 pub mod http;
 pub mod limits;

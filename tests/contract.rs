@@ -69,10 +69,6 @@ fn documented_keys() -> Vec<Key> {
         .collect()
 }
 
-fn planned_keys() -> Vec<String> {
-    rows(&section(&contract(), "Planned")).iter().map(|cells| code(&cells[0]).unwrap().to_string()).collect()
-}
-
 /// The required keys and one `[[api]]` entry, so that `api[]` defaults show too.
 fn minimal() -> Table {
     let text = format!(
@@ -222,22 +218,6 @@ fn every_configuration_key_is_documented_and_every_documented_key_is_accepted() 
         let unknown: Vec<String> =
             errors.0.iter().filter(|e| e.message.starts_with("unknown key")).map(|e| e.key.clone()).collect();
         assert!(unknown.is_empty(), "documented in CONTRACT.md but refused as unknown: {unknown:?}");
-    }
-}
-
-#[test]
-fn planned_keys_are_not_accepted_yet() {
-    let planned = planned_keys();
-    assert!(!planned.is_empty());
-    for key in planned {
-        let mut table = minimal();
-        set(&mut table, &key, Value::String("x".into()));
-        let path = key.replace("api[]", "api[0]");
-        let errors = load(&table).err().map(|e| e.0).unwrap_or_default();
-        assert!(
-            errors.iter().any(|e| e.key == path && e.message.starts_with("unknown key")),
-            "{key} is listed as planned in CONTRACT.md but is accepted now: move it to the configuration tables"
-        );
     }
 }
 

@@ -105,6 +105,8 @@ pub struct OidcConfig {
     /// RFC 7009 revocation endpoint, for a provider whose metadata names none (or a wrong one).
     pub revocation_endpoint: Option<Url>,
     pub par: ParMode,
+    /// RFC 9449: sender-constrained tokens, a key per session.
+    pub dpop: bool,
 }
 
 /// When the authorization request is pushed to the provider first (RFC 9126).

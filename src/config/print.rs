@@ -56,6 +56,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     }
     oidc.insert("auth_method".into(), string(config.oidc.auth_method.as_str()));
     oidc.insert("par".into(), string(config.oidc.par.as_str()));
+    oidc.insert("dpop".into(), Value::Boolean(config.oidc.dpop));
     oidc.insert("scopes".into(), Value::Array(config.oidc.scopes.iter().map(string).collect()));
     oidc.insert(
         "extra_auth_params".into(),

@@ -189,8 +189,10 @@ impl Walker<'_> {
                 ParMode::Auto
             }
         };
+        let dpop = self.boolean(&mut s, "dpop", false);
         self.finish(s);
         Some(OidcConfig {
+            dpop,
             par,
             issuer: issuer?,
             client_id: client_id?,

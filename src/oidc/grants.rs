@@ -6,6 +6,7 @@ use openidconnect::core::CoreTokenType;
 use openidconnect::{AccessToken, AuthType, Nonce, OAuth2TokenResponse, RefreshToken, Scope, TokenResponse};
 
 use super::{Credential, Oidc, OidcError, Provider, RawIdToken, TokenEndpointError};
+use crate::dpop::DpopKey;
 use url::Url;
 
 /// A successful refresh.
@@ -24,11 +25,14 @@ pub struct ClientToken {
     pub expires_in: Option<Duration>,
 }
 
-/// bff attaches tokens as `Bearer`: a token of another type would be sent wrongly.
-fn require_bearer(token_type: &CoreTokenType) -> Result<(), OidcError> {
-    match token_type {
-        CoreTokenType::Bearer => Ok(()),
-        other => Err(OidcError::UnsupportedTokenType(other.as_ref().to_string())),
+/// bff attaches tokens as the type it asked for (`DPoP` with a proof, `Bearer` otherwise): a
+/// token of another type would be sent wrongly.
+pub(super) fn require_token_type(token_type: &CoreTokenType, dpop: bool) -> Result<(), OidcError> {
+    let expected = if dpop { "DPoP" } else { "Bearer" };
+    if token_type.as_ref().eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(OidcError::UnsupportedTokenType(token_type.as_ref().to_string()))
     }
 }
 
@@ -65,12 +69,14 @@ pub enum RefreshError {
 }
 
 impl Oidc {
-    /// A refresh; with `resource`, for that audience (RFC 8707 §2.2), the default one otherwise.
+    /// A refresh; with `resource`, for that audience (RFC 8707 §2.2), the default one otherwise;
+    /// with the session's DPoP key, proven with it.
     pub async fn refresh(
         &self,
         refresh_token: &RefreshToken,
         sub: &str,
         resource: Option<&str>,
+        dpop: Option<&DpopKey>,
     ) -> Result<Refreshed, RefreshError> {
         let provider = self.provider()?;
         let mut asked_again = false;
@@ -84,7 +90,11 @@ impl Oidc {
             for (name, value) in self.client_assertion(&provider)?.into_iter().flatten() {
                 request = request.add_extra_param(name, value);
             }
-            match request.request_async(&self.http).await.map_err(|e| TokenEndpointError::read(e, self.auth_method)) {
+            let answer = match dpop {
+                Some(key) => request.request_async(&self.dpop_client(key)).await,
+                None => request.request_async(&self.http).await,
+            };
+            match answer.map_err(|e| TokenEndpointError::read(e, self.auth_method)) {
                 Ok(response) => break response,
                 Err(e) if e.is_invalid_grant() => return Err(RefreshError::Revoked),
                 Err(e) if e.is_invalid_target() => return Err(RefreshError::NotForResource),
@@ -102,7 +112,7 @@ impl Oidc {
                 Err(e) => return Err(RefreshError::Unavailable(e.into())),
             }
         };
-        require_bearer(response.token_type())?;
+        require_token_type(response.token_type(), dpop.is_some())?;
         let id_token = response.id_token().and_then(|token| {
             // OIDC Core §12.2: a refreshed ID token must be valid and name the same subject;
             // one that is not is ignored (the tokens it came with are still good).
@@ -148,7 +158,7 @@ impl Oidc {
             .request_async(&self.http)
             .await
             .map_err(|e| OidcError::TokenEndpoint(TokenEndpointError::read(e, self.auth_method)))?;
-        require_bearer(response.token_type())?;
+        require_token_type(response.token_type(), false)?;
         Ok(ClientToken { access_token: response.access_token().clone(), expires_in: response.expires_in() })
     }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use openidconnect::core::{CoreAuthenticationFlow, CoreIdToken, CoreTokenType};
+use openidconnect::core::{CoreAuthenticationFlow, CoreIdToken};
 use openidconnect::{
     AccessToken, AccessTokenHash, AuthorizationCode, ClaimsVerificationError, CsrfToken, Nonce, OAuth2TokenResponse,
     PkceCodeChallenge, PkceCodeVerifier, RefreshToken, Scope, SignatureVerificationError, TokenResponse,
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::{Oidc, OidcError, Provider, RawIdToken, TokenEndpointError, UserInfo};
+use crate::dpop::DpopKey;
 
 /// A login in progress, stored server-side under its `state` until the callback takes it.
 #[derive(Serialize, Deserialize)]
@@ -34,6 +35,8 @@ pub struct LoginResult {
     pub user: UserInfo,
     /// The provider's session id (`sid` claim), for back-channel logout.
     pub provider_sid: Option<String>,
+    /// With `oidc.dpop`: the key the session's tokens are bound to, made for this sign-in.
+    pub dpop_key: Option<DpopKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,18 +157,22 @@ impl Oidc {
         for (name, value) in self.client_assertion(&provider)?.into_iter().flatten() {
             request = request.add_extra_param(name, value);
         }
-        let response = request.request_async(&self.http).await.map_err(|e| {
-            match TokenEndpointError::read(e, self.auth_method) {
-                e if e.is_provider_failure() => CallbackError::Provider(e.into()),
-                e => CallbackError::CodeRejected(e),
-            }
+        let dpop_key = if self.dpop { Some(DpopKey::generate().map_err(OidcError::from)?) } else { None };
+        let answer = match &dpop_key {
+            Some(key) => request.request_async(&self.dpop_client(key)).await,
+            None => request.request_async(&self.http).await,
+        };
+        let response = answer.map_err(|e| match TokenEndpointError::read(e, self.auth_method) {
+            e if e.is_provider_failure() => CallbackError::Provider(e.into()),
+            e => CallbackError::CodeRejected(e),
         })?;
 
-        // Sent upstream as `Authorization: Bearer`: a token of another type must not be.
-        if *response.token_type() != CoreTokenType::Bearer {
+        // Sent upstream as the type bff asked for: a token of another type must not be.
+        if super::grants::require_token_type(response.token_type(), dpop_key.is_some()).is_err() {
             return Err(CallbackError::InvalidIdToken(format!(
-                "the token response's token_type is {:?}, not Bearer",
-                response.token_type().as_ref()
+                "the token response's token_type is {:?}, not {}",
+                response.token_type().as_ref(),
+                if dpop_key.is_some() { "DPoP" } else { "Bearer" }
             )));
         }
         let id_token = response
@@ -184,6 +191,7 @@ impl Oidc {
             expires_in: response.expires_in(),
             user,
             provider_sid,
+            dpop_key,
         })
     }
 

@@ -2,6 +2,7 @@
 //! the authorization request, code exchange with ID-token validation, refresh, revocation and
 //! the end-session URL. One HTTP client, no redirects followed, every call bounded in time.
 
+mod dpop_client;
 mod grants;
 pub mod jwks;
 mod login;
@@ -147,9 +148,12 @@ pub enum OidcError {
     RevocationRefused(reqwest::StatusCode),
     #[error("{}", token_endpoint::client_auth_failed(.auth_method))]
     ClientAuthFailed { auth_method: &'static str },
-    /// bff sends access tokens as `Bearer`; one of another type is never used.
-    #[error("the token response's token_type is {0:?}, not Bearer")]
+    /// bff sends access tokens as it was configured to (`Bearer`, or `DPoP` with `oidc.dpop`);
+    /// one of another type is never used.
+    #[error("the token response's token_type is {0:?}, not the one expected")]
     UnsupportedTokenType(String),
+    #[error("DPoP")]
+    Dpop(#[from] crate::dpop::DpopError),
     #[error("the provider's signing keys cannot be fetched")]
     Keys(#[source] reqwest::Error),
     #[error(
@@ -212,6 +216,10 @@ pub struct Oidc {
     /// (RFC 8707 §2.1): providers that implement resource indicators grant only those.
     user_resources: Vec<String>,
     par: ParMode,
+    /// RFC 9449: token requests carry a proof of the session's key; tokens are `DPoP`.
+    dpop: bool,
+    /// The provider's last `DPoP-Nonce` (RFC 9449 §8), sent with the next proofs.
+    dpop_nonce: std::sync::Mutex<Option<String>>,
     http: reqwest::Client,
     /// `oidc.revocation_endpoint`: wins over whatever the provider's metadata says.
     configured_revocation_url: Option<Url>,
@@ -272,6 +280,8 @@ impl Oidc {
                 resources
             },
             par: config.oidc.par,
+            dpop: config.oidc.dpop,
+            dpop_nonce: std::sync::Mutex::new(None),
             http: idp_http_client(config.oidc.timeout)?,
             configured_revocation_url: config.oidc.revocation_endpoint.clone(),
             warned_no_revocation: std::sync::atomic::AtomicBool::new(false),

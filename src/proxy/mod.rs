@@ -31,6 +31,7 @@ use crate::error::{AppError, BadRequest};
 use crate::limits::Limit;
 use crate::metrics::{Metrics, UpstreamFailure};
 use crate::request_id::RequestId;
+use crate::session::now_unix;
 use crate::tokens::{ClientGrant, TokenError, TokenManager, UsableToken};
 use admission::{Admission, Permit};
 use body::BodyLimits;
@@ -60,6 +61,8 @@ pub struct Route {
     resource: Option<String>,
     /// What bff's own token is asked for with (`token = "client"`).
     pub client_grant: Option<ClientGrant>,
+    /// The upstream's last `DPoP-Nonce` (RFC 9449 §9), put in the next proofs.
+    dpop_nonce: std::sync::Mutex<Option<String>>,
     /// WebSocket upgrades pass through (`websocket`).
     pub websocket: bool,
 }
@@ -68,6 +71,40 @@ impl Route {
     /// Whether the route takes `method` (GET implies HEAD).
     pub fn takes(&self, method: &str) -> bool {
         self.methods.is_empty() || self.methods.iter().any(|m| m == method || (method == "HEAD" && m == "GET"))
+    }
+
+    /// Puts `token` on a request to `uri`: `Authorization`, and for a DPoP-bound token a fresh
+    /// proof (RFC 9449 §7: `htm`, `htu`, `ath`, the upstream's nonce when it gave one).
+    fn authorize(&self, headers: &mut hyper::HeaderMap, method: &hyper::Method, uri: &hyper::Uri, token: &UsableToken) {
+        if let Some(value) = &token.authorization {
+            headers.insert(AUTHORIZATION, value.clone());
+        }
+        let Some(binding) = &token.dpop else { return };
+        let nonce = self.dpop_nonce.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let proof =
+            binding.key.proof(method.as_str(), &uri.to_string(), Some(&binding.ath), nonce.as_deref(), now_unix());
+        match proof.map(HeaderValue::try_from) {
+            Ok(Ok(value)) => {
+                headers.insert(crate::dpop::DPOP_HEADER, value);
+            }
+            _ => tracing::warn!(api = self.prefix, "a DPoP proof could not be made; the call goes without one"),
+        }
+    }
+
+    /// Keeps the nonce an upstream answer offers; `true` when it is a 401 asking for it
+    /// (`use_dpop_nonce`) to a DPoP call, which is then sent once more.
+    fn took_dpop_nonce(&self, answer: &hyper::Response<Incoming>, token: &UsableToken) -> bool {
+        let Some(nonce) = answer.headers().get(crate::dpop::DPOP_NONCE_HEADER).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let previous = self.dpop_nonce.lock().unwrap_or_else(|p| p.into_inner()).replace(nonce.to_string());
+        let asked = answer.status() == hyper::StatusCode::UNAUTHORIZED
+            && answer
+                .headers()
+                .get_all(hyper::header::WWW_AUTHENTICATE)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| v.contains("use_dpop_nonce")));
+        asked && token.dpop.is_some() && previous.as_deref() != Some(nonce)
     }
 
     /// The `Allow` header of a 405 on this route.
@@ -92,6 +129,7 @@ impl From<&ApiConfig> for Route {
             body_timeout: api.body_timeout,
             token: api.token,
             resource: api.resource.clone(),
+            dpop_nonce: std::sync::Mutex::new(None),
             client_grant: (api.token == TokenPolicy::Client)
                 .then(|| ClientGrant { scopes: api.scopes.clone(), resource: api.resource.clone() }),
             websocket: api.websocket,
@@ -240,8 +278,8 @@ impl Proxy {
             *request.method_mut() = method.clone();
             *request.uri_mut() = destination.uri.clone();
             *request.headers_mut() = request_headers();
-            if let Some(bearer) = token.and_then(|t| t.authorization.as_ref()) {
-                request.headers_mut().insert(AUTHORIZATION, bearer.clone());
+            if let Some(token) = token {
+                destination.route.authorize(request.headers_mut(), &method, &destination.uri, token);
             }
             self.send(client, request, destination.route)
         };
@@ -267,6 +305,14 @@ impl Proxy {
         // Only a call that carried a token is retried after a 401.
         let Some(token) = &token else {
             return Ok(respond(first, head, None, permit).await);
+        };
+        // RFC 9449 §9: an upstream that wants its nonce in the proof says so once.
+        let first = match (destination.route.took_dpop_nonce(&first, token), &retry_body) {
+            (true, Some(bytes)) => {
+                drop(first);
+                send(Some(token), body::buffered(bytes.clone())).await.map_err(AppError::from)?
+            }
+            _ => first,
         };
         if first.status() != hyper::StatusCode::UNAUTHORIZED {
             return Ok(respond(first, head, Some(token), permit).await);

@@ -24,7 +24,7 @@ use actix_web::{HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use http_body_util::Empty;
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONNECTION, HOST, HeaderValue, UPGRADE};
+use hyper::header::{CONNECTION, HOST, HeaderValue, UPGRADE};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -158,8 +158,8 @@ impl Proxy {
         if let Some(host) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
             headers.insert(HOST, host);
         }
-        if let Some(bearer) = token.and_then(|t| t.authorization.as_ref()) {
-            headers.insert(AUTHORIZATION, bearer.clone());
+        if let Some(token) = token {
+            destination.route.authorize(headers, &hyper::Method::GET, &uri, token);
         }
         let mut connector = self.websocket_connector.clone();
         let exchange = async move {

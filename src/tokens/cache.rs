@@ -231,6 +231,7 @@ mod tests {
     fn view(version: u64) -> HotToken {
         HotToken {
             authorization: super::super::bearer_header(&AccessToken::new(format!("at{version}"))),
+            dpop: None,
             version,
             expiry: crate::tokens::Expiry { expires_at: u64::MAX, lifetime_secs: 300, session_expires_at: u64::MAX },
             has_refresh_token: true,

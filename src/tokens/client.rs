@@ -98,6 +98,7 @@ impl ClientTokens {
                 Expiry { expires_at: now_unix() + lifetime, lifetime_secs: lifetime, session_expires_at: u64::MAX };
             let token = UsableToken {
                 authorization: bearer_header(&issued.access_token),
+                dpop: None,
                 version: slot.issued,
                 expires_at: expiry.expires_at,
             };

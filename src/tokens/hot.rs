@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use hyper::header::HeaderValue;
 
-use super::{Expiry, TokenSet, UsableToken, bearer_header};
+#[cfg(test)]
+use super::bearer_header;
+use super::{DpopBinding, Expiry, TokenSet, UsableToken, presented};
 
 /// Sessions whose views are kept; past it, one is dropped per insertion.
 const CAPACITY: usize = 4096;
@@ -28,6 +30,7 @@ const TAG_LEN: usize = 16;
 pub struct HotToken {
     /// The default audience's token, the version that issued it and its expiry.
     pub authorization: Option<HeaderValue>,
+    pub dpop: Option<DpopBinding>,
     pub version: u64,
     pub expiry: Expiry,
     pub has_refresh_token: bool,
@@ -38,6 +41,7 @@ pub struct HotToken {
 pub struct HotAudience {
     resource: String,
     authorization: Option<HeaderValue>,
+    dpop: Option<DpopBinding>,
     version: u64,
     expiry: Expiry,
 }
@@ -45,8 +49,10 @@ pub struct HotAudience {
 impl From<&TokenSet> for HotToken {
     fn from(set: &TokenSet) -> Self {
         let access = set.access();
+        let (authorization, dpop) = presented(access.access_token, access.dpop_key);
         HotToken {
-            authorization: bearer_header(access.access_token),
+            authorization,
+            dpop,
             version: access.version,
             expiry: set.expiry,
             has_refresh_token: set.refresh_token.is_some(),
@@ -55,9 +61,11 @@ impl From<&TokenSet> for HotToken {
                 .keys()
                 .filter_map(|resource| {
                     let token = set.token_for(Some(resource))?;
+                    let (authorization, dpop) = presented(token.access_token, token.dpop_key);
                     Some(HotAudience {
                         resource: resource.clone(),
-                        authorization: bearer_header(token.access_token),
+                        authorization,
+                        dpop,
                         version: token.version,
                         expiry: token.expiry,
                     })
@@ -71,14 +79,19 @@ impl HotToken {
     /// The token for `resource` (the default audience when `None`) and its expiry, if the set
     /// has one.
     pub fn usable(&self, resource: Option<&str>) -> Option<(UsableToken, Expiry)> {
-        let (authorization, version, expiry) = match resource {
-            None => (&self.authorization, self.version, self.expiry),
+        let (authorization, dpop, version, expiry) = match resource {
+            None => (&self.authorization, &self.dpop, self.version, self.expiry),
             Some(r) => {
                 let a = self.audiences.iter().find(|a| a.resource == r)?;
-                (&a.authorization, a.version, a.expiry)
+                (&a.authorization, &a.dpop, a.version, a.expiry)
             }
         };
-        let token = UsableToken { authorization: authorization.clone(), version, expires_at: expiry.expires_at };
+        let token = UsableToken {
+            authorization: authorization.clone(),
+            dpop: dpop.clone(),
+            version,
+            expires_at: expiry.expires_at,
+        };
         Some((token, expiry))
     }
 }
@@ -133,6 +146,7 @@ mod tests {
     fn view(version: u64) -> HotToken {
         HotToken {
             authorization: bearer_header(&openidconnect::AccessToken::new("at".into())),
+            dpop: None,
             version,
             expiry: crate::tokens::Expiry { expires_at: 10, lifetime_secs: 10, session_expires_at: 100 },
             has_refresh_token: true,

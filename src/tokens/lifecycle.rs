@@ -200,6 +200,7 @@ mod tests {
 
     fn login() -> LoginResult {
         LoginResult {
+            dpop_key: None,
             access_token: AccessToken::new("at".into()),
             refresh_token: Some(RefreshToken::new("rt".into())),
             id_token: RawIdToken::new("id.token.jwt".into()),

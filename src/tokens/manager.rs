@@ -19,7 +19,7 @@ use futures_util::FutureExt;
 use futures_util::future::Shared;
 use hyper::header::HeaderValue;
 
-use super::{ClientTokens, EndReason, Expiry, Sessions, TokenOf, TokenSet, TokenStore, bearer_header};
+use super::{ClientTokens, DpopBinding, EndReason, Expiry, Sessions, TokenOf, TokenSet, TokenStore, presented};
 use crate::crypto::random_token;
 use crate::metrics::{Metrics, RefreshOutcome};
 use crate::oidc::{Oidc, OidcError, RefreshError};
@@ -33,8 +33,10 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// An access token ready to attach, and which version of the token set it came from.
 #[derive(Clone)]
 pub struct UsableToken {
-    /// The ready `Authorization` header (see `bearer_header`).
+    /// The ready `Authorization` header (`Bearer …`, or `DPoP …`).
     pub authorization: Option<HeaderValue>,
+    /// For a DPoP-bound token: what a proof for each call needs.
+    pub dpop: Option<DpopBinding>,
     pub version: u64,
     pub expires_at: u64,
 }
@@ -47,11 +49,8 @@ impl std::fmt::Debug for UsableToken {
 
 impl From<TokenOf<'_>> for UsableToken {
     fn from(token: TokenOf<'_>) -> Self {
-        UsableToken {
-            authorization: bearer_header(token.access_token),
-            version: token.version,
-            expires_at: token.expiry.expires_at,
-        }
+        let (authorization, dpop) = presented(token.access_token, token.dpop_key);
+        UsableToken { authorization, dpop, version: token.version, expires_at: token.expiry.expires_at }
     }
 }
 
@@ -364,7 +363,7 @@ impl TokenManager {
         };
 
         let refreshed = {
-            let refresh = self.oidc.refresh(&refresh_token, &set.sub, resource);
+            let refresh = self.oidc.refresh(&refresh_token, &set.sub, resource, set.dpop_key.as_ref());
             let renew = self.renew_lease(lock_key, owner);
             tokio::pin!(refresh, renew);
             tokio::select! {
@@ -546,7 +545,7 @@ mod tests {
 
     #[test]
     fn a_joined_result_must_satisfy_the_caller() {
-        let token = |version| UsableToken { authorization: None, version, expires_at: 0 };
+        let token = |version| UsableToken { authorization: None, dpop: None, version, expires_at: 0 };
         assert!(satisfies(&token(1), Want::Fresh));
         assert!(!satisfies(&token(3), Want::NewerThan(3)));
         assert!(satisfies(&token(4), Want::NewerThan(3)));

@@ -21,6 +21,7 @@ use openidconnect::{AccessToken, RefreshToken};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::Sealer;
+use crate::dpop::DpopKey;
 use crate::oidc::{LoginResult, RawIdToken, Refreshed};
 use crate::session::{KeyLayout, SessionHandle, SessionLifetime};
 use crate::store::{CasOutcome, Store, StoreError, TrackedRead};
@@ -57,6 +58,9 @@ pub struct TokenSet {
     /// Tokens for other audiences (RFC 8707), by resource, got with the one refresh token.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     audiences: BTreeMap<String, AudienceToken>,
+    /// RFC 9449: the key every token of the set is bound to (`oidc.dpop`), made at sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dpop_key: Option<DpopKey>,
 }
 
 /// A session's token for one resource.
@@ -72,6 +76,7 @@ struct AudienceToken {
 /// One access token of a set and what decides its use.
 pub struct TokenOf<'s> {
     pub access_token: &'s AccessToken,
+    pub dpop_key: Option<&'s DpopKey>,
     pub expiry: Expiry,
     /// The set version that issued this token: a 401 on it asks for a later one.
     pub version: u64,
@@ -95,6 +100,7 @@ struct Issued {
     refresh_token: Option<RefreshToken>,
     id_token: Option<RawIdToken>,
     expires_in: Option<Duration>,
+    dpop_key: Option<DpopKey>,
 }
 
 impl From<LoginResult> for Issued {
@@ -104,6 +110,7 @@ impl From<LoginResult> for Issued {
             refresh_token: login.refresh_token,
             id_token: Some(login.id_token),
             expires_in: login.expires_in,
+            dpop_key: login.dpop_key,
         }
     }
 }
@@ -115,6 +122,7 @@ impl From<Refreshed> for Issued {
             refresh_token: r.refresh_token,
             id_token: r.id_token,
             expires_in: r.expires_in,
+            dpop_key: None,
         }
     }
 }
@@ -181,6 +189,7 @@ impl TokenSet {
             access_version: Some(version),
             // Each audience's token lives on until it is due (the refresh token is shared).
             audiences: previous.map(|p| p.audiences.clone()).unwrap_or_default(),
+            dpop_key: issued.dpop_key.or_else(|| previous.and_then(|p| p.dpop_key.clone())),
         }
     }
 
@@ -197,7 +206,13 @@ impl TokenSet {
         };
         let Refreshed { access_token, refresh_token, id_token, expires_in } = r;
         let lifetime = expires_in.unwrap_or(default_expires_in).as_secs();
-        let kept = Issued { access_token: self.access_token.clone(), refresh_token, id_token, expires_in: None };
+        let kept = Issued {
+            access_token: self.access_token.clone(),
+            refresh_token,
+            id_token,
+            expires_in: None,
+            dpop_key: None,
+        };
         let mut next = TokenSet::issue(kept, owner, Some(self), now, default_expires_in);
         // The default audience's token is the one it was.
         next.expiry = self.expiry;
@@ -214,7 +229,12 @@ impl TokenSet {
 
     /// The default audience's token.
     pub fn access(&self) -> TokenOf<'_> {
-        TokenOf { access_token: &self.access_token, expiry: self.expiry, version: self.access_version() }
+        TokenOf {
+            access_token: &self.access_token,
+            dpop_key: self.dpop_key.as_ref(),
+            expiry: self.expiry,
+            version: self.access_version(),
+        }
     }
 
     /// The token for `resource` (the default audience when `None`), if the set has one.
@@ -223,6 +243,7 @@ impl TokenSet {
             None => Some(self.access()),
             Some(r) => self.audiences.get(r).map(|t| TokenOf {
                 access_token: &t.access_token,
+                dpop_key: self.dpop_key.as_ref(),
                 expiry: Expiry { expires_at: t.expires_at, lifetime_secs: t.lifetime_secs, ..self.expiry },
                 version: t.version,
             }),
@@ -237,9 +258,36 @@ impl TokenSet {
 /// `Authorization: Bearer <access token>`, made once per token set and marked sensitive (`Debug`
 /// shows no value; HTTP/2 never indexes it). `None` for a token that is not a valid header value.
 pub fn bearer_header(token: &AccessToken) -> Option<hyper::header::HeaderValue> {
-    let mut value = hyper::header::HeaderValue::try_from(format!("Bearer {}", token.secret())).ok()?;
+    authorization_header("Bearer", token)
+}
+
+fn authorization_header(scheme: &str, token: &AccessToken) -> Option<hyper::header::HeaderValue> {
+    let mut value = hyper::header::HeaderValue::try_from(format!("{scheme} {}", token.secret())).ok()?;
     value.set_sensitive(true);
     Some(value)
+}
+
+/// What a call needs to send a DPoP-bound token (RFC 9449 §7): the key and the token's hash.
+#[derive(Clone)]
+pub struct DpopBinding {
+    pub key: DpopKey,
+    /// `ath`, computed once per token.
+    pub ath: Arc<str>,
+}
+
+/// The `Authorization` header of a token of a set with `dpop_key` (`DPoP …`) or without
+/// (`Bearer …`), and the binding a proof needs.
+pub(super) fn presented(
+    token: &AccessToken,
+    dpop_key: Option<&DpopKey>,
+) -> (Option<hyper::header::HeaderValue>, Option<DpopBinding>) {
+    match dpop_key {
+        Some(key) => (
+            authorization_header("DPoP", token),
+            Some(DpopBinding { key: key.clone(), ath: crate::dpop::access_token_hash(token.secret()).into() }),
+        ),
+        None => (bearer_header(token), None),
+    }
 }
 
 fn version_prefix(version: u64) -> Vec<u8> {
@@ -450,6 +498,7 @@ mod tests {
             refresh_token: refresh.map(|r| RefreshToken::new(r.into())),
             id_token: None,
             expires_in: expires_in.map(Duration::from_secs),
+            dpop_key: None,
         }
     }
 

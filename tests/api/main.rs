@@ -12,6 +12,7 @@ mod client_auth;
 mod compose;
 mod cookies;
 mod demo;
+mod dpop;
 mod edges;
 mod login;
 mod logout;

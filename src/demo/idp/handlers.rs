@@ -66,6 +66,7 @@ async fn discovery(p: web::Data<Provider>) -> HttpResponse {
         "scopes_supported": ["openid", "profile", "email", "offline_access"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": ["PS256", "RS256", "ES256"],
+        "dpop_signing_alg_values_supported": ["ES256"],
         "code_challenge_methods_supported": ["S256"],
         "claims_supported": ["sub", "name", "preferred_username", "email", "email_verified", "sid"],
         "authorization_response_iss_parameter_supported": quirks.iss_in_authorization_response,
@@ -220,7 +221,7 @@ async fn token(req: HttpRequest, p: web::Data<Provider>, form: web::Form<HashMap
             return HttpResponse::GatewayTimeout().finish();
         }
         TokenFault::NotBearer => {
-            if let Ok(mut body) = p.token(&form, &presented(&req, &form)) {
+            if let Ok(mut body) = p.token(&form, &presented(&req, &form), dpop_proof(&req)) {
                 body["token_type"] = json!("N_A");
                 return no_store(HttpResponse::Ok().json(body));
             }
@@ -233,15 +234,26 @@ async fn token(req: HttpRequest, p: web::Data<Provider>, form: web::Form<HashMap
             });
         }
     }
-    let answer = p.token(&form, &presented(&req, &form));
+    let answer = p.token(&form, &presented(&req, &form), dpop_proof(&req));
     if let Some(hold) = p.controls.take_token_answer_hold() {
         // Done (a refresh token rotated), but the client gives up before it hears of it.
         tokio::time::sleep(hold).await;
     }
-    match answer {
+    let mut res = match answer {
         Ok(body) => no_store(HttpResponse::Ok().json(body)),
         Err(e) => oauth_error(&e),
+    };
+    // RFC 9449 §8: the nonce the next proofs must carry.
+    if p.controls.requires_dpop_nonce()
+        && let Ok(nonce) = HeaderValue::from_str(&p.dpop_nonce)
+    {
+        res.headers_mut().insert(header::HeaderName::from_static("dpop-nonce"), nonce);
     }
+    res
+}
+
+fn dpop_proof(req: &HttpRequest) -> Option<&str> {
+    req.headers().get("dpop").and_then(|v| v.to_str().ok())
 }
 
 async fn pushed_authorization_request(

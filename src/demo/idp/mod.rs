@@ -4,6 +4,7 @@
 //!
 //! Demo and test fixture only; never a production identity provider.
 
+pub mod dpop;
 mod handlers;
 mod keys;
 mod provider;
@@ -100,6 +101,8 @@ pub struct Controls {
     refused_resources: Mutex<Vec<String>>,
     /// The public keys `private_key_jwt` clients sign with (their registered JWKS).
     client_jwks: Mutex<Vec<serde_json::Value>>,
+    /// The token endpoint asks DPoP proofs for its nonce.
+    dpop_nonce_required: std::sync::atomic::AtomicBool,
 }
 
 fn read<T: Clone>(m: &Mutex<T>) -> T {
@@ -124,6 +127,7 @@ impl Controls {
             authorize_error: Mutex::new(None),
             refused_resources: Mutex::new(Vec::new()),
             client_jwks: Mutex::new(Vec::new()),
+            dpop_nonce_required: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -196,6 +200,14 @@ impl Controls {
 
     pub fn authorize_error(&self) -> Option<String> {
         read(&self.authorize_error)
+    }
+
+    pub fn require_dpop_nonce(&self, required: bool) {
+        self.dpop_nonce_required.store(required, Ordering::SeqCst);
+    }
+
+    pub fn requires_dpop_nonce(&self) -> bool {
+        self.dpop_nonce_required.load(Ordering::SeqCst)
     }
 
     /// Registers the keys (a JWK Set's `keys`) that `private_key_jwt` clients sign with.

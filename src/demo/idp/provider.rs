@@ -61,6 +61,8 @@ pub struct Grant {
     pub sid: String,
     pub auth_time: u64,
     pub revoked: bool,
+    /// RFC 9449: the key the grant's tokens are bound to (from the code exchange's proof).
+    pub dpop_jkt: Option<String>,
 }
 
 struct RefreshRecord {
@@ -91,6 +93,8 @@ pub struct Counters {
     pub pushed_authorization_requests: AtomicU64,
     /// `private_key_jwt` client assertions accepted.
     pub client_assertions: AtomicU64,
+    /// DPoP proofs accepted at the token endpoint.
+    pub dpop_proofs: AtomicU64,
     pub authorization_code: AtomicU64,
     pub refresh_token: AtomicU64,
     pub client_credentials: AtomicU64,
@@ -127,6 +131,9 @@ pub struct AccessClaims {
     pub name: Option<String>,
     #[serde(default)]
     pub preferred_username: Option<String>,
+    /// RFC 9449 §6: `{"jkt": …}` for a DPoP-bound token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Value>,
 }
 
 pub struct Provider {
@@ -143,6 +150,10 @@ pub struct Provider {
     pub api_audience: String,
     /// Delivers back-channel logout tokens.
     http: reqwest::Client,
+    /// DPoP proofs seen at the token endpoint (replays are refused).
+    seen_proofs: super::dpop::SeenProofs,
+    /// The nonce the token endpoint asks DPoP proofs for, when it asks (RFC 9449 §8).
+    pub dpop_nonce: String,
 }
 
 pub fn user_claims(username: &str) -> (String, Value) {
@@ -179,6 +190,8 @@ impl Provider {
             issued: Mutex::new(Vec::new()),
             api_audience,
             http: crate::oidc::idp_http_client(std::time::Duration::from_secs(5)).unwrap_or_default(),
+            seen_proofs: super::dpop::SeenProofs::default(),
+            dpop_nonce: format!("n-{}", random_token()),
         }
     }
 
@@ -315,6 +328,7 @@ impl Provider {
                 sid: random_token(),
                 auth_time: now_unix(),
                 revoked: false,
+                dpop_jkt: None,
             },
         );
         let mut url = request.redirect_uri.clone();
@@ -417,16 +431,40 @@ impl Provider {
         Ok(client)
     }
 
-    pub fn token(&self, form: &HashMap<String, String>, presented: &Presented) -> Result<Value, OAuthError> {
+    /// The key a token request's DPoP proof was made with (RFC 9449 §5), if it has one.
+    fn token_proof(&self, proof: Option<&str>) -> Result<Option<String>, OAuthError> {
+        let Some(proof) = proof else { return Ok(None) };
+        let url = format!("{}/token", self.issuer);
+        let nonce = self.controls.requires_dpop_nonce().then_some(self.dpop_nonce.as_str());
+        let expected = super::dpop::Expected { method: "POST", url: &url, access_token: None, nonce };
+        match super::dpop::verify(proof, &expected, &self.seen_proofs) {
+            Ok(jkt) => {
+                self.counters.dpop_proofs.fetch_add(1, Ordering::SeqCst);
+                Ok(Some(jkt))
+            }
+            Err(super::dpop::ProofError::NonceRequired) => {
+                Err(oauth_error(400, "use_dpop_nonce", "the proof must carry the server's nonce"))
+            }
+            Err(super::dpop::ProofError::Invalid(why)) => Err(oauth_error(400, "invalid_dpop_proof", why)),
+        }
+    }
+
+    pub fn token(
+        &self,
+        form: &HashMap<String, String>,
+        presented: &Presented,
+        dpop_proof: Option<&str>,
+    ) -> Result<Value, OAuthError> {
+        let jkt = self.token_proof(dpop_proof)?;
         let client = self.authenticate(presented)?;
         match form.get("grant_type").map(String::as_str) {
             Some("authorization_code") => {
                 self.counters.authorization_code.fetch_add(1, Ordering::SeqCst);
-                self.exchange_code(client, form)
+                self.exchange_code(client, form, jkt)
             }
             Some("refresh_token") => {
                 self.counters.refresh_token.fetch_add(1, Ordering::SeqCst);
-                self.refresh(client, form)
+                self.refresh(client, form, jkt)
             }
             Some("client_credentials") => {
                 self.counters.client_credentials.fetch_add(1, Ordering::SeqCst);
@@ -440,7 +478,12 @@ impl Provider {
         }
     }
 
-    fn exchange_code(&self, client: &Client, form: &HashMap<String, String>) -> Result<Value, OAuthError> {
+    fn exchange_code(
+        &self,
+        client: &Client,
+        form: &HashMap<String, String>,
+        jkt: Option<String>,
+    ) -> Result<Value, OAuthError> {
         let invalid = |why: &str| oauth_error(400, "invalid_grant", why);
         let code = form.get("code").ok_or_else(|| oauth_error(400, "invalid_request", "code is missing"))?;
         let (grant_id, request) = {
@@ -470,7 +513,10 @@ impl Provider {
         if URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())) != request.code_challenge {
             return Err(invalid("PKCE verification failed"));
         }
-        self.tokens_for(&grant_id, request.nonce.as_deref(), true, None)
+        if let Some(grant) = self.data().grants.get_mut(&grant_id) {
+            grant.dpop_jkt = jkt.clone();
+        }
+        self.tokens_for(&grant_id, request.nonce.as_deref(), true, None, jkt)
     }
 
     /// RFC 8707 §2: the audience asked for, if any: an absolute URI without a fragment that
@@ -503,6 +549,7 @@ impl Provider {
             sid: String::new(),
             name: None,
             preferred_username: None,
+            cnf: None,
         };
         let access_token =
             self.key.sign(&access, Some("at+jwt")).map_err(|e| oauth_error(500, "server_error", e.to_string()))?;
@@ -515,6 +562,7 @@ impl Provider {
                 sid: String::new(),
                 auth_time: now,
                 revoked: false,
+                dpop_jkt: None,
             };
             data.grants.insert(grant_id.clone(), grant);
             data.access_tokens.insert(jti, grant_id);
@@ -523,7 +571,12 @@ impl Provider {
         Ok(json!({ "access_token": access_token, "token_type": "Bearer", "expires_in": ttl, "scope": scope }))
     }
 
-    fn refresh(&self, client: &Client, form: &HashMap<String, String>) -> Result<Value, OAuthError> {
+    fn refresh(
+        &self,
+        client: &Client,
+        form: &HashMap<String, String>,
+        jkt: Option<String>,
+    ) -> Result<Value, OAuthError> {
         let audience = self.resource(form)?;
         let invalid = |why: &str| oauth_error(400, "invalid_grant", why);
         let presented =
@@ -564,9 +617,13 @@ impl Provider {
             if grant.client_id != client.client_id {
                 return Err(invalid("refresh token was issued to another client"));
             }
+            // A DPoP-bound grant stays bound to its key.
+            if grant.dpop_jkt.is_some() && grant.dpop_jkt != jkt {
+                return Err(oauth_error(400, "invalid_dpop_proof", "the proof's key is not the grant's"));
+            }
             grant_id
         };
-        self.tokens_for(&grant_id, None, false, audience)
+        self.tokens_for(&grant_id, None, false, audience, jkt)
     }
 
     fn rogue_key(&self) -> Option<std::sync::Arc<SigningKey>> {
@@ -585,6 +642,7 @@ impl Provider {
         nonce: Option<&str>,
         at_login: bool,
         audience: Option<String>,
+        jkt: Option<String>,
     ) -> Result<Value, OAuthError> {
         let server_error = |e: jsonwebtoken::errors::Error| oauth_error(500, "server_error", e.to_string());
         let (grant_client, username, scope, sid, auth_time) = {
@@ -608,6 +666,7 @@ impl Provider {
             sid: sid.clone(),
             name: profile.get("name").and_then(|v| v.as_str()).map(String::from),
             preferred_username: Some(username.clone()),
+            cnf: jkt.as_ref().map(|jkt| json!({ "jkt": jkt })),
         };
         let access_token = self.key.sign(&access, Some("at+jwt")).map_err(server_error)?;
 
@@ -672,7 +731,7 @@ impl Provider {
         self.remember(&id_token);
         let mut body = json!({
             "access_token": access_token,
-            "token_type": "Bearer",
+            "token_type": if jkt.is_some() { "DPoP" } else { "Bearer" },
             "expires_in": ttl,
             "id_token": id_token,
             "scope": scope,

@@ -20,12 +20,16 @@ pub struct UpstreamControls {
     /// Answer this many requests with 401 whatever their token.
     pub reject_next: AtomicU32,
     pub always_reject: AtomicBool,
+    /// RFC 9449 §9: DPoP proofs must carry this nonce (a 401 `use_dpop_nonce` says so).
+    pub dpop_nonce: Mutex<Option<String>>,
 }
 
 #[derive(Clone, Debug)]
 pub struct Seen {
     pub path: String,
+    /// The access token, whatever its scheme (`Bearer`, `DPoP`).
     pub bearer: Option<String>,
+    pub scheme: Option<String>,
     /// Every request header, lower-case names (a binary value as `<binary>`).
     pub headers: BTreeMap<String, String>,
 }
@@ -53,6 +57,8 @@ impl Upstream {
 
 struct State {
     provider: Option<Arc<Provider>>,
+    url: String,
+    seen_proofs: bff::demo::idp::dpop::SeenProofs,
     /// The `aud` this API accepts (the provider's API audience when `None`).
     audience: Option<String>,
     controls: Arc<UpstreamControls>,
@@ -71,6 +77,8 @@ pub async fn spawn_for_audience(provider: Option<Arc<Provider>>, audience: Optio
     let seen = Arc::new(Mutex::new(Vec::new()));
     let state = web::Data::new(State {
         provider,
+        url: url.clone(),
+        seen_proofs: Default::default(),
         audience: audience.map(String::from),
         controls: Arc::clone(&controls),
         seen: Arc::clone(&seen),
@@ -85,12 +93,44 @@ pub async fn spawn_for_audience(provider: Option<Arc<Provider>>, audience: Optio
     Upstream { url, controls, seen }
 }
 
-fn bearer(req: &HttpRequest) -> Option<String> {
-    req.headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(String::from)
+/// The scheme and the token of `Authorization`.
+fn credentials(req: &HttpRequest) -> Option<(String, String)> {
+    let value = req.headers().get("authorization").and_then(|v| v.to_str().ok())?;
+    let (scheme, token) = value.split_once(' ')?;
+    Some((scheme.to_string(), token.to_string()))
+}
+
+/// A token is used as it is bound: a DPoP-bound one only as `DPoP`, with a proof made with its
+/// key for this very request (RFC 9449 §7); a bearer one only as `Bearer`.
+fn sender_checked(
+    state: &State,
+    req: &HttpRequest,
+    scheme: &str,
+    token: &str,
+    cnf: Option<&serde_json::Value>,
+) -> Result<(), &'static str> {
+    let jkt = cnf.and_then(|c| c["jkt"].as_str());
+    match (scheme, jkt) {
+        ("Bearer", None) => Ok(()),
+        ("DPoP", Some(jkt)) => {
+            let proof = req.headers().get("dpop").and_then(|v| v.to_str().ok()).ok_or("no DPoP proof")?;
+            let url = format!("{}{}", state.url, req.path());
+            let nonce = state.controls.dpop_nonce.lock().expect("nonce").clone();
+            let expected = bff::demo::idp::dpop::Expected {
+                method: req.method().as_str(),
+                url: &url,
+                access_token: Some(token),
+                nonce: nonce.as_deref(),
+            };
+            match bff::demo::idp::dpop::verify(proof, &expected, &state.seen_proofs) {
+                Ok(thumbprint) if thumbprint == jkt => Ok(()),
+                Ok(_) => Err("the proof's key is not the token's"),
+                Err(bff::demo::idp::dpop::ProofError::NonceRequired) => Err("use_dpop_nonce"),
+                Err(_) => Err("invalid DPoP proof"),
+            }
+        }
+        _ => Err("the token is not used as it is bound"),
+    }
 }
 
 fn query(req: &HttpRequest, name: &str) -> Option<u64> {
@@ -100,7 +140,8 @@ fn query(req: &HttpRequest, name: &str) -> Option<u64> {
 }
 
 async fn handle(req: HttpRequest, mut payload: web::Payload, state: web::Data<State>) -> HttpResponse {
-    let token = bearer(&req);
+    let presented = credentials(&req);
+    let token = presented.as_ref().map(|(_, t)| t.clone());
     let headers: BTreeMap<String, String> = req
         .headers()
         .iter()
@@ -109,15 +150,30 @@ async fn handle(req: HttpRequest, mut payload: web::Payload, state: web::Data<St
     state.seen.lock().expect("seen").push(Seen {
         path: req.path().to_string(),
         bearer: token.clone(),
+        scheme: presented.as_ref().map(|(s, _)| s.clone()),
         headers: headers.clone(),
     });
-    let valid = match (&state.provider, &token) {
-        (Some(p), Some(t)) => match &state.audience {
-            Some(audience) => p.active_access_token_for(t, audience).is_some(),
-            None => p.active_access_token(t).is_some(),
+    let claims = match (&state.provider, &presented) {
+        (Some(p), Some((_, t))) => match &state.audience {
+            Some(audience) => p.active_access_token_for(t, audience),
+            None => p.active_access_token(t),
         },
-        (None, _) => true,
-        (Some(_), None) => false,
+        _ => None,
+    };
+    let sender = match (&claims, &presented) {
+        (Some(c), Some((scheme, t))) => sender_checked(&state, &req, scheme, t, c.cnf.as_ref()),
+        _ => Ok(()),
+    };
+    if sender == Err("use_dpop_nonce") {
+        let nonce = state.controls.dpop_nonce.lock().expect("nonce").clone().unwrap_or_default();
+        return HttpResponse::Unauthorized()
+            .insert_header(("www-authenticate", "DPoP error=\"use_dpop_nonce\""))
+            .insert_header(("dpop-nonce", nonce))
+            .json(json!({ "error": "use_dpop_nonce" }));
+    }
+    let valid = match &state.provider {
+        Some(_) => claims.is_some() && sender.is_ok(),
+        None => true,
     };
     let forced = state.controls.always_reject.load(Ordering::SeqCst)
         || state.controls.reject_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();

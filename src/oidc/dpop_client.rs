@@ -1,0 +1,74 @@
+//! Token requests with a DPoP proof (RFC 9449 §5): the HTTP client handed to oauth2 for the code
+//! exchange and refreshes of a session with a DPoP key. The provider's nonce (§8) is kept and
+//! sent; a request it answers `use_dpop_nonce` is sent once more with the nonce it gave.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use openidconnect::{AsyncHttpClient, HttpClientError, HttpRequest, HttpResponse, http};
+
+use super::Oidc;
+use crate::dpop::{DPOP_HEADER, DPOP_NONCE_HEADER, DpopKey};
+use crate::session::now_unix;
+
+type ClientError = HttpClientError<reqwest::Error>;
+
+/// The HTTP client handed to oauth2 for the token requests of a session with a DPoP key.
+pub(super) struct DpopHttp<'a> {
+    oidc: &'a Oidc,
+    key: &'a DpopKey,
+}
+
+impl<'c> AsyncHttpClient<'c> for DpopHttp<'_> {
+    type Error = ClientError;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, ClientError>> + Send + Sync + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(self.oidc.send_with_proof(self.key, request))
+    }
+}
+
+impl Oidc {
+    /// An HTTP client for oauth2 that signs each token request with `key`.
+    pub(super) fn dpop_client<'a>(&'a self, key: &'a DpopKey) -> DpopHttp<'a> {
+        DpopHttp { oidc: self, key }
+    }
+
+    async fn send_with_proof(&self, key: &DpopKey, request: HttpRequest) -> Result<HttpResponse, ClientError> {
+        let (parts, body) = request.into_parts();
+        let nonce = self.dpop_nonce.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (response, offered) = self.send_once(key, &parts, &body, nonce.as_deref()).await?;
+        let challenged = response.status() == http::StatusCode::BAD_REQUEST
+            && String::from_utf8_lossy(response.body()).contains("use_dpop_nonce");
+        match offered {
+            Some(fresh) if challenged && nonce.as_ref() != Some(&fresh) => {
+                Ok(self.send_once(key, &parts, &body, Some(&fresh)).await?.0)
+            }
+            _ => Ok(response),
+        }
+    }
+
+    /// One request with a proof; the answer and the nonce it offers (kept for the next ones).
+    async fn send_once(
+        &self,
+        key: &DpopKey,
+        parts: &http::request::Parts,
+        body: &[u8],
+        nonce: Option<&str>,
+    ) -> Result<(HttpResponse, Option<String>), ClientError> {
+        let proof = key
+            .proof(parts.method.as_str(), &parts.uri.to_string(), None, nonce, now_unix())
+            .map_err(|e| ClientError::Other(e.to_string()))?;
+        let mut request = http::Request::builder().method(parts.method.clone()).uri(parts.uri.clone());
+        for (name, value) in &parts.headers {
+            request = request.header(name, value);
+        }
+        let request = request.header(DPOP_HEADER, proof).body(body.to_vec())?;
+        let response = self.http.call(request).await?;
+        let offered = response.headers().get(DPOP_NONCE_HEADER).and_then(|v| v.to_str().ok()).map(String::from);
+        if let Some(fresh) = &offered {
+            *self.dpop_nonce.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh.clone());
+        }
+        Ok((response, offered))
+    }
+}

@@ -1,0 +1,134 @@
+//! DPoP (RFC 9449, `oidc.dpop = true`): a key per session, proofs on the token requests and on
+//! every upstream call, against the demo provider (which binds tokens with `cnf.jkt`) and an API
+//! that checks each proof against the token it comes with.
+
+use std::sync::atomic::Ordering;
+
+use futures_util::future::join_all;
+use reqwest::Method;
+use support::{AppOptions, Browser, TestApp, jwt_claims, spawn_app_with, spawn_instance_with, until_refresh_due};
+
+fn dpop_options() -> AppOptions {
+    AppOptions {
+        tweak: std::sync::Arc::new(|c: &mut bff::config::Config| c.oidc.dpop = true),
+        ..AppOptions::short_lived_tokens()
+    }
+}
+
+fn proofs_at_provider(app: &TestApp) -> u64 {
+    app.idp.provider.counters.dpop_proofs.load(Ordering::SeqCst)
+}
+
+fn last_call(app: &TestApp, path: &str) -> support::upstream::Seen {
+    app.upstream.seen().into_iter().rev().find(|s| s.path == path).expect("the call reached the upstream")
+}
+
+fn jkt(token: &str) -> String {
+    jwt_claims(token)["cnf"]["jkt"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_token_is_bound_to_the_sessions_key_and_every_call_proves_it() {
+    let app = spawn_app_with(dpop_options()).await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    assert_eq!(proofs_at_provider(&app), 1, "the code exchange carried a proof");
+
+    let res = browser.api(Method::GET, "/api/echo").await;
+    assert_eq!(res.status(), 200, "the API accepted the token with its proof");
+    let seen = last_call(&app, "/echo");
+    assert_eq!(seen.scheme.as_deref(), Some("DPoP"));
+    let first = seen.bearer.clone().unwrap_or_default();
+    let bound_to = jkt(&first);
+    assert_eq!(bound_to.len(), 43, "cnf.jkt is a thumbprint");
+    assert!(seen.headers.contains_key("dpop"));
+
+    // A refresh is proven with the same key, and the new token is bound to it too.
+    until_refresh_due(support::token_expiry(&res), support::SHORT_SKEW_SECS).await;
+    assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200);
+    assert_eq!(proofs_at_provider(&app), 2);
+    let refreshed = last_call(&app, "/echo").bearer.unwrap_or_default();
+    assert_ne!(refreshed, first);
+    assert_eq!(jkt(&refreshed), bound_to);
+
+    // An upstream 401: one refresh (with a proof), one retry.
+    app.upstream.controls.reject_next.store(1, Ordering::SeqCst);
+    assert_eq!(browser.api(Method::GET, "/api/after-401").await.status(), 200);
+    assert_eq!(proofs_at_provider(&app), 3);
+    assert_eq!(app.token_requests("refresh_token"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_is_good_for_its_own_request_once_and_the_token_is_useless_without_one() {
+    let app = spawn_app_with(dpop_options()).await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200);
+    let seen = last_call(&app, "/echo");
+    let (token, proof) = (seen.bearer.unwrap_or_default(), seen.headers.get("dpop").cloned().unwrap_or_default());
+    let http = reqwest::Client::new();
+    let call = |path: &str, scheme: &str, proof: Option<&str>| {
+        let mut request =
+            http.get(format!("{}{path}", app.upstream.url)).header("authorization", format!("{scheme} {token}"));
+        if let Some(proof) = proof {
+            request = request.header("dpop", proof);
+        }
+        request.send()
+    };
+    assert_eq!(call("/echo", "DPoP", Some(&proof)).await.expect("call").status(), 401, "a replayed proof");
+    assert_eq!(call("/other", "DPoP", Some(&proof)).await.expect("call").status(), 401, "a proof for another URL");
+    assert_eq!(call("/echo", "DPoP", None).await.expect("call").status(), 401, "no proof");
+    assert_eq!(
+        call("/echo", "Bearer", None).await.expect("call").status(),
+        401,
+        "a bound token used as a bearer token"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nonces_asked_for_by_the_provider_and_by_the_api_are_given_at_the_second_try() {
+    let app = spawn_app_with(dpop_options()).await;
+    app.idp.controls.require_dpop_nonce(true);
+    let browser = app.browser();
+    assert_eq!(browser.login_as("alice").await.status(), 302, "the code exchange went through with the nonce");
+    assert_eq!(proofs_at_provider(&app), 1);
+
+    *app.upstream.controls.dpop_nonce.lock().expect("nonce") = Some("api-nonce-1".into());
+    assert_eq!(browser.api(Method::GET, "/api/nonce").await.status(), 200, "retried once with the API's nonce");
+    let tries: Vec<_> = app.upstream.seen().into_iter().filter(|s| s.path == "/nonce").collect();
+    assert_eq!(tries.len(), 2);
+    let nonce_of = |s: &support::upstream::Seen| {
+        jwt_claims(s.headers.get("dpop").map(String::as_str).unwrap_or_default())["nonce"].clone()
+    };
+    assert_eq!((nonce_of(&tries[0]), nonce_of(&tries[1])), (serde_json::Value::Null, serde_json::json!("api-nonce-1")));
+    // The nonce is kept: the next call carries it from the start.
+    assert_eq!(browser.api(Method::GET, "/api/nonce-kept").await.status(), 200);
+    assert_eq!(app.upstream.seen().iter().filter(|s| s.path == "/nonce-kept").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_over_two_instances_refreshes_a_dpop_session_once() {
+    let app = spawn_app_with(dpop_options()).await;
+    let other = spawn_instance_with(&app, |_| {}).await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    let res = browser.api(Method::GET, "/api/echo").await;
+    until_refresh_due(support::token_expiry(&res), support::SHORT_SKEW_SECS).await;
+    let both = [browser.clone(), browser.at(&other)];
+    let calls = (0..40).map(|i| {
+        let b: &Browser = &both[i % 2];
+        async move { b.api(Method::GET, "/api/storm").await.status().as_u16() }
+    });
+    let statuses = join_all(calls).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(app.token_requests("refresh_token"), 1, "one refresh across both instances");
+    assert_eq!(app.token_requests("reuse"), 0);
+    let keys: std::collections::BTreeSet<String> = app
+        .upstream
+        .seen()
+        .into_iter()
+        .filter(|s| s.path == "/storm")
+        .map(|s| jkt(&s.bearer.unwrap_or_default()))
+        .collect();
+    assert_eq!(keys.len(), 1, "both instances prove with the session's one key");
+}
