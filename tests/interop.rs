@@ -355,8 +355,11 @@ struct Interop {
     b: Bff,
     /// C is client `bff-rs`, with routes bound to resources and one with bff's own token.
     c: Bff,
-    /// D is client `bff-jwt`: private_key_jwt (its JWKS fetched from bff), PAR required.
+    /// D and D2 are client `bff-jwt` behind one public URL (D's), in the high-security
+    /// configuration: private_key_jwt (the key fetched from bff's JWKS), PAR required, DPoP-bound
+    /// access tokens required (`dpop_bound_access_tokens`), server nonces, RFC 9207.
     d: Bff,
+    d2: Bff,
     public_a: String,
     alice: Browser,
 }
@@ -366,8 +369,8 @@ impl Interop {
         let node_modules = root().join("tests/interop/node_modules/oidc-provider");
         assert!(node_modules.is_dir(), "run `npm ci --prefix tests/interop` (or .ci/run)");
 
-        let (a1_port, a2_port, b_port, c_port, d_port) =
-            (free_port(), free_port(), free_port(), free_port(), free_port());
+        let (a1_port, a2_port, b_port, c_port, d_port, d2_port) =
+            (free_port(), free_port(), free_port(), free_port(), free_port(), free_port());
         let public_a = format!("http://127.0.0.1:{a1_port}");
         let public_b = format!("http://127.0.0.1:{b_port}");
         let public_c = format!("http://127.0.0.1:{c_port}");
@@ -389,6 +392,7 @@ impl Interop {
         let mut jwt_client = client("bff-jwt", "private_key_jwt", &public_d);
         jwt_client["jwks_uri"] = json!(format!("{public_d}/.well-known/jwks.json"));
         jwt_client["require_pushed_authorization_requests"] = json!(true);
+        jwt_client["dpop_bound_access_tokens"] = json!(true);
         if let Some(fields) = jwt_client.as_object_mut() {
             fields.remove("client_secret");
         }
@@ -435,16 +439,17 @@ impl Interop {
         ))
         .await;
         let key = root().join("tests/fixtures/client-ec.pem");
-        let d = start_bff(
-            &bff_config(&public_d, d_port, &issuer, "bff-jwt", "private_key_jwt", &api_url, &prefix)
+        let fapi = |port| {
+            bff_config(&public_d, port, &issuer, "bff-jwt", "private_key_jwt", &api_url, &prefix)
                 .replace(
                     "client_secret = \"bff-jwt-secret\"",
                     &format!("client_key_file = {:?}", key.display().to_string()),
                 )
-                .replacen("timeout_secs = 10\n", "timeout_secs = 10\npar = \"required\"\n", 1),
-        )
-        .await;
-        Interop { stack, a1, a2, b, c, d, public_a, alice: Browser::new() }
+                .replacen("timeout_secs = 10\n", "timeout_secs = 10\npar = \"required\"\ndpop = true\n", 1)
+        };
+        let d = start_bff(&fapi(d_port)).await;
+        let d2 = start_bff(&fapi(d2_port)).await;
+        Interop { stack, a1, a2, b, c, d, d2, public_a, alice: Browser::new() }
     }
 }
 
@@ -479,7 +484,8 @@ async fn bff_interoperates_with_a_certified_provider() {
         backchannel_logout_ends_the_session_on_both_instances,
         a_tampered_iss_in_the_authorization_response_is_refused,
         resource_and_client_tokens_are_bound_to_their_audiences,
-        private_key_jwt_with_required_par_logs_in_refreshes_and_revokes,
+        private_key_jwt_par_and_dpop_log_in_refresh_and_revoke,
+        a_dpop_storm_on_two_instances_never_presents_a_refresh_token_twice,
     );
     report("interop: all checks passed");
 }
@@ -700,11 +706,14 @@ async fn resource_and_client_tokens_are_bound_to_their_audiences(it: &Interop) {
     check("client-credentials route token", "one token, for the orders API, shared across calls");
 }
 
-/// 11. No shared secret: `private_key_jwt` with bff's key, which oidc-provider fetches from bff's
-///     own `/.well-known/jwks.json`, and pushed authorization requests required by the client's
-///     registration (`par = "required"` at bff): sign-in, an API call, a refresh after a 401,
+/// 11. The high-security configuration (oidc-provider's individual features, not its FAPI 2.0
+///     profile, which needs https): `private_key_jwt` with bff's key, which oidc-provider fetches
+///     from bff's own `/.well-known/jwks.json`; pushed authorization requests required by the
+///     client's registration (`par = "required"` at bff); DPoP-bound access tokens required
+///     (`dpop_bound_access_tokens`) with server nonces; RFC 9207 `iss`. Sign-in, an API call whose
+///     proof the API checks against the token's `cnf.jkt` (introspection), a refresh after a 401,
 ///     logout with revocation.
-async fn private_key_jwt_with_required_par_logs_in_refreshes_and_revokes(it: &Interop) {
+async fn private_key_jwt_par_and_dpop_log_in_refresh_and_revoke(it: &Interop) {
     let Interop { stack, d, .. } = it;
     let erin = Browser::new();
     login(stack, &d.url, &erin, "erin").await;
@@ -712,10 +721,13 @@ async fn private_key_jwt_with_required_par_logs_in_refreshes_and_revokes(it: &In
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
     assert_eq!((body["sub"].as_str(), body["client_id"].as_str()), (Some("erin"), Some("bff-jwt")));
+    assert_eq!(body["dpop"], true, "a DPoP-bound token, its proof checked: {body}");
     let before = stack.stat("refresh_token_grants").await;
     stack.reject_next_api_calls(1).await;
     assert_eq!(erin.api(Method::GET, &format!("{}/api/jwt-401", d.url)).await.status(), 200);
-    assert_eq!(stack.stat("refresh_token_grants").await - before, 1, "a refresh authenticated by assertion");
+    assert_eq!(stack.stat("refresh_token_grants").await - before, 1, "a refresh with an assertion and a proof");
+    let api = api_stats(stack).await;
+    assert_eq!(api["dpop_refused"], 0, "every proof bff sent was good: {api}");
     let issued = stack.refresh_tokens().await;
     let latest = issued.last().unwrap()["value"].as_str().unwrap().to_string();
     let logout = erin.api(Method::POST, &format!("{}/auth/logout", d.url)).await;
@@ -723,5 +735,49 @@ async fn private_key_jwt_with_required_par_logs_in_refreshes_and_revokes(it: &In
     let after = stack.refresh_tokens().await;
     let revoked = after.iter().find(|t| t["value"] == latest.as_str()).map(|t| t["active"].clone());
     assert_eq!(revoked, Some(json!(false)), "revoked with an assertion");
-    check("private_key_jwt + PAR required", "login, API, refresh, revocation without a client secret");
+    check(
+        "private_key_jwt + PAR required + DPoP with nonces",
+        format!("login, API ({} proofs checked), refresh, revocation without a client secret", api["dpop_ok"]),
+    );
+}
+
+async fn api_stats(stack: &Stack) -> Value {
+    stack.http.get(format!("{}/__stats", stack.api)).send().await.unwrap().json().await.unwrap()
+}
+
+/// 12. The DPoP session on two instances for two token lifetimes: every call proven, at least
+///     one refresh per expiry, the one rotating refresh token never presented twice.
+async fn a_dpop_storm_on_two_instances_never_presents_a_refresh_token_twice(it: &Interop) {
+    let Interop { stack, d, d2, .. } = it;
+    let frank = Browser::new();
+    login(stack, &d.url, &frank, "frank").await;
+    let (refreshes, reuse) = (stack.stat("refresh_token_grants").await, stack.stat("reuse_detected").await);
+    let deadline = Instant::now() + Duration::from_secs(2 * ACCESS_TOKEN_TTL + 1);
+    let failed = Arc::new(AtomicU64::new(0));
+    let callers: Vec<_> = (0..8)
+        .map(|i| {
+            let (frank, failed) = (frank.clone(), Arc::clone(&failed));
+            let url = format!("{}/api/storm/{i}", if i % 2 == 0 { &d.url } else { &d2.url });
+            tokio::spawn(async move {
+                let mut calls = 0u64;
+                while Instant::now() < deadline {
+                    if frank.api(Method::GET, &url).await.status() != 200 {
+                        failed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    calls += 1;
+                }
+                calls
+            })
+        })
+        .collect();
+    let mut calls = 0;
+    for caller in callers {
+        calls += caller.await.unwrap();
+    }
+    let refreshed = stack.stat("refresh_token_grants").await - refreshes;
+    assert_eq!(failed.load(Ordering::SeqCst), 0);
+    assert!(refreshed >= 2, "a refresh per expiry, got {refreshed}");
+    assert_eq!(stack.stat("reuse_detected").await, reuse);
+    assert_eq!(api_stats(stack).await["dpop_refused"], 0);
+    check("DPoP storm, two instances", format!("{calls} calls, 0 failures, {refreshed} refreshes, 0 reuse"));
 }

@@ -7,7 +7,7 @@ use std::pin::Pin;
 
 use openidconnect::{AsyncHttpClient, HttpClientError, HttpRequest, HttpResponse, http};
 
-use super::Oidc;
+use super::{Oidc, Provider};
 use crate::dpop::{DPOP_HEADER, DPOP_NONCE_HEADER, DpopKey};
 use crate::session::now_unix;
 
@@ -16,6 +16,7 @@ type ClientError = HttpClientError<reqwest::Error>;
 /// The HTTP client handed to oauth2 for the token requests of a session with a DPoP key.
 pub(super) struct DpopHttp<'a> {
     oidc: &'a Oidc,
+    provider: &'a Provider,
     key: &'a DpopKey,
 }
 
@@ -24,17 +25,22 @@ impl<'c> AsyncHttpClient<'c> for DpopHttp<'_> {
     type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, ClientError>> + Send + Sync + 'c>>;
 
     fn call(&'c self, request: HttpRequest) -> Self::Future {
-        Box::pin(self.oidc.send_with_proof(self.key, request))
+        Box::pin(self.oidc.send_with_proof(self.provider, self.key, request))
     }
 }
 
 impl Oidc {
     /// An HTTP client for oauth2 that signs each token request with `key`.
-    pub(super) fn dpop_client<'a>(&'a self, key: &'a DpopKey) -> DpopHttp<'a> {
-        DpopHttp { oidc: self, key }
+    pub(super) fn dpop_client<'a>(&'a self, provider: &'a Provider, key: &'a DpopKey) -> DpopHttp<'a> {
+        DpopHttp { oidc: self, provider, key }
     }
 
-    async fn send_with_proof(&self, key: &DpopKey, request: HttpRequest) -> Result<HttpResponse, ClientError> {
+    async fn send_with_proof(
+        &self,
+        provider: &Provider,
+        key: &DpopKey,
+        request: HttpRequest,
+    ) -> Result<HttpResponse, ClientError> {
         let (parts, body) = request.into_parts();
         let nonce = self.dpop_nonce.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let (response, offered) = self.send_once(key, &parts, &body, nonce.as_deref()).await?;
@@ -42,10 +48,22 @@ impl Oidc {
             && String::from_utf8_lossy(response.body()).contains("use_dpop_nonce");
         match offered {
             Some(fresh) if challenged && nonce.as_ref() != Some(&fresh) => {
+                // A client assertion is good once (its jti): the second request gets its own.
+                let body = self.with_fresh_assertion(provider, &body).map_err(|e| ClientError::Other(e.to_string()))?;
                 Ok(self.send_once(key, &parts, &body, Some(&fresh)).await?.0)
             }
             _ => Ok(response),
         }
+    }
+
+    /// `body` (a form) with its `client_assertion`, if it has one, made again.
+    fn with_fresh_assertion(&self, provider: &Provider, body: &[u8]) -> Result<Vec<u8>, super::OidcError> {
+        let Some([_, (_, assertion)]) = self.client_assertion(provider)? else { return Ok(body.to_vec()) };
+        let fields = url::form_urlencoded::parse(body).map(|(name, value)| {
+            let value = if name == "client_assertion" { assertion.clone().into() } else { value };
+            (name, value)
+        });
+        Ok(url::form_urlencoded::Serializer::new(String::new()).extend_pairs(fields).finish().into_bytes())
     }
 
     /// One request with a proof; the answer and the nonce it offers (kept for the next ones).

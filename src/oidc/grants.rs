@@ -91,7 +91,7 @@ impl Oidc {
                 request = request.add_extra_param(name, value);
             }
             let answer = match dpop {
-                Some(key) => request.request_async(&self.dpop_client(key)).await,
+                Some(key) => request.request_async(&self.dpop_client(&provider, key)).await,
                 None => request.request_async(&self.http).await,
             };
             match answer.map_err(|e| TokenEndpointError::read(e, self.auth_method)) {

@@ -159,7 +159,7 @@ impl Oidc {
         }
         let dpop_key = if self.dpop { Some(DpopKey::generate().map_err(OidcError::from)?) } else { None };
         let answer = match &dpop_key {
-            Some(key) => request.request_async(&self.dpop_client(key)).await,
+            Some(key) => request.request_async(&self.dpop_client(&provider, key)).await,
             None => request.request_async(&self.http).await,
         };
         let response = answer.map_err(|e| match TokenEndpointError::read(e, self.auth_method) {

@@ -132,3 +132,15 @@ async fn a_storm_over_two_instances_refreshes_a_dpop_session_once() {
         .collect();
     assert_eq!(keys.len(), 1, "both instances prove with the session's one key");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_private_key_jwt_a_nonce_retry_carries_a_fresh_client_assertion() {
+    let app =
+        spawn_app_with(AppOptions { auth_method: bff::config::AuthMethod::PrivateKeyJwt, ..dpop_options() }).await;
+    app.idp.controls.require_dpop_nonce(true);
+    let browser = app.browser();
+    assert_eq!(browser.login_as("alice").await.status(), 302, "the assertion of the first try is not replayed");
+    let assertions = app.idp.provider.counters.client_assertions.load(Ordering::SeqCst);
+    assert_eq!((assertions, proofs_at_provider(&app)), (2, 1), "two assertions, the second with a proven request");
+    assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200);
+}

@@ -12,7 +12,10 @@
 // POST /__reject_next?n=<n> makes the next n requests answer 401 whatever their token, as an API
 // that has just revoked a token would: the test of bff's refresh-and-retry.
 
+import { createHash } from 'node:crypto';
 import * as http from 'node:http';
+
+import { EmbeddedJWK, calculateJwkThumbprint, jwtVerify } from 'jose';
 
 const HOST = '127.0.0.1';
 
@@ -39,7 +42,9 @@ const basicCredentials = Buffer.from(
   `${encodeURIComponent(clientId)}:${encodeURIComponent(clientSecret)}`,
 ).toString('base64');
 
-const stats = { requests: 0, ok: 0, unauthorized: 0, wrong_audience: 0 };
+const stats = { requests: 0, ok: 0, unauthorized: 0, wrong_audience: 0, dpop_ok: 0, dpop_refused: 0 };
+// DPoP proof jtis seen (RFC 9449 §11.1: a replayed proof is refused).
+const seenProofs = new Set();
 let rejectNext = 0;
 
 async function introspect(token) {
@@ -58,9 +63,33 @@ async function introspect(token) {
   return response.json();
 }
 
-function bearerToken(req) {
-  const match = /^Bearer +([^ ]+) *$/i.exec(req.headers.authorization ?? '');
-  return match?.[1];
+function credentials(req) {
+  const match = /^(Bearer|DPoP) +([^ ]+) *$/i.exec(req.headers.authorization ?? '');
+  return match ? { scheme: match[1].toLowerCase(), token: match[2] } : undefined;
+}
+
+// A token is used as it is bound (RFC 9449 §7): one whose introspection names `cnf.jkt` only as
+// `DPoP`, with a proof for this very request (method, URL, token) signed by that key.
+async function usedAsBound(req, { scheme, token }, introspection) {
+  const jkt = introspection.cnf?.jkt;
+  if (!jkt) return scheme === 'bearer';
+  if (scheme !== 'dpop' || typeof req.headers.dpop !== 'string') return false;
+  try {
+    const { payload, protectedHeader } = await jwtVerify(req.headers.dpop, EmbeddedJWK, {
+      typ: 'dpop+jwt',
+      algorithms: ['ES256', 'PS256', 'EdDSA'],
+    });
+    const htu = `http://${HOST}:${server.address().port}${req.url.split('?')[0]}`;
+    const fresh = Math.abs(Date.now() / 1000 - payload.iat) <= 60 && !seenProofs.has(payload.jti);
+    seenProofs.add(payload.jti);
+    return fresh
+      && payload.htm === req.method
+      && payload.htu === htu
+      && payload.ath === createHash('sha256').update(token).digest('base64url')
+      && (await calculateJwkThumbprint(protectedHeader.jwk)) === jkt;
+  } catch {
+    return false;
+  }
 }
 
 function sendJson(res, status, body, headers = {}) {
@@ -96,10 +125,15 @@ async function handle(req, res) {
   }
 
   stats.requests += 1;
-  const token = bearerToken(req);
+  const presented = credentials(req);
+  const token = presented?.token;
   const forced = rejectNext > 0;
   if (forced) rejectNext -= 1;
   const introspection = token === undefined || forced ? undefined : await introspect(token);
+  const bound = introspection?.active === true ? await usedAsBound(req, presented, introspection) : false;
+  if (introspection?.cnf?.jkt) {
+    if (bound) stats.dpop_ok += 1; else stats.dpop_refused += 1;
+  }
   // Refresh tokens introspect as active too, but without a token_type: only access tokens pass.
   if (introspection?.active === true && introspection.token_type !== undefined) {
     stats.ok += 1;
@@ -108,6 +142,7 @@ async function handle(req, res) {
       sub: introspection.sub,
       client_id: introspection.client_id,
       aud: introspection.aud,
+      dpop: Boolean(introspection.cnf?.jkt),
       scope: introspection.scope,
       path: req.url,
       method: req.method,

@@ -12,6 +12,7 @@
 // stdout carries one JSON object per line for events of interest, and exactly one
 // `READY issuer=<issuer> stats=<stats url>` line once both servers listen. Diagnostics go to stderr.
 
+import { randomBytes } from 'node:crypto';
 import * as http from 'node:http';
 
 import Provider, { errors } from 'oidc-provider';
@@ -154,6 +155,9 @@ const provider = new Provider(issuer, {
       },
     },
     clientCredentials: { enabled: true },
+    // RFC 9449. Server nonces are always required, so a client must handle `use_dpop_nonce`
+    // (only clients that send proofs are concerned; `dpop_bound_access_tokens` clients must).
+    dPoP: { enabled: true, nonceSecret: randomBytes(32), requireNonce: () => true },
   },
   pkce: { required: () => true },
   // Refresh tokens are issued by the default issueRefreshToken policy: the client has the

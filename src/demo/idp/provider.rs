@@ -455,8 +455,10 @@ impl Provider {
         presented: &Presented,
         dpop_proof: Option<&str>,
     ) -> Result<Value, OAuthError> {
-        let jkt = self.token_proof(dpop_proof)?;
+        // As certified providers do: the client first (its assertion's jti is used up even if
+        // the proof is then refused), then the proof.
         let client = self.authenticate(presented)?;
+        let jkt = self.token_proof(dpop_proof)?;
         match form.get("grant_type").map(String::as_str) {
             Some("authorization_code") => {
                 self.counters.authorization_code.fetch_add(1, Ordering::SeqCst);
