@@ -82,17 +82,22 @@ impl DpopKey {
         nonce: Option<&str>,
         now: u64,
     ) -> Result<String, DpopError> {
-        let htu = url.split(['?', '#']).next().unwrap_or(url);
-        let mut claims = serde_json::json!({ "jti": random_token(), "htm": method, "htu": htu, "iat": now });
-        if let Some(fields) = claims.as_object_mut() {
-            if let Some(ath) = access_token_hash {
-                fields.insert("ath".into(), ath.into());
-            }
-            if let Some(nonce) = nonce {
-                fields.insert("nonce".into(), nonce.into());
-            }
+        #[derive(Serialize)]
+        struct Claims<'a> {
+            jti: &'a str,
+            htm: &'a str,
+            htu: &'a str,
+            iat: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            ath: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            nonce: Option<&'a str>,
         }
-        let signing_input = format!("{}.{}", self.0.header_b64, URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let htu = url.split(['?', '#']).next().unwrap_or(url);
+        let jti = random_token();
+        let claims = Claims { jti: &jti, htm: method, htu, iat: now, ath: access_token_hash, nonce };
+        let claims = serde_json::to_vec(&claims).map_err(|_| DpopError::Sign)?;
+        let signing_input = format!("{}.{}", self.0.header_b64, URL_SAFE_NO_PAD.encode(claims));
         let signature =
             self.0.pair.sign(&SystemRandom::new(), signing_input.as_bytes()).map_err(|_| DpopError::Sign)?;
         Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature.as_ref())))
