@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::{Oidc, OidcError, Provider, RawIdToken, TokenEndpointError, UserInfo};
+use crate::config::ParMode;
 use crate::dpop::DpopKey;
 
 /// A login in progress, stored server-side under its `state` until the callback takes it.
@@ -137,7 +138,10 @@ impl Oidc {
     /// when the provider advertises that it always sends it. Checked before anything else of
     /// the response is used.
     pub fn check_response_issuer(&self, iss: Option<&str>) -> Result<(), ResponseIssuerError> {
-        let required = self.provider().is_ok_and(|p| p.requires_response_iss);
+        // FAPI 2.0 §5.3.2.2: with the high-security options (DPoP, PAR required) `iss` is
+        // required whatever the metadata says.
+        let high_security = self.dpop || self.par == ParMode::Required;
+        let required = high_security || self.provider().is_ok_and(|p| p.requires_response_iss);
         match iss {
             Some(iss) if iss == self.issuer.as_str() => Ok(()),
             Some(other) => Err(ResponseIssuerError::Mismatch(other.chars().take(200).collect())),

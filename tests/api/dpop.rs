@@ -144,3 +144,20 @@ async fn with_private_key_jwt_a_nonce_retry_carries_a_fresh_client_assertion() {
     assert_eq!((assertions, proofs_at_provider(&app)), (2, 1), "two assertions, the second with a proven request");
     assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_dpop_an_authorization_response_without_iss_is_refused() {
+    // The demo provider sends iss but does not advertise RFC 9207: the metadata does not ask
+    // for it, the high-security mode does.
+    let app = spawn_app_with(dpop_options()).await;
+    let browser = app.browser();
+    let start = browser.start_login(None).await;
+    let genuine =
+        url::Url::parse(&browser.sign_in_at_provider(&support::location(&start), "alice").await).expect("url");
+    let mut stripped = genuine.clone();
+    let pairs: Vec<(String, String)> =
+        genuine.query_pairs().filter(|(k, _)| k != "iss").map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    stripped.query_pairs_mut().clear().extend_pairs(pairs);
+    assert_eq!(browser.get(stripped.as_str()).await.status(), 400, "no iss: refused");
+    assert_eq!(browser.get(genuine.as_str()).await.status(), 302, "with iss: signed in (nothing was consumed)");
+}
