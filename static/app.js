@@ -102,6 +102,8 @@ function renderUser(user) {
   $("session-ends").textContent = new Date(user.session.expires_at * 1000).toLocaleString();
   $("claims").textContent = JSON.stringify(user.claims, null, 2);
   noteExpiry(user.access_token_expires_at, "/auth/user");
+  $("token-type").textContent =
+    user.access_token_type === "DPoP" ? "DPoP (bound to bff's key, a proof on every call)" : "Bearer";
 }
 
 async function loadUser() {

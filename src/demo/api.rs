@@ -29,6 +29,8 @@ struct State {
     verifier: JwksVerifier,
     issuer: String,
     audience: String,
+    /// DPoP proofs seen (a replay is refused).
+    seen_proofs: crate::demo::idp::dpop::SeenProofs,
 }
 
 #[derive(Deserialize)]
@@ -41,6 +43,9 @@ struct Claims {
     name: Option<String>,
     #[serde(default)]
     preferred_username: Option<String>,
+    /// RFC 9449 §6: the key a DPoP-bound token is bound to.
+    #[serde(default)]
+    cnf: Option<serde_json::Value>,
 }
 
 /// Starts the demo API on `listener`; the returned server must be awaited or spawned.
@@ -50,6 +55,7 @@ pub fn start(config: ApiConfig, listener: TcpListener) -> Result<Server, anyhow:
         verifier: JwksVerifier::new(http, config.jwks_uri),
         issuer: config.issuer,
         audience: config.audience,
+        seen_proofs: Default::default(),
     });
     Ok(HttpServer::new(move || {
         App::new()
@@ -78,12 +84,41 @@ fn unauthorized(reason: &str) -> HttpResponse {
 }
 
 async fn authenticate(req: &HttpRequest, state: &State) -> Result<Claims, HttpResponse> {
-    let token = req
+    let (scheme, token) = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| unauthorized("no bearer token"))?;
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| *scheme == "Bearer" || *scheme == "DPoP")
+        .ok_or_else(|| unauthorized("no bearer or DPoP token"))?;
+    let claims = verify_token(token, state).await?;
+    // A token is used as it is bound (RFC 9449 §7): a DPoP-bound one only with a proof of its key
+    // made for this request.
+    let jkt = claims.cnf.as_ref().and_then(|c| c["jkt"].as_str());
+    match (scheme, jkt) {
+        ("Bearer", None) => Ok(claims),
+        ("DPoP", Some(jkt)) => {
+            let proof =
+                req.headers().get("dpop").and_then(|v| v.to_str().ok()).ok_or_else(|| unauthorized("no DPoP proof"))?;
+            // The URL bff called: this server's own Host (not X-Forwarded-Host, which names bff).
+            let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let url = format!("http://{host}{}", req.path());
+            let expected = crate::demo::idp::dpop::Expected {
+                method: req.method().as_str(),
+                url: &url,
+                access_token: Some(token),
+                nonce: None,
+            };
+            match crate::demo::idp::dpop::verify(proof, &expected, &state.seen_proofs) {
+                Ok(thumbprint) if thumbprint == jkt => Ok(claims),
+                _ => Err(unauthorized("the DPoP proof is not for this request and token")),
+            }
+        }
+        _ => Err(unauthorized("the token is not sent as it is bound")),
+    }
+}
+
+async fn verify_token(token: &str, state: &State) -> Result<Claims, HttpResponse> {
     let expect = Expect {
         issuer: &state.issuer,
         audience: &state.audience,

@@ -32,6 +32,11 @@ pub struct DemoArgs {
     /// Access-token lifetime in seconds: short, so refreshes are visible.
     #[arg(long, default_value_t = 30)]
     pub access_token_ttl: u64,
+    /// The high-security setup (FAPI 2.0-grade): pushed authorization requests required,
+    /// private_key_jwt with a key made for this run, DPoP-bound tokens with server nonces,
+    /// RFC 9207 `iss` required.
+    #[arg(long)]
+    pub fapi: bool,
 }
 
 /// `bff demo-api` options.
@@ -97,7 +102,7 @@ pub async fn run(args: DemoArgs) -> Result<(), anyhow::Error> {
             clients: vec![idp::Client {
                 client_id: "bff-demo".into(),
                 client_secret: client_secret.clone(),
-                auth_method: AuthMethod::ClientSecretBasic,
+                auth_method: if args.fapi { AuthMethod::PrivateKeyJwt } else { AuthMethod::ClientSecretBasic },
                 redirect_uris: vec![format!("{public_url}/auth/callback")],
                 post_logout_redirect_uris: vec![format!("{public_url}/")],
                 backchannel_logout_uri: Some(format!("{public_url}/auth/backchannel-logout")),
@@ -122,7 +127,7 @@ pub async fn run(args: DemoArgs) -> Result<(), anyhow::Error> {
     tokio::spawn(idp_server);
     tokio::spawn(api_server);
 
-    let config = Config::from_toml(&format!(
+    let mut config = Config::from_toml(&format!(
         r#"
 [server]
 public_url = "{public_url}"
@@ -147,6 +152,9 @@ upstream = "{api_url}"
         secret = session_secret,
     ))
     .map_err(|e| anyhow::anyhow!("demo configuration: {e}"))?;
+    if args.fapi {
+        fapi(&mut config, &provider)?;
+    }
     let (store, store_note) = demo_store().await;
     let app = crate::Application::build_with_store(config, bff_listener, store).await?;
 
@@ -158,6 +166,11 @@ upstream = "{api_url}"
     println!("  demo API           {api_url}   (checks every bearer token)");
     println!("  sessions           {store_note}");
     println!("  access tokens      live {} s; bff refreshes them 5 s before they expire", args.access_token_ttl);
+    if args.fapi {
+        println!(
+            "  high-security mode PAR required, private_key_jwt (see /.well-known/jwks.json), DPoP with nonces, RFC 9207"
+        );
+    }
     println!("  ready in {} ms; Ctrl-C stops everything", started.elapsed().as_millis());
     println!();
     tracing::info!(ready_ms = started.elapsed().as_millis() as u64, url = public_url, "demo ready");
@@ -169,6 +182,35 @@ upstream = "{api_url}"
 }
 
 /// `bff demo-api`: the demo API in front of any provider.
+/// `--fapi`: the provider requires pushed authorization requests, DPoP nonces and `iss`, and
+/// knows bff by a key made for this run; bff authenticates with it and binds tokens with DPoP.
+fn fapi(config: &mut Config, provider: &idp::RunningIdp) -> Result<(), anyhow::Error> {
+    use base64::Engine;
+    let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(
+        &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &ring::rand::SystemRandom::new(),
+    )
+    .map_err(|_| anyhow::anyhow!("cannot make the demo's client key"))?;
+    let body = base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref());
+    let lines: Vec<&str> = body.as_bytes().chunks(64).filter_map(|c| std::str::from_utf8(c).ok()).collect();
+    let pem = format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"));
+    let keys =
+        crate::client_keys::ClientKeys::from_pems(&[&pem]).map_err(|e| anyhow::anyhow!("demo client key: {e}"))?;
+    provider.controls.set_client_jwks(&keys.jwks());
+    provider.controls.set_quirks(idp::Quirks {
+        par_required: true,
+        iss_in_authorization_response: true,
+        ..Default::default()
+    });
+    provider.controls.require_dpop_nonce(true);
+    config.oidc.auth_method = AuthMethod::PrivateKeyJwt;
+    config.oidc.client_secret = None;
+    config.oidc.client_keys = Some(keys);
+    config.oidc.par = crate::config::ParMode::Required;
+    config.oidc.dpop = true;
+    Ok(())
+}
+
 pub async fn run_api(args: DemoApiArgs) -> Result<(), anyhow::Error> {
     let http = crate::oidc::idp_http_client(Duration::from_secs(10))?;
     let discovery = format!("{}/.well-known/openid-configuration", args.issuer.trim_end_matches('/'));

@@ -241,6 +241,8 @@ pub async fn user(req: HttpRequest, state: web::Data<AppState>, session: Session
         },
         // When the current access token expires (never the token itself), so the SPA can show it.
         "access_token_expires_at": tokens.expiry().expires_at,
+        // `Bearer`, or `DPoP` for tokens bound to the session's key (RFC 9449).
+        "access_token_type": tokens.token_type(),
     })))
 }
 

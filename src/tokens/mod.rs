@@ -227,6 +227,11 @@ impl TokenSet {
         self.access_version.unwrap_or(self.version)
     }
 
+    /// How the set's tokens are sent: `DPoP` when they are bound to a key, else `Bearer`.
+    pub fn token_type(&self) -> &'static str {
+        if self.dpop_key.is_some() { "DPoP" } else { "Bearer" }
+    }
+
     /// The default audience's token.
     pub fn access(&self) -> TokenOf<'_> {
         TokenOf {

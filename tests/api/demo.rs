@@ -21,9 +21,14 @@ impl Drop for Demo {
 }
 
 fn start_demo(access_token_ttl: u64) -> Demo {
+    start_demo_with(access_token_ttl, &[])
+}
+
+fn start_demo_with(access_token_ttl: u64, extra: &[&str]) -> Demo {
     let mut child = Command::new(env!("CARGO_BIN_EXE_bff"))
         .args(["demo", "--port", "0", "--idp-port", "0", "--api-port", "0", "--access-token-ttl"])
         .arg(access_token_ttl.to_string())
+        .args(extra)
         .env_remove("BFF_SESSION__REDIS_URL")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(Stdio::piped())
@@ -107,4 +112,23 @@ async fn the_demo_runs_the_whole_flow() {
     let back = browser.get(&location(&out)).await;
     assert_eq!(location(&back), format!("{}/", demo.url));
     assert_eq!(browser.api(Method::GET, "/api/hello").await.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fapi_demo_pushes_signs_with_its_key_and_binds_tokens_with_dpop() {
+    let demo = start_demo_with(30, &["--fapi"]);
+    let browser = Browser::new(&demo.url);
+    let start = browser.start_login(Some("/")).await;
+    let authorize = url::Url::parse(&location(&start)).expect("authorize URL");
+    let params: Vec<String> = authorize.query_pairs().map(|(k, _)| k.into_owned()).collect();
+    assert_eq!(params, ["client_id", "request_uri"], "a pushed authorization request");
+    let callback = browser.sign_in_at_provider(authorize.as_str(), "alice").await;
+    assert!(callback.contains("iss="), "RFC 9207");
+    assert_eq!(location(&browser.get(&callback).await), "/");
+    let user: serde_json::Value = browser.user().await.json().await.expect("user");
+    assert_eq!(user["access_token_type"], "DPoP", "{user}");
+    // The demo API accepts the DPoP-bound token only with its proof.
+    assert_eq!(browser.api(Method::GET, "/api/hello").await.status(), 200);
+    let jwks: serde_json::Value = browser.get("/.well-known/jwks.json").await.json().await.expect("jwks");
+    assert_eq!(jwks["keys"][0]["kty"], "EC", "the key made for this run, published");
 }
