@@ -486,6 +486,7 @@ async fn bff_interoperates_with_a_certified_provider() {
         resource_and_client_tokens_are_bound_to_their_audiences,
         private_key_jwt_par_and_dpop_log_in_refresh_and_revoke,
         a_dpop_storm_on_two_instances_never_presents_a_refresh_token_twice,
+        backchannel_logout_ends_a_dpop_session_on_both_instances,
     );
     report("interop: all checks passed");
 }
@@ -780,4 +781,20 @@ async fn a_dpop_storm_on_two_instances_never_presents_a_refresh_token_twice(it: 
     assert_eq!(stack.stat("reuse_detected").await, reuse);
     assert_eq!(api_stats(stack).await["dpop_refused"], 0);
     check("DPoP storm, two instances", format!("{calls} calls, 0 failures, {refreshed} refreshes, 0 reuse"));
+}
+
+/// 13. Back-channel logout in the high-security configuration: the provider's logout token ends
+///     the DPoP session on both instances.
+async fn backchannel_logout_ends_a_dpop_session_on_both_instances(it: &Interop) {
+    let Interop { stack, d, d2, .. } = it;
+    let issuer = &stack.issuer;
+    let gina = Browser::new();
+    login(stack, &d.url, &gina, "gina").await;
+    assert_eq!(gina.api(Method::GET, &format!("{}/api/g", d2.url)).await.status(), 200);
+    let backchannel_before = stack.stat("backchannel_ok").await;
+    confirm_provider_logout(&gina, &format!("{issuer}/session/end"), issuer).await;
+    assert_eq!(stack.stat("backchannel_ok").await - backchannel_before, 1, "bff accepted the logout token");
+    assert_eq!(gina.api(Method::GET, &format!("{}/auth/user", d.url)).await.status(), 401);
+    assert_eq!(gina.api(Method::GET, &format!("{}/api/g", d2.url)).await.status(), 401);
+    check("back-channel logout, high-security configuration", "the DPoP session ended on both instances");
 }
