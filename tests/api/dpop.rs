@@ -161,3 +161,36 @@ async fn with_dpop_an_authorization_response_without_iss_is_refused() {
     assert_eq!(browser.get(stripped.as_str()).await.status(), 400, "no iss: refused");
     assert_eq!(browser.get(genuine.as_str()).await.status(), 302, "with iss: signed in (nothing was consumed)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_state_dpop_call_makes_no_store_command() {
+    let app = spawn_app_with(AppOptions {
+        tweak: std::sync::Arc::new(|c: &mut bff::config::Config| {
+            c.oidc.dpop = true;
+            c.tokens.local_cache = true;
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    let base = app.address.clone();
+    support::eventually("the invalidation channel is up", std::time::Duration::from_secs(10), || {
+        let base = base.clone();
+        async move { support::metric(&base, "bff_token_cache_channel_up").await == 1.0 }
+    })
+    .await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200, "the miss that fills");
+    let ops = support::metric(&app.address, "bff_session_store_duration_seconds_count").await;
+    for _ in 0..30 {
+        assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200, "each with a fresh proof");
+    }
+    assert_eq!(
+        support::metric(&app.address, "bff_session_store_duration_seconds_count").await,
+        ops,
+        "no store command"
+    );
+    let proofs: std::collections::BTreeSet<String> =
+        app.upstream.seen().into_iter().filter_map(|s| s.headers.get("dpop").cloned()).collect();
+    assert_eq!(proofs.len(), 31, "a new proof per call");
+}
