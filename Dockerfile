@@ -1,4 +1,5 @@
-# bff: build with the Rust toolchain, run on a small Debian image as a non-root user.
+# bff for production: built without the demo (its provider signs anyone in; it must never ship),
+# run on a small Debian image as a non-root user. The demo image is Dockerfile.demo.
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -6,7 +7,9 @@ COPY src src
 COPY templates templates
 COPY static static
 COPY benches benches
-RUN cargo build --release --locked --bin bff
+# A workspace member: cargo reads its manifest even for a build of the server alone.
+COPY tests/support tests/support
+RUN cargo build --release --locked --no-default-features --bin bff
 
 FROM debian:bookworm-slim
 RUN apt-get update \

@@ -4,7 +4,9 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bff::config::{Config, LogFormat};
+use bff::config::Config;
+#[cfg(feature = "demo")]
+use bff::config::LogFormat;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

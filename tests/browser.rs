@@ -1,6 +1,6 @@
 //! Runs the browser test (`tests/browser/demo.test.mjs`: Debian's Chromium driven by
 //! playwright-core) against this build's `bff demo`, so `cargo test` runs every test there is.
-//! Needs `/usr/bin/chromium` and `npm ci --prefix tests/browser`; `.ci/run` provides both.
+//! Needs `/usr/bin/chromium` and `npm ci --prefix tests/browser`; `scripts/test` provides both.
 
 #![allow(clippy::expect_used)]
 
@@ -12,11 +12,11 @@ fn the_demo_works_in_a_real_browser() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     assert!(
         Path::new("/usr/bin/chromium").exists(),
-        "the browser test needs Debian's Chromium: apt-get install -y chromium (or run .ci/run)"
+        "the browser test needs Debian's Chromium: apt-get install -y chromium (or run scripts/test)"
     );
     assert!(
         root.join("tests/browser/node_modules/playwright-core").is_dir(),
-        "the browser test needs its Node packages: npm ci --prefix tests/browser (or run .ci/run)"
+        "the browser test needs its Node packages: npm ci --prefix tests/browser (or run scripts/test)"
     );
     let status = Command::new("node")
         .arg(root.join("tests/browser/demo.test.mjs"))

@@ -2,7 +2,7 @@
 //! provider — panva's `oidc-provider` (tests/interop/provider.mjs) — and an API that checks
 //! tokens by introspection at that provider (tests/interop/api.mjs). Rotation and reuse detection
 //! are on: a refresh token presented twice revokes the whole grant, so any double refresh would
-//! show up as a logout here. Needs `npm ci --prefix tests/interop` (`.ci/run` does it).
+//! show up as a logout here. Needs `npm ci --prefix tests/interop` (`scripts/test` does it).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -367,7 +367,7 @@ struct Interop {
 impl Interop {
     async fn start() -> Interop {
         let node_modules = root().join("tests/interop/node_modules/oidc-provider");
-        assert!(node_modules.is_dir(), "run `npm ci --prefix tests/interop` (or .ci/run)");
+        assert!(node_modules.is_dir(), "run `npm ci --prefix tests/interop` (or scripts/test)");
 
         let (a1_port, a2_port, b_port, c_port, d_port, d2_port) =
             (free_port(), free_port(), free_port(), free_port(), free_port(), free_port());

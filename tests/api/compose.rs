@@ -68,6 +68,8 @@ fn compose_has_redis_keycloak_the_demo_api_and_bff_wired_together() {
     assert_eq!(env["BFF_OIDC__ISSUER"], "http://localhost:8081/realms/bff-demo");
     assert_eq!(env["BFF_SESSION__REDIS_URL"], "redis://127.0.0.1:6380", "the published Redis port");
     let api = &services["demo-api"];
+    assert_eq!(api["build"]["dockerfile"].as_str(), Some("Dockerfile.demo"), "demo-api is in the demo build only");
+    assert_eq!(api["build"]["context"].as_str(), Some("."));
     assert!(strings(&api["command"]).windows(2).any(|w| w == ["--issuer", "http://localhost:8081/realms/bff-demo"]));
     assert!(strings(&api["command"]).windows(2).any(|w| w == ["--listen", "127.0.0.1:9100"]));
 }
@@ -130,4 +132,26 @@ fn the_dockerfile_is_multi_stage_and_runs_as_a_non_root_user() {
     let user = text.lines().find_map(|l| l.strip_prefix("USER ")).expect("a USER line");
     assert!(user.trim() != "root" && user.trim() != "0");
     assert!(text.contains("--locked"), "builds what Cargo.lock pins");
+}
+
+#[test]
+fn the_production_image_has_no_demo_and_the_demo_image_has_it() {
+    let build_line = |file: &str| {
+        let text = std::fs::read_to_string(root().join(file)).expect(file);
+        text.lines().find(|l| l.starts_with("RUN cargo build")).map(String::from).expect("a cargo build line")
+    };
+    let production = build_line("Dockerfile");
+    assert!(production.contains("--no-default-features"), "the demo provider signs anyone in: {production}");
+    let demo = build_line("Dockerfile.demo");
+    assert!(!demo.contains("--no-default-features"), "{demo}");
+    let demo_text = std::fs::read_to_string(root().join("Dockerfile.demo")).expect("Dockerfile.demo");
+    assert!(demo_text.lines().any(|l| l.trim() == "CMD [\"demo\"]"), "runs the demo by default");
+    // What the builds copy must exist (a workspace member's manifest included).
+    for file in ["Dockerfile", "Dockerfile.demo"] {
+        let text = std::fs::read_to_string(root().join(file)).expect(file);
+        for path in text.lines().filter_map(|l| l.strip_prefix("COPY ")).filter(|l| !l.starts_with("--from")) {
+            let source = path.split_whitespace().next().expect("a source");
+            assert!(root().join(source).exists(), "{file} copies {source}, which is missing");
+        }
+    }
 }

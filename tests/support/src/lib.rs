@@ -54,7 +54,7 @@ pub fn repository() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
-/// A line of a suite's summary: printed, and kept in target/test-summary.txt for `.ci/run` to
+/// A line of a suite's summary: printed, and kept in target/test-summary.txt for `scripts/test` to
 /// show (the test harness hides a passing test's output).
 pub fn report(line: &str) {
     println!("{line}");

@@ -25,7 +25,7 @@ impl RedisProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server is installed (.ci/run installs it)");
+            .expect("redis-server is installed (scripts/test installs it)");
         RedisProcess { child, port, dir: dir.to_path_buf() }
     }
 
