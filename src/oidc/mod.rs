@@ -52,6 +52,9 @@ pub struct ExtraProviderMetadata {
     pub pushed_authorization_request_endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_pushed_authorization_requests: Option<bool>,
+    /// RFC 9449 §5.1: the provider takes DPoP proofs signed with these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_signing_alg_values_supported: Option<Vec<String>>,
 }
 impl AdditionalProviderMetadata for ExtraProviderMetadata {}
 
@@ -167,6 +170,11 @@ pub enum OidcError {
          (require_pushed_authorization_requests) but oidc.par = \"off\"; set oidc.par = \"auto\""
     )]
     ParRequiredByProvider,
+    #[error(
+        "configuration error: oidc.dpop = true but the provider's metadata does not list ES256 in \
+         dpop_signing_alg_values_supported (RFC 9449); enable DPoP at the provider, or set oidc.dpop = false"
+    )]
+    DpopNotOffered,
     #[error("the client assertion cannot be signed")]
     ClientAssertion(#[source] jsonwebtoken::errors::Error),
     #[error("the pushed authorization request failed")]
@@ -179,7 +187,13 @@ impl OidcError {
     /// The provider answers, but not as the configuration expects: reported by `/readyz` and
     /// `bff check-config --online` with the fix.
     pub fn is_setup_problem(&self) -> bool {
-        matches!(self, OidcError::IssuerMismatch { .. } | OidcError::ParNotOffered | OidcError::ParRequiredByProvider)
+        matches!(
+            self,
+            OidcError::IssuerMismatch { .. }
+                | OidcError::ParNotOffered
+                | OidcError::ParRequiredByProvider
+                | OidcError::DpopNotOffered
+        )
     }
 }
 
@@ -363,6 +377,11 @@ impl Oidc {
         }
         let end_session_url = parse_optional(&extra.end_session_endpoint, "end_session_endpoint");
         let requires_response_iss = extra.authorization_response_iss_parameter_supported == Some(true);
+        let dpop_offered =
+            extra.dpop_signing_alg_values_supported.as_ref().is_some_and(|algs| algs.iter().any(|a| a == "ES256"));
+        if self.dpop && !dpop_offered {
+            return Err(OidcError::DpopNotOffered);
+        }
         let offered_par =
             parse_optional(&extra.pushed_authorization_request_endpoint, "pushed_authorization_request_endpoint");
         let par_url = match (self.par, offered_par) {

@@ -194,3 +194,15 @@ async fn a_steady_state_dpop_call_makes_no_store_command() {
         app.upstream.seen().into_iter().filter_map(|s| s.headers.get("dpop").cloned()).collect();
     assert_eq!(proofs.len(), 31, "a new proof per call");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpop_against_a_provider_without_it_is_a_configuration_error() {
+    let app = spawn_app_with(AppOptions::default()).await;
+    let quirks = bff::demo::idp::Quirks { no_dpop_in_metadata: true, ..Default::default() };
+    let browser = crate::providers::instance_after(&app, quirks, |c| c.oidc.dpop = true).await;
+    let res = browser.get("/readyz").await;
+    assert_eq!(res.status(), 503);
+    let body: serde_json::Value = res.json().await.expect("json");
+    assert_eq!(body["identity_provider"], "misconfigured");
+    assert!(body["problem"].as_str().is_some_and(|p| p.contains("oidc.dpop")), "{body}");
+}

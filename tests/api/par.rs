@@ -16,6 +16,7 @@ const fn no_quirks() -> Quirks {
         iss_in_authorization_response: false,
         par_offered: false,
         par_required: false,
+        no_dpop_in_metadata: false,
     }
 }
 

@@ -71,6 +71,11 @@ async fn discovery(p: web::Data<Provider>) -> HttpResponse {
         "claims_supported": ["sub", "name", "preferred_username", "email", "email_verified", "sid"],
         "authorization_response_iss_parameter_supported": quirks.iss_in_authorization_response,
     });
+    if quirks.no_dpop_in_metadata
+        && let Some(fields) = doc.as_object_mut()
+    {
+        fields.remove("dpop_signing_alg_values_supported");
+    }
     if (quirks.par_offered || quirks.par_required)
         && let Some(fields) = doc.as_object_mut()
     {

@@ -84,6 +84,8 @@ pub struct Quirks {
     pub par_offered: bool,
     /// RFC 9126 §5: authorization requests only by reference to a pushed one (implies offered).
     pub par_required: bool,
+    /// Discovery does not list `dpop_signing_alg_values_supported` (a provider without DPoP).
+    pub no_dpop_in_metadata: bool,
 }
 
 pub struct Controls {
