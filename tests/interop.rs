@@ -642,16 +642,22 @@ async fn client_secret_post_logs_in_refreshes_and_logs_out_on_its_own_instance(i
 /// 8. Back-channel logout: the session ends at the provider, bff's session dies everywhere.
 async fn backchannel_logout_ends_the_session_on_both_instances(it: &Interop) {
     let Interop { stack, a1, a2, .. } = it;
-    let issuer = &stack.issuer;
-    let carol = Browser::new();
-    login(stack, &a1.url, &carol, "carol").await;
-    assert_eq!(carol.api(Method::GET, &format!("{}/api/c", a2.url)).await.status(), 200);
-    let backchannel_before = stack.stat("backchannel_ok").await;
-    confirm_provider_logout(&carol, &format!("{issuer}/session/end"), issuer).await;
-    assert_eq!(stack.stat("backchannel_ok").await - backchannel_before, 1, "bff accepted the logout token");
-    assert_eq!(carol.api(Method::GET, &format!("{}/auth/user", a1.url)).await.status(), 401);
-    assert_eq!(carol.api(Method::GET, &format!("{}/api/c", a2.url)).await.status(), 401);
+    backchannel_logout_ends_both(stack, a1, a2, "carol").await;
     check("back-channel logout from oidc-provider ends the session on both instances", "ok");
+}
+
+/// `user` signs in through `first`, calls through `second`, signs out at the provider: the
+/// logout token it sends ends the session on both instances.
+async fn backchannel_logout_ends_both(stack: &Stack, first: &Bff, second: &Bff, user: &str) {
+    let issuer = &stack.issuer;
+    let browser = Browser::new();
+    login(stack, &first.url, &browser, user).await;
+    assert_eq!(browser.api(Method::GET, &format!("{}/api/c", second.url)).await.status(), 200);
+    let backchannel_before = stack.stat("backchannel_ok").await;
+    confirm_provider_logout(&browser, &format!("{issuer}/session/end"), issuer).await;
+    assert_eq!(stack.stat("backchannel_ok").await - backchannel_before, 1, "bff accepted the logout token");
+    assert_eq!(browser.api(Method::GET, &format!("{}/auth/user", first.url)).await.status(), 401);
+    assert_eq!(browser.api(Method::GET, &format!("{}/api/c", second.url)).await.status(), 401);
 }
 
 /// 9. RFC 9207 (oidc-provider advertises and sends `iss`): a callback whose `iss` names another
@@ -797,14 +803,6 @@ async fn a_dpop_storm_on_two_instances_never_presents_a_refresh_token_twice(it: 
 ///     the DPoP session on both instances.
 async fn backchannel_logout_ends_a_dpop_session_on_both_instances(it: &Interop) {
     let Interop { stack, d, d2, .. } = it;
-    let issuer = &stack.issuer;
-    let gina = Browser::new();
-    login(stack, &d.url, &gina, "gina").await;
-    assert_eq!(gina.api(Method::GET, &format!("{}/api/g", d2.url)).await.status(), 200);
-    let backchannel_before = stack.stat("backchannel_ok").await;
-    confirm_provider_logout(&gina, &format!("{issuer}/session/end"), issuer).await;
-    assert_eq!(stack.stat("backchannel_ok").await - backchannel_before, 1, "bff accepted the logout token");
-    assert_eq!(gina.api(Method::GET, &format!("{}/auth/user", d.url)).await.status(), 401);
-    assert_eq!(gina.api(Method::GET, &format!("{}/api/g", d2.url)).await.status(), 401);
+    backchannel_logout_ends_both(stack, d, d2, "gina").await;
     check("back-channel logout, high-security configuration", "the DPoP session ended on both instances");
 }

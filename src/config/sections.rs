@@ -142,11 +142,11 @@ impl Walker<'_> {
         let client_key_files = self.string_list(&mut s, "client_key_file").unwrap_or_default();
         let client_keys = self.client_keys(&s, &client_key_files, with_keys);
         let client_secret = if with_keys {
-            if s.dict.is_some_and(|d| d.contains_key("client_secret") || d.contains_key("client_secret_file")) {
+            // Read (so neither is reported unknown), only to be refused.
+            let inline = self.value(&mut s, "client_secret").is_some();
+            if self.value(&mut s, "client_secret_file").is_some() || inline {
                 self.error(s.key("client_secret"), "is not used with auth_method = \"private_key_jwt\"; remove it");
             }
-            self.value(&mut s, "client_secret");
-            self.value(&mut s, "client_secret_file");
             Some(None)
         } else {
             self.client_secret(&mut s).map(Some)

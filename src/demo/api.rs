@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 use url::Url;
 
+use crate::demo::idp::dpop::{BindingError, Expected, check_binding};
 use crate::oidc::jwks::{Expect, JwksVerifier};
 use crate::session::now_unix;
 
@@ -95,26 +96,15 @@ async fn authenticate(req: &HttpRequest, state: &State) -> Result<Claims, HttpRe
     // A token is used as it is bound (RFC 9449 §7): a DPoP-bound one only with a proof of its key
     // made for this request.
     let jkt = claims.cnf.as_ref().and_then(|c| c["jkt"].as_str());
-    match (scheme, jkt) {
-        ("Bearer", None) => Ok(claims),
-        ("DPoP", Some(jkt)) => {
-            let proof =
-                req.headers().get("dpop").and_then(|v| v.to_str().ok()).ok_or_else(|| unauthorized("no DPoP proof"))?;
-            // The URL bff called: this server's own Host (not X-Forwarded-Host, which names bff).
-            let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
-            let url = format!("http://{host}{}", req.path());
-            let expected = crate::demo::idp::dpop::Expected {
-                method: req.method().as_str(),
-                url: &url,
-                access_token: Some(token),
-                nonce: None,
-            };
-            match crate::demo::idp::dpop::verify(proof, &expected, &state.seen_proofs) {
-                Ok(thumbprint) if thumbprint == jkt => Ok(claims),
-                _ => Err(unauthorized("the DPoP proof is not for this request and token")),
-            }
-        }
-        _ => Err(unauthorized("the token is not sent as it is bound")),
+    // The URL bff called: this server's own Host (not X-Forwarded-Host, which names bff).
+    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let url = format!("http://{host}{}", req.path());
+    let expected = Expected { method: req.method().as_str(), url: &url, access_token: Some(token), nonce: None };
+    let proof = req.headers().get("dpop").and_then(|v| v.to_str().ok());
+    match check_binding(scheme, jkt, proof, &expected, &state.seen_proofs) {
+        Ok(()) => Ok(claims),
+        Err(BindingError::Refused(why)) => Err(unauthorized(why)),
+        Err(BindingError::NonceRequired) => Err(unauthorized("a DPoP nonce is required")),
     }
 }
 

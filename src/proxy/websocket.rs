@@ -36,7 +36,7 @@ use super::frames::{FrameTracker, close_frame};
 use super::{Call, Destination, Proxy, copy_response_headers, respond};
 use crate::error::AppError;
 use crate::metrics::{Metrics, OpenSocket, SocketEnd};
-use crate::session::{SessionHandle, now_unix};
+use crate::session::SessionHandle;
 use crate::tokens::{TokenError, TokenManager, UsableToken};
 
 /// How often an open socket looks at its session and its idleness. With the coherent local
@@ -283,13 +283,13 @@ impl Tunnel {
 /// A store that does not answer is no proof the session ended: the socket stays (the next
 /// look may answer), as an HTTP call would be answered 503 and the session kept.
 async fn session_lives(tokens: &TokenManager, handle: &SessionHandle) -> bool {
-    match tokens.store().load_hot(handle).await {
-        Ok(Some(hot)) => !hot.expiry.session_over(now_unix()),
-        Ok(None) => false,
-        Err(e) => {
+    match tokens.require_live_session(handle).await {
+        Ok(()) => true,
+        Err(TokenError::Store(e)) => {
             tracing::debug!(session = handle.short(), "WebSocket session check failed: {e}");
             true
         }
+        Err(_) => false,
     }
 }
 

@@ -229,10 +229,9 @@ mod tests {
     use crate::session::SessionId;
 
     fn view(version: u64) -> HotToken {
+        let authorization = super::super::bearer_header(&AccessToken::new(format!("at{version}")));
         HotToken {
-            authorization: super::super::bearer_header(&AccessToken::new(format!("at{version}"))),
-            dpop: None,
-            version,
+            access: crate::tokens::UsableToken { authorization, dpop: None, version, expires_at: u64::MAX },
             expiry: crate::tokens::Expiry { expires_at: u64::MAX, lifetime_secs: 300, session_expires_at: u64::MAX },
             has_refresh_token: true,
             audiences: std::sync::Arc::default(),
@@ -253,7 +252,7 @@ mod tests {
     }
 
     fn version_of(cache: &TokenCache, h: &SessionHandle) -> Option<u64> {
-        cache.get(h, Instant::now()).map(|e| e.view.version)
+        cache.get(h, Instant::now()).map(|e| e.view.access.version)
     }
 
     #[test]

@@ -12,11 +12,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use hyper::header::HeaderValue;
-
 #[cfg(test)]
 use super::bearer_header;
-use super::{DpopBinding, Expiry, TokenSet, UsableToken, presented};
+use super::{Expiry, TokenSet, UsableToken};
 
 /// Sessions whose views are kept; past it, one is dropped per insertion.
 const CAPACITY: usize = 4096;
@@ -28,32 +26,19 @@ const TAG_LEN: usize = 16;
 /// count), instead of formatting and checking ~1 KB of header per call.
 #[derive(Clone)]
 pub struct HotToken {
-    /// The default audience's token, the version that issued it and its expiry.
-    pub authorization: Option<HeaderValue>,
-    pub dpop: Option<DpopBinding>,
-    pub version: u64,
+    /// The default audience's token as a call sends it, and its expiry (which also carries the
+    /// session's end).
+    pub access: UsableToken,
     pub expiry: Expiry,
     pub has_refresh_token: bool,
-    /// The tokens for other audiences (RFC 8707), usually none.
-    pub audiences: Arc<[HotAudience]>,
-}
-
-pub struct HotAudience {
-    resource: String,
-    authorization: Option<HeaderValue>,
-    dpop: Option<DpopBinding>,
-    version: u64,
-    expiry: Expiry,
+    /// The tokens for other audiences (RFC 8707), by resource; usually none.
+    pub audiences: Arc<[(String, UsableToken, Expiry)]>,
 }
 
 impl From<&TokenSet> for HotToken {
     fn from(set: &TokenSet) -> Self {
-        let access = set.access();
-        let (authorization, dpop) = presented(access.access_token, access.dpop_key);
         HotToken {
-            authorization,
-            dpop,
-            version: access.version,
+            access: UsableToken::from(set.access()),
             expiry: set.expiry,
             has_refresh_token: set.refresh_token.is_some(),
             audiences: set
@@ -61,14 +46,8 @@ impl From<&TokenSet> for HotToken {
                 .keys()
                 .filter_map(|resource| {
                     let token = set.token_for(Some(resource))?;
-                    let (authorization, dpop) = presented(token.access_token, token.dpop_key);
-                    Some(HotAudience {
-                        resource: resource.clone(),
-                        authorization,
-                        dpop,
-                        version: token.version,
-                        expiry: token.expiry,
-                    })
+                    let expiry = token.expiry;
+                    Some((resource.clone(), UsableToken::from(token), expiry))
                 })
                 .collect(),
         }
@@ -79,20 +58,10 @@ impl HotToken {
     /// The token for `resource` (the default audience when `None`) and its expiry, if the set
     /// has one.
     pub fn usable(&self, resource: Option<&str>) -> Option<(UsableToken, Expiry)> {
-        let (authorization, dpop, version, expiry) = match resource {
-            None => (&self.authorization, &self.dpop, self.version, self.expiry),
-            Some(r) => {
-                let a = self.audiences.iter().find(|a| a.resource == r)?;
-                (&a.authorization, &a.dpop, a.version, a.expiry)
-            }
-        };
-        let token = UsableToken {
-            authorization: authorization.clone(),
-            dpop: dpop.clone(),
-            version,
-            expires_at: expiry.expires_at,
-        };
-        Some((token, expiry))
+        match resource {
+            None => Some((self.access.clone(), self.expiry)),
+            Some(r) => self.audiences.iter().find(|(name, ..)| name == r).map(|(_, t, e)| (t.clone(), *e)),
+        }
     }
 }
 
@@ -144,10 +113,9 @@ mod tests {
     use super::*;
 
     fn view(version: u64) -> HotToken {
+        let authorization = bearer_header(&openidconnect::AccessToken::new("at".into()));
         HotToken {
-            authorization: bearer_header(&openidconnect::AccessToken::new("at".into())),
-            dpop: None,
-            version,
+            access: UsableToken { authorization, dpop: None, version, expires_at: 10 },
             expiry: crate::tokens::Expiry { expires_at: 10, lifetime_secs: 10, session_expires_at: 100 },
             has_refresh_token: true,
             audiences: Arc::default(),
@@ -167,11 +135,11 @@ mod tests {
     fn a_view_is_returned_only_for_the_same_fingerprint() {
         let views = HotViews::default();
         views.put("k", b"fp1".to_vec(), view(1));
-        assert_eq!(views.get("k", b"fp1").map(|v| v.version), Some(1));
+        assert_eq!(views.get("k", b"fp1").map(|v| v.access.version), Some(1));
         assert!(views.get("k", b"fp2").is_none());
         assert!(views.get("other", b"fp1").is_none());
         views.put("k", b"fp2".to_vec(), view(2));
-        assert_eq!(views.get("k", b"fp2").map(|v| v.version), Some(2));
+        assert_eq!(views.get("k", b"fp2").map(|v| v.access.version), Some(2));
         assert!(views.get("k", b"fp1").is_none());
         views.forget("k");
         assert!(views.get("k", b"fp2").is_none());

@@ -88,6 +88,38 @@ pub fn verify(proof: &str, expected: &Expected<'_>, seen: &SeenProofs) -> Result
     Ok(URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes())))
 }
 
+/// Why a token was not used as it is bound.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BindingError {
+    /// The server's nonce is missing from the proof: answer `use_dpop_nonce`.
+    NonceRequired,
+    Refused(&'static str),
+}
+
+/// RFC 9449 §7: a token bound to `jkt` is accepted only as `DPoP`, with a `proof` of that key
+/// made for the request `expected` describes; an unbound one only as `Bearer`.
+pub fn check_binding(
+    scheme: &str,
+    jkt: Option<&str>,
+    proof: Option<&str>,
+    expected: &Expected<'_>,
+    seen: &SeenProofs,
+) -> Result<(), BindingError> {
+    match (scheme, jkt) {
+        ("Bearer", None) => Ok(()),
+        ("DPoP", Some(jkt)) => {
+            let proof = proof.ok_or(BindingError::Refused("no DPoP proof"))?;
+            match verify(proof, expected, seen) {
+                Ok(thumbprint) if thumbprint == jkt => Ok(()),
+                Ok(_) => Err(BindingError::Refused("the proof's key is not the token's")),
+                Err(ProofError::NonceRequired) => Err(BindingError::NonceRequired),
+                Err(ProofError::Invalid(_)) => Err(BindingError::Refused("the DPoP proof is not for this request")),
+            }
+        }
+        _ => Err(BindingError::Refused("the token is not sent as it is bound")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use actix_web::web::{self, Bytes};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer};
 use bff::demo::idp::Provider;
+use bff::demo::idp::dpop::{BindingError, Expected, check_binding};
 use futures_util::StreamExt;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -108,29 +109,13 @@ fn sender_checked(
     scheme: &str,
     token: &str,
     cnf: Option<&serde_json::Value>,
-) -> Result<(), &'static str> {
-    let jkt = cnf.and_then(|c| c["jkt"].as_str());
-    match (scheme, jkt) {
-        ("Bearer", None) => Ok(()),
-        ("DPoP", Some(jkt)) => {
-            let proof = req.headers().get("dpop").and_then(|v| v.to_str().ok()).ok_or("no DPoP proof")?;
-            let url = format!("{}{}", state.url, req.path());
-            let nonce = state.controls.dpop_nonce.lock().expect("nonce").clone();
-            let expected = bff::demo::idp::dpop::Expected {
-                method: req.method().as_str(),
-                url: &url,
-                access_token: Some(token),
-                nonce: nonce.as_deref(),
-            };
-            match bff::demo::idp::dpop::verify(proof, &expected, &state.seen_proofs) {
-                Ok(thumbprint) if thumbprint == jkt => Ok(()),
-                Ok(_) => Err("the proof's key is not the token's"),
-                Err(bff::demo::idp::dpop::ProofError::NonceRequired) => Err("use_dpop_nonce"),
-                Err(_) => Err("invalid DPoP proof"),
-            }
-        }
-        _ => Err("the token is not used as it is bound"),
-    }
+) -> Result<(), BindingError> {
+    let url = format!("{}{}", state.url, req.path());
+    let nonce = state.controls.dpop_nonce.lock().expect("nonce").clone();
+    let expected =
+        Expected { method: req.method().as_str(), url: &url, access_token: Some(token), nonce: nonce.as_deref() };
+    let proof = req.headers().get("dpop").and_then(|v| v.to_str().ok());
+    check_binding(scheme, cnf.and_then(|c| c["jkt"].as_str()), proof, &expected, &state.seen_proofs)
 }
 
 fn query(req: &HttpRequest, name: &str) -> Option<u64> {
@@ -164,7 +149,7 @@ async fn handle(req: HttpRequest, mut payload: web::Payload, state: web::Data<St
         (Some(c), Some((scheme, t))) => sender_checked(&state, &req, scheme, t, c.cnf.as_ref()),
         _ => Ok(()),
     };
-    if sender == Err("use_dpop_nonce") {
+    if sender == Err(BindingError::NonceRequired) {
         let nonce = state.controls.dpop_nonce.lock().expect("nonce").clone().unwrap_or_default();
         return HttpResponse::Unauthorized()
             .insert_header(("www-authenticate", "DPoP error=\"use_dpop_nonce\""))
