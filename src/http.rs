@@ -18,7 +18,7 @@ use crate::limits::Limit;
 use crate::request_id::request_id;
 use crate::session::cookie_pairs;
 use crate::state::AppState;
-use crate::telemetry::error_chain;
+use crate::telemetry::{self, error_chain};
 
 /// Bodies sent to `/auth/*` (forms, logout tokens) are small.
 pub const AUTH_BODY_LIMIT: usize = 64 * 1024;
@@ -144,6 +144,58 @@ fn route_class(path: &str, state: Option<&AppState>) -> &'static str {
     }
 }
 
+/// The request's span; exported, it also carries the OpenTelemetry HTTP server attributes and
+/// joins the browser's trace when that is believed.
+fn request_span(req: &ServiceRequest, id: &str, route: &'static str, state: Option<&AppState>) -> tracing::Span {
+    if !telemetry::exporting() {
+        return tracing::info_span!("request", request_id = id, route);
+    }
+    let label = route_label(req.path(), route, state);
+    let name = format!("{} {label}", req.method());
+    let span = tracing::info_span!(
+        "request",
+        request_id = id,
+        route,
+        otel.name = name.as_str(),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        "http.request.method" = req.method().as_str(),
+        "url.path" = req.path(),
+        "http.route" = label.as_str(),
+        "http.response.status_code" = tracing::field::Empty,
+    );
+    let trusted = state.is_some_and(|s| s.config.telemetry.trust_incoming_trace_context);
+    telemetry::context::adopt_incoming(&span, req.headers(), trusted);
+    span
+}
+
+/// bff's own routes by name; an API call by its route's prefix and the SPA's files as one (their
+/// paths are unbounded, and a span name must not be).
+const NAMED_ROUTES: &[&str] = &[
+    "/auth/login",
+    "/auth/callback",
+    "/auth/user",
+    "/auth/logout",
+    "/auth/backchannel-logout",
+    "/auth/signed-out",
+    "/auth/style.css",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/.well-known/jwks.json",
+];
+
+fn route_label(path: &str, route: &'static str, state: Option<&AppState>) -> String {
+    if let Some(named) = NAMED_ROUTES.iter().find(|r| **r == path) {
+        return (*named).to_string();
+    }
+    match (route, state.and_then(|s| s.proxy.route_for(path))) {
+        ("api", Some(api)) => format!("{}/*", api.prefix.trim_end_matches('/')),
+        ("auth", _) => "/auth/*".to_string(),
+        _ => "/*".to_string(),
+    }
+}
+
 /// Outermost: the request id, the header size limit, one log line and the metrics of every
 /// request (method, path without its query — it may hold a code —, status, latency).
 pub async fn observe(
@@ -156,7 +208,7 @@ pub async fn observe(
     let route = route_class(req.path(), state.as_ref().map(|s| s.get_ref()));
     // Kept for the access log line only when that line is written.
     let logged = tracing::enabled!(tracing::Level::INFO).then(|| (req.method().clone(), req.path().to_string()));
-    let span = tracing::info_span!("request", request_id = %id.0, route);
+    let span = request_span(&req, &id.0, route, state.as_ref().map(|s| s.get_ref()));
     let target_bytes = req.uri().path().len() + req.uri().query().map_or(0, str::len);
     let header_bytes: usize =
         req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() + target_bytes;
@@ -176,6 +228,10 @@ pub async fn observe(
     };
     if let Some(state) = &state {
         state.metrics.request(route, status.as_u16(), started.elapsed());
+    }
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
     }
     if let Some((method, path)) = logged {
         span.in_scope(|| {

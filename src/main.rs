@@ -84,7 +84,14 @@ async fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(code) => return code,
             };
-            bff::telemetry::init(config.log.format, &config.log.level);
+            let telemetry = bff::telemetry::init_with_traces(config.log.format, &config.log.level, &config.telemetry);
+            let _flushed_at_exit = match telemetry {
+                Ok(telemetry) => telemetry,
+                Err(e) => {
+                    eprintln!("bff: cannot export traces ([telemetry]): {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
             exit_code("bff", serve(config).await)
         }
         #[cfg(feature = "demo")]

@@ -156,7 +156,7 @@ pub enum SocketEnd {
 }
 
 impl SocketEnd {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             SocketEnd::Peer => "peer",
             SocketEnd::SessionEnded => "session_ended",

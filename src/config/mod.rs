@@ -25,6 +25,7 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub api: Vec<ApiConfig>,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +39,22 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// An `EnvFilter` directive; `RUST_LOG` overrides it.
     pub level: String,
+}
+
+/// OpenTelemetry traces. Each `None` leaves the choice to the standard `OTEL_*` variables.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryConfig {
+    /// The OTLP/HTTP collector, as `OTEL_EXPORTER_OTLP_ENDPOINT` (`/v1/traces` is added).
+    pub otlp_endpoint: Option<Url>,
+    pub service_name: Option<String>,
+    /// Parent-based ratio sampling of the traces bff starts.
+    pub sampling_ratio: Option<f64>,
+    /// A browser's `traceparent`/`tracestate` are believed (bff's spans join that trace).
+    pub trust_incoming_trace_context: bool,
+}
+
+impl TelemetryConfig {
+    pub const DEFAULT_SERVICE_NAME: &'static str = "bff";
 }
 
 #[derive(Debug, Clone)]

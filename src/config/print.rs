@@ -135,6 +135,18 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     );
     log.insert("level".into(), string(&config.log.level));
 
+    let t = &config.telemetry;
+    let mut telemetry = Table::new();
+    telemetry.insert("otlp_endpoint".into(), string(t.otlp_endpoint.as_ref().map_or("", url::Url::as_str)));
+    // Keys left unset are left out: the `OTEL_*` variables decide those.
+    if let Some(name) = &t.service_name {
+        telemetry.insert("service_name".into(), string(name));
+    }
+    if let Some(ratio) = t.sampling_ratio {
+        telemetry.insert("sampling_ratio".into(), Value::Float(ratio));
+    }
+    telemetry.insert("trust_incoming_trace_context".into(), Value::Boolean(t.trust_incoming_trace_context));
+
     let mut root = Table::new();
     root.insert("server".into(), Value::Table(server));
     root.insert("oidc".into(), Value::Table(oidc));
@@ -142,6 +154,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     root.insert("tokens".into(), Value::Table(tokens));
     root.insert("api".into(), Value::Array(apis));
     root.insert("log".into(), Value::Table(log));
+    root.insert("telemetry".into(), Value::Table(telemetry));
     toml::to_string(&root).unwrap_or_else(|e| format!("# could not render the configuration: {e}\n"))
 }
 

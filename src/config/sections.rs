@@ -15,7 +15,7 @@ use crate::client_keys::ClientKeys;
 use super::walker::{Section, Walker, describe};
 use super::{
     ApiConfig, AuthMethod, Config, LogConfig, LogFormat, OidcConfig, ParMode, SameSitePolicy, ServerConfig,
-    SessionConfig, TokenPolicy, TokensConfig,
+    SessionConfig, TelemetryConfig, TokenPolicy, TokensConfig,
 };
 
 const MIN_SECRET_BYTES: usize = 64;
@@ -41,9 +41,26 @@ impl Walker<'_> {
         let tokens = self.tokens(&mut top);
         let api = self.apis(&mut top);
         let log = self.log(&mut top);
-        top.known.extend(["server", "oidc", "session", "tokens", "api", "log"]);
+        let telemetry = self.telemetry(&mut top);
+        top.known.extend(["server", "oidc", "session", "tokens", "api", "log", "telemetry"]);
         self.finish(top);
-        Some(Config { server: server?, oidc: oidc?, session: session?, tokens, api, log })
+        Some(Config { server: server?, oidc: oidc?, session: session?, tokens, api, log, telemetry })
+    }
+
+    fn telemetry(&mut self, top: &mut Section<'_>) -> TelemetryConfig {
+        let mut s = self.section(top, "telemetry");
+        let otlp_endpoint = self
+            .string(&mut s, "otlp_endpoint")
+            .filter(|raw| !raw.is_empty())
+            .and_then(|raw| self.url(&s.key("otlp_endpoint"), &raw, "otlp_endpoint"));
+        let service_name = self.string(&mut s, "service_name");
+        if service_name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            self.error(s.key("service_name"), "must not be empty");
+        }
+        let sampling_ratio = self.ratio(&mut s, "sampling_ratio");
+        let trust_incoming_trace_context = self.boolean(&mut s, "trust_incoming_trace_context", false);
+        self.finish(s);
+        TelemetryConfig { otlp_endpoint, service_name, sampling_ratio, trust_incoming_trace_context }
     }
 
     fn log(&mut self, top: &mut Section<'_>) -> LogConfig {

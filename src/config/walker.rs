@@ -131,6 +131,24 @@ impl Walker<'_> {
         }
     }
 
+    /// A fraction from 0 to 1 (`None` when the key is absent).
+    pub(super) fn ratio(&mut self, sec: &mut Section<'_>, name: &'static str) -> Option<f64> {
+        let key = sec.key(name);
+        let value = self.value(sec, name)?;
+        let parsed = match value {
+            Value::Num(_, n) => n.to_f64(),
+            Value::String(_, s) => s.trim().parse::<f64>().ok(),
+            _ => None,
+        };
+        match parsed {
+            Some(r) if (0.0..=1.0).contains(&r) => Some(r),
+            _ => {
+                self.error(key, format!("expected a number from 0 to 1, found {}", describe(value)));
+                None
+            }
+        }
+    }
+
     pub(super) fn boolean(&mut self, sec: &mut Section<'_>, name: &'static str, default: bool) -> bool {
         let key = sec.key(name);
         let Some(value) = self.value(sec, name) else { return default };

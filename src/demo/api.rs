@@ -51,7 +51,7 @@ struct Claims {
 
 /// Starts the demo API on `listener`; the returned server must be awaited or spawned.
 pub fn start(config: ApiConfig, listener: TcpListener) -> Result<Server, anyhow::Error> {
-    let http = crate::oidc::idp_http_client(Duration::from_secs(5))?;
+    let http = crate::oidc::IdpHttp::new(Duration::from_secs(5))?;
     let state = web::Data::new(State {
         verifier: JwksVerifier::new(http, config.jwks_uri),
         issuer: config.issuer,

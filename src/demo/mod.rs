@@ -212,7 +212,7 @@ fn fapi(config: &mut Config, provider: &idp::RunningIdp) -> Result<(), anyhow::E
 }
 
 pub async fn run_api(args: DemoApiArgs) -> Result<(), anyhow::Error> {
-    let http = crate::oidc::idp_http_client(Duration::from_secs(10))?;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
     let discovery = format!("{}/.well-known/openid-configuration", args.issuer.trim_end_matches('/'));
     #[derive(serde::Deserialize)]
     struct Discovery {

@@ -210,7 +210,7 @@ impl Oidc {
         };
         let form = vec![("token".into(), token.to_string()), ("token_type_hint".into(), hint.to_string())];
         let request = self.authenticated_post(&provider, url, form)?;
-        let response = request.send().await.map_err(OidcError::Revocation)?;
+        let response = self.http.send(request).await.map_err(OidcError::Revocation)?;
         let status = response.status();
         if !status.is_success() {
             #[derive(serde::Deserialize)]

@@ -52,21 +52,20 @@ pub struct Expect<'a> {
 }
 
 pub struct JwksVerifier {
-    http: reqwest::Client,
+    http: super::IdpHttp,
     jwks_uri: Url,
     keys: RwLock<Option<(JwkSet, Instant)>>,
 }
 
 impl JwksVerifier {
-    pub fn new(http: reqwest::Client, jwks_uri: Url) -> JwksVerifier {
+    pub fn new(http: super::IdpHttp, jwks_uri: Url) -> JwksVerifier {
         JwksVerifier { http, jwks_uri, keys: RwLock::new(None) }
     }
 
     async fn fetch(&self) -> Result<(), JwtError> {
         let set: JwkSet = self
             .http
-            .get(self.jwks_uri.clone())
-            .send()
+            .send(self.http.get(self.jwks_uri.clone()))
             .await
             .and_then(reqwest::Response::error_for_status)
             .map_err(JwtError::KeysUnavailable)?

@@ -115,7 +115,7 @@ impl Oidc {
         }
         let params: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
         let request = self.authenticated_post(provider, endpoint.clone(), params)?;
-        let response = request.send().await.map_err(OidcError::PushRequest)?;
+        let response = self.http.send(request).await.map_err(OidcError::PushRequest)?;
         let status = response.status();
         if !status.is_success() {
             let refusal = response.json::<Refusal>().await.ok().map(|r| r.error);

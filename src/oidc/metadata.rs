@@ -30,9 +30,9 @@ pub fn metadata_urls(issuer: &str) -> Vec<Url> {
 
 /// The first metadata document that answers and names `issuer` (RFC 8414 §3.3: a document for
 /// another issuer must not be used). `None` when there is none: that is common and not an error.
-pub async fn fetch(http: &reqwest::Client, issuer: &str) -> Option<AuthorizationServerMetadata> {
+pub async fn fetch(http: &super::IdpHttp, issuer: &str) -> Option<AuthorizationServerMetadata> {
     for url in metadata_urls(issuer) {
-        let Ok(response) = http.get(url.clone()).send().await else { continue };
+        let Ok(response) = http.send(http.get(url.clone())).await else { continue };
         if !response.status().is_success() {
             continue;
         }

@@ -4,11 +4,14 @@
 
 mod dpop_client;
 mod grants;
+mod http;
 pub mod jwks;
 mod login;
 mod logout_token;
 mod metadata;
 mod token_endpoint;
+
+pub use http::IdpHttp;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -234,7 +237,7 @@ pub struct Oidc {
     dpop: bool,
     /// The provider's last `DPoP-Nonce` (RFC 9449 §8), sent with the next proofs.
     dpop_nonce: std::sync::Mutex<Option<String>>,
-    http: reqwest::Client,
+    http: IdpHttp,
     /// `oidc.revocation_endpoint`: wins over whatever the provider's metadata says.
     configured_revocation_url: Option<Url>,
     /// The "logout will not revoke" warning is given once, not at every rediscovery.
@@ -250,17 +253,6 @@ impl std::fmt::Debug for Oidc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Oidc").field("issuer", &self.issuer.as_str()).field("ready", &self.is_ready()).finish()
     }
-}
-
-/// The client every call to the provider goes through: never follows redirects (SSRF), bounded.
-pub fn idp_http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .tcp_nodelay(true)
-        .user_agent(concat!("bff/", env!("CARGO_PKG_VERSION")))
-        .build()
 }
 
 impl Oidc {
@@ -296,7 +288,7 @@ impl Oidc {
             par: config.oidc.par,
             dpop: config.oidc.dpop,
             dpop_nonce: std::sync::Mutex::new(None),
-            http: idp_http_client(config.oidc.timeout)?,
+            http: IdpHttp::new(config.oidc.timeout)?,
             configured_revocation_url: config.oidc.revocation_endpoint.clone(),
             warned_no_revocation: std::sync::atomic::AtomicBool::new(false),
             provider: RwLock::new(None),
@@ -338,7 +330,7 @@ impl Oidc {
             issuer: String,
         }
         let url = self.issuer.join(".well-known/openid-configuration").ok()?;
-        let doc: Issuer = self.http.get(url).send().await.ok()?.json().await.ok()?;
+        let doc: Issuer = self.http.send(self.http.get(url)).await.ok()?.json().await.ok()?;
         Some(doc.issuer)
     }
 

@@ -23,6 +23,7 @@ use hyper::header::{AUTHORIZATION, HeaderValue};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tracing::Instrument;
 
 use url::Url;
 
@@ -32,6 +33,7 @@ use crate::limits::Limit;
 use crate::metrics::{Metrics, UpstreamFailure};
 use crate::request_id::RequestId;
 use crate::session::now_unix;
+use crate::telemetry;
 use crate::tokens::{ClientGrant, TokenError, TokenManager, UsableToken};
 use admission::{Admission, Permit};
 use body::BodyLimits;
@@ -65,9 +67,16 @@ pub struct Route {
     dpop_nonce: std::sync::Mutex<Option<String>>,
     /// WebSocket upgrades pass through (`websocket`).
     pub websocket: bool,
+    /// How spans name the route: `/api/*` (the paths under it are unbounded).
+    span_route: String,
 }
 
 impl Route {
+    /// The span of one exchange with this route's upstream (see `telemetry::client_span`).
+    pub(super) fn client_span(&self, method: &hyper::Method, uri: &hyper::Uri) -> tracing::Span {
+        telemetry::client_span("upstream", method.as_str(), &self.span_route, uri)
+    }
+
     /// Whether the route takes `method` (GET implies HEAD).
     pub fn takes(&self, method: &str) -> bool {
         self.methods.is_empty() || self.methods.iter().any(|m| m == method || (method == "HEAD" && m == "GET"))
@@ -121,6 +130,7 @@ impl From<&ApiConfig> for Route {
     fn from(api: &ApiConfig) -> Self {
         Route {
             prefix: api.prefix.clone(),
+            span_route: format!("{}/*", api.prefix.trim_end_matches('/')),
             base: api.upstream.clone(),
             timeout: api.timeout,
             max_retry_body_bytes: api.max_retry_body_bytes,
@@ -166,6 +176,8 @@ pub struct Proxy {
     proto: HeaderValue,
     host: HeaderValue,
     trusted_hops: usize,
+    /// `telemetry.trust_incoming_trace_context`.
+    trust_trace_context: bool,
     /// Exchanges in flight, in all and per session (a permit lives until its response body ends).
     admission: Admission,
     metrics: Arc<Metrics>,
@@ -195,6 +207,7 @@ impl Proxy {
             proto: HeaderValue::try_from(public.scheme()).unwrap_or(HeaderValue::from_static("https")),
             host: HeaderValue::try_from(host).unwrap_or(HeaderValue::from_static("")),
             trusted_hops: config.server.trusted_proxy_hops,
+            trust_trace_context: config.telemetry.trust_incoming_trace_context,
             admission: Admission::new(
                 config.server.max_upstream_concurrency,
                 config.server.max_upstream_concurrency_per_session,
@@ -336,10 +349,17 @@ impl Proxy {
     async fn send(
         &self,
         client: &UpstreamClient,
-        request: hyper::Request<UpstreamBody>,
+        mut request: hyper::Request<UpstreamBody>,
         route: &Route,
     ) -> Result<hyper::Response<Incoming>, SendError> {
-        self.timed(route, client.0.request(request)).await
+        let span = route.client_span(request.method(), request.uri());
+        telemetry::context::inject(&span, request.headers_mut());
+        let result = self.timed(route, client.0.request(request)).instrument(span.clone()).await;
+        match &result {
+            Ok(response) => telemetry::record_status(&span, response.status().as_u16()),
+            Err(_) => telemetry::record_failure(&span),
+        }
+        result
     }
 
     /// An upstream call, bounded by the route's timeout, measured, its failure classified.
@@ -376,6 +396,10 @@ impl Proxy {
             host: &self.host,
         };
         let mut headers = headers::upstream_request_headers(req.headers(), &forwarded, &route.request_headers_drop);
+        if !telemetry::context::keep_browser_context(self.trust_trace_context) {
+            headers.remove(telemetry::context::TRACEPARENT);
+            headers.remove(telemetry::context::TRACESTATE);
+        }
         if let Some(id) = req.extensions().get::<RequestId>()
             && let Ok(v) = HeaderValue::from_str(&id.0)
         {

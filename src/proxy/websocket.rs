@@ -30,6 +30,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::admission::Permit;
 use super::frames::{FrameTracker, close_frame};
@@ -37,6 +38,7 @@ use super::{Call, Destination, Proxy, copy_response_headers, respond};
 use crate::error::AppError;
 use crate::metrics::{Metrics, OpenSocket, SocketEnd};
 use crate::session::SessionHandle;
+use crate::telemetry;
 use crate::tokens::{TokenError, TokenManager, UsableToken};
 
 /// How often an open socket looks at its session and its idleness. With the coherent local
@@ -124,9 +126,16 @@ impl Proxy {
             _permit: permit,
         };
         tracing::debug!(api = route.prefix, "WebSocket open");
+        // From the 101 to the close: outlives the request's span, its parent.
+        let lifetime = tracing::debug_span!(
+            "websocket",
+            otel.name = "websocket",
+            "bff.route" = route.prefix.as_str(),
+            "bff.websocket.end" = tracing::field::Empty,
+        );
         // The browser's bytes come through `web::Payload`, which is !Send: the tunnel runs on
         // this worker's thread.
-        actix_web::rt::spawn(tunnel.run(payload, TokioIo::new(upgraded), to_browser));
+        actix_web::rt::spawn(tunnel.run(payload, TokioIo::new(upgraded), to_browser).instrument(lifetime));
         let body = futures_util::stream::unfold(from_tunnel, |mut rx| async move {
             rx.recv().await.map(|bytes| (Ok::<_, std::io::Error>(bytes), rx))
         });
@@ -161,6 +170,8 @@ impl Proxy {
         if let Some(token) = token {
             destination.route.authorize(headers, &hyper::Method::GET, &uri, token);
         }
+        let span = destination.route.client_span(&hyper::Method::GET, &uri);
+        telemetry::context::inject(&span, headers);
         let mut connector = self.websocket_connector.clone();
         let exchange = async move {
             std::future::poll_fn(|cx| connector.poll_ready(cx)).await.map_err(HandshakeError::Connect)?;
@@ -173,7 +184,12 @@ impl Proxy {
             });
             Ok::<_, HandshakeError>(sender.send_request(request).await?)
         };
-        Ok(self.timed(destination.route, exchange).await?)
+        let answer = self.timed(destination.route, exchange).instrument(span.clone()).await;
+        match &answer {
+            Ok(response) => telemetry::record_status(&span, response.status().as_u16()),
+            Err(_) => telemetry::record_failure(&span),
+        }
+        Ok(answer?)
     }
 }
 
@@ -256,6 +272,7 @@ impl Tunnel {
         }
         let end = control.cause.get().unwrap_or(SocketEnd::Peer);
         self.metrics.websocket_closed(end);
+        tracing::Span::current().record("bff.websocket.end", end.label());
         tracing::debug!(?end, "WebSocket closed");
     }
 

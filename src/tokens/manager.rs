@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use futures_util::future::Shared;
 use hyper::header::HeaderValue;
+use tracing::Instrument;
 
 use super::{ClientTokens, DpopBinding, EndReason, Expiry, Sessions, TokenOf, TokenSet, TokenStore, presented};
 use crate::crypto::random_token;
@@ -195,7 +196,9 @@ impl TokenManager {
     /// The steady-state path: no store command with the local cache, else one read; no write.
     /// With `resource`, the session's token for that audience (RFC 8707), got on first use.
     pub async fn access_token(self: &Arc<Self>, handle: &SessionHandle, resource: Option<&str>) -> FlightResult {
-        let hot = self.tokens.load_hot(handle).await?.ok_or(TokenError::LoginRequired)?;
+        let read =
+            tracing::debug_span!("session read", otel.name = "session read", "bff.cache" = tracing::field::Empty);
+        let hot = self.tokens.load_hot(handle).instrument(read).await?.ok_or(TokenError::LoginRequired)?;
         let now = now_unix();
         let Some((usable, expiry)) = hot.usable(resource) else {
             // No token for this audience yet: one is asked for with the refresh token.
@@ -264,14 +267,28 @@ impl TokenManager {
         let id = self.flight_ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let this = Arc::clone(self);
         let k = key.clone();
-        let fut: Pin<Box<dyn Future<Output = FlightResult> + Send>> = Box::pin(async move {
-            let result = this.run_flight(&k.0, k.1.as_deref(), want).await;
-            let mut flights = this.flights.lock().unwrap_or_else(|p| p.into_inner());
-            if flights.get(&k).is_some_and(|(fid, _)| *fid == id) {
-                flights.remove(&k);
+        // The first caller's span is the flight's parent; joiners wait in their own.
+        let span = tracing::debug_span!(
+            "token refresh",
+            otel.name = "token refresh",
+            otel.status_code = tracing::field::Empty,
+            "bff.resource" = key.1.as_deref().unwrap_or_default(),
+            "bff.refresh.lock_waited_ms" = tracing::field::Empty,
+        );
+        let fut: Pin<Box<dyn Future<Output = FlightResult> + Send>> = Box::pin(
+            async move {
+                let result = this.run_flight(&k.0, k.1.as_deref(), want).await;
+                if result.is_err() {
+                    tracing::Span::current().record("otel.status_code", "ERROR");
+                }
+                let mut flights = this.flights.lock().unwrap_or_else(|p| p.into_inner());
+                if flights.get(&k).is_some_and(|(fid, _)| *fid == id) {
+                    flights.remove(&k);
+                }
+                result
             }
-            result
-        });
+            .instrument(span),
+        );
         let flight = fut.shared();
         flights.insert(key.clone(), (id, flight.clone()));
         flight
@@ -281,30 +298,39 @@ impl TokenManager {
         let lock_key = self.tokens.keys().refresh_lock(handle);
         let store = self.tokens.store();
         let started = Instant::now();
-        let mut waited = false;
+        // Open while another holder's lock is waited for (its length is the span's).
+        let mut waiting: Option<tracing::Span> = None;
+        let waited = |waiting: &mut Option<tracing::Span>| {
+            let waited = started.elapsed();
+            tracing::Span::current().record("bff.refresh.lock_waited_ms", waited.as_millis() as u64);
+            waiting.take();
+            waited
+        };
         loop {
             let set = self.load_live(handle).await?;
             if let Some(ready) = ready_token(&set, resource, want, self.skew) {
-                if waited {
+                if waiting.is_some() {
                     // Another instance did the refresh while we waited for its lock.
-                    self.metrics.lock_waited(started.elapsed());
+                    self.metrics.lock_waited(waited(&mut waiting));
                     self.metrics.refresh(RefreshOutcome::Joined);
                 }
                 return Ok(ready);
             }
             let owner = random_token();
             if store.set_if_absent(&lock_key, owner.as_bytes(), self.lease).await? {
-                if waited {
-                    self.metrics.lock_waited(started.elapsed());
+                if waiting.is_some() {
+                    self.metrics.lock_waited(waited(&mut waiting));
                 }
                 self.hold(&lock_key, &owner);
                 let result = self.refresh_locked(handle, resource, want, &lock_key, &owner).await;
                 self.release(&lock_key, &owner).await;
                 return result;
             }
-            waited = true;
+            if waiting.is_none() {
+                waiting = Some(tracing::debug_span!("refresh lock wait", otel.name = "refresh lock wait"));
+            }
             if !keep_waiting(started.elapsed(), self.wait_limit) {
-                self.metrics.lock_waited(started.elapsed());
+                self.metrics.lock_waited(waited(&mut waiting));
                 return Err(RefreshUnavailable::WaitedTooLong(self.wait_limit).into());
             }
             tokio::time::sleep(POLL_INTERVAL).await;

@@ -367,10 +367,18 @@ impl TokenStore {
 
     /// The proxy's read. With the cache: no store command while the cached value is valid; a
     /// miss reads on the tracked connection and fills. Without: one round trip (`load_uncached`).
+    /// How it was read goes on the current span's `bff.cache` (the proxy's "session read").
     pub async fn load_hot(&self, handle: &SessionHandle) -> Result<Option<HotToken>, StoreError> {
-        let Some(cache) = &self.cache else { return self.load_uncached(handle).await };
+        let read = |how: &'static str| {
+            tracing::Span::current().record("bff.cache", how);
+        };
+        let Some(cache) = &self.cache else {
+            read("off");
+            return self.load_uncached(handle).await;
+        };
         let now = Instant::now();
         if let Some(entry) = cache.get(handle, now) {
+            read("hit");
             let remaining = entry.valid_until.saturating_duration_since(now);
             if let Some(target) = self.touch_target(remaining, entry.view.expiry.session_expires_at)
                 && entry.start_touch()
@@ -379,6 +387,7 @@ impl TokenStore {
             }
             return Ok(Some(entry.view.clone()));
         }
+        read("miss");
         let Some(fill) = cache.begin_fill(handle) else { return self.load_uncached(handle).await };
         let key = self.keys.tokens(handle);
         // On every early return the ticket is dropped, which frees its placeholder.

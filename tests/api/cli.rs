@@ -97,13 +97,14 @@ fn client_secret_can_come_from_a_file() {
 }
 
 /// `bff serve` as a child process with its own provider and upstream; its output is collected.
-struct Served {
+/// `bff serve` in a process of its own, with the demo provider and the test upstream.
+pub(crate) struct Served {
     child: std::process::Child,
     logs: Arc<Mutex<String>>,
-    browser: Browser,
-    idp: bff::demo::idp::RunningIdp,
-    upstream: support::upstream::Upstream,
-    prefix: String,
+    pub(crate) browser: Browser,
+    pub(crate) idp: bff::demo::idp::RunningIdp,
+    pub(crate) upstream: support::upstream::Upstream,
+    pub(crate) prefix: String,
 }
 
 impl Drop for Served {
@@ -116,6 +117,17 @@ impl Drop for Served {
 impl Served {
     /// `edits` replace text in the configuration; `extra` is appended to it.
     async fn start(access_token_ttl: u64, edits: &[(&str, &str)], extra: &str, rust_log: Option<&str>) -> Served {
+        Served::start_with_env(access_token_ttl, edits, extra, rust_log, &[]).await
+    }
+
+    /// `start`, with these variables in the process's environment (and no `OTEL_*` of the test's).
+    pub(crate) async fn start_with_env(
+        access_token_ttl: u64,
+        edits: &[(&str, &str)],
+        extra: &str,
+        rust_log: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Served {
         let port = listener().local_addr().expect("addr").port();
         let public_url = format!("http://127.0.0.1:{port}");
         let idp = spawn_idp(IdpOptions {
@@ -139,6 +151,10 @@ impl Served {
         if let Some(filter) = rust_log {
             cmd.env("RUST_LOG", filter);
         }
+        for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("OTEL_")) {
+            cmd.env_remove(name);
+        }
+        cmd.envs(env.iter().copied());
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start bff serve");
         let logs = Arc::new(Mutex::new(String::new()));
         for stream in [
@@ -167,17 +183,17 @@ impl Served {
         Served { child, logs, browser, idp, upstream, prefix }
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.logs.lock().expect("logs").clone()
     }
 
-    fn terminate(&self) {
+    pub(crate) fn terminate(&self) {
         let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill");
         assert!(status.success());
     }
 
     /// Waits (bounded) for the process to exit; its exit code.
-    async fn exit_code(&mut self, limit: Duration) -> Option<i32> {
+    pub(crate) async fn exit_code(&mut self, limit: Duration) -> Option<i32> {
         let deadline = std::time::Instant::now() + limit;
         while std::time::Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {

@@ -25,6 +25,7 @@ mod rotation;
 mod route_tokens;
 mod store_conformance;
 mod store_down;
+mod telemetry;
 mod timeouts;
 mod user;
 mod websocket;

@@ -214,6 +214,7 @@ fn presented(req: &HttpRequest, form: &HashMap<String, String>) -> Presented {
 }
 
 async fn token(req: HttpRequest, p: web::Data<Provider>, form: web::Form<HashMap<String, String>>) -> HttpResponse {
+    p.saw_trace_context("/token", &req);
     match p.controls.token_fault() {
         TokenFault::None => {}
         TokenFault::Unavailable => {
@@ -273,6 +274,7 @@ async fn pushed_authorization_request(
 }
 
 async fn revoke(req: HttpRequest, p: web::Data<Provider>, form: web::Form<HashMap<String, String>>) -> HttpResponse {
+    p.saw_trace_context("/revoke", &req);
     match p.revoke(&form, &presented(&req, &form)) {
         Ok(()) => HttpResponse::Ok().finish(),
         Err(e) => oauth_error(&e),

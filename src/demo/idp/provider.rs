@@ -148,6 +148,9 @@ pub struct Provider {
     data: Mutex<Data>,
     /// Every token the provider issued, so tests can search logs and pages for them.
     issued: Mutex<Vec<String>>,
+    /// The `traceparent` each token and revocation request came with (the last few), to show
+    /// that a client propagates its trace.
+    trace_contexts: Mutex<std::collections::VecDeque<(&'static str, String)>>,
     pub api_audience: String,
     /// Delivers back-channel logout tokens.
     http: reqwest::Client,
@@ -189,8 +192,9 @@ impl Provider {
             counters: Counters::default(),
             data: Mutex::new(Data::default()),
             issued: Mutex::new(Vec::new()),
+            trace_contexts: Mutex::new(std::collections::VecDeque::new()),
             api_audience,
-            http: crate::oidc::idp_http_client(std::time::Duration::from_secs(5)).unwrap_or_default(),
+            http: reqwest::Client::builder().timeout(std::time::Duration::from_secs(5)).build().unwrap_or_default(),
             seen_proofs: super::dpop::SeenProofs::default(),
             dpop_nonce: format!("n-{}", random_token()),
         }
@@ -206,6 +210,21 @@ impl Provider {
 
     pub fn issued_tokens(&self) -> Vec<String> {
         self.issued.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn saw_trace_context(&self, endpoint: &'static str, req: &actix_web::HttpRequest) {
+        const KEPT: usize = 64;
+        let Some(traceparent) = req.headers().get("traceparent").and_then(|v| v.to_str().ok()) else { return };
+        let mut seen = self.trace_contexts.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() == KEPT {
+            seen.pop_front();
+        }
+        seen.push_back((endpoint, traceparent.to_string()));
+    }
+
+    /// `(endpoint, traceparent)` of the last requests that carried one.
+    pub fn trace_contexts(&self) -> Vec<(&'static str, String)> {
+        self.trace_contexts.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
     }
 
     /// RFC 9126 §2: a client pushes its authorization request; it gets a one-time reference.

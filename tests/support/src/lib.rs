@@ -6,12 +6,14 @@
 //! - [`browser`]: an HTTP client that keeps cookies like a browser and walks the login;
 //! - [`upstream`]: the API behind the proxy, which checks tokens at the demo provider;
 //! - [`redis`]: Redis servers of a test's own, each in a temporary directory;
-//! - [`websocket`]: WebSockets opened as a page would.
+//! - [`websocket`]: WebSockets opened as a page would;
+//! - [`otlp`]: an OpenTelemetry collector that keeps the spans it is sent.
 //!
 //! A harness that cannot set up its fixture stops right there, loudly: it panics.
 
 pub mod app;
 pub mod browser;
+pub mod otlp;
 pub mod redis;
 pub mod upstream;
 pub mod websocket;

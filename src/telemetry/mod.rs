@@ -1,0 +1,134 @@
+//! Logging and traces. Logs: `tracing` to stderr as text or JSON lines; the level from the
+//! configuration unless `RUST_LOG` is set. Traces: with `[telemetry]` (or the `OTEL_*`
+//! variables) the same spans are exported over OTLP; each request runs in a span carrying its
+//! request id, and its parts (session read, refresh, IdP and upstream calls) in spans of their
+//! own, at debug level so that they cost nothing while nothing exports them.
+
+pub mod context;
+mod export;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Level;
+use tracing_subscriber::filter::{EnvFilter, filter_fn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
+
+use crate::config::{LogFormat, TelemetryConfig};
+
+pub use export::{Export, export};
+
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported (then trace context goes out with every upstream and IdP call).
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// Flushes the spans not yet exported when dropped (at shutdown).
+#[must_use = "spans still queued are lost unless this lives until shutdown"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("bff: could not export the last spans: {e}");
+        }
+    }
+}
+
+/// Logs only (the demo, tools); later calls (tests) are ignored.
+pub fn init(format: LogFormat, default_filter: &str) {
+    let _ = Registry::default().with(log_layer(format, default_filter)).try_init();
+}
+
+/// Logs, and traces when `[telemetry]` or the `OTEL_*` variables ask for them.
+pub fn init_with_traces(
+    format: LogFormat,
+    default_filter: &str,
+    config: &TelemetryConfig,
+) -> anyhow::Result<Telemetry> {
+    let provider = match export(config, |name| std::env::var(name).ok()) {
+        Export::Off => None,
+        Export::To(endpoint) => Some(export::provider(config, endpoint)?),
+    };
+    let traces = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("bff"))
+            .with_threads(false)
+            .with_filter(filter_fn(exported))
+    });
+    let installed = Registry::default().with(log_layer(format, default_filter)).with(traces).try_init().is_ok();
+    EXPORTING.store(installed && provider.is_some(), Ordering::Relaxed);
+    Ok(Telemetry { provider })
+}
+
+/// bff's own spans down to debug (a request's parts) and its events down to info (span events);
+/// nothing of the libraries it uses.
+fn exported(meta: &tracing::Metadata<'_>) -> bool {
+    let ours = meta.target() == "bff" || meta.target().starts_with("bff::");
+    let floor = if meta.is_span() { Level::DEBUG } else { Level::INFO };
+    ours && *meta.level() <= floor
+}
+
+fn log_layer(format: LogFormat, default_filter: &str) -> Box<dyn Layer<Registry> + Send + Sync> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => layer.with_filter(filter).boxed(),
+        LogFormat::Json => layer.json().with_current_span(true).with_span_list(false).with_filter(filter).boxed(),
+    }
+}
+
+/// An error and its sources on one line; for logs (never for response bodies).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// A span for a call bff makes (`peer`: `idp` or `upstream`), named by method and `route` (a
+/// bounded name: the IdP endpoint's path, an API route's prefix). No query, header or body goes
+/// in: those are where codes and tokens travel. None while nothing exports spans.
+pub fn client_span(peer: &'static str, method: &str, route: &str, url: &hyper::Uri) -> tracing::Span {
+    if !exporting() {
+        return tracing::Span::none();
+    }
+    tracing::debug_span!(
+        "client request",
+        otel.name = format!("{method} {route}").as_str(),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        "bff.peer" = peer,
+        "http.request.method" = method,
+        "server.address" = url.host().unwrap_or_default(),
+        "server.port" = url.port_u16(),
+        "url.path" = url.path(),
+        "http.response.status_code" = tracing::field::Empty,
+    )
+}
+
+/// The answer's status on a span (`client_span`); 5xx marks the span failed.
+pub fn record_status(span: &tracing::Span, status: u16) {
+    span.record("http.response.status_code", status);
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
+/// A call that got no answer.
+pub fn record_failure(span: &tracing::Span) {
+    span.record("otel.status_code", "ERROR");
+}
