@@ -12,6 +12,7 @@ use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, HttpRequest, ResponseError, web};
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::error::{AppError, is_navigation};
 use crate::limits::Limit;
@@ -152,20 +153,15 @@ fn request_span(req: &ServiceRequest, id: &str, route: &'static str, state: Opti
     }
     let label = route_label(req.path(), route, state);
     let name = format!("{} {label}", req.method());
-    let span = tracing::info_span!(
-        "request",
-        request_id = id,
-        route,
-        otel.name = name.as_str(),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        "http.request.method" = req.method().as_str(),
-        "url.path" = req.path(),
-        "http.route" = label.as_str(),
-        "http.response.status_code" = tracing::field::Empty,
-    );
+    // The name and kind must be fields; the rest go to the exported span only (the log lines
+    // carry method, path and status already).
+    let span = tracing::info_span!("request", request_id = id, route, otel.name = name.as_str(), otel.kind = "server");
+    // First: a parent can be set only before anything else is done with the span.
     let trusted = state.is_some_and(|s| s.config.telemetry.trust_incoming_trace_context);
     telemetry::context::adopt_incoming(&span, req.headers(), trusted);
+    span.set_attribute("http.request.method", req.method().as_str().to_string());
+    span.set_attribute("url.path", req.path().to_string());
+    span.set_attribute("http.route", label);
     span
 }
 
@@ -229,9 +225,11 @@ pub async fn observe(
     if let Some(state) = &state {
         state.metrics.request(route, status.as_u16(), started.elapsed());
     }
-    span.record("http.response.status_code", status.as_u16());
-    if status.is_server_error() {
-        span.record("otel.status_code", "ERROR");
+    if telemetry::exporting() {
+        span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
+        if status.is_server_error() {
+            span.set_status(opentelemetry::trace::Status::error(""));
+        }
     }
     if let Some((method, path)) = logged {
         span.in_scope(|| {

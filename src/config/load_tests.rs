@@ -299,3 +299,36 @@ fn private_key_jwt_takes_keys_and_no_secret() {
         assert!(errs.iter().any(|e| e.starts_with(key) && e.contains(msg)), "{oidc}: {errs:?}");
     }
 }
+
+#[test]
+fn telemetry_is_off_unless_configured_and_its_values_are_checked() {
+    let config = load(ConfigSource::from_toml_text(&minimal())).unwrap();
+    assert!(config.telemetry.otlp_endpoint.is_none() && config.telemetry.service_name.is_none());
+    assert!(config.telemetry.sampling_ratio.is_none() && !config.telemetry.trust_incoming_trace_context);
+
+    let text = format!(
+        "{}\n[telemetry]\notlp_endpoint = \"http://collector:4318\"\nservice_name = \"shop-bff\"\n\
+         sampling_ratio = 0.25\ntrust_incoming_trace_context = true\n",
+        minimal()
+    );
+    let t = load(ConfigSource::from_toml_text(&text)).unwrap().telemetry;
+    assert_eq!(t.otlp_endpoint.map(|u| u.to_string()).as_deref(), Some("http://collector:4318/"));
+    assert_eq!((t.service_name.as_deref(), t.sampling_ratio), (Some("shop-bff"), Some(0.25)));
+    assert!(t.trust_incoming_trace_context);
+    let text = format!("{}\n[telemetry]\nsampling_ratio = 1\n", minimal());
+    assert_eq!(load(ConfigSource::from_toml_text(&text)).unwrap().telemetry.sampling_ratio, Some(1.0));
+
+    let text = format!(
+        "{}\n[telemetry]\notlp_endpoint = \"grpc://collector:4317\"\nservice_name = \" \"\nsampling_ratio = 1.5\nendpoint = \"x\"\n",
+        minimal()
+    );
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 4, "{errs:?}");
+    assert!(
+        errs.iter().any(|e| e.starts_with("telemetry.otlp_endpoint: otlp_endpoint must be http or https")),
+        "{errs:?}"
+    );
+    assert!(errs.iter().any(|e| e == "telemetry.service_name: must not be empty"), "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("telemetry.sampling_ratio: expected a number from 0 to 1")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("telemetry.endpoint")), "an unknown key: {errs:?}");
+}

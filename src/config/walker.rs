@@ -136,7 +136,8 @@ impl Walker<'_> {
         let key = sec.key(name);
         let value = self.value(sec, name)?;
         let parsed = match value {
-            Value::Num(_, n) => n.to_f64(),
+            // An integer (`1`, `0`) is a fraction too.
+            Value::Num(_, n) => n.to_f64().or_else(|| n.to_i128().map(|i| i as f64)),
             Value::String(_, s) => s.trim().parse::<f64>().ok(),
             _ => None,
         };

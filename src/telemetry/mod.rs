@@ -55,9 +55,10 @@ pub fn init_with_traces(
     default_filter: &str,
     config: &TelemetryConfig,
 ) -> anyhow::Result<Telemetry> {
-    let provider = match export(config, |name| std::env::var(name).ok()) {
+    let plan = export(config, |name| std::env::var(name).ok());
+    let provider = match &plan {
         Export::Off => None,
-        Export::To(endpoint) => Some(export::provider(config, endpoint)?),
+        Export::To(endpoint) => Some(export::provider(config, endpoint.clone())?),
     };
     let traces = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
@@ -67,6 +68,10 @@ pub fn init_with_traces(
     });
     let installed = Registry::default().with(log_layer(format, default_filter)).with(traces).try_init().is_ok();
     EXPORTING.store(installed && provider.is_some(), Ordering::Relaxed);
+    if let (true, Export::To(endpoint)) = (exporting(), plan) {
+        let to = endpoint.unwrap_or_else(|| "the OTEL_EXPORTER_OTLP_* endpoint".to_string());
+        tracing::info!("exporting traces to {to}");
+    }
     Ok(Telemetry { provider })
 }
 

@@ -324,3 +324,30 @@ async fn without_export_a_browser_trace_context_passes_only_when_trusted() {
         assert_eq!(context, expected, "trusted: {trusted}");
     }
 }
+
+/// A collector that takes connections and never answers, then one that is gone: calls are
+/// served all the same, a failed export is logged, and shutdown does not wait for it long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_hangs_or_is_gone_costs_the_calls_nothing() {
+    let silent = support::listener();
+    let silent_url = format!("http://{}", silent.local_addr().expect("addr"));
+    let gone_url = format!("http://127.0.0.1:{}", support::dead_port());
+    for endpoint in [silent_url, gone_url.clone()] {
+        let extra = format!("\n[telemetry]\notlp_endpoint = \"{endpoint}\"\n");
+        let mut served = Served::start_with_env(300, &[], &extra, None, ENV).await;
+        served.browser.login_as("alice").await;
+        for _ in 0..20 {
+            assert_eq!(served.browser.api(Method::GET, "/api/echo").await.status(), 200);
+        }
+        assert!(served.logs().contains(&format!("exporting traces to {endpoint}/v1/traces")), "{}", served.logs());
+        if endpoint == gone_url {
+            support::eventually("the failed export is logged", WAIT, || {
+                std::future::ready(served.logs().contains("BatchSpanProcessor.ExportError"))
+            })
+            .await;
+        }
+        served.terminate();
+        assert_eq!(served.exit_code(Duration::from_secs(15)).await, Some(0), "{}", served.logs());
+    }
+    drop(silent);
+}
