@@ -11,6 +11,7 @@
 #   benches/callgrind.sh                       # this tree's build, cache on and off
 #   BIN=/path/to/older/bff CACHE=omit benches/callgrind.sh   # a build without tokens.local_cache
 #   KIND=chunked N1=200 N2=1200 benches/callgrind.sh
+#   TRACES="off on" CACHE=true benches/callgrind.sh   # also exporting every span (OTLP/HTTP)
 # Set KEEP=dir to keep the callgrind output files (for callgrind_annotate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,7 @@ N1=${N1:-200}
 N2=${N2:-1200}
 KIND=${KIND:-length}
 CACHE=${CACHE:-"true false"}
+TRACES=${TRACES:-off}
 
 command -v valgrind >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; }
 command -v redis-server >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }
@@ -29,7 +31,8 @@ start_redis
 echo "building (release)…" >&2
 cargo build --release --bin bff >/dev/null 2>&1
 BIN=${BIN:-target/release/bff}
-start_stack "$(build_stack)"
+start_stack "$(build_stack)" BENCH_OTLP_SINK=1
+sink=$(stack_value OTLP_SINK)
 issuer=$(stack_value ISSUER)
 upstream=$(stack_value UPSTREAM)
 public=$(stack_value BFF)
@@ -50,19 +53,21 @@ for _ in range(n):
 PY
 }
 
-# instructions cache n -> total Ir of one bff run that served n calls after the warm-up.
+# instructions cache traces n -> total Ir of one bff run that served n calls after the warm-up
+# (with traces=on, each span exported to the stack's counting collector, 100 ms batches).
 instructions() {
-  local cache=$1 n=$2 port out
+  local cache=$1 traces=$2 n=$3 port out
   port=$(free_port)
-  out="$work/callgrind.$cache.$n"
+  out="$work/callgrind.$cache.$traces.$n"
   {
     printf '[server]\nlisten = "127.0.0.1:%s"\npublic_url = "%s"\nstatic_dir = ""\nworkers = 1\n' "$port" "$public"
     printf '[oidc]\nissuer = "%s"\nclient_id = "bench"\nclient_secret = "bench-secret"\n' "$issuer"
     printf '[session]\nredis_url = "%s"\nsecret = "%s"\nkey_prefix = "bench:"\n' "$BENCH_REDIS_URL" "$(printf 'bench-secret-%.0s' 1 2 3 4 5 6)"
     [ "$cache" = omit ] || printf '[tokens]\nlocal_cache = %s\n' "$cache"
+    [ "$traces" = on ] && printf '[telemetry]\notlp_endpoint = "%s"\n' "$sink"
     printf '[[api]]\nprefix = "/api"\nupstream = "%s"\n' "$upstream"
   } >"$work/bff.toml"
-  RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$BIN" serve --config "$work/bff.toml" \
+  OTEL_BSP_SCHEDULE_DELAY=100 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$BIN" serve --config "$work/bff.toml" \
     >"$work/bff.out" 2>"$work/bff.err" &
   local pid=$!
   for _ in $(seq 1 600); do
@@ -77,10 +82,12 @@ instructions() {
   awk '/^(summary|totals):/ {print $2; exit}' "$out"
 }
 
-echo "| build | cache | Ir per call | calls measured |"
-echo "|---|---|---:|---:|"
+echo "| build | cache | traces | Ir per call | calls measured |"
+echo "|---|---|---|---:|---:|"
 for cache in $CACHE; do
-  a=$(instructions "$cache" "$N1")
-  b=$(instructions "$cache" "$N2")
-  echo "| $BIN | $cache | $(((b - a) / (N2 - N1))) | $((N2 - N1)) |"
+  for traces in $TRACES; do
+    a=$(instructions "$cache" "$traces" "$N1")
+    b=$(instructions "$cache" "$traces" "$N2")
+    echo "| $BIN | $cache | $traces | $(((b - a) / (N2 - N1))) | $((N2 - N1)) |"
+  done
 done

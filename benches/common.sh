@@ -5,9 +5,10 @@
 
 work=$(mktemp -d)
 pids=()
+stack_fds=()
 cleanup_more() { :; }
 cleanup() {
-  exec 3>&- 2>/dev/null || true
+  for fd in "${stack_fds[@]}"; do exec {fd}>&- 2>/dev/null || true; done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   cleanup_more
   [ -n "${redis_port:-}" ] && redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
@@ -34,18 +35,20 @@ for line in sys.stdin:
         print(m["executable"])'
 }
 
-# start_stack BIN [env assignments…]: runs it until this script exits (its stdin is a fifo held
-# open on fd 3) and waits for its READY line; its KEY=value lines are in $work/stack.out.
+# start_stack BIN [env assignments…]: runs it until this script exits (its stdin is a fifo this
+# shell holds open) and waits for its READY line. Its files are $work/$stack_name.* ("stack"
+# unless the caller sets stack_name, to run several); its KEY=value lines are in the .out one.
 start_stack() {
-  local bin=$1
+  local bin=$1 name=${stack_name:-stack} fd
   shift
-  mkfifo "$work/stdin"
-  env "$@" RUST_LOG=warn "$bin" <"$work/stdin" >"$work/stack.out" 2>"$work/stack.err" &
+  mkfifo "$work/$name.in"
+  env "$@" RUST_LOG=warn "$bin" <"$work/$name.in" >"$work/$name.out" 2>"$work/$name.err" &
   pids+=($!)
-  exec 3>"$work/stdin"
-  for _ in $(seq 1 100); do grep -q READY=1 "$work/stack.out" 2>/dev/null && break; sleep 0.2; done
-  grep -q READY=1 "$work/stack.out" || { cat "$work/stack.err" >&2; exit 1; }
+  exec {fd}>"$work/$name.in"
+  stack_fds+=("$fd")
+  for _ in $(seq 1 100); do grep -q READY=1 "$work/$name.out" 2>/dev/null && break; sleep 0.2; done
+  grep -q READY=1 "$work/$name.out" || { cat "$work/$name.err" >&2; exit 1; }
 }
 
-# stack_value KEY: a value the stack printed.
-stack_value() { sed -n "s/^$1=//p" "$work/stack.out"; }
+# stack_value KEY [NAME]: a value the stack (named NAME, default "stack") printed.
+stack_value() { sed -n "s/^$1=//p" "$work/${2:-stack}.out"; }

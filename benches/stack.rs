@@ -336,6 +336,27 @@ async fn main() {
         _ => {}
     }
 
+    // BENCH_TRACES=off|on (benches/traces.sh): logs set up as `bff serve` does, and with `on`
+    // spans exported to a counting collector of our own (BENCH_SAMPLING: the sampling ratio).
+    // Unset: no subscriber at all.
+    // BENCH_OTLP_SINK=1 (benches/callgrind.sh): the counting collector alone, for a bff of its own.
+    let traces = std::env::var("BENCH_TRACES").ok();
+    let sink = if traces.as_deref() == Some("on") || std::env::var("BENCH_OTLP_SINK").is_ok() {
+        Some(support::otlp::spawn_counting_collector().await.0)
+    } else {
+        None
+    };
+    let _telemetry = traces.is_some().then(|| {
+        let config = bff::config::TelemetryConfig {
+            otlp_endpoint: sink.as_ref().filter(|_| traces.as_deref() == Some("on")).map(|url| url.parse().unwrap()),
+            sampling_ratio: std::env::var("BENCH_SAMPLING").ok().map(|r| r.parse().unwrap()),
+            ..Default::default()
+        };
+        bff::telemetry::init_with_traces(bff::config::LogFormat::Text, "warn", &config).unwrap()
+    });
+    if let Some(sink) = &sink {
+        println!("OTLP_SINK={sink}");
+    }
     let stack = start_stack(&redis_url, workers, false).await;
     let session = sign_in(&stack.http, &stack.cached).await;
     assert_eq!(api_status(&stack.http, &stack.cached, &session).await, 200);

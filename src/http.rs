@@ -280,3 +280,18 @@ pub fn require_csrf_or_same_origin(req: &HttpRequest, public_origin: &str) -> Re
         && headers.get(header::ORIGIN).is_none_or(|o| o.as_bytes() == b"null");
     if origin_ok || fetch_site_ok { Ok(()) } else { Err(AppError::Csrf) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::route_label;
+
+    #[test]
+    fn span_names_are_bounded() {
+        assert_eq!(route_label("/auth/callback", "auth", None), "/auth/callback");
+        assert_eq!(route_label("/auth/anything-else", "auth", None), "/auth/*");
+        assert_eq!(route_label("/readyz", "health", None), "/readyz");
+        assert_eq!(route_label("/.well-known/jwks.json", "static", None), "/.well-known/jwks.json");
+        assert_eq!(route_label("/assets/app.3f9a.js", "static", None), "/*");
+        assert_eq!(route_label("/users/42/orders", "static", None), "/*");
+    }
+}

@@ -63,7 +63,15 @@ pub fn init_with_traces(
     let traces = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("bff"))
+            // Source locations, the Rust target and busy/idle times say nothing to whoever
+            // reads the trace, and cost every span.
             .with_threads(false)
+            .with_location(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            // bff reads a span's context from the span itself (`context::inject`), never from
+            // OpenTelemetry's thread-local current context: no need to swap it at every poll.
+            .with_context_activation(false)
             .with_filter(filter_fn(exported))
     });
     let installed = Registry::default().with(log_layer(format, default_filter)).with(traces).try_init().is_ok();

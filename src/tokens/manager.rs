@@ -272,7 +272,7 @@ impl TokenManager {
             "token refresh",
             otel.name = "token refresh",
             otel.status_code = tracing::field::Empty,
-            "bff.resource" = key.1.as_deref().unwrap_or_default(),
+            "bff.resource" = key.1.as_deref(),
             "bff.refresh.lock_waited_ms" = tracing::field::Empty,
         );
         let fut: Pin<Box<dyn Future<Output = FlightResult> + Send>> = Box::pin(

@@ -36,6 +36,60 @@ impl ExportedSpan {
     }
 }
 
+/// What a counting collector (`spawn_counting_collector`) was sent: requests, spans, bytes.
+#[derive(Default)]
+pub struct Counts {
+    pub exports: std::sync::atomic::AtomicU64,
+    pub spans: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
+}
+
+/// A collector that keeps nothing but counts, for load (benches/stack.rs); its base URL.
+pub async fn spawn_counting_collector() -> (String, Arc<Counts>) {
+    let listener = crate::listener();
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let counts = Arc::new(Counts::default());
+    let state = web::Data::from(Arc::clone(&counts));
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
+            .route(
+                "/counts",
+                web::get().to(|counts: web::Data<Counts>| async move {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    let (e, s, b) =
+                        (counts.exports.load(Relaxed), counts.spans.load(Relaxed), counts.bytes.load(Relaxed));
+                    HttpResponse::Ok().body(format!("exports={e} spans={s} bytes={b}"))
+                }),
+            )
+            .route(
+                "/v1/traces",
+                web::post().to(|body: web::Bytes, counts: web::Data<Counts>| async move {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    let Ok(request) = ExportTraceServiceRequest::decode(body.as_ref()) else {
+                        return HttpResponse::BadRequest().finish();
+                    };
+                    let spans: usize =
+                        request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+                    counts.exports.fetch_add(1, Relaxed);
+                    counts.spans.fetch_add(spans as u64, Relaxed);
+                    counts.bytes.fetch_add(body.len() as u64, Relaxed);
+                    HttpResponse::Ok()
+                        .content_type("application/x-protobuf")
+                        .body(ExportTraceServiceResponse::default().encode_to_vec())
+                }),
+            )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .expect("listen")
+    .run();
+    tokio::spawn(server);
+    (url, counts)
+}
+
 #[derive(Clone)]
 pub struct Collector {
     /// The base URL, as `telemetry.otlp_endpoint` takes it.
