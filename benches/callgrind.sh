@@ -11,7 +11,8 @@
 #   benches/callgrind.sh                       # this tree's build, cache on and off
 #   BIN=/path/to/older/bff CACHE=omit benches/callgrind.sh   # a build without tokens.local_cache
 #   KIND=chunked N1=200 N2=1200 benches/callgrind.sh
-#   TRACES="off on" CACHE=true benches/callgrind.sh   # also exporting every span (OTLP/HTTP)
+#   TRACES="off on sampled" CACHE=true benches/callgrind.sh   # also exporting every span
+#                                        (OTLP/HTTP), or with sampling_ratio = 0.1
 # Set KEEP=dir to keep the callgrind output files (for callgrind_annotate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,7 +55,8 @@ PY
 }
 
 # instructions cache traces n -> total Ir of one bff run that served n calls after the warm-up
-# (with traces=on, each span exported to the stack's counting collector, 100 ms batches).
+# (traces=on: each span exported to the stack's counting collector in 100 ms batches; sampled:
+# the same with sampling_ratio = 0.1).
 instructions() {
   local cache=$1 traces=$2 n=$3 port out
   port=$(free_port)
@@ -64,7 +66,8 @@ instructions() {
     printf '[oidc]\nissuer = "%s"\nclient_id = "bench"\nclient_secret = "bench-secret"\n' "$issuer"
     printf '[session]\nredis_url = "%s"\nsecret = "%s"\nkey_prefix = "bench:"\n' "$BENCH_REDIS_URL" "$(printf 'bench-secret-%.0s' 1 2 3 4 5 6)"
     [ "$cache" = omit ] || printf '[tokens]\nlocal_cache = %s\n' "$cache"
-    [ "$traces" = on ] && printf '[telemetry]\notlp_endpoint = "%s"\n' "$sink"
+    [ "$traces" = off ] || printf '[telemetry]\notlp_endpoint = "%s"\n' "$sink"
+    [ "$traces" = sampled ] && printf 'sampling_ratio = 0.1\n'
     printf '[[api]]\nprefix = "/api"\nupstream = "%s"\n' "$upstream"
   } >"$work/bff.toml"
   OTEL_BSP_SCHEDULE_DELAY=100 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$BIN" serve --config "$work/bff.toml" \

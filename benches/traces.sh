@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # What exporting traces costs a proxied call. One command, loopback only, stops by itself.
 #
-# Two copies of the benches/stack.rs system (demo provider, upstream, a cached bff instance and
-# a signed-in session), both with logs set up as `bff serve` does (level warn): one exports
-# nothing, the other exports every span (sampling 1.0, the default) to a collector of its own
-# that decodes and counts them. wrk with keep-alive connections against each in alternation,
+# Three copies of the benches/stack.rs system (demo provider, upstream, a cached bff instance and
+# a signed-in session), all with logs set up as `bff serve` does (level warn): one exports
+# nothing, one exports every span (sampling 1.0, the default) and one a tenth of the traces
+# (sampling_ratio = 0.1), each to a collector of its own that decodes and counts them. wrk with keep-alive connections against each in alternation,
 # ROUNDS times per upstream kind; then how many spans per call reached the collector (the
 # batch processor drops spans when its queue is full, OTEL_BSP_MAX_QUEUE_SIZE).
 #
@@ -34,45 +34,50 @@ echo "building (release)…" >&2
 bin=$(build_stack)
 stack_name=plain start_stack "$bin" BENCH_BFF_WORKERS="$BFF_WORKERS" BENCH_TRACES=off
 stack_name=traced start_stack "$bin" BENCH_BFF_WORKERS="$BFF_WORKERS" BENCH_TRACES=on
-plain=$(stack_value BFF plain)
-traced=$(stack_value BFF traced)
-sink=$(stack_value OTLP_SINK traced)
-plain_cookie=$(stack_value COOKIE plain)
-traced_cookie=$(stack_value COOKIE traced)
+stack_name=sampled start_stack "$bin" BENCH_BFF_WORKERS="$BFF_WORKERS" BENCH_TRACES=on BENCH_SAMPLING=0.1
 
 busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
-spans() { curl -s "$sink/counts" | sed -n 's/.*spans=\([0-9]*\).*/\1/p'; }
+# spans NAME: how many spans that stack's collector has been sent (0 without one).
+spans() {
+  local sink
+  sink=$(stack_value OTLP_SINK "$1")
+  if [ -n "$sink" ]; then curl -s "$sink/counts" | sed -n 's/.*spans=\([0-9]*\).*/\1/p'; else echo 0; fi
+}
 
-# name kind url cookie -> name|kind|req/s|p50|p99|errors|CPU ticks|requests|spans exported
+# name kind -> name|kind|req/s|p50|p99|errors|CPU ticks|requests|spans exported
 run() {
-  local name=$1 kind=$2 url=$3 cookie=$4 out before after spans_before
-  spans_before=$(spans)
+  local name=$1 kind=$2 url cookie out before after spans_before
+  url="$(stack_value BFF "$name")/api/$kind"
+  cookie=$(stack_value COOKIE "$name")
+  spans_before=$(spans "$name")
   before=$(busy_ticks)
   out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -H "Cookie: $cookie" -H "X-CSRF: 1" "$url")
   after=$(busy_ticks)
   # Spans of this run still in the batch processor's queue are exported within its delay (5 s).
-  [ "$name" = traced ] && sleep 6
+  [ "$name" = plain ] || sleep 6
   local rps p50 p99 errors requests
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
   errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
-  echo "$name|$kind|$rps|$p50|$p99|${errors:-none}|$((after - before))|$requests|$(($(spans) - spans_before))"
+  echo "$name|$kind|$rps|$p50|$p99|${errors:-none}|$((after - before))|$requests|$(($(spans "$name") - spans_before))"
 }
 
+names="plain traced sampled"
 for kind in $KINDS; do
-  wrk -t1 -c"$CONNECTIONS" -d1s -H "Cookie: $plain_cookie" -H "X-CSRF: 1" "$plain/api/$kind" >/dev/null
-  wrk -t1 -c"$CONNECTIONS" -d1s -H "Cookie: $traced_cookie" -H "X-CSRF: 1" "$traced/api/$kind" >/dev/null
+  for name in $names; do
+    wrk -t1 -c"$CONNECTIONS" -d1s -H "Cookie: $(stack_value COOKIE "$name")" -H "X-CSRF: 1" \
+      "$(stack_value BFF "$name")/api/$kind" >/dev/null
+  done
 done
 sleep 6
 
 results=()
 for round in $(seq 1 "$ROUNDS"); do
   for kind in $KINDS; do
-    results+=("$(run plain "$kind" "$plain/api/$kind" "$plain_cookie")")
-    results+=("$(run traced "$kind" "$traced/api/$kind" "$traced_cookie")")
-    echo "round $round $kind: ${results[*]: -2}" >&2
+    for name in $names; do results+=("$(run "$name" "$kind")"); done
+    echo "round $round $kind: ${results[*]: -3}" >&2
   done
 done
 
@@ -96,11 +101,12 @@ print(f"wrk -t{threads} -c{conns} -d{duration} (keep-alive), bff workers={worker
 print()
 print("| upstream | traces | req/s | p50 ms | p99 ms | machine CPU µs/call | spans exported/call | errors |")
 print("|---|---|---:|---:|---:|---:|---:|---|")
+labels = {"plain": "off", "traced": "every trace", "sampled": "sampling_ratio 0.1"}
 for kind in dict.fromkeys(k for k, _ in by):
-    for name in ["plain", "traced"]:
+    for name in labels:
         key = (kind, name)
         spans = sum(r[6] for r in by[key]) / max(1, sum(r[5] for r in by[key]))
-        label = "exported" if name == "traced" else "off"
+        label = labels[name]
         print(f"| {kind} | {label} | {med(key, 0):,.0f} | {med(key, 1):.3f} | {med(key, 2):.3f} | {med(key, 4):.1f} | "
               f"{spans:.2f} | {', '.join(sorted(set(r[3] for r in by[key])))} |")
 PY

@@ -159,9 +159,11 @@ fn request_span(req: &ServiceRequest, id: &str, route: &'static str, state: Opti
     // First: a parent can be set only before anything else is done with the span.
     let trusted = state.is_some_and(|s| s.config.telemetry.trust_incoming_trace_context);
     telemetry::context::adopt_incoming(&span, req.headers(), trusted);
-    span.set_attribute("http.request.method", req.method().as_str().to_string());
-    span.set_attribute("url.path", req.path().to_string());
-    span.set_attribute("http.route", label);
+    if telemetry::is_recorded(&span) {
+        span.set_attribute("http.request.method", req.method().as_str().to_string());
+        span.set_attribute("url.path", req.path().to_string());
+        span.set_attribute("http.route", label);
+    }
     span
 }
 
@@ -225,7 +227,7 @@ pub async fn observe(
     if let Some(state) = &state {
         state.metrics.request(route, status.as_u16(), started.elapsed());
     }
-    if telemetry::exporting() {
+    if telemetry::is_recorded(&span) {
         span.set_attribute("http.response.status_code", i64::from(status.as_u16()));
         if status.is_server_error() {
             span.set_status(opentelemetry::trace::Status::error(""));

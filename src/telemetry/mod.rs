@@ -9,9 +9,10 @@ mod export;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Level;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::filter::{EnvFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -84,11 +85,13 @@ pub fn init_with_traces(
 }
 
 /// bff's own spans down to debug (a request's parts) and its events down to info (span events);
-/// nothing of the libraries it uses.
+/// nothing of the libraries it uses, and not the access log line (the request span has all it
+/// says, as attributes: an event per request would be exported for nothing).
 fn exported(meta: &tracing::Metadata<'_>) -> bool {
     let ours = meta.target() == "bff" || meta.target().starts_with("bff::");
     let floor = if meta.is_span() { Level::DEBUG } else { Level::INFO };
-    ours && *meta.level() <= floor
+    let access_log = meta.is_event() && meta.target() == "bff::http" && meta.fields().field("latency_ms").is_some();
+    ours && *meta.level() <= floor && !access_log
 }
 
 fn log_layer(format: LogFormat, default_filter: &str) -> Box<dyn Layer<Registry> + Send + Sync> {
@@ -112,11 +115,30 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// Whether a span started now would be recorded: not under a trace its sampler dropped (its
+/// children would be dropped too, after costing as much to make; the trace context still goes
+/// out, from the span that is). A root decides for itself.
+fn recorded_here() -> bool {
+    let current = tracing::Span::current();
+    current.is_none() || is_recorded(&current)
+}
+
+/// Whether `span` is exported (its trace was sampled): attributes set on it go somewhere.
+pub fn is_recorded(span: &tracing::Span) -> bool {
+    exporting() && span.context().span().span_context().is_sampled()
+}
+
+/// A span for one part of a request (`make` it): made unless spans are exported and this
+/// trace is not recorded. Without export it is made as any debug span (for the logs).
+pub fn part_span(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if exporting() && !recorded_here() { tracing::Span::none() } else { make() }
+}
+
 /// A span for a call bff makes (`peer`: `idp` or `upstream`), named by method and `route` (a
 /// bounded name: the IdP endpoint's path, an API route's prefix). No query, header or body goes
 /// in: those are where codes and tokens travel. None while nothing exports spans.
 pub fn client_span(peer: &'static str, method: &str, route: &str, url: &hyper::Uri) -> tracing::Span {
-    if !exporting() {
+    if !exporting() || !recorded_here() {
         return tracing::Span::none();
     }
     tracing::debug_span!(

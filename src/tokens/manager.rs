@@ -26,7 +26,7 @@ use crate::metrics::{Metrics, RefreshOutcome};
 use crate::oidc::{Oidc, OidcError, RefreshError};
 use crate::session::{SessionHandle, now_unix};
 use crate::store::{CasOutcome, StoreError};
-use crate::telemetry::error_chain;
+use crate::telemetry::{self, error_chain};
 
 /// How often a flight that waits on another instance's refresh looks at the token set.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -196,8 +196,9 @@ impl TokenManager {
     /// The steady-state path: no store command with the local cache, else one read; no write.
     /// With `resource`, the session's token for that audience (RFC 8707), got on first use.
     pub async fn access_token(self: &Arc<Self>, handle: &SessionHandle, resource: Option<&str>) -> FlightResult {
-        let read =
-            tracing::debug_span!("session read", otel.name = "session read", "bff.cache" = tracing::field::Empty);
+        let read = telemetry::part_span(|| {
+            tracing::debug_span!("session read", otel.name = "session read", "bff.cache" = tracing::field::Empty)
+        });
         let hot = self.tokens.load_hot(handle).instrument(read).await?.ok_or(TokenError::LoginRequired)?;
         let now = now_unix();
         let Some((usable, expiry)) = hot.usable(resource) else {
