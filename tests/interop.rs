@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{dead_port as free_port, report, repository as root};
+use support::{dead_port as free_port, port_for_later, report, repository as root};
 
 const ACCESS_TOKEN_TTL: u64 = 5;
 const STORM_CALLERS: usize = 32;
@@ -381,8 +381,14 @@ impl Interop {
         let node_modules = root().join("tests/interop/node_modules/oidc-provider");
         assert!(node_modules.is_dir(), "run `npm ci --prefix tests/interop` (or scripts/test)");
 
-        let (a1_port, a2_port, b_port, c_port, d_port, d2_port) =
-            (free_port(), free_port(), free_port(), free_port(), free_port(), free_port());
+        let (a1_port, a2_port, b_port, c_port, d_port, d2_port) = (
+            port_for_later(),
+            port_for_later(),
+            port_for_later(),
+            port_for_later(),
+            port_for_later(),
+            port_for_later(),
+        );
         let public_a = format!("http://127.0.0.1:{a1_port}");
         let public_b = format!("http://127.0.0.1:{b_port}");
         let public_c = format!("http://127.0.0.1:{c_port}");

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::{Browser, IdpOptions, eventually, listener, random_id, spawn_idp, test_secret};
+use support::{Browser, IdpOptions, eventually, random_id, spawn_idp, test_secret};
 
 fn bff() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bff"));
@@ -128,7 +128,7 @@ impl Served {
         rust_log: Option<&str>,
         env: &[(&str, &str)],
     ) -> Served {
-        let port = listener().local_addr().expect("addr").port();
+        let port = support::port_for_later();
         let public_url = format!("http://127.0.0.1:{port}");
         let idp = spawn_idp(IdpOptions {
             auth_method: bff::config::AuthMethod::ClientSecretBasic,

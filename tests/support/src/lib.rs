@@ -40,6 +40,33 @@ pub fn dead_port() -> u16 {
     listener().local_addr().expect("local addr").port()
 }
 
+/// A free port for a server in another process to bind later (`bff serve`, with `listen` in its
+/// configuration). Not one of the kernel's ephemeral ports, which `dead_port` gives: released,
+/// such a port can be handed to the next server that binds port 0 (a provider or an upstream
+/// started meanwhile) before the process that was meant to have it starts.
+pub fn port_for_later() -> u16 {
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next().and_then(|lo| lo.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_start.max(12_000));
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let start = u64::from(nanos) ^ u64::from(std::process::id());
+    for attempt in 0..2_000u64 {
+        // Strided through the range from a start of this moment's: tests in parallel, and test
+        // binaries one after another, begin at different places.
+        let port = low + ((start + attempt * 7919) % u64::from(high - low)) as u16;
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free port between {low} and {high}");
+}
+
 pub fn random_id() -> String {
     bff::crypto::random_token()[..12].to_string()
 }
