@@ -15,7 +15,7 @@ use reqwest::Method;
 use secrecy::SecretString;
 
 use support::{
-    AppOptions, blocking_eventually, dead_port, eventually, metric, report, spawn_app_with, spawn_second_instance,
+    AppOptions, blocking_eventually, eventually, metric, port_for_later, report, spawn_app_with, spawn_second_instance,
     temp_dir,
 };
 
@@ -72,7 +72,7 @@ impl RedisCluster {
         let dir = temp_dir("cluster");
         let nodes: Vec<Node> = (0..nodes)
             .map(|_| {
-                let port = dead_port();
+                let port = port_for_later();
                 let node_dir = dir.join(port.to_string());
                 std::fs::create_dir_all(&node_dir).unwrap();
                 let child = Command::new("redis-server")
@@ -277,7 +277,7 @@ fn redis_process(args: &[&str]) -> Child {
 impl SentinelSetup {
     fn start() -> SentinelSetup {
         let dir = temp_dir("sentinel");
-        let (primary, replica, sentinel) = (dead_port(), dead_port(), dead_port());
+        let (primary, replica, sentinel) = (port_for_later(), port_for_later(), port_for_later());
         // Each server in a directory of its own: nothing it writes (the RDB a replica receives
         // when it does not load it diskless) lands in the working directory, the repository.
         let server = |port: u16, extra: &[&str]| {

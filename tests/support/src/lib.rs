@@ -51,7 +51,9 @@ pub fn port_for_later() -> u16 {
         .ok()
         .and_then(|range| range.split_whitespace().next().and_then(|lo| lo.parse::<u16>().ok()))
         .unwrap_or(32768);
-    let (low, high) = (10_000u16, ephemeral_start.max(12_000));
+    // 10000–19999: below the ephemeral range, and so is a Redis Cluster node's bus port (its port
+    // + 10000), which Redis also refuses above 65535.
+    let (low, high) = (10_000u16, ephemeral_start.clamp(12_000, 20_000));
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     let start = u64::from(nanos) ^ u64::from(std::process::id());
