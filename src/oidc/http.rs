@@ -8,7 +8,6 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use openidconnect::{AsyncHttpClient, HttpClientError, HttpRequest, HttpResponse};
-use tracing::Instrument;
 
 use crate::telemetry;
 
@@ -43,12 +42,7 @@ impl IdpHttp {
         let uri: hyper::Uri = request.url().as_str().parse().unwrap_or_default();
         let span = telemetry::client_span("idp", request.method().as_str(), uri.path(), &uri);
         telemetry::context::inject(&span, request.headers_mut());
-        let result = self.client.execute(request).instrument(span.clone()).await;
-        match &result {
-            Ok(response) => telemetry::record_status(&span, response.status().as_u16()),
-            Err(_) => telemetry::record_failure(&span),
-        }
-        result
+        telemetry::in_client_span(span, self.client.execute(request), |r| r.status().as_u16()).await
     }
 }
 
@@ -59,17 +53,6 @@ impl<'c> AsyncHttpClient<'c> for IdpHttp {
     fn call(&'c self, mut request: HttpRequest) -> Self::Future {
         let span = telemetry::client_span("idp", request.method().as_str(), request.uri().path(), request.uri());
         telemetry::context::inject(&span, request.headers_mut());
-        let sent = self.client.call(request);
-        Box::pin(
-            async move {
-                let result = sent.await;
-                match &result {
-                    Ok(response) => telemetry::record_status(&tracing::Span::current(), response.status().as_u16()),
-                    Err(_) => telemetry::record_failure(&tracing::Span::current()),
-                }
-                result
-            }
-            .instrument(span),
-        )
+        Box::pin(telemetry::in_client_span(span, self.client.call(request), |r| r.status().as_u16()))
     }
 }

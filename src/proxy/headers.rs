@@ -43,8 +43,15 @@ const NOT_FORWARDED: &[&str] = &[
     "x-method-override",
 ];
 
-fn is_not_forwarded(name: &str, route_drops: &[String]) -> bool {
-    NOT_FORWARDED.contains(&name) || name.starts_with("x-forwarded-") || route_drops.iter().any(|d| d == name)
+/// The browser's W3C trace context: passed on only when believed and bff adds none of its own
+/// (see `telemetry::context::keep_browser_context`).
+const TRACE_CONTEXT: &[&str] = &[crate::telemetry::context::TRACEPARENT, crate::telemetry::context::TRACESTATE];
+
+fn is_not_forwarded(name: &str, route_drops: &[String], keep_trace_context: bool) -> bool {
+    NOT_FORWARDED.contains(&name)
+        || name.starts_with("x-forwarded-")
+        || route_drops.iter().any(|d| d == name)
+        || (!keep_trace_context && TRACE_CONTEXT.contains(&name))
 }
 
 /// Headers the `Connection` header names are hop-by-hop too.
@@ -73,6 +80,8 @@ pub struct ForwardedFor<'a> {
     pub trusted_hops: usize,
     pub proto: &'a HeaderValue,
     pub host: &'a HeaderValue,
+    /// The browser's `traceparent`/`tracestate` go on as they are.
+    pub keep_trace_context: bool,
 }
 
 /// The headers to send upstream. `Content-Length` is kept (a streamed body keeps its length).
@@ -86,7 +95,7 @@ pub fn upstream_request_headers(
     let mut out = OutboundHeaders::with_capacity(inbound.len() + 4);
     for (name, value) in inbound {
         let lower = name.as_str();
-        if is_hop_by_hop(lower, &named) || is_not_forwarded(lower, route_drops) {
+        if is_hop_by_hop(lower, &named) || is_not_forwarded(lower, route_drops, forwarded.keep_trace_context) {
             continue;
         }
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(lower.as_bytes()), HeaderValue::from_bytes(value.as_bytes())) {
@@ -174,7 +183,13 @@ mod tests {
             ("x-custom", "kept"),
         ]);
         let (proto, host) = (HeaderValue::from_static("https"), HeaderValue::from_static("app.example.com"));
-        let fwd = ForwardedFor { peer: Some("10.0.0.9".parse().unwrap()), trusted_hops: 0, proto: &proto, host: &host };
+        let fwd = ForwardedFor {
+            peer: Some("10.0.0.9".parse().unwrap()),
+            trusted_hops: 0,
+            proto: &proto,
+            host: &host,
+            keep_trace_context: false,
+        };
         let out = upstream_request_headers(&h, &fwd, &["x-route-secret".to_string()]);
         let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         names.sort();
@@ -200,8 +215,13 @@ mod tests {
         let h = inbound(&[("x-forwarded-for", "10.9.9.9, 198.51.100.1"), ("x-forwarded-for", "203.0.113.7")]);
         let (proto, host) = (HeaderValue::from_static("http"), HeaderValue::from_static("h"));
         let xff = |trusted_hops| {
-            let fwd =
-                ForwardedFor { peer: Some("10.0.0.1".parse().unwrap()), trusted_hops, proto: &proto, host: &host };
+            let fwd = ForwardedFor {
+                peer: Some("10.0.0.1".parse().unwrap()),
+                trusted_hops,
+                proto: &proto,
+                host: &host,
+                keep_trace_context: false,
+            };
             upstream_request_headers(&h, &fwd, &[])["x-forwarded-for"].to_str().unwrap_or_default().to_string()
         };
         assert_eq!(xff(0), "10.0.0.1", "no trusted proxy: the peer only");

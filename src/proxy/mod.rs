@@ -23,7 +23,6 @@ use hyper::header::{AUTHORIZATION, HeaderValue};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tracing::Instrument;
 
 use url::Url;
 
@@ -354,12 +353,7 @@ impl Proxy {
     ) -> Result<hyper::Response<Incoming>, SendError> {
         let span = route.client_span(request.method(), request.uri());
         telemetry::context::inject(&span, request.headers_mut());
-        let result = self.timed(route, client.0.request(request)).instrument(span.clone()).await;
-        match &result {
-            Ok(response) => telemetry::record_status(&span, response.status().as_u16()),
-            Err(_) => telemetry::record_failure(&span),
-        }
-        result
+        telemetry::in_client_span(span, self.timed(route, client.0.request(request)), |r| r.status().as_u16()).await
     }
 
     /// An upstream call, bounded by the route's timeout, measured, its failure classified.
@@ -394,12 +388,9 @@ impl Proxy {
             trusted_hops: self.trusted_hops,
             proto: &self.proto,
             host: &self.host,
+            keep_trace_context: telemetry::context::keep_browser_context(self.trust_trace_context),
         };
         let mut headers = headers::upstream_request_headers(req.headers(), &forwarded, &route.request_headers_drop);
-        if !telemetry::context::keep_browser_context(self.trust_trace_context) {
-            headers.remove(telemetry::context::TRACEPARENT);
-            headers.remove(telemetry::context::TRACESTATE);
-        }
         if let Some(id) = req.extensions().get::<RequestId>()
             && let Ok(v) = HeaderValue::from_str(&id.0)
         {

@@ -184,12 +184,8 @@ impl Proxy {
             });
             Ok::<_, HandshakeError>(sender.send_request(request).await?)
         };
-        let answer = self.timed(destination.route, exchange).instrument(span.clone()).await;
-        match &answer {
-            Ok(response) => telemetry::record_status(&span, response.status().as_u16()),
-            Err(_) => telemetry::record_failure(&span),
-        }
-        Ok(answer?)
+        let answer = self.timed(destination.route, exchange);
+        Ok(telemetry::in_client_span(span, answer, |r| r.status().as_u16()).await?)
     }
 }
 

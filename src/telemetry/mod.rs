@@ -7,11 +7,12 @@
 pub mod context;
 mod export;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::Level;
+use tracing::{Instrument as _, Level};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::filter::{EnvFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
@@ -155,8 +156,23 @@ pub fn client_span(peer: &'static str, method: &str, route: &str, url: &hyper::U
     )
 }
 
-/// The answer's status on a span (`client_span`); 5xx marks the span failed.
-pub fn record_status(span: &tracing::Span, status: u16) {
+/// Runs a call bff makes (its request already carrying `span`'s context) in `span` (from
+/// `client_span`), and puts its answer's status on it, or marks it failed without an answer.
+pub async fn in_client_span<T, E>(
+    span: tracing::Span,
+    call: impl Future<Output = Result<T, E>>,
+    status: impl FnOnce(&T) -> u16,
+) -> Result<T, E> {
+    let result = call.instrument(span.clone()).await;
+    match &result {
+        Ok(answer) => record_status(&span, status(answer)),
+        Err(_) => record_failure(&span),
+    }
+    result
+}
+
+/// The answer's status on a span; 5xx marks the span failed.
+fn record_status(span: &tracing::Span, status: u16) {
     span.record("http.response.status_code", status);
     if status >= 500 {
         span.record("otel.status_code", "ERROR");
@@ -164,6 +180,6 @@ pub fn record_status(span: &tracing::Span, status: u16) {
 }
 
 /// A call that got no answer.
-pub fn record_failure(span: &tracing::Span) {
+fn record_failure(span: &tracing::Span) {
     span.record("otel.status_code", "ERROR");
 }

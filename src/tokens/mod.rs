@@ -369,8 +369,12 @@ impl TokenStore {
     /// miss reads on the tracked connection and fills. Without: one round trip (`load_uncached`).
     /// How it was read goes on the current span's `bff.cache` (the proxy's "session read").
     pub async fn load_hot(&self, handle: &SessionHandle) -> Result<Option<HotToken>, StoreError> {
+        // Only a debug span has the field: without one (nothing exports or logs at debug), no
+        // look-up of the current span on every call.
         let read = |how: &'static str| {
-            tracing::Span::current().record("bff.cache", how);
+            if tracing::level_enabled!(tracing::Level::DEBUG) {
+                tracing::Span::current().record("bff.cache", how);
+            }
         };
         let Some(cache) = &self.cache else {
             read("off");

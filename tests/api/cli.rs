@@ -192,6 +192,12 @@ impl Served {
         assert!(status.success());
     }
 
+    /// SIGTERM, then the process must exit 0 within `limit`.
+    pub(crate) async fn stop_cleanly(&mut self, limit: Duration) {
+        self.terminate();
+        assert_eq!(self.exit_code(limit).await, Some(0), "{}", self.logs());
+    }
+
     /// Waits (bounded) for the process to exit; its exit code.
     pub(crate) async fn exit_code(&mut self, limit: Duration) -> Option<i32> {
         let deadline = std::time::Instant::now() + limit;

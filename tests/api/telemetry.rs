@@ -150,8 +150,7 @@ async fn a_full_run_is_traced_through_the_upstream_and_the_provider_and_nothing_
     assert!(provider.trace_contexts().contains(&("/revoke", sent)), "the provider got the revocation's context");
 
     // Shutdown exports what is still queued; then nothing secret may be in any of it.
-    served.terminate();
-    assert_eq!(served.exit_code(Duration::from_secs(10)).await, Some(0));
+    served.stop_cleanly(Duration::from_secs(10)).await;
     let mut secrets: Vec<(String, String)> =
         provider.issued_tokens().into_iter().map(|t| ("token".to_string(), t)).collect();
     secrets.push(("code".into(), code));
@@ -189,8 +188,7 @@ async fn a_trusted_browser_trace_context_is_joined_and_passed_on() {
     let upstream_call = collector.until_span("the upstream call's span", WAIT, |s| s.span_id == parent_id).await;
     let request = collector.until_span("the request's span", WAIT, |s| s.span_id == upstream_call.parent_span_id).await;
     assert_eq!((request.trace_id.as_str(), request.parent_span_id.as_str()), (BROWSER_TRACE_ID, BROWSER_SPAN_ID));
-    served.terminate();
-    assert_eq!(served.exit_code(Duration::from_secs(10)).await, Some(0));
+    served.stop_cleanly(Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,8 +205,7 @@ async fn failures_mark_their_spans() {
     let upstream_call = child_of(&collector, &request, "GET /down/*").await;
     assert_eq!(upstream_call.status_code, ERROR);
     assert_eq!(upstream_call.attribute("http.response.status_code"), None, "no answer came");
-    served.terminate();
-    assert_eq!(served.exit_code(Duration::from_secs(10)).await, Some(0));
+    served.stop_cleanly(Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,8 +219,7 @@ async fn with_a_sampling_ratio_of_0_nothing_is_exported_and_the_upstream_is_told
     let (_, _, flags) = parse_traceparent(&traceparent.expect("the context goes upstream all the same"));
     assert_eq!(flags, "00", "not sampled: the upstream need not record it either");
     // Shutdown exports everything still queued: had anything been sampled, it is there now.
-    served.terminate();
-    assert_eq!(served.exit_code(Duration::from_secs(10)).await, Some(0));
+    served.stop_cleanly(Duration::from_secs(10)).await;
     assert!(collector.spans().is_empty(), "{:?}", collector.spans());
 }
 
@@ -268,8 +264,7 @@ async fn the_wait_for_another_instances_refresh_lock_is_a_span() {
     assert!(wait.end_unix_nano - wait.start_unix_nano >= 1_000_000_000, "{wait:?}");
     let call = child_of(&collector, &refresh, "POST /token").await;
     assert!(call.start_unix_nano >= wait.end_unix_nano, "the provider is asked after the wait");
-    served.terminate();
-    assert_eq!(served.exit_code(Duration::from_secs(10)).await, Some(0));
+    served.stop_cleanly(Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,8 +296,7 @@ async fn a_websockets_life_is_one_span_under_its_handshake() {
     let (traceparent, _) = upstream_context(&served.upstream, "/ws");
     let (trace_id, parent_id, _) = parse_traceparent(&traceparent.expect("the handshake carries a traceparent"));
     assert_eq!((trace_id, parent_id), (upstream_handshake.trace_id.clone(), upstream_handshake.span_id.clone()));
-    served.terminate();
-    assert_eq!(served.exit_code(Duration::from_secs(10)).await, Some(0));
+    served.stop_cleanly(Duration::from_secs(10)).await;
 }
 
 /// Without telemetry (this process exports nothing) bff adds no trace context; a browser's goes
@@ -346,8 +340,7 @@ async fn a_collector_that_hangs_or_is_gone_costs_the_calls_nothing() {
             })
             .await;
         }
-        served.terminate();
-        assert_eq!(served.exit_code(Duration::from_secs(15)).await, Some(0), "{}", served.logs());
+        served.stop_cleanly(Duration::from_secs(15)).await;
     }
     drop(silent);
 }

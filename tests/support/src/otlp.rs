@@ -75,9 +75,7 @@ pub async fn spawn_counting_collector() -> (String, Arc<Counts>) {
                     counts.exports.fetch_add(1, Relaxed);
                     counts.spans.fetch_add(spans as u64, Relaxed);
                     counts.bytes.fetch_add(body.len() as u64, Relaxed);
-                    HttpResponse::Ok()
-                        .content_type("application/x-protobuf")
-                        .body(ExportTraceServiceResponse::default().encode_to_vec())
+                    accepted()
                 }),
             )
     })
@@ -170,6 +168,11 @@ async fn export(req: HttpRequest, body: web::Bytes, collector: web::Data<Collect
             }
         }
     }
+    accepted()
+}
+
+/// OTLP/HTTP's answer to an export taken whole.
+fn accepted() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/x-protobuf")
         .body(ExportTraceServiceResponse::default().encode_to_vec())
