@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use openidconnect::{AsyncHttpClient, HttpClientError, HttpRequest, HttpResponse};
+use tracing::Instrument;
 
 use crate::telemetry;
 
@@ -42,7 +43,9 @@ impl IdpHttp {
         let uri: hyper::Uri = request.url().as_str().parse().unwrap_or_default();
         let span = telemetry::client_span("idp", request.method().as_str(), uri.path(), &uri);
         telemetry::context::inject(&span, request.headers_mut());
-        telemetry::in_client_span(span, self.client.execute(request), |r| r.status().as_u16()).await
+        let result = self.client.execute(request).instrument(span.clone()).await;
+        telemetry::record_outcome(&span, &result, |r| r.status().as_u16());
+        result
     }
 }
 
@@ -53,6 +56,14 @@ impl<'c> AsyncHttpClient<'c> for IdpHttp {
     fn call(&'c self, mut request: HttpRequest) -> Self::Future {
         let span = telemetry::client_span("idp", request.method().as_str(), request.uri().path(), request.uri());
         telemetry::context::inject(&span, request.headers_mut());
-        Box::pin(telemetry::in_client_span(span, self.client.call(request), |r| r.status().as_u16()))
+        let sent = self.client.call(request);
+        Box::pin(
+            async move {
+                let result = sent.await;
+                telemetry::record_outcome(&tracing::Span::current(), &result, |r| r.status().as_u16());
+                result
+            }
+            .instrument(span),
+        )
     }
 }

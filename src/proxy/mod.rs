@@ -23,6 +23,7 @@ use hyper::header::{AUTHORIZATION, HeaderValue};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tracing::Instrument;
 
 use url::Url;
 
@@ -353,7 +354,9 @@ impl Proxy {
     ) -> Result<hyper::Response<Incoming>, SendError> {
         let span = route.client_span(request.method(), request.uri());
         telemetry::context::inject(&span, request.headers_mut());
-        telemetry::in_client_span(span, self.timed(route, client.0.request(request)), |r| r.status().as_u16()).await
+        let result = self.timed(route, client.0.request(request)).instrument(span.clone()).await;
+        telemetry::record_outcome(&span, &result, |r| r.status().as_u16());
+        result
     }
 
     /// An upstream call, bounded by the route's timeout, measured, its failure classified.

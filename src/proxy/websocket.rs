@@ -184,8 +184,9 @@ impl Proxy {
             });
             Ok::<_, HandshakeError>(sender.send_request(request).await?)
         };
-        let answer = self.timed(destination.route, exchange);
-        Ok(telemetry::in_client_span(span, answer, |r| r.status().as_u16()).await?)
+        let answer = self.timed(destination.route, exchange).instrument(span.clone()).await;
+        telemetry::record_outcome(&span, &answer, |r| r.status().as_u16());
+        Ok(answer?)
     }
 }
 
