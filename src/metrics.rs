@@ -127,8 +127,13 @@ impl UpstreamFailure {
 #[derive(Debug, Clone, Copy)]
 pub enum RefreshOutcome {
     Ok,
-    InvalidGrant,
+    /// The provider ended the grant (`invalid_grant` or another refusal of it): the session ends.
+    GrantOver,
     Transient,
+    /// The provider refused bff's client authentication: the session is kept.
+    ClientAuth,
+    /// Not asked: the session's last refresh failed and its back-off has not passed.
+    BackedOff,
     /// The caller used another caller's refresh (same process or another instance).
     Joined,
 }
@@ -137,8 +142,10 @@ impl RefreshOutcome {
     fn label(self) -> &'static str {
         match self {
             RefreshOutcome::Ok => "ok",
-            RefreshOutcome::InvalidGrant => "invalid_grant",
+            RefreshOutcome::GrantOver => "grant_over",
             RefreshOutcome::Transient => "transient",
+            RefreshOutcome::ClientAuth => "client_auth_refused",
+            RefreshOutcome::BackedOff => "backed_off",
             RefreshOutcome::Joined => "joined",
         }
     }

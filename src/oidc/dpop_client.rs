@@ -30,6 +30,18 @@ impl<'c> AsyncHttpClient<'c> for DpopHttp<'_> {
 }
 
 impl Oidc {
+    /// The provider's last `DPoP-Nonce`, for the next proof.
+    pub(super) fn dpop_nonce(&self) -> Option<String> {
+        self.dpop_nonce.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Keeps a `DPoP-Nonce` the provider sent with any answer (§8).
+    pub(super) fn keep_dpop_nonce(&self, headers: &http::HeaderMap) {
+        if let Some(fresh) = headers.get(DPOP_NONCE_HEADER).and_then(|v| v.to_str().ok()) {
+            *self.dpop_nonce.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh.to_string());
+        }
+    }
+
     /// An HTTP client for oauth2 that signs each token request with `key`.
     pub(super) fn dpop_client<'a>(&'a self, provider: &'a Provider, key: &'a DpopKey) -> DpopHttp<'a> {
         DpopHttp { oidc: self, provider, key }
@@ -42,7 +54,7 @@ impl Oidc {
         request: HttpRequest,
     ) -> Result<HttpResponse, ClientError> {
         let (parts, body) = request.into_parts();
-        let nonce = self.dpop_nonce.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let nonce = self.dpop_nonce();
         let (response, offered) = self.send_once(key, &parts, &body, nonce.as_deref()).await?;
         let challenged = response.status() == http::StatusCode::BAD_REQUEST
             && String::from_utf8_lossy(response.body()).contains("use_dpop_nonce");
@@ -84,9 +96,7 @@ impl Oidc {
         let request = request.header(DPOP_HEADER, proof).body(body.to_vec())?;
         let response = self.http.call(request).await?;
         let offered = response.headers().get(DPOP_NONCE_HEADER).and_then(|v| v.to_str().ok()).map(String::from);
-        if let Some(fresh) = &offered {
-            *self.dpop_nonce.lock().unwrap_or_else(|p| p.into_inner()) = Some(fresh.clone());
-        }
+        self.keep_dpop_nonce(response.headers());
         Ok((response, offered))
     }
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 use openidconnect::core::CoreTokenType;
 use openidconnect::{AccessToken, AuthType, Nonce, OAuth2TokenResponse, RefreshToken, Scope, TokenResponse};
 
-use super::{Credential, Oidc, OidcError, Provider, RawIdToken, TokenEndpointError};
+use super::token_endpoint::Recorder;
+use super::{Credential, Oidc, OidcError, Provider, RawIdToken, TokenEndpointError, Verdict};
 use crate::dpop::DpopKey;
 use url::Url;
 
@@ -55,15 +56,19 @@ pub enum Revocation {
 /// Why a refresh failed, by consequence.
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
-    /// `invalid_grant`: the grant is gone; the session is over.
-    #[error("the provider rejected the refresh token (invalid_grant)")]
-    Revoked,
+    /// The provider ended the grant (`invalid_grant`, and every other refusal of the grant:
+    /// see `token_endpoint::Verdict`); the session is over.
+    #[error("the provider ended the grant")]
+    GrantOver(#[source] TokenEndpointError),
     /// `invalid_target` (RFC 8707 §2.2): the grant does not cover the resource asked for; the
     /// session and its other tokens are fine.
     #[error("the provider will not issue a token for this resource (invalid_target)")]
     NotForResource,
-    /// Anything else (unreachable, timeout, 5xx, `invalid_client`, `server_error`,
-    /// `temporarily_unavailable`): keep the session and the refresh token, try again later.
+    /// The provider refused bff's own credentials: a setup problem; the session is kept.
+    #[error("the provider refused bff's client authentication")]
+    ClientAuth(#[source] OidcError),
+    /// Anything else (unreachable, timeout, 5xx, `server_error`, `temporarily_unavailable`,
+    /// 429): keep the session and the refresh token, try again later.
     #[error("token refresh unavailable")]
     Unavailable(#[from] OidcError),
 }
@@ -90,14 +95,15 @@ impl Oidc {
             for (name, value) in self.client_assertion(&provider)?.into_iter().flatten() {
                 request = request.add_extra_param(name, value);
             }
-            let answer = match dpop {
-                Some(key) => request.request_async(&self.dpop_client(&provider, key)).await,
-                None => request.request_async(&self.http).await,
+            let recorder = match dpop {
+                Some(key) => Recorder::dpop(self.dpop_client(&provider, key)),
+                None => Recorder::plain(&self.http),
             };
-            match answer.map_err(|e| TokenEndpointError::read(e, self.auth_method)) {
+            let answer = request.request_async(&recorder).await;
+            let answer = answer.map_err(|e| TokenEndpointError::read(e, &recorder, self.auth_method));
+            self.note_client_auth(answer.as_ref().map(|_| ()));
+            match answer {
                 Ok(response) => break response,
-                Err(e) if e.is_invalid_grant() => return Err(RefreshError::Revoked),
-                Err(e) if e.is_invalid_target() => return Err(RefreshError::NotForResource),
                 // No answer (timeout, connection lost): the provider may have rotated the refresh
                 // token already. One prompt second try with the same token: a provider with a
                 // reuse grace period answers it with the new pair; without one it would have
@@ -109,7 +115,14 @@ impl Oidc {
                     );
                     asked_again = true;
                 }
-                Err(e) => return Err(RefreshError::Unavailable(e.into())),
+                Err(e) => {
+                    return Err(match e.verdict() {
+                        Verdict::GrantOver => RefreshError::GrantOver(e),
+                        Verdict::NotForResource => RefreshError::NotForResource,
+                        Verdict::ClientAuth => RefreshError::ClientAuth(e.into()),
+                        Verdict::Transient => RefreshError::Unavailable(e.into()),
+                    });
+                }
             }
         };
         require_token_type(response.token_type(), dpop.is_some())?;
@@ -154,10 +167,11 @@ impl Oidc {
         for (name, value) in self.client_assertion(&provider)?.into_iter().flatten() {
             request = request.add_extra_param(name, value);
         }
-        let response = request
-            .request_async(&self.http)
-            .await
-            .map_err(|e| OidcError::TokenEndpoint(TokenEndpointError::read(e, self.auth_method)))?;
+        let recorder = Recorder::plain(&self.http);
+        let answer = request.request_async(&recorder).await;
+        let answer = answer.map_err(|e| TokenEndpointError::read(e, &recorder, self.auth_method));
+        self.note_client_auth(answer.as_ref().map(|_| ()));
+        let response = answer?;
         require_token_type(response.token_type(), false)?;
         Ok(ClientToken { access_token: response.access_token().clone(), expires_in: response.expires_in() })
     }
@@ -198,6 +212,27 @@ impl Oidc {
         Ok(request.form(&form))
     }
 
+    /// Sends a request made with `authenticated_post`; a success answer, or what the refusal
+    /// was (read as a token endpoint's, which these endpoints' errors are).
+    pub(super) async fn send_authenticated(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, TokenEndpointError> {
+        let response = self
+            .http
+            .send(request)
+            .await
+            .map_err(|e| TokenEndpointError::Request(openidconnect::HttpClientError::Reqwest(Box::new(e))))?;
+        self.keep_dpop_nonce(response.headers());
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        // A refusal's body is read within bounds: a hostile or broken endpoint may send anything.
+        let body = super::http::read_bounded(response, 16 * 1024).await;
+        Err(TokenEndpointError::refused(status.as_u16(), &body, self.auth_method))
+    }
+
     /// Revokes a refresh token (RFC 7009) when the provider has a revocation endpoint. Sent by
     /// hand: oauth2's helper refuses plain-http endpoints, which rules out a provider on loopback
     /// during development.
@@ -210,19 +245,9 @@ impl Oidc {
         };
         let form = vec![("token".into(), token.to_string()), ("token_type_hint".into(), hint.to_string())];
         let request = self.authenticated_post(&provider, url, form)?;
-        let response = self.http.send(request).await.map_err(OidcError::Revocation)?;
-        let status = response.status();
-        if !status.is_success() {
-            #[derive(serde::Deserialize)]
-            struct ErrorBody {
-                error: String,
-            }
-            let body = response.json::<ErrorBody>().await.ok();
-            if body.is_some_and(|b| b.error == "invalid_client") {
-                return Err(OidcError::ClientAuthFailed { auth_method: self.auth_method.as_str() });
-            }
-            return Err(OidcError::RevocationRefused(status));
-        }
+        let outcome = self.send_authenticated(request).await.map(|_| ());
+        self.note_client_auth(outcome.as_ref().copied());
+        outcome.map_err(OidcError::Revocation)?;
         Ok(Revocation::Revoked)
     }
 }

@@ -49,6 +49,20 @@ impl IdpHttp {
     }
 }
 
+/// At most `limit` bytes of a response's body (what arrives of it; a body that breaks off is
+/// read as far as it came).
+pub async fn read_bounded(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = limit.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= limit {
+            break;
+        }
+    }
+    body
+}
+
 impl<'c> AsyncHttpClient<'c> for IdpHttp {
     type Error = HttpClientError<reqwest::Error>;
     type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, Self::Error>> + Send + Sync + 'c>>;

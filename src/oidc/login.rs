@@ -13,9 +13,11 @@ use openidconnect::{
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::{Oidc, OidcError, Provider, RawIdToken, TokenEndpointError, UserInfo};
+use super::token_endpoint::Recorder;
+use super::{Oidc, OidcError, Provider, RawIdToken, TokenEndpointError, UserInfo, Verdict};
 use crate::config::ParMode;
-use crate::dpop::DpopKey;
+use crate::dpop::{DPOP_HEADER, DpopKey};
+use crate::session::now_unix;
 
 /// A login in progress, stored server-side under its `state` until the callback takes it.
 #[derive(Serialize, Deserialize)]
@@ -25,6 +27,11 @@ pub struct PendingLogin {
     pub return_to: String,
     /// Hash of the browser-binding cookie set when the login started.
     pub browser: String,
+    /// With `oidc.dpop`: the key the session's tokens will be bound to, made when the login
+    /// starts so that the pushed request and the authorization request (`dpop_jkt`, RFC 9449
+    /// §10) name it before the code exchange proves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_key: Option<DpopKey>,
 }
 
 /// A completed login: the token set and who signed in.
@@ -48,6 +55,9 @@ pub enum CallbackError {
     /// 400.
     #[error("the ID token failed validation: {0}")]
     InvalidIdToken(String),
+    /// The provider refused bff's own credentials: a setup problem, 503.
+    #[error("the identity provider refused bff's client authentication at the code exchange")]
+    ClientAuth(#[source] TokenEndpointError),
     /// Unreachable, timed out or 5xx: 502.
     #[error(transparent)]
     Provider(#[from] OidcError),
@@ -89,43 +99,57 @@ impl Oidc {
         for resource in &self.user_resources {
             request = request.add_extra_param("resource", resource.as_str());
         }
+        let dpop_key = if self.dpop { Some(DpopKey::generate()?) } else { None };
+        if let Some(key) = &dpop_key {
+            request = request.add_extra_param("dpop_jkt", key.thumbprint());
+        }
         let (url, state, nonce) = request.url();
         let url = match &provider.par_url {
-            Some(endpoint) => self.push_authorization_request(&provider, endpoint, &url).await?,
+            Some(endpoint) => self.push_authorization_request(&provider, endpoint, &url, dpop_key.as_ref()).await?,
             None => url,
         };
-        Ok((url, state, PendingLogin { pkce_verifier: verifier, nonce, return_to, browser }))
+        Ok((url, state, PendingLogin { pkce_verifier: verifier, nonce, return_to, browser, dpop_key }))
     }
 
-    /// RFC 9126 §2: posts the parameters of `authorize` (with client authentication), and
-    /// answers the authorization endpoint's URL with `client_id` and the `request_uri` only.
+    /// RFC 9126 §2: posts the parameters of `authorize` (with client authentication, and with
+    /// DPoP a proof of the login's key, RFC 9449 §10.1), and answers the authorization
+    /// endpoint's URL with `client_id` and the `request_uri` only.
     async fn push_authorization_request(
         &self,
         provider: &Provider,
         endpoint: &Url,
         authorize: &Url,
+        dpop: Option<&DpopKey>,
     ) -> Result<Url, OidcError> {
         #[derive(Deserialize)]
         struct Pushed {
             request_uri: String,
         }
-        #[derive(Deserialize)]
-        struct Refusal {
-            error: String,
-        }
         let params: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
-        let request = self.authenticated_post(provider, endpoint.clone(), params)?;
-        let response = self.http.send(request).await.map_err(OidcError::PushRequest)?;
-        let status = response.status();
-        if !status.is_success() {
-            let refusal = response.json::<Refusal>().await.ok().map(|r| r.error);
-            return Err(match refusal.as_deref() {
-                Some("invalid_client") => OidcError::ClientAuthFailed { auth_method: self.auth_method.as_str() },
-                Some(error) => OidcError::PushRefused(format!("{status}, {error}")),
-                None => OidcError::PushRefused(status.to_string()),
-            });
-        }
-        let pushed: Pushed = response.json().await.map_err(OidcError::PushRequest)?;
+        let mut asked_again = false;
+        let response = loop {
+            // Made again for a second try: a client assertion and a proof are good once.
+            let mut request = self.authenticated_post(provider, endpoint.clone(), params.clone())?;
+            let nonce = self.dpop_nonce();
+            if let Some(key) = dpop {
+                let proof = key.proof("POST", endpoint.as_str(), None, nonce.as_deref(), now_unix())?;
+                request = request.header(DPOP_HEADER, proof);
+            }
+            let answer = self.send_authenticated(request).await;
+            self.note_client_auth(answer.as_ref().map(|_| ()));
+            match answer {
+                Ok(response) => break response,
+                // §8: the provider wants its nonce in the proof; it sent one with the refusal.
+                Err(e) if dpop.is_some() && !asked_again && e.asks_for_dpop_nonce() && self.dpop_nonce() != nonce => {
+                    asked_again = true;
+                }
+                Err(e) => return Err(OidcError::Push(e)),
+            }
+        };
+        let pushed: Pushed = response
+            .json()
+            .await
+            .map_err(|e| OidcError::Push(TokenEndpointError::Unreadable(Box::new(e))))?;
         // The endpoint's own query (Azure B2C's `p=`, say) stays.
         let mut url = provider.client.auth_uri().url().clone();
         url.query_pairs_mut()
@@ -161,14 +185,23 @@ impl Oidc {
         for (name, value) in self.client_assertion(&provider)?.into_iter().flatten() {
             request = request.add_extra_param(name, value);
         }
-        let dpop_key = if self.dpop { Some(DpopKey::generate().map_err(OidcError::from)?) } else { None };
-        let answer = match &dpop_key {
-            Some(key) => request.request_async(&self.dpop_client(&provider, key)).await,
-            None => request.request_async(&self.http).await,
+        // A login started before DPoP was turned on has no key yet: one is made for it here.
+        let dpop_key = match (self.dpop, pending.dpop_key) {
+            (false, _) => None,
+            (true, Some(key)) => Some(key),
+            (true, None) => Some(DpopKey::generate().map_err(OidcError::from)?),
         };
-        let response = answer.map_err(|e| match TokenEndpointError::read(e, self.auth_method) {
-            e if e.is_provider_failure() => CallbackError::Provider(e.into()),
-            e => CallbackError::CodeRejected(e),
+        let recorder = match &dpop_key {
+            Some(key) => Recorder::dpop(self.dpop_client(&provider, key)),
+            None => Recorder::plain(&self.http),
+        };
+        let answer = request.request_async(&recorder).await;
+        let answer = answer.map_err(|e| TokenEndpointError::read(e, &recorder, self.auth_method));
+        self.note_client_auth(answer.as_ref().map(|_| ()));
+        let response = answer.map_err(|e| match e.verdict() {
+            Verdict::GrantOver | Verdict::NotForResource => CallbackError::CodeRejected(e),
+            Verdict::ClientAuth => CallbackError::ClientAuth(e),
+            Verdict::Transient => CallbackError::Provider(e.into()),
         })?;
 
         // Sent upstream as the type bff asked for: a token of another type must not be.

@@ -35,7 +35,7 @@ use crate::config::{AuthMethod, Config, ParMode, TokenPolicy};
 pub use grants::{ClientToken, GrantToken, RefreshError, Refreshed, Revocation};
 pub use login::{CallbackError, LoginResult, PendingLogin, ResponseIssuerError};
 pub use logout_token::{LogoutRequest, LogoutTokenError};
-pub use token_endpoint::TokenEndpointError;
+pub use token_endpoint::{Refusal, TokenEndpointError, Verdict};
 
 /// A cause kept as it came (types of the HTTP and discovery layers that bff does not name).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -149,11 +149,7 @@ pub enum OidcError {
     #[error("the token endpoint failed")]
     TokenEndpoint(#[from] TokenEndpointError),
     #[error("the revocation request failed")]
-    Revocation(#[source] reqwest::Error),
-    #[error("the revocation endpoint answered {0}")]
-    RevocationRefused(reqwest::StatusCode),
-    #[error("{}", token_endpoint::client_auth_failed(.auth_method))]
-    ClientAuthFailed { auth_method: &'static str },
+    Revocation(#[source] TokenEndpointError),
     /// bff sends access tokens as it was configured to (`Bearer`, or `DPoP` with `oidc.dpop`);
     /// one of another type is never used.
     #[error("the token response's token_type is {0:?}, not the one expected")]
@@ -181,9 +177,7 @@ pub enum OidcError {
     #[error("the client assertion cannot be signed")]
     ClientAssertion(#[source] jsonwebtoken::errors::Error),
     #[error("the pushed authorization request failed")]
-    PushRequest(#[source] reqwest::Error),
-    #[error("the pushed authorization request was refused ({0})")]
-    PushRefused(String),
+    Push(#[source] TokenEndpointError),
 }
 
 impl OidcError {
@@ -197,6 +191,15 @@ impl OidcError {
                 | OidcError::ParRequiredByProvider
                 | OidcError::DpopNotOffered
         )
+    }
+
+    /// What an answer of an endpoint that authenticated bff means; anything else (no metadata,
+    /// a key that cannot sign) is worth trying again.
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            OidcError::TokenEndpoint(e) | OidcError::Revocation(e) | OidcError::Push(e) => e.verdict(),
+            _ => Verdict::Transient,
+        }
     }
 }
 
@@ -245,6 +248,8 @@ pub struct Oidc {
     provider: RwLock<Option<Arc<Provider>>>,
     /// The configuration problem the last discovery found, for `/readyz` and `check-config`.
     setup_problem: RwLock<Option<String>>,
+    /// The provider's last refusal of bff's client authentication, until a call succeeds.
+    client_auth_refused: RwLock<Option<String>>,
     /// Checks logout tokens against the provider's JWKS (made on first use).
     logout_verifier: std::sync::Mutex<Option<(Url, Arc<jwks::JwksVerifier>)>>,
 }
@@ -293,6 +298,7 @@ impl Oidc {
             warned_no_revocation: std::sync::atomic::AtomicBool::new(false),
             provider: RwLock::new(None),
             setup_problem: RwLock::new(None),
+            client_auth_refused: RwLock::new(None),
             logout_verifier: std::sync::Mutex::new(None),
         })
     }
@@ -321,6 +327,33 @@ impl Oidc {
     /// A configuration problem discovery found (the provider answers, but not as configured).
     pub fn setup_problem(&self) -> Option<String> {
         self.setup_problem.read().ok().and_then(|p| p.clone())
+    }
+
+    /// The provider refused bff's client authentication at its last authenticated call: every
+    /// sign-in and refresh fails until the configuration (or the registration) is fixed.
+    pub fn client_auth_problem(&self) -> Option<String> {
+        self.client_auth_refused.read().ok().and_then(|p| p.clone())
+    }
+
+    /// Keeps what an authenticated call (token, PAR, revocation) said of bff's credentials: a
+    /// success clears an earlier refusal, a refusal of the credentials is kept and logged as an
+    /// error once.
+    fn note_client_auth(&self, outcome: Result<(), &TokenEndpointError>) {
+        let Ok(mut slot) = self.client_auth_refused.write() else { return };
+        match outcome {
+            Ok(()) => {
+                if slot.take().is_some() {
+                    tracing::info!("the provider accepts bff's client authentication again");
+                }
+            }
+            Err(e) if e.verdict() == Verdict::ClientAuth => {
+                if slot.is_none() {
+                    tracing::error!("{e}");
+                }
+                *slot = Some(format!("{e}"));
+            }
+            Err(_) => {}
+        }
     }
 
     /// The `issuer` the provider's discovery document names, read without validating it.

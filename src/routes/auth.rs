@@ -152,12 +152,28 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>, session: Ses
     let return_to = pending.return_to.clone();
     let login = match state.oidc.complete_login(code, pending).await {
         Ok(login) => login,
-        Err(e @ (CallbackError::CodeRejected(_) | CallbackError::InvalidIdToken(_))) => {
+        Err(e @ CallbackError::CodeRejected(_)) => {
+            tracing::warn!("login failed: {}", error_chain(&e));
+            return callback_error(
+                &state,
+                StatusCode::BAD_REQUEST,
+                "The sign-in could not be completed: the identity provider refused it. Please start again.",
+            );
+        }
+        Err(e @ CallbackError::InvalidIdToken(_)) => {
             tracing::warn!("login failed: {}", error_chain(&e));
             return callback_error(
                 &state,
                 StatusCode::BAD_REQUEST,
                 "The identity provider's answer could not be accepted.",
+            );
+        }
+        Err(e @ CallbackError::ClientAuth(_)) => {
+            tracing::error!("login failed: {}", error_chain(&e));
+            return callback_error(
+                &state,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "This application cannot complete sign-ins right now. Please try again later.",
             );
         }
         Err(CallbackError::Provider(e)) => {

@@ -10,11 +10,14 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: the session store answers and the provider's metadata is loaded.
+/// `GET /readyz`: the session store answers, the provider's metadata is loaded and the provider
+/// has not refused bff's credentials at its last authenticated call.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let store_ok = state.store.ping().await.is_ok();
-    let idp_ok = state.oidc.is_ready();
-    let problem = if idp_ok { None } else { state.oidc.setup_problem() };
+    let metadata_loaded = state.oidc.is_ready();
+    let problem =
+        if metadata_loaded { state.oidc.client_auth_problem() } else { state.oidc.setup_problem() };
+    let idp_ok = metadata_loaded && problem.is_none();
     let mut body = json!({
         "status": if store_ok && idp_ok { "ready" } else { "not_ready" },
         "session_store": if store_ok { "ok" } else { "unavailable" },

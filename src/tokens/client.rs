@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +15,8 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use futures_util::future::Shared;
 
-use super::manager::{FlightResult, RefreshUnavailable, UsableToken, Want, answers};
+use super::backoff::Backoff;
+use super::manager::{FlightResult, RefreshUnavailable, TokenError, UsableToken, Want, answers};
 use super::{Expiry, bearer_header};
 use crate::metrics::Metrics;
 use crate::oidc::Oidc;
@@ -40,6 +42,9 @@ struct Slot {
 
 pub struct ClientTokens {
     oidc: Arc<Oidc>,
+    /// Grants whose last request failed: every route and session shares the token, so a
+    /// failing provider is asked once per back-off for it, not once per call.
+    backoff: Backoff<ClientGrant>,
     skew: Duration,
     default_expires_in: Duration,
     slots: Mutex<HashMap<ClientGrant, Slot>>,
@@ -48,7 +53,14 @@ pub struct ClientTokens {
 
 impl ClientTokens {
     pub fn new(oidc: Arc<Oidc>, skew: Duration, default_expires_in: Duration, metrics: Arc<Metrics>) -> ClientTokens {
-        ClientTokens { oidc, skew, default_expires_in, slots: Mutex::new(HashMap::new()), metrics }
+        ClientTokens {
+            oidc,
+            backoff: Backoff::new(NonZeroUsize::MIN.saturating_add(255)),
+            skew,
+            default_expires_in,
+            slots: Mutex::new(HashMap::new()),
+            metrics,
+        }
     }
 
     /// A token not due for renewal; no provider call while the cached one is good.
@@ -62,6 +74,21 @@ impl ClientTokens {
     }
 
     async fn get(self: &Arc<Self>, grant: &ClientGrant, want: Want) -> FlightResult {
+        match (self.renewed(grant, want).await, want) {
+            // Renewed ahead of expiry: while the provider cannot answer, the token in hand is
+            // still good until it expires.
+            (Err(TokenError::RefreshUnavailable(why)), Want::Fresh) => self.unexpired(grant).ok_or(TokenError::RefreshUnavailable(why)),
+            (result, _) => result,
+        }
+    }
+
+    fn unexpired(&self, grant: &ClientGrant) -> Option<UsableToken> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let (token, expiry) = slots.get(grant)?.current.as_ref()?;
+        (!expiry.is_expired(now_unix())).then(|| token.clone())
+    }
+
+    async fn renewed(self: &Arc<Self>, grant: &ClientGrant, want: Want) -> FlightResult {
         let flight = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             let slot = slots.entry(grant.clone()).or_default();
@@ -72,7 +99,13 @@ impl ClientTokens {
             }
             // Whatever a running request was started for, it brings a token newer than any
             // this caller has seen.
-            slot.flight.get_or_insert_with(|| self.request(grant.clone())).clone()
+            if let Some(flight) = &slot.flight {
+                flight.clone()
+            } else if let Some(left) = self.backoff.remaining(grant) {
+                return Err(RefreshUnavailable::BackingOff(left).into());
+            } else {
+                slot.flight.insert(self.request(grant.clone())).clone()
+            }
         };
         flight.await
     }
@@ -83,12 +116,20 @@ impl ClientTokens {
             let answer = this.oidc.client_credentials(&grant.scopes, grant.resource.as_deref()).await;
             this.metrics.client_token(answer.is_ok());
             let mut slots = this.slots.lock().unwrap_or_else(|p| p.into_inner());
-            let slot = slots.entry(grant).or_default();
+            let slot = slots.entry(grant.clone()).or_default();
             slot.flight = None;
             let issued = match answer {
-                Ok(issued) => issued,
+                Ok(issued) => {
+                    this.backoff.succeeded(&grant);
+                    issued
+                }
                 Err(e) => {
-                    tracing::warn!("client-credentials token request failed: {}", error_chain(&e));
+                    let wait = this.backoff.failed(grant);
+                    tracing::warn!(
+                        retry_in_ms = wait.as_millis() as u64,
+                        "client-credentials token request failed: {}",
+                        error_chain(&e)
+                    );
                     return Err(RefreshUnavailable::Provider(e).into());
                 }
             };

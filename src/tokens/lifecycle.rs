@@ -22,7 +22,8 @@ pub enum EndReason {
     SignedOut,
     /// The provider ended its session (back-channel logout).
     BackChannel,
-    /// The provider refused the refresh token (`invalid_grant`).
+    /// The provider ended the grant: it refused the refresh token (`invalid_grant`, or another
+    /// refusal of the grant).
     GrantRevoked,
     /// The same browser signed in again.
     Replaced,
@@ -37,7 +38,7 @@ impl EndReason {
         match self {
             EndReason::SignedOut => "signed_out",
             EndReason::BackChannel => "backchannel_logout",
-            EndReason::GrantRevoked => "invalid_grant",
+            EndReason::GrantRevoked => "grant_over",
             EndReason::Replaced => "replaced",
             EndReason::Expired => "expired",
             EndReason::Abandoned => "abandoned",

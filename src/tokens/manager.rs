@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use futures_util::future::Shared;
 use hyper::header::HeaderValue;
 use tracing::Instrument;
 
+use super::backoff::Backoff;
 use super::{ClientTokens, DpopBinding, EndReason, Expiry, Sessions, TokenOf, TokenSet, TokenStore, presented};
 use crate::crypto::random_token;
 use crate::metrics::{Metrics, RefreshOutcome};
@@ -91,6 +93,9 @@ pub enum RefreshUnavailable {
     /// Another writer's set replaced the one refreshed, without this audience's token.
     #[error("the token set changed during the refresh")]
     Superseded,
+    /// The provider failed this session's last refresh: the next try waits (`Backoff`).
+    #[error("the last refresh failed; the next try waits {0:?}")]
+    BackingOff(Duration),
 }
 
 impl From<StoreError> for TokenError {
@@ -135,8 +140,17 @@ pub struct TokenManager {
     flight_ids: std::sync::atomic::AtomicU64,
     /// Refresh locks this instance holds (key → owner), released at shutdown if still held.
     held_locks: Mutex<HashMap<String, String>>,
+    /// Sessions whose last refresh the provider failed (or refused bff's credentials for).
+    backoff: Backoff<SessionHandle>,
     metrics: Arc<Metrics>,
 }
+
+/// Sessions in back-off an instance remembers; past it the least recently failed are forgotten
+/// (they only try again sooner).
+const BACKOFF_CAPACITY: NonZeroUsize = match NonZeroUsize::new(100_000) {
+    Some(n) => n,
+    None => NonZeroUsize::MIN,
+};
 
 pub struct TokenTimings {
     pub refresh_skew: Duration,
@@ -172,6 +186,7 @@ impl TokenManager {
             flights: Mutex::new(HashMap::new()),
             flight_ids: std::sync::atomic::AtomicU64::new(0),
             held_locks: Mutex::new(HashMap::new()),
+            backoff: Backoff::new(BACKOFF_CAPACITY),
             metrics,
         }
     }
@@ -211,7 +226,15 @@ impl TokenManager {
         };
         match decide(expiry, hot.has_refresh_token, now, self.skew) {
             Decision::Use => Ok(usable),
-            Decision::Refresh => self.join_flight(handle, resource, Want::Fresh).await,
+            // Refreshed ahead of expiry: while the provider cannot answer, the token in hand is
+            // still good until it expires.
+            Decision::Refresh => match self.join_flight(handle, resource, Want::Fresh).await {
+                Err(TokenError::RefreshUnavailable(why)) if !expiry.is_expired(now_unix()) => {
+                    tracing::debug!(session = handle.short(), "refresh ahead of expiry failed ({why}); token still valid");
+                    Ok(usable)
+                }
+                other => other,
+            },
             // Reads the whole set to end the session (it names its back-channel index entries).
             Decision::End => {
                 let set = self.load_live(handle).await?;
@@ -247,6 +270,10 @@ impl TokenManager {
     }
 
     async fn join_flight(self: &Arc<Self>, handle: &SessionHandle, resource: Option<&str>, want: Want) -> FlightResult {
+        if let Some(left) = self.backoff.remaining(handle) {
+            self.metrics.refresh(RefreshOutcome::BackedOff);
+            return Err(RefreshUnavailable::BackingOff(left).into());
+        }
         let key: FlightKey = (handle.clone(), resource.map(str::to_string));
         // A flight started for another reason may finish with a token this caller cannot use
         // (rare: it found a newer, still fresh set that this caller already had rejected).
@@ -405,6 +432,7 @@ impl TokenManager {
 
         match refreshed {
             Ok(r) => {
+                self.backoff.succeeded(handle);
                 let next = set.refreshed(r, resource, now_unix(), self.default_expires_in);
                 match self.tokens.replace(handle, set.version, &next).await? {
                     CasOutcome::Written => {
@@ -429,14 +457,15 @@ impl TokenManager {
                     CasOutcome::Missing => Err(TokenError::LoginRequired),
                 }
             }
-            Err(RefreshError::Revoked) => {
+            Err(RefreshError::GrantOver(why)) => {
                 // A refresh that another holder completed after our read would also make ours
-                // look revoked; only a grant that is really gone ends the session.
+                // look refused; only a grant that is really gone ends the session.
                 if let Some(current) = self.tokens.load(handle).await?.filter(|c| c.version != set.version) {
                     return usable(&current, resource);
                 }
-                self.metrics.refresh(RefreshOutcome::InvalidGrant);
-                tracing::info!(session = handle.short(), "refresh token rejected (invalid_grant)");
+                self.backoff.succeeded(handle);
+                self.metrics.refresh(RefreshOutcome::GrantOver);
+                tracing::info!(session = handle.short(), "refresh refused, the grant is over; the session ends: {why}");
                 self.end_session(handle, &set, EndReason::GrantRevoked).await
             }
             Err(RefreshError::NotForResource) => {
@@ -447,9 +476,26 @@ impl TokenManager {
                 );
                 Err(TokenError::NotForResource)
             }
+            Err(RefreshError::ClientAuth(e)) => {
+                let wait = self.backoff.failed(handle.clone());
+                self.metrics.refresh(RefreshOutcome::ClientAuth);
+                tracing::error!(
+                    session = handle.short(),
+                    retry_in_ms = wait.as_millis() as u64,
+                    "token refresh failed; session kept: {}",
+                    error_chain(&e)
+                );
+                Err(RefreshUnavailable::Provider(e).into())
+            }
             Err(RefreshError::Unavailable(e)) => {
+                let wait = self.backoff.failed(handle.clone());
                 self.metrics.refresh(RefreshOutcome::Transient);
-                tracing::warn!(session = handle.short(), "token refresh failed; session kept: {}", error_chain(&e));
+                tracing::warn!(
+                    session = handle.short(),
+                    retry_in_ms = wait.as_millis() as u64,
+                    "token refresh failed; session kept: {}",
+                    error_chain(&e)
+                );
                 Err(RefreshUnavailable::Provider(e).into())
             }
         }

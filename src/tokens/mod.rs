@@ -7,6 +7,7 @@
 //! older set can never write back a refresh token that was already rotated. The writes are
 //! private to the module: the compiler holds every other module to reading.
 
+mod backoff;
 mod cache;
 mod client;
 mod hot;
