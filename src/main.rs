@@ -47,7 +47,9 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
     })
 }
 
-/// `check-config --online`: discovery as `serve` does it; its problem on stderr, exit 2.
+/// `check-config --online`: discovery as `serve` does it, a test of bff's client authentication,
+/// and what the provider lacks that the configuration relies on; one `key: message` line each on
+/// stderr. Exit 2 when anything would make sign-ins or refreshes fail.
 async fn check_provider(config: &Config) -> ExitCode {
     let oidc = match bff::oidc::Oidc::new(config) {
         Ok(oidc) => oidc,
@@ -56,15 +58,16 @@ async fn check_provider(config: &Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match oidc.discover().await {
-        Ok(()) => {
-            eprintln!("bff: the provider at {} answers as configured", config.oidc.issuer);
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("bff: {}", bff::telemetry::error_chain(&e));
-            ExitCode::from(2)
-        }
+    let findings = oidc.check_online().await;
+    for finding in &findings {
+        eprintln!("{finding}");
+    }
+    if findings.iter().any(|f| f.severity == bff::oidc::Severity::Error) {
+        eprintln!("bff: the provider at {} will not work as configured", config.oidc.issuer);
+        ExitCode::from(2)
+    } else {
+        eprintln!("bff: the provider at {} answers as configured", config.oidc.issuer);
+        ExitCode::SUCCESS
     }
 }
 

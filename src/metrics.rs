@@ -94,6 +94,8 @@ pub enum AuthEvent {
     LoginFailed,
     Logout,
     BackchannelLogout,
+    /// A sign-in that asked for `offline_access` and got no refresh token.
+    LoginWithoutRefreshToken,
 }
 
 impl AuthEvent {
@@ -103,6 +105,7 @@ impl AuthEvent {
             AuthEvent::LoginFailed => "login_failed",
             AuthEvent::Logout => "logout",
             AuthEvent::BackchannelLogout => "backchannel_logout",
+            AuthEvent::LoginWithoutRefreshToken => "login_without_refresh_token",
         }
     }
 }

@@ -146,10 +146,8 @@ impl Oidc {
                 Err(e) => return Err(OidcError::Push(e)),
             }
         };
-        let pushed: Pushed = response
-            .json()
-            .await
-            .map_err(|e| OidcError::Push(TokenEndpointError::Unreadable(Box::new(e))))?;
+        let pushed: Pushed =
+            response.json().await.map_err(|e| OidcError::Push(TokenEndpointError::Unreadable(Box::new(e))))?;
         // The endpoint's own query (Azure B2C's `p=`, say) stays.
         let mut url = provider.client.auth_uri().url().clone();
         url.query_pairs_mut()

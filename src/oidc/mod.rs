@@ -9,6 +9,7 @@ pub mod jwks;
 mod login;
 mod logout_token;
 mod metadata;
+mod probe;
 mod token_endpoint;
 
 pub use http::IdpHttp;
@@ -35,6 +36,7 @@ use crate::config::{AuthMethod, Config, ParMode, TokenPolicy};
 pub use grants::{ClientToken, GrantToken, RefreshError, Refreshed, Revocation};
 pub use login::{CallbackError, LoginResult, PendingLogin, ResponseIssuerError};
 pub use logout_token::{LogoutRequest, LogoutTokenError};
+pub use probe::{Finding, Severity};
 pub use token_endpoint::{Refusal, TokenEndpointError, Verdict};
 
 /// A cause kept as it came (types of the HTTP and discovery layers that bff does not name).
@@ -58,6 +60,12 @@ pub struct ExtraProviderMetadata {
     /// RFC 9449 §5.1: the provider takes DPoP proofs signed with these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpop_signing_alg_values_supported: Option<Vec<String>>,
+    /// OIDC Back-Channel Logout 1.0 §2.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backchannel_logout_supported: Option<bool>,
+    /// OIDC Front-Channel Logout 1.0 §3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontchannel_logout_supported: Option<bool>,
 }
 impl AdditionalProviderMetadata for ExtraProviderMetadata {}
 
@@ -95,6 +103,8 @@ pub struct Provider {
     assertion_algs: Vec<String>,
     /// The ID token algorithms discovery lists that bff accepts (asymmetric only).
     id_token_algs: Vec<CoreJwsSigningAlgorithm>,
+    /// What else the metadata says the provider offers, for `check-config --online`.
+    offers: probe::Offers,
     loaded_at: Instant,
 }
 
@@ -245,6 +255,8 @@ pub struct Oidc {
     configured_revocation_url: Option<Url>,
     /// The "logout will not revoke" warning is given once, not at every rediscovery.
     warned_no_revocation: std::sync::atomic::AtomicBool,
+    /// The "no refresh token although offline_access was asked for" warning, once per process.
+    warned_no_refresh_token: std::sync::atomic::AtomicBool,
     provider: RwLock<Option<Arc<Provider>>>,
     /// The configuration problem the last discovery found, for `/readyz` and `check-config`.
     setup_problem: RwLock<Option<String>>,
@@ -296,6 +308,7 @@ impl Oidc {
             http: IdpHttp::new(config.oidc.timeout)?,
             configured_revocation_url: config.oidc.revocation_endpoint.clone(),
             warned_no_revocation: std::sync::atomic::AtomicBool::new(false),
+            warned_no_refresh_token: std::sync::atomic::AtomicBool::new(false),
             provider: RwLock::new(None),
             setup_problem: RwLock::new(None),
             client_auth_refused: RwLock::new(None),
@@ -442,6 +455,7 @@ impl Oidc {
             .token_endpoint_auth_signing_alg_values_supported()
             .map(|algs| algs.iter().filter_map(|a| serde_json::to_value(a).ok()?.as_str().map(String::from)).collect())
             .unwrap_or_default();
+        let offers = probe::Offers::read(&metadata, revocation_url.is_some());
         let client = CoreClient::from_provider_metadata(metadata, self.client_id.clone(), self.credential.secret())
             .set_redirect_uri(self.redirect_uri.clone())
             .set_auth_type(self.auth_type.clone());
@@ -454,6 +468,7 @@ impl Oidc {
             par_url,
             assertion_algs,
             id_token_algs,
+            offers,
             loaded_at: Instant::now(),
         };
         if let Ok(mut slot) = self.provider.write() {
@@ -510,6 +525,25 @@ impl Oidc {
     async fn refresh_keys(&self) -> bool {
         let stale = self.provider().map(|p| p.loaded_at.elapsed() > JWKS_REFETCH_INTERVAL).unwrap_or(true);
         stale && self.discover().await.is_ok()
+    }
+
+    /// A sign-in that asked for `offline_access` came without a refresh token: its session ends
+    /// when the access token expires. Warned once per process (it is the provider's setup, the
+    /// same for every sign-in); true when so, for the counter.
+    pub fn refresh_token_withheld(&self, login: &LoginResult) -> bool {
+        if login.refresh_token.is_some() || !self.scopes.iter().any(|s| s == "offline_access") {
+            return false;
+        }
+        if !self.warned_no_refresh_token.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                access_token_expires_in_secs = login.expires_in.map(|d| d.as_secs()),
+                "the provider issued no refresh token although oidc.scopes asks for offline_access: sessions end \
+                 when their access token expires; enable the refresh_token grant (and offline access) for client \
+                 {:?} at the provider, or remove offline_access from oidc.scopes",
+                self.client_id.as_str()
+            );
+        }
+        true
     }
 
     /// The RP-initiated logout URL, when the provider has an end-session endpoint.

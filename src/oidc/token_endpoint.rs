@@ -10,7 +10,9 @@
 use std::sync::Mutex;
 
 use openidconnect::core::CoreErrorResponseType;
-use openidconnect::{AsyncHttpClient, HttpClientError, HttpRequest, HttpResponse, RequestTokenError, StandardErrorResponse};
+use openidconnect::{
+    AsyncHttpClient, HttpClientError, HttpRequest, HttpResponse, RequestTokenError, StandardErrorResponse,
+};
 
 use super::BoxError;
 use crate::config::AuthMethod;

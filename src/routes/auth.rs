@@ -186,6 +186,9 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>, session: Ses
         }
     };
 
+    if state.oidc.refresh_token_withheld(&login) {
+        state.metrics.auth_event(AuthEvent::LoginWithoutRefreshToken);
+    }
     let previous = SessionEntries::read(&session);
     let started = match state.sessions.start(login).await {
         Ok(started) => started,

@@ -15,8 +15,7 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let store_ok = state.store.ping().await.is_ok();
     let metadata_loaded = state.oidc.is_ready();
-    let problem =
-        if metadata_loaded { state.oidc.client_auth_problem() } else { state.oidc.setup_problem() };
+    let problem = if metadata_loaded { state.oidc.client_auth_problem() } else { state.oidc.setup_problem() };
     let idp_ok = metadata_loaded && problem.is_none();
     let mut body = json!({
         "status": if store_ok && idp_ok { "ready" } else { "not_ready" },

@@ -77,7 +77,9 @@ impl ClientTokens {
         match (self.renewed(grant, want).await, want) {
             // Renewed ahead of expiry: while the provider cannot answer, the token in hand is
             // still good until it expires.
-            (Err(TokenError::RefreshUnavailable(why)), Want::Fresh) => self.unexpired(grant).ok_or(TokenError::RefreshUnavailable(why)),
+            (Err(TokenError::RefreshUnavailable(why)), Want::Fresh) => {
+                self.unexpired(grant).ok_or(TokenError::RefreshUnavailable(why))
+            }
             (result, _) => result,
         }
     }

@@ -230,7 +230,10 @@ impl TokenManager {
             // still good until it expires.
             Decision::Refresh => match self.join_flight(handle, resource, Want::Fresh).await {
                 Err(TokenError::RefreshUnavailable(why)) if !expiry.is_expired(now_unix()) => {
-                    tracing::debug!(session = handle.short(), "refresh ahead of expiry failed ({why}); token still valid");
+                    tracing::debug!(
+                        session = handle.short(),
+                        "refresh ahead of expiry failed ({why}); token still valid"
+                    );
                     Ok(usable)
                 }
                 other => other,

@@ -18,6 +18,7 @@ mod login;
 mod logout;
 mod operations;
 mod par;
+mod provider_refusals;
 mod providers;
 mod proxy;
 mod refresh;

@@ -1,7 +1,7 @@
 //! Pushed authorization requests (RFC 9126, `oidc.par`) against the demo provider.
 
 use bff::config::{AuthMethod, ParMode};
-use bff::demo::idp::Quirks;
+use bff::demo::idp::{ClientAuthRefusal, GrantRefusal, Quirks};
 use support::{AppOptions, Browser, TestApp, location, spawn_app, spawn_app_with};
 
 use crate::providers::{instance_after, login_here};
@@ -17,6 +17,10 @@ const fn no_quirks() -> Quirks {
         par_offered: false,
         par_required: false,
         no_dpop_in_metadata: false,
+        grant_refusal: GrantRefusal::InvalidGrant,
+        client_auth_refusal: ClientAuthRefusal::InvalidClient,
+        dpop_required_at_par: false,
+        no_refresh_tokens: false,
     }
 }
 

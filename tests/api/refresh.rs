@@ -227,11 +227,15 @@ async fn a_failing_or_silent_provider_keeps_the_session_for_later() {
         );
         assert!(browser.cookie("bff").is_some());
         app.idp.controls.set_token_fault(TokenFault::None);
-        assert_eq!(
-            browser.api(Method::GET, "/api/echo").await.status(),
-            200,
-            "{fault:?}: works once the provider is back"
-        );
+        // The session's back-off (1 s after a first failure) passes, then the call works.
+        let asked = app.token_requests("any");
+        let back = browser.api(Method::GET, "/api/echo").await;
+        assert_eq!(back.status(), 503, "{fault:?}: within the back-off");
+        assert_eq!(app.token_requests("any"), asked, "{fault:?}: the provider is not asked within the back-off");
+        support::eventually("the call works once the provider is back", Duration::from_secs(5), || async {
+            browser.api(Method::GET, "/api/echo").await.status() == 200
+        })
+        .await;
         assert_eq!(app.token_requests("reuse"), 0);
     }
 }

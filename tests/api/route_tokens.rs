@@ -98,16 +98,23 @@ async fn a_client_token_is_shared_by_every_session_and_renewed_once_when_due() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_token_the_provider_will_not_give_is_a_503_and_the_next_call_asks_again() {
+async fn a_client_token_the_provider_will_not_give_is_a_503_and_a_later_call_asks_again() {
     let app = spawn_app_with(AppOptions::default()).await;
     let instance = client_route(&app).await;
     let browser = app.browser();
     browser.login_as("alice").await;
     let b = browser.at(&instance);
     app.idp.controls.set_token_fault(TokenFault::Unavailable);
-    assert_eq!(json_error(b.api(Method::GET, "/m2m/echo").await).await, (503, "token_refresh_unavailable".into()));
+    let asked = app.token_requests("any");
+    for _ in 0..5 {
+        assert_eq!(json_error(b.api(Method::GET, "/m2m/echo").await).await, (503, "token_refresh_unavailable".into()));
+    }
+    assert_eq!(app.token_requests("any"), asked + 1, "one request, then the back-off answers");
     app.idp.controls.set_token_fault(TokenFault::None);
-    assert_eq!(b.api(Method::GET, "/m2m/echo").await.status(), 200);
+    support::eventually("the client token is got once the back-off passed", Duration::from_secs(5), || async {
+        b.api(Method::GET, "/m2m/echo").await.status() == 200
+    })
+    .await;
     assert_eq!(b.api(Method::GET, "/api/echo").await.status(), 200, "the user's session is untouched");
 }
 

@@ -10,8 +10,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::json;
 
-use super::TokenFault;
 use super::provider::{OAuthError, Presented, Provider};
+use super::{ClientAuthRefusal, GrantRefusal, TokenFault};
 use crate::pages::Pages;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -33,6 +33,26 @@ fn no_store(mut res: HttpResponse) -> HttpResponse {
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res.headers_mut().insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     res
+}
+
+/// An OAuth error answer, in the style the provider's quirks say: real providers refuse ended
+/// grants and bad clients in ways of their own.
+fn refusal(p: &Provider, e: &OAuthError) -> HttpResponse {
+    let quirks = p.controls.quirks();
+    let bare = |status: StatusCode| no_store(HttpResponse::build(status).finish());
+    match (e.error, quirks.grant_refusal, quirks.client_auth_refusal) {
+        ("invalid_grant", GrantRefusal::InvalidRequest, _) => oauth_error(&OAuthError {
+            status: 400,
+            error: "invalid_request",
+            description: format!("refused: {}", e.description),
+        }),
+        ("invalid_grant", GrantRefusal::EmptyBody, _) => bare(StatusCode::BAD_REQUEST),
+        ("invalid_client", _, ClientAuthRefusal::ForbiddenEmpty) => bare(StatusCode::FORBIDDEN),
+        ("invalid_client", _, ClientAuthRefusal::UnauthorizedClient) => {
+            oauth_error(&OAuthError { status: 400, error: "unauthorized_client", description: e.description.clone() })
+        }
+        _ => oauth_error(e),
+    }
 }
 
 fn oauth_error(e: &OAuthError) -> HttpResponse {
@@ -215,6 +235,7 @@ fn presented(req: &HttpRequest, form: &HashMap<String, String>) -> Presented {
 
 async fn token(req: HttpRequest, p: web::Data<Provider>, form: web::Form<HashMap<String, String>>) -> HttpResponse {
     p.saw_trace_context("/token", &req);
+    p.counters.token_endpoint_calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     match p.controls.token_fault() {
         TokenFault::None => {}
         TokenFault::Unavailable => {
@@ -233,11 +254,10 @@ async fn token(req: HttpRequest, p: web::Data<Provider>, form: web::Form<HashMap
             }
         }
         TokenFault::InvalidGrant => {
-            return oauth_error(&OAuthError {
-                status: 400,
-                error: "invalid_grant",
-                description: "grant revoked".into(),
-            });
+            return refusal(
+                &p,
+                &OAuthError { status: 400, error: "invalid_grant", description: "grant revoked".into() },
+            );
         }
     }
     let answer = p.token(&form, &presented(&req, &form), dpop_proof(&req));
@@ -247,15 +267,19 @@ async fn token(req: HttpRequest, p: web::Data<Provider>, form: web::Form<HashMap
     }
     let mut res = match answer {
         Ok(body) => no_store(HttpResponse::Ok().json(body)),
-        Err(e) => oauth_error(&e),
+        Err(e) => refusal(&p, &e),
     };
-    // RFC 9449 §8: the nonce the next proofs must carry.
+    with_dpop_nonce(&p, &mut res);
+    res
+}
+
+/// RFC 9449 §8: the nonce the next proofs must carry.
+fn with_dpop_nonce(p: &Provider, res: &mut HttpResponse) {
     if p.controls.requires_dpop_nonce()
         && let Ok(nonce) = HeaderValue::from_str(&p.dpop_nonce)
     {
         res.headers_mut().insert(header::HeaderName::from_static("dpop-nonce"), nonce);
     }
-    res
 }
 
 fn dpop_proof(req: &HttpRequest) -> Option<&str> {
@@ -267,17 +291,19 @@ async fn pushed_authorization_request(
     p: web::Data<Provider>,
     form: web::Form<HashMap<String, String>>,
 ) -> HttpResponse {
-    match p.push_authorization(&form, &presented(&req, &form)) {
+    let mut res = match p.push_authorization(&form, &presented(&req, &form), dpop_proof(&req)) {
         Ok(body) => no_store(HttpResponse::Created().json(body)),
-        Err(e) => oauth_error(&e),
-    }
+        Err(e) => refusal(&p, &e),
+    };
+    with_dpop_nonce(&p, &mut res);
+    res
 }
 
 async fn revoke(req: HttpRequest, p: web::Data<Provider>, form: web::Form<HashMap<String, String>>) -> HttpResponse {
     p.saw_trace_context("/revoke", &req);
     match p.revoke(&form, &presented(&req, &form)) {
         Ok(()) => HttpResponse::Ok().finish(),
-        Err(e) => oauth_error(&e),
+        Err(e) => refusal(&p, &e),
     }
 }
 

@@ -86,6 +86,40 @@ pub struct Quirks {
     pub par_required: bool,
     /// Discovery does not list `dpop_signing_alg_values_supported` (a provider without DPoP).
     pub no_dpop_in_metadata: bool,
+    /// How a grant that is over (refresh token revoked, expired, reused; a used code) is refused.
+    pub grant_refusal: GrantRefusal,
+    /// How a client whose authentication fails is refused, at the token and PAR endpoints.
+    pub client_auth_refusal: ClientAuthRefusal,
+    /// A pushed authorization request must carry a DPoP proof (RFC 9449 §10.1), as providers
+    /// that require DPoP-bound clients do.
+    pub dpop_required_at_par: bool,
+    /// No refresh token is issued, even when `offline_access` was granted (a client without the
+    /// refresh_token grant enabled).
+    pub no_refresh_tokens: bool,
+}
+
+/// How the token endpoint says a grant is over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GrantRefusal {
+    /// 400 `invalid_grant` (RFC 6749 §5.2).
+    #[default]
+    InvalidGrant,
+    /// 400 `invalid_request` (LemonLDAP::NG, for a refresh whose SSO session ended).
+    InvalidRequest,
+    /// 400 with an empty body (Glewlwyd).
+    EmptyBody,
+}
+
+/// How an endpoint that authenticates clients refuses a bad one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClientAuthRefusal {
+    /// 401 `invalid_client` (RFC 6749 §5.2).
+    #[default]
+    InvalidClient,
+    /// 403 with no body (Glewlwyd at its PAR endpoint).
+    ForbiddenEmpty,
+    /// 400 `unauthorized_client` (seen at a code exchange with a wrong secret).
+    UnauthorizedClient,
 }
 
 pub struct Controls {

@@ -46,6 +46,8 @@ pub struct AuthRequest {
     pub nonce: Option<String>,
     pub scope: String,
     pub code_challenge: String,
+    /// RFC 9449 §10: the key the code may only be exchanged with.
+    pub dpop_jkt: Option<String>,
 }
 
 struct Code {
@@ -91,6 +93,8 @@ struct Data {
 /// Counters tests read.
 #[derive(Default)]
 pub struct Counters {
+    /// Every request to the token endpoint, answered or not (faults included).
+    pub token_endpoint_calls: AtomicU64,
     pub pushed_authorization_requests: AtomicU64,
     /// `private_key_jwt` client assertions accepted.
     pub client_assertions: AtomicU64,
@@ -232,8 +236,20 @@ impl Provider {
         &self,
         form: &HashMap<String, String>,
         presented: &Presented,
+        dpop_proof: Option<&str>,
     ) -> Result<Value, OAuthError> {
         let client = self.authenticate(presented)?;
+        // RFC 9449 §10.1: a proof binds the request to its key; `dpop_jkt`, if also sent, must
+        // name the same key.
+        let jkt = self.endpoint_proof(dpop_proof, "/par")?;
+        if jkt.is_none() && self.controls.quirks().dpop_required_at_par {
+            return Err(oauth_error(400, "invalid_dpop_proof", "this client must send a DPoP proof"));
+        }
+        if let (Some(jkt), Some(named)) = (&jkt, form.get("dpop_jkt"))
+            && jkt != named
+        {
+            return Err(oauth_error(400, "invalid_dpop_proof", "dpop_jkt does not name the proof's key"));
+        }
         if form.contains_key("request_uri") {
             return Err(oauth_error(400, "invalid_request", "request_uri must not be pushed"));
         }
@@ -242,6 +258,9 @@ impl Provider {
         }
         let mut params = form.clone();
         params.remove("client_secret");
+        if let Some(jkt) = jkt {
+            params.insert("dpop_jkt".into(), jkt);
+        }
         params.insert("client_id".into(), client.client_id.clone());
         // Errors that would be redirected at /authorize are answered here instead (§2.3).
         match self.check_authorize(&params) {
@@ -321,6 +340,7 @@ impl Provider {
             nonce: q.get("nonce").cloned(),
             scope,
             code_challenge: code_challenge.clone(),
+            dpop_jkt: q.get("dpop_jkt").cloned(),
         }))
     }
 
@@ -422,6 +442,9 @@ impl Provider {
         }
         if form.get("redirect_uri").map(String::as_str) != Some(request.redirect_uri.as_str()) {
             return Err(invalid("redirect_uri does not match"));
+        }
+        if request.dpop_jkt.is_some() && request.dpop_jkt != jkt {
+            return Err(invalid("the code is bound to another DPoP key (dpop_jkt)"));
         }
         let verifier = form.get("code_verifier").ok_or_else(|| invalid("code_verifier is missing"))?;
         if URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes())) != request.code_challenge {
@@ -629,7 +652,9 @@ impl Provider {
             self.key.sign(&id_claims, Some("JWT")).map_err(server_error)?
         };
 
-        let refresh_token = scope.split(' ').any(|s| s == "offline_access").then(random_token);
+        let refresh_token = (scope.split(' ').any(|s| s == "offline_access")
+            && !self.controls.quirks().no_refresh_tokens)
+            .then(random_token);
         {
             let mut data = self.data();
             data.access_tokens.insert(jti, grant_id.to_string());
@@ -768,6 +793,14 @@ impl Provider {
             }
         }
         delivered
+    }
+
+    /// An administrator revokes every grant of `username` (no logout token is sent): the next
+    /// refresh is refused in the provider's style. Returns how many grants ended.
+    pub fn revoke_grants_of(&self, username: &str) -> usize {
+        let mut data = self.data();
+        let ended = data.grants.values_mut().filter(|g| g.username == username && !g.revoked);
+        ended.map(|g| g.revoked = true).count()
     }
 
     /// The provider session (`sid`) of a user's live grants, for tests that end it.

@@ -294,6 +294,7 @@ impl TestApp {
             "client_credentials" => &c.client_credentials,
             "par" => &c.pushed_authorization_requests,
             "revocation" => &c.revocations,
+            "any" => &c.token_endpoint_calls,
             "reuse" => &c.reuse_detected,
             other => panic!("no counter {other}"),
         };

@@ -103,8 +103,13 @@ impl Provider {
 
     /// The key a token request's DPoP proof was made with (RFC 9449 §5), if it has one.
     pub(super) fn token_proof(&self, proof: Option<&str>) -> Result<Option<String>, OAuthError> {
+        self.endpoint_proof(proof, "/token")
+    }
+
+    /// The key a request's DPoP proof for the endpoint at `path` was made with, if it has one.
+    pub(super) fn endpoint_proof(&self, proof: Option<&str>, path: &str) -> Result<Option<String>, OAuthError> {
         let Some(proof) = proof else { return Ok(None) };
-        let url = format!("{}/token", self.issuer);
+        let url = format!("{}{path}", self.issuer);
         let nonce = self.controls.requires_dpop_nonce().then_some(self.dpop_nonce.as_str());
         let expected = super::super::dpop::Expected { method: "POST", url: &url, access_token: None, nonce };
         match super::super::dpop::verify(proof, &expected, &self.seen_proofs) {
