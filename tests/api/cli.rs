@@ -336,28 +336,81 @@ fn the_example_configuration_is_valid() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("[server]"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn check_config_online_names_an_issuer_that_differs_by_a_slash() {
-    let idp = spawn_idp(IdpOptions {
+fn cli_idp_options() -> IdpOptions {
+    IdpOptions {
         auth_method: bff::config::AuthMethod::ClientSecretBasic,
         access_token_ttl: Duration::from_secs(300),
         redirect_uris: vec!["http://localhost:8080/auth/callback".into()],
         post_logout_redirect_uris: vec![],
         backchannel_logout_uri: None,
-    })
-    .await;
-    let config = |issuer: &str| {
-        write_config(&format!(
-            "[oidc]\nissuer = \"{issuer}\"\nclient_id = \"bff\"\nclient_secret = \"s\"\n[session]\nsecret = \"{}\"\n",
-            test_secret()
-        ))
-    };
-    let wrong = config(&format!("{}/", idp.issuer));
-    let out = bff().args(["check-config", "--online", "--config"]).arg(&wrong).output().expect("run bff");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("oidc.issuer") && stderr.contains("configuration error"), "{stderr}");
-    let right = config(&idp.issuer);
-    let out = bff().args(["check-config", "--online", "--config"]).arg(&right).output().expect("run bff");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// A configuration for the demo provider's test client, with `secret`.
+fn online_config(issuer: &str, secret: &str) -> std::path::PathBuf {
+    write_config(&format!(
+        "[server]\npublic_url = \"http://localhost:8080\"\n[oidc]\nissuer = \"{issuer}\"\nclient_id = \"{}\"\n\
+         client_secret = \"{secret}\"\n[session]\nsecret = \"{}\"\n",
+        support::CLIENT_ID,
+        test_secret()
+    ))
+}
+
+fn check_online(config: &std::path::Path) -> (Option<i32>, String) {
+    let out = bff().args(["check-config", "--online", "--config"]).arg(config).output().expect("run bff");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_online_names_an_issuer_that_differs_by_a_slash() {
+    let idp = spawn_idp(cli_idp_options()).await;
+    let (code, stderr) = check_online(&online_config(&format!("{}/", idp.issuer), support::CLIENT_SECRET));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("oidc.issuer: error:") && stderr.contains("configuration error"), "{stderr}");
+    let (code, stderr) = check_online(&online_config(&idp.issuer, support::CLIENT_SECRET));
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_online_proves_bffs_credentials_and_lists_what_the_provider_lacks() {
+    let idp = spawn_idp(cli_idp_options()).await;
+    // Right credentials: a made-up code is answered invalid_grant, which proves them.
+    let (code, stderr) = check_online(&online_config(&idp.issuer, support::CLIENT_SECRET));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("oidc.client_secret: ok: the provider accepted bff's client authentication"), "{stderr}");
+    // The demo provider advertises no back- or front-channel logout: a warning, not an error.
+    assert!(stderr.contains("oidc.issuer: warning: the provider advertises neither back-channel"), "{stderr}");
+    assert!(stderr.contains("answers as configured"), "{stderr}");
+    for line in stderr.lines().filter(|l| !l.starts_with("bff: ")) {
+        let (key, rest) = line.split_once(": ").unwrap_or_default();
+        assert!(
+            key.starts_with("oidc.") && ["ok:", "warning:", "error:"].iter().any(|w| rest.starts_with(w)),
+            "{line}"
+        );
+    }
+
+    // A wrong secret: refuted, exit 2, the keys to check named; no exchange happened for anyone.
+    let (code, stderr) = check_online(&online_config(&idp.issuer, "wrong-secret"));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("oidc.client_secret: error: the provider answered 401 invalid_client"), "{stderr}");
+    assert!(stderr.contains("check oidc.client_id, oidc.client_secret"), "{stderr}");
+    assert!(!stderr.contains("wrong-secret"), "never the secret: {stderr}");
+    assert!(stderr.contains("will not work as configured"), "{stderr}");
+    // Only the first probe got as far as a code (the made-up one); the refuted one stopped at
+    // client authentication.
+    assert_eq!(idp.provider.counters.authorization_code.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // With PAR offered the push is the probe; a bare 403 for a wrong secret is named as such.
+    idp.controls.set_quirks(bff::demo::idp::Quirks {
+        par_offered: true,
+        client_auth_refusal: bff::demo::idp::ClientAuthRefusal::ForbiddenEmpty,
+        revocation_only_in_rfc8414: true,
+        ..Default::default()
+    });
+    let (code, stderr) = check_online(&online_config(&idp.issuer, "wrong-secret"));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("oidc.client_secret: error: the pushed authorization request failed: the provider answered 403 with an empty body"), "{stderr}");
+    let (code, stderr) = check_online(&online_config(&idp.issuer, support::CLIENT_SECRET));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("at its PAR endpoint"), "{stderr}");
 }
