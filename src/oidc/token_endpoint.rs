@@ -78,7 +78,8 @@ impl Refusal {
     pub fn verdict(&self) -> Verdict {
         let code = self.error.as_deref();
         match (self.status, code) {
-            (_, Some("invalid_client")) => Verdict::ClientAuth,
+            // Keycloak answers a wrong client secret 401 `unauthorized_client`.
+            (_, Some("invalid_client")) | (401, Some("unauthorized_client")) => Verdict::ClientAuth,
             (_, Some("invalid_target")) => Verdict::NotForResource,
             (_, Some(code)) if TRANSIENT_CODES.contains(&code) => Verdict::Transient,
             (408 | 429, _) => Verdict::Transient,
@@ -277,6 +278,13 @@ mod tests {
         assert_eq!(verdict(401, ""), Verdict::ClientAuth);
         assert_eq!(verdict(401, "Unauthorized"), Verdict::ClientAuth);
         assert_eq!(verdict(403, ""), Verdict::ClientAuth);
+        assert_eq!(verdict(401, r#"{"error":"unauthorized_client"}"#), Verdict::ClientAuth, "Keycloak");
+        assert_eq!(
+            verdict(401, r#"{"error":"access_denied","error_description":"Unauthorized"}"#),
+            Verdict::ClientAuth,
+            "Auth0"
+        );
+        assert_eq!(verdict(403, r#"{"error":"invalid_grant"}"#), Verdict::GrantOver, "Auth0");
         // An explicit grant refusal is one, whatever the status.
         assert_eq!(verdict(401, r#"{"error":"invalid_grant"}"#), Verdict::GrantOver);
     }
