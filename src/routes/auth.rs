@@ -152,7 +152,9 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>, session: Ses
     let return_to = pending.return_to.clone();
     let login = match state.oidc.complete_login(code, pending).await {
         Ok(login) => login,
-        Err(e @ (CallbackError::CodeRejected(_) | CallbackError::InvalidIdToken(_))) => {
+        Err(
+            e @ (CallbackError::CodeRejected(_) | CallbackError::InvalidIdToken(_) | CallbackError::InvalidUserinfo(_)),
+        ) => {
             tracing::warn!("login failed: {}", error_chain(&e));
             return callback_error(
                 &state,

@@ -14,7 +14,7 @@ use crate::providers::{instance_after, login_here};
 fn keys(names: &[&str]) -> ClientKeys {
     let pems: Vec<String> =
         client_key_fixtures(names).iter().map(|p| std::fs::read_to_string(p).expect("fixture")).collect();
-    ClientKeys::from_pems(&pems.iter().map(String::as_str).collect::<Vec<_>>()).expect("keys")
+    ClientKeys::parse(&pems.iter().map(String::as_str).collect::<Vec<_>>()).expect("keys")
 }
 
 fn assertions(app: &TestApp) -> u64 {

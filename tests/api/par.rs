@@ -17,6 +17,10 @@ const fn no_quirks() -> Quirks {
         par_offered: false,
         par_required: false,
         no_dpop_in_metadata: false,
+        assertion_aud_endpoint_only: false,
+        profile_only_in_userinfo: false,
+        userinfo_other_sub: false,
+        userinfo_signed: false,
     }
 }
 

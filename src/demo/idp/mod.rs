@@ -86,6 +86,25 @@ pub struct Quirks {
     pub par_required: bool,
     /// Discovery does not list `dpop_signing_alg_values_supported` (a provider without DPoP).
     pub no_dpop_in_metadata: bool,
+    /// A client assertion's `aud` must be the URL of the endpoint receiving it (`/token`,
+    /// `/par`, `/revoke`), not the issuer (Glewlwyd).
+    pub assertion_aud_endpoint_only: bool,
+    /// The ID token carries no profile or email claims; `/userinfo` has them (a common default).
+    pub profile_only_in_userinfo: bool,
+    /// `/userinfo` answers with another user's `sub` (OIDC Core §5.3.2: must be refused).
+    pub userinfo_other_sub: bool,
+    /// `/userinfo` answers a signed JWT (`application/jwt`, with `iss` and `aud`).
+    pub userinfo_signed: bool,
+}
+
+/// How `/userinfo`'s signed answer is spoiled (tests; with `Quirks::userinfo_signed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserinfoFault {
+    None,
+    /// Signed by a key the provider does not publish.
+    BadSignature,
+    /// `alg: none`, no signature.
+    Unsigned,
 }
 
 pub struct Controls {
@@ -105,6 +124,7 @@ pub struct Controls {
     client_jwks: Mutex<Vec<serde_json::Value>>,
     /// The token endpoint asks DPoP proofs for its nonce.
     dpop_nonce_required: std::sync::atomic::AtomicBool,
+    userinfo_fault: Mutex<UserinfoFault>,
 }
 
 fn read<T: Clone>(m: &Mutex<T>) -> T {
@@ -130,6 +150,7 @@ impl Controls {
             refused_resources: Mutex::new(Vec::new()),
             client_jwks: Mutex::new(Vec::new()),
             dpop_nonce_required: std::sync::atomic::AtomicBool::new(false),
+            userinfo_fault: Mutex::new(UserinfoFault::None),
         }
     }
 
@@ -202,6 +223,14 @@ impl Controls {
 
     pub fn authorize_error(&self) -> Option<String> {
         read(&self.authorize_error)
+    }
+
+    pub fn set_userinfo_fault(&self, fault: UserinfoFault) {
+        write(&self.userinfo_fault, fault);
+    }
+
+    pub fn userinfo_fault(&self) -> UserinfoFault {
+        read(&self.userinfo_fault)
     }
 
     pub fn require_dpop_nonce(&self, required: bool) {
