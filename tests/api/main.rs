@@ -28,4 +28,5 @@ mod store_down;
 mod telemetry;
 mod timeouts;
 mod user;
+mod userinfo;
 mod websocket;

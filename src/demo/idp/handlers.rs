@@ -284,6 +284,9 @@ async fn revoke(req: HttpRequest, p: web::Data<Provider>, form: web::Form<HashMa
 /// A `Bearer` token, or a DPoP-bound one as `DPoP` with a proof made for this request
 /// (RFC 9449 §7), as the provider issued it.
 async fn userinfo(req: HttpRequest, p: web::Data<Provider>) -> HttpResponse {
+    if p.controls.userinfo_fault() == super::UserinfoFault::Unavailable {
+        return HttpResponse::ServiceUnavailable().content_type("text/html").body("<h1>503 Service Unavailable</h1>");
+    }
     let refused = |why: &str| {
         tracing::info!("demo idp: userinfo refused: {why}");
         HttpResponse::Unauthorized()

@@ -97,13 +97,15 @@ pub struct Quirks {
     pub userinfo_signed: bool,
 }
 
-/// How `/userinfo`'s signed answer is spoiled (tests; with `Quirks::userinfo_signed`).
+/// How `/userinfo` answers badly (tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UserinfoFault {
     None,
-    /// Signed by a key the provider does not publish.
+    /// 503, like a provider in trouble.
+    Unavailable,
+    /// With `Quirks::userinfo_signed`: signed by a key the provider does not publish.
     BadSignature,
-    /// `alg: none`, no signature.
+    /// With `Quirks::userinfo_signed`: `alg: none`, no signature.
     Unsigned,
 }
 

@@ -733,7 +733,7 @@ impl Provider {
             obj.insert("iat".into(), json!(now_unix()));
         }
         let signed = match self.controls.userinfo_fault() {
-            super::UserinfoFault::None => self.key.sign(&profile, Some("JWT")),
+            super::UserinfoFault::None | super::UserinfoFault::Unavailable => self.key.sign(&profile, Some("JWT")),
             super::UserinfoFault::BadSignature => match self.rogue_key() {
                 Some(rogue) => rogue.sign(&profile, Some("JWT")),
                 None => return None,
