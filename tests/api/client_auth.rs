@@ -163,3 +163,23 @@ async fn jwk_and_jwks_key_files_sign_in_under_their_own_kid() {
         assert!(published["keys"][0].get("d").is_none(), "{file}: never the private part");
     }
 }
+
+/// With DPoP and provider nonces, a token request is sent twice; the second one's assertion is
+/// made afresh (a `jti` is good once) for the same endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_audiences_survive_the_dpop_nonce_retry() {
+    let app = spawn_app_with(AppOptions {
+        tweak: std::sync::Arc::new(|c: &mut bff::config::Config| {
+            c.oidc.dpop = true;
+            c.oidc.client_assertion_audience = AssertionAudience::Endpoint;
+        }),
+        ..options("client-rsa.pem")
+    })
+    .await;
+    app.idp.controls.set_quirks(Quirks { assertion_aud_endpoint_only: true, ..Quirks::default() });
+    app.idp.controls.require_dpop_nonce(true);
+    let browser = app.browser();
+    assert_eq!(browser.login_as("alice").await.status(), 302);
+    assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200);
+    assert_eq!(assertions(&app), 2, "the first request's assertion (refused for its proof) and the retry's");
+}
