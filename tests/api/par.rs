@@ -21,6 +21,7 @@ const fn no_quirks() -> Quirks {
         profile_only_in_userinfo: false,
         userinfo_other_sub: false,
         userinfo_signed: false,
+        no_userinfo_endpoint: false,
     }
 }
 

@@ -9,6 +9,8 @@ use bff::demo::idp::{Quirks, UserinfoFault};
 use reqwest::Method;
 use support::{AppOptions, TestApp, spawn_app, spawn_app_with};
 
+use crate::providers::instance_after;
+
 const PROFILE_IN_USERINFO: Quirks = Quirks { profile_only_in_userinfo: true, ..no_quirks() };
 
 const fn no_quirks() -> Quirks {
@@ -23,6 +25,7 @@ const fn no_quirks() -> Quirks {
         profile_only_in_userinfo: false,
         userinfo_other_sub: false,
         userinfo_signed: false,
+        no_userinfo_endpoint: false,
     }
 }
 
@@ -139,4 +142,19 @@ async fn a_failing_userinfo_endpoint_leaves_auto_with_the_id_token_and_fails_alw
     let browser = app.browser();
     assert_eq!(browser.login_as("alice").await.status(), 502, "always: the sign-in needs it");
     assert_eq!(browser.user().await.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_against_a_provider_without_a_userinfo_endpoint_is_a_configuration_error() {
+    let app = spawn_app().await;
+    let quirks = Quirks { no_userinfo_endpoint: true, ..no_quirks() };
+    let always = instance_after(&app, quirks, |c| c.oidc.userinfo = UserinfoMode::Always).await;
+    let res = always.get("/readyz").await;
+    assert_eq!(res.status(), 503);
+    let body: serde_json::Value = res.json().await.expect("json");
+    assert_eq!(body["identity_provider"], "misconfigured");
+    let problem = body["problem"].as_str().unwrap_or_default();
+    assert!(problem.contains("oidc.userinfo") && problem.contains("userinfo_endpoint"), "{problem}");
+    let auto = instance_after(&app, quirks, |_| {}).await;
+    assert_eq!(auto.get("/readyz").await.status(), 200, "auto asks only a provider that has one");
 }

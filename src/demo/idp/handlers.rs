@@ -87,6 +87,11 @@ async fn discovery(p: web::Data<Provider>) -> HttpResponse {
     {
         fields.remove("revocation_endpoint");
     }
+    if quirks.no_userinfo_endpoint
+        && let Some(fields) = doc.as_object_mut()
+    {
+        fields.remove("userinfo_endpoint");
+    }
     HttpResponse::Ok().json(doc)
 }
 

@@ -95,6 +95,8 @@ pub struct Quirks {
     pub userinfo_other_sub: bool,
     /// `/userinfo` answers a signed JWT (`application/jwt`, with `iss` and `aud`).
     pub userinfo_signed: bool,
+    /// Discovery names no `userinfo_endpoint`.
+    pub no_userinfo_endpoint: bool,
 }
 
 /// How `/userinfo` answers badly (tests).
