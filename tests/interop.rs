@@ -372,6 +372,9 @@ struct Interop {
     /// access tokens required (`dpop_bound_access_tokens`), server nonces, RFC 9207.
     d: Bff,
     d2: Bff,
+    /// E is client `bff-kid`: private_key_jwt with a JWK key file, registered at the provider
+    /// (inline `jwks`) under the operator's own `kid`, which bff sends as `client_key_id`.
+    e: Bff,
     public_a: String,
     alice: Browser,
 }
@@ -381,7 +384,8 @@ impl Interop {
         let node_modules = root().join("tests/interop/node_modules/oidc-provider");
         assert!(node_modules.is_dir(), "run `npm ci --prefix tests/interop` (or scripts/test)");
 
-        let (a1_port, a2_port, b_port, c_port, d_port, d2_port) = (
+        let (a1_port, a2_port, b_port, c_port, d_port, d2_port, e_port) = (
+            port_for_later(),
             port_for_later(),
             port_for_later(),
             port_for_later(),
@@ -393,6 +397,7 @@ impl Interop {
         let public_b = format!("http://127.0.0.1:{b_port}");
         let public_c = format!("http://127.0.0.1:{c_port}");
         let public_d = format!("http://127.0.0.1:{d_port}");
+        let public_e = format!("http://127.0.0.1:{e_port}");
         let client = |id: &str, auth_method: &str, public: &str| {
             json!({
                 "client_id": id, "client_secret": format!("{id}-secret"),
@@ -414,11 +419,20 @@ impl Interop {
         if let Some(fields) = jwt_client.as_object_mut() {
             fields.remove("client_secret");
         }
+        // The JWK fixture's public key, registered under a kid of the operator's choosing.
+        let jwk_file = root().join("tests/fixtures/client-ec.jwk.json");
+        let mut registered: Value = serde_json::from_str(&std::fs::read_to_string(&jwk_file).unwrap()).unwrap();
+        registered.as_object_mut().unwrap().remove("d");
+        registered["kid"] = json!("ops-key-1");
+        let mut kid_client = client("bff-kid", "private_key_jwt", &public_e);
+        kid_client["jwks"] = json!({ "keys": [registered] });
+        kid_client.as_object_mut().unwrap().remove("client_secret");
         let clients = json!([
             client("bff-basic", "client_secret_basic", &public_a),
             client("bff-post", "client_secret_post", &public_b),
             resource_client,
             jwt_client,
+            kid_client,
         ]);
         let mut provider = Command::new("node");
         provider
@@ -467,7 +481,14 @@ impl Interop {
         };
         let d = start_bff(&fapi(d_port)).await;
         let d2 = start_bff(&fapi(d2_port)).await;
-        Interop { stack, a1, a2, b, c, d, d2, public_a, alice: Browser::new() }
+        let e = start_bff(
+            &bff_config(&public_e, e_port, &issuer, "bff-kid", "private_key_jwt", &api_url, &prefix).replace(
+                "client_secret = \"bff-kid-secret\"",
+                &format!("client_key_file = {:?}\nclient_key_id = \"ops-key-1\"", jwk_file.display().to_string()),
+            ),
+        )
+        .await;
+        Interop { stack, a1, a2, b, c, d, d2, e, public_a, alice: Browser::new() }
     }
 }
 
@@ -505,6 +526,7 @@ async fn bff_interoperates_with_a_certified_provider() {
         private_key_jwt_par_and_dpop_log_in_refresh_and_revoke,
         a_dpop_storm_on_two_instances_never_presents_a_refresh_token_twice,
         backchannel_logout_ends_a_dpop_session_on_both_instances,
+        a_key_registered_under_its_own_kid_signs_in_with_client_key_id,
     );
     report("interop: all checks passed");
 }
@@ -517,6 +539,9 @@ async fn login_through_the_providers_own_login_and_consent_pages(it: &Interop) {
     let user: Value = alice.api(Method::GET, &format!("{}/auth/user", a1.url)).await.json().await.unwrap();
     assert_eq!(user["sub"], "alice");
     assert!(user["claims"]["sid"].is_string(), "the ID token carries sid");
+    // oidc-provider puts scope claims in the ID token only when no access token is issued
+    // (conformIdTokenClaims): oidc.userinfo = "auto" asked its userinfo endpoint.
+    assert_eq!((user["name"].as_str(), user["email"].as_str()), (Some("Alice"), Some("alice@example.com")));
     check("login via oidc-provider's login + consent forms, client_secret_basic", format!("sub={}", user["sub"]));
 }
 
@@ -745,6 +770,8 @@ async fn private_key_jwt_par_and_dpop_log_in_refresh_and_revoke(it: &Interop) {
     let body: Value = res.json().await.unwrap();
     assert_eq!((body["sub"].as_str(), body["client_id"].as_str()), (Some("erin"), Some("bff-jwt")));
     assert_eq!(body["dpop"], true, "a DPoP-bound token, its proof checked: {body}");
+    let user: Value = erin.api(Method::GET, &format!("{}/auth/user", d.url)).await.json().await.unwrap();
+    assert_eq!(user["email"], "erin@example.com", "userinfo asked with the DPoP-bound token, a proof and its nonce");
     let before = stack.stat("refresh_token_grants").await;
     stack.reject_next_api_calls(1).await;
     assert_eq!(erin.api(Method::GET, &format!("{}/api/jwt-401", d.url)).await.status(), 200);
@@ -811,4 +838,28 @@ async fn backchannel_logout_ends_a_dpop_session_on_both_instances(it: &Interop) 
     let Interop { stack, d, d2, .. } = it;
     backchannel_logout_ends_both(stack, d, d2, "gina").await;
     check("back-channel logout, high-security configuration", "the DPoP session ended on both instances");
+}
+
+/// 14. A key the provider registered under the operator's own `kid` (inline `jwks`, not bff's
+///     JWKS): assertions naming the thumbprint would be refused; bff reads the key from a JWK
+///     file and sends `client_key_id`. Sign-in (PAR with an assertion), an API call, logout with
+///     revocation.
+async fn a_key_registered_under_its_own_kid_signs_in_with_client_key_id(it: &Interop) {
+    let Interop { stack, e, .. } = it;
+    let hana = Browser::new();
+    login(stack, &e.url, &hana, "hana").await;
+    let res = hana.api(Method::GET, &format!("{}/api/kid", e.url)).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!((body["sub"].as_str(), body["client_id"].as_str()), (Some("hana"), Some("bff-kid")));
+    let published: Value =
+        stack.http.get(format!("{}/.well-known/jwks.json", e.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(published["keys"][0]["kid"], "ops-key-1");
+    let issued = stack.refresh_tokens().await;
+    let latest = issued.last().unwrap()["value"].as_str().unwrap().to_string();
+    assert_eq!(hana.api(Method::POST, &format!("{}/auth/logout", e.url)).await.status(), 303);
+    let after = stack.refresh_tokens().await;
+    let revoked = after.iter().find(|t| t["value"] == latest.as_str()).map(|t| t["active"].clone());
+    assert_eq!(revoked, Some(json!(false)), "revoked with an assertion");
+    check("private_key_jwt, a JWK key file and client_key_id", "login (PAR), API, revocation under kid ops-key-1");
 }

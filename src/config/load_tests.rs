@@ -301,6 +301,49 @@ fn private_key_jwt_takes_keys_and_no_secret() {
 }
 
 #[test]
+fn assertion_audience_key_id_and_userinfo_are_read_and_checked() {
+    use crate::config::{AssertionAudience, UserinfoMode};
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let base = |oidc: &str| {
+        format!(
+            "[oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"bff\"\n{oidc}\n[session]\nsecret = \"{SECRET}\"\n"
+        )
+    };
+    let defaults = load(ConfigSource::from_toml_text(&minimal())).unwrap();
+    assert_eq!(defaults.oidc.client_assertion_audience, AssertionAudience::Issuer);
+    assert_eq!(defaults.oidc.userinfo, UserinfoMode::Auto);
+    assert!(defaults.oidc.client_key_id.is_none());
+    let keys = format!(
+        "auth_method = \"private_key_jwt\"\nclient_key_file = [\"{fixtures}/client-ec.pem\", \"{fixtures}/client-ec.jwk.json\"]"
+    );
+    let text = base(&format!(
+        "{keys}\nclient_key_id = \"ops-key-1\"\nclient_assertion_audience = \"endpoint\"\nuserinfo = \"never\""
+    ));
+    let config = load(ConfigSource::from_toml_text(&text)).unwrap();
+    assert_eq!(config.oidc.client_assertion_audience, AssertionAudience::Endpoint);
+    assert_eq!(config.oidc.userinfo, UserinfoMode::Never);
+    let jwks = config.oidc.client_keys.as_ref().map(|k| k.jwks()).unwrap_or_default();
+    assert_eq!(
+        (jwks["keys"][0]["kid"].as_str(), jwks["keys"][1]["kid"].as_str()),
+        (Some("ops-key-1"), Some("ops-ec-1"))
+    );
+    assert!(config.to_redacted_toml().contains("client_key_id = \"ops-key-1\""));
+    for (oidc, key, msg) in [
+        (format!("{keys}\nclient_key_id = \"ops-ec-1\""), "oidc.client_key_id", "key 2"),
+        ("client_secret = \"s\"\nclient_key_id = \"k\"".to_string(), "oidc.client_key_id", "private_key_jwt"),
+        (
+            "client_secret = \"s\"\nclient_assertion_audience = \"token\"".to_string(),
+            "oidc.client_assertion_audience",
+            "\"endpoint\"",
+        ),
+        ("client_secret = \"s\"\nuserinfo = \"sometimes\"".to_string(), "oidc.userinfo", "\"always\""),
+    ] {
+        let errs = errors(&base(&oidc));
+        assert!(errs.iter().any(|e| e.starts_with(key) && e.contains(msg)), "{oidc}: {errs:?}");
+    }
+}
+
+#[test]
 fn telemetry_is_off_unless_configured_and_its_values_are_checked() {
     let config = load(ConfigSource::from_toml_text(&minimal())).unwrap();
     assert!(config.telemetry.otlp_endpoint.is_none() && config.telemetry.service_name.is_none());

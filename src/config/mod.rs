@@ -124,6 +124,54 @@ pub struct OidcConfig {
     pub par: ParMode,
     /// RFC 9449: sender-constrained tokens, a key per session.
     pub dpop: bool,
+    /// The `aud` of `private_key_jwt` client assertions.
+    pub client_assertion_audience: AssertionAudience,
+    /// `oidc.client_key_id` as configured (already applied to `client_keys`; for `check-config`).
+    pub client_key_id: Option<String>,
+    /// When the provider's userinfo endpoint is asked for the user's claims at sign-in.
+    pub userinfo: UserinfoMode,
+}
+
+/// What a client assertion names as its audience (`oidc.client_assertion_audience`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssertionAudience {
+    /// The provider's issuer identifier, whichever endpoint the assertion goes to: unambiguous,
+    /// what FAPI 2.0 and current drafts ask (an endpoint URL can be replayed by a malicious
+    /// authorization server in a multi-provider set-up).
+    Issuer,
+    /// The URL of the endpoint receiving the request (RFC 7523 §3, OIDC Core §9), for providers
+    /// that accept nothing else.
+    Endpoint,
+}
+
+impl AssertionAudience {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssertionAudience::Issuer => "issuer",
+            AssertionAudience::Endpoint => "endpoint",
+        }
+    }
+}
+
+/// When the userinfo endpoint is called at sign-in (`oidc.userinfo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserinfoMode {
+    /// When the ID token lacks the claims the requested scopes stand for; a failed call leaves
+    /// the ID token's claims (with a warning).
+    Auto,
+    /// At every sign-in; a failed call fails the sign-in.
+    Always,
+    Never,
+}
+
+impl UserinfoMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserinfoMode::Auto => "auto",
+            UserinfoMode::Always => "always",
+            UserinfoMode::Never => "never",
+        }
+    }
 }
 
 /// When the authorization request is pushed to the provider first (RFC 9126).

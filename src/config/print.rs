@@ -54,7 +54,12 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     if !config.oidc.client_key_files.is_empty() {
         oidc.insert("client_key_file".into(), Value::Array(config.oidc.client_key_files.iter().map(string).collect()));
     }
+    if let Some(kid) = &config.oidc.client_key_id {
+        oidc.insert("client_key_id".into(), string(kid));
+    }
     oidc.insert("auth_method".into(), string(config.oidc.auth_method.as_str()));
+    oidc.insert("client_assertion_audience".into(), string(config.oidc.client_assertion_audience.as_str()));
+    oidc.insert("userinfo".into(), string(config.oidc.userinfo.as_str()));
     oidc.insert("par".into(), string(config.oidc.par.as_str()));
     oidc.insert("dpop".into(), Value::Boolean(config.oidc.dpop));
     oidc.insert("scopes".into(), Value::Array(config.oidc.scopes.iter().map(string).collect()));

@@ -14,8 +14,8 @@ use crate::client_keys::ClientKeys;
 
 use super::walker::{Section, Walker, describe};
 use super::{
-    ApiConfig, AuthMethod, Config, LogConfig, LogFormat, OidcConfig, ParMode, SameSitePolicy, ServerConfig,
-    SessionConfig, TelemetryConfig, TokenPolicy, TokensConfig,
+    ApiConfig, AssertionAudience, AuthMethod, Config, LogConfig, LogFormat, OidcConfig, ParMode, SameSitePolicy,
+    ServerConfig, SessionConfig, TelemetryConfig, TokenPolicy, TokensConfig, UserinfoMode,
 };
 
 const MIN_SECRET_BYTES: usize = 64;
@@ -158,6 +158,35 @@ impl Walker<'_> {
         let with_keys = auth_method == Some(AuthMethod::PrivateKeyJwt);
         let client_key_files = self.string_list(&mut s, "client_key_file").unwrap_or_default();
         let client_keys = self.client_keys(&s, &client_key_files, with_keys);
+        let client_key_id = self.string(&mut s, "client_key_id").filter(|kid| !kid.is_empty());
+        let client_keys = match (client_keys, &client_key_id) {
+            (Some(Some(keys)), Some(kid)) => match keys.with_signing_kid(kid) {
+                Ok(keys) => Some(Some(keys)),
+                Err(e) => {
+                    self.error(
+                        s.key("client_key_id"),
+                        format!("{e}; the keys, in order: {}", client_key_files.join(", ")),
+                    );
+                    None
+                }
+            },
+            (Some(None), Some(_)) => {
+                self.error(s.key("client_key_id"), "is used with auth_method = \"private_key_jwt\" only");
+                None
+            }
+            (keys, _) => keys,
+        };
+        let client_assertion_audience = match self.string_or(&mut s, "client_assertion_audience", "issuer").as_str() {
+            "issuer" => AssertionAudience::Issuer,
+            "endpoint" => AssertionAudience::Endpoint,
+            other => {
+                self.error(
+                    s.key("client_assertion_audience"),
+                    format!("must be \"issuer\" or \"endpoint\" (got {other:?})"),
+                );
+                AssertionAudience::Issuer
+            }
+        };
         let client_secret = if with_keys {
             // Read (so neither is reported unknown), only to be refused.
             let inline = self.value(&mut s, "client_secret").is_some();
@@ -207,8 +236,20 @@ impl Walker<'_> {
             }
         };
         let dpop = self.boolean(&mut s, "dpop", false);
+        let userinfo = match self.string_or(&mut s, "userinfo", "auto").as_str() {
+            "auto" => UserinfoMode::Auto,
+            "always" => UserinfoMode::Always,
+            "never" => UserinfoMode::Never,
+            other => {
+                self.error(s.key("userinfo"), format!("must be \"auto\", \"always\" or \"never\" (got {other:?})"));
+                UserinfoMode::Auto
+            }
+        };
         self.finish(s);
         Some(OidcConfig {
+            client_assertion_audience,
+            client_key_id,
+            userinfo,
             dpop,
             par,
             issuer: issuer?,
@@ -240,18 +281,18 @@ impl Walker<'_> {
             }
             (true, false) => {}
         }
-        let mut pems = Vec::new();
+        let mut texts = Vec::new();
         for path in paths {
             match std::fs::read_to_string(path) {
-                Ok(pem) => pems.push(pem),
+                Ok(text) => texts.push(text),
                 Err(e) => {
                     self.error(key.clone(), format!("cannot read {path}: {e}"));
                     return None;
                 }
             }
         }
-        let texts: Vec<&str> = pems.iter().map(String::as_str).collect();
-        match ClientKeys::from_pems(&texts) {
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+        match ClientKeys::parse(&texts) {
             Ok(keys) => Some(Some(keys)),
             Err(e) => {
                 self.error(key, e);

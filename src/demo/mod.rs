@@ -194,8 +194,7 @@ fn fapi(config: &mut Config, provider: &idp::RunningIdp) -> Result<(), anyhow::E
     let body = base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref());
     let lines: Vec<&str> = body.as_bytes().chunks(64).filter_map(|c| std::str::from_utf8(c).ok()).collect();
     let pem = format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"));
-    let keys =
-        crate::client_keys::ClientKeys::from_pems(&[&pem]).map_err(|e| anyhow::anyhow!("demo client key: {e}"))?;
+    let keys = crate::client_keys::ClientKeys::parse(&[&pem]).map_err(|e| anyhow::anyhow!("demo client key: {e}"))?;
     provider.controls.set_client_jwks(&keys.jwks());
     provider.controls.set_quirks(idp::Quirks {
         par_required: true,

@@ -61,16 +61,23 @@ impl Oidc {
         match offered {
             Some(fresh) if challenged && nonce.as_ref() != Some(&fresh) => {
                 // A client assertion is good once (its jti): the second request gets its own.
-                let body = self.with_fresh_assertion(provider, &body).map_err(|e| ClientError::Other(e.to_string()))?;
+                let body = self
+                    .with_fresh_assertion(provider, &parts.uri.to_string(), &body)
+                    .map_err(|e| ClientError::Other(e.to_string()))?;
                 Ok(self.send_once(key, &parts, &body, Some(&fresh)).await?.0)
             }
             _ => Ok(response),
         }
     }
 
-    /// `body` (a form) with its `client_assertion`, if it has one, made again.
-    fn with_fresh_assertion(&self, provider: &Provider, body: &[u8]) -> Result<Vec<u8>, super::OidcError> {
-        let Some([_, (_, assertion)]) = self.client_assertion(provider)? else { return Ok(body.to_vec()) };
+    /// `body` (a form, sent to `endpoint`) with its `client_assertion`, if it has one, made again.
+    fn with_fresh_assertion(
+        &self,
+        provider: &Provider,
+        endpoint: &str,
+        body: &[u8],
+    ) -> Result<Vec<u8>, super::OidcError> {
+        let Some([_, (_, assertion)]) = self.client_assertion(provider, endpoint)? else { return Ok(body.to_vec()) };
         let fields = url::form_urlencoded::parse(body).map(|(name, value)| {
             let value = if name == "client_assertion" { assertion.clone().into() } else { value };
             (name, value)

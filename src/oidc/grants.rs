@@ -92,7 +92,7 @@ impl Oidc {
                 request = request.add_extra_param("resource", resource);
             }
             // A new assertion for each request: a provider refuses a `jti` it has seen.
-            for (name, value) in self.client_assertion(&provider)?.into_iter().flatten() {
+            for (name, value) in self.client_assertion(&provider, Oidc::token_url(&provider))?.into_iter().flatten() {
                 request = request.add_extra_param(name, value);
             }
             let recorder = match dpop {
@@ -164,7 +164,7 @@ impl Oidc {
         if let Some(resource) = resource {
             request = request.add_extra_param("resource", resource);
         }
-        for (name, value) in self.client_assertion(&provider)?.into_iter().flatten() {
+        for (name, value) in self.client_assertion(&provider, Oidc::token_url(&provider))?.into_iter().flatten() {
             request = request.add_extra_param(name, value);
         }
         let recorder = Recorder::plain(&self.http);
@@ -185,6 +185,7 @@ impl Oidc {
         url: Url,
         mut form: Vec<(String, String)>,
     ) -> Result<reqwest::RequestBuilder, OidcError> {
+        let endpoint = url.to_string();
         let request = self.http.post(url);
         let with_client_id = |form: &mut Vec<(String, String)>| {
             form.retain(|(name, _)| name != "client_id");
@@ -193,7 +194,7 @@ impl Oidc {
         let request = match (&self.credential, &self.auth_type) {
             (Credential::Keys(_), _) => {
                 with_client_id(&mut form);
-                for (name, value) in self.client_assertion(provider)?.into_iter().flatten() {
+                for (name, value) in self.client_assertion(provider, &endpoint)?.into_iter().flatten() {
                     form.push((name.into(), value));
                 }
                 request

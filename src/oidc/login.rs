@@ -58,6 +58,9 @@ pub enum CallbackError {
     /// The provider refused bff's own credentials: a setup problem, 503.
     #[error("the identity provider refused bff's client authentication at the code exchange")]
     ClientAuth(#[source] TokenEndpointError),
+    /// A userinfo answer that must not be believed (another `sub`, a bad signature): 400.
+    #[error("the userinfo response was refused: {0}")]
+    InvalidUserinfo(String),
     /// Unreachable, timed out or 5xx: 502.
     #[error(transparent)]
     Provider(#[from] OidcError),
@@ -180,7 +183,7 @@ impl Oidc {
             .exchange_code(AuthorizationCode::new(code))
             .map_err(OidcError::NoTokenEndpoint)?
             .set_pkce_verifier(pending.pkce_verifier);
-        for (name, value) in self.client_assertion(&provider)?.into_iter().flatten() {
+        for (name, value) in self.client_assertion(&provider, Oidc::token_url(&provider))?.into_iter().flatten() {
             request = request.add_extra_param(name, value);
         }
         // A login started before DPoP was turned on has no key yet: one is made for it here.
@@ -215,8 +218,14 @@ impl Oidc {
             .ok_or_else(|| CallbackError::InvalidIdToken("the token response has no id_token".into()))?;
         let raw_id_token = id_token.to_string();
         let sub = self.verify_id_token(id_token, &pending.nonce, response.access_token()).await?;
-        let claims =
+        let mut claims =
             decode_claims(&raw_id_token).ok_or_else(|| CallbackError::InvalidIdToken("unreadable claims".into()))?;
+        let access_token = response.access_token();
+        if let Some(userinfo) =
+            self.userinfo_at_login(&provider, &sub, &claims, access_token, dpop_key.as_ref()).await?
+        {
+            super::userinfo::merge(&mut claims, userinfo);
+        }
         let user = user_from_claims(sub, claims);
         let provider_sid = user.claims.get("sid").and_then(|v| v.as_str()).map(String::from);
         Ok(LoginResult {

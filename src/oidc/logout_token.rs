@@ -42,8 +42,9 @@ struct Claims {
 }
 
 impl Oidc {
-    /// The verifier for logout tokens, made from the discovered JWKS URI on first use.
-    fn logout_verifier(&self) -> Result<std::sync::Arc<JwksVerifier>, OidcError> {
+    /// The verifier for logout tokens (and signed userinfo answers), made from the discovered
+    /// JWKS URI on first use.
+    pub(super) fn logout_verifier(&self) -> Result<std::sync::Arc<JwksVerifier>, OidcError> {
         let provider = self.provider()?;
         let mut slot = self.logout_verifier.lock().unwrap_or_else(|p| p.into_inner());
         match slot.as_ref() {

@@ -11,6 +11,7 @@ mod logout_token;
 mod metadata;
 mod probe;
 mod token_endpoint;
+mod userinfo;
 
 pub use http::IdpHttp;
 
@@ -31,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::client_keys::ClientKeys;
-use crate::config::{AuthMethod, Config, ParMode, TokenPolicy};
+use crate::config::{AssertionAudience, AuthMethod, Config, ParMode, TokenPolicy, UserinfoMode};
 
 pub use grants::{ClientToken, GrantToken, RefreshError, Refreshed, Revocation};
 pub use login::{CallbackError, LoginResult, PendingLogin, ResponseIssuerError};
@@ -184,6 +185,14 @@ pub enum OidcError {
          dpop_signing_alg_values_supported (RFC 9449); enable DPoP at the provider, or set oidc.dpop = false"
     )]
     DpopNotOffered,
+    /// With `oidc.userinfo = "always"`.
+    #[error(
+        "configuration error: oidc.userinfo is \"always\" but the provider's metadata names no userinfo_endpoint; \
+         set oidc.userinfo = \"auto\" or \"never\""
+    )]
+    UserinfoNotOffered,
+    #[error("the userinfo endpoint failed: {0}")]
+    Userinfo(String),
     #[error("the client assertion cannot be signed")]
     ClientAssertion(#[source] jsonwebtoken::errors::Error),
     #[error("the pushed authorization request failed")]
@@ -200,6 +209,7 @@ impl OidcError {
                 | OidcError::ParNotOffered
                 | OidcError::ParRequiredByProvider
                 | OidcError::DpopNotOffered
+                | OidcError::UserinfoNotOffered
         )
     }
 
@@ -239,6 +249,10 @@ pub struct Oidc {
     credential: Credential,
     auth_type: AuthType,
     auth_method: AuthMethod,
+    /// What client assertions name as `aud`.
+    assertion_audience: AssertionAudience,
+    /// When sign-in asks the userinfo endpoint for the user's claims.
+    userinfo: UserinfoMode,
     redirect_uri: RedirectUrl,
     scopes: Vec<String>,
     extra_auth_params: Vec<(String, String)>,
@@ -288,6 +302,8 @@ impl Oidc {
                 AuthMethod::ClientSecretPost | AuthMethod::PrivateKeyJwt => AuthType::RequestBody,
             },
             auth_method: config.oidc.auth_method,
+            assertion_audience: config.oidc.client_assertion_audience,
+            userinfo: config.oidc.userinfo,
             redirect_uri: RedirectUrl::new(config.redirect_uri())?,
             scopes: config.oidc.scopes.clone(),
             extra_auth_params: config.oidc.extra_auth_params.clone().into_iter().collect(),
@@ -420,6 +436,9 @@ impl Oidc {
         if self.dpop && !dpop_offered {
             return Err(OidcError::DpopNotOffered);
         }
+        if self.userinfo == UserinfoMode::Always && metadata.userinfo_endpoint().is_none() {
+            return Err(OidcError::UserinfoNotOffered);
+        }
         let offered_par =
             parse_optional(&extra.pushed_authorization_request_endpoint, "pushed_authorization_request_endpoint");
         let par_url = match (self.par, offered_par) {
@@ -477,19 +496,28 @@ impl Oidc {
         Ok(())
     }
 
-    /// The `client_assertion_type` and `client_assertion` fields of a request, with
-    /// `private_key_jwt`; `None` with a client secret.
-    fn client_assertion(&self, provider: &Provider) -> Result<Option<[(&'static str, String); 2]>, OidcError> {
+    /// The `client_assertion_type` and `client_assertion` fields of a request to `endpoint`, with
+    /// `private_key_jwt`; `None` with a client secret. Its `aud` is the issuer, or with
+    /// `client_assertion_audience = "endpoint"` the URL of `endpoint`, the one receiving it.
+    fn client_assertion(
+        &self,
+        provider: &Provider,
+        endpoint: &str,
+    ) -> Result<Option<[(&'static str, String); 2]>, OidcError> {
         let Credential::Keys(keys) = &self.credential else { return Ok(None) };
+        let audience = match self.assertion_audience {
+            AssertionAudience::Issuer => self.issuer.as_str(),
+            AssertionAudience::Endpoint => endpoint,
+        };
         let jwt = keys
-            .assertion(
-                self.client_id.as_str(),
-                self.issuer.as_str(),
-                &provider.assertion_algs,
-                crate::session::now_unix(),
-            )
+            .assertion(self.client_id.as_str(), audience, &provider.assertion_algs, crate::session::now_unix())
             .map_err(OidcError::ClientAssertion)?;
         Ok(Some([("client_assertion_type", JWT_BEARER.to_string()), ("client_assertion", jwt)]))
+    }
+
+    /// The token endpoint's URL (discovery may omit it: then no token request is made at all).
+    fn token_url(provider: &Provider) -> &str {
+        provider.client.token_uri().map_or("", |url| url.as_str())
     }
 
     /// Keeps trying discovery until it succeeds: a bff that starts before its provider is normal.

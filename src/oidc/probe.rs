@@ -184,7 +184,9 @@ impl Oidc {
             .exchange_code(code)
             .map_err(|e| TokenEndpointError::Other(e.to_string()))?
             .set_pkce_verifier(verifier);
-        let assertion = self.client_assertion(&provider).map_err(|e| TokenEndpointError::Other(e.to_string()))?;
+        let assertion = self
+            .client_assertion(&provider, Oidc::token_url(&provider))
+            .map_err(|e| TokenEndpointError::Other(e.to_string()))?;
         for (name, value) in assertion.into_iter().flatten() {
             request = request.add_extra_param(name, value);
         }

@@ -160,7 +160,7 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>, session: Ses
                 "The sign-in could not be completed: the identity provider refused it. Please start again.",
             );
         }
-        Err(e @ CallbackError::InvalidIdToken(_)) => {
+        Err(e @ (CallbackError::InvalidIdToken(_) | CallbackError::InvalidUserinfo(_))) => {
             tracing::warn!("login failed: {}", error_chain(&e));
             return callback_error(
                 &state,

@@ -29,4 +29,5 @@ mod store_down;
 mod telemetry;
 mod timeouts;
 mod user;
+mod userinfo;
 mod websocket;

@@ -1,28 +1,13 @@
 //! Pushed authorization requests (RFC 9126, `oidc.par`) against the demo provider.
 
 use bff::config::{AuthMethod, ParMode};
-use bff::demo::idp::{ClientAuthRefusal, GrantRefusal, Quirks};
+use bff::demo::idp::Quirks;
 use support::{AppOptions, Browser, TestApp, location, spawn_app, spawn_app_with};
 
 use crate::providers::{instance_after, login_here};
 
-const OFFERED: Quirks = Quirks { par_offered: true, ..no_quirks() };
-const REQUIRED: Quirks = Quirks { par_required: true, ..no_quirks() };
-
-const fn no_quirks() -> Quirks {
-    Quirks {
-        revocation_only_in_rfc8414: false,
-        issuer_with_trailing_slash: false,
-        iss_in_authorization_response: false,
-        par_offered: false,
-        par_required: false,
-        no_dpop_in_metadata: false,
-        grant_refusal: GrantRefusal::InvalidGrant,
-        client_auth_refusal: ClientAuthRefusal::InvalidClient,
-        dpop_required_at_par: false,
-        no_refresh_tokens: false,
-    }
-}
+const OFFERED: Quirks = Quirks { par_offered: true, ..Quirks::NONE };
+const REQUIRED: Quirks = Quirks { par_required: true, ..Quirks::NONE };
 
 /// The query of where `/auth/login` sends the browser.
 async fn authorize_query(browser: &Browser) -> Vec<(String, String)> {
@@ -86,7 +71,7 @@ async fn misconfigured(browser: &Browser, names_in_problem: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn required_without_an_offer_and_off_against_a_provider_that_requires_it_are_configuration_errors() {
     let app = spawn_app().await;
-    let required = instance_after(&app, no_quirks(), |c| c.oidc.par = ParMode::Required).await;
+    let required = instance_after(&app, Quirks::NONE, |c| c.oidc.par = ParMode::Required).await;
     misconfigured(&required, &["oidc.par", "pushed_authorization_request_endpoint"]).await;
     let off = instance_after(&app, REQUIRED, |c| c.oidc.par = ParMode::Off).await;
     misconfigured(&off, &["require_pushed_authorization_requests", "oidc.par"]).await;

@@ -10,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::json;
 
-use super::provider::{OAuthError, Presented, Provider};
+use super::provider::{OAuthError, Presented, Provider, UserinfoAnswer};
 use super::{ClientAuthRefusal, GrantRefusal, TokenFault};
 use crate::pages::Pages;
 
@@ -106,6 +106,11 @@ async fn discovery(p: web::Data<Provider>) -> HttpResponse {
         && let Some(fields) = doc.as_object_mut()
     {
         fields.remove("revocation_endpoint");
+    }
+    if quirks.no_userinfo_endpoint
+        && let Some(fields) = doc.as_object_mut()
+    {
+        fields.remove("userinfo_endpoint");
     }
     HttpResponse::Ok().json(doc)
 }
@@ -230,7 +235,7 @@ fn presented(req: &HttpRequest, form: &HashMap<String, String>) -> Presented {
         }
         _ => None,
     };
-    Presented { basic, post, assertion }
+    Presented { basic, post, assertion, endpoint: req.path().to_string() }
 }
 
 async fn token(req: HttpRequest, p: web::Data<Provider>, form: web::Form<HashMap<String, String>>) -> HttpResponse {
@@ -307,14 +312,40 @@ async fn revoke(req: HttpRequest, p: web::Data<Provider>, form: web::Form<HashMa
     }
 }
 
+/// A `Bearer` token, or a DPoP-bound one as `DPoP` with a proof made for this request
+/// (RFC 9449 §7), as the provider issued it.
 async fn userinfo(req: HttpRequest, p: web::Data<Provider>) -> HttpResponse {
-    let token =
-        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    match token.and_then(|t| p.userinfo(t)) {
-        Some(claims) => no_store(HttpResponse::Ok().json(claims)),
-        None => HttpResponse::Unauthorized()
-            .insert_header((header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""))
-            .finish(),
+    if p.controls.userinfo_fault() == super::UserinfoFault::Unavailable {
+        return HttpResponse::ServiceUnavailable().content_type("text/html").body("<h1>503 Service Unavailable</h1>");
+    }
+    let refused = |why: &str| {
+        tracing::info!("demo idp: userinfo refused: {why}");
+        HttpResponse::Unauthorized()
+            .insert_header((header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\", DPoP algs=\"ES256\""))
+            .finish()
+    };
+    let Some((scheme, token)) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| *scheme == "Bearer" || *scheme == "DPoP")
+    else {
+        return refused("no token");
+    };
+    let Some(claims) = p.active_access_token(token) else { return refused("not an active access token") };
+    let url = format!("{}/userinfo", p.issuer);
+    let expected = super::dpop::Expected { method: "GET", url: &url, access_token: Some(token), nonce: None };
+    let jkt = claims.cnf.as_ref().and_then(|c| c["jkt"].as_str());
+    let proof = req.headers().get("dpop").and_then(|v| v.to_str().ok());
+    if let Err(e) = super::dpop::check_binding(scheme, jkt, proof, &expected, &p.seen_proofs) {
+        return refused(&format!("{e:?}"));
+    }
+    match p.userinfo(&claims) {
+        Some(Ok(UserinfoAnswer::Json(body))) => no_store(HttpResponse::Ok().json(body)),
+        Some(Ok(UserinfoAnswer::Jwt(jwt))) => no_store(HttpResponse::Ok().content_type("application/jwt").body(jwt)),
+        Some(Err(e)) => HttpResponse::InternalServerError().body(e.to_string()),
+        None => refused("no such user"),
     }
 }
 

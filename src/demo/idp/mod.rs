@@ -96,6 +96,38 @@ pub struct Quirks {
     /// No refresh token is issued, even when `offline_access` was granted (a client without the
     /// refresh_token grant enabled).
     pub no_refresh_tokens: bool,
+    /// A client assertion's `aud` must be the URL of the endpoint receiving it (`/token`,
+    /// `/par`, `/revoke`), not the issuer (Glewlwyd).
+    pub assertion_aud_endpoint_only: bool,
+    /// The ID token carries no profile or email claims; `/userinfo` has them (a common default).
+    pub profile_only_in_userinfo: bool,
+    /// `/userinfo` answers with another user's `sub` (OIDC Core §5.3.2: must be refused).
+    pub userinfo_other_sub: bool,
+    /// `/userinfo` answers a signed JWT (`application/jwt`, with `iss` and `aud`).
+    pub userinfo_signed: bool,
+    /// Discovery names no `userinfo_endpoint`.
+    pub no_userinfo_endpoint: bool,
+}
+
+impl Quirks {
+    /// The demo's own behaviour (`Default`, usable in `const` items).
+    pub const NONE: Quirks = Quirks {
+        revocation_only_in_rfc8414: false,
+        issuer_with_trailing_slash: false,
+        iss_in_authorization_response: false,
+        par_offered: false,
+        par_required: false,
+        no_dpop_in_metadata: false,
+        grant_refusal: GrantRefusal::InvalidGrant,
+        client_auth_refusal: ClientAuthRefusal::InvalidClient,
+        dpop_required_at_par: false,
+        no_refresh_tokens: false,
+        assertion_aud_endpoint_only: false,
+        profile_only_in_userinfo: false,
+        userinfo_other_sub: false,
+        userinfo_signed: false,
+        no_userinfo_endpoint: false,
+    };
 }
 
 /// How the token endpoint says a grant is over.
@@ -122,6 +154,18 @@ pub enum ClientAuthRefusal {
     UnauthorizedClient,
 }
 
+/// How `/userinfo` answers badly (tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserinfoFault {
+    None,
+    /// 503, like a provider in trouble.
+    Unavailable,
+    /// With `Quirks::userinfo_signed`: signed by a key the provider does not publish.
+    BadSignature,
+    /// With `Quirks::userinfo_signed`: `alg: none`, no signature.
+    Unsigned,
+}
+
 pub struct Controls {
     quirks: Mutex<Quirks>,
     refresh_reuse_grace_secs: AtomicU64,
@@ -139,6 +183,7 @@ pub struct Controls {
     client_jwks: Mutex<Vec<serde_json::Value>>,
     /// The token endpoint asks DPoP proofs for its nonce.
     dpop_nonce_required: std::sync::atomic::AtomicBool,
+    userinfo_fault: Mutex<UserinfoFault>,
 }
 
 fn read<T: Clone>(m: &Mutex<T>) -> T {
@@ -164,6 +209,7 @@ impl Controls {
             refused_resources: Mutex::new(Vec::new()),
             client_jwks: Mutex::new(Vec::new()),
             dpop_nonce_required: std::sync::atomic::AtomicBool::new(false),
+            userinfo_fault: Mutex::new(UserinfoFault::None),
         }
     }
 
@@ -236,6 +282,14 @@ impl Controls {
 
     pub fn authorize_error(&self) -> Option<String> {
         read(&self.authorize_error)
+    }
+
+    pub fn set_userinfo_fault(&self, fault: UserinfoFault) {
+        write(&self.userinfo_fault, fault);
+    }
+
+    pub fn userinfo_fault(&self) -> UserinfoFault {
+        read(&self.userinfo_fault)
     }
 
     pub fn require_dpop_nonce(&self, required: bool) {

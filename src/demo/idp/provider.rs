@@ -109,6 +109,15 @@ pub struct Counters {
     pub reuse_within_grace: AtomicU64,
     pub end_session: AtomicU64,
     pub backchannel_ok: AtomicU64,
+    /// Answers of `/userinfo` to an active access token.
+    pub userinfo: AtomicU64,
+}
+
+/// What `/userinfo` answers.
+pub enum UserinfoAnswer {
+    Json(Value),
+    /// `application/jwt`.
+    Jwt(String),
 }
 
 /// Client credentials as the request presented them.
@@ -118,6 +127,8 @@ pub struct Presented {
     pub post: Option<(String, String)>,
     /// RFC 7523 §2.2: `client_assertion` (of type jwt-bearer) and the form's `client_id`.
     pub assertion: Option<(Option<String>, String)>,
+    /// The path of the endpoint they were presented to (`/token`, `/par`, `/revoke`).
+    pub endpoint: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -159,7 +170,7 @@ pub struct Provider {
     /// Delivers back-channel logout tokens.
     http: reqwest::Client,
     /// DPoP proofs seen at the token endpoint (replays are refused).
-    seen_proofs: super::dpop::SeenProofs,
+    pub(super) seen_proofs: super::dpop::SeenProofs,
     /// The nonce the token endpoint asks DPoP proofs for, when it asks (RFC 9449 §8).
     pub dpop_nonce: String,
 }
@@ -634,7 +645,9 @@ impl Provider {
             obj.insert("azp".into(), json!(grant_client.clone()));
         }
         if let (Some(obj), Some(p)) = (id_claims.as_object_mut(), profile.as_object()) {
-            obj.extend(p.clone());
+            if !self.controls.quirks().profile_only_in_userinfo {
+                obj.extend(p.clone());
+            }
             match (nonce, fault) {
                 (Some(_), IdTokenFault::WrongNonce) => {
                     obj.insert("nonce".into(), json!("not-the-nonce"));
@@ -725,14 +738,37 @@ impl Provider {
         })
     }
 
-    pub fn userinfo(&self, token: &str) -> Option<Value> {
-        let claims = self.active_access_token(token)?;
+    /// The claims of the user an active access token was issued for: JSON, or with the
+    /// `userinfo_signed` quirk a JWT signed by the provider with `iss` and `aud` (OIDC Core
+    /// §5.3.2). `None`: the token is not active.
+    pub fn userinfo(&self, claims: &AccessClaims) -> Option<Result<UserinfoAnswer, jsonwebtoken::errors::Error>> {
+        self.counters.userinfo.fetch_add(1, Ordering::SeqCst);
         let username = claims.sub.strip_prefix("demo|")?.to_string();
-        let (sub, mut profile) = user_claims(&username);
+        let quirks = self.controls.quirks();
+        let (sub, mut profile) = user_claims(if quirks.userinfo_other_sub { "mallory" } else { &username });
         if let Some(obj) = profile.as_object_mut() {
             obj.insert("sub".into(), json!(sub));
         }
-        Some(profile)
+        if !quirks.userinfo_signed {
+            return Some(Ok(UserinfoAnswer::Json(profile)));
+        }
+        if let Some(obj) = profile.as_object_mut() {
+            obj.insert("iss".into(), json!(self.issuer));
+            obj.insert("aud".into(), json!(claims.client_id));
+            obj.insert("iat".into(), json!(now_unix()));
+        }
+        let signed = match self.controls.userinfo_fault() {
+            super::UserinfoFault::None | super::UserinfoFault::Unavailable => self.key.sign(&profile, Some("JWT")),
+            super::UserinfoFault::BadSignature => match self.rogue_key() {
+                Some(rogue) => rogue.sign(&profile, Some("JWT")),
+                None => return None,
+            },
+            super::UserinfoFault::Unsigned => {
+                let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+                Ok(format!("{header}.{}.", URL_SAFE_NO_PAD.encode(profile.to_string())))
+            }
+        };
+        Some(signed.map(UserinfoAnswer::Jwt))
     }
 
     /// RP-initiated logout: ends the provider session (the grants of that `sid`, with

@@ -17,7 +17,7 @@ impl Provider {
             if presented.basic.is_some() || presented.post.is_some() {
                 return Err(oauth_error(400, "invalid_request", "more than one client authentication"));
             }
-            return self.authenticate_assertion(form_client_id.as_deref(), assertion);
+            return self.authenticate_assertion(form_client_id.as_deref(), assertion, &presented.endpoint);
         }
         let (method, (id, secret)) = match (&presented.basic, &presented.post) {
             (Some(b), None) => (AuthMethod::ClientSecretBasic, b),
@@ -42,9 +42,15 @@ impl Provider {
     }
 
     /// `private_key_jwt` (RFC 7523 §3): signed by a key registered for the client, `iss` = `sub`
-    /// = the client, `aud` this provider (its issuer or one of its endpoints), a minute or so of
-    /// life, a `jti` never seen before.
-    fn authenticate_assertion(&self, form_client_id: Option<&str>, jwt: &str) -> Result<&Client, OAuthError> {
+    /// = the client, `aud` this provider (its issuer or one of its endpoints; with
+    /// `assertion_aud_endpoint_only`, the URL of `endpoint`, the one receiving it), a minute or
+    /// so of life, a `jti` never seen before.
+    fn authenticate_assertion(
+        &self,
+        form_client_id: Option<&str>,
+        jwt: &str,
+        endpoint: &str,
+    ) -> Result<&Client, OAuthError> {
         #[derive(Deserialize)]
         struct Assertion {
             iss: String,
@@ -74,8 +80,11 @@ impl Provider {
         }
         .map_err(|_| refused("unusable key"))?;
         let mut validation = jsonwebtoken::Validation::new(header.alg);
-        let audiences: Vec<String> =
-            ["", "/token", "/par", "/revoke"].iter().map(|path| format!("{}{path}", self.issuer)).collect();
+        let audiences: Vec<String> = if self.controls.quirks().assertion_aud_endpoint_only {
+            vec![format!("{}{endpoint}", self.issuer)]
+        } else {
+            ["", "/token", "/par", "/revoke"].iter().map(|path| format!("{}{path}", self.issuer)).collect()
+        };
         validation.set_audience(&audiences);
         validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
         let claims = jsonwebtoken::decode::<Assertion>(jwt, &key, &validation)
