@@ -154,6 +154,8 @@ impl Served {
         for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("OTEL_")) {
             cmd.env_remove(name);
         }
+        // The pipe alone decides whether logs are coloured, not the test runner's NO_COLOR.
+        cmd.env_remove("NO_COLOR");
         cmd.envs(env.iter().copied());
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start bff serve");
         let logs = Arc::new(Mutex::new(String::new()));
@@ -302,6 +304,18 @@ async fn refresh_locks_still_held_when_the_grace_period_ends_are_released() {
     let left: Vec<String> = redis::AsyncCommands::keys(&mut redis, &pattern).await.expect("keys");
     assert!(left.is_empty(), "the lock was released at shutdown, not left to its lease");
     drop(stuck);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_to_a_pipe_carry_no_colour_codes() {
+    let mut served = Served::start(300, &[], "", None).await;
+    let browser = served.browser.clone();
+    assert_eq!(browser.get("/healthz").await.status(), 200);
+    served.stop_cleanly(Duration::from_secs(10)).await;
+
+    let logs = served.logs();
+    assert!(logs.contains("INFO") && logs.contains("request"), "text logs were written:\n{logs}");
+    assert!(!logs.contains("\x1b["), "an ANSI escape in logs written to a pipe:\n{logs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
