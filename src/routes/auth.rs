@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::crypto::{digest, random_token};
-use crate::error::AppError;
+use crate::error::{AppError, BadRequest};
 use crate::http::{require_csrf_header, require_csrf_or_same_origin};
 use crate::limits::Limit;
 use crate::metrics::AuthEvent;
@@ -285,7 +285,7 @@ pub struct BackchannelLogout {
 /// `POST /auth/backchannel-logout` (OIDC Back-Channel Logout 1.0): the provider ends sessions.
 /// Server to server: no anti-forgery header, the signed logout token is the credential.
 pub async fn backchannel_logout(state: web::Data<AppState>, form: web::Form<BackchannelLogout>) -> HttpResponse {
-    let bad = || HttpResponse::BadRequest().json(json!({ "error": "invalid_request" }));
+    let bad = || AppError::BadRequest(BadRequest::InvalidRequest).error_response();
     let Some(token) = form.logout_token.as_deref().filter(|t| !t.is_empty()) else { return bad() };
     let request = match state.oidc.verify_logout_token(token).await {
         Ok(request) => request,
