@@ -23,6 +23,12 @@ use crate::telemetry::{self, error_chain};
 /// Bodies sent to `/auth/*` (forms, logout tokens) are small.
 pub const AUTH_BODY_LIMIT: usize = 64 * 1024;
 
+/// Marks one of bff's own answers that another origin's page may frame (the front-channel logout
+/// page): its own `Content-Security-Policy` names that origin in `frame-ancestors`, and no
+/// `X-Frame-Options: DENY` is added (a browser that reads only that header would refuse it).
+#[derive(Debug, Clone, Copy)]
+pub struct Frameable;
+
 /// Security headers on everything bff serves; an upstream's own values are left alone.
 pub async fn security_headers(
     req: ServiceRequest,
@@ -30,11 +36,12 @@ pub async fn security_headers(
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let csp = req.app_data::<web::Data<AppState>>().map(|s| s.content_security_policy.clone());
     let mut res = next.call(req).await?;
-    add_security_headers(res.headers_mut(), csp);
+    let frameable = res.response().extensions().contains::<Frameable>();
+    add_security_headers(res.headers_mut(), csp, frameable);
     Ok(res)
 }
 
-fn add_security_headers(headers: &mut HeaderMap, csp: Option<HeaderValue>) {
+fn add_security_headers(headers: &mut HeaderMap, csp: Option<HeaderValue>, frameable: bool) {
     let mut set_default = |name: HeaderName, value: HeaderValue| {
         if !headers.contains_key(&name) {
             headers.insert(name, value);
@@ -44,7 +51,9 @@ fn add_security_headers(headers: &mut HeaderMap, csp: Option<HeaderValue>) {
     // `same-origin`, not `no-referrer`: with `no-referrer` browsers send `Origin: null` on our own
     // form posts (logout), and no URL of ours leaks to another site either way.
     set_default(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
-    set_default(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if !frameable {
+        set_default(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
     if let Some(csp) = csp {
         set_default(header::CONTENT_SECURITY_POLICY, csp);
     }
@@ -82,7 +91,7 @@ pub async fn auth_guard(
                 (Some(state), true) => err.page(&state.pages),
                 _ => err.error_response(),
             };
-            add_security_headers(res.headers_mut(), state.map(|s| s.content_security_policy.clone()));
+            add_security_headers(res.headers_mut(), state.map(|s| s.content_security_policy.clone()), false);
             Err(InternalError::from_response("session store unavailable", res).into())
         }
     }

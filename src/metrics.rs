@@ -94,6 +94,7 @@ pub enum AuthEvent {
     LoginFailed,
     Logout,
     BackchannelLogout,
+    FrontchannelLogout,
 }
 
 impl AuthEvent {
@@ -103,6 +104,7 @@ impl AuthEvent {
             AuthEvent::LoginFailed => "login_failed",
             AuthEvent::Logout => "logout",
             AuthEvent::BackchannelLogout => "backchannel_logout",
+            AuthEvent::FrontchannelLogout => "frontchannel_logout",
         }
     }
 }
@@ -219,7 +221,10 @@ impl Metrics {
             ))?,
             locks_active: IntGauge::new("refresh_locks_active", "Refresh locks this instance holds now")?,
             auth_events: IntCounterVec::new(
-                Opts::new("auth_events_total", "Logins, failed logins, logouts and back-channel logouts"),
+                Opts::new(
+                    "auth_events_total",
+                    "Logins, failed logins, logouts, back-channel and front-channel logouts",
+                ),
                 &["event"],
             )?,
             store_duration: HistogramVec::new(

@@ -1,4 +1,4 @@
-//! `/auth/*`: login, callback, user, logout. Thin: the protocol lives in `oidc`, storage in
+//! `/auth/*`: login, callback, user, logout, the provider's logouts. Thin: the protocol lives in `oidc`, storage in
 //! `session` and `tokens`.
 
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::crypto::{digest, random_token};
 use crate::error::{AppError, BadRequest};
-use crate::http::{require_csrf_header, require_csrf_or_same_origin};
+use crate::http::{Frameable, require_csrf_header, require_csrf_or_same_origin};
 use crate::limits::Limit;
 use crate::metrics::AuthEvent;
 use crate::oidc::{CallbackError, GrantToken, LogoutTokenError, Oidc, Revocation};
@@ -310,6 +310,93 @@ pub async fn backchannel_logout(state: web::Data<AppState>, form: web::Form<Back
         }
         Err(e) => AppError::from(e).error_response(),
     }
+}
+
+#[derive(Deserialize)]
+pub struct FrontchannelLogout {
+    iss: Option<String>,
+    sid: Option<String>,
+}
+
+/// The whole front-channel logout page: the provider's logout page loads it in an iframe and
+/// nobody sees it.
+const FRONTCHANNEL_PAGE: &str =
+    "<!doctype html><html><head><meta charset=\"utf-8\"><title>Signed out</title></head><body></body></html>";
+
+/// `GET /auth/frontchannel-logout?iss=…&sid=…` (OIDC Front-Channel Logout 1.0): the provider's
+/// logout page loads this in an iframe. No anti-forgery header (a frame load cannot carry one):
+/// `iss` must be the provider, and the sessions that end are those of the provider session `sid`
+/// — plus this browser's own, when its cookie comes along (same-site deployments: a cross-site
+/// frame gets no Lax cookie). Whatever was or was not ended, the provider gets the same page:
+/// it must not be told an error per iframe.
+pub async fn frontchannel_logout(req: HttpRequest, state: web::Data<AppState>, session: Session) -> HttpResponse {
+    let refuse = |why: &str| {
+        tracing::warn!("front-channel logout refused: {why}");
+        AppError::BadRequest(BadRequest::InvalidRequest).respond(&req, &state.pages)
+    };
+    let Ok(query) = web::Query::<FrontchannelLogout>::from_query(req.query_string()) else {
+        return refuse("the query cannot be read");
+    };
+    let iss = query.iss.as_deref().filter(|v| !v.is_empty());
+    let sid = query.sid.as_deref().filter(|v| !v.is_empty());
+    match (iss, sid) {
+        (Some(iss), _) if !state.oidc.is_issuer(iss) => return refuse("iss is not the provider's issuer"),
+        // §2: the two come together.
+        (None, Some(_)) => return refuse("sid without iss"),
+        // A provider that says it sends `sid` always does; without metadata bff cannot tell.
+        (_, None) if state.oidc.frontchannel_session_required() != Some(false) => {
+            return refuse("no sid, and the provider sends one (frontchannel_logout_session_supported)");
+        }
+        _ => {}
+    }
+    let mut ended = 0;
+    if let Some(sid) = sid {
+        match state.sessions.end_provider_session(sid).await {
+            Ok(count) => ended += count,
+            Err(e) => return AppError::from(e).respond(&req, &state.pages),
+        }
+    }
+    let mut res = HttpResponse::Ok();
+    let own_session = is_frame_load(&req) && state.cookies.session_cookie(&req).is_some();
+    if own_session {
+        if let Some(signed_in) = SessionEntries::read(&session) {
+            match state.sessions.end(&signed_in.handle, EndReason::FrontChannel).await {
+                Ok(Some(_)) => ended += 1,
+                // Ended just now by its `sid`.
+                Ok(None) => {}
+                Err(e) => return AppError::from(e).respond(&req, &state.pages),
+            }
+        }
+        // As at logout: the middleware clears the cookie of a session it loaded, this answer
+        // the cookie of one it could not.
+        if session.entries().is_empty() {
+            res.cookie(state.cookies.session_cookie_removal());
+        }
+        session.purge();
+    }
+    state.metrics.auth_event(AuthEvent::FrontchannelLogout);
+    if ended == 0 {
+        tracing::info!(by_sid = sid.is_some(), by_cookie = own_session, "front-channel logout: no live session to end");
+    } else {
+        tracing::info!(sessions = ended, by_sid = sid.is_some(), by_cookie = own_session, "front-channel logout");
+    }
+    let frame_ancestors =
+        HeaderValue::from_str(&format!("default-src 'none'; frame-ancestors {}", state.oidc.origin()))
+            .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
+    let mut res = res
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, frame_ancestors))
+        .body(FRONTCHANNEL_PAGE);
+    res.extensions_mut().insert(Frameable);
+    res
+}
+
+/// Whether the request loads a frame (`Sec-Fetch-Dest: iframe` or `frame`), or comes from a
+/// browser that does not say. A top-level navigation (a link on another site) is the one way a
+/// Lax cookie reaches bff cross-site: it must not sign anyone out.
+fn is_frame_load(req: &HttpRequest) -> bool {
+    req.headers().get("sec-fetch-dest").is_none_or(|dest| matches!(dest.as_bytes(), b"iframe" | b"frame"))
 }
 
 /// `GET /auth/signed-out`: a page for deployments whose post-logout target is not the SPA.

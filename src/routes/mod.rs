@@ -66,6 +66,7 @@ pub const CALLBACK: OwnRoute = route("/auth/callback", Methods::Act);
 pub const USER: OwnRoute = route("/auth/user", Methods::Read);
 pub const LOGOUT: OwnRoute = route("/auth/logout", Methods::Post);
 pub const BACKCHANNEL_LOGOUT: OwnRoute = route("/auth/backchannel-logout", Methods::Post);
+pub const FRONTCHANNEL_LOGOUT: OwnRoute = route("/auth/frontchannel-logout", Methods::Act);
 pub const SIGNED_OUT: OwnRoute = route("/auth/signed-out", Methods::Read);
 pub const STYLESHEET: OwnRoute = route("/auth/style.css", Methods::Read);
 pub const HEALTHZ: OwnRoute = route("/healthz", Methods::Read);
@@ -76,8 +77,20 @@ pub const METRICS: OwnRoute = route("/metrics", Methods::Read);
 pub const JWKS: OwnRoute = route("/.well-known/jwks.json", Methods::Read);
 
 /// Every route of bff's own (the proxy's prefixes and the SPA's files aside).
-pub const OWN_ROUTES: &[OwnRoute] =
-    &[LOGIN, CALLBACK, USER, LOGOUT, BACKCHANNEL_LOGOUT, SIGNED_OUT, STYLESHEET, HEALTHZ, READYZ, METRICS, JWKS];
+pub const OWN_ROUTES: &[OwnRoute] = &[
+    LOGIN,
+    CALLBACK,
+    USER,
+    LOGOUT,
+    BACKCHANNEL_LOGOUT,
+    FRONTCHANNEL_LOGOUT,
+    SIGNED_OUT,
+    STYLESHEET,
+    HEALTHZ,
+    READYZ,
+    METRICS,
+    JWKS,
+];
 
 /// The scope of the routes that need the session.
 const AUTH_SCOPE: &str = "/auth";
@@ -130,6 +143,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &web::Data<AppState>) {
                 .service(own(AUTH_SCOPE, USER, auth::user))
                 .service(own(AUTH_SCOPE, LOGOUT, auth::logout))
                 .service(own(AUTH_SCOPE, BACKCHANNEL_LOGOUT, auth::backchannel_logout))
+                .service(own(AUTH_SCOPE, FRONTCHANNEL_LOGOUT, auth::frontchannel_logout))
                 .service(own(AUTH_SCOPE, SIGNED_OUT, auth::signed_out))
                 .service(own(AUTH_SCOPE, STYLESHEET, auth::stylesheet))
                 // bff's own prefix: an unknown path here is no SPA route.
@@ -165,6 +179,8 @@ mod tests {
                 .collect();
             assert_eq!(takes.join(", "), route.methods.allow(), "{}", route.path);
         }
-        assert!(!LOGIN.methods.takes(&Method::HEAD) && !CALLBACK.methods.takes(&Method::HEAD));
+        for acts in [LOGIN, CALLBACK, FRONTCHANNEL_LOGOUT] {
+            assert!(!acts.methods.takes(&Method::HEAD), "{}", acts.path);
+        }
     }
 }

@@ -136,6 +136,7 @@ impl Served {
             redirect_uris: vec![format!("{public_url}/auth/callback")],
             post_logout_redirect_uris: vec![format!("{public_url}/")],
             backchannel_logout_uri: None,
+            frontchannel_logout_uri: None,
         })
         .await;
         let upstream = support::upstream::spawn(Some(Arc::clone(&idp.provider))).await;
@@ -358,6 +359,7 @@ async fn check_config_online_names_an_issuer_that_differs_by_a_slash() {
         redirect_uris: vec!["http://localhost:8080/auth/callback".into()],
         post_logout_redirect_uris: vec![],
         backchannel_logout_uri: None,
+        frontchannel_logout_uri: None,
     })
     .await;
     let config = |issuer: &str| {

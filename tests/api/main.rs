@@ -15,6 +15,7 @@ mod cookies;
 mod demo;
 mod dpop;
 mod edges;
+mod frontchannel;
 mod login;
 mod logout;
 mod operations;

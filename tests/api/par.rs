@@ -17,6 +17,8 @@ const fn no_quirks() -> Quirks {
         par_offered: false,
         par_required: false,
         no_dpop_in_metadata: false,
+        frontchannel_only: false,
+        sid_is_sub: false,
     }
 }
 
