@@ -1,5 +1,5 @@
-//! `/auth/*`: login, callback, user, logout, the provider's logouts. Thin: the protocol lives in `oidc`, storage in
-//! `session` and `tokens`.
+//! `/auth/*`: login, callback, user, logout, and the provider's logouts. Thin: the protocol
+//! lives in `oidc`, storage in `session` and `tokens`.
 
 use std::sync::Arc;
 
@@ -337,18 +337,10 @@ pub async fn frontchannel_logout(req: HttpRequest, state: web::Data<AppState>, s
     let Ok(query) = web::Query::<FrontchannelLogout>::from_query(req.query_string()) else {
         return refuse("the query cannot be read");
     };
-    let iss = query.iss.as_deref().filter(|v| !v.is_empty());
-    let sid = query.sid.as_deref().filter(|v| !v.is_empty());
-    match (iss, sid) {
-        (Some(iss), _) if !state.oidc.is_issuer(iss) => return refuse("iss is not the provider's issuer"),
-        // §2: the two come together.
-        (None, Some(_)) => return refuse("sid without iss"),
-        // A provider that says it sends `sid` always does; without metadata bff cannot tell.
-        (_, None) if state.oidc.frontchannel_session_required() != Some(false) => {
-            return refuse("no sid, and the provider sends one (frontchannel_logout_session_supported)");
-        }
-        _ => {}
-    }
+    let sid = match frontchannel_sid(&state.oidc, &query) {
+        Ok(sid) => sid,
+        Err(why) => return refuse(why),
+    };
     let mut ended = 0;
     if let Some(sid) = sid {
         match state.sessions.end_provider_session(sid).await {
@@ -390,6 +382,23 @@ pub async fn frontchannel_logout(req: HttpRequest, state: web::Data<AppState>, s
         .body(FRONTCHANNEL_PAGE);
     res.extensions_mut().insert(Frameable);
     res
+}
+
+/// The provider session a front-channel logout names, once its `iss` and `sid` are as OIDC
+/// Front-Channel Logout §2 and the provider's metadata want; else why not.
+fn frontchannel_sid<'q>(oidc: &Oidc, query: &'q FrontchannelLogout) -> Result<Option<&'q str>, &'static str> {
+    let iss = query.iss.as_deref().filter(|v| !v.is_empty());
+    let sid = query.sid.as_deref().filter(|v| !v.is_empty());
+    match (iss, sid) {
+        (Some(iss), _) if !oidc.is_issuer(iss) => Err("iss is not the provider's issuer"),
+        // The two come together.
+        (None, Some(_)) => Err("sid without iss"),
+        // A provider that says it sends `sid` always does; without its metadata bff cannot tell.
+        (_, None) if oidc.frontchannel_session_required() != Some(false) => {
+            Err("no sid, and the provider sends one (frontchannel_logout_session_supported)")
+        }
+        (_, sid) => Ok(sid),
+    }
 }
 
 /// Whether the request loads a frame (`Sec-Fetch-Dest: iframe` or `frame`), or comes from a
