@@ -162,6 +162,7 @@ async fn start_stack(redis_url: &str, workers: usize, cached_twin: bool) -> Stac
                 redirect_uris: vec![format!("{public_url}/auth/callback")],
                 post_logout_redirect_uris: vec![],
                 backchannel_logout_uri: None,
+                frontchannel_logout_uri: None,
             }],
             access_token_ttl: Duration::from_secs(3600),
             api_audience: "bench".into(),

@@ -2,6 +2,7 @@
 //! `{"error": "<code>"}` for the SPA and APIs, or an HTML page for browser navigations. No
 //! internal error text ever reaches a body; details go to the log.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -27,8 +28,12 @@ pub enum AppError {
     LimitedFor(Limit, Duration),
     #[error("bad request ({})", .0.code())]
     BadRequest(BadRequest),
-    #[error("method not allowed")]
-    MethodNotAllowed,
+    /// No route serves the path (and it is not a navigation into the SPA).
+    #[error("not found")]
+    NotFound,
+    /// The route does not take the method; what it does take goes in `Allow` (RFC 9110 §15.5.6).
+    #[error("method not allowed (allowed: {0})")]
+    MethodNotAllowed(Cow<'static, str>),
     /// The request body stopped arriving.
     #[error("request timeout")]
     RequestTimeout,
@@ -60,6 +65,8 @@ pub enum BadRequest {
     BadRequestBody,
     /// A WebSocket upgrade on a route with `websocket = false`.
     WebSocketDisabled,
+    /// A logout request from the provider that is not one (back- or front-channel).
+    InvalidRequest,
 }
 
 impl BadRequest {
@@ -69,6 +76,7 @@ impl BadRequest {
             BadRequest::BadMethod => "bad_method",
             BadRequest::BadRequestBody => "bad_request_body",
             BadRequest::WebSocketDisabled => "websocket_disabled",
+            BadRequest::InvalidRequest => "invalid_request",
         }
     }
 }
@@ -85,7 +93,8 @@ impl AppError {
             AppError::Limited(Limit::LoginRate) => "too_many_logins",
             AppError::LimitedFor(limit, _) => AppError::Limited(*limit).code(),
             AppError::BadRequest(reason) => reason.code(),
-            AppError::MethodNotAllowed => "method_not_allowed",
+            AppError::NotFound => "not_found",
+            AppError::MethodNotAllowed(_) => "method_not_allowed",
             AppError::RequestTimeout => "request_timeout",
             AppError::SessionStoreUnavailable => "session_store_unavailable",
             AppError::TokenRefreshUnavailable => "token_refresh_unavailable",
@@ -108,7 +117,8 @@ impl AppError {
             }
             AppError::LimitedFor(limit, _) => AppError::Limited(*limit).explanation(),
             AppError::BadRequest(_) => "The request was not understood.",
-            AppError::MethodNotAllowed => "This method is not allowed here.",
+            AppError::NotFound => "There is nothing at this address.",
+            AppError::MethodNotAllowed(_) => "This method is not allowed here.",
             AppError::RequestTimeout => "The request took too long to arrive.",
             AppError::SessionStoreUnavailable => "Sessions cannot be read right now. Please try again in a moment.",
             AppError::TokenRefreshUnavailable | AppError::IdpUnavailable => {
@@ -129,7 +139,30 @@ impl AppError {
 
     /// The HTML error page for this error.
     pub fn page(&self, pages: &Pages) -> HttpResponse {
-        pages.error(self.status_code(), self.explanation(), matches!(self, AppError::LoginRequired))
+        let mut res = pages.error(self.status_code(), self.explanation(), matches!(self, AppError::LoginRequired));
+        self.add_headers(res.headers_mut());
+        res
+    }
+
+    /// What an answer of this error says besides its body, JSON or page alike: when to come back
+    /// (`Retry-After`), which methods the route takes (`Allow`).
+    fn add_headers(&self, headers: &mut actix_web::http::header::HeaderMap) {
+        match self {
+            AppError::LimitedFor(_, after) => {
+                // Whole seconds, rounded up: a client that waits that long is let through.
+                let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            _ if self.status_code() == StatusCode::TOO_MANY_REQUESTS => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+            }
+            AppError::MethodNotAllowed(allow) => {
+                if let Ok(allow) = HeaderValue::from_str(allow) {
+                    headers.insert(header::ALLOW, allow);
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -154,7 +187,8 @@ impl ResponseError for AppError {
             }
             AppError::LimitedFor(limit, _) => AppError::Limited(*limit).status_code(),
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             AppError::SessionStoreUnavailable | AppError::TokenRefreshUnavailable | AppError::IdpUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -166,26 +200,11 @@ impl ResponseError for AppError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut res = HttpResponse::build(self.status_code());
-        res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
-        match self {
-            AppError::LimitedFor(_, after) => {
-                // Whole seconds, rounded up: a client that waits that long is let through.
-                let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-                res.insert_header((header::RETRY_AFTER, HeaderValue::from(secs.max(1))));
-            }
-            _ if self.status_code() == StatusCode::TOO_MANY_REQUESTS => {
-                res.insert_header((header::RETRY_AFTER, HeaderValue::from_static("10")));
-            }
-            _ => {}
-        }
-        if matches!(self, AppError::MethodNotAllowed) {
-            res.insert_header((
-                header::ALLOW,
-                HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
-            ));
-        }
-        res.json(serde_json::json!({ "error": self.code() }))
+        let mut res = HttpResponse::build(self.status_code())
+            .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+            .json(serde_json::json!({ "error": self.code() }));
+        self.add_headers(res.headers_mut());
+        res
     }
 }
 
@@ -233,6 +252,9 @@ mod tests {
             (AppError::Limited(Limit::UpstreamConcurrency), 429, "upstream_busy"),
             (AppError::LimitedFor(Limit::LoginRate, Duration::from_millis(1500)), 429, "too_many_logins"),
             (AppError::BadRequest(BadRequest::InvalidPath), 400, "invalid_path"),
+            (AppError::BadRequest(BadRequest::InvalidRequest), 400, "invalid_request"),
+            (AppError::NotFound, 404, "not_found"),
+            (AppError::MethodNotAllowed("POST".into()), 405, "method_not_allowed"),
         ] {
             let res = err.error_response();
             assert_eq!(res.status().as_u16(), status);
@@ -254,6 +276,18 @@ mod tests {
         assert_eq!(retry_after(AppError::LimitedFor(Limit::LoginRate, Duration::ZERO)).as_deref(), Some("1"));
         assert_eq!(retry_after(AppError::Limited(Limit::UpstreamConcurrency)).as_deref(), Some("10"));
         assert_eq!(retry_after(AppError::Limited(Limit::BodySize)), None);
+    }
+
+    #[test]
+    fn a_refused_method_names_what_the_route_takes_in_json_and_on_a_page() {
+        let err = AppError::MethodNotAllowed("GET, HEAD".into());
+        let json = err.error_response();
+        assert_eq!(json.headers().get(header::ALLOW).and_then(|v| v.to_str().ok()), Some("GET, HEAD"));
+        let pages =
+            Pages::load(std::path::Path::new("/nonexistent"), "/auth/style.css").unwrap_or_else(|e| panic!("{e}"));
+        let page = err.page(&pages);
+        assert_eq!(page.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(page.headers().get(header::ALLOW).and_then(|v| v.to_str().ok()), Some("GET, HEAD"));
     }
 
     #[test]

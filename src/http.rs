@@ -1,5 +1,5 @@
-//! Cross-cutting HTTP rules, applied as middleware in `startup` and nowhere else: refused
-//! methods, security headers, the `/auth` guard (body cap, no-store, store outages), access log,
+//! Cross-cutting HTTP rules, applied as middleware in `startup` and nowhere else: security
+//! headers, the `/auth` guard (body cap, no-store, store outages), access log,
 //! and the anti-forgery checks handlers call.
 
 use std::time::Instant;
@@ -7,7 +7,6 @@ use std::time::Instant;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::error::InternalError;
-use actix_web::http::Method;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, HttpRequest, ResponseError, web};
@@ -24,17 +23,11 @@ use crate::telemetry::{self, error_chain};
 /// Bodies sent to `/auth/*` (forms, logout tokens) are small.
 pub const AUTH_BODY_LIMIT: usize = 64 * 1024;
 
-/// `TRACE` and `CONNECT` have no business reaching a BFF: 405 everywhere.
-pub async fn refuse_methods(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    if req.method() == Method::TRACE || req.method() == Method::CONNECT {
-        let res = AppError::MethodNotAllowed.error_response();
-        return Ok(req.into_response(res).map_into_right_body());
-    }
-    next.call(req).await.map(ServiceResponse::map_into_left_body)
-}
+/// Marks one of bff's own answers that another origin's page may frame (the front-channel logout
+/// page): its own `Content-Security-Policy` names that origin in `frame-ancestors`, and no
+/// `X-Frame-Options: DENY` is added (a browser that reads only that header would refuse it).
+#[derive(Debug, Clone, Copy)]
+pub struct Frameable;
 
 /// Security headers on everything bff serves; an upstream's own values are left alone.
 pub async fn security_headers(
@@ -43,11 +36,12 @@ pub async fn security_headers(
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let csp = req.app_data::<web::Data<AppState>>().map(|s| s.content_security_policy.clone());
     let mut res = next.call(req).await?;
-    add_security_headers(res.headers_mut(), csp);
+    let frameable = res.response().extensions().contains::<Frameable>();
+    add_security_headers(res.headers_mut(), csp, frameable);
     Ok(res)
 }
 
-fn add_security_headers(headers: &mut HeaderMap, csp: Option<HeaderValue>) {
+fn add_security_headers(headers: &mut HeaderMap, csp: Option<HeaderValue>, frameable: bool) {
     let mut set_default = |name: HeaderName, value: HeaderValue| {
         if !headers.contains_key(&name) {
             headers.insert(name, value);
@@ -57,7 +51,9 @@ fn add_security_headers(headers: &mut HeaderMap, csp: Option<HeaderValue>) {
     // `same-origin`, not `no-referrer`: with `no-referrer` browsers send `Origin: null` on our own
     // form posts (logout), and no URL of ours leaks to another site either way.
     set_default(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
-    set_default(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if !frameable {
+        set_default(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    }
     if let Some(csp) = csp {
         set_default(header::CONTENT_SECURITY_POLICY, csp);
     }
@@ -95,7 +91,7 @@ pub async fn auth_guard(
                 (Some(state), true) => err.page(&state.pages),
                 _ => err.error_response(),
             };
-            add_security_headers(res.headers_mut(), state.map(|s| s.content_security_policy.clone()));
+            add_security_headers(res.headers_mut(), state.map(|s| s.content_security_policy.clone()), false);
             Err(InternalError::from_response("session store unavailable", res).into())
         }
     }
@@ -167,25 +163,11 @@ fn request_span(req: &ServiceRequest, id: &str, route: &'static str, state: Opti
     span
 }
 
-/// bff's own routes by name; an API call by its route's prefix and the SPA's files as one (their
-/// paths are unbounded, and a span name must not be).
-const NAMED_ROUTES: &[&str] = &[
-    "/auth/login",
-    "/auth/callback",
-    "/auth/user",
-    "/auth/logout",
-    "/auth/backchannel-logout",
-    "/auth/signed-out",
-    "/auth/style.css",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/.well-known/jwks.json",
-];
-
+/// bff's own routes by name ([`crate::routes::OWN_ROUTES`]); an API call by its route's prefix
+/// and the SPA's files as one (their paths are unbounded, and a span name must not be).
 fn route_label(path: &str, route: &'static str, state: Option<&AppState>) -> String {
-    if let Some(named) = NAMED_ROUTES.iter().find(|r| **r == path) {
-        return (*named).to_string();
+    if let Some(named) = crate::routes::OWN_ROUTES.iter().find(|r| r.path == path) {
+        return named.path.to_string();
     }
     match (route, state.and_then(|s| s.proxy.route_for(path))) {
         ("api", Some(api)) => format!("{}/*", api.prefix.trim_end_matches('/')),

@@ -96,6 +96,7 @@ pub enum AuthEvent {
     BackchannelLogout,
     /// A sign-in that asked for `offline_access` and got no refresh token.
     LoginWithoutRefreshToken,
+    FrontchannelLogout,
 }
 
 impl AuthEvent {
@@ -106,6 +107,7 @@ impl AuthEvent {
             AuthEvent::Logout => "logout",
             AuthEvent::BackchannelLogout => "backchannel_logout",
             AuthEvent::LoginWithoutRefreshToken => "login_without_refresh_token",
+            AuthEvent::FrontchannelLogout => "frontchannel_logout",
         }
     }
 }
@@ -229,7 +231,10 @@ impl Metrics {
             ))?,
             locks_active: IntGauge::new("refresh_locks_active", "Refresh locks this instance holds now")?,
             auth_events: IntCounterVec::new(
-                Opts::new("auth_events_total", "Logins, failed logins, logouts and back-channel logouts"),
+                Opts::new(
+                    "auth_events_total",
+                    "Logins, failed logins, logouts, back-channel and front-channel logouts",
+                ),
                 &["event"],
             )?,
             store_duration: HistogramVec::new(

@@ -85,6 +85,8 @@ fn title_for(status: StatusCode) -> &'static str {
         400 => "Sign-in could not be completed",
         401 => "Not signed in",
         403 => "Request refused",
+        404 => "Not found",
+        405 => "Method not allowed",
         413 => "Request too large",
         502..=504 => "Service temporarily unavailable",
         _ => "Something went wrong",

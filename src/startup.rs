@@ -9,7 +9,7 @@ use actix_web::{App, HttpServer, web};
 
 use crate::config::Config;
 use crate::crypto::Sealer;
-use crate::http::{observe, refuse_methods, security_headers};
+use crate::http::{observe, security_headers};
 use crate::limits::RateLimiter;
 use crate::metrics::{CacheMode, Metrics};
 use crate::oidc::Oidc;
@@ -156,10 +156,9 @@ impl Application {
                 // Made here, on each worker's own thread: see `Proxy::upstream_client`.
                 .app_data(web::Data::new(state.proxy.upstream_client()))
                 .wrap(from_fn(security_headers))
-                .wrap(from_fn(refuse_methods))
                 .wrap(from_fn(observe));
             if metrics_here {
-                app = app.route("/metrics", web::get().to(routes::health::metrics));
+                app = app.service(routes::own("", routes::METRICS, routes::health::metrics));
             }
             app.configure(|cfg| routes::configure(cfg, &state))
         })
@@ -175,7 +174,7 @@ impl Application {
             Some(addr) => {
                 let app_state = state.clone();
                 let server = HttpServer::new(move || {
-                    App::new().app_data(app_state.clone()).route("/metrics", web::get().to(routes::health::metrics))
+                    App::new().app_data(app_state.clone()).configure(routes::configure_metrics_listener)
                 })
                 .workers(1)
                 .tcp_nodelay(true)

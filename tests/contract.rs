@@ -317,7 +317,8 @@ fn app_errors() -> Vec<AppError> {
     let mut errors = vec![
         AppError::LoginRequired,
         AppError::Csrf,
-        AppError::MethodNotAllowed,
+        AppError::NotFound,
+        AppError::MethodNotAllowed("GET".into()),
         AppError::RequestTimeout,
         AppError::SessionStoreUnavailable,
         AppError::TokenRefreshUnavailable,
@@ -330,8 +331,14 @@ fn app_errors() -> Vec<AppError> {
     errors.extend(limits.map(AppError::Limited));
     errors.extend(limits.map(|l| AppError::LimitedFor(l, std::time::Duration::from_secs(1))));
     errors.extend(
-        [BadRequest::InvalidPath, BadRequest::BadMethod, BadRequest::BadRequestBody, BadRequest::WebSocketDisabled]
-            .map(AppError::BadRequest),
+        [
+            BadRequest::InvalidPath,
+            BadRequest::BadMethod,
+            BadRequest::BadRequestBody,
+            BadRequest::WebSocketDisabled,
+            BadRequest::InvalidRequest,
+        ]
+        .map(AppError::BadRequest),
     );
     errors
 }
@@ -352,11 +359,13 @@ fn listed(error: &AppError) -> bool {
             BadRequest::InvalidPath
             | BadRequest::BadMethod
             | BadRequest::BadRequestBody
-            | BadRequest::WebSocketDisabled,
+            | BadRequest::WebSocketDisabled
+            | BadRequest::InvalidRequest,
         ) => true,
         AppError::LoginRequired
         | AppError::Csrf
-        | AppError::MethodNotAllowed
+        | AppError::NotFound
+        | AppError::MethodNotAllowed(_)
         | AppError::RequestTimeout
         | AppError::SessionStoreUnavailable
         | AppError::TokenRefreshUnavailable
@@ -467,6 +476,9 @@ async fn documented_routes_answer_and_errors_have_their_documented_shape_and_sta
         ),
         (client.get(format!("{base}/api/a%2Fb")).header("x-csrf", "1"), "invalid_path"),
         (client.request(reqwest::Method::TRACE, format!("{base}/")), "method_not_allowed"),
+        (client.get(format!("{base}/auth/logout")), "method_not_allowed"),
+        (client.delete(format!("{base}/healthz")), "method_not_allowed"),
+        (client.get(format!("{base}/auth/nope")), "not_found"),
         (client.get(format!("{base}/auth/login")), "idp_unavailable"),
         (client.post(format!("{base}/auth/logout")).header("x-csrf", "1").body(big_body), "payload_too_large"),
         (client.get(format!("{base}/healthz")).header("x-big", big_header), "headers_too_large"),

@@ -106,6 +106,7 @@ pub async fn run(args: DemoArgs) -> Result<(), anyhow::Error> {
                 redirect_uris: vec![format!("{public_url}/auth/callback")],
                 post_logout_redirect_uris: vec![format!("{public_url}/")],
                 backchannel_logout_uri: Some(format!("{public_url}/auth/backchannel-logout")),
+                frontchannel_logout_uri: Some(format!("{public_url}/auth/frontchannel-logout")),
             }],
             access_token_ttl: Duration::from_secs(args.access_token_ttl.max(1)),
             api_audience: "demo-api".into(),

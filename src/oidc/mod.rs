@@ -67,6 +67,9 @@ pub struct ExtraProviderMetadata {
     /// OIDC Front-Channel Logout 1.0 §3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frontchannel_logout_supported: Option<bool>,
+    /// … and puts `iss` and `sid` in their query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontchannel_logout_session_supported: Option<bool>,
 }
 impl AdditionalProviderMetadata for ExtraProviderMetadata {}
 
@@ -106,7 +109,18 @@ pub struct Provider {
     id_token_algs: Vec<CoreJwsSigningAlgorithm>,
     /// What else the metadata says the provider offers, for `check-config --online`.
     offers: probe::Offers,
+    /// What the provider says of front-channel logout.
+    frontchannel: FrontChannel,
     loaded_at: Instant,
+}
+
+/// What a provider's metadata says of OIDC Front-Channel Logout 1.0 (§3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrontChannel {
+    /// `frontchannel_logout_supported`: it loads its clients' logout URIs in iframes.
+    pub supported: bool,
+    /// `frontchannel_logout_session_supported`: with `iss` and `sid` in their query.
+    pub session_supported: bool,
 }
 
 /// Seconds of clock difference tolerated on an ID token's `iat`.
@@ -431,6 +445,10 @@ impl Oidc {
         }
         let end_session_url = parse_optional(&extra.end_session_endpoint, "end_session_endpoint");
         let requires_response_iss = extra.authorization_response_iss_parameter_supported == Some(true);
+        let frontchannel = FrontChannel {
+            supported: extra.frontchannel_logout_supported == Some(true),
+            session_supported: extra.frontchannel_logout_session_supported == Some(true),
+        };
         let dpop_offered =
             extra.dpop_signing_alg_values_supported.as_ref().is_some_and(|algs| algs.iter().any(|a| a == "ES256"));
         if self.dpop && !dpop_offered {
@@ -488,6 +506,7 @@ impl Oidc {
             assertion_algs,
             id_token_algs,
             offers,
+            frontchannel,
             loaded_at: Instant::now(),
         };
         if let Ok(mut slot) = self.provider.write() {
@@ -572,6 +591,29 @@ impl Oidc {
             );
         }
         true
+    }
+
+    /// What the provider's metadata says of front-channel logout; `None` until it is loaded.
+    /// (Also what a configuration check can list as missing at the provider.)
+    pub fn frontchannel(&self) -> Option<FrontChannel> {
+        self.provider().ok().map(|p| p.frontchannel)
+    }
+
+    /// Whether a front-channel logout request must carry `sid` (and `iss`): the provider says it
+    /// sends them (`frontchannel_logout_session_supported`). `None` until the metadata is loaded.
+    pub fn frontchannel_session_required(&self) -> Option<bool> {
+        self.frontchannel().map(|f| f.session_supported)
+    }
+
+    /// Whether `iss` names this provider, exactly as configured (OIDC Front-Channel Logout §2).
+    pub fn is_issuer(&self, iss: &str) -> bool {
+        iss == self.issuer.as_str()
+    }
+
+    /// The provider's origin (scheme, host, port of the issuer URL), the one page that may frame
+    /// bff's front-channel logout answer.
+    pub fn origin(&self) -> String {
+        self.issuer.url().origin().ascii_serialization()
     }
 
     /// The RP-initiated logout URL, when the provider has an end-session endpoint.

@@ -71,15 +71,23 @@ pub struct Route {
     span_route: String,
 }
 
+/// What a route with no `methods` takes, as `Allow` says it: the methods of RFC 9110 and PATCH,
+/// TRACE and CONNECT aside.
+const EVERY_METHOD: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
 impl Route {
     /// The span of one exchange with this route's upstream (see `telemetry::client_span`).
     pub(super) fn client_span(&self, method: &hyper::Method, uri: &hyper::Uri) -> tracing::Span {
         telemetry::client_span("upstream", method.as_str(), &self.span_route, uri)
     }
 
-    /// Whether the route takes `method` (GET implies HEAD).
+    /// Whether the route takes `method` (GET implies HEAD; no route takes TRACE or CONNECT: the
+    /// configuration refuses them in `methods`, and an empty list means every other method).
     pub fn takes(&self, method: &str) -> bool {
-        self.methods.is_empty() || self.methods.iter().any(|m| m == method || (method == "HEAD" && m == "GET"))
+        if self.methods.is_empty() {
+            return !matches!(method, "TRACE" | "CONNECT");
+        }
+        self.methods.iter().any(|m| m == method || (method == "HEAD" && m == "GET"))
     }
 
     /// Puts `token` on a request to `uri`: `Authorization`, and for a DPoP-bound token a fresh
@@ -118,6 +126,9 @@ impl Route {
 
     /// The `Allow` header of a 405 on this route.
     pub fn allowed(&self) -> String {
+        if self.methods.is_empty() {
+            return EVERY_METHOD.to_string();
+        }
         let mut methods = self.methods.clone();
         if methods.iter().any(|m| m == "GET") && !methods.iter().any(|m| m == "HEAD") {
             methods.push("HEAD".into());

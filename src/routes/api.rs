@@ -38,11 +38,7 @@ async fn call(
     upgrade: bool,
 ) -> Result<HttpResponse, AppError> {
     if !route.takes(req.method().as_str()) {
-        let mut res = AppError::MethodNotAllowed.error_response();
-        if let Ok(allow) = actix_web::http::header::HeaderValue::from_str(&route.allowed()) {
-            res.headers_mut().insert(actix_web::http::header::ALLOW, allow);
-        }
-        return Ok(res);
+        return Err(AppError::MethodNotAllowed(route.allowed().into()));
     }
     if upgrade && !route.websocket {
         return Err(AppError::BadRequest(BadRequest::WebSocketDisabled));

@@ -1,5 +1,5 @@
-//! `/auth/*`: login, callback, user, logout. Thin: the protocol lives in `oidc`, storage in
-//! `session` and `tokens`.
+//! `/auth/*`: login, callback, user, logout, and the provider's logouts. Thin: the protocol
+//! lives in `oidc`, storage in `session` and `tokens`.
 
 use std::sync::Arc;
 
@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::crypto::{digest, random_token};
-use crate::error::AppError;
-use crate::http::{require_csrf_header, require_csrf_or_same_origin};
+use crate::error::{AppError, BadRequest};
+use crate::http::{Frameable, require_csrf_header, require_csrf_or_same_origin};
 use crate::limits::Limit;
 use crate::metrics::AuthEvent;
 use crate::oidc::{CallbackError, GrantToken, LogoutTokenError, Oidc, Revocation};
@@ -304,7 +304,7 @@ pub struct BackchannelLogout {
 /// `POST /auth/backchannel-logout` (OIDC Back-Channel Logout 1.0): the provider ends sessions.
 /// Server to server: no anti-forgery header, the signed logout token is the credential.
 pub async fn backchannel_logout(state: web::Data<AppState>, form: web::Form<BackchannelLogout>) -> HttpResponse {
-    let bad = || HttpResponse::BadRequest().json(json!({ "error": "invalid_request" }));
+    let bad = || AppError::BadRequest(BadRequest::InvalidRequest).error_response();
     let Some(token) = form.logout_token.as_deref().filter(|t| !t.is_empty()) else { return bad() };
     let request = match state.oidc.verify_logout_token(token).await {
         Ok(request) => request,
@@ -329,6 +329,102 @@ pub async fn backchannel_logout(state: web::Data<AppState>, form: web::Form<Back
         }
         Err(e) => AppError::from(e).error_response(),
     }
+}
+
+#[derive(Deserialize)]
+pub struct FrontchannelLogout {
+    iss: Option<String>,
+    sid: Option<String>,
+}
+
+/// The whole front-channel logout page: the provider's logout page loads it in an iframe and
+/// nobody sees it.
+const FRONTCHANNEL_PAGE: &str =
+    "<!doctype html><html><head><meta charset=\"utf-8\"><title>Signed out</title></head><body></body></html>";
+
+/// `GET /auth/frontchannel-logout?iss=…&sid=…` (OIDC Front-Channel Logout 1.0): the provider's
+/// logout page loads this in an iframe. No anti-forgery header (a frame load cannot carry one):
+/// `iss` must be the provider, and the sessions that end are those of the provider session `sid`
+/// — plus this browser's own, when its cookie comes along (same-site deployments: a cross-site
+/// frame gets no Lax cookie). Whatever was or was not ended, the provider gets the same page:
+/// it must not be told an error per iframe.
+pub async fn frontchannel_logout(req: HttpRequest, state: web::Data<AppState>, session: Session) -> HttpResponse {
+    let refuse = |why: &str| {
+        tracing::warn!("front-channel logout refused: {why}");
+        AppError::BadRequest(BadRequest::InvalidRequest).respond(&req, &state.pages)
+    };
+    let Ok(query) = web::Query::<FrontchannelLogout>::from_query(req.query_string()) else {
+        return refuse("the query cannot be read");
+    };
+    let sid = match frontchannel_sid(&state.oidc, &query) {
+        Ok(sid) => sid,
+        Err(why) => return refuse(why),
+    };
+    let mut ended = 0;
+    if let Some(sid) = sid {
+        match state.sessions.end_provider_session(sid).await {
+            Ok(count) => ended += count,
+            Err(e) => return AppError::from(e).respond(&req, &state.pages),
+        }
+    }
+    let mut res = HttpResponse::Ok();
+    let own_session = is_frame_load(&req) && state.cookies.session_cookie(&req).is_some();
+    if own_session {
+        if let Some(signed_in) = SessionEntries::read(&session) {
+            match state.sessions.end(&signed_in.handle, EndReason::FrontChannel).await {
+                Ok(Some(_)) => ended += 1,
+                // Ended just now by its `sid`.
+                Ok(None) => {}
+                Err(e) => return AppError::from(e).respond(&req, &state.pages),
+            }
+        }
+        // As at logout: the middleware clears the cookie of a session it loaded, this answer
+        // the cookie of one it could not.
+        if session.entries().is_empty() {
+            res.cookie(state.cookies.session_cookie_removal());
+        }
+        session.purge();
+    }
+    state.metrics.auth_event(AuthEvent::FrontchannelLogout);
+    if ended == 0 {
+        tracing::info!(by_sid = sid.is_some(), by_cookie = own_session, "front-channel logout: no live session to end");
+    } else {
+        tracing::info!(sessions = ended, by_sid = sid.is_some(), by_cookie = own_session, "front-channel logout");
+    }
+    let frame_ancestors =
+        HeaderValue::from_str(&format!("default-src 'none'; frame-ancestors {}", state.oidc.origin()))
+            .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"));
+    let mut res = res
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, frame_ancestors))
+        .body(FRONTCHANNEL_PAGE);
+    res.extensions_mut().insert(Frameable);
+    res
+}
+
+/// The provider session a front-channel logout names, once its `iss` and `sid` are as OIDC
+/// Front-Channel Logout §2 and the provider's metadata want; else why not.
+fn frontchannel_sid<'q>(oidc: &Oidc, query: &'q FrontchannelLogout) -> Result<Option<&'q str>, &'static str> {
+    let iss = query.iss.as_deref().filter(|v| !v.is_empty());
+    let sid = query.sid.as_deref().filter(|v| !v.is_empty());
+    match (iss, sid) {
+        (Some(iss), _) if !oidc.is_issuer(iss) => Err("iss is not the provider's issuer"),
+        // The two come together.
+        (None, Some(_)) => Err("sid without iss"),
+        // A provider that says it sends `sid` always does; without its metadata bff cannot tell.
+        (_, None) if oidc.frontchannel_session_required() != Some(false) => {
+            Err("no sid, and the provider sends one (frontchannel_logout_session_supported)")
+        }
+        (_, sid) => Ok(sid),
+    }
+}
+
+/// Whether the request loads a frame (`Sec-Fetch-Dest: iframe` or `frame`), or comes from a
+/// browser that does not say. A top-level navigation (a link on another site) is the one way a
+/// Lax cookie reaches bff cross-site: it must not sign anyone out.
+fn is_frame_load(req: &HttpRequest) -> bool {
+    req.headers().get("sec-fetch-dest").is_none_or(|dest| matches!(dest.as_bytes(), b"iframe" | b"frame"))
 }
 
 /// `GET /auth/signed-out`: a page for deployments whose post-logout target is not the SPA.

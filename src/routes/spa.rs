@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 
 use actix_files::{Files, NamedFile};
 use actix_web::dev::{ServiceRequest, ServiceResponse, fn_service};
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, guard, web};
 
-use crate::error::is_navigation;
+use super::{Methods, not_found, respond};
+use crate::error::{AppError, is_navigation};
 
 pub fn configure(cfg: &mut web::ServiceConfig, static_dir: Option<&Path>) {
     let Some(dir) = static_dir else {
@@ -20,29 +21,34 @@ pub fn configure(cfg: &mut web::ServiceConfig, static_dir: Option<&Path>) {
         return;
     }
     let index: PathBuf = dir.join("index.html");
-    cfg.service(Files::new("/", dir).index_file("index.html").default_handler(fn_service(
-        move |req: ServiceRequest| {
+    // The SPA is read with GET and HEAD only; any other method on its paths reaches the default
+    // service below (without the guard, the file service would answer 405 in plain text).
+    let files = Files::new("/", dir)
+        .guard(guard::fn_guard(|ctx| Methods::Read.takes(&ctx.head().method)))
+        .index_file("index.html")
+        .default_handler(fn_service(move |req: ServiceRequest| {
             let index = index.clone();
             async move {
                 let (req, _) = req.into_parts();
                 let res = if is_navigation(&req) {
                     match NamedFile::open_async(&index).await {
                         Ok(file) => file.into_response(&req),
-                        Err(_) => not_found_response(),
+                        Err(_) => respond(&req, &AppError::NotFound),
                     }
                 } else {
-                    not_found_response()
+                    respond(&req, &AppError::NotFound)
                 };
                 Ok(ServiceResponse::new(req, res))
             }
-        },
-    )));
+        }));
+    cfg.service(files).default_service(web::to(other_method));
 }
 
-fn not_found_response() -> HttpResponse {
-    HttpResponse::NotFound().json(serde_json::json!({ "error": "not_found" }))
-}
-
-async fn not_found() -> HttpResponse {
-    not_found_response()
+/// What no route took: a method other than GET and HEAD on a path the SPA serves.
+async fn other_method(req: HttpRequest) -> HttpResponse {
+    let methods = Methods::Read;
+    if methods.takes(req.method()) {
+        return respond(&req, &AppError::NotFound);
+    }
+    respond(&req, &AppError::MethodNotAllowed(methods.allow().into()))
 }

@@ -7,6 +7,7 @@
 pub mod context;
 mod export;
 
+use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
@@ -96,11 +97,19 @@ fn exported(meta: &tracing::Metadata<'_>) -> bool {
 
 fn log_layer(format: LogFormat, default_filter: &str) -> Box<dyn Layer<Registry> + Send + Sync> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let colour = colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(colour);
     match format {
         LogFormat::Text => layer.with_filter(filter).boxed(),
         LogFormat::Json => layer.json().with_current_span(true).with_span_list(false).with_filter(filter).boxed(),
     }
+}
+
+/// Whether text logs are coloured: only for a person at a terminal, and never with `NO_COLOR`
+/// set to anything (no-color.org). A file, a pipe or a log collector gets plain text: escape
+/// codes there are noise that every reader has to strip.
+fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
 }
 
 /// An error and its sources on one line; for logs (never for response bodies).
@@ -177,4 +186,21 @@ fn record_status(span: &tracing::Span, status: u16) {
 /// A call that got no answer.
 fn record_failure(span: &tracing::Span) {
     span.record("otel.status_code", "ERROR");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::colour;
+
+    #[test]
+    fn logs_are_coloured_on_a_terminal_only_and_never_with_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsStr::new(""))), "an empty NO_COLOR is as good as none");
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(true, Some(OsStr::new("false"))), "any value at all turns colour off");
+        assert!(!colour(false, None), "a file or a pipe gets plain text");
+        assert!(!colour(false, Some(OsStr::new("1"))));
+    }
 }

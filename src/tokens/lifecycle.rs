@@ -22,6 +22,9 @@ pub enum EndReason {
     SignedOut,
     /// The provider ended its session (back-channel logout).
     BackChannel,
+    /// The provider ended its session, or this browser's, from its logout page (front-channel
+    /// logout).
+    FrontChannel,
     /// The provider ended the grant: it refused the refresh token (`invalid_grant`, or another
     /// refusal of the grant).
     GrantRevoked,
@@ -38,6 +41,7 @@ impl EndReason {
         match self {
             EndReason::SignedOut => "signed_out",
             EndReason::BackChannel => "backchannel_logout",
+            EndReason::FrontChannel => "frontchannel_logout",
             EndReason::GrantRevoked => "grant_over",
             EndReason::Replaced => "replaced",
             EndReason::Expired => "expired",
@@ -153,14 +157,7 @@ impl Sessions {
         if !self.index.claim_logout_token(&request.jti, replay_window).await? {
             return Ok(None);
         }
-        let ended = async {
-            let handles = self.index.take(request.sub.as_deref(), request.sid.as_deref()).await?;
-            for handle in &handles {
-                self.end(handle, EndReason::BackChannel).await?;
-            }
-            Ok(handles.len())
-        };
-        match ended.await {
+        match self.end_indexed(request.sub.as_deref(), request.sid.as_deref(), EndReason::BackChannel).await {
             Ok(count) => Ok(Some(count)),
             // The provider retries a logout that failed; its retry must not look like a replay.
             Err(e) => {
@@ -170,6 +167,23 @@ impl Sessions {
                 Err(e)
             }
         }
+    }
+
+    /// Front-channel logout: ends every session of the provider session `sid`; how many were
+    /// still live.
+    pub async fn end_provider_session(&self, sid: &str) -> Result<usize, StoreError> {
+        self.end_indexed(None, Some(sid), EndReason::FrontChannel).await
+    }
+
+    /// Ends the sessions the index holds for `sid` (else `sub`); how many were still live.
+    async fn end_indexed(&self, sub: Option<&str>, sid: Option<&str>, reason: EndReason) -> Result<usize, StoreError> {
+        let mut ended = 0;
+        for handle in self.index.take(sub, sid).await? {
+            if self.end(&handle, reason).await?.is_some() {
+                ended += 1;
+            }
+        }
+        Ok(ended)
     }
 
     async fn remove(&self, handle: &SessionHandle, set: Option<&TokenSet>) -> Result<(), StoreError> {
@@ -269,6 +283,21 @@ mod tests {
         let left: Vec<String> = memory.keys().into_iter().filter(|k| !k.starts_with("t:logout-jti:")).collect();
         assert_eq!(left, Vec::<String>::new(), "the by-sub entries go too");
         assert!(matches!(sessions.end_for_provider(&request).await, Ok(None)), "a replayed token ends nothing");
+    }
+
+    #[tokio::test]
+    async fn a_front_channel_logout_ends_the_live_sessions_of_the_provider_session() {
+        let memory = MemoryStore::new();
+        let sessions = sessions(&memory);
+        let (Ok(first), Ok(second)) = (sessions.start(login()).await, sessions.start(login()).await) else {
+            panic!("start failed")
+        };
+        // One of them already ended: the other is what is left to end.
+        assert!(matches!(sessions.end(&first.handle, EndReason::SignedOut).await, Ok(Some(_))));
+        assert!(matches!(sessions.end_provider_session("op-session").await, Ok(1)), "the live one only");
+        assert!(matches!(sessions.end(&second.handle, EndReason::SignedOut).await, Ok(None)));
+        assert_eq!(memory.keys(), Vec::<String>::new());
+        assert!(matches!(sessions.end_provider_session("op-session").await, Ok(0)), "nothing left to end");
     }
 
     #[tokio::test]

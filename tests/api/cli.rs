@@ -136,6 +136,7 @@ impl Served {
             redirect_uris: vec![format!("{public_url}/auth/callback")],
             post_logout_redirect_uris: vec![format!("{public_url}/")],
             backchannel_logout_uri: None,
+            frontchannel_logout_uri: None,
         })
         .await;
         let upstream = support::upstream::spawn(Some(Arc::clone(&idp.provider))).await;
@@ -154,6 +155,8 @@ impl Served {
         for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("OTEL_")) {
             cmd.env_remove(name);
         }
+        // The pipe alone decides whether logs are coloured, not the test runner's NO_COLOR.
+        cmd.env_remove("NO_COLOR");
         cmd.envs(env.iter().copied());
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start bff serve");
         let logs = Arc::new(Mutex::new(String::new()));
@@ -305,6 +308,18 @@ async fn refresh_locks_still_held_when_the_grace_period_ends_are_released() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_to_a_pipe_carry_no_colour_codes() {
+    let mut served = Served::start(300, &[], "", None).await;
+    let browser = served.browser.clone();
+    assert_eq!(browser.get("/healthz").await.status(), 200);
+    served.stop_cleanly(Duration::from_secs(10)).await;
+
+    let logs = served.logs();
+    assert!(logs.contains("INFO") && logs.contains("request"), "text logs were written:\n{logs}");
+    assert!(!logs.contains("\x1b["), "an ANSI escape in logs written to a pipe:\n{logs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_the_request_id() {
     let mut served = Served::start(300, &[], "\n[log]\nformat = \"json\"\nlevel = \"info\"\n", None).await;
     let browser = served.browser.clone();
@@ -343,6 +358,7 @@ fn cli_idp_options() -> IdpOptions {
         redirect_uris: vec!["http://localhost:8080/auth/callback".into()],
         post_logout_redirect_uris: vec![],
         backchannel_logout_uri: None,
+        frontchannel_logout_uri: None,
     }
 }
 

@@ -179,6 +179,7 @@ async fn bff_starts_before_its_provider_and_becomes_ready_when_it_appears() {
             redirect_uris: vec![format!("{public_url}/auth/callback")],
             post_logout_redirect_uris: vec![],
             backchannel_logout_uri: None,
+            frontchannel_logout_uri: None,
         }],
         access_token_ttl: std::time::Duration::from_secs(300),
         api_audience: "demo-api".into(),

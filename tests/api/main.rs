@@ -4,6 +4,7 @@
 // A test that cannot set up its fixture should stop right there, loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod answers;
 mod backchannel;
 mod cache;
 mod callback;
@@ -14,6 +15,7 @@ mod cookies;
 mod demo;
 mod dpop;
 mod edges;
+mod frontchannel;
 mod login;
 mod logout;
 mod operations;

@@ -91,6 +91,13 @@ async fn discovery(p: web::Data<Provider>) -> HttpResponse {
         "claims_supported": ["sub", "name", "preferred_username", "email", "email_verified", "sid"],
         "authorization_response_iss_parameter_supported": quirks.iss_in_authorization_response,
     });
+    if quirks.frontchannel_only
+        && let Some(fields) = doc.as_object_mut()
+    {
+        fields.insert("frontchannel_logout_supported".into(), json!(true));
+        fields.insert("frontchannel_logout_session_supported".into(), json!(true));
+        fields.insert("backchannel_logout_supported".into(), json!(false));
+    }
     if quirks.no_dpop_in_metadata
         && let Some(fields) = doc.as_object_mut()
     {
@@ -354,10 +361,36 @@ async fn end_session(
     pages: web::Data<Pages>,
     q: web::Query<HashMap<String, String>>,
 ) -> HttpResponse {
-    match p.end_session(&q).await {
+    let ended = p.end_session(&q).await;
+    if !ended.frontchannel.is_empty() {
+        return frontchannel_page(&ended.frontchannel, ended.target.as_ref());
+    }
+    match ended.target {
         Some(target) => redirect(target.as_str()),
         None => pages.error(StatusCode::OK, "You are signed out of the demo identity provider.", false),
     }
+}
+
+/// The end-session page of a front-channel provider: an iframe per client to sign out of, then
+/// on to where the client asked to go.
+fn frontchannel_page(frames: &[String], target: Option<&url::Url>) -> HttpResponse {
+    let escape = |s: &str| s.replace('&', "&amp;").replace('"', "&quot;").replace('<', "&lt;").replace('>', "&gt;");
+    let iframes: String = frames
+        .iter()
+        .map(|url| format!("<iframe src=\"{}\" width=\"0\" height=\"0\" hidden></iframe>\n", escape(url)))
+        .collect();
+    // On after the frames had a moment to load (real providers wait for their `load` events).
+    let (refresh, link) = match target.map(|t| escape(t.as_str())) {
+        Some(to) => (
+            format!("<meta http-equiv=\"refresh\" content=\"2;url={to}\">"),
+            format!("<p><a href=\"{to}\">Continue</a></p>"),
+        ),
+        None => (String::new(), String::new()),
+    };
+    no_store(HttpResponse::Ok().content_type("text/html; charset=utf-8").body(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Signing out</title>{refresh}</head>\n\
+         <body><p>You are signed out of the demo identity provider.</p>{link}\n{iframes}</body></html>"
+    )))
 }
 
 async fn stylesheet() -> HttpResponse {

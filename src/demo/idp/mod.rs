@@ -35,6 +35,9 @@ pub struct Client {
     pub post_logout_redirect_uris: Vec<String>,
     /// Where logout tokens go when the provider session ends (OIDC Back-Channel Logout).
     pub backchannel_logout_uri: Option<String>,
+    /// What the end-session page loads in an iframe, with `iss` and `sid`, when the provider
+    /// logs out by front channel (OIDC Front-Channel Logout; [`Quirks::frontchannel_only`]).
+    pub frontchannel_logout_uri: Option<String>,
 }
 
 /// What the token endpoint does instead of answering properly (tests).
@@ -107,6 +110,14 @@ pub struct Quirks {
     pub userinfo_signed: bool,
     /// Discovery names no `userinfo_endpoint`.
     pub no_userinfo_endpoint: bool,
+    /// Sign-out reaches clients by front channel only (OIDC Front-Channel Logout 1.0): discovery
+    /// advertises `frontchannel_logout_supported` and `frontchannel_logout_session_supported`,
+    /// no back-channel logout URI is called, and the end-session page loads each client's
+    /// `frontchannel_logout_uri` in an iframe.
+    pub frontchannel_only: bool,
+    /// ID tokens carry no `sid`, and the front-channel `sid` is the user's `sub` (a provider seen
+    /// in the wild).
+    pub sid_is_sub: bool,
 }
 
 impl Quirks {
@@ -127,6 +138,8 @@ impl Quirks {
         userinfo_other_sub: false,
         userinfo_signed: false,
         no_userinfo_endpoint: false,
+        frontchannel_only: false,
+        sid_is_sub: false,
     };
 }
 

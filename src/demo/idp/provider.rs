@@ -120,6 +120,13 @@ pub enum UserinfoAnswer {
     Jwt(String),
 }
 
+/// What an end-session request did: where the browser goes next, and the front-channel logout
+/// URIs the page loads first.
+pub struct EndSession {
+    pub target: Option<Url>,
+    pub frontchannel: Vec<String>,
+}
+
 /// Client credentials as the request presented them.
 #[derive(Default)]
 pub struct Presented {
@@ -639,6 +646,11 @@ impl Provider {
             "sid": sid,
             "at_hash": at_hash,
         });
+        if self.controls.quirks().sid_is_sub
+            && let Some(obj) = id_claims.as_object_mut()
+        {
+            obj.remove("sid");
+        }
         if fault == IdTokenFault::ExtraAudienceWithAzp
             && let Some(obj) = id_claims.as_object_mut()
         {
@@ -772,34 +784,79 @@ impl Provider {
     }
 
     /// RP-initiated logout: ends the provider session (the grants of that `sid`, with
-    /// back-channel logout to their clients) and returns where to send the browser, if the client
-    /// asked for a registered place.
-    pub async fn end_session(&self, q: &HashMap<String, String>) -> Option<Url> {
+    /// back-channel logout to their clients, or the front-channel URIs the page is to load) and
+    /// says where to send the browser, if the client asked for a registered place.
+    pub async fn end_session(&self, q: &HashMap<String, String>) -> EndSession {
         self.counters.end_session.fetch_add(1, Ordering::SeqCst);
         #[derive(Deserialize)]
         struct Hint {
             aud: String,
+            sub: String,
             sid: Option<String>,
         }
         let hint = q.get("id_token_hint").and_then(|t| self.key.verify::<Hint>(t, None, false));
-        if let Some(sid) = hint.as_ref().and_then(|h| h.sid.clone()) {
+        // An ID token without `sid` (`sid_is_sub`): the user's live session with that client,
+        // as a real provider would find it by its own cookie.
+        let sid = hint.as_ref().and_then(|h| {
+            h.sid.clone().or_else(|| {
+                let data = self.data();
+                let username = h.sub.strip_prefix("demo|")?;
+                data.grants
+                    .values()
+                    .find(|g| g.username == username && g.client_id == h.aud && !g.revoked)
+                    .map(|g| g.sid.clone())
+            })
+        });
+        let mut frontchannel = Vec::new();
+        if let Some(sid) = sid {
+            if self.controls.quirks().frontchannel_only {
+                frontchannel = self.frontchannel_logout_urls(&sid);
+            }
             self.end_provider_session(&sid).await;
         }
-        let client_id = hint.map(|h| h.aud).or_else(|| q.get("client_id").cloned())?;
-        let client = self.clients.get(&client_id)?;
-        let target = q.get("post_logout_redirect_uri")?;
-        if !client.post_logout_redirect_uris.iter().any(|u| u == target) {
-            return None;
-        }
-        let mut url = Url::parse(target).ok()?;
-        if let Some(state) = q.get("state") {
-            url.query_pairs_mut().append_pair("state", state);
-        }
-        Some(url)
+        let target = hint.map(|h| h.aud).or_else(|| q.get("client_id").cloned()).and_then(|client_id| {
+            let client = self.clients.get(&client_id)?;
+            let target = q.get("post_logout_redirect_uri")?;
+            if !client.post_logout_redirect_uris.iter().any(|u| u == target) {
+                return None;
+            }
+            let mut url = Url::parse(target).ok()?;
+            if let Some(state) = q.get("state") {
+                url.query_pairs_mut().append_pair("state", state);
+            }
+            Some(url)
+        });
+        EndSession { target, frontchannel }
+    }
+
+    /// The URLs the end-session page loads in iframes when the provider session `sid` ends
+    /// (OIDC Front-Channel Logout 1.0 §2): each client's `frontchannel_logout_uri` with `iss` and
+    /// `sid` — the user's `sub` in place of `sid` with [`super::Quirks::sid_is_sub`]. Tests load
+    /// them as the browser would.
+    pub fn frontchannel_logout_urls(&self, sid: &str) -> Vec<String> {
+        let sid_is_sub = self.controls.quirks().sid_is_sub;
+        let mut sessions: Vec<(String, String)> = self
+            .data()
+            .grants
+            .values()
+            .filter(|g| g.sid == sid)
+            .map(|g| (g.client_id.clone(), if sid_is_sub { user_claims(&g.username).0 } else { sid.to_string() }))
+            .collect();
+        sessions.sort();
+        sessions.dedup();
+        sessions
+            .into_iter()
+            .filter_map(|(client_id, sent_sid)| {
+                let mut url = Url::parse(self.clients.get(&client_id)?.frontchannel_logout_uri.as_ref()?).ok()?;
+                url.query_pairs_mut().append_pair("iss", &self.issuer).append_pair("sid", &sent_sid);
+                Some(url.to_string())
+            })
+            .collect()
     }
 
     /// Ends a provider session: its grants are revoked and every client with a back-channel
-    /// logout URI gets a logout token (`sid` and `sub`). Returns how many were delivered.
+    /// logout URI gets a logout token (`sid` and `sub`), unless the provider logs out by front
+    /// channel only. Returns how many were delivered.
     pub async fn end_provider_session(&self, sid: &str) -> usize {
         let targets: Vec<(String, String)> = {
             let mut data = self.data();
@@ -813,6 +870,9 @@ impl Provider {
                 .collect()
         };
         let mut delivered = 0;
+        if self.controls.quirks().frontchannel_only {
+            return delivered;
+        }
         for (client_id, sub) in targets {
             let Some(uri) = self.clients.get(&client_id).and_then(|c| c.backchannel_logout_uri.clone()) else {
                 continue;

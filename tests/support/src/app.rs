@@ -34,6 +34,7 @@ pub struct IdpOptions {
     pub redirect_uris: Vec<String>,
     pub post_logout_redirect_uris: Vec<String>,
     pub backchannel_logout_uri: Option<String>,
+    pub frontchannel_logout_uri: Option<String>,
 }
 
 pub async fn spawn_idp(options: IdpOptions) -> RunningIdp {
@@ -45,6 +46,7 @@ pub async fn spawn_idp(options: IdpOptions) -> RunningIdp {
             redirect_uris: options.redirect_uris,
             post_logout_redirect_uris: options.post_logout_redirect_uris,
             backchannel_logout_uri: options.backchannel_logout_uri,
+            frontchannel_logout_uri: options.frontchannel_logout_uri,
         }],
         access_token_ttl: options.access_token_ttl,
         api_audience: "demo-api".into(),
@@ -231,6 +233,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         redirect_uris: vec![format!("{public_url}/auth/callback")],
         post_logout_redirect_uris: vec![format!("{public_url}/")],
         backchannel_logout_uri: Some(format!("{public_url}/auth/backchannel-logout")),
+        frontchannel_logout_uri: Some(format!("{public_url}/auth/frontchannel-logout")),
     })
     .await;
     let upstream = upstream::spawn(Some(Arc::clone(&idp.provider))).await;
