@@ -21,6 +21,12 @@ pub enum Limit {
     /// `server.max_upstream_concurrency_per_session` calls of this session in flight: 429
     /// `upstream_busy`.
     SessionConcurrency,
+    /// `server.max_upstream_concurrency_anonymous` calls without a session in flight: 429
+    /// `upstream_busy`.
+    AnonymousConcurrency,
+    /// `server.max_upstream_concurrency_per_address` calls without a session from this client
+    /// address (an IPv6 /64) in flight: 429 `upstream_busy`.
+    AddressConcurrency,
     /// `server.login_starts_per_minute`, per client address or per browser: 429 `too_many_logins`.
     LoginRate,
 }
@@ -32,6 +38,8 @@ impl Limit {
             Limit::BodySize => "body_size",
             Limit::UpstreamConcurrency => "upstream_concurrency",
             Limit::SessionConcurrency => "session_concurrency",
+            Limit::AnonymousConcurrency => "anonymous_concurrency",
+            Limit::AddressConcurrency => "address_concurrency",
             Limit::LoginRate => "login_rate",
         }
     }
@@ -57,6 +65,18 @@ pub fn client_ip(req: &HttpRequest, hops: usize) -> Option<IpAddr> {
         .filter_map(|e| e.trim().parse().ok())
         .collect();
     chain.len().checked_sub(hops).and_then(|i| chain.get(i).copied()).or(peer)
+}
+
+/// What counts as one client address for limits: an IPv4 address, or an IPv6 /64 (one
+/// subscriber's or host's allocation: limiting per /128 would give one client 2^64 shares).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & !((1u128 << 64) - 1))),
+        },
+    }
 }
 
 /// A fixed-window counter per client address, in this instance.

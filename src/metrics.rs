@@ -139,6 +139,9 @@ pub enum RefreshOutcome {
     ClientAuth,
     /// Not asked: the session's last refresh failed and its back-off has not passed.
     BackedOff,
+    /// Not asked: an upstream refused a token that was itself got after a refusal, and it is not
+    /// due yet; its 401 went back as it was.
+    RejectedAgain,
     /// The caller used another caller's refresh (same process or another instance).
     Joined,
 }
@@ -151,6 +154,7 @@ impl RefreshOutcome {
             RefreshOutcome::Transient => "transient",
             RefreshOutcome::ClientAuth => "client_auth_refused",
             RefreshOutcome::BackedOff => "backed_off",
+            RefreshOutcome::RejectedAgain => "rejected_again",
             RefreshOutcome::Joined => "joined",
         }
     }

@@ -312,8 +312,15 @@ fn codes_in_sources(pattern: &str) -> BTreeSet<String> {
 
 /// Every `AppError`, with every value of the enums some variants carry.
 fn app_errors() -> Vec<AppError> {
-    let limits =
-        [Limit::HeaderSize, Limit::BodySize, Limit::UpstreamConcurrency, Limit::SessionConcurrency, Limit::LoginRate];
+    let limits = [
+        Limit::HeaderSize,
+        Limit::BodySize,
+        Limit::UpstreamConcurrency,
+        Limit::SessionConcurrency,
+        Limit::AnonymousConcurrency,
+        Limit::AddressConcurrency,
+        Limit::LoginRate,
+    ];
     let mut errors = vec![
         AppError::LoginRequired,
         AppError::Csrf,
@@ -351,6 +358,8 @@ fn listed(error: &AppError) -> bool {
         | Limit::BodySize
         | Limit::UpstreamConcurrency
         | Limit::SessionConcurrency
+        | Limit::AnonymousConcurrency
+        | Limit::AddressConcurrency
         | Limit::LoginRate => true,
     };
     match error {

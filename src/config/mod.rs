@@ -77,6 +77,11 @@ pub struct ServerConfig {
     pub max_upstream_concurrency: usize,
     /// The same for each session (in this instance).
     pub max_upstream_concurrency_per_session: usize,
+    /// The same for calls without a session (public routes, `user_or_none` signed out), in all
+    /// (at most `max_upstream_concurrency`) …
+    pub max_upstream_concurrency_anonymous: usize,
+    /// … and per client address (an IPv6 /64).
+    pub max_upstream_concurrency_per_address: usize,
     /// `/auth/login` starts allowed per client address per minute, and pending logins per browser.
     pub login_starts_per_minute: u32,
     /// Proxies in front of bff that append to `X-Forwarded-For` (0: the peer is the client).
@@ -249,6 +254,9 @@ pub struct ApiConfig {
     pub methods: Vec<String>,
     /// A request body that sends nothing this long is answered 408.
     pub body_timeout: Duration,
+    /// The average a request body must keep after `body_timeout`'s allowance (bytes per
+    /// second, 0: none): each byte buys `1 / min_body_bytes_per_sec` s more.
+    pub min_body_bytes_per_sec: u64,
     pub token: TokenPolicy,
     /// RFC 8707 resource indicator: this route's tokens are requested for this audience.
     pub resource: Option<String>,

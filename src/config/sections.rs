@@ -115,6 +115,10 @@ impl Walker<'_> {
         let max_upstream_concurrency = self.uint(&mut s, "max_upstream_concurrency", 1024, 1) as usize;
         let max_upstream_concurrency_per_session =
             self.uint(&mut s, "max_upstream_concurrency_per_session", 64, 1) as usize;
+        let max_upstream_concurrency_anonymous =
+            self.uint(&mut s, "max_upstream_concurrency_anonymous", 256, 1) as usize;
+        let max_upstream_concurrency_per_address =
+            self.uint(&mut s, "max_upstream_concurrency_per_address", 16, 1) as usize;
         let login_starts_per_minute =
             u32::try_from(self.uint(&mut s, "login_starts_per_minute", 30, 1)).unwrap_or(u32::MAX);
         let trusted_proxy_hops = self.uint(&mut s, "trusted_proxy_hops", 0, 0) as usize;
@@ -130,6 +134,8 @@ impl Walker<'_> {
             max_header_bytes,
             max_upstream_concurrency,
             max_upstream_concurrency_per_session,
+            max_upstream_concurrency_anonymous,
+            max_upstream_concurrency_per_address,
             login_starts_per_minute,
             trusted_proxy_hops,
         })
@@ -483,6 +489,7 @@ impl Walker<'_> {
             });
             let timeout = self.secs(&mut s, "timeout_secs", 30, 1);
             let body_timeout = self.secs(&mut s, "body_timeout_secs", 30, 1);
+            let min_body_bytes_per_sec = self.uint(&mut s, "min_body_bytes_per_sec", 500, 0);
             let token = match self.string_or(&mut s, "token", "user").as_str() {
                 "user" => TokenPolicy::User,
                 "user_or_none" => TokenPolicy::UserOrNone,
@@ -547,6 +554,7 @@ impl Walker<'_> {
                     scopes,
                     methods,
                     body_timeout,
+                    min_body_bytes_per_sec,
                     prefix,
                     upstream,
                     timeout,

@@ -1,8 +1,17 @@
-//! How many upstream exchanges may be in flight: in all (`server.max_upstream_concurrency`) and
-//! per session (`server.max_upstream_concurrency_per_session`), in this instance. A call past
-//! either is refused at once, so one session can never take the capacity the others need.
+//! How many upstream exchanges may be in flight in this instance: in all
+//! (`server.max_upstream_concurrency`), per live session
+//! (`server.max_upstream_concurrency_per_session`), and for calls without a session
+//! (`server.max_upstream_concurrency_anonymous` in all, `…_per_address` per client address). A
+//! call past any of them is refused at once, so no session, and no anonymous client, can take
+//! the capacity the others need. Anonymous calls never hold more than their own share of the
+//! global permits: signed-in users keep the rest whatever the public routes get.
+//!
+//! Callers are identified before they are admitted: a share is only ever taken for a session
+//! known to be live, or for the client address of a call that uses no session.
 
 use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -10,64 +19,119 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::limits::Limit;
 use crate::session::SessionHandle;
 
+/// Whose share an exchange counts against.
+#[derive(Debug, Clone, Copy)]
+pub enum Share<'a> {
+    /// A live session's.
+    Session(&'a SessionHandle),
+    /// No session: the anonymous share, and this client address's part of it (`None` when the
+    /// address is unknown: the anonymous share alone).
+    Anonymous(Option<IpAddr>),
+}
+
 pub struct Admission {
     all: Arc<Semaphore>,
-    per_session: usize,
-    sessions: Arc<Mutex<HashMap<SessionHandle, usize>>>,
+    anonymous: Arc<Semaphore>,
+    sessions: Counted<SessionHandle>,
+    addresses: Counted<IpAddr>,
 }
 
-/// Held as long as the exchange lasts (its response body included); dropping it frees both shares.
+/// Held as long as the exchange lasts (its response body included); dropping it frees every
+/// share it took.
 pub struct Permit {
     _all: OwnedSemaphorePermit,
-    /// `None` for a call made without a session (a `token = "none"` route).
-    _session: Option<SessionShare>,
+    _anonymous: Option<OwnedSemaphorePermit>,
+    _session: Option<Release<SessionHandle>>,
+    _address: Option<Release<IpAddr>>,
 }
 
-struct SessionShare {
-    sessions: Arc<Mutex<HashMap<SessionHandle, usize>>>,
-    handle: SessionHandle,
+/// In-flight counts per key, each up to `limit`; a key is removed at zero, so the map holds only
+/// keys with exchanges in flight (bounded by the global cap).
+struct Counted<K: Hash + Eq> {
+    limit: usize,
+    counts: Arc<Mutex<HashMap<K, usize>>>,
 }
 
-impl Drop for SessionShare {
+impl<K: Hash + Eq + Clone> Counted<K> {
+    fn new(limit: usize) -> Self {
+        Counted { limit, counts: Arc::default() }
+    }
+
+    fn take(&self, key: &K) -> Option<Release<K>> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(key.clone()).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(Release { counts: Arc::clone(&self.counts), key: key.clone() })
+    }
+
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// One exchange's part of a key's count, given back when dropped.
+struct Release<K: Hash + Eq> {
+    counts: Arc<Mutex<HashMap<K, usize>>>,
+    key: K,
+}
+
+impl<K: Hash + Eq> Drop for Release<K> {
     fn drop(&mut self) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = sessions.get_mut(&self.handle) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.key) {
             *count -= 1;
             if *count == 0 {
-                sessions.remove(&self.handle);
+                counts.remove(&self.key);
             }
         }
     }
 }
 
+/// The limits, from `[server]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Shares {
+    pub all: usize,
+    pub per_session: usize,
+    pub anonymous: usize,
+    pub per_address: usize,
+}
+
 impl Admission {
-    pub fn new(all: usize, per_session: usize) -> Admission {
-        Admission { all: Arc::new(Semaphore::new(all)), per_session, sessions: Arc::default() }
+    pub fn new(shares: Shares) -> Admission {
+        Admission {
+            all: Arc::new(Semaphore::new(shares.all)),
+            anonymous: Arc::new(Semaphore::new(shares.anonymous)),
+            sessions: Counted::new(shares.per_session),
+            addresses: Counted::new(shares.per_address),
+        }
     }
 
-    /// A permit for one more exchange of `handle`, or the limit it would pass. The session's
-    /// share is taken first: a session at its limit does not hold a global permit meanwhile.
-    pub fn admit(&self, handle: Option<&SessionHandle>) -> Result<Permit, Limit> {
-        let Some(handle) = handle else {
-            let all = Arc::clone(&self.all).try_acquire_owned().map_err(|_| Limit::UpstreamConcurrency)?;
-            return Ok(Permit { _all: all, _session: None });
-        };
-        let session = {
-            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-            let count = sessions.entry(handle.clone()).or_insert(0);
-            if *count >= self.per_session {
-                return Err(Limit::SessionConcurrency);
+    /// A permit for one more exchange of `share`, or the limit it would pass. The caller's own
+    /// share is taken first: a caller at its limit holds no global permit meanwhile.
+    pub fn admit(&self, share: Share<'_>) -> Result<Permit, Limit> {
+        match share {
+            Share::Session(handle) => {
+                let session = self.sessions.take(handle).ok_or(Limit::SessionConcurrency)?;
+                let all = Arc::clone(&self.all).try_acquire_owned().map_err(|_| Limit::UpstreamConcurrency)?;
+                Ok(Permit { _all: all, _anonymous: None, _session: Some(session), _address: None })
             }
-            *count += 1;
-            SessionShare { sessions: Arc::clone(&self.sessions), handle: handle.clone() }
-        };
-        let all = Arc::clone(&self.all).try_acquire_owned().map_err(|_| Limit::UpstreamConcurrency)?;
-        Ok(Permit { _all: all, _session: Some(session) })
-    }
-
-    #[cfg(test)]
-    fn sessions_in_flight(&self) -> usize {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).len()
+            Share::Anonymous(address) => {
+                let address = match address {
+                    Some(ip) => {
+                        Some(self.addresses.take(&crate::limits::address_key(ip)).ok_or(Limit::AddressConcurrency)?)
+                    }
+                    None => None,
+                };
+                let anonymous =
+                    Arc::clone(&self.anonymous).try_acquire_owned().map_err(|_| Limit::AnonymousConcurrency)?;
+                let all = Arc::clone(&self.all).try_acquire_owned().map_err(|_| Limit::UpstreamConcurrency)?;
+                Ok(Permit { _all: all, _anonymous: Some(anonymous), _session: None, _address: address })
+            }
+        }
     }
 }
 
@@ -76,28 +140,63 @@ mod tests {
     use super::*;
     use crate::session::SessionId;
 
+    fn shares(all: usize, per_session: usize, anonymous: usize, per_address: usize) -> Admission {
+        Admission::new(Shares { all, per_session, anonymous, per_address })
+    }
+
     #[test]
     fn a_session_at_its_share_is_refused_while_others_are_admitted() {
-        let admission = Admission::new(4, 2);
+        let admission = shares(4, 2, 4, 4);
         let (a, b) = (SessionId::generate().handle(), SessionId::generate().handle());
-        let first = admission.admit(Some(&a)).ok();
-        let second = admission.admit(Some(&a)).ok();
+        let first = admission.admit(Share::Session(&a)).ok();
+        let second = admission.admit(Share::Session(&a)).ok();
         assert!(first.is_some() && second.is_some());
-        assert_eq!(admission.admit(Some(&a)).err(), Some(Limit::SessionConcurrency));
-        let other = admission.admit(Some(&b)).ok();
+        assert_eq!(admission.admit(Share::Session(&a)).err(), Some(Limit::SessionConcurrency));
+        let other = admission.admit(Share::Session(&b)).ok();
         assert!(other.is_some(), "another session is served");
         drop(first);
-        assert!(admission.admit(Some(&a)).is_ok(), "a finished exchange frees its share");
+        assert!(admission.admit(Share::Session(&a)).is_ok(), "a finished exchange frees its share");
     }
 
     #[test]
     fn the_global_cap_still_holds_and_a_refusal_keeps_no_share() {
-        let admission = Admission::new(1, 5);
+        let admission = shares(1, 5, 1, 1);
         let (a, b) = (SessionId::generate().handle(), SessionId::generate().handle());
-        let held = admission.admit(Some(&a)).ok();
+        let held = admission.admit(Share::Session(&a)).ok();
         assert!(held.is_some());
-        assert_eq!(admission.admit(Some(&b)).err(), Some(Limit::UpstreamConcurrency));
+        assert_eq!(admission.admit(Share::Session(&b)).err(), Some(Limit::UpstreamConcurrency));
+        let ip: IpAddr = [203, 0, 113, 7].into();
+        assert_eq!(admission.admit(Share::Anonymous(Some(ip))).err(), Some(Limit::UpstreamConcurrency));
         drop(held);
-        assert_eq!(admission.sessions_in_flight(), 0, "no share is left behind");
+        assert_eq!(admission.sessions.in_flight(), 0, "no share is left behind");
+        assert_eq!(admission.addresses.in_flight(), 0, "no share is left behind");
+    }
+
+    #[test]
+    fn anonymous_calls_never_take_what_sessions_need() {
+        let admission = shares(4, 4, 2, 8);
+        let ip = |n: u8| Some(IpAddr::from([198, 51, 100, n]));
+        let held: Vec<Permit> = (0..2).filter_map(|n| admission.admit(Share::Anonymous(ip(n))).ok()).collect();
+        assert_eq!(held.len(), 2);
+        assert_eq!(admission.admit(Share::Anonymous(ip(9))).err(), Some(Limit::AnonymousConcurrency));
+        let session = SessionId::generate().handle();
+        assert!(admission.admit(Share::Session(&session)).is_ok(), "the rest is the sessions'");
+    }
+
+    #[test]
+    fn one_address_gets_its_part_of_the_anonymous_share() {
+        let admission = shares(16, 4, 8, 2);
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let _a = admission.admit(Share::Anonymous(Some(one)));
+        let _b = admission.admit(Share::Anonymous(Some(same_64)));
+        assert_eq!(
+            admission.admit(Share::Anonymous(Some(one))).err(),
+            Some(Limit::AddressConcurrency),
+            "an IPv6 /64 is one address"
+        );
+        assert!(admission.admit(Share::Anonymous(Some(other))).is_ok());
+        assert!(admission.admit(Share::Anonymous(None)).is_ok(), "an unknown address has the anonymous share only");
     }
 }

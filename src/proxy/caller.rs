@@ -1,66 +1,127 @@
-//! Whose token a proxied call carries, by the route's `token` policy and `resource`.
+//! Who a proxied call is for, decided before it is admitted, and whose token it carries (by the
+//! route's `token` policy and `resource`), with the one policy for a token an upstream refused.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::session::SessionHandle;
-use crate::tokens::{ClientGrant, TokenError, TokenManager, UsableToken};
+use actix_web::HttpRequest;
+
+use super::admission::Share;
+use crate::config::TokenPolicy;
+use crate::error::AppError;
+use crate::session::{CookiePolicy, SessionHandle};
+use crate::tokens::{ClientGrant, HotToken, TokenError, TokenManager, UsableToken};
 
 /// Who a proxied call is made for.
-#[derive(Clone, Copy)]
-pub enum Caller<'h> {
-    /// `user`: this session's token; no live session is 401.
-    Session(&'h SessionHandle),
-    /// `user_or_none`: this session's token while it lives, else no token.
-    SessionIfLive(&'h SessionHandle),
-    /// `client`: bff's own token for the route, for a signed-in session.
-    Client(&'h SessionHandle, &'h ClientGrant),
-    /// `none`, or `user_or_none` without a session cookie: no token.
-    Anonymous,
+pub enum Caller<'r> {
+    /// A live session whose user's token goes upstream (`user`, and `user_or_none` signed in).
+    /// `view`: the session as read when it was identified.
+    Session { handle: SessionHandle, view: HotToken, or_none: bool },
+    /// `client`: bff's own token for the route, for a live session.
+    Client { handle: SessionHandle, grant: &'r ClientGrant },
+    /// `none`, or `user_or_none` without a live session: no token; counted by client address.
+    Anonymous { address: Option<IpAddr> },
 }
 
-impl<'h> Caller<'h> {
-    /// The session the call counts against (concurrency shares).
-    pub fn session(self) -> Option<&'h SessionHandle> {
-        match self {
-            Caller::Session(h) | Caller::SessionIfLive(h) | Caller::Client(h, _) => Some(h),
-            Caller::Anonymous => None,
+impl<'r> Caller<'r> {
+    /// Decides who the call is for, before anything is admitted or read: a cookie whose session
+    /// is over is `LoginRequired` at once (on a `user_or_none` route: anonymous), never a share.
+    /// With the local cache a live session costs no store command.
+    pub async fn identify(
+        req: &HttpRequest,
+        route: &'r super::Route,
+        cookies: &CookiePolicy,
+        tokens: &TokenManager,
+        trusted_hops: usize,
+    ) -> Result<Caller<'r>, AppError> {
+        let anonymous = || Caller::Anonymous { address: crate::limits::client_ip(req, trusted_hops) };
+        match (route.token, &route.client_grant) {
+            (TokenPolicy::None, _) => Ok(anonymous()),
+            (TokenPolicy::User, _) => {
+                let handle = cookies.session_handle(req).ok_or(AppError::LoginRequired)?;
+                let view = tokens.live_session(&handle).await?;
+                Ok(Caller::Session { handle, view, or_none: false })
+            }
+            (TokenPolicy::UserOrNone, _) => {
+                let Some(handle) = cookies.session_handle(req) else { return Ok(anonymous()) };
+                match tokens.live_session(&handle).await {
+                    Ok(view) => Ok(Caller::Session { handle, view, or_none: true }),
+                    Err(TokenError::LoginRequired) => Ok(anonymous()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            (TokenPolicy::Client, Some(grant)) => {
+                let handle = cookies.session_handle(req).ok_or(AppError::LoginRequired)?;
+                tokens.live_session(&handle).await?;
+                Ok(Caller::Client { handle, grant })
+            }
+            (TokenPolicy::Client, None) => Err(AppError::Internal),
         }
     }
 
-    /// The token to attach; `resource` is the route's audience for a user's token.
+    /// The share the call counts against.
+    pub fn share(&self) -> Share<'_> {
+        match self {
+            Caller::Session { handle, .. } | Caller::Client { handle, .. } => Share::Session(handle),
+            Caller::Anonymous { address } => Share::Anonymous(*address),
+        }
+    }
+
+    /// The session a user's token came from, for a WebSocket to watch.
+    pub fn session(&self) -> Option<&SessionHandle> {
+        match self {
+            Caller::Session { handle, .. } => Some(handle),
+            _ => None,
+        }
+    }
+
+    /// The token to attach; `resource` is the route's audience for a user's token. `fresh`:
+    /// the view read at identification is still current (no body was waited for since), so no
+    /// second read is needed.
     pub async fn token(
-        self,
+        &self,
         tokens: &Arc<TokenManager>,
         resource: Option<&str>,
+        fresh: bool,
     ) -> Result<Option<UsableToken>, TokenError> {
         match self {
-            Caller::Session(h) => tokens.access_token(h, resource).await.map(Some),
-            Caller::SessionIfLive(h) => match tokens.access_token(h, resource).await {
-                Ok(token) => Ok(Some(token)),
-                Err(TokenError::LoginRequired) => Ok(None),
-                Err(e) => Err(e),
-            },
-            Caller::Client(h, grant) => {
-                tokens.require_live_session(h).await?;
-                tokens.client_tokens().token(grant).await.map(Some)
+            Caller::Session { handle, view, or_none } => {
+                let token = if fresh {
+                    tokens.token_in(handle, resource, view.clone()).await
+                } else {
+                    tokens.access_token(handle, resource).await
+                };
+                match token {
+                    Ok(token) => Ok(Some(token)),
+                    // It ended meanwhile (expired with nothing to refresh it, or signed out).
+                    Err(TokenError::LoginRequired) if *or_none => Ok(None),
+                    Err(e) => Err(e),
+                }
             }
-            Caller::Anonymous => Ok(None),
+            Caller::Client { grant, .. } => tokens.client_tokens().token(grant).await.map(Some),
+            Caller::Anonymous { .. } => Ok(None),
         }
     }
 
-    /// A newer token than `used`, which the upstream answered 401.
-    pub async fn renewed(
-        self,
+    /// The one policy for an upstream's 401 to `used` (HTTP and WebSocket alike): a newer token
+    /// to retry with, or `None` to pass the 401 back as it is (nothing to refresh with, or a
+    /// token that was itself got after a 401 and is not due: renewing again would let any
+    /// caller drive the provider's token endpoint).
+    pub async fn after_401(
+        &self,
         tokens: &Arc<TokenManager>,
         resource: Option<&str>,
         used: &UsableToken,
-    ) -> Result<UsableToken, TokenError> {
-        match self {
-            Caller::Session(h) | Caller::SessionIfLive(h) => {
-                tokens.refresh_after_rejection(h, resource, used.version).await
-            }
-            Caller::Client(_, grant) => tokens.client_tokens().after_rejection(grant, used.version).await,
-            Caller::Anonymous => Err(TokenError::CannotRefresh),
+    ) -> Result<Option<UsableToken>, TokenError> {
+        let renewed = match self {
+            Caller::Session { handle, .. } => tokens.refresh_after_rejection(handle, resource, used).await,
+            Caller::Client { grant, .. } => tokens.client_tokens().after_rejection(grant, used.version).await,
+            Caller::Anonymous { .. } => Err(TokenError::CannotRefresh),
+        };
+        match renewed {
+            Ok(fresh) => Ok(Some(fresh)),
+            Err(TokenError::CannotRefresh) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 }

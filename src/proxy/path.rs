@@ -33,7 +33,8 @@ const SEGMENT: &AsciiSet = &CONTROLS
 pub enum PathError {
     /// `..` would climb above the prefix.
     Escapes,
-    /// `%2F`, `%5C`, a raw backslash or a NUL: ambiguous to the upstream, never needed.
+    /// `%2F`, `%5C`, a raw backslash, a NUL or an empty segment (`//`): ambiguous to the
+    /// upstream, never needed.
     Ambiguous,
     /// Not valid UTF-8 after decoding, or not under the prefix.
     Malformed,
@@ -52,6 +53,12 @@ pub fn upstream_url(base: &Url, rest: &str, query: Option<&str>) -> Result<Url, 
     let last = raw_segments.len().saturating_sub(1);
     let mut trailing_slash = false;
     for (i, raw) in raw_segments.iter().enumerate() {
+        // An empty segment (`//`) anywhere but at the end: `/api//evil.example/x` would go out
+        // as `//evil.example/x`, which an upstream resolving its request target as a URL reads
+        // as a host.
+        if raw.is_empty() && i != last {
+            return Err(PathError::Ambiguous);
+        }
         if raw.contains('\\') {
             return Err(PathError::Ambiguous);
         }
@@ -114,6 +121,15 @@ mod tests {
         assert_eq!(map("http://h", "", None), Ok("http://h/".into()));
         assert_eq!(map("http://h", "/a%20b/%C3%A9", None), Ok("http://h/a%20b/%C3%A9".into()));
         assert_eq!(map("http://h", "/a:b@c", None), Ok("http://h/a:b@c".into()));
+    }
+
+    #[test]
+    fn empty_segments_are_refused_so_no_upstream_reads_a_host() {
+        for rest in ["//evil.example/x", "/a/..//evil.example/x", "/a//b", "//", "/a/.//b"] {
+            assert_eq!(map("http://h/", rest, None), Err(PathError::Ambiguous), "{rest}");
+            assert_eq!(map("http://h/v1", rest, None), Err(PathError::Ambiguous), "{rest}");
+        }
+        assert_eq!(map("http://h/v1", "/a/", None), Ok("http://h/v1/a/".into()), "a trailing slash stays");
     }
 
     #[test]

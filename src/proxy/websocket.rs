@@ -34,7 +34,8 @@ use tracing::Instrument;
 
 use super::admission::Permit;
 use super::frames::{FrameTracker, close_frame};
-use super::{Call, Destination, Proxy, copy_response_headers, respond};
+use super::respond::{copy_response_headers, respond};
+use super::{Caller, Destination, Proxy};
 use crate::error::AppError;
 use crate::metrics::{Metrics, OpenSocket, SocketEnd};
 use crate::session::SessionHandle;
@@ -78,28 +79,29 @@ enum HandshakeError {
 impl Proxy {
     /// The handshake upstream, then the tunnel. The socket holds a concurrency permit as long
     /// as it is open.
-    pub async fn websocket(&self, call: Call<'_>, payload: web::Payload) -> Result<HttpResponse, AppError> {
-        let Call { req, destination, tokens, caller } = call;
+    pub(super) async fn websocket(
+        &self,
+        req: &HttpRequest,
+        destination: Destination<'_>,
+        tokens: &Arc<TokenManager>,
+        caller: &Caller<'_>,
+        (payload, permit): (web::Payload, Permit),
+    ) -> Result<HttpResponse, AppError> {
         let route = destination.route;
         let handle = caller.session();
-        let permit = self.admission.admit(handle).map_err(AppError::Limited)?;
         let resource = route.resource.as_deref();
-        let mut token = caller.token(tokens, resource).await?;
+        // A handshake has no body: the view read when the caller was identified is current.
+        let mut token = caller.token(tokens, resource, true).await?;
         let mut answer = self.handshake(req, &destination, token.as_ref()).await?;
-        // As for HTTP: only a call that carried a token is retried after a 401 (a
-        // handshake has no body, so it always can be).
+        // As for HTTP, under the same policy: only a call that carried a token is retried
+        // after a 401 (a handshake has no body, so it always can be).
         if answer.status() == hyper::StatusCode::UNAUTHORIZED
             && let Some(used) = &token
+            && let Some(fresh) = caller.after_401(tokens, resource, used).await?
         {
-            match caller.renewed(tokens, resource, used).await {
-                Ok(fresh) => {
-                    drop(answer);
-                    answer = self.handshake(req, &destination, Some(&fresh)).await?;
-                    token = Some(fresh);
-                }
-                Err(TokenError::CannotRefresh) => {}
-                Err(e) => return Err(e.into()),
-            }
+            drop(answer);
+            answer = self.handshake(req, &destination, Some(&fresh)).await?;
+            token = Some(fresh);
         }
         if answer.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
             return Ok(respond(answer, false, token.as_ref(), permit).await);
@@ -297,8 +299,8 @@ impl Tunnel {
 /// A store that does not answer is no proof the session ended: the socket stays (the next
 /// look may answer), as an HTTP call would be answered 503 and the session kept.
 async fn session_lives(tokens: &TokenManager, handle: &SessionHandle) -> bool {
-    match tokens.require_live_session(handle).await {
-        Ok(()) => true,
+    match tokens.live_session(handle).await {
+        Ok(_) => true,
         Err(TokenError::Store(e)) => {
             tracing::debug!(session = handle.short(), "WebSocket session check failed: {e}");
             true

@@ -1,14 +1,12 @@
-//! `{api.prefix}/…`: the proxy. Checks anti-forgery, the path and the session, then forwards
-//! (or, for a WebSocket handshake, opens the tunnel).
+//! `{api.prefix}/…`: the proxy (its steps are `Proxy::handle`); here only what the answer
+//! means for the browser's cookie and the metrics.
 
 use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 
-use crate::config::TokenPolicy;
-use crate::error::{AppError, BadRequest};
-use crate::http::{require_csrf_header, require_same_origin};
-use crate::proxy::{Call, Caller, Route, UpstreamClient, is_upgrade};
+use crate::error::AppError;
+use crate::proxy::{Route, UpstreamClient, is_upgrade};
 use crate::state::AppState;
 
 pub async fn proxy(
@@ -19,7 +17,7 @@ pub async fn proxy(
     client: web::Data<UpstreamClient>,
 ) -> Result<HttpResponse, AppError> {
     let upgrade = is_upgrade(&req);
-    let answer = call(&req, payload, &state, &route, &client, upgrade).await;
+    let answer = call(&req, payload, &state, &route, &client).await;
     if upgrade {
         state.metrics.websocket_upgrade(match &answer {
             Ok(res) => res.status().as_u16(),
@@ -35,38 +33,8 @@ async fn call(
     state: &AppState,
     route: &Route,
     client: &UpstreamClient,
-    upgrade: bool,
 ) -> Result<HttpResponse, AppError> {
-    if !route.takes(req.method().as_str()) {
-        return Err(AppError::MethodNotAllowed(route.allowed().into()));
-    }
-    if upgrade && !route.websocket {
-        return Err(AppError::BadRequest(BadRequest::WebSocketDisabled));
-    }
-    // A route that never carries a user's token needs no proof the call came from the SPA. A
-    // WebSocket cannot carry a header of the page's choosing: its `Origin` is the proof.
-    if route.token != TokenPolicy::None {
-        if upgrade { require_same_origin(req, &state.public_origin)? } else { require_csrf_header(req)? }
-    }
-    let destination = state.proxy.destination(req, route)?;
-    let handle = match route.token {
-        TokenPolicy::None => None,
-        TokenPolicy::User | TokenPolicy::Client => {
-            Some(state.cookies.session_handle(req).ok_or(AppError::LoginRequired)?)
-        }
-        TokenPolicy::UserOrNone => state.cookies.session_handle(req),
-    };
-    let caller = match (route.token, &handle, &route.client_grant) {
-        (TokenPolicy::User, Some(h), _) => Caller::Session(h),
-        (TokenPolicy::UserOrNone, Some(h), _) => Caller::SessionIfLive(h),
-        (TokenPolicy::Client, Some(h), Some(grant)) => Caller::Client(h, grant),
-        _ => Caller::Anonymous,
-    };
-    let forwarded = if upgrade {
-        state.proxy.websocket(Call { req, destination, tokens: &state.tokens, caller }, payload).await
-    } else {
-        state.proxy.forward(client, Call { req, destination, tokens: &state.tokens, caller }, payload).await
-    };
+    let forwarded = state.proxy.handle(req, payload, route, client, &state.tokens, &state.cookies).await;
     if let Err(AppError::Limited(limit)) = &forwarded {
         state.metrics.limited(*limit);
     }

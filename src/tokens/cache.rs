@@ -231,7 +231,13 @@ mod tests {
     fn view(version: u64) -> HotToken {
         let authorization = super::super::bearer_header(&AccessToken::new(format!("at{version}")));
         HotToken {
-            access: crate::tokens::UsableToken { authorization, dpop: None, version, expires_at: u64::MAX },
+            access: crate::tokens::UsableToken {
+                authorization,
+                dpop: None,
+                version,
+                expires_at: u64::MAX,
+                after_rejection: false,
+            },
             expiry: crate::tokens::Expiry { expires_at: u64::MAX, lifetime_secs: 300, session_expires_at: u64::MAX },
             has_refresh_token: true,
             audiences: std::sync::Arc::default(),

@@ -18,7 +18,7 @@ use futures_util::future::Shared;
 use super::backoff::Backoff;
 use super::manager::{FlightResult, RefreshUnavailable, TokenError, UsableToken, Want, answers};
 use super::{Expiry, bearer_header};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RefreshOutcome};
 use crate::oidc::Oidc;
 use crate::session::now_unix;
 use crate::telemetry::error_chain;
@@ -99,6 +99,17 @@ impl ClientTokens {
             {
                 return Ok(token.clone());
             }
+            // A token got because the one before it was refused, refused in turn: the upstream
+            // refuses bff's tokens, and asking the provider for more until this one is due would
+            // only let any caller drive the token endpoint.
+            if let (Want::NewerThan(used), Some((token, expiry))) = (want, &slot.current)
+                && token.version == used
+                && token.after_rejection
+                && !expiry.needs_refresh(now_unix(), self.skew)
+            {
+                self.metrics.refresh(RefreshOutcome::RejectedAgain);
+                return Err(TokenError::CannotRefresh);
+            }
             // Whatever a running request was started for, it brings a token newer than any
             // this caller has seen.
             if let Some(flight) = &slot.flight {
@@ -106,13 +117,14 @@ impl ClientTokens {
             } else if let Some(left) = self.backoff.remaining(grant) {
                 return Err(RefreshUnavailable::BackingOff(left).into());
             } else {
-                slot.flight.insert(self.request(grant.clone())).clone()
+                slot.flight.insert(self.request(grant.clone(), matches!(want, Want::NewerThan(_)))).clone()
             }
         };
         flight.await
     }
 
-    fn request(self: &Arc<Self>, grant: ClientGrant) -> Flight {
+    /// Asks the provider; `after_rejection`: because an upstream refused the current token.
+    fn request(self: &Arc<Self>, grant: ClientGrant, after_rejection: bool) -> Flight {
         let this = Arc::clone(self);
         let fut: Pin<Box<dyn Future<Output = FlightResult> + Send>> = Box::pin(async move {
             let answer = this.oidc.client_credentials(&grant.scopes, grant.resource.as_deref()).await;
@@ -144,6 +156,7 @@ impl ClientTokens {
                 dpop: None,
                 version: slot.issued,
                 expires_at: expiry.expires_at,
+                after_rejection,
             };
             slot.current = Some((token.clone(), expiry));
             Ok(token)

@@ -115,7 +115,7 @@ mod tests {
     fn view(version: u64) -> HotToken {
         let authorization = bearer_header(&openidconnect::AccessToken::new("at".into()));
         HotToken {
-            access: UsableToken { authorization, dpop: None, version, expires_at: 10 },
+            access: UsableToken { authorization, dpop: None, version, expires_at: 10, after_rejection: false },
             expiry: crate::tokens::Expiry { expires_at: 10, lifetime_secs: 10, session_expires_at: 100 },
             has_refresh_token: true,
             audiences: Arc::default(),

@@ -22,7 +22,9 @@ use hyper::header::HeaderValue;
 use tracing::Instrument;
 
 use super::backoff::Backoff;
-use super::{ClientTokens, DpopBinding, EndReason, Expiry, Sessions, TokenOf, TokenSet, TokenStore, presented};
+use super::{
+    ClientTokens, DpopBinding, EndReason, Expiry, HotToken, Sessions, TokenOf, TokenSet, TokenStore, presented,
+};
 use crate::crypto::random_token;
 use crate::metrics::{Metrics, RefreshOutcome};
 use crate::oidc::{Oidc, OidcError, RefreshError};
@@ -42,6 +44,8 @@ pub struct UsableToken {
     pub dpop: Option<DpopBinding>,
     pub version: u64,
     pub expires_at: u64,
+    /// Got after an upstream refused the one before it (`TokenSet::access_after_rejection`).
+    pub after_rejection: bool,
 }
 
 impl std::fmt::Debug for UsableToken {
@@ -53,7 +57,13 @@ impl std::fmt::Debug for UsableToken {
 impl From<TokenOf<'_>> for UsableToken {
     fn from(token: TokenOf<'_>) -> Self {
         let (authorization, dpop) = presented(token.access_token, token.dpop_key);
-        UsableToken { authorization, dpop, version: token.version, expires_at: token.expiry.expires_at }
+        UsableToken {
+            authorization,
+            dpop,
+            version: token.version,
+            expires_at: token.expiry.expires_at,
+            after_rejection: token.after_rejection,
+        }
     }
 }
 
@@ -200,21 +210,40 @@ impl TokenManager {
         &self.client
     }
 
-    /// `LoginRequired` unless the session lives (a `client` route serves signed-in users only).
-    pub async fn require_live_session(&self, handle: &SessionHandle) -> Result<(), TokenError> {
-        match self.tokens.load_hot(handle).await? {
-            Some(hot) if !hot.expiry.session_over(now_unix()) => Ok(()),
-            _ => Err(TokenError::LoginRequired),
+    /// The session's decoded view when it lives, else `LoginRequired` (a session past its
+    /// absolute end is ended on the way). Who a call is for is decided with this before the call
+    /// is admitted: with the local cache it costs no store command.
+    pub async fn live_session(&self, handle: &SessionHandle) -> Result<HotToken, TokenError> {
+        let hot = self.read_hot(handle).await?.ok_or(TokenError::LoginRequired)?;
+        if hot.expiry.session_over(now_unix()) {
+            // Reads the whole set to end the session (it names its back-channel index entries).
+            self.load_live(handle).await?;
+            return Err(TokenError::LoginRequired);
         }
+        Ok(hot)
+    }
+
+    async fn read_hot(&self, handle: &SessionHandle) -> Result<Option<HotToken>, TokenError> {
+        let read = telemetry::part_span(|| {
+            tracing::debug_span!("session read", otel.name = "session read", "bff.cache" = tracing::field::Empty)
+        });
+        Ok(self.tokens.load_hot(handle).instrument(read).await?)
     }
 
     /// The steady-state path: no store command with the local cache, else one read; no write.
     /// With `resource`, the session's token for that audience (RFC 8707), got on first use.
     pub async fn access_token(self: &Arc<Self>, handle: &SessionHandle, resource: Option<&str>) -> FlightResult {
-        let read = telemetry::part_span(|| {
-            tracing::debug_span!("session read", otel.name = "session read", "bff.cache" = tracing::field::Empty)
-        });
-        let hot = self.tokens.load_hot(handle).instrument(read).await?.ok_or(TokenError::LoginRequired)?;
+        let hot = self.read_hot(handle).await?.ok_or(TokenError::LoginRequired)?;
+        self.token_in(handle, resource, hot).await
+    }
+
+    /// [`Self::access_token`] from a view read just before (by [`Self::live_session`]).
+    pub async fn token_in(
+        self: &Arc<Self>,
+        handle: &SessionHandle,
+        resource: Option<&str>,
+        hot: HotToken,
+    ) -> FlightResult {
         let now = now_unix();
         let Some((usable, expiry)) = hot.usable(resource) else {
             // No token for this audience yet: one is asked for with the refresh token.
@@ -246,14 +275,28 @@ impl TokenManager {
         }
     }
 
-    /// After the upstream answered 401 to the token of `used_version` (for `resource`).
+    /// After the upstream answered 401 to `used` (for `resource`): a newer token. A token that
+    /// was itself got after a refusal is not renewed again until it is due (`CannotRefresh`:
+    /// the upstream's 401 goes back), so no caller can drive the provider with 401s.
     pub async fn refresh_after_rejection(
         self: &Arc<Self>,
         handle: &SessionHandle,
         resource: Option<&str>,
-        used_version: u64,
+        used: &UsableToken,
     ) -> FlightResult {
-        self.join_flight(handle, resource, Want::NewerThan(used_version)).await
+        if used.after_rejection {
+            let hot = self.read_hot(handle).await?.ok_or(TokenError::LoginRequired)?;
+            if let Some((current, expiry)) = hot.usable(resource) {
+                if current.version > used.version {
+                    return Ok(current);
+                }
+                if current.version == used.version && !expiry.needs_refresh(now_unix(), self.skew) {
+                    self.metrics.refresh(RefreshOutcome::RejectedAgain);
+                    return Err(TokenError::CannotRefresh);
+                }
+            }
+        }
+        self.join_flight(handle, resource, Want::NewerThan(used.version)).await
     }
 
     async fn load_live(&self, handle: &SessionHandle) -> Result<TokenSet, TokenError> {
@@ -436,7 +479,10 @@ impl TokenManager {
         match refreshed {
             Ok(r) => {
                 self.backoff.succeeded(handle);
-                let next = set.refreshed(r, resource, now_unix(), self.default_expires_in);
+                let mut next = set.refreshed(r, resource, now_unix(), self.default_expires_in);
+                if matches!(want, Want::NewerThan(_)) {
+                    next.mark_after_rejection(resource);
+                }
                 match self.tokens.replace(handle, set.version, &next).await? {
                     CasOutcome::Written => {
                         self.metrics.refresh(RefreshOutcome::Ok);
@@ -621,7 +667,8 @@ mod tests {
 
     #[test]
     fn a_joined_result_must_satisfy_the_caller() {
-        let token = |version| UsableToken { authorization: None, dpop: None, version, expires_at: 0 };
+        let token =
+            |version| UsableToken { authorization: None, dpop: None, version, expires_at: 0, after_rejection: false };
         assert!(satisfies(&token(1), Want::Fresh));
         assert!(!satisfies(&token(3), Want::NewerThan(3)));
         assert!(satisfies(&token(4), Want::NewerThan(3)));

@@ -62,6 +62,15 @@ pub struct TokenSet {
     /// RFC 9449: the key every token of the set is bound to (`oidc.dpop`), made at sign-in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     dpop_key: Option<DpopKey>,
+    /// `access_token` was got because an upstream refused the one before it: a 401 on it is
+    /// passed through, not renewed again, until it is due (in the set, so every instance
+    /// agrees: one renewal per token version, whichever instance the 401s reach).
+    #[serde(default, skip_serializing_if = "is_false")]
+    access_after_rejection: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
 }
 
 /// A session's token for one resource.
@@ -72,6 +81,9 @@ struct AudienceToken {
     lifetime_secs: u64,
     /// The version of the set that issued it.
     version: u64,
+    /// See `TokenSet::access_after_rejection`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    after_rejection: bool,
 }
 
 /// One access token of a set and what decides its use.
@@ -81,6 +93,8 @@ pub struct TokenOf<'s> {
     pub expiry: Expiry,
     /// The set version that issued this token: a 401 on it asks for a later one.
     pub version: u64,
+    /// It was got after an upstream refused the one before it.
+    pub after_rejection: bool,
 }
 
 /// When a session's access token and the session itself end, and the decisions made on them;
@@ -191,6 +205,7 @@ impl TokenSet {
             // Each audience's token lives on until it is due (the refresh token is shared).
             audiences: previous.map(|p| p.audiences.clone()).unwrap_or_default(),
             dpop_key: issued.dpop_key.or_else(|| previous.and_then(|p| p.dpop_key.clone())),
+            access_after_rejection: false,
         }
     }
 
@@ -218,10 +233,29 @@ impl TokenSet {
         // The default audience's token is the one it was.
         next.expiry = self.expiry;
         next.access_version = Some(self.access_version());
-        let token =
-            AudienceToken { access_token, expires_at: now + lifetime, lifetime_secs: lifetime, version: next.version };
+        next.access_after_rejection = self.access_after_rejection;
+        let token = AudienceToken {
+            access_token,
+            expires_at: now + lifetime,
+            lifetime_secs: lifetime,
+            version: next.version,
+            after_rejection: false,
+        };
         next.audiences.insert(resource.to_string(), token);
         next
+    }
+
+    /// Marks `resource`'s token (the default audience's when `None`) as got after an upstream
+    /// refused the one before it.
+    fn mark_after_rejection(&mut self, resource: Option<&str>) {
+        match resource {
+            None => self.access_after_rejection = true,
+            Some(r) => {
+                if let Some(token) = self.audiences.get_mut(r) {
+                    token.after_rejection = true;
+                }
+            }
+        }
     }
 
     fn access_version(&self) -> u64 {
@@ -240,6 +274,7 @@ impl TokenSet {
             dpop_key: self.dpop_key.as_ref(),
             expiry: self.expiry,
             version: self.access_version(),
+            after_rejection: self.access_after_rejection,
         }
     }
 
@@ -252,6 +287,7 @@ impl TokenSet {
                 dpop_key: self.dpop_key.as_ref(),
                 expiry: Expiry { expires_at: t.expires_at, lifetime_secs: t.lifetime_secs, ..self.expiry },
                 version: t.version,
+                after_rejection: t.after_rejection,
             }),
         }
     }

@@ -1,0 +1,137 @@
+//! One `[[api]]` route: where it goes, what it takes, how its tokens are sent.
+
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::{AUTHORIZATION, HeaderValue};
+use url::Url;
+
+use crate::config::{ApiConfig, TokenPolicy};
+use crate::session::now_unix;
+use crate::telemetry;
+use crate::tokens::{ClientGrant, UsableToken};
+
+/// One `[[api]]` entry.
+#[derive(Debug)]
+pub struct Route {
+    pub prefix: String,
+    pub(super) base: Url,
+    pub(super) timeout: Duration,
+    pub(super) max_retry_body_bytes: u64,
+    pub(super) max_body_bytes: u64,
+    /// Request headers this upstream must not get, lower-case (`request_headers_drop`).
+    pub(super) request_headers_drop: Vec<String>,
+    /// `methods`; empty: any (TRACE and CONNECT are refused before routing).
+    methods: Vec<String>,
+    /// How long a request body may send nothing (`body_timeout_secs`).
+    pub(super) body_timeout: Duration,
+    /// The average a request body must keep (`min_body_bytes_per_sec`, 0: none).
+    pub(super) min_body_bytes_per_sec: u64,
+    /// Whose token the upstream gets (`token`).
+    pub token: TokenPolicy,
+    /// The audience of the route's tokens (`resource`, RFC 8707).
+    pub(super) resource: Option<String>,
+    /// What bff's own token is asked for with (`token = "client"`).
+    pub client_grant: Option<ClientGrant>,
+    /// The upstream's last `DPoP-Nonce` (RFC 9449 §9), put in the next proofs.
+    dpop_nonce: std::sync::Mutex<Option<String>>,
+    /// WebSocket upgrades pass through (`websocket`).
+    pub websocket: bool,
+    /// How spans name the route: `/api/*` (the paths under it are unbounded).
+    span_route: String,
+}
+
+/// What a route with no `methods` takes, as `Allow` says it: the methods of RFC 9110 and PATCH,
+/// TRACE and CONNECT aside.
+const EVERY_METHOD: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
+
+impl Route {
+    /// The span of one exchange with this route's upstream (see `telemetry::client_span`).
+    pub(super) fn client_span(&self, method: &hyper::Method, uri: &hyper::Uri) -> tracing::Span {
+        telemetry::client_span("upstream", method.as_str(), &self.span_route, uri)
+    }
+
+    /// Whether the route takes `method` (GET implies HEAD; no route takes TRACE or CONNECT: the
+    /// configuration refuses them in `methods`, and an empty list means every other method).
+    pub fn takes(&self, method: &str) -> bool {
+        if self.methods.is_empty() {
+            return !matches!(method, "TRACE" | "CONNECT");
+        }
+        self.methods.iter().any(|m| m == method || (method == "HEAD" && m == "GET"))
+    }
+
+    /// Puts `token` on a request to `uri`: `Authorization`, and for a DPoP-bound token a fresh
+    /// proof (RFC 9449 §7: `htm`, `htu`, `ath`, the upstream's nonce when it gave one).
+    pub(super) fn authorize(
+        &self,
+        headers: &mut hyper::HeaderMap,
+        method: &hyper::Method,
+        uri: &hyper::Uri,
+        token: &UsableToken,
+    ) {
+        if let Some(value) = &token.authorization {
+            headers.insert(AUTHORIZATION, value.clone());
+        }
+        let Some(binding) = &token.dpop else { return };
+        let nonce = self.dpop_nonce.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let proof =
+            binding.key.proof(method.as_str(), &uri.to_string(), Some(&binding.ath), nonce.as_deref(), now_unix());
+        match proof.map(HeaderValue::try_from) {
+            Ok(Ok(value)) => {
+                headers.insert(crate::dpop::DPOP_HEADER, value);
+            }
+            _ => tracing::warn!(api = self.prefix, "a DPoP proof could not be made; the call goes without one"),
+        }
+    }
+
+    /// Keeps the nonce an upstream answer offers; `true` when it is a 401 asking for it
+    /// (`use_dpop_nonce`) to a DPoP call, which is then sent once more.
+    pub(super) fn took_dpop_nonce(&self, answer: &hyper::Response<Incoming>, token: &UsableToken) -> bool {
+        let Some(nonce) = answer.headers().get(crate::dpop::DPOP_NONCE_HEADER).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let previous = self.dpop_nonce.lock().unwrap_or_else(|p| p.into_inner()).replace(nonce.to_string());
+        let asked = answer.status() == hyper::StatusCode::UNAUTHORIZED
+            && answer
+                .headers()
+                .get_all(hyper::header::WWW_AUTHENTICATE)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|v| v.contains("use_dpop_nonce")));
+        asked && token.dpop.is_some() && previous.as_deref() != Some(nonce)
+    }
+
+    /// The `Allow` header of a 405 on this route.
+    pub fn allowed(&self) -> String {
+        if self.methods.is_empty() {
+            return EVERY_METHOD.to_string();
+        }
+        let mut methods = self.methods.clone();
+        if methods.iter().any(|m| m == "GET") && !methods.iter().any(|m| m == "HEAD") {
+            methods.push("HEAD".into());
+        }
+        methods.join(", ")
+    }
+}
+
+impl From<&ApiConfig> for Route {
+    fn from(api: &ApiConfig) -> Self {
+        Route {
+            prefix: api.prefix.clone(),
+            span_route: format!("{}/*", api.prefix.trim_end_matches('/')),
+            base: api.upstream.clone(),
+            timeout: api.timeout,
+            max_retry_body_bytes: api.max_retry_body_bytes,
+            request_headers_drop: api.request_headers_drop.clone(),
+            methods: api.methods.clone(),
+            body_timeout: api.body_timeout,
+            min_body_bytes_per_sec: api.min_body_bytes_per_sec,
+            token: api.token,
+            resource: api.resource.clone(),
+            dpop_nonce: std::sync::Mutex::new(None),
+            client_grant: (api.token == TokenPolicy::Client)
+                .then(|| ClientGrant { scopes: api.scopes.clone(), resource: api.resource.clone() }),
+            websocket: api.websocket,
+            max_body_bytes: api.max_body_bytes,
+        }
+    }
+}
