@@ -42,6 +42,14 @@ pub(super) fn redacted_toml(config: &Config) -> String {
         "max_upstream_concurrency_per_session".into(),
         int(config.server.max_upstream_concurrency_per_session as u64),
     );
+    server.insert(
+        "max_upstream_concurrency_anonymous".into(),
+        int(config.server.max_upstream_concurrency_anonymous as u64),
+    );
+    server.insert(
+        "max_upstream_concurrency_per_address".into(),
+        int(config.server.max_upstream_concurrency_per_address as u64),
+    );
     server.insert("login_starts_per_minute".into(), int(u64::from(config.server.login_starts_per_minute)));
     server.insert("trusted_proxy_hops".into(), int(config.server.trusted_proxy_hops as u64));
 
@@ -115,6 +123,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
             t.insert("max_retry_body_bytes".into(), int(api.max_retry_body_bytes));
             t.insert("max_body_bytes".into(), int(api.max_body_bytes));
             t.insert("body_timeout_secs".into(), secs(api.body_timeout));
+            t.insert("min_body_bytes_per_sec".into(), int(api.min_body_bytes_per_sec));
             t.insert("token".into(), string(api.token.as_str()));
             if let Some(resource) = &api.resource {
                 t.insert("resource".into(), string(resource));

@@ -115,10 +115,15 @@ impl Walker<'_> {
         let max_upstream_concurrency = self.uint(&mut s, "max_upstream_concurrency", 1024, 1) as usize;
         let max_upstream_concurrency_per_session =
             self.uint(&mut s, "max_upstream_concurrency_per_session", 64, 1) as usize;
-        let max_upstream_concurrency_anonymous =
-            self.uint(&mut s, "max_upstream_concurrency_anonymous", 256, 1) as usize;
-        let max_upstream_concurrency_per_address =
-            self.uint(&mut s, "max_upstream_concurrency_per_address", 16, 1) as usize;
+        // Unset: a quarter of the whole, so signed-in sessions keep three quarters whatever the
+        // public routes get, at any size of deployment; one address at most 16 of that.
+        let max_upstream_concurrency_anonymous = self
+            .optional_uint(&mut s, "max_upstream_concurrency_anonymous", 1)
+            .map_or((max_upstream_concurrency / 4).max(1), |n| n as usize)
+            .min(max_upstream_concurrency);
+        let max_upstream_concurrency_per_address = self
+            .optional_uint(&mut s, "max_upstream_concurrency_per_address", 1)
+            .map_or(max_upstream_concurrency_anonymous.min(16), |n| n as usize);
         let login_starts_per_minute =
             u32::try_from(self.uint(&mut s, "login_starts_per_minute", 30, 1)).unwrap_or(u32::MAX);
         let trusted_proxy_hops = self.uint(&mut s, "trusted_proxy_hops", 0, 0) as usize;

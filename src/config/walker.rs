@@ -107,6 +107,12 @@ impl Walker<'_> {
         }
     }
 
+    /// [`Self::uint`] for a key whose default depends on others: `None` when it is absent.
+    pub(super) fn optional_uint(&mut self, sec: &mut Section<'_>, name: &'static str, min: u64) -> Option<u64> {
+        self.value(sec, name)?;
+        Some(self.uint(sec, name, min, min))
+    }
+
     pub(super) fn uint(&mut self, sec: &mut Section<'_>, name: &'static str, default: u64, min: u64) -> u64 {
         let key = sec.key(name);
         let Some(value) = self.value(sec, name) else { return default };

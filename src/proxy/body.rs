@@ -31,9 +31,9 @@ pub struct StreamedBody {
     pub fault: Arc<BodyFault>,
 }
 
-/// Why a streamed request body stopped before its end.
+/// Why a streamed request body stopped before its end, and whether it has all arrived.
 #[derive(Default)]
-pub struct BodyFault(AtomicU8);
+pub struct BodyFault(AtomicU8, std::sync::atomic::AtomicBool);
 
 const TOO_LARGE: u8 = 1;
 const STALLED: u8 = 2;
@@ -41,6 +41,16 @@ const STALLED: u8 = 2;
 impl BodyFault {
     fn set(&self, fault: u8) {
         self.0.store(fault, Ordering::SeqCst);
+    }
+
+    fn arrived(&self) {
+        self.1.store(true, Ordering::SeqCst);
+    }
+
+    /// The browser's body is still on its way: an upstream that has not answered by now may
+    /// well be waiting for it.
+    pub fn still_arriving(&self) -> bool {
+        !self.1.load(Ordering::SeqCst) && self.0.load(Ordering::SeqCst) == 0
     }
 
     /// The answer to give for it: 413 over the cap, 408 for a body that stopped arriving.
@@ -174,7 +184,10 @@ fn stream_rest(head: Bytes, mut payload: web::Payload, limits: BodyLimits, mut p
                 let _ = tx.send(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "request body stalled"))).await;
                 return;
             };
-            let Some(chunk) = next else { return };
+            let Some(chunk) = next else {
+                flag.arrived();
+                return;
+            };
             let item = match chunk {
                 Ok(bytes) => {
                     pace.got(bytes.len());

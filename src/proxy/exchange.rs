@@ -82,6 +82,11 @@ impl Proxy {
             (first, _) => first,
         };
         let first = match first {
+            // The upstream did not answer in time while the browser's body was still coming (or
+            // stopped): that is the browser's slowness, not the upstream's.
+            Err(SendError::Timeout) if body_fault.as_ref().is_some_and(|f| f.still_arriving()) => {
+                return Err(AppError::RequestTimeout);
+            }
             Err(e) => return Err(body_fault.and_then(|f| f.error()).unwrap_or_else(|| e.into())),
             Ok(first) => first,
         };

@@ -98,7 +98,7 @@ impl Proxy {
             admission: Admission::new(Shares {
                 all: config.server.max_upstream_concurrency,
                 per_session: config.server.max_upstream_concurrency_per_session,
-                anonymous: config.server.max_upstream_concurrency_anonymous.min(config.server.max_upstream_concurrency),
+                anonymous: config.server.max_upstream_concurrency_anonymous,
                 per_address: config.server.max_upstream_concurrency_per_address,
             }),
             public_origin: public.origin().ascii_serialization(),

@@ -16,6 +16,7 @@ mod demo;
 mod dpop;
 mod edges;
 mod frontchannel;
+mod hostile;
 mod login;
 mod logout;
 mod operations;

@@ -102,15 +102,47 @@ async fn a_body_too_large_to_buffer_is_not_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotated_refresh_tokens_are_stored_so_consecutive_refreshes_succeed() {
-    let app = spawn_app_with(AppOptions::default()).await;
+    let app = spawn_app_with(AppOptions::short_lived_tokens()).await;
     let browser = app.browser();
     browser.login_as("alice").await;
-    for round in 1..=3 {
-        app.upstream.controls.reject_next.store(1, Ordering::SeqCst);
-        assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200, "round {round}");
+    // The first refresh after an upstream's 401, the next ones when the token falls due.
+    app.upstream.controls.reject_next.store(1, Ordering::SeqCst);
+    let mut res = browser.api(Method::GET, "/api/echo").await;
+    assert_eq!(res.status(), 200, "round 1");
+    assert_eq!(app.token_requests("refresh_token"), 1);
+    for round in 2..=3 {
+        until_refresh_due(token_expiry(&res), SHORT_SKEW_SECS).await;
+        res = browser.api(Method::GET, "/api/echo").await;
+        assert_eq!(res.status(), 200, "round {round}");
         assert_eq!(app.token_requests("refresh_token"), round);
     }
     assert_eq!(app.token_requests("reuse"), 0, "never a used refresh token presented again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_refuses_every_token_drives_one_refresh_per_token_version_on_any_instance() {
+    let app = spawn_app_with(AppOptions::default()).await;
+    let second = spawn_second_instance(&app).await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    let legitimate = app.browser();
+    legitimate.login_as("bob").await;
+    app.upstream.controls.always_reject.store(true, Ordering::SeqCst);
+
+    // A 401 storm from one user, spread over both instances.
+    for i in 0..10 {
+        let b = if i % 2 == 0 { browser.clone() } else { browser.at(&second) };
+        let res = b.send(b.request(Method::GET, "/api/always-401").header("x-csrf", "1")).await;
+        assert_eq!(res.status(), 401, "call {i}: the upstream's answer goes back");
+    }
+    assert_eq!(app.token_requests("refresh_token"), 1, "one renewal for the token refused, none for its successor");
+    let not_renewed = support::metric(&app.address, "bff_token_refreshes_total{outcome=\"rejected_again\"}").await
+        + support::metric(&second, "bff_token_refreshes_total{outcome=\"rejected_again\"}").await;
+    assert_eq!(not_renewed, 9.0, "counted");
+
+    app.upstream.controls.always_reject.store(false, Ordering::SeqCst);
+    assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200, "the renewed token still works");
+    assert_eq!(legitimate.api(Method::GET, "/api/echo").await.status(), 200);
 }
 
 /// Fires `n` calls at once, spread over the given bff addresses; returns their statuses.

@@ -118,6 +118,24 @@ async fn a_client_token_the_provider_will_not_give_is_a_503_and_a_later_call_ask
     assert_eq!(b.api(Method::GET, "/api/echo").await.status(), 200, "the user's session is untouched");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_storm_on_a_client_route_asks_the_provider_once_for_the_token_every_user_shares() {
+    let app = spawn_app_with(AppOptions::default()).await;
+    let instance = client_route(&app).await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    let b = browser.at(&instance);
+    assert_eq!(b.api(Method::GET, "/m2m/echo").await.status(), 200);
+    assert_eq!(app.token_requests("client_credentials"), 1);
+    app.upstream.controls.always_reject.store(true, Ordering::SeqCst);
+    for _ in 0..10 {
+        assert_eq!(b.api(Method::GET, "/m2m/echo").await.status(), 401);
+    }
+    assert_eq!(app.token_requests("client_credentials"), 2, "one renewal after the first 401, then none");
+    app.upstream.controls.always_reject.store(false, Ordering::SeqCst);
+    assert_eq!(b.api(Method::GET, "/m2m/echo").await.status(), 200);
+}
+
 /// An instance with `/orders` and `/billing` routes bound to their audiences, each in front of
 /// an API that accepts only tokens for it; `/api` stays on the default audience.
 async fn audience_routes(app: &TestApp) -> (String, support::upstream::Upstream, support::upstream::Upstream) {
