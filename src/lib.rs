@@ -6,6 +6,7 @@
 //! start it the same way.
 
 pub mod client_keys;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod dpop;

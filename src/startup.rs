@@ -1,5 +1,6 @@
 //! Building the application: stores, provider client, token manager, routes and middleware.
 
+use crate::clock::Clock;
 use std::net::TcpListener;
 use std::sync::Arc;
 
@@ -88,6 +89,16 @@ impl Application {
         listener: TcpListener,
         store: Store,
     ) -> Result<Application, anyhow::Error> {
+        Application::build_with_clock(config, listener, store, Clock::system()).await
+    }
+
+    /// The same with the clock lifetimes are decided by (a test's, which it moves forward).
+    pub async fn build_with_clock(
+        config: Config,
+        listener: TcpListener,
+        store: Store,
+        clock: Clock,
+    ) -> Result<Application, anyhow::Error> {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::new()?);
         let store = store.observed_by(Arc::clone(&metrics));
@@ -104,12 +115,12 @@ impl Application {
             }
             tokio::spawn(Arc::clone(&oidc).discover_until_ready());
         }
-        let lifetime = SessionLifetime { idle: config.session.idle_timeout };
-        let mut token_store = TokenStore::new(store.clone(), sealer.clone(), keys.clone(), lifetime);
+        let lifetime = SessionLifetime { idle: config.session.idle_timeout, clock };
+        let mut token_store = TokenStore::new(store.clone(), sealer.clone(), keys.clone(), lifetime.clone());
         if let Some(cache) = cache {
             token_store = token_store.with_cache(cache);
         }
-        let session_states = SessionStoreAdapter::new(store.clone(), sealer.clone(), keys.clone(), lifetime);
+        let session_states = SessionStoreAdapter::new(store.clone(), sealer.clone(), keys.clone(), lifetime.clone());
         let sessions = Arc::new(Sessions::new(
             token_store.clone(),
             session_states,

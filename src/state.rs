@@ -38,7 +38,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn session_store(&self) -> SessionStoreAdapter {
-        SessionStoreAdapter::new(self.store.clone(), self.sealer.clone(), self.keys.clone(), self.lifetime)
+        SessionStoreAdapter::new(self.store.clone(), self.sealer.clone(), self.keys.clone(), self.lifetime.clone())
     }
 }
 

@@ -189,7 +189,7 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>, session: Ses
     if state.oidc.refresh_token_withheld(&login) {
         state.metrics.auth_event(AuthEvent::LoginWithoutRefreshToken);
     }
-    let previous = SessionEntries::read(&session);
+    let previous = SessionEntries::read(&session, state.lifetime.now());
     let started = match state.sessions.start(login).await {
         Ok(started) => started,
         Err(e) => return AppError::from(e).page(&state.pages),
@@ -243,7 +243,7 @@ async fn revoke_grant(oidc: &Oidc, handle: &SessionHandle, ended: &Ended) {
 /// `GET /auth/user`
 pub async fn user(req: HttpRequest, state: web::Data<AppState>, session: Session) -> Result<HttpResponse, AppError> {
     require_csrf_header(&req)?;
-    let signed_in = SessionEntries::read(&session).ok_or(AppError::LoginRequired)?;
+    let signed_in = SessionEntries::read(&session, state.lifetime.now()).ok_or(AppError::LoginRequired)?;
     let Some(tokens) = state.tokens.store().load(&signed_in.handle).await? else {
         session.purge();
         return Err(AppError::LoginRequired);
@@ -269,7 +269,7 @@ pub async fn user(req: HttpRequest, state: web::Data<AppState>, session: Session
 pub async fn logout(req: HttpRequest, state: web::Data<AppState>, session: Session) -> Result<HttpResponse, AppError> {
     require_csrf_or_same_origin(&req, &state.public_origin)?;
     let mut id_token_hint = None;
-    if let Some(signed_in) = SessionEntries::read(&session) {
+    if let Some(signed_in) = SessionEntries::read(&session, state.lifetime.now()) {
         if let Some(ended) = state.sessions.end(&signed_in.handle, EndReason::SignedOut).await? {
             revoke_grant(&state.oidc, &signed_in.handle, &ended).await;
             id_token_hint = ended.id_token;
@@ -370,7 +370,7 @@ pub async fn frontchannel_logout(req: HttpRequest, state: web::Data<AppState>, s
     let mut res = HttpResponse::Ok();
     let own_session = is_frame_load(&req) && state.cookies.session_cookie(&req).is_some();
     if own_session {
-        if let Some(signed_in) = SessionEntries::read(&session) {
+        if let Some(signed_in) = SessionEntries::read(&session, state.lifetime.now()) {
             match state.sessions.end(&signed_in.handle, EndReason::FrontChannel).await {
                 Ok(Some(_)) => ended += 1,
                 // Ended just now by its `sid`.

@@ -67,11 +67,12 @@ impl SessionEntries {
         Ok(())
     }
 
-    pub fn read(session: &Session) -> Option<SignedIn> {
+    /// The signed-in state, unless it ended by `now` (Unix seconds, the instance's clock).
+    pub fn read(session: &Session, now: u64) -> Option<SignedIn> {
         let handle = session.get::<String>(HANDLE_ENTRY).ok()??;
         let user = session.get::<UserInfo>(USER_ENTRY).ok()??;
         let expires_at = session.get::<u64>(EXPIRES_AT_ENTRY).ok()??;
-        if expires_at <= now_unix() {
+        if expires_at <= now {
             return None;
         }
         Some(SignedIn { handle: SessionHandle::from_stored(&handle)?, user, expires_at })
@@ -86,16 +87,22 @@ fn clear_entries(session: &Session) {
     }
 }
 
-/// How long a session may live from now.
-#[derive(Debug, Clone, Copy)]
+/// How long a session may live from now, by the instance's clock.
+#[derive(Debug, Clone)]
 pub struct SessionLifetime {
     pub idle: Duration,
+    pub clock: crate::clock::Clock,
 }
 
 impl SessionLifetime {
+    /// Unix seconds by the clock lifetimes are decided by.
+    pub fn now(&self) -> u64 {
+        self.clock.now_unix()
+    }
+
     /// The store time to live: the idle timeout, never past the absolute end.
     pub fn ttl(&self, expires_at: u64) -> Option<Duration> {
-        let remaining = expires_at.checked_sub(now_unix()).filter(|r| *r > 0)?;
+        let remaining = expires_at.checked_sub(self.now()).filter(|r| *r > 0)?;
         Some(self.idle.min(Duration::from_secs(remaining)))
     }
 }

@@ -18,9 +18,9 @@ use futures_util::future::Shared;
 use super::backoff::Backoff;
 use super::manager::{FlightResult, RefreshUnavailable, TokenError, UsableToken, Want, answers};
 use super::{Expiry, bearer_header};
+use crate::clock::Clock;
 use crate::metrics::{Metrics, RefreshOutcome};
 use crate::oidc::Oidc;
-use crate::session::now_unix;
 use crate::telemetry::error_chain;
 
 /// What a client token is asked for with.
@@ -42,6 +42,8 @@ struct Slot {
 
 pub struct ClientTokens {
     oidc: Arc<Oidc>,
+    /// The clock token lifetimes are decided by.
+    clock: Clock,
     /// Grants whose last request failed: every route and session shares the token, so a
     /// failing provider is asked once per back-off for it, not once per call.
     backoff: Backoff<ClientGrant>,
@@ -52,8 +54,15 @@ pub struct ClientTokens {
 }
 
 impl ClientTokens {
-    pub fn new(oidc: Arc<Oidc>, skew: Duration, default_expires_in: Duration, metrics: Arc<Metrics>) -> ClientTokens {
+    pub fn new(
+        oidc: Arc<Oidc>,
+        clock: Clock,
+        skew: Duration,
+        default_expires_in: Duration,
+        metrics: Arc<Metrics>,
+    ) -> ClientTokens {
         ClientTokens {
+            clock,
             oidc,
             backoff: Backoff::new(NonZeroUsize::MIN.saturating_add(255)),
             skew,
@@ -87,7 +96,7 @@ impl ClientTokens {
     fn unexpired(&self, grant: &ClientGrant) -> Option<UsableToken> {
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let (token, expiry) = slots.get(grant)?.current.as_ref()?;
-        (!expiry.is_expired(now_unix())).then(|| token.clone())
+        (!expiry.is_expired(self.clock.now_unix())).then(|| token.clone())
     }
 
     async fn renewed(self: &Arc<Self>, grant: &ClientGrant, want: Want) -> FlightResult {
@@ -95,7 +104,7 @@ impl ClientTokens {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             let slot = slots.entry(grant.clone()).or_default();
             if let Some((token, expiry)) = &slot.current
-                && answers(*expiry, token.version, want, now_unix(), self.skew)
+                && answers(*expiry, token.version, want, self.clock.now_unix(), self.skew)
             {
                 return Ok(token.clone());
             }
@@ -105,7 +114,7 @@ impl ClientTokens {
             if let (Want::NewerThan(used), Some((token, expiry))) = (want, &slot.current)
                 && token.version == used
                 && token.after_rejection
-                && !expiry.needs_refresh(now_unix(), self.skew)
+                && !expiry.needs_refresh(self.clock.now_unix(), self.skew)
             {
                 self.metrics.refresh(RefreshOutcome::RejectedAgain);
                 return Err(TokenError::CannotRefresh);
@@ -149,8 +158,11 @@ impl ClientTokens {
             };
             slot.issued += 1;
             let lifetime = issued.expires_in.unwrap_or(this.default_expires_in).as_secs();
-            let expiry =
-                Expiry { expires_at: now_unix() + lifetime, lifetime_secs: lifetime, session_expires_at: u64::MAX };
+            let expiry = Expiry {
+                expires_at: this.clock.now_unix() + lifetime,
+                lifetime_secs: lifetime,
+                session_expires_at: u64::MAX,
+            };
             let token = UsableToken {
                 authorization: bearer_header(&issued.access_token),
                 dpop: None,

@@ -100,7 +100,7 @@ impl Sessions {
     pub async fn start(&self, login: LoginResult) -> Result<Started, StoreError> {
         let id = SessionId::generate();
         let handle = id.handle();
-        let now = now_unix();
+        let now = self.tokens.now();
         let session_expires_at = now + self.absolute_timeout.as_secs();
         let user: UserInfo = login.user.clone();
         let owner = Owner { sub: user.sub.clone(), provider_sid: login.provider_sid.clone(), session_expires_at };
@@ -207,8 +207,8 @@ mod tests {
         let store = Store::memory(memory.clone());
         let sealer = Sealer::new(&[secrecy::SecretString::from("s".repeat(64))]);
         let keys = KeyLayout::new("t:");
-        let lifetime = SessionLifetime { idle: Duration::from_secs(600) };
-        let tokens = TokenStore::new(store.clone(), sealer.clone(), keys.clone(), lifetime);
+        let lifetime = SessionLifetime { idle: Duration::from_secs(600), clock: crate::clock::Clock::system() };
+        let tokens = TokenStore::new(store.clone(), sealer.clone(), keys.clone(), lifetime.clone());
         let states = SessionStoreAdapter::new(store, sealer, keys, lifetime);
         Sessions::new(tokens, states, Duration::from_secs(3600), Duration::from_secs(300))
     }

@@ -28,7 +28,7 @@ use super::{
 use crate::crypto::random_token;
 use crate::metrics::{Metrics, RefreshOutcome};
 use crate::oidc::{Oidc, OidcError, RefreshError};
-use crate::session::{SessionHandle, now_unix};
+use crate::session::SessionHandle;
 use crate::store::{CasOutcome, StoreError};
 use crate::telemetry::{self, error_chain};
 
@@ -180,6 +180,7 @@ impl TokenManager {
         TokenManager {
             client: Arc::new(ClientTokens::new(
                 Arc::clone(&oidc),
+                tokens.clock().clone(),
                 t.refresh_skew,
                 t.default_expires_in,
                 Arc::clone(&metrics),
@@ -215,7 +216,7 @@ impl TokenManager {
     /// is admitted: with the local cache it costs no store command.
     pub async fn live_session(&self, handle: &SessionHandle) -> Result<HotToken, TokenError> {
         let hot = self.read_hot(handle).await?.ok_or(TokenError::LoginRequired)?;
-        if hot.expiry.session_over(now_unix()) {
+        if hot.expiry.session_over(self.tokens.now()) {
             // Reads the whole set to end the session (it names its back-channel index entries).
             self.load_live(handle).await?;
             return Err(TokenError::LoginRequired);
@@ -244,7 +245,7 @@ impl TokenManager {
         resource: Option<&str>,
         hot: HotToken,
     ) -> FlightResult {
-        let now = now_unix();
+        let now = self.tokens.now();
         let Some((usable, expiry)) = hot.usable(resource) else {
             // No token for this audience yet: one is asked for with the refresh token.
             return if hot.has_refresh_token {
@@ -258,7 +259,7 @@ impl TokenManager {
             // Refreshed ahead of expiry: while the provider cannot answer, the token in hand is
             // still good until it expires.
             Decision::Refresh => match self.join_flight(handle, resource, Want::Fresh).await {
-                Err(TokenError::RefreshUnavailable(why)) if !expiry.is_expired(now_unix()) => {
+                Err(TokenError::RefreshUnavailable(why)) if !expiry.is_expired(self.tokens.now()) => {
                     tracing::debug!(
                         session = handle.short(),
                         "refresh ahead of expiry failed ({why}); token still valid"
@@ -290,7 +291,7 @@ impl TokenManager {
                 if current.version > used.version {
                     return Ok(current);
                 }
-                if current.version == used.version && !expiry.needs_refresh(now_unix(), self.skew) {
+                if current.version == used.version && !expiry.needs_refresh(self.tokens.now(), self.skew) {
                     self.metrics.refresh(RefreshOutcome::RejectedAgain);
                     return Err(TokenError::CannotRefresh);
                 }
@@ -301,7 +302,7 @@ impl TokenManager {
 
     async fn load_live(&self, handle: &SessionHandle) -> Result<TokenSet, TokenError> {
         match self.tokens.load(handle).await? {
-            Some(set) if !set.expiry.session_over(now_unix()) => Ok(set),
+            Some(set) if !set.expiry.session_over(self.tokens.now()) => Ok(set),
             Some(set) => {
                 self.sessions.end_known(handle, Some(&set), EndReason::Expired).await?;
                 Err(TokenError::LoginRequired)
@@ -382,7 +383,7 @@ impl TokenManager {
         };
         loop {
             let set = self.load_live(handle).await?;
-            if let Some(ready) = ready_token(&set, resource, want, self.skew) {
+            if let Some(ready) = ready_token(&set, resource, want, self.skew, self.tokens.now()) {
                 if waiting.is_some() {
                     // Another instance did the refresh while we waited for its lock.
                     self.metrics.lock_waited(waited(&mut waiting));
@@ -448,14 +449,14 @@ impl TokenManager {
         owner: &str,
     ) -> FlightResult {
         let set = self.load_live(handle).await?;
-        if let Some(ready) = ready_token(&set, resource, want, self.skew) {
+        if let Some(ready) = ready_token(&set, resource, want, self.skew, self.tokens.now()) {
             return Ok(ready);
         }
         let Some(refresh_token) = set.refresh_token.clone() else {
             return match want {
                 Want::NewerThan(_) => Err(TokenError::CannotRefresh),
                 Want::Fresh if resource.is_some() => Err(TokenError::NotForResource),
-                Want::Fresh if set.expiry.is_expired(now_unix()) => {
+                Want::Fresh if set.expiry.is_expired(self.tokens.now()) => {
                     self.end_session(handle, &set, EndReason::Expired).await
                 }
                 Want::Fresh => Ok(UsableToken::from(set.access())),
@@ -479,7 +480,7 @@ impl TokenManager {
         match refreshed {
             Ok(r) => {
                 self.backoff.succeeded(handle);
-                let mut next = set.refreshed(r, resource, now_unix(), self.default_expires_in);
+                let mut next = set.refreshed(r, resource, self.tokens.now(), self.default_expires_in);
                 if matches!(want, Want::NewerThan(_)) {
                     next.mark_after_rejection(resource);
                 }
@@ -604,9 +605,9 @@ fn keep_waiting(waited: Duration, limit: Duration) -> bool {
     waited < limit
 }
 
-fn ready_token(set: &TokenSet, resource: Option<&str>, want: Want, skew: Duration) -> Option<UsableToken> {
+fn ready_token(set: &TokenSet, resource: Option<&str>, want: Want, skew: Duration, now: u64) -> Option<UsableToken> {
     let token = set.token_for(resource)?;
-    answers(token.expiry, token.version, want, now_unix(), skew).then(|| UsableToken::from(token))
+    answers(token.expiry, token.version, want, now, skew).then(|| UsableToken::from(token))
 }
 
 /// A set's token for `resource`; a set written by someone else meanwhile may not have one yet

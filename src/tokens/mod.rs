@@ -353,6 +353,15 @@ impl TokenStore {
         TokenStore { store, sealer, keys, lifetime, hot: Arc::default(), cache: None }
     }
 
+    /// Unix seconds by the clock lifetimes are decided by.
+    pub fn now(&self) -> u64 {
+        self.lifetime.now()
+    }
+
+    pub fn clock(&self) -> &crate::clock::Clock {
+        &self.lifetime.clock
+    }
+
     /// The same, answering the proxy's reads from `cache` (the store must be the one that
     /// keeps it coherent: `Store::track_changes`).
     pub fn with_cache(self, cache: Arc<TokenCache>) -> TokenStore {
@@ -669,7 +678,7 @@ mod tests {
             Store::memory(crate::store::MemoryStore::new()),
             Sealer::new(&[secret]),
             KeyLayout::new("t:"),
-            SessionLifetime { idle: Duration::from_secs(60) },
+            SessionLifetime { idle: Duration::from_secs(60), clock: crate::clock::Clock::system() },
         );
         let mut s = set(5, 5);
         s.version = 42;

@@ -7,7 +7,7 @@ use bff::client_keys::ClientKeys;
 use bff::config::{AssertionAudience, AuthMethod};
 use bff::demo::idp::Quirks;
 use reqwest::Method;
-use support::{AppOptions, TestApp, client_key_fixtures, spawn_app_with, spawn_instance_with, until_refresh_due};
+use support::{AppOptions, TestApp, client_key_fixtures, spawn_app_with, spawn_instance_with};
 
 use crate::providers::{instance_after, login_here};
 
@@ -34,7 +34,7 @@ async fn private_key_jwt_pushes_signs_in_refreshes_and_revokes_without_a_secret(
         assert_eq!(app.token_requests("par"), 1);
         let res = browser.api(Method::GET, "/api/echo").await;
         assert_eq!(res.status(), 200);
-        until_refresh_due(support::token_expiry(&res), support::SHORT_SKEW_SECS).await;
+        app.make_refresh_due(support::token_expiry(&res), support::SHORT_SKEW_SECS);
         assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200);
         assert_eq!(app.token_requests("refresh_token"), 1);
         assert_eq!(browser.logout().await.status(), 303);
@@ -85,14 +85,14 @@ async fn a_new_client_key_is_rolled_out_without_logging_anyone_out() {
         spawn_instance_with(&app, |c| c.oidc.client_keys = Some(keys(&["client-ec-next.pem", "client-ec.pem"]))).await;
     let b = browser.at(&rolled);
     let res = b.api(Method::GET, "/api/echo").await;
-    until_refresh_due(support::token_expiry(&res), support::SHORT_SKEW_SECS).await;
+    app.make_refresh_due(support::token_expiry(&res), support::SHORT_SKEW_SECS);
     assert_eq!(b.api(Method::GET, "/api/echo").await.status(), 200, "refreshed with the new key");
     let published: serde_json::Value = b.get("/.well-known/jwks.json").await.json().await.expect("jwks");
     assert_eq!(published["keys"].as_array().map(Vec::len), Some(2));
     // 2. The old key is dropped at the provider: the new instance's session goes on.
     app.idp.controls.set_client_jwks(&keys(&["client-ec-next.pem"]).jwks());
     let res = b.api(Method::GET, "/api/echo").await;
-    until_refresh_due(support::token_expiry(&res), support::SHORT_SKEW_SECS).await;
+    app.make_refresh_due(support::token_expiry(&res), support::SHORT_SKEW_SECS);
     assert_eq!(b.api(Method::GET, "/api/echo").await.status(), 200);
     assert_eq!(app.token_requests("refresh_token"), 2);
     assert_eq!(b.user().await.status(), 200, "nobody was signed out");
@@ -119,7 +119,7 @@ async fn an_endpoint_only_provider_takes_endpoint_audiences() {
     assert_eq!(app.token_requests("par"), 1);
     let res = browser.api(Method::GET, "/api/echo").await;
     assert_eq!(res.status(), 200);
-    until_refresh_due(support::token_expiry(&res), support::SHORT_SKEW_SECS).await;
+    app.make_refresh_due(support::token_expiry(&res), support::SHORT_SKEW_SECS);
     assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200);
     assert_eq!(app.token_requests("refresh_token"), 1);
     assert_eq!(browser.logout().await.status(), 303);

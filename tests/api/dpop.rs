@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use futures_util::future::join_all;
 use reqwest::Method;
-use support::{AppOptions, Browser, TestApp, jwt_claims, spawn_app_with, spawn_instance_with, until_refresh_due};
+use support::{AppOptions, Browser, TestApp, jwt_claims, spawn_app_with, spawn_instance_with};
 
 fn dpop_options() -> AppOptions {
     AppOptions {
@@ -44,7 +44,7 @@ async fn every_token_is_bound_to_the_sessions_key_and_every_call_proves_it() {
     assert!(seen.headers.contains_key("dpop"));
 
     // A refresh is proven with the same key, and the new token is bound to it too.
-    until_refresh_due(support::token_expiry(&res), support::SHORT_SKEW_SECS).await;
+    app.make_refresh_due(support::token_expiry(&res), support::SHORT_SKEW_SECS);
     assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200);
     assert_eq!(proofs_at_provider(&app), 2);
     let refreshed = last_call(&app, "/echo").bearer.unwrap_or_default();
@@ -113,7 +113,7 @@ async fn a_storm_over_two_instances_refreshes_a_dpop_session_once() {
     let browser = app.browser();
     browser.login_as("alice").await;
     let res = browser.api(Method::GET, "/api/echo").await;
-    until_refresh_due(support::token_expiry(&res), support::SHORT_SKEW_SECS).await;
+    app.make_refresh_due(support::token_expiry(&res), support::SHORT_SKEW_SECS);
     let both = [browser.clone(), browser.at(&other)];
     let calls = (0..40).map(|i| {
         let b: &Browser = &both[i % 2];

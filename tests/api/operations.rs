@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 
-use support::{AppOptions, SHORT_SKEW_SECS, spawn_app, spawn_app_with, token_expiry, until_refresh_due};
+use support::{AppOptions, SHORT_SKEW_SECS, spawn_app, spawn_app_with, token_expiry};
 
 fn metric(text: &str, series: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok())).unwrap_or(0.0)
@@ -19,7 +19,7 @@ async fn metrics_count_what_happens_with_bounded_labels_only() {
     assert_eq!(first.status(), 200);
     assert_eq!(app.token_requests("refresh_token"), 0, "the first call uses the login's token");
     // One refresh: the next call finds the token due, and the new one lives a minute.
-    until_refresh_due(token_expiry(&first), SHORT_SKEW_SECS).await;
+    app.make_refresh_due(token_expiry(&first), SHORT_SKEW_SECS);
     app.idp.controls.set_access_token_ttl(Duration::from_secs(60));
     assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200);
     assert_eq!(browser.logout().await.status(), 303);

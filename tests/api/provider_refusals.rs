@@ -11,7 +11,7 @@ use bff::demo::idp::{ClientAuthRefusal, GrantRefusal, Quirks, TokenFault};
 use reqwest::Method;
 use secrecy::SecretString;
 use serde_json::Value;
-use support::{AppOptions, Browser, TestApp, location, metric, spawn_app_with, until_refresh_due};
+use support::{AppOptions, Browser, TestApp, location, metric, spawn_app_with};
 
 use crate::providers::{instance_after, login_here};
 
@@ -99,17 +99,14 @@ async fn a_failing_provider_is_asked_once_per_back_off_while_a_still_valid_token
     let expires_at = support::token_expiry(&first);
 
     // Due for refresh but not expired: the refresh fails, the token in hand is still used.
-    until_refresh_due(expires_at, support::SHORT_SKEW_SECS).await;
+    app.make_refresh_due(expires_at, support::SHORT_SKEW_SECS);
     app.idp.controls.set_token_fault(TokenFault::Unavailable);
     assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200, "the unexpired token is used");
     let asked = app.token_requests("any");
     assert_eq!(asked, 2, "the code exchange and one refresh");
 
     // Expired: 503 at once, without asking again inside the back-off.
-    support::eventually("the token expires", Duration::from_secs(5), || async {
-        bff::session::now_unix() >= expires_at
-    })
-    .await;
+    app.advance_clock_to(expires_at);
     let mut statuses = Vec::new();
     for _ in 0..10 {
         statuses.push(browser.api(Method::GET, "/api/echo").await.status().as_u16());

@@ -7,9 +7,7 @@ use std::time::Duration;
 use bff::demo::idp::TokenFault;
 use reqwest::Method;
 
-use support::{
-    AppOptions, SHORT_SKEW_SECS, TestApp, spawn_app_with, spawn_second_instance, token_expiry, until_refresh_due,
-};
+use support::{AppOptions, SHORT_SKEW_SECS, TestApp, spawn_app_with, spawn_second_instance, token_expiry};
 
 /// Access tokens live 2 s, so they are due for refresh after 1 s (the skew is capped at half
 /// the lifetime).
@@ -37,7 +35,7 @@ async fn a_token_about_to_expire_is_refreshed_before_proxying() {
     assert_eq!(first.status(), 200);
     assert_eq!(app.token_requests("refresh_token"), 0, "a fresh token is used as it is");
 
-    until_refresh_due(token_expiry(&first), SHORT_SKEW_SECS).await;
+    app.make_refresh_due(token_expiry(&first), SHORT_SKEW_SECS);
     app.idp.controls.set_access_token_ttl(Duration::from_secs(60));
     assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200);
 
@@ -111,7 +109,7 @@ async fn rotated_refresh_tokens_are_stored_so_consecutive_refreshes_succeed() {
     assert_eq!(res.status(), 200, "round 1");
     assert_eq!(app.token_requests("refresh_token"), 1);
     for round in 2..=3 {
-        until_refresh_due(token_expiry(&res), SHORT_SKEW_SECS).await;
+        app.make_refresh_due(token_expiry(&res), SHORT_SKEW_SECS);
         res = browser.api(Method::GET, "/api/echo").await;
         assert_eq!(res.status(), 200, "round {round}");
         assert_eq!(app.token_requests("refresh_token"), round);
@@ -159,7 +157,8 @@ async fn a_storm_of_calls_after_expiry_makes_exactly_one_refresh() {
     let app = short_lived_app().await;
     let browser = app.browser();
     browser.login_as("alice").await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Past the token's expiry, on the app's clock.
+    app.clock.advance(Duration::from_secs(3));
     // The refreshed token must not itself fall due while a slow machine works through the storm.
     app.idp.controls.set_access_token_ttl(Duration::from_secs(60));
 
@@ -177,7 +176,8 @@ async fn two_instances_sharing_redis_make_exactly_one_refresh() {
     let second = spawn_second_instance(&app).await;
     let browser = app.browser();
     browser.login_as("alice").await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Past the token's expiry, on the app's clock.
+    app.clock.advance(Duration::from_secs(3));
     // The refreshed token must not itself fall due while a slow machine works through the storm.
     app.idp.controls.set_access_token_ttl(Duration::from_secs(60));
 
@@ -194,7 +194,8 @@ async fn a_lock_left_by_a_crashed_holder_expires_and_the_next_request_refreshes(
     let app = short_lived_app().await;
     let browser = app.browser();
     browser.login_as("alice").await;
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Past the token's expiry, on the app's clock.
+    app.clock.advance(Duration::from_secs(3));
     // Another instance took the lock and died: its lease has 1.5 s left and nobody renews it.
     let lock = app
         .keys()
@@ -226,7 +227,8 @@ async fn invalid_grant_ends_the_session() {
     let app = short_lived_app().await;
     let browser = app.browser();
     browser.login_as("alice").await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Due for refresh (half of its 2 s), on the app's clock.
+    app.clock.advance(Duration::from_secs(1));
     app.idp.controls.set_token_fault(TokenFault::InvalidGrant);
 
     let res = browser.api(Method::GET, "/api/echo").await;
@@ -246,7 +248,8 @@ async fn a_failing_or_silent_provider_keeps_the_session_for_later() {
         let app = short_lived_app().await;
         let browser = app.browser();
         browser.login_as("alice").await;
-        tokio::time::sleep(Duration::from_millis(2100)).await;
+        // Past the token's expiry, on the app's clock.
+        app.clock.advance(Duration::from_secs(3));
         app.idp.controls.set_token_fault(fault);
 
         let res = browser.api(Method::GET, "/api/echo").await;

@@ -10,7 +10,7 @@ use bff::demo::idp::TokenFault;
 use futures_util::future::join_all;
 use reqwest::Method;
 use serde_json::Value;
-use support::{AppOptions, Browser, TestApp, jwt_claims, spawn_app_with, spawn_instance_with, until_refresh_due};
+use support::{AppOptions, Browser, TestApp, jwt_claims, spawn_app_with, spawn_instance_with};
 
 const ORDERS: &str = "https://orders.example";
 const BILLING: &str = "https://billing.example";
@@ -76,7 +76,7 @@ async fn a_client_token_is_shared_by_every_session_and_renewed_once_when_due() {
 
     // Renewed ahead of its expiry, by one request however many callers find it due.
     let res = alice.api(Method::GET, "/m2m/echo").await;
-    until_refresh_due(support::token_expiry(&res), support::SHORT_SKEW_SECS).await;
+    app.make_refresh_due(support::token_expiry(&res), support::SHORT_SKEW_SECS);
     let statuses = concurrently(&[alice.clone(), bob.clone()], "/m2m/echo", 40).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(app.token_requests("client_credentials"), 2);
@@ -224,7 +224,7 @@ async fn an_audience_token_falls_due_on_its_own_and_two_instances_refresh_it_onc
     assert_eq!(res.status(), 200);
     let first = bearers(&orders, "/echo")[0].clone();
     // Skew 30 s, capped at half the lifetime: due 2 s before it expires.
-    until_refresh_due(support::token_expiry(&res), 2).await;
+    app.make_refresh_due(support::token_expiry(&res), 2);
 
     let both = [b.clone(), browser.at(&other)];
     let statuses = concurrently(&both, "/orders/echo", 30).await;

@@ -5,6 +5,7 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use bff::Application;
+use bff::clock::Clock;
 use bff::config::{AuthMethod, Config};
 use bff::demo::idp::{self, Client, IdpConfig, RunningIdp};
 use redis::AsyncCommands;
@@ -118,6 +119,8 @@ pub struct TestApp {
     pub idp: RunningIdp,
     pub upstream: Upstream,
     pub prefix: String,
+    /// The clock the app (and every instance made from it) decides lifetimes by.
+    pub clock: Clock,
 }
 
 pub fn test_secret() -> String {
@@ -202,9 +205,9 @@ pub fn token_expiry(res: &reqwest::Response) -> u64 {
 }
 
 /// Waits until a token expiring at `expires_at` is due for refresh, `skew_secs` being the skew
-/// bff applies to it (the configured one, capped at half the token's lifetime). Due is decided on
-/// the whole-second clock bff itself reads, so the next call refreshes wherever in a second the
-/// test started, and no sooner.
+/// bff applies to it (the configured one, capped at half the token's lifetime), on the wall
+/// clock: for a bff that runs as a process of its own (`bff serve`). An app in the test's process
+/// is moved there at once instead ([`TestApp::make_refresh_due`]).
 pub async fn until_refresh_due(expires_at: u64, skew_secs: u64) {
     let limit = Duration::from_secs(expires_at.saturating_sub(bff::session::now_unix()) + 2);
     eventually(
@@ -245,9 +248,12 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
         idp.controls.set_client_jwks(&keys.jwks());
     }
     (options.tweak)(&mut config);
-    let app = Application::build(config.clone(), app_listener).await.expect("build the app");
+    let clock = Clock::system();
+    let store = bff::startup::store_for(&config).expect("the store");
+    let app =
+        Application::build_with_clock(config.clone(), app_listener, store, clock.clone()).await.expect("build the app");
     tokio::spawn(app.run_until_stopped());
-    TestApp { address: format!("http://127.0.0.1:{port}"), config, idp, upstream, prefix }
+    TestApp { address: format!("http://127.0.0.1:{port}"), config, idp, upstream, prefix, clock }
 }
 
 /// Another bff instance for the same provider, upstream and store: the scale-out case.
@@ -263,12 +269,28 @@ pub async fn spawn_instance_with(first: &TestApp, tweak: impl FnOnce(&mut Config
     let mut config = first.config.clone();
     config.server.listen = app_listener.local_addr().expect("addr");
     tweak(&mut config);
-    let app = Application::build(config, app_listener).await.expect("build another instance");
+    // The same clock: a load balancer's instances agree on the time.
+    let store = bff::startup::store_for(&config).expect("the store");
+    let app = Application::build_with_clock(config, app_listener, store, first.clock.clone())
+        .await
+        .expect("build another instance");
     tokio::spawn(app.run_until_stopped());
     format!("http://127.0.0.1:{port}")
 }
 
 impl TestApp {
+    /// Moves the app's clock to when a token expiring at `expires_at` is due for refresh,
+    /// `skew_secs` being the skew bff applies to it (the configured one, capped at half the
+    /// token's lifetime): no waiting for the wall clock.
+    pub fn make_refresh_due(&self, expires_at: u64, skew_secs: u64) {
+        self.clock.advance_to(expires_at.saturating_sub(skew_secs));
+    }
+
+    /// Moves the app's clock to `unix_secs` (a token's expiry, a session's absolute end).
+    pub fn advance_clock_to(&self, unix_secs: u64) {
+        self.clock.advance_to(unix_secs);
+    }
+
     pub fn browser(&self) -> Browser {
         Browser::new(&self.address)
     }
