@@ -11,6 +11,7 @@ pub mod config;
 pub mod crypto;
 pub mod dpop;
 pub mod error;
+pub mod forwarded;
 pub mod http;
 pub mod limits;
 pub mod metrics;

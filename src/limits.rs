@@ -49,22 +49,10 @@ const WINDOW: Duration = Duration::from_secs(60);
 /// Forget idle clients when the table grows past this.
 const SWEEP_ABOVE: usize = 10_000;
 
-/// The client's address: the peer, or — behind `hops` trusted proxies that append to
-/// `X-Forwarded-For` — the entry the outermost trusted proxy added. Entries further left were
-/// written by the client and prove nothing.
+/// The client's address (see `forwarded::client_address`): the peer, or behind `hops` trusted
+/// proxies the entry the outermost of them added.
 pub fn client_ip(req: &HttpRequest, hops: usize) -> Option<IpAddr> {
-    let peer = req.peer_addr().map(|a| a.ip());
-    if hops == 0 {
-        return peer;
-    }
-    let chain: Vec<IpAddr> = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|e| e.trim().parse().ok())
-        .collect();
-    chain.len().checked_sub(hops).and_then(|i| chain.get(i).copied()).or(peer)
+    crate::forwarded::client_address(req.peer_addr().map(|a| a.ip()), req.headers(), hops)
 }
 
 /// What counts as one client address for limits: an IPv4 address, or an IPv6 /64 (one
@@ -79,20 +67,43 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// A fixed-window counter per client address, in this instance.
+/// A fixed-window counter per client address (an IPv6 /64 counts as one), in this instance,
+/// under a cap on all clients together over a longer window: many addresses (IPv6 gives anyone
+/// plenty) cannot fill the store with pending logins either, and the table of addresses cannot
+/// grow past what the cap lets in.
 pub struct RateLimiter {
     per_window: u32,
     clients: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    total: Mutex<(Instant, u32)>,
+    total_per_window: u32,
+    total_window: Duration,
 }
 
 impl RateLimiter {
-    pub fn per_minute(per_window: u32) -> RateLimiter {
-        RateLimiter { per_window, clients: Mutex::new(HashMap::new()) }
+    /// `per_window` a minute per address; at most `total` in `total_window` from all of them.
+    pub fn new(per_minute: u32, total: u32, total_window: Duration) -> RateLimiter {
+        RateLimiter {
+            per_window: per_minute,
+            clients: Mutex::new(HashMap::new()),
+            total: Mutex::new((Instant::now(), 0)),
+            total_per_window: total,
+            total_window,
+        }
     }
 
-    /// Counts one more event for `client`; over the limit, how long until its window ends.
+    /// Counts one more event for `client`; over a limit, how long until its window ends.
     pub fn check(&self, client: IpAddr) -> Result<(), Duration> {
         let now = Instant::now();
+        // The total first (an event it refuses leaves no address behind), counted only for
+        // events the address's own limit lets through.
+        let mut total = self.total.lock().unwrap_or_else(|p| p.into_inner());
+        if now.duration_since(total.0) >= self.total_window {
+            *total = (now, 0);
+        }
+        if total.1 >= self.total_per_window {
+            return Err(self.total_window.saturating_sub(now.duration_since(total.0)));
+        }
+        let client = address_key(client);
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if clients.len() > SWEEP_ABOVE {
             clients.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
@@ -102,7 +113,11 @@ impl RateLimiter {
             *entry = (now, 0);
         }
         entry.1 += 1;
-        if entry.1 <= self.per_window { Ok(()) } else { Err(WINDOW.saturating_sub(now.duration_since(entry.0))) }
+        if entry.1 > self.per_window {
+            return Err(WINDOW.saturating_sub(now.duration_since(entry.0)));
+        }
+        total.1 += 1;
+        Ok(())
     }
 }
 
@@ -113,13 +128,27 @@ mod tests {
 
     #[test]
     fn a_client_over_its_budget_is_refused_and_others_are_not() {
-        let limiter = RateLimiter::per_minute(3);
+        let limiter = RateLimiter::new(3, u32::MAX, Duration::from_secs(600));
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         assert!((0..3).all(|_| limiter.check(a).is_ok()));
         let Err(retry_after) = limiter.check(a) else { panic!("a fourth event within the minute passed") };
         assert!(retry_after > Duration::from_secs(59) && retry_after <= WINDOW, "{retry_after:?}");
         assert!(limiter.check(b).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_client_and_all_clients_together_have_a_cap() {
+        let limiter = RateLimiter::new(2, 5, Duration::from_secs(600));
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        assert!(limiter.check(one).is_ok() && limiter.check(same).is_ok());
+        assert!(limiter.check(same).is_err(), "the same /64");
+        let others: Vec<IpAddr> = (1..=3).map(|n| IpAddr::from([192, 0, 2, n])).collect();
+        assert!(others.iter().all(|ip| limiter.check(*ip).is_ok()));
+        let Err(retry_after) = limiter.check(IpAddr::from([192, 0, 2, 99])) else { panic!("over the total") };
+        assert!(retry_after > Duration::from_secs(590), "{retry_after:?}");
+        assert!(limiter.clients.lock().unwrap().len() <= 4, "refused events add no address");
     }
 
     #[test]

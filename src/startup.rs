@@ -148,7 +148,11 @@ impl Application {
             pages: Arc::new(Pages::load(&config.server.templates_dir, STYLESHEET_PATH)?),
             proxy: Arc::new(Proxy::new(&config, Arc::clone(&metrics))),
             content_security_policy: content_security_policy(&config),
-            login_limiter: RateLimiter::per_minute(config.server.login_starts_per_minute),
+            login_limiter: RateLimiter::new(
+                config.server.login_starts_per_minute,
+                config.server.max_pending_logins,
+                crate::session::PENDING_LOGIN_TTL,
+            ),
             metrics,
             oidc,
             store,

@@ -84,6 +84,9 @@ pub struct ServerConfig {
     pub max_upstream_concurrency_per_address: usize,
     /// `/auth/login` starts allowed per client address per minute, and pending logins per browser.
     pub login_starts_per_minute: u32,
+    /// `/auth/login` starts allowed from all clients together in a pending login's lifetime (10
+    /// minutes), per instance: what bounds the pending logins a crowd of addresses can leave.
+    pub max_pending_logins: u32,
     /// Proxies in front of bff that append to `X-Forwarded-For` (0: the peer is the client).
     pub trusted_proxy_hops: usize,
 }

@@ -51,6 +51,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
         int(config.server.max_upstream_concurrency_per_address as u64),
     );
     server.insert("login_starts_per_minute".into(), int(u64::from(config.server.login_starts_per_minute)));
+    server.insert("max_pending_logins".into(), int(u64::from(config.server.max_pending_logins)));
     server.insert("trusted_proxy_hops".into(), int(config.server.trusted_proxy_hops as u64));
 
     let mut oidc = Table::new();

@@ -126,6 +126,7 @@ impl Walker<'_> {
             .map_or(max_upstream_concurrency_anonymous.min(16), |n| n as usize);
         let login_starts_per_minute =
             u32::try_from(self.uint(&mut s, "login_starts_per_minute", 30, 1)).unwrap_or(u32::MAX);
+        let max_pending_logins = u32::try_from(self.uint(&mut s, "max_pending_logins", 20_000, 1)).unwrap_or(u32::MAX);
         let trusted_proxy_hops = self.uint(&mut s, "trusted_proxy_hops", 0, 0) as usize;
         self.finish(s);
         Some(ServerConfig {
@@ -142,6 +143,7 @@ impl Walker<'_> {
             max_upstream_concurrency_anonymous,
             max_upstream_concurrency_per_address,
             login_starts_per_minute,
+            max_pending_logins,
             trusted_proxy_hops,
         })
     }
