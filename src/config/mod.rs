@@ -252,6 +252,10 @@ pub struct ApiConfig {
     /// Request headers not forwarded to this upstream, besides the ones bff never forwards;
     /// lower-case.
     pub request_headers_drop: Vec<String>,
+    /// Lower-case; when set, only these request headers (and the ones bff writes) go upstream.
+    pub request_headers_allow: Option<Vec<String>>,
+    /// Lower-case; the upstream's response headers that never reach the browser.
+    pub response_headers_drop: Vec<String>,
     /// The methods this route takes (upper-case); empty: every method but TRACE and CONNECT.
     /// GET implies HEAD.
     pub methods: Vec<String>,

@@ -527,18 +527,11 @@ impl Walker<'_> {
             if max_retry_body_bytes > max_body_bytes {
                 self.error(s.key("max_retry_body_bytes"), "must not exceed max_body_bytes");
             }
-            let request_headers_drop: Vec<String> = self
-                .string_list(&mut s, "request_headers_drop")
-                .unwrap_or_default()
-                .into_iter()
-                .map(|name| name.trim().to_ascii_lowercase())
-                .collect();
-            if let Some(bad) = request_headers_drop
-                .iter()
-                .find(|n| actix_web::http::header::HeaderName::from_bytes(n.as_bytes()).is_err())
-            {
-                self.error(s.key("request_headers_drop"), format!("{bad:?} is not a header name"));
-            }
+            let request_headers_drop = self.header_names(&mut s, "request_headers_drop").unwrap_or_default();
+            let request_headers_allow = self.header_names(&mut s, "request_headers_allow");
+            let response_headers_drop = self
+                .header_names(&mut s, "response_headers_drop")
+                .unwrap_or_else(|| vec!["set-cookie".into(), "clear-site-data".into()]);
             let methods: Vec<String> = self
                 .string_list(&mut s, "methods")
                 .unwrap_or_default()
@@ -568,10 +561,23 @@ impl Walker<'_> {
                     max_retry_body_bytes,
                     max_body_bytes,
                     request_headers_drop,
+                    request_headers_allow,
+                    response_headers_drop,
                 });
             }
         }
         out
+    }
+
+    /// A list of header names, lower-case; `None` when the key is absent.
+    fn header_names(&mut self, s: &mut Section<'_>, name: &'static str) -> Option<Vec<String>> {
+        let names: Vec<String> =
+            self.string_list(s, name)?.into_iter().map(|n| n.trim().to_ascii_lowercase()).collect();
+        if let Some(bad) = names.iter().find(|n| actix_web::http::header::HeaderName::from_bytes(n.as_bytes()).is_err())
+        {
+            self.error(s.key(name), format!("{bad:?} is not a header name"));
+        }
+        Some(names)
     }
 
     /// RFC 8707 §2: an absolute URI without a fragment; meaningless on a route without a token.

@@ -93,7 +93,7 @@ impl Proxy {
         let head = req.method() == actix_web::http::Method::HEAD;
         // Only a call that carried a token is retried after a 401.
         let Some(token) = &token else {
-            return Ok(respond(first, head, None, permit).await);
+            return Ok(respond(first, route, head, None, permit).await);
         };
         // RFC 9449 §9: an upstream that wants its nonce in the proof says so once.
         let first = match (route.took_dpop_nonce(&first, token), &retry_body) {
@@ -104,17 +104,17 @@ impl Proxy {
             _ => first,
         };
         if first.status() != hyper::StatusCode::UNAUTHORIZED {
-            return Ok(respond(first, head, Some(token), permit).await);
+            return Ok(respond(first, route, head, Some(token), permit).await);
         }
         let Some(retry_body) = retry_body else {
-            return Ok(respond(first, head, Some(token), permit).await);
+            return Ok(respond(first, route, head, Some(token), permit).await);
         };
         let Some(fresh) = caller.after_401(tokens, resource, token).await? else {
-            return Ok(respond(first, head, Some(token), permit).await);
+            return Ok(respond(first, route, head, Some(token), permit).await);
         };
         drop(first);
         let second = send(Some(&fresh), body::buffered(retry_body)).await.map_err(AppError::from)?;
-        Ok(respond(second, head, Some(&fresh), permit).await)
+        Ok(respond(second, route, head, Some(&fresh), permit).await)
     }
 
     /// Sends and waits for the response head only: bodies (downloads, event streams) may take
@@ -166,7 +166,9 @@ impl Proxy {
             host: &self.host,
             keep_trace_context: telemetry::context::keep_browser_context(self.trust_trace_context),
         };
-        let mut headers = headers::upstream_request_headers(req.headers(), &forwarded, &route.request_headers_drop);
+        let policy =
+            headers::HeaderPolicy { drop: &route.request_headers_drop, allow: route.request_headers_allow.as_deref() };
+        let mut headers = headers::upstream_request_headers(req.headers(), &forwarded, &policy);
         if let Some(id) = req.extensions().get::<RequestId>()
             && let Ok(v) = HeaderValue::from_str(&id.0)
         {

@@ -41,17 +41,52 @@ const NOT_FORWARDED: &[&str] = &[
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    // Identity that authenticating proxies (oauth2-proxy, Apache, IIS) hand to their upstreams.
+    "remote-user",
+    "x-user",
+    "x-email",
+    "x-preferred-username",
+    // Addresses and schemes other infrastructures write.
+    "x-proxyuser-ip",
+    "front-end-https",
+    "x-url-scheme",
+    "via",
+    // A DPoP proof is bff's to make, for its own token.
+    "dpop",
 ];
+
+/// Families of headers set by infrastructure that upstreams trust (Envoy, AWS ALB's OIDC
+/// integration, Azure App Service authentication, oauth2-proxy, `X-Remote-*` conventions), and
+/// every `*-client-ip` (Fastly, Akamai, cluster proxies).
+const NOT_FORWARDED_PREFIXES: &[&str] =
+    &["x-forwarded-", "x-envoy-", "x-amzn-oidc-", "x-ms-client-principal", "x-auth-request-", "x-remote-"];
+const NOT_FORWARDED_SUFFIXES: &[&str] = &["-client-ip"];
+
+/// W3C baggage travels with the trace context: only when that is believed.
+const BAGGAGE: &str = "baggage";
 
 /// The browser's W3C trace context: passed on only when believed and bff adds none of its own
 /// (see `telemetry::context::keep_browser_context`).
 const TRACE_CONTEXT: &[&str] = &[crate::telemetry::context::TRACEPARENT, crate::telemetry::context::TRACESTATE];
 
-fn is_not_forwarded(name: &str, route_drops: &[String], keep_trace_context: bool) -> bool {
+/// Whether a request header (lower-case) stays behind: by the fixed lists, the route's
+/// `request_headers_drop`, or, when the route has a `request_headers_allow`, not being on it.
+fn is_not_forwarded(name: &str, policy: &HeaderPolicy<'_>, keep_trace_context: bool) -> bool {
     NOT_FORWARDED.contains(&name)
-        || name.starts_with("x-forwarded-")
-        || route_drops.iter().any(|d| d == name)
-        || (!keep_trace_context && TRACE_CONTEXT.contains(&name))
+        || NOT_FORWARDED_PREFIXES.iter().any(|p| name.starts_with(p))
+        || NOT_FORWARDED_SUFFIXES.iter().any(|s| name.ends_with(s))
+        || policy.drop.iter().any(|d| d == name)
+        || policy.allow.is_some_and(|allow| !allow.iter().any(|a| a == name))
+        || (!keep_trace_context && (TRACE_CONTEXT.contains(&name) || name == BAGGAGE))
+}
+
+/// A route's own rules for request headers, lower-case.
+#[derive(Clone, Copy)]
+pub struct HeaderPolicy<'a> {
+    /// `request_headers_drop`.
+    pub drop: &'a [String],
+    /// `request_headers_allow`: when set, only these (and what bff writes itself) cross.
+    pub allow: Option<&'a [String]>,
 }
 
 /// Headers the `Connection` header names are hop-by-hop too.
@@ -84,18 +119,23 @@ pub struct ForwardedFor<'a> {
     pub keep_trace_context: bool,
 }
 
-/// The headers to send upstream. `Content-Length` is kept (a streamed body keeps its length).
-/// `route_drops`: the route's `request_headers_drop`, lower-case.
+/// The headers to send upstream. `Content-Length` is kept (a streamed body keeps its length),
+/// and so are `Content-Type` and `Content-Encoding` under an allow list (the body is unreadable
+/// without them).
 pub fn upstream_request_headers(
     inbound: &InboundHeaders,
     forwarded: &ForwardedFor<'_>,
-    route_drops: &[String],
+    policy: &HeaderPolicy<'_>,
 ) -> OutboundHeaders {
     let named = connection_named(inbound.get_all("connection").map(|v| v.as_bytes().to_vec()));
     let mut out = OutboundHeaders::with_capacity(inbound.len() + 4);
     for (name, value) in inbound {
         let lower = name.as_str();
-        if is_hop_by_hop(lower, &named) || is_not_forwarded(lower, route_drops, forwarded.keep_trace_context) {
+        let body_framing = matches!(lower, "content-length" | "content-type" | "content-encoding");
+        if is_hop_by_hop(lower, &named)
+            || (!body_framing && is_not_forwarded(lower, policy, forwarded.keep_trace_context))
+            || (body_framing && policy.drop.iter().any(|d| d == lower))
+        {
             continue;
         }
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(lower.as_bytes()), HeaderValue::from_bytes(value.as_bytes())) {
@@ -117,13 +157,18 @@ fn forwarded_for(inbound: &InboundHeaders, forwarded: &ForwardedFor<'_>) -> Opti
     HeaderValue::try_from(value).ok()
 }
 
-/// The upstream's response headers that go back to the browser: no hop-by-hop headers, no
-/// `Set-Cookie` (the browser's cookies belong to bff), no `Content-Length` (the body writer sets it).
-pub fn downstream_response_headers(upstream: &OutboundHeaders) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+/// The upstream's response headers that go back to the browser: no hop-by-hop headers, none of
+/// the route's `response_headers_drop` (by default `Set-Cookie`, the browser's cookies being
+/// bff's, and `Clear-Site-Data`, which would let an API wipe the SPA's origin), no
+/// `Content-Length` (the body writer sets it).
+pub fn downstream_response_headers<'u>(
+    upstream: &'u OutboundHeaders,
+    drop: &'u [String],
+) -> impl Iterator<Item = (&'u HeaderName, &'u HeaderValue)> {
     let named = connection_named(upstream.get_all("connection").iter().map(|v| v.as_bytes().to_vec()));
     upstream.iter().filter(move |(name, _)| {
         let n = name.as_str();
-        !is_hop_by_hop(n, &named) && n != "set-cookie" && n != "content-length"
+        !is_hop_by_hop(n, &named) && n != "content-length" && !drop.iter().any(|d| d == n)
     })
 }
 
@@ -181,7 +226,8 @@ mod tests {
             host: &host,
             keep_trace_context: false,
         };
-        let out = upstream_request_headers(&h, &fwd, &["x-route-secret".to_string()]);
+        let drop = ["x-route-secret".to_string()];
+        let out = upstream_request_headers(&h, &fwd, &HeaderPolicy { drop: &drop, allow: None });
         let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         names.sort();
         assert_eq!(
@@ -213,7 +259,10 @@ mod tests {
                 host: &host,
                 keep_trace_context: false,
             };
-            upstream_request_headers(&h, &fwd, &[])["x-forwarded-for"].to_str().unwrap_or_default().to_string()
+            upstream_request_headers(&h, &fwd, &HeaderPolicy { drop: &[], allow: None })["x-forwarded-for"]
+                .to_str()
+                .unwrap_or_default()
+                .to_string()
         };
         assert_eq!(xff(0), "10.0.0.1", "no trusted proxy: the peer only");
         assert_eq!(xff(1), "203.0.113.7, 10.0.0.1");
@@ -231,7 +280,9 @@ mod tests {
         up.append("content-length", HeaderValue::from_static("10"));
         up.append("content-type", HeaderValue::from_static("application/json"));
         up.append("cache-control", HeaderValue::from_static("max-age=5"));
-        let names: Vec<&str> = downstream_response_headers(&up).map(|(n, _)| n.as_str()).collect();
+        let drop = ["set-cookie".to_string(), "clear-site-data".to_string()];
+        up.append("clear-site-data", HeaderValue::from_static("\"*\""));
+        let names: Vec<&str> = downstream_response_headers(&up, &drop).map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["content-type", "cache-control"]);
     }
 }

@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Body as _, Incoming};
 
 use super::admission::Permit;
-use super::headers;
+use super::{Route, headers};
 use crate::tokens::UsableToken;
 
 /// Tells the SPA when the access token used expires (never the token), so it can show refreshes.
@@ -20,13 +20,14 @@ pub const TOKEN_EXPIRY_HEADER: &str = "x-bff-access-token-expires-at";
 /// Streams the upstream's answer back; the concurrency permit lives as long as the body does.
 pub(super) async fn respond(
     upstream: hyper::Response<Incoming>,
+    route: &Route,
     head_request: bool,
     token: Option<&UsableToken>,
     permit: Permit,
 ) -> HttpResponse {
     let status = StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut res = HttpResponse::build(status);
-    copy_response_headers(&mut res, upstream.headers());
+    copy_response_headers(&mut res, upstream.headers(), &route.response_headers_drop);
     if let Some(token) = token {
         res.insert_header((
             actix_web::http::header::HeaderName::from_static(TOKEN_EXPIRY_HEADER),
@@ -62,9 +63,13 @@ pub(super) async fn respond(
 }
 
 /// The upstream's response headers that go back (see `headers`).
-pub(super) fn copy_response_headers(res: &mut actix_web::HttpResponseBuilder, upstream: &hyper::HeaderMap) {
+pub(super) fn copy_response_headers(
+    res: &mut actix_web::HttpResponseBuilder,
+    upstream: &hyper::HeaderMap,
+    drop: &[String],
+) {
     // http 1 (hyper) to http 0.2 (actix): a standard name maps to its constant, a value is one copy.
-    for (name, value) in headers::downstream_response_headers(upstream) {
+    for (name, value) in headers::downstream_response_headers(upstream, drop) {
         if let (Ok(name), Ok(value)) = (
             actix_web::http::header::HeaderName::from_bytes(name.as_str().as_bytes()),
             actix_web::http::header::HeaderValue::from_bytes(value.as_bytes()),

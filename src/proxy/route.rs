@@ -21,6 +21,10 @@ pub struct Route {
     pub(super) max_body_bytes: u64,
     /// Request headers this upstream must not get, lower-case (`request_headers_drop`).
     pub(super) request_headers_drop: Vec<String>,
+    /// `request_headers_allow`, lower-case.
+    pub(super) request_headers_allow: Option<Vec<String>>,
+    /// `response_headers_drop`, lower-case.
+    pub(super) response_headers_drop: Vec<String>,
     /// `methods`; empty: any (TRACE and CONNECT are refused before routing).
     methods: Vec<String>,
     /// How long a request body may send nothing (`body_timeout_secs`).
@@ -122,6 +126,8 @@ impl From<&ApiConfig> for Route {
             timeout: api.timeout,
             max_retry_body_bytes: api.max_retry_body_bytes,
             request_headers_drop: api.request_headers_drop.clone(),
+            request_headers_allow: api.request_headers_allow.clone(),
+            response_headers_drop: api.response_headers_drop.clone(),
             methods: api.methods.clone(),
             body_timeout: api.body_timeout,
             min_body_bytes_per_sec: api.min_body_bytes_per_sec,

@@ -104,10 +104,10 @@ impl Proxy {
             token = Some(fresh);
         }
         if answer.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
-            return Ok(respond(answer, false, token.as_ref(), permit).await);
+            return Ok(respond(answer, route, false, token.as_ref(), permit).await);
         }
         let mut res = HttpResponse::build(StatusCode::SWITCHING_PROTOCOLS);
-        copy_response_headers(&mut res, answer.headers());
+        copy_response_headers(&mut res, answer.headers(), &route.response_headers_drop);
         res.upgrade("websocket");
         // Handed over as soon as the 101 is read; bounded all the same.
         let upgraded = match tokio::time::timeout(route.timeout, hyper::upgrade::on(&mut answer)).await {
