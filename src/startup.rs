@@ -148,7 +148,8 @@ impl Application {
         });
 
         let app_state = state.clone();
-        let metrics_here = config.server.metrics_listen.is_none();
+        // Metrics say how busy bff is and what fails: not for whoever reaches the public address.
+        let metrics_here = config.server.metrics_public;
         let mut server = HttpServer::new(move || {
             let state = app_state.clone();
             let mut app = App::new()

@@ -67,8 +67,10 @@ pub struct ServerConfig {
     pub templates_dir: PathBuf,
     /// Worker threads; 0 = one per CPU.
     pub workers: usize,
-    /// Serve `/metrics` on this address instead of the main listener.
+    /// Serve `/metrics` on this address (a listener of its own).
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve `/metrics` on the main listener too (anyone who reaches bff can read it).
+    pub metrics_public: bool,
     /// On SIGTERM/SIGINT: stop accepting, and give in-flight requests this long to finish.
     pub shutdown_grace: Duration,
     /// Request head (all header names and values) larger than this: 431.

@@ -110,6 +110,7 @@ impl Walker<'_> {
                 .map_err(|_| self.error(s.key("metrics_listen"), format!("not an address:port ({raw:?})")))
                 .ok()
         });
+        let metrics_public = self.boolean(&mut s, "metrics_public", false);
         let shutdown_grace = self.secs(&mut s, "shutdown_grace_secs", 30, 0);
         let max_header_bytes = self.uint(&mut s, "max_header_bytes", 16_384, 1024) as usize;
         let max_upstream_concurrency = self.uint(&mut s, "max_upstream_concurrency", 1024, 1) as usize;
@@ -126,6 +127,7 @@ impl Walker<'_> {
             templates_dir: PathBuf::from(templates_dir),
             workers,
             metrics_listen,
+            metrics_public,
             shutdown_grace,
             max_header_bytes,
             max_upstream_concurrency,
