@@ -120,6 +120,9 @@ pub struct OidcConfig {
     pub extra_auth_params: BTreeMap<String, String>,
     /// Absolute, same origin as `server.public_url`.
     pub post_logout_redirect: Url,
+    /// Logout sends the ID token as `id_token_hint` (through the browser); `false`: `client_id`
+    /// and the provider session's `sid` as `logout_hint` instead.
+    pub logout_id_token_hint: bool,
     pub timeout: Duration,
     /// RFC 7009 revocation endpoint, for a provider whose metadata names none (or a wrong one).
     pub revocation_endpoint: Option<Url>,

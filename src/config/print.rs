@@ -69,6 +69,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
         Value::Table(config.oidc.extra_auth_params.iter().map(|(k, v)| (k.clone(), string(v))).collect()),
     );
     oidc.insert("post_logout_redirect".into(), string(config.oidc.post_logout_redirect.as_str()));
+    oidc.insert("logout_id_token_hint".into(), Value::Boolean(config.oidc.logout_id_token_hint));
     oidc.insert("timeout_secs".into(), secs(config.oidc.timeout));
     oidc.insert(
         "revocation_endpoint".into(),

@@ -238,6 +238,7 @@ impl Walker<'_> {
             }
         };
         let dpop = self.boolean(&mut s, "dpop", false);
+        let logout_id_token_hint = self.boolean(&mut s, "logout_id_token_hint", true);
         let userinfo = match self.string_or(&mut s, "userinfo", "auto").as_str() {
             "auto" => UserinfoMode::Auto,
             "always" => UserinfoMode::Always,
@@ -263,6 +264,7 @@ impl Walker<'_> {
             scopes,
             extra_auth_params,
             post_logout_redirect: post_logout_redirect?,
+            logout_id_token_hint,
             timeout,
             revocation_endpoint,
         })
