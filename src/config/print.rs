@@ -95,6 +95,15 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     session.insert("absolute_timeout_secs".into(), secs(config.session.absolute_timeout));
     session.insert("key_prefix".into(), string(&config.session.key_prefix));
     session.insert("redis_timeout_ms".into(), millis(config.session.redis_timeout));
+    // Paths only: the key file's content is never printed.
+    let tls = &config.session.redis_tls;
+    if let Some((path, _)) = &tls.ca {
+        session.insert("redis_ca_file".into(), string(path));
+    }
+    if let Some(client) = &tls.client {
+        session.insert("redis_client_cert_file".into(), string(&client.cert_file));
+        session.insert("redis_client_key_file".into(), string(&client.key_file));
+    }
 
     let mut tokens = Table::new();
     tokens.insert("refresh_skew_secs".into(), secs(config.tokens.refresh_skew));
