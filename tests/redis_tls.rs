@@ -45,12 +45,15 @@ impl Pki {
             "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
         )
         .unwrap();
-        for (name, subject) in [("server", "/CN=localhost"), ("client", "/CN=bff")] {
+        let signed =
+            [("server", "ca", "/CN=localhost"), ("client", "ca", "/CN=bff"), ("stranger", "other-ca", "/CN=bff")];
+        for (name, ca, subject) in signed {
             let (key, csr, pem) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"));
+            let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
             openssl(&dir, &[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", subject]].concat());
             openssl(
                 &dir,
-                &["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", &pem]
+                &["x509", "-req", "-in", &csr, "-CA", &ca_pem, "-CAkey", &ca_key, "-CAcreateserial", "-out", &pem]
                     .into_iter()
                     .chain(["-days", "2", "-extfile", "ext.cnf"])
                     .collect::<Vec<_>>(),
@@ -65,8 +68,13 @@ impl Pki {
 
     /// What bff is configured with: `ca` trusted, the client certificate when `client`.
     fn tls(&self, ca: &str, client: bool) -> RedisTls {
-        let (cert, key) = (self.path("client.pem"), self.path("client.key"));
-        let client = client.then_some((cert.as_str(), key.as_str()));
+        self.tls_as(ca, client.then_some("client"))
+    }
+
+    /// The same with the certificate `client` (`stranger`'s is signed by the other CA).
+    fn tls_as(&self, ca: &str, client: Option<&str>) -> RedisTls {
+        let files = client.map(|name| (self.path(&format!("{name}.pem")), self.path(&format!("{name}.key"))));
+        let client = files.as_ref().map(|(cert, key)| (cert.as_str(), key.as_str()));
         RedisTls::from_files(Some(&self.path(ca)), client.map(|c| c.0), client.map(|c| c.1))
             .expect("the test's PEM files")
     }
@@ -144,8 +152,8 @@ fn tls_server(pki: &Pki, port: u16) -> Child {
     child
 }
 
-/// Signs in, calls the API twice (a token-set read each) and checks readiness.
-async fn signs_in_and_proxies(app: &support::TestApp) {
+/// Signs in, calls the API twice (a token-set read each) and checks readiness; the browser.
+async fn signs_in_and_proxies(app: &support::TestApp) -> support::Browser {
     let browser = app.browser();
     browser.login_as("alice").await;
     for _ in 0..2 {
@@ -153,6 +161,7 @@ async fn signs_in_and_proxies(app: &support::TestApp) {
     }
     let ready: serde_json::Value = reqwest::get(format!("{}/readyz", app.address)).await.unwrap().json().await.unwrap();
     assert_eq!(ready["session_store"], "ok", "{ready}");
+    browser
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,7 +190,7 @@ async fn a_tls_only_server_with_a_private_ca_and_a_client_certificate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_ca_that_does_not_verify_the_server_or_a_missing_client_certificate_stops_the_start_naming_the_key() {
+async fn a_ca_that_does_not_verify_the_server_or_a_client_certificate_refused_stops_the_start_naming_the_key() {
     let pki = Pki::new();
     let port = port_for_later();
     let _servers = Servers(vec![tls_server(&pki, port)]);
@@ -196,6 +205,7 @@ async fn a_ca_that_does_not_verify_the_server_or_a_missing_client_certificate_st
     for (tls, key) in [
         (pki.tls("other-ca.pem", true), "session.redis_ca_file"),
         (pki.tls("ca.pem", false), "session.redis_client_cert_file"),
+        (pki.tls_as("ca.pem", Some("stranger")), "session.redis_client_cert_file"),
     ] {
         let mut config = app.config.clone();
         config.session.redis_tls = tls;
@@ -236,10 +246,16 @@ async fn a_wrong_ca_found_after_the_start_is_named_by_readyz() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sentinel_with_tls_only_sentinels_and_primary() {
+async fn sentinel_with_tls_only_sentinels_primary_and_replica_through_a_failover() {
     let pki = Pki::new();
-    let (primary, sentinel) = (port_for_later(), port_for_later());
+    let (primary, replica, sentinel) = (port_for_later(), port_for_later(), port_for_later());
     let mut servers = Servers(vec![tls_server(&pki, primary)]);
+    // The replica follows over TLS (`--tls-replication yes`) and becomes the primary below.
+    let mut args = pki.server_args(replica);
+    args.extend(
+        ["--replicaof", "127.0.0.1", &primary.to_string(), "--repl-diskless-sync-delay", "0"].map(String::from),
+    );
+    servers.0.push(redis_server(&args, &pki.dir.join(replica.to_string())));
     let dir = pki.dir.join(sentinel.to_string());
     std::fs::create_dir_all(&dir).unwrap();
     let conf = dir.join("sentinel.conf");
@@ -247,7 +263,8 @@ async fn sentinel_with_tls_only_sentinels_and_primary() {
         &conf,
         format!(
             "port 0\ntls-port {sentinel}\nbind 127.0.0.1\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n\
-             tls-replication yes\nsentinel monitor bffdata 127.0.0.1 {primary} 1\n",
+             tls-replication yes\nsentinel monitor bffdata 127.0.0.1 {primary} 1\n\
+             sentinel down-after-milliseconds bffdata 1000\nsentinel failover-timeout bffdata 3000\n",
             pki.path("server.pem"),
             pki.path("server.key"),
             pki.path("ca.pem"),
@@ -263,8 +280,11 @@ async fn sentinel_with_tls_only_sentinels_and_primary() {
             .spawn()
             .expect("redis-server --sentinel"),
     );
-    blocking_eventually("the TLS sentinel names the primary", Duration::from_secs(20), || {
-        pki.cli(sentinel, &["sentinel", "get-master-addr-by-name", "bffdata"]).contains(&primary.to_string())
+    // The sentinel learns of the replica from the primary's INFO (every ten seconds).
+    blocking_eventually("the TLS sentinel knows the primary and its synced replica", Duration::from_secs(25), || {
+        pki.cli(replica, &["info", "replication"]).contains("master_link_status:up")
+            && pki.cli(sentinel, &["sentinel", "get-master-addr-by-name", "bffdata"]).contains(&primary.to_string())
+            && pki.cli(sentinel, &["sentinel", "replicas", "bffdata"]).contains(&replica.to_string())
     });
     let tls = pki.tls("ca.pem", true);
     let sentinel_url = format!("rediss://127.0.0.1:{sentinel}");
@@ -279,7 +299,7 @@ async fn sentinel_with_tls_only_sentinels_and_primary() {
     })
     .await;
 
-    signs_in_and_proxies(&app).await;
+    let browser = signs_in_and_proxies(&app).await;
     let address = app.address.clone();
     eventually("the invalidation channel is up on the TLS primary", Duration::from_secs(10), || {
         let address = address.clone();
@@ -288,6 +308,22 @@ async fn sentinel_with_tls_only_sentinels_and_primary() {
     .await;
     let keys = pki.cli(primary, &["--scan", "--pattern", &format!("{}*", app.prefix)]);
     assert!(keys.contains(":tokens"), "the token set is on the primary: {keys}");
+
+    // The replica, promoted, is reached by TLS too, the session with it.
+    blocking_eventually("the replica has every write", Duration::from_secs(10), || {
+        pki.cli(replica, &["--scan", "--pattern", &format!("{}*", app.prefix)]).contains(":tokens")
+    });
+    let _ = servers.0[0].kill();
+    let _ = servers.0[0].wait();
+    let address = app.address.clone();
+    eventually("calls succeed on the new primary", Duration::from_secs(45), || {
+        let (browser, address) = (browser.clone(), address.clone());
+        async move {
+            browser.user().await.status() == 200 && metric(&address, "bff_token_cache_channel_up").await == 1.0
+        }
+    })
+    .await;
+    assert!(pki.cli(sentinel, &["sentinel", "get-master-addr-by-name", "bffdata"]).contains(&replica.to_string()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -121,7 +121,9 @@ fn certificate_problem(e: &redis::RedisError) -> Option<String> {
             e.detail().unwrap_or(&text)
         ));
     }
-    if text.contains("received fatal alert") && text.to_ascii_lowercase().contains("certificate") {
+    // The server's alerts about ours: CertificateRequired, BadCertificate, UnknownCA, …
+    let alert = text.split_once("received fatal alert: ").map(|(_, alert)| alert.to_ascii_lowercase());
+    if alert.is_some_and(|a| a.contains("certificate") || a.starts_with("unknownca")) {
         return Some(format!(
             "session.redis_client_cert_file: the Redis server refused bff's client certificate (or wants one): {}",
             e.detail().unwrap_or(&text)
