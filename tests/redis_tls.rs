@@ -79,6 +79,12 @@ impl Pki {
             .expect("the test's PEM files")
     }
 
+    /// The client certificate with another certificate's key.
+    fn mismatched(&self) -> RedisTls {
+        let (cert, key) = (self.path("client.pem"), self.path("stranger.key"));
+        RedisTls::from_files(Some(&self.path("ca.pem")), Some(&cert), Some(&key)).expect("PEM files")
+    }
+
     /// The arguments that make a Redis server (or sentinel) TLS-only with the server certificate.
     fn server_args(&self, port: u16) -> Vec<String> {
         [
@@ -206,6 +212,7 @@ async fn a_ca_that_does_not_verify_the_server_or_a_client_certificate_refused_st
         (pki.tls("other-ca.pem", true), "session.redis_ca_file"),
         (pki.tls("ca.pem", false), "session.redis_client_cert_file"),
         (pki.tls_as("ca.pem", Some("stranger")), "session.redis_client_cert_file"),
+        (pki.mismatched(), "session.redis_client_cert_file"),
     ] {
         let mut config = app.config.clone();
         config.session.redis_tls = tls;

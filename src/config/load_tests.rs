@@ -385,11 +385,14 @@ fn redis_tls_files_are_read_checked_and_named_by_their_key_and_never_printed() {
         std::fs::write(&path, text).unwrap();
         path.display().to_string()
     };
-    // PEM framing is what loading checks; the handshake checks the rest.
-    let ca = file("ca.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
-    let cert = file("client.pem", "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n");
-    let key = file("client.key", "-----BEGIN PRIVATE KEY-----\nU0VDUkVUS0VZ\n-----END PRIVATE KEY-----\n");
+    let fixture = |name: &str| {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/redis-tls").join(name);
+        path.display().to_string()
+    };
+    let (ca, cert, key) = (fixture("ca.pem"), fixture("client.pem"), fixture("client.key"));
     let not_pem = file("not.pem", "hello\n");
+    let not_a_certificate = file("garbage.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
+    let key_body: String = std::fs::read_to_string(&key).unwrap().lines().nth(1).unwrap().to_string();
     let session = |url: &str, extra: &str| format!("{}redis_url = \"{url}\"\n{extra}", minimal());
 
     let text = session(
@@ -401,7 +404,9 @@ fn redis_tls_files_are_read_checked_and_named_by_their_key_and_never_printed() {
     let printed = config.to_redacted_toml();
     assert!(printed.contains(&format!("redis_ca_file = {ca:?}")), "{printed}");
     assert!(printed.contains(&format!("redis_client_key_file = {key:?}")), "{printed}");
-    assert!(!printed.contains("U0VDUkVUS0VZ") && !printed.contains("hunter2"), "{printed}");
+    assert!(!printed.contains(&key_body) && !printed.contains("hunter2"), "{printed}");
+    let errs = errors(&session("rediss://127.0.0.1:6380", &format!("redis_ca_file = {not_a_certificate:?}\n")));
+    assert!(errs.len() == 1 && errs[0].starts_with("session.redis_ca_file: not usable for TLS"), "{errs:?}");
 
     let errs = errors(&session("rediss://127.0.0.1:6380", &format!("redis_ca_file = {not_pem:?}\n")));
     assert_eq!(errs.len(), 1, "{errs:?}");

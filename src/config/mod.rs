@@ -321,7 +321,22 @@ impl RedisTls {
                 }
             }
         };
-        if errors.is_empty() { Ok(RedisTls { ca, client }) } else { Err(errors) }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let tls = RedisTls { ca, client };
+        // What the redis crate checks before connecting (the CA certificates as trust anchors):
+        // here, so that a bad file stops the start whatever the topology. The client certificate
+        // and key are paired at the first connection (see the store's `certificate_problem`).
+        if let Some(certs) = tls.certificates()
+            && let Err(e) = redis::Client::build_with_tls("rediss://localhost", certs)
+        {
+            let text = e.to_string();
+            let key = if text.contains("root certificate") || text.contains("trust anchors") { CA } else { KEY };
+            let message = format!("not usable for TLS ({})", e.detail().unwrap_or(&text));
+            return Err(vec![ConfigError { key: key.into(), message }]);
+        }
+        Ok(tls)
     }
 
     /// For the redis crate: `None` when the system's roots and no client certificate do.

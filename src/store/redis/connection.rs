@@ -121,6 +121,14 @@ fn certificate_problem(e: &redis::RedisError) -> Option<String> {
             e.detail().unwrap_or(&text)
         ));
     }
+    // rustls refused the pair (a key that is not the certificate's, a certificate it cannot read).
+    if text.contains("Unable to build client with TLS parameters") {
+        return Some(format!(
+            "session.redis_client_cert_file: the client certificate and session.redis_client_key_file are not \
+             usable together: {}",
+            e.detail().unwrap_or(&text)
+        ));
+    }
     // The server's alerts about ours: CertificateRequired, BadCertificate, UnknownCA, …
     let alert = text.split_once("received fatal alert: ").map(|(_, alert)| alert.to_ascii_lowercase());
     if alert.is_some_and(|a| a.contains("certificate") || a.starts_with("unknownca")) {
