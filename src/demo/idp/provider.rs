@@ -810,8 +810,8 @@ impl Provider {
             })
         });
         // No ID token: `logout_hint` naming a provider session that `client_id` took part in
-        // (what Keycloak, Entra ID and others accept; a real provider would also ask the user
-        // unless its own cookie names the same session). The grant may be revoked already (the
+        // (RP-Initiated Logout leaves the hint's meaning to the provider; this one reads a `sid`.
+        // A real provider would also ask the user unless its own cookie names the same session). The grant may be revoked already (the
         // client revokes before it redirects): the provider session outlives it.
         let sid = sid.or_else(|| {
             let wanted = q.get("logout_hint")?;
