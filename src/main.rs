@@ -113,6 +113,12 @@ async fn main() -> ExitCode {
 fn exit_code(what: &str, result: Result<(), anyhow::Error>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A mistake in the configuration only found on trying it (a Redis CA that does not
+        // verify the server): reported like the loader's, with exit 2.
+        Err(e) if e.downcast_ref::<bff::config::ConfigErrors>().is_some() => {
+            eprintln!("{what}: the configuration has a problem:\n  {e}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("{what}: {e:#}");
             ExitCode::FAILURE

@@ -19,7 +19,7 @@ use crate::proxy::Proxy;
 use crate::routes;
 use crate::session::{CookiePolicy, KeyLayout, PendingLogins, SessionLifetime, SessionStoreAdapter};
 use crate::state::{AppState, content_security_policy};
-use crate::store::{ChangeListener, MemoryStore, RedisStore, RedisTopology, Store, Untracked};
+use crate::store::{ChangeListener, MemoryStore, RedisStore, RedisTopology, Store, StoreError, Untracked};
 use crate::telemetry::error_chain;
 use crate::tokens::{Sessions, TokenCache, TokenManager, TokenStore, TokenTimings};
 
@@ -46,7 +46,37 @@ pub fn store_for(config: &Config) -> Result<Store, anyhow::Error> {
         );
         return Ok(Store::memory(MemoryStore::new()));
     };
-    Ok(Store::redis(RedisStore::with_topology(&topology, s.redis_timeout)?))
+    let certs = s.redis_tls.certificates();
+    Ok(Store::redis(RedisStore::with_tls(&topology, certs.as_ref(), s.redis_timeout)?))
+}
+
+/// With TLS to Redis, one connection attempt at start: a certificate that does not verify (a
+/// wrong `session.redis_ca_file`) or a client certificate the server refuses is a configuration
+/// mistake, reported as such (exit 2) instead of a bff that starts and is never ready. Redis being
+/// down or slow is not: bff starts anyway and `/readyz` says so.
+async fn check_redis_tls(config: &Config, store: &Store) -> Result<(), crate::config::ConfigErrors> {
+    let s = &config.session;
+    let tls = s.redis_url.iter().chain(&s.redis_sentinels).chain(&s.redis_cluster_nodes).any(|url| {
+        use secrecy::ExposeSecret;
+        url.expose_secret().trim_start().to_ascii_lowercase().starts_with("rediss:")
+    });
+    if !tls {
+        return Ok(());
+    }
+    match store.ping().await {
+        Err(StoreError::Certificate(problem)) => {
+            let (key, message) = problem.split_once(": ").unwrap_or(("session.redis_ca_file", problem.as_str()));
+            Err(crate::config::ConfigErrors(vec![crate::config::ConfigError {
+                key: key.to_string(),
+                message: message.to_string(),
+            }]))
+        }
+        Err(e) => {
+            tracing::warn!("Redis does not answer yet ({e}); bff starts anyway, /readyz says when it does");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
 }
 
 /// The coherent local token cache, when configured and the store can keep it coherent; the
@@ -80,6 +110,7 @@ impl Application {
     /// Builds the app on `listener` with the store the configuration names.
     pub async fn build(config: Config, listener: TcpListener) -> Result<Application, anyhow::Error> {
         let store = store_for(&config)?;
+        check_redis_tls(&config, &store).await?;
         Application::build_with_store(config, listener, store).await
     }
 
@@ -163,7 +194,8 @@ impl Application {
         });
 
         let app_state = state.clone();
-        let metrics_here = config.server.metrics_listen.is_none();
+        // Metrics say how busy bff is and what fails: not for whoever reaches the public address.
+        let metrics_here = config.server.metrics_public;
         let mut server = HttpServer::new(move || {
             let state = app_state.clone();
             let mut app = App::new()

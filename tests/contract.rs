@@ -415,6 +415,8 @@ async fn spawn_bff() -> String {
     set(&mut table, "server.static_dir", Value::String(format!("{ROOT}/static")));
     set(&mut table, "server.templates_dir", Value::String(format!("{ROOT}/templates")));
     set(&mut table, "server.workers", Value::Integer(1));
+    // `/metrics` is in the route table; on the main listener only when made public.
+    set(&mut table, "server.metrics_public", Value::Boolean(true));
     let app = bff::Application::build(load(&table).unwrap(), listener).await.unwrap();
     tokio::spawn(app.run_until_stopped());
     address

@@ -375,3 +375,60 @@ fn telemetry_is_off_unless_configured_and_its_values_are_checked() {
     assert!(errs.iter().any(|e| e.starts_with("telemetry.sampling_ratio: expected a number from 0 to 1")), "{errs:?}");
     assert!(errs.iter().any(|e| e.starts_with("telemetry.endpoint")), "an unknown key: {errs:?}");
 }
+
+#[test]
+fn redis_tls_files_are_read_checked_and_named_by_their_key_and_never_printed() {
+    let dir = std::env::temp_dir().join(format!("bff-redis-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let fixture = |name: &str| {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/redis-tls").join(name);
+        path.display().to_string()
+    };
+    let (ca, cert, key) = (fixture("ca.pem"), fixture("client.pem"), fixture("client.key"));
+    let not_pem = file("not.pem", "hello\n");
+    let not_a_certificate = file("garbage.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
+    let key_body: String = std::fs::read_to_string(&key).unwrap().lines().nth(1).unwrap().to_string();
+    let session = |url: &str, extra: &str| format!("{}redis_url = \"{url}\"\n{extra}", minimal());
+
+    let text = session(
+        "rediss://:hunter2@127.0.0.1:6380",
+        &format!("redis_ca_file = {ca:?}\nredis_client_cert_file = {cert:?}\nredis_client_key_file = {key:?}\n"),
+    );
+    let config = load(ConfigSource::from_toml_text(&text)).unwrap();
+    assert!(config.session.redis_tls.certificates().is_some_and(|c| c.client_tls.is_some() && c.root_cert.is_some()));
+    let printed = config.to_redacted_toml();
+    assert!(printed.contains(&format!("redis_ca_file = {ca:?}")), "{printed}");
+    assert!(printed.contains(&format!("redis_client_key_file = {key:?}")), "{printed}");
+    assert!(!printed.contains(&key_body) && !printed.contains("hunter2"), "{printed}");
+    let errs = errors(&session("rediss://127.0.0.1:6380", &format!("redis_ca_file = {not_a_certificate:?}\n")));
+    assert!(errs.len() == 1 && errs[0].starts_with("session.redis_ca_file: not usable for TLS"), "{errs:?}");
+
+    let errs = errors(&session("rediss://127.0.0.1:6380", &format!("redis_ca_file = {not_pem:?}\n")));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].starts_with("session.redis_ca_file: ") && errs[0].contains("no PEM certificate"), "{errs:?}");
+    let missing = dir.join("absent.pem").display().to_string();
+    let errs = errors(&session("rediss://127.0.0.1:6380", &format!("redis_ca_file = {missing:?}\n")));
+    assert!(errs.len() == 1 && errs[0].starts_with("session.redis_ca_file: cannot read"), "{errs:?}");
+    let errs = errors(&session("rediss://127.0.0.1:6380", &format!("redis_client_cert_file = {cert:?}\n")));
+    assert_eq!(errs, vec!["session.redis_client_key_file: missing (required with redis_client_cert_file)"]);
+    let errs = errors(&session(
+        "rediss://127.0.0.1:6380",
+        &format!("redis_client_cert_file = {cert:?}\nredis_client_key_file = {not_pem:?}\n"),
+    ));
+    assert!(errs.len() == 1 && errs[0].starts_with("session.redis_client_key_file: "), "{errs:?}");
+    assert!(!errs[0].contains("hello"), "a key file's content is never repeated: {errs:?}");
+    let errs = errors(&session("redis://127.0.0.1:6380", &format!("redis_ca_file = {ca:?}\n")));
+    assert_eq!(errs, vec!["session.redis_ca_file: needs rediss:// Redis URLs (TLS)"]);
+
+    let mixed = format!("{}redis_sentinels = [\"rediss://127.0.0.1:26379\", \"redis://127.0.0.1:26380\"]\n", minimal());
+    assert_eq!(
+        errors(&mixed),
+        vec!["session.redis_sentinels: mixes rediss:// and other URLs: use rediss:// for all or none"]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

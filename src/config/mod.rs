@@ -67,8 +67,10 @@ pub struct ServerConfig {
     pub templates_dir: PathBuf,
     /// Worker threads; 0 = one per CPU.
     pub workers: usize,
-    /// Serve `/metrics` on this address instead of the main listener.
+    /// Serve `/metrics` on this address (a listener of its own).
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve `/metrics` on the main listener too (anyone who reaches bff can read it).
+    pub metrics_public: bool,
     /// On SIGTERM/SIGINT: stop accepting, and give in-flight requests this long to finish.
     pub shutdown_grace: Duration,
     /// Request head (all header names and values) larger than this: 431.
@@ -126,6 +128,9 @@ pub struct OidcConfig {
     pub extra_auth_params: BTreeMap<String, String>,
     /// Absolute, same origin as `server.public_url`.
     pub post_logout_redirect: Url,
+    /// Logout sends the ID token as `id_token_hint` (through the browser); `false`: `client_id`
+    /// and the provider session's `sid` as `logout_hint` instead.
+    pub logout_id_token_hint: bool,
     pub timeout: Duration,
     /// RFC 7009 revocation endpoint, for a provider whose metadata names none (or a wrong one).
     pub revocation_endpoint: Option<Url>,
@@ -227,6 +232,132 @@ pub struct SessionConfig {
     pub absolute_timeout: Duration,
     pub key_prefix: String,
     pub redis_timeout: Duration,
+    /// What TLS to Redis trusts and presents (`rediss://` URLs only).
+    pub redis_tls: RedisTls,
+}
+
+/// TLS to Redis beyond the system's roots: a private CA and a client certificate, read and
+/// checked when the configuration loads. They apply to every connection of the topology: the
+/// server, sentinels and the primaries and replicas they name, cluster nodes, and the cache's
+/// tracking connection.
+#[derive(Debug, Clone, Default)]
+pub struct RedisTls {
+    /// `session.redis_ca_file` and its PEM bundle: the CAs trusted instead of the system's.
+    pub ca: Option<(String, Vec<u8>)>,
+    /// `session.redis_client_cert_file` / `_key_file`, for servers that ask for one (mTLS).
+    pub client: Option<RedisClientCert>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisClientCert {
+    pub cert_file: String,
+    pub key_file: String,
+    pub cert_pem: Vec<u8>,
+    /// Never printed.
+    pub key_pem: SecretString,
+}
+
+impl RedisTls {
+    pub fn is_set(&self) -> bool {
+        self.ca.is_some() || self.client.is_some()
+    }
+
+    /// Reads and checks the files (PEM certificates; a PEM private key). Errors name the key.
+    pub fn from_files(
+        ca_file: Option<&str>,
+        client_cert_file: Option<&str>,
+        client_key_file: Option<&str>,
+    ) -> Result<RedisTls, Vec<ConfigError>> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let mut errors = Vec::new();
+        let mut problem = |key: &str, message: String| errors.push(ConfigError { key: key.into(), message });
+        let read = |key: &str, path: &str, problem: &mut dyn FnMut(&str, String)| match std::fs::read(path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                problem(key, format!("cannot read {path:?}: {e}"));
+                None
+            }
+        };
+        let certificates = |key: &str, path: &str, bytes: Vec<u8>, problem: &mut dyn FnMut(&str, String)| {
+            match CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>() {
+                Ok(certs) if certs.is_empty() => problem(key, format!("{path:?} holds no PEM certificate")),
+                Ok(_) => return Some(bytes),
+                Err(e) => problem(key, format!("{path:?} is not a PEM certificate bundle ({e})")),
+            }
+            None
+        };
+        const CA: &str = "session.redis_ca_file";
+        const CERT: &str = "session.redis_client_cert_file";
+        const KEY: &str = "session.redis_client_key_file";
+        let ca = ca_file.and_then(|path| {
+            let bytes = read(CA, path, &mut problem)?;
+            certificates(CA, path, bytes, &mut problem).map(|pem| (path.to_string(), pem))
+        });
+        let client = match (client_cert_file, client_key_file) {
+            (None, None) => None,
+            (Some(_), None) => {
+                problem(KEY, "missing (required with redis_client_cert_file)".into());
+                None
+            }
+            (None, Some(_)) => {
+                problem(CERT, "missing (required with redis_client_key_file)".into());
+                None
+            }
+            (Some(cert_file), Some(key_file)) => {
+                let cert = read(CERT, cert_file, &mut problem)
+                    .and_then(|bytes| certificates(CERT, cert_file, bytes, &mut problem));
+                // The key's content is never repeated in a message.
+                let key = read(KEY, key_file, &mut problem).and_then(|bytes| {
+                    match PrivateKeyDer::from_pem_slice(&bytes) {
+                        Ok(_) => String::from_utf8(bytes).ok(),
+                        Err(_) => None,
+                    }
+                    .or_else(|| {
+                        problem(KEY, format!("{key_file:?} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)"));
+                        None
+                    })
+                });
+                match (cert, key) {
+                    (Some(cert_pem), Some(key_pem)) => Some(RedisClientCert {
+                        cert_file: cert_file.into(),
+                        key_file: key_file.into(),
+                        cert_pem,
+                        key_pem: SecretString::from(key_pem),
+                    }),
+                    _ => None,
+                }
+            }
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let tls = RedisTls { ca, client };
+        // What the redis crate checks before connecting (the CA certificates as trust anchors):
+        // here, so that a bad file stops the start whatever the topology. The client certificate
+        // and key are paired at the first connection (see the store's `certificate_problem`).
+        if let Some(certs) = tls.certificates()
+            && let Err(e) = redis::Client::build_with_tls("rediss://localhost", certs)
+        {
+            let text = e.to_string();
+            let key = if text.contains("root certificate") || text.contains("trust anchors") { CA } else { KEY };
+            let message = format!("not usable for TLS ({})", e.detail().unwrap_or(&text));
+            return Err(vec![ConfigError { key: key.into(), message }]);
+        }
+        Ok(tls)
+    }
+
+    /// For the redis crate: `None` when the system's roots and no client certificate do.
+    pub fn certificates(&self) -> Option<redis::TlsCertificates> {
+        use secrecy::ExposeSecret;
+        self.is_set().then(|| redis::TlsCertificates {
+            client_tls: self.client.as_ref().map(|c| redis::ClientTlsConfig {
+                client_cert: c.cert_pem.clone(),
+                client_key: c.key_pem.expose_secret().as_bytes().to_vec(),
+            }),
+            root_cert: self.ca.as_ref().map(|(_, pem)| pem.clone()),
+        })
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -35,6 +35,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     if let Some(addr) = config.server.metrics_listen {
         server.insert("metrics_listen".into(), string(addr.to_string()));
     }
+    server.insert("metrics_public".into(), Value::Boolean(config.server.metrics_public));
     server.insert("shutdown_grace_secs".into(), secs(config.server.shutdown_grace));
     server.insert("max_header_bytes".into(), int(config.server.max_header_bytes as u64));
     server.insert("max_upstream_concurrency".into(), int(config.server.max_upstream_concurrency as u64));
@@ -77,6 +78,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
         Value::Table(config.oidc.extra_auth_params.iter().map(|(k, v)| (k.clone(), string(v))).collect()),
     );
     oidc.insert("post_logout_redirect".into(), string(config.oidc.post_logout_redirect.as_str()));
+    oidc.insert("logout_id_token_hint".into(), Value::Boolean(config.oidc.logout_id_token_hint));
     oidc.insert("timeout_secs".into(), secs(config.oidc.timeout));
     oidc.insert(
         "revocation_endpoint".into(),
@@ -102,6 +104,15 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     session.insert("absolute_timeout_secs".into(), secs(config.session.absolute_timeout));
     session.insert("key_prefix".into(), string(&config.session.key_prefix));
     session.insert("redis_timeout_ms".into(), millis(config.session.redis_timeout));
+    // Paths only: the key file's content is never printed.
+    let tls = &config.session.redis_tls;
+    if let Some((path, _)) = &tls.ca {
+        session.insert("redis_ca_file".into(), string(path));
+    }
+    if let Some(client) = &tls.client {
+        session.insert("redis_client_cert_file".into(), string(&client.cert_file));
+        session.insert("redis_client_key_file".into(), string(&client.key_file));
+    }
 
     let mut tokens = Table::new();
     tokens.insert("refresh_skew_secs".into(), secs(config.tokens.refresh_skew));

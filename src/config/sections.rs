@@ -14,8 +14,8 @@ use crate::client_keys::ClientKeys;
 
 use super::walker::{Section, Walker, describe};
 use super::{
-    ApiConfig, AssertionAudience, AuthMethod, Config, LogConfig, LogFormat, OidcConfig, ParMode, SameSitePolicy,
-    ServerConfig, SessionConfig, TelemetryConfig, TokenPolicy, TokensConfig, UserinfoMode,
+    ApiConfig, AssertionAudience, AuthMethod, Config, LogConfig, LogFormat, OidcConfig, ParMode, RedisTls,
+    SameSitePolicy, ServerConfig, SessionConfig, TelemetryConfig, TokenPolicy, TokensConfig, UserinfoMode,
 };
 
 const MIN_SECRET_BYTES: usize = 64;
@@ -110,6 +110,7 @@ impl Walker<'_> {
                 .map_err(|_| self.error(s.key("metrics_listen"), format!("not an address:port ({raw:?})")))
                 .ok()
         });
+        let metrics_public = self.boolean(&mut s, "metrics_public", false);
         let shutdown_grace = self.secs(&mut s, "shutdown_grace_secs", 30, 0);
         let max_header_bytes = self.uint(&mut s, "max_header_bytes", 16_384, 1024) as usize;
         let max_upstream_concurrency = self.uint(&mut s, "max_upstream_concurrency", 1024, 1) as usize;
@@ -136,6 +137,7 @@ impl Walker<'_> {
             templates_dir: PathBuf::from(templates_dir),
             workers,
             metrics_listen,
+            metrics_public,
             shutdown_grace,
             max_header_bytes,
             max_upstream_concurrency,
@@ -249,6 +251,7 @@ impl Walker<'_> {
             }
         };
         let dpop = self.boolean(&mut s, "dpop", false);
+        let logout_id_token_hint = self.boolean(&mut s, "logout_id_token_hint", true);
         let userinfo = match self.string_or(&mut s, "userinfo", "auto").as_str() {
             "auto" => UserinfoMode::Auto,
             "always" => UserinfoMode::Always,
@@ -274,6 +277,7 @@ impl Walker<'_> {
             scopes,
             extra_auth_params,
             post_logout_redirect: post_logout_redirect?,
+            logout_id_token_hint,
             timeout,
             revocation_endpoint,
         })
@@ -374,6 +378,33 @@ impl Walker<'_> {
         if topologies.iter().filter(|t| **t).count() > 1 {
             self.error(s.key("redis_url"), "set one of redis_url, redis_sentinels and redis_cluster_nodes");
         }
+        // TLS is all or nothing: the primaries and replicas Sentinel names, and the nodes a
+        // cluster names, are reached the way the configured URLs say.
+        let tls_of = |raw: &String| raw.trim_start().to_ascii_lowercase().starts_with("rediss:");
+        for (name, list) in [("redis_sentinels", &redis_sentinels), ("redis_cluster_nodes", &redis_cluster_nodes)] {
+            if list.iter().any(tls_of) && !list.iter().all(tls_of) {
+                self.error(s.key(name), "mixes rediss:// and other URLs: use rediss:// for all or none");
+            }
+        }
+        let uses_tls = redis_url.iter().chain(&redis_sentinels).chain(&redis_cluster_nodes).any(tls_of);
+        let path = |w: &mut Self, s: &mut Section<'_>, name: &'static str| {
+            let value = w.string(s, name).filter(|p| !p.is_empty());
+            if value.is_some() && !uses_tls {
+                w.error(s.key(name), "needs rediss:// Redis URLs (TLS)");
+            }
+            value
+        };
+        let ca_file = path(self, &mut s, "redis_ca_file");
+        let client_cert_file = path(self, &mut s, "redis_client_cert_file");
+        let client_key_file = path(self, &mut s, "redis_client_key_file");
+        let redis_tls =
+            RedisTls::from_files(ca_file.as_deref(), client_cert_file.as_deref(), client_key_file.as_deref())
+                .unwrap_or_else(|errors| {
+                    for e in errors {
+                        self.error(e.key, e.message);
+                    }
+                    RedisTls::default()
+                });
         let secrets = match self.string_list(&mut s, "secret") {
             None => {
                 self.error(s.key("secret"), format!("missing (required, at least {MIN_SECRET_BYTES} bytes)"));
@@ -438,6 +469,7 @@ impl Walker<'_> {
             absolute_timeout,
             key_prefix,
             redis_timeout,
+            redis_tls,
         })
     }
 

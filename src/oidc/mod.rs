@@ -616,20 +616,41 @@ impl Oidc {
         self.issuer.url().origin().ascii_serialization()
     }
 
-    /// The RP-initiated logout URL, when the provider has an end-session endpoint.
-    pub fn end_session_url(&self, id_token_hint: Option<&str>, post_logout_redirect: &Url) -> Option<Url> {
+    /// The RP-initiated logout URL, when the provider has an end-session endpoint. The browser
+    /// carries it: whatever `hint` puts in it lands in its history and the provider's logs.
+    pub fn end_session_url(&self, hint: LogoutHint<'_>, post_logout_redirect: &Url) -> Option<Url> {
         let provider = self.provider().ok()?;
         let mut url = provider.end_session_url.clone()?;
         {
             let mut q = url.query_pairs_mut();
-            if let Some(hint) = id_token_hint {
-                q.append_pair("id_token_hint", hint);
+            match hint {
+                LogoutHint::IdToken(token) => {
+                    q.append_pair("id_token_hint", token);
+                }
+                LogoutHint::ProviderSession(sid) => {
+                    q.append_pair("logout_hint", sid);
+                }
+                LogoutHint::None => {}
             }
             q.append_pair("post_logout_redirect_uri", post_logout_redirect.as_str());
             q.append_pair("client_id", self.client_id.as_str());
         }
         Some(url)
     }
+}
+
+/// What the end-session URL tells the provider about the session that ends (RP-Initiated
+/// Logout 1.0 §2; `client_id` is always sent).
+#[derive(Debug, Clone, Copy)]
+pub enum LogoutHint<'a> {
+    /// `id_token_hint`: lets providers end the session without asking the user, at the price of
+    /// the ID token (the user's claims, not a credential for APIs) in the browser's URL.
+    IdToken(&'a str),
+    /// `logout_hint` = the provider session's `sid`, which several providers accept with
+    /// `client_id`.
+    ProviderSession(&'a str),
+    /// Nothing known: the provider asks the user or goes by its own cookie.
+    None,
 }
 
 /// Who is signed in, as the SPA may see it: claims only, never a token.
@@ -641,7 +662,8 @@ pub struct UserInfo {
     pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
-/// A raw ID token (a JWT). Its `Debug` is redacted; it leaves bff only as `id_token_hint`.
+/// A raw ID token (a JWT). Its `Debug` is redacted; it leaves bff only as `id_token_hint`
+/// (unless `oidc.logout_id_token_hint = false`).
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct RawIdToken(String);

@@ -16,7 +16,7 @@ use crate::error::{AppError, BadRequest};
 use crate::http::{Frameable, require_csrf_header, require_csrf_or_same_origin};
 use crate::limits::Limit;
 use crate::metrics::AuthEvent;
-use crate::oidc::{CallbackError, GrantToken, LogoutTokenError, Oidc, Revocation};
+use crate::oidc::{CallbackError, GrantToken, LogoutHint, LogoutTokenError, Oidc, Revocation};
 use crate::return_to::ReturnTo;
 use crate::session::SessionEntries;
 use crate::session::SessionHandle;
@@ -268,11 +268,11 @@ pub async fn user(req: HttpRequest, state: web::Data<AppState>, session: Session
 /// `POST /auth/logout`
 pub async fn logout(req: HttpRequest, state: web::Data<AppState>, session: Session) -> Result<HttpResponse, AppError> {
     require_csrf_or_same_origin(&req, &state.public_origin)?;
-    let mut id_token_hint = None;
+    let mut ended_session = None;
     if let Some(signed_in) = SessionEntries::read(&session, state.lifetime.now()) {
         if let Some(ended) = state.sessions.end(&signed_in.handle, EndReason::SignedOut).await? {
             revoke_grant(&state.oidc, &signed_in.handle, &ended).await;
-            id_token_hint = ended.id_token;
+            ended_session = Some(ended);
         }
         state.metrics.auth_event(AuthEvent::Logout);
     }
@@ -284,10 +284,14 @@ pub async fn logout(req: HttpRequest, state: web::Data<AppState>, session: Sessi
     let middleware_clears_cookie = !session.entries().is_empty();
     session.purge();
     let post_logout = &state.config.oidc.post_logout_redirect;
-    let target = state
-        .oidc
-        .end_session_url(id_token_hint.as_ref().map(|t| t.secret()), post_logout)
-        .unwrap_or_else(|| post_logout.clone());
+    let id_token =
+        ended_session.as_ref().and_then(|e| e.id_token.as_ref()).filter(|_| state.config.oidc.logout_id_token_hint);
+    let hint = match (id_token, ended_session.as_ref().and_then(|e| e.provider_sid.as_deref())) {
+        (Some(token), _) => LogoutHint::IdToken(token.secret()),
+        (None, Some(sid)) => LogoutHint::ProviderSession(sid),
+        (None, None) => LogoutHint::None,
+    };
+    let target = state.oidc.end_session_url(hint, post_logout).unwrap_or_else(|| post_logout.clone());
     let mut res = redirect(StatusCode::SEE_OTHER, target.as_str());
     res.cookie(state.cookies.login_cookie_removal());
     if !middleware_clears_cookie && state.cookies.session_cookie(&req).is_some() {

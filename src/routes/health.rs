@@ -14,12 +14,18 @@ pub async fn healthz() -> HttpResponse {
 /// has not refused bff's credentials at its last authenticated call.
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let store_ok = state.store.ping().await.is_ok();
+    // A certificate problem with Redis names the key to fix (never a secret).
+    let store_problem = if store_ok { None } else { state.store.setup_problem() };
     let metadata_loaded = state.oidc.is_ready();
     let problem = if metadata_loaded { state.oidc.client_auth_problem() } else { state.oidc.setup_problem() };
     let idp_ok = metadata_loaded && problem.is_none();
     let mut body = json!({
         "status": if store_ok && idp_ok { "ready" } else { "not_ready" },
-        "session_store": if store_ok { "ok" } else { "unavailable" },
+        "session_store": match (store_ok, &store_problem) {
+            (true, _) => "ok",
+            (false, Some(_)) => "misconfigured",
+            (false, None) => "unavailable",
+        },
         "identity_provider": match (idp_ok, &problem) {
             (true, _) => "ok",
             (false, Some(_)) => "misconfigured",
@@ -29,6 +35,9 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if let (Some(problem), Some(fields)) = (problem, body.as_object_mut()) {
         // A setup mistake an operator must fix (it names configuration, never a secret).
         fields.insert("problem".into(), problem.into());
+    }
+    if let (Some(problem), Some(fields)) = (store_problem, body.as_object_mut()) {
+        fields.insert("session_store_problem".into(), problem.into());
     }
     if store_ok && idp_ok { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }

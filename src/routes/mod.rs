@@ -71,7 +71,7 @@ pub const SIGNED_OUT: OwnRoute = route("/auth/signed-out", Methods::Read);
 pub const STYLESHEET: OwnRoute = route("/auth/style.css", Methods::Read);
 pub const HEALTHZ: OwnRoute = route("/healthz", Methods::Read);
 pub const READYZ: OwnRoute = route("/readyz", Methods::Read);
-/// On the main listener unless `server.metrics_listen` moves it to a listener of its own.
+/// On `server.metrics_listen`, and on the main listener only with `server.metrics_public`.
 pub const METRICS: OwnRoute = route("/metrics", Methods::Read);
 /// With `private_key_jwt` only.
 pub const JWKS: OwnRoute = route("/.well-known/jwks.json", Methods::Read);

@@ -51,6 +51,9 @@ pub enum StoreError {
     Task(#[from] tokio::task::JoinError),
     #[error("the store was dropped")]
     Dropped,
+    /// A TLS handshake with Redis failed on a certificate: a set-up mistake, named by its key.
+    #[error("{0}")]
+    Certificate(String),
 }
 
 /// Why a store does not keep a local cache coherent.
@@ -146,6 +149,15 @@ impl Store {
         let writing = Writing { listener: self.listener.as_ref(), keys };
         writing.tell();
         writing
+    }
+
+    /// Why the last connection attempt failed, when that is a certificate problem an operator
+    /// must fix (it names the configuration key); `None` once a connection succeeds.
+    pub fn setup_problem(&self) -> Option<String> {
+        match &self.backend {
+            Backend::Redis(redis) => redis.certificate_problem(),
+            Backend::Memory(_) => None,
+        }
     }
 
     pub fn kind(&self) -> &'static str {

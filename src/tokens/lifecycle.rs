@@ -63,6 +63,8 @@ pub struct Ended {
     pub access_token: AccessToken,
     pub refresh_token: Option<RefreshToken>,
     pub id_token: Option<RawIdToken>,
+    /// The provider session (`sid`) it belonged to, when the ID token named one.
+    pub provider_sid: Option<String>,
 }
 
 impl Ended {
@@ -135,6 +137,7 @@ impl Sessions {
             access_token: set.access_token,
             refresh_token: set.refresh_token,
             id_token: set.id_token,
+            provider_sid: set.provider_sid,
         }))
     }
 

@@ -45,11 +45,38 @@ async fn metrics_count_what_happens_with_bounded_labels_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_not_on_the_public_listener_by_default() {
+    let app = spawn_app_with(AppOptions {
+        // The test harness turns `metrics_public` on; this is bff's default.
+        tweak: std::sync::Arc::new(|c: &mut bff::config::Config| c.server.metrics_public = false),
+        ..Default::default()
+    })
+    .await;
+    let default = bff::config::Config::from_toml(
+        &support::app::config_toml(
+            "http://localhost:8080",
+            "http://idp.example",
+            "http://127.0.0.1:9",
+            "p:",
+            &AppOptions::default(),
+        )
+        .replace("metrics_public = true", ""),
+    );
+    assert!(!default.expect("config").server.metrics_public, "off unless configured");
+
+    let res = reqwest::get(format!("{}/metrics", app.address)).await.expect("send");
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.json::<serde_json::Value>().await.expect("json"), serde_json::json!({ "error": "not_found" }));
+    assert_eq!(app.browser().get("/healthz").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_can_live_on_their_own_listener() {
     let port = support::dead_port();
     let app = spawn_app_with(AppOptions {
         tweak: std::sync::Arc::new(move |c: &mut bff::config::Config| {
             c.server.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+            c.server.metrics_public = false;
         }),
         ..Default::default()
     })

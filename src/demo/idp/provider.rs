@@ -88,6 +88,8 @@ struct Data {
     seen_assertions: HashMap<String, u64>,
     /// RFC 9126 `request_uri` → the pushed request's client, parameters and expiry.
     pushed: HashMap<String, (String, HashMap<String, String>, u64)>,
+    /// Provider sessions that RP-initiated logout ended (tests read it).
+    ended_sessions: Vec<String>,
 }
 
 /// Counters tests read.
@@ -807,8 +809,19 @@ impl Provider {
                     .map(|g| g.sid.clone())
             })
         });
+        // No ID token: `logout_hint` naming a provider session that `client_id` took part in
+        // (RP-Initiated Logout leaves the hint's meaning to the provider; this one reads a `sid`.
+        // A real provider would also ask the user unless its own cookie names the same session). The grant may be revoked already (the
+        // client revokes before it redirects): the provider session outlives it.
+        let sid = sid.or_else(|| {
+            let wanted = q.get("logout_hint")?;
+            let client_id = q.get("client_id")?;
+            let data = self.data();
+            data.grants.values().any(|g| &g.sid == wanted && &g.client_id == client_id).then(|| wanted.clone())
+        });
         let mut frontchannel = Vec::new();
         if let Some(sid) = sid {
+            self.data().ended_sessions.push(sid.clone());
             if self.controls.quirks().frontchannel_only {
                 frontchannel = self.frontchannel_logout_urls(&sid);
             }
@@ -897,6 +910,11 @@ impl Provider {
         let mut data = self.data();
         let ended = data.grants.values_mut().filter(|g| g.username == username && !g.revoked);
         ended.map(|g| g.revoked = true).count()
+    }
+
+    /// Whether RP-initiated logout ended the provider session `sid`.
+    pub fn session_ended(&self, sid: &str) -> bool {
+        self.data().ended_sessions.iter().any(|s| s == sid)
     }
 
     /// The provider session (`sid`) of a user's live grants, for tests that end it.

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{RedisFuture, Value};
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{ConnectionInfo, RedisFuture, TlsCertificates, TlsMode, Value};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::Scripts;
@@ -95,6 +95,8 @@ pub(super) struct Inner {
     runtime: Option<tokio::runtime::Handle>,
     /// The coherent local cache's invalidation channel, once started.
     tracking: OnceLock<Arc<TrackingChannel>>,
+    /// The last connection attempt's certificate problem (see `certificate_problem`).
+    certificate_problem: Mutex<Option<String>>,
 }
 
 #[derive(Clone)]
@@ -106,6 +108,36 @@ pub struct RedisStore {
 enum Attempts {
     Once,
     RetryOnLostConnection,
+}
+
+/// A failed handshake because of a certificate, told in terms of the configuration. rustls'
+/// errors reach us only as text inside the redis crate's I/O error, hence the matching on it.
+fn certificate_problem(e: &redis::RedisError) -> Option<String> {
+    let text = e.to_string();
+    if text.contains("invalid peer certificate") {
+        return Some(format!(
+            "session.redis_ca_file: the Redis server's TLS certificate does not verify against it (or, unset, \
+             against the system's roots): {}",
+            e.detail().unwrap_or(&text)
+        ));
+    }
+    // rustls refused the pair (a key that is not the certificate's, a certificate it cannot read).
+    if text.contains("Unable to build client with TLS parameters") {
+        return Some(format!(
+            "session.redis_client_cert_file: the client certificate and session.redis_client_key_file are not \
+             usable together: {}",
+            e.detail().unwrap_or(&text)
+        ));
+    }
+    // The server's alerts about ours: CertificateRequired, BadCertificate, UnknownCA, …
+    let alert = text.split_once("received fatal alert: ").map(|(_, alert)| alert.to_ascii_lowercase());
+    if alert.is_some_and(|a| a.contains("certificate") || a.starts_with("unknownca")) {
+        return Some(format!(
+            "session.redis_client_cert_file: the Redis server refused bff's client certificate (or wants one): {}",
+            e.detail().unwrap_or(&text)
+        ));
+    }
+    None
 }
 
 fn connection_lost(e: &redis::RedisError) -> bool {
@@ -127,6 +159,55 @@ fn open_client(url: &SecretString) -> Result<redis::Client, StoreError> {
     redis::Client::open(url.expose_secret()).map_err(|source| StoreError::Setup { what: "Redis URL", source })
 }
 
+/// A client for one server, with the configured CA and client certificate when its URL is
+/// `rediss://` (the configuration refuses them otherwise).
+fn open_client_with(url: &SecretString, certs: Option<&TlsCertificates>) -> Result<redis::Client, StoreError> {
+    match certs {
+        Some(certs) => redis::Client::build_with_tls(url.expose_secret(), certs.clone()).map_err(|source| {
+            StoreError::Setup { what: "Redis TLS (session.redis_ca_file, redis_client_cert_file)", source }
+        }),
+        None => open_client(url),
+    }
+}
+
+/// Sentinel over TLS: the sentinels and the primary (and replicas) they name are all reached by
+/// TLS, trusting the configured CA and presenting the client certificate. The builder applies one
+/// set of credentials to every sentinel and one to the data nodes: the first URL's, as without TLS.
+fn tls_sentinel(
+    infos: &[ConnectionInfo],
+    service: &str,
+    certs: Option<&TlsCertificates>,
+) -> Result<SentinelClient, StoreError> {
+    let setup = |source| StoreError::Setup { what: "Sentinel", source };
+    let mut builder = SentinelClientBuilder::new(
+        infos.iter().map(|i| i.addr.clone()),
+        service.to_string(),
+        SentinelServerType::Master,
+    )
+    .map_err(setup)?
+    .set_client_to_sentinel_tls_mode(TlsMode::Secure)
+    .set_client_to_redis_tls_mode(TlsMode::Secure);
+    if let Some(first) = infos.first() {
+        let redis = &first.redis;
+        builder = builder.set_client_to_redis_db(redis.db).set_client_to_redis_protocol(redis.protocol);
+        if let Some(username) = &redis.username {
+            builder = builder
+                .set_client_to_sentinel_username(username.clone())
+                .set_client_to_redis_username(username.clone());
+        }
+        if let Some(password) = &redis.password {
+            builder = builder
+                .set_client_to_sentinel_password(password.clone())
+                .set_client_to_redis_password(password.clone());
+        }
+    }
+    if let Some(certs) = certs {
+        builder =
+            builder.set_client_to_sentinel_certificates(certs.clone()).set_client_to_redis_certificates(certs.clone());
+    }
+    builder.build().map_err(setup)
+}
+
 impl RedisStore {
     /// One Redis server; parses the URL, does not connect.
     pub fn new(url: &SecretString, timeout: Duration) -> Result<RedisStore, StoreError> {
@@ -135,13 +216,27 @@ impl RedisStore {
 
     /// Parses the addresses; does not connect.
     pub fn with_topology(topology: &RedisTopology, timeout: Duration) -> Result<RedisStore, StoreError> {
+        RedisStore::with_tls(topology, None, timeout)
+    }
+
+    /// Parses the addresses; does not connect. `certs`: the CA and client certificate for
+    /// `rediss://` URLs (`None`: the system's roots, no client certificate).
+    pub fn with_tls(
+        topology: &RedisTopology,
+        certs: Option<&TlsCertificates>,
+        timeout: Duration,
+    ) -> Result<RedisStore, StoreError> {
         let target = match topology {
-            RedisTopology::Single(url) => Target::Single(open_client(url)?),
+            RedisTopology::Single(url) => Target::Single(open_client_with(url, certs)?),
             RedisTopology::Sentinel { sentinels, service } => {
                 let infos = sentinels
                     .iter()
                     .map(|u| open_client(u).map(|c| c.get_connection_info().clone()))
                     .collect::<Result<Vec<_>, _>>()?;
+                if infos.iter().any(|i| matches!(i.addr, redis::ConnectionAddr::TcpTls { .. })) {
+                    let client = tls_sentinel(&infos, service, certs)?;
+                    return Ok(RedisStore::from_target(Target::Sentinel(tokio::sync::Mutex::new(client)), timeout));
+                }
                 // The primary and replicas take the credentials of the sentinels' URLs.
                 let node = infos.first().map(|i| SentinelNodeConnectionInfo {
                     tls_mode: None,
@@ -156,16 +251,20 @@ impl RedisStore {
                     .iter()
                     .map(|u| open_client(u).map(|c| c.get_connection_info().clone()))
                     .collect::<Result<Vec<_>, _>>()?;
-                let client = ClusterClient::builder(infos)
-                    .connection_timeout(timeout)
-                    .response_timeout(timeout)
-                    .retries(2)
-                    .build()
-                    .map_err(|source| StoreError::Setup { what: "Cluster", source })?;
+                let mut builder =
+                    ClusterClient::builder(infos).connection_timeout(timeout).response_timeout(timeout).retries(2);
+                if let Some(certs) = certs {
+                    builder = builder.certs(certs.clone());
+                }
+                let client = builder.build().map_err(|source| StoreError::Setup { what: "Cluster", source })?;
                 Target::Cluster(client)
             }
         };
-        Ok(RedisStore {
+        Ok(RedisStore::from_target(target, timeout))
+    }
+
+    fn from_target(target: Target, timeout: Duration) -> RedisStore {
+        RedisStore {
             inner: Arc::new(Inner {
                 target,
                 conn: tokio::sync::RwLock::new(None),
@@ -175,8 +274,32 @@ impl RedisStore {
                 scripts: Scripts::new(),
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 tracking: OnceLock::new(),
+                certificate_problem: Mutex::new(None),
             }),
-        })
+        }
+    }
+
+    /// Why connections fail, when a certificate is the reason (the key to fix); else `None`.
+    pub fn certificate_problem(&self) -> Option<String> {
+        self.inner.certificate_problem.lock().ok().and_then(|p| p.clone())
+    }
+
+    /// Remembers (or clears) a certificate problem of a connection attempt, and says it as such.
+    fn note_attempt(inner: &Inner, result: Result<Conn, StoreError>) -> Result<Conn, StoreError> {
+        let problem = match &result {
+            Err(StoreError::Redis(e)) => certificate_problem(e),
+            _ => None,
+        };
+        if let Ok(mut last) = inner.certificate_problem.lock() {
+            last.clone_from(&problem);
+        }
+        match problem {
+            Some(problem) => {
+                tracing::error!("{problem}");
+                Err(StoreError::Certificate(problem))
+            }
+            None => result,
+        }
     }
 
     /// Starts the invalidation channel for the coherent local cache; `Err` says why this
@@ -254,7 +377,7 @@ impl RedisStore {
             if let Some(conn) = inner.conn.read().await.as_ref() {
                 return Ok(conn.clone());
             }
-            let conn = RedisStore::connect(&inner).await?;
+            let conn = RedisStore::note_attempt(&inner, RedisStore::connect(&inner).await)?;
             *inner.conn.write().await = Some(conn.clone());
             Ok(conn)
         };

@@ -138,6 +138,8 @@ public_url = "{public_url}"
 static_dir = "static"
 templates_dir = "templates"
 workers = 2
+# The tests read metrics from the address they call; bff's default keeps them off it.
+metrics_public = true
 
 [oidc]
 issuer = "{issuer}"
