@@ -30,4 +30,7 @@ pub mod tokens;
 #[cfg(feature = "demo")]
 pub mod demo;
 
+#[cfg(test)]
+mod prop;
+
 pub use startup::Application;
