@@ -430,3 +430,96 @@ mod tests {
         assert_eq!(policy.session_handle(&TestRequest::default().to_http_request()), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use actix_web::test::TestRequest;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const BASE64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    /// One policy for every case: its memory of opened cookies fills as the cases run.
+    fn policy() -> &'static CookiePolicy {
+        static POLICY: std::sync::OnceLock<CookiePolicy> = std::sync::OnceLock::new();
+        POLICY.get_or_init(|| {
+            let toml = format!(
+                "[server]\npublic_url = \"http://localhost:8080\"\n[oidc]\nissuer = \"https://idp\"\nclient_id = \"c\"\n\
+                 client_secret = \"s\"\n[session]\nsecret = \"{}\"\n",
+                "k".repeat(64)
+            );
+            CookiePolicy::from_config(&Config::from_toml(&toml).unwrap(), &Metrics::new().unwrap())
+        })
+    }
+
+    fn with_cookie_header(value: &str) -> Option<HttpRequest> {
+        let value = actix_web::http::header::HeaderValue::from_str(value).ok()?;
+        Some(TestRequest::default().insert_header((actix_web::http::header::COOKIE, value)).to_http_request())
+    }
+
+    fn sealed_plain(policy: &CookiePolicy, id: &SessionId) -> String {
+        let mut jar = CookieJar::new();
+        jar.private_mut(policy.current_key()).add(Cookie::new(policy.name.clone(), id.expose().to_string()));
+        jar.get(&policy.name).map(|c| c.value().to_string()).unwrap_or_default()
+    }
+
+    proptest! {
+        #![proptest_config(crate::prop::config())]
+
+        /// Any `Cookie` header: no panic, and the remembered answer is the one opening gives.
+        #[test]
+        fn any_cookie_header_is_read_without_panic_and_as_opening_reads_it(
+            header in prop_oneof!["\\PC{0,200}", "(bff|bff-login|x)=[ -~]{0,120}(; (bff|bff-login)=[ -~]{0,40}){0,2}"],
+        ) {
+            let policy = policy();
+            if let Some(req) = with_cookie_header(&header) {
+                let opened = policy.session_cookie(&req).map(|c| c.id.handle());
+                prop_assert_eq!(policy.session_handle(&req), opened.clone());
+                prop_assert_eq!(policy.session_handle(&req), opened);
+                if let Some(binding) = policy.login_binding(&req) {
+                    prop_assert!(crypto::is_random_token(&binding));
+                }
+            }
+        }
+
+        /// One character of a sealed cookie changed, added or removed: never accepted.
+        #[test]
+        fn a_modified_session_cookie_is_never_accepted(
+            at in any::<prop::sample::Index>(),
+            by in any::<prop::sample::Index>(),
+            how in 0u8..3,
+        ) {
+            let policy = policy();
+            let id = SessionId::generate();
+            let plain = sealed_plain(policy, &id);
+            let mut bytes = plain.clone().into_bytes();
+            let i = at.index(bytes.len());
+            let c = BASE64[by.index(BASE64.len())];
+            match how {
+                0 if bytes[i] != c => bytes[i] = c,
+                0 => bytes[i] = if c == b'A' { b'B' } else { b'A' },
+                1 => bytes.insert(i, c),
+                _ => drop(bytes.remove(i)),
+            }
+            let modified = String::from_utf8(bytes).unwrap();
+            prop_assert_ne!(&modified, &plain);
+            let req = with_cookie_header(&format!("bff={modified}")).unwrap();
+            prop_assert_eq!(policy.session_handle(&req), None, "{} from {}", modified, plain);
+            prop_assert!(policy.session_cookie(&req).is_none());
+        }
+
+        #[test]
+        fn a_login_binding_is_the_cookie_as_sent_and_well_formed(
+            value in prop_oneof!["[ -~]{0,60}", "[ \t]{0,3}[A-Za-z0-9_-]{43}[ \t]{0,3}", "[A-Za-z0-9_=+/-]{42,44}"],
+        ) {
+            let policy = policy();
+            if let Some(req) = with_cookie_header(&format!("bff-login={value}"))
+                && let Some(binding) = policy.login_binding(&req)
+            {
+                prop_assert!(crypto::is_random_token(&binding));
+                prop_assert_eq!(binding.as_str(), value.trim());
+            }
+        }
+    }
+}
