@@ -90,3 +90,38 @@ async fn one_cookie_spelled_two_thousand_ways_is_accepted_and_remembered_once() 
     assert_eq!(bob.api(Method::GET, "/api/echo").await.status(), 200);
     assert_eq!(mallory.api(Method::GET, "/api/echo").await.status(), 200, "the cookie as bff wrote it still works");
 }
+
+/// Not a check: the flood, measured. Run with `--ignored --nocapture`; prints this
+/// process's resident memory (the app runs in it; the test upstream's record of requests is
+/// emptied as it goes) and the memory's gauges every 2,500 requests of one valid cookie with a
+/// unique run of up to 8 KB of leading whitespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, printed: run by hand"]
+async fn flood_of_padded_spellings_measured() {
+    let app = spawn_app_with(AppOptions {
+        tweak: std::sync::Arc::new(|c: &mut bff::config::Config| c.tokens.local_cache = true),
+        ..Default::default()
+    })
+    .await;
+    let mallory = app.browser();
+    mallory.login_as("alice").await;
+    let Some(value) = mallory.cookie("bff") else { panic!("signed in: a session cookie") };
+    let raw = Browser::new(&app.address);
+    for i in 0..=10_000usize {
+        if i % 2_500 == 0 {
+            eprintln!(
+                "after {i:>6} requests: RSS {:>7} KiB, opened_cookies {} entries, {} bytes",
+                rss_kib(),
+                metric(&app.address, OPENED_ENTRIES).await,
+                metric(&app.address, OPENED_BYTES).await
+            );
+        }
+        // Spaces and tabs spelling i in binary, then padding: unique, up to about 8 KB.
+        let pad: String = (0..14).map(|b| if i >> b & 1 == 1 { '\t' } else { ' ' }).collect();
+        let cookie = format!("bff={pad}{}{value}", " ".repeat(i % 8_000));
+        let res = raw.http.get(raw.url("/api/echo")).header("x-csrf", "1").header("cookie", &cookie).send().await;
+        assert_eq!(res.map(|r| r.status().as_u16()).unwrap_or(0), 200, "request {i}");
+        // The test upstream keeps every request it saw: not bff's memory.
+        app.upstream.seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
