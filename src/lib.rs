@@ -5,6 +5,7 @@
 //! `startup::Application` builds the whole app on a given listener, so `main` and the tests
 //! start it the same way.
 
+pub mod bounded;
 pub mod client_keys;
 pub mod clock;
 pub mod config;
@@ -30,5 +31,8 @@ pub mod tokens;
 
 #[cfg(feature = "demo")]
 pub mod demo;
+
+#[cfg(test)]
+mod prop;
 
 pub use startup::Application;

@@ -31,6 +31,47 @@ pub struct Metrics {
     websocket_closes: IntCounterVec,
     websockets_open: IntGauge,
     cache: CacheMetrics,
+    cache_entries: IntGaugeVec,
+    cache_bytes: IntGaugeVec,
+}
+
+/// The per-instance in-memory caches, by their `cache` label.
+#[derive(Debug, Clone, Copy)]
+pub enum CacheName {
+    /// Opened token sets (`tokens::cache`).
+    TokenSets,
+    /// Session cookie values already opened (`session::cookie`).
+    OpenedCookies,
+}
+
+impl CacheName {
+    fn label(self) -> &'static str {
+        match self {
+            CacheName::TokenSets => "token_sets",
+            CacheName::OpenedCookies => "opened_cookies",
+        }
+    }
+}
+
+/// One cache's size gauges, resolved once (no label look-up per change).
+#[derive(Clone)]
+pub struct CacheGauges {
+    entries: IntGauge,
+    bytes: IntGauge,
+}
+
+impl CacheGauges {
+    pub fn set(&self, entries: usize, bytes: usize) {
+        self.entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.bytes.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Gauges in no registry, for a cache nobody scrapes.
+    #[cfg(test)]
+    pub fn detached() -> CacheGauges {
+        let gauge = |name| IntGauge::new(name, "unregistered").unwrap_or_else(|e| panic!("a fixed valid name: {e}"));
+        CacheGauges { entries: gauge("entries"), bytes: gauge("bytes") }
+    }
 }
 
 /// The coherent local token cache's counters, resolved once (no label look-up per call).
@@ -286,6 +327,17 @@ impl Metrics {
                     &["mode"],
                 )?,
             },
+            cache_entries: IntGaugeVec::new(
+                Opts::new("cache_entries", "Entries held in each in-memory cache of this instance"),
+                &["cache"],
+            )?,
+            cache_bytes: IntGaugeVec::new(
+                Opts::new(
+                    "cache_bytes",
+                    "Estimated bytes held in each in-memory cache of this instance (bounded by tokens.local_cache_max_bytes)",
+                ),
+                &["cache"],
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.requests.clone()))?;
@@ -310,6 +362,8 @@ impl Metrics {
         m.registry.register(Box::new(m.cache.entries.clone()))?;
         m.registry.register(Box::new(m.cache.channel_up.clone()))?;
         m.registry.register(Box::new(m.cache.mode.clone()))?;
+        m.registry.register(Box::new(m.cache_entries.clone()))?;
+        m.registry.register(Box::new(m.cache_bytes.clone()))?;
         Ok(m)
     }
 
@@ -384,6 +438,14 @@ impl Metrics {
 
     pub fn cache(&self) -> CacheMetrics {
         self.cache.clone()
+    }
+
+    pub fn cache_gauges(&self, cache: CacheName) -> CacheGauges {
+        let label = [cache.label()];
+        CacheGauges {
+            entries: self.cache_entries.with_label_values(&label),
+            bytes: self.cache_bytes.with_label_values(&label),
+        }
     }
 
     /// The Prometheus text exposition format.

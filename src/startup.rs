@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::crypto::Sealer;
 use crate::http::{observe, security_headers};
 use crate::limits::RateLimiter;
-use crate::metrics::{CacheMode, Metrics};
+use crate::metrics::{CacheMode, CacheName, Metrics};
 use crate::oidc::Oidc;
 use crate::pages::{Pages, STYLESHEET_PATH};
 use crate::proxy::Proxy;
@@ -88,12 +88,19 @@ fn local_cache(config: &Config, store: Store, keys: &KeyLayout, metrics: &Metric
         tracing::info!("tokens.local_cache is off: every API call reads its token set from the store");
         return (store, None);
     }
-    let cache = Arc::new(TokenCache::new(config.tokens.local_cache_max_entries, keys.clone(), cache_metrics.clone()));
+    let cache = Arc::new(TokenCache::new(
+        config.tokens.local_cache_max_entries,
+        config.tokens.local_cache_max_bytes,
+        keys.clone(),
+        cache_metrics.clone(),
+        metrics.cache_gauges(CacheName::TokenSets),
+    ));
     match store.track_changes(Arc::clone(&cache) as Arc<dyn ChangeListener>) {
         (store, Ok(())) => {
             cache_metrics.mode(CacheMode::Tracking);
             tracing::info!(
                 max_entries = config.tokens.local_cache_max_entries.get(),
+                max_bytes = config.tokens.local_cache_max_bytes,
                 "token cache on: token sets kept in memory, kept coherent by Redis invalidations"
             );
             (store, Some(cache))
@@ -172,7 +179,7 @@ impl Application {
         ));
         let state = web::Data::new(AppState {
             public_origin: config.server.public_url.origin().ascii_serialization(),
-            cookies: CookiePolicy::from_config(&config),
+            cookies: CookiePolicy::from_config(&config, &metrics),
             lifetime,
             logins: PendingLogins::new(store.clone(), sealer.clone(), keys.clone()),
             sessions,

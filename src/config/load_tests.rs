@@ -222,6 +222,11 @@ fn the_local_cache_is_on_by_default_and_can_be_turned_off() {
     let errs = errors(&text);
     assert!(errs.iter().any(|e| e.starts_with("tokens.local_cache: expected true or false")), "{errs:?}");
     assert!(errs.iter().any(|e| e.starts_with("tokens.local_cache_max_entries: must be at least 1")), "{errs:?}");
+    assert_eq!(load(ConfigSource::from_toml_text(&minimal())).unwrap().tokens.local_cache_max_bytes, 256 << 20);
+    let text = format!("{}\n[tokens]\nlocal_cache_max_bytes = 1048576\n", minimal());
+    assert_eq!(load(ConfigSource::from_toml_text(&text)).unwrap().tokens.local_cache_max_bytes, 1 << 20);
+    let errs = errors(&format!("{}\n[tokens]\nlocal_cache_max_bytes = 1000\n", minimal()));
+    assert!(errs.iter().any(|e| e.starts_with("tokens.local_cache_max_bytes: must be at least 65536")), "{errs:?}");
 }
 
 #[test]

@@ -370,6 +370,9 @@ pub struct TokensConfig {
     pub local_cache: bool,
     /// Sessions per instance in that cache; past it the least recently used go.
     pub local_cache_max_entries: std::num::NonZeroUsize,
+    /// Bytes each in-memory cache (token sets, opened cookies) may hold; past it the least
+    /// recently used go.
+    pub local_cache_max_bytes: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -123,6 +123,10 @@ pub(super) fn redacted_toml(config: &Config) -> String {
         "local_cache_max_entries".into(),
         int(u64::try_from(config.tokens.local_cache_max_entries.get()).unwrap_or(u64::MAX)),
     );
+    tokens.insert(
+        "local_cache_max_bytes".into(),
+        int(u64::try_from(config.tokens.local_cache_max_bytes).unwrap_or(u64::MAX)),
+    );
 
     let apis = config
         .api

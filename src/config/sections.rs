@@ -18,6 +18,13 @@ use super::{
     SameSitePolicy, ServerConfig, SessionConfig, TelemetryConfig, TokenPolicy, TokensConfig, UserinfoMode,
 };
 
+/// `tokens.local_cache_max_bytes`' default, 256 MiB: the default 100,000 sessions at about
+/// 2.6 KB each. A token-cache entry is its access token (a signed JWT, typically 1–2 KB) plus
+/// about 300 bytes of bookkeeping; an opened-cookie entry at most about 450 bytes. So typical
+/// sessions fit the entry count before the byte budget binds, and a flood of huge tokens or
+/// values cannot take more than this per cache.
+const DEFAULT_CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
 const MIN_SECRET_BYTES: usize = 64;
 /// Authorization request parameters bff sets itself; `extra_auth_params` may not replace them.
 const RESERVED_AUTH_PARAMS: &[&str] = &[
@@ -484,8 +491,17 @@ impl Walker<'_> {
             .ok()
             .and_then(std::num::NonZeroUsize::new)
             .unwrap_or(std::num::NonZeroUsize::MIN);
+        let max_bytes = self.uint(&mut s, "local_cache_max_bytes", DEFAULT_CACHE_MAX_BYTES, 65_536);
+        let local_cache_max_bytes = usize::try_from(max_bytes).unwrap_or(usize::MAX);
         self.finish(s);
-        TokensConfig { refresh_skew, refresh_lock, default_expires_in, local_cache, local_cache_max_entries }
+        TokensConfig {
+            refresh_skew,
+            refresh_lock,
+            default_expires_in,
+            local_cache,
+            local_cache_max_entries,
+            local_cache_max_bytes,
+        }
     }
 
     fn apis(&mut self, top: &mut Section<'_>) -> Vec<ApiConfig> {

@@ -123,3 +123,92 @@ impl JwksVerifier {
         jsonwebtoken::decode::<T>(jwt, &key, &validation).map(|data| data.claims).map_err(JwtError::Invalid)
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::client_keys::ClientKeys;
+
+    const ISSUER: &str = "https://idp.example";
+    const CLIENT: &str = "bff-client";
+
+    /// A P-256 key of the fixtures: its signer, and a verifier that already holds its public key
+    /// (the JWKS URI answers nothing: a refetch fails fast).
+    fn keys() -> &'static (ClientKeys, JwksVerifier) {
+        static KEYS: std::sync::OnceLock<(ClientKeys, JwksVerifier)> = std::sync::OnceLock::new();
+        KEYS.get_or_init(|| {
+            let jwk = include_str!("../../tests/fixtures/client-ec.jwk.json");
+            let signer = ClientKeys::parse(&[jwk]).unwrap();
+            let http = super::super::IdpHttp::new(Duration::from_millis(200)).unwrap();
+            let verifier = JwksVerifier::new(http, Url::parse("http://127.0.0.1:9/jwks").unwrap());
+            let set: JwkSet = serde_json::from_value(signer.jwks()).unwrap();
+            *verifier.keys.write().unwrap() = Some((set, Instant::now() + Duration::from_secs(3600)));
+            (signer, verifier)
+        })
+    }
+
+    /// A token signed by the provider's key, for us, valid now.
+    fn signed() -> String {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        // A client assertion has the shape of any provider-signed token: iss, sub, aud, iat, exp.
+        keys().0.assertion(ISSUER, CLIENT, &[], now).unwrap()
+    }
+
+    fn verify(jwt: &str) -> Result<serde_json::Value, JwtError> {
+        let expect =
+            Expect { issuer: ISSUER, audience: CLIENT, leeway_secs: 30, required: &["iss", "aud", "exp"], types: None };
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(keys().1.verify(jwt, &expect))
+    }
+
+    /// A JWT-shaped string: three dot-separated parts of base64url text, or JSON made to look
+    /// like a header and claims.
+    fn jwt_like() -> impl Strategy<Value = String> {
+        let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, s);
+        prop_oneof![
+            "\\PC{0,120}",
+            "[A-Za-z0-9_-]{0,40}\\.[A-Za-z0-9_-]{0,40}\\.[A-Za-z0-9_-]{0,40}",
+            ("\\{\"alg\":\"(ES256|RS256|HS256|none|ES384)\"(,\"kid\":\"[a-z0-9-]{0,8}\")?(,\"typ\":\"[A-Za-z+/]{0,12}\")?\\}", "\\{\"iss\":\"[a-z:/.]{0,20}\",\"aud\":\"[a-z-]{0,10}\",\"exp\":[0-9]{1,12}\\}", "[A-Za-z0-9_-]{0,90}")
+                .prop_map(move |(h, c, s)| format!("{}.{}.{s}", b64(&h), b64(&c))),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(crate::prop::config())]
+
+        #[test]
+        fn no_input_panics_or_is_accepted(jwt in jwt_like()) {
+            prop_assert!(verify(&jwt).is_err(), "{}", jwt);
+        }
+
+        /// One character changed, added or removed anywhere: refused.
+        #[test]
+        fn a_modified_signed_token_is_never_accepted(
+            at in any::<prop::sample::Index>(),
+            c in prop::sample::select(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=".to_vec()),
+            how in 0u8..3,
+        ) {
+            let token = signed();
+            let mut bytes = token.clone().into_bytes();
+            let i = at.index(bytes.len());
+            match how {
+                0 if bytes[i] != c => bytes[i] = c,
+                0 => bytes[i] = if c == b'A' { b'B' } else { b'A' },
+                1 => bytes.insert(i, c),
+                _ => drop(bytes.remove(i)),
+            }
+            let modified = String::from_utf8(bytes).unwrap();
+            prop_assert!(verify(&modified).is_err(), "{} accepted (from {})", modified, token);
+        }
+    }
+
+    #[test]
+    fn the_unmodified_token_is_accepted() {
+        assert!(verify(&signed()).is_ok());
+    }
+}

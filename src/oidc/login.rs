@@ -330,3 +330,116 @@ mod tests {
         assert!(decode_claims("nonsense").is_none());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use openidconnect::core::{CoreIdTokenVerifier, CoreJsonWebKeySet, CoreJwsSigningAlgorithm};
+    use openidconnect::{ClientId, ClientSecret, IssuerUrl};
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::client_keys::ClientKeys;
+
+    const ISSUER: &str = "https://idp.example";
+    const CLIENT: &str = "bff-client";
+
+    fn keys() -> &'static (ClientKeys, CoreJsonWebKeySet) {
+        static KEYS: std::sync::OnceLock<(ClientKeys, CoreJsonWebKeySet)> = std::sync::OnceLock::new();
+        KEYS.get_or_init(|| {
+            let signer = ClientKeys::parse(&[include_str!("../../tests/fixtures/client-ec.jwk.json")]).unwrap();
+            let set = serde_json::from_value(signer.jwks()).unwrap();
+            (signer, set)
+        })
+    }
+
+    /// Verified as `Provider::id_token_verifier` does, with the provider's key ES256; the nonce
+    /// is not what is tested here.
+    fn accepted(raw: &str) -> bool {
+        let Ok(token) = raw.parse::<CoreIdToken>() else { return false };
+        let verifier = CoreIdTokenVerifier::new_confidential_client(
+            ClientId::new(CLIENT.into()),
+            ClientSecret::new("s".into()),
+            IssuerUrl::new(ISSUER.into()).unwrap(),
+            keys().1.clone(),
+        )
+        .set_allowed_algs([CoreJwsSigningAlgorithm::EcdsaP256Sha256])
+        .set_other_audience_verifier_fn(|_| true);
+        token.claims(&verifier, |_: Option<&openidconnect::Nonce>| Ok(())).is_ok()
+    }
+
+    /// The bytes a JWT's three parts decode to, read as leniently as any library might (unused
+    /// trailing bits, padding); `None` if not three decodable parts.
+    fn decoded_parts(jwt: &str) -> Option<Vec<Vec<u8>>> {
+        use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+        let lenient = GeneralPurpose::new(
+            &base64::alphabet::URL_SAFE,
+            GeneralPurposeConfig::new()
+                .with_decode_allow_trailing_bits(true)
+                .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+        );
+        let parts: Vec<&str> = jwt.split('.').collect();
+        (parts.len() == 3).then(|| parts.iter().map(|p| lenient.decode(p).ok()).collect()).flatten()
+    }
+
+    /// A provider-signed token with an ID token's required claims (iss, sub, aud, iat, exp).
+    fn signed() -> String {
+        keys().0.assertion(ISSUER, CLIENT, &[], now_unix()).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(crate::prop::config())]
+
+        #[test]
+        fn no_input_panics_or_is_accepted(raw in prop_oneof!["\\PC{0,120}", "[A-Za-z0-9_-]{0,40}\\.[A-Za-z0-9_-]{0,60}\\.[A-Za-z0-9_-]{0,90}"]) {
+            prop_assert!(!accepted(&raw));
+            let _ = decode_claims(&raw);
+        }
+
+        /// One character changed, added or removed anywhere: refused, unless the text still
+        /// decodes to the very bytes that were signed (see the regression test below).
+        #[test]
+        fn a_modified_id_token_is_never_accepted(
+            at in any::<prop::sample::Index>(),
+            c in prop::sample::select(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=".to_vec()),
+            how in 0u8..3,
+        ) {
+            let token = signed();
+            let mut bytes = token.clone().into_bytes();
+            let i = at.index(bytes.len());
+            match how {
+                0 if bytes[i] != c => bytes[i] = c,
+                0 => bytes[i] = if c == b'A' { b'B' } else { b'A' },
+                1 => bytes.insert(i, c),
+                _ => drop(bytes.remove(i)),
+            }
+            let modified = String::from_utf8(bytes).unwrap();
+            if decoded_parts(&modified).is_none_or(|parts| Some(parts) != decoded_parts(&token)) {
+                prop_assert!(!accepted(&modified), "{} accepted (from {})", modified, token);
+            }
+        }
+    }
+
+    /// Found by the property above: openidconnect decodes base64url ignoring a last
+    /// character's unused bits, so an ES256 signature ending `…w` also verifies spelled `…_`
+    /// (the same 64 bytes). Harmless: nothing changes in what was signed, and bff receives ID
+    /// tokens only from the token endpoint and keys nothing on their text. (Logout tokens,
+    /// which anyone can post, go through jsonwebtoken, which refuses such a spelling:
+    /// `jwks::properties`.)
+    #[test]
+    fn a_signature_spelled_with_other_unused_bits_is_the_same_signature() {
+        let token = signed();
+        let (body, last) = token.split_at(token.len() - 1);
+        // 64 bytes in 86 characters: the last one carries two bits and four unused ones.
+        let kept = base64::alphabet::URL_SAFE.as_str().find(last).unwrap() & 0b11_0000;
+        let respelled: String = base64::alphabet::URL_SAFE.as_str().chars().nth(kept | 0b1111).into_iter().collect();
+        let modified = format!("{body}{respelled}");
+        assert_ne!(modified, token);
+        assert_eq!(decoded_parts(&modified), decoded_parts(&token));
+        assert!(accepted(&modified), "openidconnect's reading changed: tighten the property above");
+    }
+
+    #[test]
+    fn the_unmodified_id_token_is_accepted() {
+        assert!(accepted(&signed()));
+    }
+}

@@ -162,3 +162,50 @@ mod tests {
         assert!(check_claims(claims(slightly_late), NOW).is_ok());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    fn maybe<T: Strategy>(s: T) -> impl Strategy<Value = Option<T::Value>> {
+        prop::option::of(s)
+    }
+
+    proptest! {
+        #![proptest_config(crate::prop::config())]
+
+        /// Any claims, any times: no panic, and accepted only as §2.6 says.
+        #[test]
+        fn claims_are_checked_without_panic(
+            sub in maybe("[a-z]{0,3}"),
+            sid in maybe("[a-z]{0,3}"),
+            jti in maybe("[a-z]{0,3}"),
+            iat in maybe(any::<u64>()),
+            exp in maybe(any::<u64>()),
+            event in prop_oneof![Just(json!({BACKCHANNEL_EVENT: {}})), Just(json!({BACKCHANNEL_EVENT: 1})), Just(json!({})), Just(json!("x"))],
+            nonce in any::<bool>(),
+            now in 0u64..4_000_000_000,
+        ) {
+            let claims = Claims {
+                sub: sub.clone(),
+                sid: sid.clone(),
+                jti: jti.clone(),
+                iat,
+                exp,
+                events: Some(event.clone()),
+                nonce: nonce.then(|| json!("n")),
+            };
+            let accepted = check_claims(claims, now).is_ok();
+            let expected = event.get(BACKCHANNEL_EVENT).is_some_and(Value::is_object)
+                && !nonce
+                && (sub.is_some() || sid.is_some())
+                && jti.is_some_and(|j| !j.is_empty())
+                && exp.is_some()
+                && iat.is_some_and(|iat| iat <= now + LEEWAY_SECS && iat + MAX_AGE_SECS + LEEWAY_SECS >= now);
+            prop_assert_eq!(accepted, expected);
+        }
+    }
+}

@@ -367,3 +367,90 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A frame as an endpoint writes it, its length in any of the three forms (not always the
+    /// shortest: the tracker must not care, and short payloads keep the cases fast).
+    fn frame() -> impl Strategy<Value = Vec<u8>> {
+        let opcodes = prop::sample::select(vec![0x0u8, 0x1, 0x2, 0x8, 0x9, 0xA]);
+        (any::<bool>(), opcodes, 0usize..=400, 0u8..3, any::<bool>()).prop_map(|(fin, opcode, len, form, mask)| {
+            let mut out = vec![(u8::from(fin) << 7) | opcode];
+            let m = if mask { 0x80 } else { 0 };
+            match (len, form) {
+                (0..=125, 0) => out.push(m | len as u8),
+                (_, 0 | 1) => {
+                    out.push(m | 126);
+                    out.extend_from_slice(&(len as u16).to_be_bytes());
+                }
+                _ => {
+                    out.push(m | 127);
+                    out.extend_from_slice(&(len as u64).to_be_bytes());
+                }
+            }
+            if mask {
+                out.extend_from_slice(&[1, 2, 3, 4]);
+            }
+            out.extend(std::iter::repeat_n(0x5a, len));
+            out
+        })
+    }
+
+    /// A stream: well-formed frames, or any bytes at all, and where it is cut into reads.
+    fn stream() -> impl Strategy<Value = (Vec<u8>, Vec<prop::sample::Index>)> {
+        let bytes = prop_oneof![
+            prop::collection::vec(frame(), 0..6).prop_map(|f| f.concat()),
+            prop::collection::vec(any::<u8>(), 0..300),
+        ];
+        (bytes, prop::collection::vec(any::<prop::sample::Index>(), 0..12))
+    }
+
+    /// The offsets after which a frame ends, and what fed byte by byte leaves.
+    fn byte_by_byte(bytes: &[u8]) -> (Vec<usize>, Vec<bool>, FrameTracker) {
+        let mut t = FrameTracker::new();
+        let (mut ends, mut closes) = (Vec::new(), Vec::new());
+        for (i, b) in bytes.iter().enumerate() {
+            let fed = t.feed(std::slice::from_ref(b));
+            if fed.frames > 0 {
+                ends.push(i + 1);
+                closes.push(fed.close);
+            }
+        }
+        (ends, closes, t)
+    }
+
+    proptest! {
+        #![proptest_config(crate::prop::config())]
+
+        #[test]
+        fn any_split_of_the_stream_gives_the_same_frame_boundaries((bytes, cuts) in stream()) {
+            let (ends, closes, whole) = byte_by_byte(&bytes);
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+            cuts.push(0);
+            cuts.push(bytes.len());
+            cuts.sort_unstable();
+            cuts.dedup();
+            let mut t = FrameTracker::new();
+            for pair in cuts.windows(2) {
+                let (from, to) = (pair[0], pair[1]);
+                let chunk = &bytes[from..to];
+                let expected_next = ends.iter().find(|&&e| e > from && e <= to).map(|e| e - from);
+                match t.boundary_within(chunk) {
+                    Some(0) => prop_assert!(from == 0 || ends.contains(&from)),
+                    found => prop_assert_eq!(found, expected_next, "read {}..{}", from, to),
+                }
+                let fed = t.feed(chunk);
+                let inside: Vec<usize> = ends.iter().copied().filter(|&e| e > from && e <= to).collect();
+                prop_assert_eq!(fed.frames, inside.len(), "read {}..{}", from, to);
+                let close = ends.iter().zip(&closes).any(|(e, c)| *e > from && *e <= to && *c);
+                prop_assert_eq!(fed.close, close);
+                prop_assert_eq!(t.at_boundary(), to == 0 || ends.contains(&to), "after {}", to);
+            }
+            prop_assert_eq!(t, whole);
+        }
+    }
+}

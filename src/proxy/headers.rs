@@ -286,3 +286,141 @@ mod tests {
         assert_eq!(names, ["content-type", "cache-control"]);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use actix_web::http::header::{HeaderName as AName, HeaderValue as AValue};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Every name that must never go upstream, plus some that may.
+    fn name() -> impl Strategy<Value = String> {
+        let denied: Vec<&str> = HOP_BY_HOP.iter().chain(NOT_FORWARDED).chain(TRACE_CONTEXT).copied().collect();
+        prop_oneof![
+            prop::sample::select(denied).prop_map(String::from),
+            "x-forwarded-[a-z]{1,8}",
+            "proxy-[a-z]{1,8}",
+            "x-hop-[a-c]",
+            "(accept|content-type|x-custom|x-route-secret)",
+        ]
+    }
+
+    /// `name` with each letter's case chosen by `mask`.
+    fn cased(name: &str, mask: u64) -> String {
+        name.chars()
+            .enumerate()
+            .map(|(i, c)| if mask >> (i % 64) & 1 == 1 { c.to_ascii_uppercase() } else { c })
+            .collect()
+    }
+
+    fn connection_value() -> impl Strategy<Value = String> {
+        prop::collection::vec(("[ \t]{0,2}", "x-hop-[a-c]", any::<u64>(), "[ \t]{0,2}"), 0..4).prop_map(|tokens| {
+            tokens
+                .iter()
+                .map(|(before, n, mask, after)| format!("{before}{}{after}", cased(n, *mask)))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
+
+    fn inbound() -> impl Strategy<Value = (InboundHeaders, Vec<String>)> {
+        (
+            prop::collection::vec((name(), any::<u64>(), "[ -~\t]{0,12}"), 0..12),
+            prop::collection::vec(connection_value(), 0..3),
+        )
+            .prop_map(|(pairs, connections)| {
+                let mut h = InboundHeaders::new();
+                for (name, mask, value) in &pairs {
+                    if let (Ok(n), Ok(v)) = (AName::from_bytes(cased(name, *mask).as_bytes()), AValue::from_str(value))
+                    {
+                        h.append(n, v);
+                    }
+                }
+                let mut named = Vec::new();
+                for c in &connections {
+                    if let Ok(v) = AValue::from_str(c) {
+                        h.append(AName::from_static("connection"), v);
+                        named.extend(c.split(',').map(|t| t.trim().to_ascii_lowercase()).filter(|t| !t.is_empty()));
+                    }
+                }
+                (h, named)
+            })
+    }
+
+    fn forwarded<'a>(proto: &'a HeaderValue, host: &'a HeaderValue, hops: usize, keep: bool) -> ForwardedFor<'a> {
+        ForwardedFor {
+            peer: Some("10.0.0.9".parse().unwrap()),
+            trusted_hops: hops,
+            proto,
+            host,
+            keep_trace_context: keep,
+        }
+    }
+
+    /// One `X-Forwarded-For` chain written over several headers, with stray spaces and commas.
+    fn xff_headers() -> impl Strategy<Value = Vec<String>> {
+        prop::collection::vec(prop::collection::vec(("[ \t]{0,2}", "[0-9a-f.:]{0,8}", "[ \t]{0,2}"), 0..4), 0..4)
+            .prop_map(|headers| {
+                headers
+                    .iter()
+                    .map(|entries| entries.iter().map(|(a, e, b)| format!("{a}{e}{b}")).collect::<Vec<_>>().join(","))
+                    .collect()
+            })
+    }
+
+    proptest! {
+        #![proptest_config(crate::prop::config())]
+
+        #[test]
+        fn no_denied_header_survives_any_casing_or_duplication(
+            (h, named) in inbound(),
+            keep in any::<bool>(),
+            hops in 0usize..3,
+        ) {
+            let (proto, host) = (HeaderValue::from_static("https"), HeaderValue::from_static("app.example"));
+            let out = upstream_request_headers(&h, &forwarded(&proto, &host, hops, keep), &["x-route-secret".into()]);
+            for name in out.keys().map(HeaderName::as_str) {
+                let ours = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"].contains(&name);
+                prop_assert!(ours || !is_not_forwarded(name, &["x-route-secret".into()], keep), "{} went upstream", name);
+                prop_assert!(!is_hop_by_hop(name, &named), "hop-by-hop {} went upstream", name);
+                prop_assert!(name != "x-route-secret");
+            }
+            prop_assert_eq!(out.get_all("x-forwarded-proto").iter().collect::<Vec<_>>(), vec![&proto]);
+            prop_assert_eq!(out.get_all("x-forwarded-host").iter().collect::<Vec<_>>(), vec![&host]);
+            prop_assert_eq!(out.get_all("x-forwarded-for").iter().count(), 1);
+        }
+
+        #[test]
+        fn no_hop_by_hop_header_or_cookie_comes_back((h, named) in inbound()) {
+            let mut up = OutboundHeaders::new();
+            for (n, v) in &h {
+                if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n.as_str().as_bytes()), HeaderValue::from_bytes(v.as_bytes())) {
+                    up.append(n, v);
+                }
+            }
+            up.append("set-cookie", HeaderValue::from_static("s=1"));
+            for (name, _) in downstream_response_headers(&up) {
+                let n = name.as_str();
+                prop_assert!(!is_hop_by_hop(n, &named) && n != "set-cookie" && n != "content-length", "{} came back", n);
+            }
+        }
+
+        /// Only what the trusted proxies appended reaches the upstream, then the peer.
+        #[test]
+        fn x_forwarded_for_keeps_only_the_trusted_entries(headers in xff_headers(), hops in 0usize..4) {
+            let mut h = InboundHeaders::new();
+            let mut chain = Vec::new();
+            for value in &headers {
+                h.append(AName::from_static("x-forwarded-for"), AValue::from_str(value).unwrap());
+                chain.extend(value.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from));
+            }
+            let (proto, host) = (HeaderValue::from_static("https"), HeaderValue::from_static("app.example"));
+            let out = upstream_request_headers(&h, &forwarded(&proto, &host, hops, false), &[]);
+            let sent: Vec<String> = out["x-forwarded-for"].to_str().unwrap().split(", ").map(String::from).collect();
+            let trusted = &chain[chain.len().saturating_sub(hops)..];
+            prop_assert_eq!(sent.last().map(String::as_str), Some("10.0.0.9"));
+            prop_assert_eq!(&sent[..sent.len() - 1], trusted);
+        }
+    }
+}

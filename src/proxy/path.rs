@@ -195,3 +195,116 @@ mod tests {
         assert_eq!(strip_prefix("/other", "/api"), None);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const BASES: &[&str] = &["http://h/", "http://h/v1", "http://h/v1/", "http://h/a/b"];
+
+    /// Pieces a path is made of, the troublesome ones many times over.
+    const PIECES: &[&str] = &[
+        "/",
+        "/",
+        "/",
+        ".",
+        "..",
+        "%2e",
+        "%2E",
+        "%2e%2e",
+        ";",
+        ";x=1",
+        "%3b",
+        "%25",
+        "%252e",
+        "%252f",
+        "%255c",
+        "%2f",
+        "%5c",
+        "\\",
+        "%00",
+        "%ff",
+        "%",
+        "a",
+        "b",
+        "é",
+        "%C3%A9",
+        " ",
+        "%20",
+        "?",
+        "#",
+        ":",
+        "@",
+        "evil.example",
+    ];
+
+    fn rest() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::collection::vec(prop::sample::select(PIECES), 0..14).prop_map(|p| format!("/{}", p.concat())),
+            "(/[a-z.%;]{0,6}){0,6}",
+            "/\\PC{0,40}",
+        ]
+    }
+
+    fn base_path(base: &Url) -> &str {
+        base.path().trim_end_matches('/')
+    }
+
+    proptest! {
+        #![proptest_config(crate::prop::config())]
+
+        #[test]
+        fn the_result_never_leaves_the_base_path(base in prop::sample::select(BASES), rest in rest()) {
+            let base = Url::parse(base).unwrap();
+            if let Ok(url) = upstream_url(&base, &rest, None) {
+                prop_assert_eq!((url.scheme(), url.host_str(), url.port()), (base.scheme(), base.host_str(), base.port()));
+                let under = url.path().strip_prefix(base_path(&base));
+                prop_assert!(under.is_some_and(|u| u.is_empty() || u.starts_with('/')), "{} from {:?}", url, rest);
+            }
+        }
+
+        #[test]
+        fn mapping_is_idempotent(base in prop::sample::select(BASES), rest in rest()) {
+            let base = Url::parse(base).unwrap();
+            if let Ok(url) = upstream_url(&base, &rest, None) {
+                let again_rest = url.path()[base_path(&base).len()..].to_string();
+                prop_assert_eq!(upstream_url(&base, &again_rest, None), Ok(url.clone()), "{:?} → {}", rest, url);
+            }
+        }
+
+        /// An upstream that decodes the path twice finds no dot segment and no separator that
+        /// bff did not see: whatever a second decoding would change into one was refused.
+        #[test]
+        fn a_second_decoding_changes_nothing_that_matters(base in prop::sample::select(BASES), rest in rest()) {
+            let base = Url::parse(base).unwrap();
+            if let Ok(url) = upstream_url(&base, &rest, None) {
+                for segment in url.path()[base_path(&base).len()..].split('/').skip(1) {
+                    let once = percent_decode_str(segment).decode_utf8_lossy();
+                    let twice = percent_decode_str(&once).decode_utf8_lossy().into_owned();
+                    prop_assert!(!is_dot_segment(&once) && !is_dot_segment(&twice), "{:?} → {}", rest, url);
+                    prop_assert!(!once.contains(['/', '\\', '\0']), "{:?} → {}", rest, url);
+                    prop_assert!(!twice.contains(['/', '\\', '\0']), "{:?} → {}", rest, url);
+                }
+            }
+        }
+
+        #[test]
+        #[ignore = "issue 22 item 4, fixed in the proxy branch"]
+        fn the_upstream_path_never_starts_with_two_slashes(base in prop::sample::select(BASES), rest in rest()) {
+            let base = Url::parse(base).unwrap();
+            if let Ok(url) = upstream_url(&base, &rest, None) {
+                prop_assert!(!url.path().starts_with("//"), "{:?} → {}", rest, url);
+            }
+        }
+
+        #[test]
+        fn prefixes_match_whole_segments_only(path in "/[a-z/]{0,12}", prefix in "/[a-z]{1,4}") {
+            if let Some(rest) = strip_prefix(&path, &prefix) {
+                prop_assert_eq!(format!("{prefix}{rest}"), path.clone());
+                prop_assert!(rest.is_empty() || rest.starts_with('/'));
+            }
+        }
+    }
+}

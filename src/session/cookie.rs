@@ -11,8 +11,10 @@ use actix_web::http::header::HeaderMap;
 use secrecy::SecretString;
 
 use super::{SessionHandle, SessionId, SessionStoreAdapter};
+use crate::bounded::BoundedLru;
 use crate::config::{Config, SameSitePolicy};
 use crate::crypto;
+use crate::metrics::{CacheName, Metrics};
 
 /// How long a browser-binding login cookie lives: as long as a pending login.
 pub const LOGIN_COOKIE_MAX_AGE_SECS: i64 = 600;
@@ -40,8 +42,45 @@ pub struct CookiePolicy {
 /// the session is still alive is not remembered here (the token store decides, every call).
 /// Only values opened with the current key are kept, so one sealed with a rotated-out secret is
 /// still resealed. The values are bearer credentials: they are held like the token cache's
-/// access tokens, never logged (no `Debug`), bounded by `tokens.local_cache_max_entries`.
-struct OpenedCookies(Mutex<lru::LruCache<String, SessionHandle>>);
+/// access tokens, never logged (no `Debug`), bounded by `tokens.local_cache_max_entries` and
+/// `tokens.local_cache_max_bytes`.
+///
+/// Only values in the form bff writes are kept (`is_canonical_sealed`): the same cookie padded,
+/// quoted or percent-encoded otherwise opens just as well, and keeping each such spelling let
+/// one cookie fill the cache with copies of itself (issue 22). Those are opened every time.
+struct OpenedCookies(Mutex<BoundedLru<String, SessionHandle>>);
+
+/// Length of a sealed session id in standard base64: nonce (12 bytes), the id (43, see
+/// `crypto::random_token`) and the tag (16) make 71 bytes, so 96 characters ending in one `=`.
+const SEALED_LEN: usize = (12 + 43 + 16_usize).div_ceil(3) * 4;
+
+/// Whether `raw` is a sealed session cookie exactly as bff writes it: the session middleware
+/// percent-encodes the value on the way out (`/` as `%2F`, the padding `=` as `%3D`; `+` and
+/// letters and digits as they are), the reseal (`http::reseal_session_cookie`) writes it plain.
+/// Anything else — whitespace, quotes, other or lower-case escapes, a mix of both forms — is
+/// not. Each value in this form decodes to one sealed value and its length is bounded (288 at
+/// most), so a session has at most two remembered spellings.
+fn is_canonical_sealed(raw: &str) -> bool {
+    let plain = |b: u8| b.is_ascii_alphanumeric() || b == b'+';
+    if let Some(body) = raw.strip_suffix("%3D") {
+        let (mut chars, mut rest) = (0, body.as_bytes());
+        while let Some((&b, tail)) = rest.split_first() {
+            rest = if plain(b) {
+                tail
+            } else if let Some(tail) = rest.strip_prefix(b"%2F") {
+                tail
+            } else {
+                return false;
+            };
+            chars += 1;
+        }
+        chars == SEALED_LEN - 1
+    } else if let Some(body) = raw.strip_suffix('=') {
+        body.len() == SEALED_LEN - 1 && body.bytes().all(|b| plain(b) || b == b'/')
+    } else {
+        false
+    }
+}
 
 impl std::fmt::Debug for CookiePolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,7 +94,7 @@ fn cookie_key(secret: &SecretString) -> Key {
 }
 
 impl CookiePolicy {
-    pub fn from_config(config: &Config) -> CookiePolicy {
+    pub fn from_config(config: &Config, metrics: &Metrics) -> CookiePolicy {
         let name = config.session.cookie_name.clone();
         // `__Host-bff` → `__Host-bff-login`; the prefix rules (Secure, Path=/, no Domain) hold for both.
         let login_name = format!("{name}-login");
@@ -74,7 +113,11 @@ impl CookiePolicy {
             ),
             keys: config.session.secrets.iter().map(cookie_key).collect(),
             opened: config.tokens.local_cache.then(|| {
-                Arc::new(OpenedCookies(Mutex::new(lru::LruCache::new(config.tokens.local_cache_max_entries))))
+                Arc::new(OpenedCookies(Mutex::new(BoundedLru::new(
+                    config.tokens.local_cache_max_entries,
+                    config.tokens.local_cache_max_bytes,
+                    metrics.cache_gauges(CacheName::OpenedCookies),
+                ))))
             }),
         }
     }
@@ -179,9 +222,10 @@ impl CookiePolicy {
         }
         drop(memo);
         match self.open_value(raw) {
-            Some((id, 0)) => {
+            Some((id, 0)) if is_canonical_sealed(raw) => {
                 let handle = id.handle();
-                opened.0.lock().unwrap_or_else(|p| p.into_inner()).put(raw.to_string(), handle.clone());
+                let bytes = raw.len() + handle.as_str().len();
+                opened.0.lock().unwrap_or_else(|p| p.into_inner()).put(raw.to_string(), handle.clone(), bytes);
                 Some(handle)
             }
             Some((id, _)) => Some(id.handle()),
@@ -246,11 +290,94 @@ mod tests {
         .unwrap()
     }
 
+    fn policy(config: &Config) -> CookiePolicy {
+        CookiePolicy::from_config(config, &Metrics::new().unwrap())
+    }
+
+    /// A session cookie sealed with the policy's current key: its value as the session
+    /// middleware sends it (`Set-Cookie`, percent-encoded) and as the reseal does (plain).
+    fn sealed(policy: &CookiePolicy, id: &SessionId) -> (String, String) {
+        let mut jar = CookieJar::new();
+        jar.private_mut(policy.current_key()).add(policy.session_cookie_with(id.expose().to_string()));
+        let Some(cookie) = jar.delta().next().cloned() else { panic!("cookie") };
+        let encoded = cookie.encoded().to_string();
+        let Some(value) = encoded.split(';').next().and_then(|p| p.strip_prefix("bff=")) else { panic!("{encoded}") };
+        (value.to_string(), cookie.value().to_string())
+    }
+
+    fn remembered(policy: &CookiePolicy) -> usize {
+        policy.opened.as_ref().map_or(0, |o| o.0.lock().unwrap().count())
+    }
+
+    #[test]
+    fn the_forms_bff_writes_are_canonical_and_nothing_else() {
+        let policy = policy(&config("http://localhost:8080", "lax"));
+        for _ in 0..50 {
+            let (encoded, plain) = sealed(&policy, &SessionId::generate());
+            assert!(is_canonical_sealed(&encoded), "{encoded}");
+            assert!(is_canonical_sealed(&plain), "{plain}");
+            assert_eq!(plain.len(), SEALED_LEN);
+            for other in [
+                format!(" {encoded}"),
+                format!("\t{plain}"),
+                format!("{encoded} "),
+                format!("\"{encoded}\""),
+                encoded.replace("%2F", "%2f"),
+                encoded.replacen('A', "%41", 1),
+                plain[..SEALED_LEN - 1].to_string(),
+                format!("{plain}="),
+                format!("A{plain}"),
+                plain.replace('=', "%3D").replacen('/', "%2F", 1),
+            ] {
+                // A replacement that found nothing to replace leaves bff's own form.
+                if other != encoded && other != plain {
+                    assert!(!is_canonical_sealed(&other), "{other}");
+                }
+            }
+        }
+        assert!(!is_canonical_sealed(""));
+        assert!(!is_canonical_sealed("%3D"));
+        assert!(!is_canonical_sealed(&format!("{}%3D", "%2F".repeat(SEALED_LEN))));
+    }
+
+    #[test]
+    fn other_spellings_of_a_cookie_open_but_are_not_remembered() {
+        let policy = policy(&config("http://localhost:8080", "lax"));
+        let id = SessionId::generate();
+        let (encoded, plain) = sealed(&policy, &id);
+        let request = |value: &str| {
+            TestRequest::default().insert_header(("cookie", format!("other=1; bff={value}"))).to_http_request()
+        };
+        let spellings = [
+            format!("  {encoded}"),
+            format!("\t \t{encoded}"),
+            format!("\"{encoded}\""),
+            encoded.replace("%3D", "%3d"),
+            encoded.replacen(|c: char| c.is_ascii_alphabetic(), "%4A", 1),
+        ];
+        for value in &spellings {
+            let expected = Cookie::parse_encoded(format!("bff={value}")).ok().and_then(|c| policy.open_cookie(c));
+            assert_eq!(
+                policy.session_handle(&request(value)),
+                expected.map(|(id, _)| id.handle()),
+                "as the session middleware reads it: {value}"
+            );
+        }
+        for value in &spellings[..4] {
+            assert_eq!(policy.session_handle(&request(value)), Some(id.handle()), "{value}");
+        }
+        assert_eq!(remembered(&policy), 0, "no spelling but bff's own is remembered");
+        for value in [&encoded, &plain, &encoded] {
+            assert_eq!(policy.session_handle(&request(value)), Some(id.handle()));
+        }
+        assert_eq!(remembered(&policy), 2, "the two forms bff writes");
+    }
+
     #[test]
     fn http_and_https_policies() {
-        let http = CookiePolicy::from_config(&config("http://localhost:8080", "lax"));
+        let http = policy(&config("http://localhost:8080", "lax"));
         assert_eq!((http.name.as_str(), http.secure, http.same_site), ("bff", false, SameSite::Lax));
-        let https = CookiePolicy::from_config(&config("https://app.example", "strict"));
+        let https = policy(&config("https://app.example", "strict"));
         assert_eq!((https.name.as_str(), https.secure), ("__Host-bff", true));
         assert_eq!(https.login_name, "__Host-bff-login");
         assert_eq!(https.same_site, SameSite::Strict);
@@ -262,7 +389,7 @@ mod tests {
 
     #[test]
     fn session_cookie_round_trips_and_rejects_tampering() {
-        let policy = CookiePolicy::from_config(&config("http://localhost:8080", "lax"));
+        let policy = policy(&config("http://localhost:8080", "lax"));
         let id = SessionId::generate();
         let mut jar = CookieJar::new();
         jar.private_mut(policy.current_key()).add(Cookie::new(policy.name.clone(), id.expose().to_string()));
@@ -284,7 +411,7 @@ mod tests {
 
     #[test]
     fn remembered_cookies_open_as_before_and_tampered_ones_still_fail() {
-        let policy = CookiePolicy::from_config(&config("http://localhost:8080", "lax"));
+        let policy = policy(&config("http://localhost:8080", "lax"));
         let id = SessionId::generate();
         let mut jar = CookieJar::new();
         jar.private_mut(policy.current_key()).add(Cookie::new(policy.name.clone(), id.expose().to_string()));
@@ -301,5 +428,98 @@ mod tests {
         assert_eq!(policy.session_handle(&request(&tampered)), None);
         assert_eq!(policy.session_handle(&request(id.expose())), None);
         assert_eq!(policy.session_handle(&TestRequest::default().to_http_request()), None);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use actix_web::test::TestRequest;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const BASE64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    /// One policy for every case: its memory of opened cookies fills as the cases run.
+    fn policy() -> &'static CookiePolicy {
+        static POLICY: std::sync::OnceLock<CookiePolicy> = std::sync::OnceLock::new();
+        POLICY.get_or_init(|| {
+            let toml = format!(
+                "[server]\npublic_url = \"http://localhost:8080\"\n[oidc]\nissuer = \"https://idp\"\nclient_id = \"c\"\n\
+                 client_secret = \"s\"\n[session]\nsecret = \"{}\"\n",
+                "k".repeat(64)
+            );
+            CookiePolicy::from_config(&Config::from_toml(&toml).unwrap(), &Metrics::new().unwrap())
+        })
+    }
+
+    fn with_cookie_header(value: &str) -> Option<HttpRequest> {
+        let value = actix_web::http::header::HeaderValue::from_str(value).ok()?;
+        Some(TestRequest::default().insert_header((actix_web::http::header::COOKIE, value)).to_http_request())
+    }
+
+    fn sealed_plain(policy: &CookiePolicy, id: &SessionId) -> String {
+        let mut jar = CookieJar::new();
+        jar.private_mut(policy.current_key()).add(Cookie::new(policy.name.clone(), id.expose().to_string()));
+        jar.get(&policy.name).map(|c| c.value().to_string()).unwrap_or_default()
+    }
+
+    proptest! {
+        #![proptest_config(crate::prop::config())]
+
+        /// Any `Cookie` header: no panic, and the remembered answer is the one opening gives.
+        #[test]
+        fn any_cookie_header_is_read_without_panic_and_as_opening_reads_it(
+            header in prop_oneof!["\\PC{0,200}", "(bff|bff-login|x)=[ -~]{0,120}(; (bff|bff-login)=[ -~]{0,40}){0,2}"],
+        ) {
+            let policy = policy();
+            if let Some(req) = with_cookie_header(&header) {
+                let opened = policy.session_cookie(&req).map(|c| c.id.handle());
+                prop_assert_eq!(policy.session_handle(&req), opened.clone());
+                prop_assert_eq!(policy.session_handle(&req), opened);
+                if let Some(binding) = policy.login_binding(&req) {
+                    prop_assert!(crypto::is_random_token(&binding));
+                }
+            }
+        }
+
+        /// One character of a sealed cookie changed, added or removed: never accepted.
+        #[test]
+        fn a_modified_session_cookie_is_never_accepted(
+            at in any::<prop::sample::Index>(),
+            by in any::<prop::sample::Index>(),
+            how in 0u8..3,
+        ) {
+            let policy = policy();
+            let id = SessionId::generate();
+            let plain = sealed_plain(policy, &id);
+            let mut bytes = plain.clone().into_bytes();
+            let i = at.index(bytes.len());
+            let c = BASE64[by.index(BASE64.len())];
+            match how {
+                0 if bytes[i] != c => bytes[i] = c,
+                0 => bytes[i] = if c == b'A' { b'B' } else { b'A' },
+                1 => bytes.insert(i, c),
+                _ => drop(bytes.remove(i)),
+            }
+            let modified = String::from_utf8(bytes).unwrap();
+            prop_assert_ne!(&modified, &plain);
+            let req = with_cookie_header(&format!("bff={modified}")).unwrap();
+            prop_assert_eq!(policy.session_handle(&req), None, "{} from {}", modified, plain);
+            prop_assert!(policy.session_cookie(&req).is_none());
+        }
+
+        #[test]
+        fn a_login_binding_is_the_cookie_as_sent_and_well_formed(
+            value in prop_oneof!["[ -~]{0,60}", "[ \t]{0,3}[A-Za-z0-9_-]{43}[ \t]{0,3}", "[A-Za-z0-9_=+/-]{42,44}"],
+        ) {
+            let policy = policy();
+            if let Some(req) = with_cookie_header(&format!("bff-login={value}"))
+                && let Some(binding) = policy.login_binding(&req)
+            {
+                prop_assert!(crypto::is_random_token(&binding));
+                prop_assert_eq!(binding.as_str(), value.trim());
+            }
+        }
     }
 }

@@ -18,10 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use lru::LruCache;
-
-use super::HotToken;
-use crate::metrics::CacheMetrics;
+use super::{HotToken, UsableToken};
+use crate::bounded::BoundedLru;
+use crate::metrics::{CacheGauges, CacheMetrics};
 use crate::session::{KeyLayout, SessionHandle};
 use crate::store::ChangeListener;
 
@@ -49,7 +48,7 @@ enum Slot {
 }
 
 struct State {
-    slots: LruCache<String, Slot>,
+    slots: BoundedLru<String, Slot>,
     /// The channel is up: fills are allowed.
     up: bool,
     /// Moves on every flush (channel down or up, flush-all): fills from before are refused.
@@ -77,7 +76,7 @@ impl Drop for FillTicket<'_> {
         let mut state = self.cache.state();
         if matches!(state.slots.peek(&self.handle), Some(Slot::Pending(t)) if *t == self.ticket) {
             state.slots.pop(&self.handle);
-            self.cache.metrics.entries(state.slots.len());
+            self.cache.metrics.entries(state.slots.count());
         }
     }
 }
@@ -89,13 +88,16 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    pub fn new(max_entries: std::num::NonZeroUsize, keys: KeyLayout, metrics: CacheMetrics) -> TokenCache {
+    pub fn new(
+        max_entries: std::num::NonZeroUsize,
+        max_bytes: usize,
+        keys: KeyLayout,
+        metrics: CacheMetrics,
+        gauges: CacheGauges,
+    ) -> TokenCache {
         metrics.channel_up(false);
-        TokenCache {
-            state: Mutex::new(State { slots: LruCache::new(max_entries), up: false, epoch: 0, next_ticket: 0 }),
-            keys,
-            metrics,
-        }
+        let slots = BoundedLru::new(max_entries, max_bytes, gauges);
+        TokenCache { state: Mutex::new(State { slots, up: false, epoch: 0, next_ticket: 0 }), keys, metrics }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -109,7 +111,7 @@ impl TokenCache {
             Some(Slot::Filled(entry)) if now < entry.valid_until => Some(Arc::clone(entry)),
             Some(Slot::Filled(_)) => {
                 state.slots.pop(handle.as_str());
-                self.metrics.entries(state.slots.len());
+                self.metrics.entries(state.slots.count());
                 None
             }
             _ => None,
@@ -132,8 +134,8 @@ impl TokenCache {
         }
         state.next_ticket += 1;
         let ticket = state.next_ticket;
-        state.slots.put(handle.as_str().to_string(), Slot::Pending(ticket));
-        self.metrics.entries(state.slots.len());
+        state.slots.put(handle.as_str().to_string(), Slot::Pending(ticket), handle.as_str().len());
+        self.metrics.entries(state.slots.count());
         Some(FillTicket {
             cache: self,
             handle: handle.as_str().to_string(),
@@ -150,8 +152,9 @@ impl TokenCache {
         if !(ours && state.up && state.epoch == fill.epoch) {
             return false;
         }
+        let bytes = fill.handle.len() + view_bytes(&view);
         let entry = CachedToken { view, valid_until, touch_started: AtomicBool::new(false) };
-        state.slots.put(std::mem::take(&mut fill.handle), Slot::Filled(Arc::new(entry)));
+        state.slots.put(std::mem::take(&mut fill.handle), Slot::Filled(Arc::new(entry)), bytes);
         fill.completed = true;
         self.metrics.filled();
         true
@@ -165,7 +168,7 @@ impl TokenCache {
     fn forget(&self, handle: &str) {
         let mut state = self.state();
         if state.slots.pop(handle).is_some() {
-            self.metrics.entries(state.slots.len());
+            self.metrics.entries(state.slots.count());
         }
     }
 
@@ -183,8 +186,25 @@ impl TokenCache {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.state().slots.len()
+        self.state().slots.count()
     }
+
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.state().slots.bytes()
+    }
+}
+
+/// What a cached view holds on the heap (its `Arc` allocation included), estimated: the tokens
+/// are what can be large.
+fn view_bytes(view: &HotToken) -> usize {
+    fn token(t: &UsableToken) -> usize {
+        t.authorization.as_ref().map_or(0, |h| h.len())
+            + t.dpop.as_ref().map_or(0, |d| std::mem::size_of_val(d) + d.ath.len())
+    }
+    let audiences: usize = view.audiences.iter().map(|a| std::mem::size_of_val(a) + a.0.len() + token(&a.1)).sum();
+    // Two reference counts precede each `Arc`'s value.
+    2 * std::mem::size_of::<usize>() + std::mem::size_of::<CachedToken>() + token(&view.access) + audiences
 }
 
 impl ChangeListener for TokenCache {
@@ -229,7 +249,12 @@ mod tests {
     use crate::session::SessionId;
 
     fn view(version: u64) -> HotToken {
-        let authorization = super::super::bearer_header(&AccessToken::new(format!("at{version}")));
+        view_sized(version, 0)
+    }
+
+    fn view_sized(version: u64, padding: usize) -> HotToken {
+        let token = format!("at{version}{}", "x".repeat(padding));
+        let authorization = super::super::bearer_header(&AccessToken::new(token));
         HotToken {
             access: crate::tokens::UsableToken {
                 authorization,
@@ -245,10 +270,14 @@ mod tests {
     }
 
     fn cache(max: usize) -> (TokenCache, KeyLayout) {
+        cache_of_bytes(max, usize::MAX)
+    }
+
+    fn cache_of_bytes(max: usize, max_bytes: usize) -> (TokenCache, KeyLayout) {
         let keys = KeyLayout::new("t:");
         let metrics = Metrics::new().map(|m| m.cache()).unwrap_or_else(|e| panic!("metrics: {e}"));
         let max = NonZeroUsize::new(max).unwrap_or(NonZeroUsize::MIN);
-        let cache = TokenCache::new(max, keys.clone(), metrics);
+        let cache = TokenCache::new(max, max_bytes, keys.clone(), metrics, CacheGauges::detached());
         cache.channel_up();
         (cache, keys)
     }
@@ -395,5 +424,23 @@ mod tests {
         let entry = cache.get(&h, Instant::now()).unwrap_or_else(|| panic!("filled"));
         assert!(entry.start_touch());
         assert!(!entry.start_touch());
+    }
+
+    #[test]
+    fn large_tokens_are_bounded_by_bytes_not_only_by_count() {
+        let budget = 64 * 1024;
+        let (cache, _) = cache_of_bytes(1000, budget);
+        let handles: Vec<SessionHandle> = (0..20).map(|_| SessionId::generate().handle()).collect();
+        for (i, h) in handles.iter().enumerate() {
+            let fill = cache.begin_fill(h).unwrap_or_else(|| panic!("up"));
+            assert!(cache.complete_fill(fill, view_sized(i as u64, 16 * 1024), later()));
+            assert!(cache.bytes() <= budget, "{} bytes held", cache.bytes());
+        }
+        assert!(cache.len() < 4, "16 KB tokens: at most three fit in 64 KB, {} held", cache.len());
+        assert!(cache.bytes() > 3 * 16 * 1024 / 2, "each entry counts its token: {}", cache.bytes());
+        assert!(cache.get(&handles[19], Instant::now()).is_some(), "the newest is kept");
+        assert!(cache.get(&handles[0], Instant::now()).is_none(), "the oldest went");
+        cache.everything_invalidated();
+        assert_eq!(cache.bytes(), 0);
     }
 }

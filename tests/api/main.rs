@@ -11,6 +11,7 @@ mod callback;
 mod cli;
 mod client_auth;
 mod compose;
+mod cookie_memory;
 mod cookies;
 mod demo;
 mod dpop;
