@@ -56,14 +56,11 @@ pub fn client_address(peer: Option<IpAddr>, headers: &HeaderMap, hops: usize) ->
 pub fn forwarded_for(peer: Option<IpAddr>, headers: &HeaderMap, hops: usize) -> Option<String> {
     let chain = chain(headers);
     let trusted = trusted(&chain, hops);
+    // The client's own entry unreadable: the limits read the peer, and so is the upstream told.
+    let client_readable = trusted.first().is_some_and(|e| parse_entry(e).is_some());
     let mut entries: Vec<String> = Vec::with_capacity(trusted.len() + 1);
-    for (i, raw) in trusted.iter().enumerate() {
-        match parse_entry(raw) {
-            Some(ip) => entries.push(ip.to_string()),
-            // The client's own entry unreadable: the limits read the peer; so does the upstream.
-            None if i == 0 => entries.clear(),
-            None => {}
-        }
+    if client_readable {
+        entries.extend(trusted.iter().filter_map(|e| parse_entry(e)).map(|ip| ip.to_string()));
     }
     entries.extend(peer.map(|p| p.to_string()));
     (!entries.is_empty()).then(|| entries.join(", "))
@@ -121,6 +118,9 @@ mod tests {
         let h = headers(&["unknown"]);
         assert_eq!(client_address(peer, &h, 1), peer);
         assert_eq!(forwarded_for(peer, &h, 1).as_deref(), Some("10.0.0.1"));
+        let h = headers(&["., 0::, a"]);
+        assert_eq!(client_address(peer, &h, 3), peer, "found by the header properties");
+        assert_eq!(forwarded_for(peer, &h, 3).as_deref(), Some("10.0.0.1"));
         let h = headers(&["203.0.113.10, garbage"]);
         assert_eq!(client_address(peer, &h, 2), Some(ip("203.0.113.10")));
         assert_eq!(forwarded_for(peer, &h, 2).as_deref(), Some("203.0.113.10, 10.0.0.1"));

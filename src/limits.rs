@@ -46,8 +46,13 @@ impl Limit {
 }
 
 const WINDOW: Duration = Duration::from_secs(60);
-/// Forget idle clients when the table grows past this.
+/// Each address's window: when it started, how many events it holds.
+type Windows = HashMap<IpAddr, (Instant, u32)>;
+
+/// Forget idle clients when the table grows past this …
 const SWEEP_ABOVE: usize = 10_000;
+/// … at most this often.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// The client's address (see `forwarded::client_address`): the peer, or behind `hops` trusted
 /// proxies the entry the outermost of them added.
@@ -73,7 +78,8 @@ pub fn address_key(ip: IpAddr) -> IpAddr {
 /// grow past what the cap lets in.
 pub struct RateLimiter {
     per_window: u32,
-    clients: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// Per address: its window's start and count; and when expired windows were last dropped.
+    clients: Mutex<(Windows, Instant)>,
     total: Mutex<(Instant, u32)>,
     total_per_window: u32,
     total_window: Duration,
@@ -84,7 +90,7 @@ impl RateLimiter {
     pub fn new(per_minute: u32, total: u32, total_window: Duration) -> RateLimiter {
         RateLimiter {
             per_window: per_minute,
-            clients: Mutex::new(HashMap::new()),
+            clients: Mutex::new((HashMap::new(), Instant::now())),
             total: Mutex::new((Instant::now(), 0)),
             total_per_window: total,
             total_window,
@@ -104,9 +110,13 @@ impl RateLimiter {
             return Err(self.total_window.saturating_sub(now.duration_since(total.0)));
         }
         let client = address_key(client);
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if clients.len() > SWEEP_ABOVE {
+        let mut guard = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let (clients, swept) = &mut *guard;
+        // Dropping expired windows walks the table: at most every few seconds, not per event
+        // (between sweeps the total cap bounds what can be added).
+        if clients.len() > SWEEP_ABOVE && now.duration_since(*swept) >= SWEEP_EVERY {
             clients.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+            *swept = now;
         }
         let entry = clients.entry(client).or_insert((now, 0));
         if now.duration_since(entry.0) >= WINDOW {
@@ -148,7 +158,7 @@ mod tests {
         assert!(others.iter().all(|ip| limiter.check(*ip).is_ok()));
         let Err(retry_after) = limiter.check(IpAddr::from([192, 0, 2, 99])) else { panic!("over the total") };
         assert!(retry_after > Duration::from_secs(590), "{retry_after:?}");
-        assert!(limiter.clients.lock().unwrap().len() <= 4, "refused events add no address");
+        assert!(limiter.clients.lock().unwrap().0.len() <= 4, "refused events add no address");
     }
 
     #[test]

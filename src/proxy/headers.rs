@@ -379,10 +379,12 @@ mod properties {
             hops in 0usize..3,
         ) {
             let (proto, host) = (HeaderValue::from_static("https"), HeaderValue::from_static("app.example"));
-            let out = upstream_request_headers(&h, &forwarded(&proto, &host, hops, keep), &["x-route-secret".into()]);
+            let drop = ["x-route-secret".to_string()];
+            let policy = HeaderPolicy { drop: &drop, allow: None };
+            let out = upstream_request_headers(&h, &forwarded(&proto, &host, hops, keep), &policy);
             for name in out.keys().map(HeaderName::as_str) {
                 let ours = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"].contains(&name);
-                prop_assert!(ours || !is_not_forwarded(name, &["x-route-secret".into()], keep), "{} went upstream", name);
+                prop_assert!(ours || !is_not_forwarded(name, &policy, keep), "{} went upstream", name);
                 prop_assert!(!is_hop_by_hop(name, &named), "hop-by-hop {} went upstream", name);
                 prop_assert!(name != "x-route-secret");
             }
@@ -400,13 +402,14 @@ mod properties {
                 }
             }
             up.append("set-cookie", HeaderValue::from_static("s=1"));
-            for (name, _) in downstream_response_headers(&up) {
+            for (name, _) in downstream_response_headers(&up, &["set-cookie".to_string()]) {
                 let n = name.as_str();
                 prop_assert!(!is_hop_by_hop(n, &named) && n != "set-cookie" && n != "content-length", "{} came back", n);
             }
         }
 
-        /// Only what the trusted proxies appended reaches the upstream, then the peer.
+        /// Only what the trusted proxies appended reaches the upstream (as addresses, from the
+        /// one the limits read as the client on), then the peer.
         #[test]
         fn x_forwarded_for_keeps_only_the_trusted_entries(headers in xff_headers(), hops in 0usize..4) {
             let mut h = InboundHeaders::new();
@@ -416,11 +419,23 @@ mod properties {
                 chain.extend(value.split(',').map(str::trim).filter(|e| !e.is_empty()).map(String::from));
             }
             let (proto, host) = (HeaderValue::from_static("https"), HeaderValue::from_static("app.example"));
-            let out = upstream_request_headers(&h, &forwarded(&proto, &host, hops, false), &[]);
+            let out = upstream_request_headers(&h, &forwarded(&proto, &host, hops, false), &HeaderPolicy { drop: &[], allow: None });
             let sent: Vec<String> = out["x-forwarded-for"].to_str().unwrap().split(", ").map(String::from).collect();
-            let trusted = &chain[chain.len().saturating_sub(hops)..];
             prop_assert_eq!(sent.last().map(String::as_str), Some("10.0.0.9"));
-            prop_assert_eq!(&sent[..sent.len() - 1], trusted);
+            let expected: Vec<String> = match chain.len().checked_sub(hops) {
+                Some(start) if hops > 0 => {
+                    let trusted = &chain[start..];
+                    match crate::forwarded::parse_entry(&trusted[0]) {
+                        Some(_) => trusted.iter().filter_map(|e| crate::forwarded::parse_entry(e)).map(|ip| ip.to_string()).collect(),
+                        None => Vec::new(),
+                    }
+                }
+                _ => Vec::new(),
+            };
+            prop_assert_eq!(&sent[..sent.len() - 1], &expected[..]);
+            // The limits read the same client: the first entry sent (else the peer).
+            let req_client = crate::forwarded::client_address(Some("10.0.0.9".parse().unwrap()), &h, hops);
+            prop_assert_eq!(req_client.map(|ip| ip.to_string()), sent.first().cloned());
         }
     }
 }
