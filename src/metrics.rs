@@ -24,6 +24,7 @@ pub struct Metrics {
     lock_wait: Histogram,
     locks_active: IntGauge,
     auth_events: IntCounterVec,
+    logout_sessions_ended: IntCounterVec,
     store_duration: HistogramVec,
     store_errors: IntCounterVec,
     limited: IntCounterVec,
@@ -282,6 +283,10 @@ impl Metrics {
                 ),
                 &["event"],
             )?,
+            logout_sessions_ended: IntCounterVec::new(
+                Opts::new("logout_sessions_ended_total", "Sessions ended by the provider's logouts, by channel"),
+                &["channel"],
+            )?,
             store_duration: HistogramVec::new(
                 hist("session_store_duration_seconds", "Session store operations"),
                 &["op"],
@@ -349,6 +354,7 @@ impl Metrics {
         m.registry.register(Box::new(m.lock_wait.clone()))?;
         m.registry.register(Box::new(m.locks_active.clone()))?;
         m.registry.register(Box::new(m.auth_events.clone()))?;
+        m.registry.register(Box::new(m.logout_sessions_ended.clone()))?;
         m.registry.register(Box::new(m.store_duration.clone()))?;
         m.registry.register(Box::new(m.store_errors.clone()))?;
         m.registry.register(Box::new(m.limited.clone()))?;
@@ -403,6 +409,11 @@ impl Metrics {
 
     pub fn auth_event(&self, event: AuthEvent) {
         self.auth_events.with_label_values(&[event.label()]).inc();
+    }
+
+    /// `channel`: `backchannel` or `frontchannel`.
+    pub fn logout_sessions_ended(&self, channel: &'static str, count: usize) {
+        self.logout_sessions_ended.with_label_values(&[channel]).inc_by(count as u64);
     }
 
     pub fn store_op(&self, op: &'static str, elapsed: Duration, ok: bool) {

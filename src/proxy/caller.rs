@@ -17,8 +17,8 @@ pub enum Caller<'r> {
     /// A live session whose user's token goes upstream (`user`, and `user_or_none` signed in).
     /// `view`: the session as read when it was identified.
     Session { handle: SessionHandle, view: HotToken, or_none: bool },
-    /// `client`: bff's own token for the route, for a live session.
-    Client { handle: SessionHandle, grant: &'r ClientGrant },
+    /// `client`: bff's own token for the route, for a live session whose grant lives.
+    Client { handle: SessionHandle, view: HotToken, grant: &'r ClientGrant },
     /// `none`, or `user_or_none` without a live session: no token; counted by client address.
     Anonymous { address: Option<IpAddr> },
 }
@@ -52,8 +52,8 @@ impl<'r> Caller<'r> {
             }
             (TokenPolicy::Client, Some(grant)) => {
                 let handle = cookies.session_handle(req).ok_or(AppError::LoginRequired)?;
-                tokens.live_session(&handle).await?;
-                Ok(Caller::Client { handle, grant })
+                let view = tokens.live_session(&handle).await?;
+                Ok(Caller::Client { handle, view, grant })
             }
             (TokenPolicy::Client, None) => Err(AppError::Internal),
         }
@@ -98,7 +98,17 @@ impl<'r> Caller<'r> {
                     Err(e) => Err(e),
                 }
             }
-            Caller::Client { grant, .. } => tokens.client_tokens().token(grant).await.map(Some),
+            Caller::Client { handle, view, grant } => {
+                // The user's grant decides first, as on a `user` route: refreshed when due, and
+                // a grant the provider ended ends the session here too (401), so a `client`
+                // route never serves a user the provider signed out.
+                if fresh {
+                    tokens.token_in(handle, None, view.clone()).await?;
+                } else {
+                    tokens.access_token(handle, None).await?;
+                }
+                tokens.client_tokens().token(grant).await.map(Some)
+            }
             Caller::Anonymous { .. } => Ok(None),
         }
     }

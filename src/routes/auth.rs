@@ -324,7 +324,13 @@ pub async fn backchannel_logout(state: web::Data<AppState>, form: web::Form<Back
     match state.sessions.end_for_provider(&request).await {
         Ok(Some(count)) => {
             state.metrics.auth_event(AuthEvent::BackchannelLogout);
-            tracing::info!(sessions = count, "back-channel logout");
+            state.metrics.logout_sessions_ended("backchannel", count);
+            tracing::info!(
+                sessions = count,
+                by_sid = request.sid.is_some(),
+                by_sub = request.sub.is_some(),
+                "back-channel logout"
+            );
             HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).finish()
         }
         Ok(None) => {
@@ -393,6 +399,7 @@ pub async fn frontchannel_logout(req: HttpRequest, state: web::Data<AppState>, s
     if ended == 0 {
         tracing::info!(by_sid = sid.is_some(), by_cookie = own_session, "front-channel logout: no live session to end");
     } else {
+        state.metrics.logout_sessions_ended("frontchannel", ended);
         tracing::info!(sessions = ended, by_sid = sid.is_some(), by_cookie = own_session, "front-channel logout");
     }
     let frame_ancestors =

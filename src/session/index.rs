@@ -53,6 +53,12 @@ impl SessionIndex {
         Ok(members.iter().filter_map(|m| SessionHandle::from_stored(m)).collect())
     }
 
+    /// The sessions indexed under `sub` (left in the index: each is removed as it ends).
+    pub async fn sessions_of_sub(&self, sub: &str) -> Result<Vec<SessionHandle>, StoreError> {
+        let members = self.store.set_members(&self.keys.sessions_of_sub(sub)).await?;
+        Ok(members.iter().filter_map(|m| SessionHandle::from_stored(m)).collect())
+    }
+
     /// Forgets a claimed `jti`, for a logout that could not be carried out.
     pub async fn release_logout_token(&self, jti: &str) -> Result<(), StoreError> {
         self.store.delete(&[self.keys.logout_token_jti(jti)]).await

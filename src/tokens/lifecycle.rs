@@ -153,14 +153,17 @@ impl Sessions {
         Ok(())
     }
 
-    /// Back-channel logout: ends every session of the provider session (`sid`) or, without
-    /// one, of the user (`sub`). `None` if this logout token was already used.
+    /// Back-channel logout: ends every session of the provider session (`sid`); without one, or
+    /// with a `sid` no session was indexed under (an ID token without `sid`), every session of
+    /// the user (`sub`) that belongs to no other provider session (OIDC Back-Channel Logout
+    /// §2.6): the provider believes the user signed out, so no session of theirs may live on
+    /// unseen. How many ended; `None` if this logout token was already used.
     pub async fn end_for_provider(&self, request: &LogoutRequest) -> Result<Option<usize>, StoreError> {
         let replay_window = Duration::from_secs(request.exp.saturating_sub(now_unix()).max(60) + 60);
         if !self.index.claim_logout_token(&request.jti, replay_window).await? {
             return Ok(None);
         }
-        match self.end_indexed(request.sub.as_deref(), request.sid.as_deref(), EndReason::BackChannel).await {
+        match self.end_for_logout_token(request.sub.as_deref(), request.sid.as_deref()).await {
             Ok(count) => Ok(Some(count)),
             // The provider retries a logout that failed; its retry must not look like a replay.
             Err(e) => {
@@ -176,6 +179,40 @@ impl Sessions {
     /// still live.
     pub async fn end_provider_session(&self, sid: &str) -> Result<usize, StoreError> {
         self.end_indexed(None, Some(sid), EndReason::FrontChannel).await
+    }
+
+    async fn end_for_logout_token(&self, sub: Option<&str>, sid: Option<&str>) -> Result<usize, StoreError> {
+        let by_sid = match sid {
+            Some(sid) => self.index.take(None, Some(sid)).await?,
+            None => Vec::new(),
+        };
+        if !by_sid.is_empty() {
+            return self.end_all(by_sid, EndReason::BackChannel).await;
+        }
+        let Some(sub) = sub else { return Ok(0) };
+        let mut of_user = Vec::new();
+        for handle in self.index.sessions_of_sub(sub).await? {
+            // A session of another provider session stays: that one was not ended.
+            let other_provider_session = match (self.tokens.load(&handle).await?, sid) {
+                (Some(set), Some(sid)) => set.provider_sid.as_deref().is_some_and(|own| own != sid),
+                _ => false,
+            };
+            if !other_provider_session {
+                of_user.push(handle);
+            }
+        }
+        self.end_all(of_user, EndReason::BackChannel).await
+    }
+
+    /// Ends `handles`; how many were still live.
+    async fn end_all(&self, handles: Vec<SessionHandle>, reason: EndReason) -> Result<usize, StoreError> {
+        let mut ended = 0;
+        for handle in handles {
+            if self.end(&handle, reason).await?.is_some() {
+                ended += 1;
+            }
+        }
+        Ok(ended)
     }
 
     /// Ends the sessions the index holds for `sid` (else `sub`); how many were still live.

@@ -32,6 +32,7 @@ mod store_conformance;
 mod store_down;
 mod telemetry;
 mod timeouts;
+mod trust;
 mod user;
 mod userinfo;
 mod websocket;

@@ -219,6 +219,15 @@ async fn handle(req: HttpRequest, mut payload: web::Payload, state: web::Data<St
     if path == "/set-cookie" {
         return HttpResponse::Ok().insert_header(("set-cookie", "upstream=1; Path=/")).json(json!({ "ok": true }));
     }
+    // An answer that would change the SPA's security if it reached the browser as it is.
+    if path == "/security-headers" {
+        return HttpResponse::Ok()
+            .insert_header(("set-cookie", "upstream=1; Path=/"))
+            .insert_header(("clear-site-data", "\"cookies\", \"storage\""))
+            .insert_header(("content-security-policy", "default-src *"))
+            .insert_header(("x-upstream-kept", "1"))
+            .json(json!({ "ok": true }));
+    }
 
     // Echo, hashing the body as it streams in (uploads of any size).
     let mut hasher = Sha256::new();
