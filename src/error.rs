@@ -44,6 +44,9 @@ pub enum AppError {
     /// The sign-in's grant does not cover the route's resource (RFC 8707).
     #[error("no token for the route's resource")]
     ResourceNotGranted,
+    /// The provider refused to exchange the user's token for the route's audience (RFC 8693).
+    #[error("token exchange refused")]
+    ExchangeRefused,
     #[error("identity provider unavailable")]
     IdpUnavailable,
     #[error("upstream unavailable")]
@@ -104,6 +107,7 @@ impl AppError {
             AppError::SessionStoreUnavailable => "session_store_unavailable",
             AppError::TokenRefreshUnavailable => "token_refresh_unavailable",
             AppError::ResourceNotGranted => "resource_not_granted",
+            AppError::ExchangeRefused => "exchange_refused",
             AppError::IdpUnavailable => "idp_unavailable",
             AppError::UpstreamUnavailable => "upstream_unavailable",
             AppError::UpstreamTimeout => "upstream_timeout",
@@ -136,7 +140,9 @@ impl AppError {
             AppError::UpstreamUnavailable | AppError::UpstreamTimeout => {
                 "A service behind this application is not answering."
             }
-            AppError::ResourceNotGranted => "Your sign-in does not give access to this service.",
+            AppError::ResourceNotGranted | AppError::ExchangeRefused => {
+                "Your sign-in does not give access to this service."
+            }
             AppError::Internal => "Something went wrong on our side.",
         }
     }
@@ -188,7 +194,7 @@ impl ResponseError for AppError {
     fn status_code(&self) -> StatusCode {
         match self {
             AppError::LoginRequired => StatusCode::UNAUTHORIZED,
-            AppError::Csrf | AppError::ResourceNotGranted => StatusCode::FORBIDDEN,
+            AppError::Csrf | AppError::ResourceNotGranted | AppError::ExchangeRefused => StatusCode::FORBIDDEN,
             AppError::Limited(Limit::BodySize) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Limited(Limit::HeaderSize) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             AppError::Limited(
@@ -236,6 +242,7 @@ impl From<TokenError> for AppError {
             TokenError::CannotRefresh => AppError::LoginRequired,
             TokenError::RefreshUnavailable(_) => AppError::TokenRefreshUnavailable,
             TokenError::NotForResource => AppError::ResourceNotGranted,
+            TokenError::ExchangeRefused => AppError::ExchangeRefused,
             TokenError::Store(e) => {
                 tracing::warn!("{}", error_chain(&e));
                 AppError::SessionStoreUnavailable
@@ -257,6 +264,7 @@ mod tests {
             (AppError::SessionStoreUnavailable, 503, "session_store_unavailable"),
             (AppError::TokenRefreshUnavailable, 503, "token_refresh_unavailable"),
             (AppError::ResourceNotGranted, 403, "resource_not_granted"),
+            (AppError::ExchangeRefused, 403, "exchange_refused"),
             (AppError::UpstreamUnavailable, 502, "upstream_unavailable"),
             (AppError::UpstreamTimeout, 504, "upstream_timeout"),
             (AppError::Limited(Limit::BodySize), 413, "payload_too_large"),

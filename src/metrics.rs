@@ -21,6 +21,7 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     refreshes: IntCounterVec,
     client_tokens: IntCounterVec,
+    token_exchanges: IntCounterVec,
     lock_wait: Histogram,
     locks_active: IntGauge,
     auth_events: IntCounterVec,
@@ -202,6 +203,16 @@ impl RefreshOutcome {
     }
 }
 
+/// How a token exchange (RFC 8693) ended.
+#[derive(Debug, Clone, Copy)]
+pub enum ExchangeOutcome {
+    Ok,
+    /// The provider will not exchange for that audience: 403 `exchange_refused`.
+    Refused,
+    /// Unreachable, failing, or bff's credentials refused: 503, the session kept.
+    Failed,
+}
+
 /// Why bff closed a WebSocket, by its `websocket_closes_total` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SocketEnd {
@@ -269,6 +280,10 @@ impl Metrics {
             )?,
             client_tokens: IntCounterVec::new(
                 Opts::new("client_token_requests_total", "Client-credentials token requests, by outcome"),
+                &["outcome"],
+            )?,
+            token_exchanges: IntCounterVec::new(
+                Opts::new("token_exchanges_total", "Token exchanges (RFC 8693) asked of the provider, by outcome"),
                 &["outcome"],
             )?,
             lock_wait: Histogram::with_opts(hist(
@@ -351,6 +366,7 @@ impl Metrics {
         m.registry.register(Box::new(m.upstream_errors.clone()))?;
         m.registry.register(Box::new(m.refreshes.clone()))?;
         m.registry.register(Box::new(m.client_tokens.clone()))?;
+        m.registry.register(Box::new(m.token_exchanges.clone()))?;
         m.registry.register(Box::new(m.lock_wait.clone()))?;
         m.registry.register(Box::new(m.locks_active.clone()))?;
         m.registry.register(Box::new(m.auth_events.clone()))?;
@@ -393,6 +409,16 @@ impl Metrics {
     /// A client-credentials token request; `ok`: a token came back.
     pub fn client_token(&self, ok: bool) {
         self.client_tokens.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
+    }
+
+    /// A token exchange asked of the provider.
+    pub fn token_exchange(&self, outcome: ExchangeOutcome) {
+        let label = match outcome {
+            ExchangeOutcome::Ok => "ok",
+            ExchangeOutcome::Refused => "refused",
+            ExchangeOutcome::Failed => "failed",
+        };
+        self.token_exchanges.with_label_values(&[label]).inc();
     }
 
     pub fn lock_waited(&self, elapsed: Duration) {

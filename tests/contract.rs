@@ -330,6 +330,7 @@ fn app_errors() -> Vec<AppError> {
         AppError::SessionStoreUnavailable,
         AppError::TokenRefreshUnavailable,
         AppError::ResourceNotGranted,
+        AppError::ExchangeRefused,
         AppError::IdpUnavailable,
         AppError::UpstreamUnavailable,
         AppError::UpstreamTimeout,
@@ -379,6 +380,7 @@ fn listed(error: &AppError) -> bool {
         | AppError::SessionStoreUnavailable
         | AppError::TokenRefreshUnavailable
         | AppError::ResourceNotGranted
+        | AppError::ExchangeRefused
         | AppError::IdpUnavailable
         | AppError::UpstreamUnavailable
         | AppError::UpstreamTimeout

@@ -257,9 +257,13 @@ timeout_secs = 10
 
 const ORDERS: &str = "https://orders.interop";
 const BILLING: &str = "https://billing.interop";
+/// The audience bff exchanges users' tokens for (RFC 8693) on `/ledger`.
+const LEDGER: &str = "https://ledger.interop";
 
-/// `base` plus routes bound to the orders and billing APIs (RFC 8707), and `/m2m` with bff's own
-/// client-credentials token for the orders API; the sign-in asks for their scope too.
+/// `base` plus routes bound to the orders and billing APIs (RFC 8707), `/m2m` with bff's own
+/// client-credentials token for the orders API, `/ledger` with the user's token exchanged for
+/// the ledger API (RFC 8693) and `/vault`, whose audience the provider will not exchange for;
+/// the sign-in asks for their scope too.
 fn resource_config(base: &str, api: &str) -> String {
     let base = base.replacen(
         "timeout_secs = 10\n",
@@ -284,6 +288,19 @@ upstream = "{api}/aud/orders"
 token = "client"
 scopes = ["api:read"]
 resource = "{ORDERS}"
+
+[[api]]
+prefix = "/ledger"
+upstream = "{api}/aud/ledger"
+token = "exchange"
+audience = "{LEDGER}"
+scopes = ["api:read"]
+
+[[api]]
+prefix = "/vault"
+upstream = "{api}/aud/vault"
+token = "exchange"
+audience = "https://vault.interop"
 "#
     )
 }
@@ -410,7 +427,12 @@ impl Interop {
             })
         };
         let mut resource_client = client("bff-rs", "client_secret_basic", &public_c);
-        resource_client["grant_types"] = json!(["authorization_code", "refresh_token", "client_credentials"]);
+        resource_client["grant_types"] = json!([
+            "authorization_code",
+            "refresh_token",
+            "client_credentials",
+            "urn:ietf:params:oauth:grant-type:token-exchange"
+        ]);
         // No shared secret: bff's keys from its JWKS route; pushed authorization requests only.
         let mut jwt_client = client("bff-jwt", "private_key_jwt", &public_d);
         jwt_client["jwks_uri"] = json!(format!("{public_d}/.well-known/jwks.json"));
@@ -441,7 +463,8 @@ impl Interop {
             .env("STATS_PORT", "0")
             .env("ACCESS_TOKEN_TTL", ACCESS_TOKEN_TTL.to_string())
             .env("CLIENTS", clients.to_string())
-            .env("RESOURCES", json!([ORDERS, BILLING]).to_string());
+            .env("RESOURCES", json!([ORDERS, BILLING]).to_string())
+            .env("EXCHANGE_AUDIENCES", json!([LEDGER]).to_string());
         let (provider, ready) = start(provider, "READY");
         let issuer = field(&ready, "issuer");
         let stats = field(&ready, "stats");
@@ -523,6 +546,7 @@ async fn bff_interoperates_with_a_certified_provider() {
         backchannel_logout_ends_the_session_on_both_instances,
         a_tampered_iss_in_the_authorization_response_is_refused,
         resource_and_client_tokens_are_bound_to_their_audiences,
+        an_exchanged_token_reaches_the_api_of_its_audience,
         private_key_jwt_par_and_dpop_log_in_refresh_and_revoke,
         a_dpop_storm_on_two_instances_never_presents_a_refresh_token_twice,
         backchannel_logout_ends_a_dpop_session_on_both_instances,
@@ -752,6 +776,32 @@ async fn resource_and_client_tokens_are_bound_to_their_audiences(it: &Interop) {
     let api: Value = stack.http.get(format!("{}/__stats", stack.api)).send().await.unwrap().json().await.unwrap();
     assert_eq!(api["wrong_audience"], 0, "no API ever received a token meant for another");
     check("client-credentials route token", "one token, for the orders API, shared across calls");
+}
+
+/// 10b. RFC 8693 with a token-exchange grant registered at oidc-provider: `/ledger` carries the
+///     user's token exchanged for the ledger API (its `aud`, the same user), exchanged once and
+///     kept; an audience the provider will not exchange for is 403 `exchange_refused`, and the
+///     session lives on.
+async fn an_exchanged_token_reaches_the_api_of_its_audience(it: &Interop) {
+    let Interop { stack, c, .. } = it;
+    let erin = Browser::new();
+    login(stack, &c.url, &erin, "erin").await;
+    let before = stack.stat("token_exchange_grants").await;
+    for _ in 0..3 {
+        let res = erin.api(Method::GET, &format!("{}/ledger/x", c.url)).await;
+        assert_eq!(res.status(), 200);
+        let ledger: Value = res.json().await.unwrap();
+        assert_eq!((ledger["aud"].as_str(), ledger["sub"].as_str()), (Some(LEDGER), Some("erin")), "{ledger}");
+        assert_eq!((ledger["client_id"].as_str(), ledger["scope"].as_str()), (Some("bff-rs"), Some("api:read")));
+    }
+    assert_eq!(stack.stat("token_exchange_grants").await - before, 1, "one exchange, kept in the token set");
+    let refused = erin.api(Method::GET, &format!("{}/vault/x", c.url)).await;
+    assert_eq!(refused.status(), 403);
+    assert_eq!(refused.json::<Value>().await.unwrap()["error"], "exchange_refused");
+    let default = erin.api(Method::GET, &format!("{}/api/x", c.url)).await;
+    assert_eq!(default.status(), 200, "the session lives on");
+    assert_ne!(default.json::<Value>().await.unwrap()["aud"], LEDGER);
+    check("RFC 8693 token exchange", "the ledger API got erin's token exchanged for its own aud, once");
 }
 
 /// 11. The high-security configuration (oidc-provider's individual features, not its FAPI 2.0

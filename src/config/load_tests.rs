@@ -243,12 +243,29 @@ fn route_token_policies_resources_and_client_scopes_are_checked() {
     assert_eq!(config.api[0].scopes, ["orders:read", "orders:write"]);
     assert_eq!(config.api[0].resource.as_deref(), Some("https://orders.example/"));
     assert!(load(ConfigSource::from_toml_text(&route("resource = \"\""))).unwrap().api[0].resource.is_none());
+    let config = load(ConfigSource::from_toml_text(&route(
+        "token = \"exchange\"\naudience = \"orders-api\"\nscopes = [\"orders:read\"]",
+    )))
+    .unwrap();
+    assert_eq!(config.api[0].token, TokenPolicy::Exchange);
+    assert_eq!((config.api[0].audience.as_deref(), config.api[0].resource.as_deref()), (Some("orders-api"), None));
+    assert_eq!(config.api[0].scopes, ["orders:read"]);
+    let config =
+        load(ConfigSource::from_toml_text(&route("token = \"exchange\"\nresource = \"https://orders.example/\"")))
+            .unwrap();
+    assert_eq!(
+        (config.api[0].audience.as_deref(), config.api[0].resource.as_deref()),
+        (None, Some("https://orders.example/"))
+    );
     for (extra, key, msg) in [
         ("token = \"admin\"", "api[0].token", "must be"),
         ("resource = \"orders\"", "api[0].resource", "absolute URI"),
         ("resource = \"https://orders.example/#x\"", "api[0].resource", "without a fragment"),
         ("token = \"none\"\nresource = \"https://orders.example\"", "api[0].resource", "no token"),
-        ("scopes = [\"a\"]", "api[0].scopes", "token = \"client\" only"),
+        ("scopes = [\"a\"]", "api[0].scopes", "token = \"client\" or \"exchange\" only"),
+        ("token = \"exchange\"", "api[0].audience", "needs an audience or a resource"),
+        ("audience = \"orders-api\"", "api[0].audience", "token = \"exchange\" only"),
+        ("token = \"client\"\naudience = \"orders-api\"", "api[0].audience", "token = \"exchange\" only"),
         ("token = \"client\"\nscopes = [\"a b\"]", "api[0].scopes", "not a scope"),
         ("token = \"client\"\nscopes = [\"a\\\"\"]", "api[0].scopes", "not a scope"),
     ] {

@@ -401,7 +401,10 @@ pub struct ApiConfig {
     pub token: TokenPolicy,
     /// RFC 8707 resource indicator: this route's tokens are requested for this audience.
     pub resource: Option<String>,
-    /// The scopes of the client-credentials token (`token = "client"` only).
+    /// The `audience` of a token exchange (RFC 8693 §2.1; `token = "exchange"` only).
+    pub audience: Option<String>,
+    /// The scopes of the client-credentials token or of the exchanged one (`token = "client"`
+    /// or `"exchange"` only).
     pub scopes: Vec<String>,
     /// WebSocket upgrades pass through (checked by `Origin`); `false`: refused with 400.
     pub websocket: bool,
@@ -418,6 +421,8 @@ pub enum TokenPolicy {
     None,
     /// bff's own client-credentials token, shared by every caller; no session needed.
     Client,
+    /// The user's token exchanged at the provider for one for the route's audience (RFC 8693).
+    Exchange,
 }
 
 impl TokenPolicy {
@@ -427,6 +432,7 @@ impl TokenPolicy {
             TokenPolicy::UserOrNone => "user_or_none",
             TokenPolicy::None => "none",
             TokenPolicy::Client => "client",
+            TokenPolicy::Exchange => "exchange",
         }
     }
 }

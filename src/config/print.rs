@@ -144,6 +144,9 @@ pub(super) fn redacted_toml(config: &Config) -> String {
             if let Some(resource) = &api.resource {
                 t.insert("resource".into(), string(resource));
             }
+            if let Some(audience) = &api.audience {
+                t.insert("audience".into(), string(audience));
+            }
             t.insert("scopes".into(), Value::Array(api.scopes.iter().map(string).collect()));
             t.insert("methods".into(), Value::Array(api.methods.iter().map(string).collect()));
             t.insert("websocket".into(), Value::Boolean(api.websocket));

@@ -550,21 +550,34 @@ impl Walker<'_> {
                 "user_or_none" => TokenPolicy::UserOrNone,
                 "none" => TokenPolicy::None,
                 "client" => TokenPolicy::Client,
+                "exchange" => TokenPolicy::Exchange,
                 other => {
                     self.error(
                         s.key("token"),
-                        format!("must be \"user\", \"user_or_none\", \"none\" or \"client\" (got {other:?})"),
+                        format!(
+                            "must be \"user\", \"user_or_none\", \"none\", \"client\" or \"exchange\" (got {other:?})"
+                        ),
                     );
                     TokenPolicy::User
                 }
             };
             let resource =
                 self.string(&mut s, "resource").filter(|r| !r.is_empty()).and_then(|raw| self.resource(&s, token, raw));
+            let audience = self.string(&mut s, "audience").filter(|a| !a.is_empty());
+            if audience.is_some() && token != TokenPolicy::Exchange {
+                self.error(s.key("audience"), "applies to token = \"exchange\" only");
+            }
+            if token == TokenPolicy::Exchange && audience.is_none() && resource.is_none() {
+                self.error(
+                    s.key("audience"),
+                    "token = \"exchange\" needs an audience or a resource to exchange the user's token for",
+                );
+            }
             let scopes = self.string_list(&mut s, "scopes").unwrap_or_default();
-            if !scopes.is_empty() && token != TokenPolicy::Client {
+            if !scopes.is_empty() && !matches!(token, TokenPolicy::Client | TokenPolicy::Exchange) {
                 self.error(
                     s.key("scopes"),
-                    "applies to token = \"client\" only (a user's token has the scopes of the sign-in)",
+                    "applies to token = \"client\" or \"exchange\" only (a user's token has the scopes of the sign-in)",
                 );
             }
             if let Some(bad) = scopes.iter().find(|scope| !is_scope_token(scope)) {
@@ -599,6 +612,7 @@ impl Walker<'_> {
                     websocket,
                     token,
                     resource,
+                    audience,
                     scopes,
                     methods,
                     body_timeout,

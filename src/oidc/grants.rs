@@ -1,4 +1,5 @@
-//! Grants after login: refresh (RFC 6749 §6) and revocation (RFC 7009).
+//! Grants after login: refresh (RFC 6749 §6), client credentials (§4.4), token exchange
+//! (RFC 8693) and revocation (RFC 7009).
 
 use std::time::Duration;
 
@@ -24,6 +25,44 @@ pub struct Refreshed {
 pub struct ClientToken {
     pub access_token: AccessToken,
     pub expires_in: Option<Duration>,
+}
+
+/// A token got by exchanging the session's access token (RFC 8693).
+pub struct Exchanged {
+    pub access_token: AccessToken,
+    pub expires_in: Option<Duration>,
+}
+
+/// Why a token exchange failed, by consequence.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// The provider will not exchange the token for this audience (`invalid_target`,
+    /// `invalid_request`, `invalid_grant`, `unauthorized_client`, any refusal that is neither of
+    /// bff's credentials nor passing): the route is refused, the session is kept (the subject
+    /// token was live; its grant is not what was refused).
+    #[error("the provider refused the exchange")]
+    Refused(#[source] TokenEndpointError),
+    /// The provider refused bff's own credentials: a setup problem; the session is kept.
+    #[error("the provider refused bff's client authentication")]
+    ClientAuth(#[source] OidcError),
+    /// Unreachable, timeout, 5xx, 429, `server_error`, an answer bff cannot use: try later.
+    #[error("token exchange unavailable")]
+    Unavailable(#[from] OidcError),
+}
+
+/// RFC 8693 §2.1 and §3.
+const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// An exchange's success answer (RFC 8693 §2.2.1), as far as bff reads it.
+#[derive(serde::Deserialize)]
+struct ExchangeAnswer {
+    access_token: String,
+    #[serde(default)]
+    issued_token_type: Option<String>,
+    token_type: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
 }
 
 /// bff attaches tokens as the type it asked for (`DPoP` with a proof, `Bearer` otherwise): a
@@ -176,9 +215,67 @@ impl Oidc {
         Ok(ClientToken { access_token: response.access_token().clone(), expires_in: response.expires_in() })
     }
 
+    /// RFC 8693: the session's access token (`subject`) exchanged for an access token for
+    /// `audience` and/or `resource`, with `scopes` (none: the provider's choice). Sent without a
+    /// DPoP proof, whatever the session's key: the token asked for is a `Bearer` one (an answer
+    /// of another `token_type` is refused). Sent by hand: oauth2 has no token-exchange request.
+    pub async fn exchange(
+        &self,
+        subject: &AccessToken,
+        audience: Option<&str>,
+        resource: Option<&str>,
+        scopes: &[String],
+    ) -> Result<Exchanged, ExchangeError> {
+        let provider = self.provider()?;
+        let url = provider.client.token_uri().map(|u| u.url().clone()).ok_or_else(|| {
+            OidcError::TokenEndpoint(TokenEndpointError::Other("the provider names no token endpoint".into()))
+        })?;
+        let mut form: Vec<(String, String)> = vec![
+            ("grant_type".into(), TOKEN_EXCHANGE_GRANT.into()),
+            ("subject_token".into(), subject.secret().clone()),
+            ("subject_token_type".into(), ACCESS_TOKEN_TYPE.into()),
+            ("requested_token_type".into(), ACCESS_TOKEN_TYPE.into()),
+        ];
+        if let Some(audience) = audience {
+            form.push(("audience".into(), audience.into()));
+        }
+        if let Some(resource) = resource {
+            form.push(("resource".into(), resource.into()));
+        }
+        if !scopes.is_empty() {
+            form.push(("scope".into(), scopes.join(" ")));
+        }
+        let request = self.authenticated_post(&provider, url, form)?;
+        let outcome = self.send_authenticated(request).await;
+        self.note_client_auth(outcome.as_ref().map(|_| ()));
+        let response = match outcome {
+            Ok(response) => response,
+            Err(e) => {
+                return Err(match e.verdict() {
+                    Verdict::GrantOver | Verdict::NotForResource => ExchangeError::Refused(e),
+                    Verdict::ClientAuth => ExchangeError::ClientAuth(e.into()),
+                    Verdict::Transient => ExchangeError::Unavailable(e.into()),
+                });
+            }
+        };
+        let body = super::http::read_bounded(response, 64 * 1024).await;
+        let answer: ExchangeAnswer = serde_json::from_slice(&body)
+            .map_err(|e| OidcError::TokenEndpoint(TokenEndpointError::Unreadable(Box::new(e))))?;
+        if !answer.token_type.eq_ignore_ascii_case("Bearer") {
+            return Err(OidcError::UnsupportedTokenType(answer.token_type).into());
+        }
+        if let Some(issued) = answer.issued_token_type.filter(|t| t != ACCESS_TOKEN_TYPE) {
+            return Err(OidcError::UnsupportedTokenType(issued).into());
+        }
+        Ok(Exchanged {
+            access_token: AccessToken::new(answer.access_token),
+            expires_in: answer.expires_in.map(Duration::from_secs),
+        })
+    }
+
     /// A form post to `url` with bff's client authentication, as `oidc.auth_method` says (a
     /// header, or fields of the form), for the calls bff makes by hand (revocation, pushed
-    /// authorization requests).
+    /// authorization requests, token exchange).
     pub(super) fn authenticated_post(
         &self,
         provider: &Provider,

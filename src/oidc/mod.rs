@@ -34,7 +34,7 @@ use url::Url;
 use crate::client_keys::ClientKeys;
 use crate::config::{AssertionAudience, AuthMethod, Config, ParMode, TokenPolicy, UserinfoMode};
 
-pub use grants::{ClientToken, GrantToken, RefreshError, Refreshed, Revocation};
+pub use grants::{ClientToken, ExchangeError, Exchanged, GrantToken, RefreshError, Refreshed, Revocation};
 pub use login::{CallbackError, LoginResult, PendingLogin, ResponseIssuerError};
 pub use logout_token::{LogoutRequest, LogoutTokenError};
 pub use probe::{Finding, Severity};

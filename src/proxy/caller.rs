@@ -10,11 +10,12 @@ use super::admission::Share;
 use crate::config::TokenPolicy;
 use crate::error::AppError;
 use crate::session::{CookiePolicy, SessionHandle};
-use crate::tokens::{ClientGrant, HotToken, TokenError, TokenManager, UsableToken};
+use crate::tokens::{ClientGrant, HotToken, Target, TokenError, TokenManager, UsableToken};
 
 /// Who a proxied call is made for.
 pub enum Caller<'r> {
-    /// A live session whose user's token goes upstream (`user`, and `user_or_none` signed in).
+    /// A live session whose user's token goes upstream (`user`, `user_or_none` signed in, and
+    /// `exchange`: the user's token exchanged for the route's audience).
     /// `view`: the session as read when it was identified.
     Session { handle: SessionHandle, view: HotToken, or_none: bool },
     /// `client`: bff's own token for the route, for a live session whose grant lives.
@@ -37,7 +38,7 @@ impl<'r> Caller<'r> {
         let anonymous = || Caller::Anonymous { address: crate::limits::client_ip(req, trusted_hops) };
         match (route.token, &route.client_grant) {
             (TokenPolicy::None, _) => Ok(anonymous()),
-            (TokenPolicy::User, _) => {
+            (TokenPolicy::User | TokenPolicy::Exchange, _) => {
                 let handle = cookies.session_handle(req).ok_or(AppError::LoginRequired)?;
                 let view = tokens.live_session(&handle).await?;
                 Ok(Caller::Session { handle, view, or_none: false })
@@ -75,21 +76,21 @@ impl<'r> Caller<'r> {
         }
     }
 
-    /// The token to attach; `resource` is the route's audience for a user's token. `fresh`:
+    /// The token to attach; `target` says which of the user's tokens. `fresh`:
     /// the view read at identification is still current (no body was waited for since), so no
     /// second read is needed.
     pub async fn token(
         &self,
         tokens: &Arc<TokenManager>,
-        resource: Option<&str>,
+        target: &Target,
         fresh: bool,
     ) -> Result<Option<UsableToken>, TokenError> {
         match self {
             Caller::Session { handle, view, or_none } => {
                 let token = if fresh {
-                    tokens.token_in(handle, resource, view.clone()).await
+                    tokens.token_in(handle, target, view.clone()).await
                 } else {
-                    tokens.access_token(handle, resource).await
+                    tokens.access_token(handle, target).await
                 };
                 match token {
                     Ok(token) => Ok(Some(token)),
@@ -103,9 +104,9 @@ impl<'r> Caller<'r> {
                 // a grant the provider ended ends the session here too (401), so a `client`
                 // route never serves a user the provider signed out.
                 if fresh {
-                    tokens.token_in(handle, None, view.clone()).await?;
+                    tokens.token_in(handle, &Target::Default, view.clone()).await?;
                 } else {
-                    tokens.access_token(handle, None).await?;
+                    tokens.access_token(handle, &Target::Default).await?;
                 }
                 tokens.client_tokens().token(grant).await.map(Some)
             }
@@ -120,11 +121,11 @@ impl<'r> Caller<'r> {
     pub async fn after_401(
         &self,
         tokens: &Arc<TokenManager>,
-        resource: Option<&str>,
+        target: &Target,
         used: &UsableToken,
     ) -> Result<Option<UsableToken>, TokenError> {
         let renewed = match self {
-            Caller::Session { handle, .. } => tokens.refresh_after_rejection(handle, resource, used).await,
+            Caller::Session { handle, .. } => tokens.refresh_after_rejection(handle, target, used).await,
             Caller::Client { grant, .. } => tokens.client_tokens().after_rejection(grant, used.version).await,
             Caller::Anonymous { .. } => Err(TokenError::CannotRefresh),
         };

@@ -45,8 +45,8 @@ impl Proxy {
         // with a token that expired, or a session that ended, meanwhile.
         let bodiless = content_length == Some(0) || (content_length.is_none() && !has_chunked_body(req));
         let body = body::read(payload, content_length, limits).await?;
-        let resource = route.resource.as_deref();
-        let token = caller.token(tokens, resource, bodiless).await?;
+        let target = &route.target;
+        let token = caller.token(tokens, target, bodiless).await?;
         let retry_body = body.retryable();
         let method = hyper::Method::from_bytes(req.method().as_str().as_bytes())
             .map_err(|_| AppError::BadRequest(BadRequest::BadMethod))?;
@@ -109,7 +109,7 @@ impl Proxy {
         let Some(retry_body) = retry_body else {
             return Ok(respond(first, route, head, Some(token), permit).await);
         };
-        let Some(fresh) = caller.after_401(tokens, resource, token).await? else {
+        let Some(fresh) = caller.after_401(tokens, target, token).await? else {
             return Ok(respond(first, route, head, Some(token), permit).await);
         };
         drop(first);

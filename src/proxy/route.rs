@@ -9,7 +9,7 @@ use url::Url;
 use crate::config::{ApiConfig, TokenPolicy};
 use crate::session::now_unix;
 use crate::telemetry;
-use crate::tokens::{ClientGrant, UsableToken};
+use crate::tokens::{ClientGrant, ExchangeTarget, Target, UsableToken};
 
 /// One `[[api]]` entry.
 #[derive(Debug)]
@@ -33,8 +33,8 @@ pub struct Route {
     pub(super) min_body_bytes_per_sec: u64,
     /// Whose token the upstream gets (`token`).
     pub token: TokenPolicy,
-    /// The audience of the route's tokens (`resource`, RFC 8707).
-    pub(super) resource: Option<String>,
+    /// Which of the session's tokens a user's call carries (`token`, `resource`, `audience`).
+    pub(super) target: Target,
     /// What bff's own token is asked for with (`token = "client"`).
     pub client_grant: Option<ClientGrant>,
     /// The upstream's last `DPoP-Nonce` (RFC 9449 §9), put in the next proofs.
@@ -132,7 +132,15 @@ impl From<&ApiConfig> for Route {
             body_timeout: api.body_timeout,
             min_body_bytes_per_sec: api.min_body_bytes_per_sec,
             token: api.token,
-            resource: api.resource.clone(),
+            target: match (api.token, &api.resource) {
+                (TokenPolicy::Exchange, _) => Target::Exchange(std::sync::Arc::new(ExchangeTarget::new(
+                    api.audience.clone(),
+                    api.resource.clone(),
+                    api.scopes.clone(),
+                ))),
+                (_, Some(resource)) => Target::Resource(resource.clone()),
+                (_, None) => Target::Default,
+            },
             dpop_nonce: std::sync::Mutex::new(None),
             client_grant: (api.token == TokenPolicy::Client)
                 .then(|| ClientGrant { scopes: api.scopes.clone(), resource: api.resource.clone() }),

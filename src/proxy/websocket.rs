@@ -89,15 +89,15 @@ impl Proxy {
     ) -> Result<HttpResponse, AppError> {
         let route = destination.route;
         let handle = caller.session();
-        let resource = route.resource.as_deref();
+        let target = &route.target;
         // A handshake has no body: the view read when the caller was identified is current.
-        let mut token = caller.token(tokens, resource, true).await?;
+        let mut token = caller.token(tokens, target, true).await?;
         let mut answer = self.handshake(req, &destination, token.as_ref()).await?;
         // As for HTTP, under the same policy: only a call that carried a token is retried
         // after a 401 (a handshake has no body, so it always can be).
         if answer.status() == hyper::StatusCode::UNAUTHORIZED
             && let Some(used) = &token
-            && let Some(fresh) = caller.after_401(tokens, resource, used).await?
+            && let Some(fresh) = caller.after_401(tokens, target, used).await?
         {
             drop(answer);
             answer = self.handshake(req, &destination, Some(&fresh)).await?;

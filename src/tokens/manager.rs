@@ -23,11 +23,12 @@ use tracing::Instrument;
 
 use super::backoff::Backoff;
 use super::{
-    ClientTokens, DpopBinding, EndReason, Expiry, HotToken, Sessions, TokenOf, TokenSet, TokenStore, presented,
+    ClientTokens, DpopBinding, EndReason, ExchangeTarget, Expiry, HotToken, Sessions, Target, TokenOf, TokenSet,
+    TokenStore, presented,
 };
 use crate::crypto::random_token;
-use crate::metrics::{Metrics, RefreshOutcome};
-use crate::oidc::{Oidc, OidcError, RefreshError};
+use crate::metrics::{ExchangeOutcome, Metrics, RefreshOutcome};
+use crate::oidc::{ExchangeError, Oidc, OidcError, RefreshError};
 use crate::session::SessionHandle;
 use crate::store::{CasOutcome, StoreError};
 use crate::telemetry::{self, error_chain};
@@ -81,6 +82,10 @@ pub enum TokenError {
     /// provider answered `invalid_target`): 403 `resource_not_granted`; the session is kept.
     #[error("no token for this resource")]
     NotForResource,
+    /// The provider refused to exchange the session's token for the route's audience (RFC 8693):
+    /// 403 `exchange_refused`; the session is kept (its own grant is fine).
+    #[error("the provider refused the token exchange")]
+    ExchangeRefused,
     /// The refresh did not happen now; the session is kept: 503 `token_refresh_unavailable`.
     #[error("token refresh unavailable")]
     RefreshUnavailable(#[source] Arc<RefreshUnavailable>),
@@ -103,6 +108,10 @@ pub enum RefreshUnavailable {
     /// Another writer's set replaced the one refreshed, without this audience's token.
     #[error("the token set changed during the refresh")]
     Superseded,
+    /// The session's own token, the subject of an exchange, expired before it could be
+    /// presented (its refresh failed, or there is nothing to refresh it with).
+    #[error("the token to exchange has expired")]
+    SubjectExpired,
     /// The provider failed this session's last refresh: the next try waits (`Backoff`).
     #[error("the last refresh failed; the next try waits {0:?}")]
     BackingOff(Duration),
@@ -232,33 +241,42 @@ impl TokenManager {
     }
 
     /// The steady-state path: no store command with the local cache, else one read; no write.
-    /// With `resource`, the session's token for that audience (RFC 8707), got on first use.
-    pub async fn access_token(self: &Arc<Self>, handle: &SessionHandle, resource: Option<&str>) -> FlightResult {
+    /// For a `target` other than the default, the session's token for it, got on first use.
+    pub async fn access_token(self: &Arc<Self>, handle: &SessionHandle, target: &Target) -> FlightResult {
         let hot = self.read_hot(handle).await?.ok_or(TokenError::LoginRequired)?;
-        self.token_in(handle, resource, hot).await
+        self.token_in(handle, target, hot).await
     }
 
     /// [`Self::access_token`] from a view read just before (by [`Self::live_session`]).
-    pub async fn token_in(
-        self: &Arc<Self>,
-        handle: &SessionHandle,
-        resource: Option<&str>,
-        hot: HotToken,
-    ) -> FlightResult {
+    pub async fn token_in(self: &Arc<Self>, handle: &SessionHandle, target: &Target, hot: HotToken) -> FlightResult {
+        if matches!(target, Target::Exchange(_)) {
+            // The subject of an exchange is the session's own token: it is decided first, as
+            // on a `user` route (refreshed when due; a grant the provider ended ends the
+            // session: 401), so the exchange presents a live token and never outlives the grant.
+            self.own_token(handle, &Target::Default, hot.clone()).await?;
+        }
+        self.own_token(handle, target, hot).await
+    }
+
+    /// The token for `target` alone, from the view `hot`.
+    async fn own_token(self: &Arc<Self>, handle: &SessionHandle, target: &Target, hot: HotToken) -> FlightResult {
         let now = self.tokens.now();
-        let Some((usable, expiry)) = hot.usable(resource) else {
-            // No token for this audience yet: one is asked for with the refresh token.
-            return if hot.has_refresh_token {
-                self.join_flight(handle, resource, Want::Fresh).await
+        // An exchange needs no refresh token: its subject is the session's access token.
+        let renewable = hot.has_refresh_token || matches!(target, Target::Exchange(_));
+        let Some((usable, expiry)) = hot.usable(target.key()) else {
+            // No token for this audience yet: one is asked for with the refresh token (or by
+            // an exchange).
+            return if renewable {
+                self.join_flight(handle, target, Want::Fresh).await
             } else {
                 Err(TokenError::NotForResource)
             };
         };
-        match decide(expiry, hot.has_refresh_token, now, self.skew) {
+        match decide(expiry, renewable, now, self.skew) {
             Decision::Use => Ok(usable),
             // Refreshed ahead of expiry: while the provider cannot answer, the token in hand is
             // still good until it expires.
-            Decision::Refresh => match self.join_flight(handle, resource, Want::Fresh).await {
+            Decision::Refresh => match self.join_flight(handle, target, Want::Fresh).await {
                 Err(TokenError::RefreshUnavailable(why)) if !expiry.is_expired(self.tokens.now()) => {
                     tracing::debug!(
                         session = handle.short(),
@@ -276,18 +294,18 @@ impl TokenManager {
         }
     }
 
-    /// After the upstream answered 401 to `used` (for `resource`): a newer token. A token that
+    /// After the upstream answered 401 to `used` (for `target`): a newer token. A token that
     /// was itself got after a refusal is not renewed again until it is due (`CannotRefresh`:
     /// the upstream's 401 goes back), so no caller can drive the provider with 401s.
     pub async fn refresh_after_rejection(
         self: &Arc<Self>,
         handle: &SessionHandle,
-        resource: Option<&str>,
+        target: &Target,
         used: &UsableToken,
     ) -> FlightResult {
         if used.after_rejection {
             let hot = self.read_hot(handle).await?.ok_or(TokenError::LoginRequired)?;
-            if let Some((current, expiry)) = hot.usable(resource) {
+            if let Some((current, expiry)) = hot.usable(target.key()) {
                 if current.version > used.version {
                     return Ok(current);
                 }
@@ -297,7 +315,11 @@ impl TokenManager {
                 }
             }
         }
-        self.join_flight(handle, resource, Want::NewerThan(used.version)).await
+        if matches!(target, Target::Exchange(_)) {
+            // A new exchange presents the session's token as it is now: refreshed first if due.
+            self.access_token(handle, &Target::Default).await?;
+        }
+        self.join_flight(handle, target, Want::NewerThan(used.version)).await
     }
 
     async fn load_live(&self, handle: &SessionHandle) -> Result<TokenSet, TokenError> {
@@ -316,16 +338,16 @@ impl TokenManager {
         Err(TokenError::LoginRequired)
     }
 
-    async fn join_flight(self: &Arc<Self>, handle: &SessionHandle, resource: Option<&str>, want: Want) -> FlightResult {
+    async fn join_flight(self: &Arc<Self>, handle: &SessionHandle, target: &Target, want: Want) -> FlightResult {
         if let Some(left) = self.backoff.remaining(handle) {
             self.metrics.refresh(RefreshOutcome::BackedOff);
             return Err(RefreshUnavailable::BackingOff(left).into());
         }
-        let key: FlightKey = (handle.clone(), resource.map(str::to_string));
+        let key: FlightKey = (handle.clone(), target.key().map(str::to_string));
         // A flight started for another reason may finish with a token this caller cannot use
         // (rare: it found a newer, still fresh set that this caller already had rejected).
         for _ in 0..2 {
-            let result = self.flight(&key, want).await?;
+            let result = self.flight(&key, target, want).await?;
             if satisfies(&result, want) {
                 return Ok(result);
             }
@@ -333,7 +355,7 @@ impl TokenManager {
         Err(TokenError::CannotRefresh)
     }
 
-    fn flight(self: &Arc<Self>, key: &FlightKey, want: Want) -> Flight {
+    fn flight(self: &Arc<Self>, key: &FlightKey, target: &Target, want: Want) -> Flight {
         let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, flight)) = flights.get(key) {
             self.metrics.refresh(RefreshOutcome::Joined);
@@ -342,6 +364,7 @@ impl TokenManager {
         let id = self.flight_ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let this = Arc::clone(self);
         let k = key.clone();
+        let target = target.clone();
         // The first caller's span is the flight's parent; joiners wait in their own.
         let span = tracing::debug_span!(
             "token refresh",
@@ -352,7 +375,7 @@ impl TokenManager {
         );
         let fut: Pin<Box<dyn Future<Output = FlightResult> + Send>> = Box::pin(
             async move {
-                let result = this.run_flight(&k.0, k.1.as_deref(), want).await;
+                let result = this.run_flight(&k.0, &target, want).await;
                 if result.is_err() {
                     tracing::Span::current().record("otel.status_code", "ERROR");
                 }
@@ -369,7 +392,7 @@ impl TokenManager {
         flight
     }
 
-    async fn run_flight(&self, handle: &SessionHandle, resource: Option<&str>, want: Want) -> FlightResult {
+    async fn run_flight(&self, handle: &SessionHandle, target: &Target, want: Want) -> FlightResult {
         let lock_key = self.tokens.keys().refresh_lock(handle);
         let store = self.tokens.store();
         let started = Instant::now();
@@ -383,7 +406,7 @@ impl TokenManager {
         };
         loop {
             let set = self.load_live(handle).await?;
-            if let Some(ready) = ready_token(&set, resource, want, self.skew, self.tokens.now()) {
+            if let Some(ready) = ready_token(&set, target.key(), want, self.skew, self.tokens.now()) {
                 if waiting.is_some() {
                     // Another instance did the refresh while we waited for its lock.
                     self.metrics.lock_waited(waited(&mut waiting));
@@ -397,7 +420,7 @@ impl TokenManager {
                     self.metrics.lock_waited(waited(&mut waiting));
                 }
                 self.hold(&lock_key, &owner);
-                let result = self.refresh_locked(handle, resource, want, &lock_key, &owner).await;
+                let result = self.refresh_locked(handle, target, want, &lock_key, &owner).await;
                 self.release(&lock_key, &owner).await;
                 return result;
             }
@@ -443,14 +466,18 @@ impl TokenManager {
     async fn refresh_locked(
         &self,
         handle: &SessionHandle,
-        resource: Option<&str>,
+        target: &Target,
         want: Want,
         lock_key: &str,
         owner: &str,
     ) -> FlightResult {
         let set = self.load_live(handle).await?;
+        let resource = target.key();
         if let Some(ready) = ready_token(&set, resource, want, self.skew, self.tokens.now()) {
             return Ok(ready);
+        }
+        if let Target::Exchange(exchange) = target {
+            return self.exchange_locked(handle, &set, exchange, want, lock_key, owner).await;
         }
         let Some(refresh_token) = set.refresh_token.clone() else {
             return match want {
@@ -463,19 +490,9 @@ impl TokenManager {
             };
         };
 
-        let refreshed = {
-            let refresh = self.oidc.refresh(&refresh_token, &set.sub, resource, set.dpop_key.as_ref());
-            let renew = self.renew_lease(lock_key, owner);
-            tokio::pin!(refresh, renew);
-            tokio::select! {
-                result = &mut refresh => result,
-                () = &mut renew => {
-                    self.metrics.refresh(RefreshOutcome::Transient);
-                    tracing::warn!(session = handle.short(), "refresh lock lost during the refresh; session kept");
-                    return Err(RefreshUnavailable::LockLost.into());
-                }
-            }
-        };
+        let refresh = self.oidc.refresh(&refresh_token, &set.sub, resource, set.dpop_key.as_ref());
+        let refreshed = self.under_lease(handle, refresh, lock_key, owner).await;
+        let refreshed = refreshed.inspect_err(|_| self.metrics.refresh(RefreshOutcome::Transient))?;
 
         match refreshed {
             Ok(r) => {
@@ -484,28 +501,11 @@ impl TokenManager {
                 if matches!(want, Want::NewerThan(_)) {
                     next.mark_after_rejection(resource);
                 }
-                match self.tokens.replace(handle, set.version, &next).await? {
-                    CasOutcome::Written => {
-                        self.metrics.refresh(RefreshOutcome::Ok);
-                        tracing::info!(
-                            session = handle.short(),
-                            version = next.version,
-                            resource = resource.unwrap_or_default(),
-                            "access token refreshed"
-                        );
-                        usable(&next, resource)
-                    }
-                    CasOutcome::Conflict => {
-                        // Someone wrote despite our lock (its lease had run out): theirs is newer.
-                        tracing::warn!(
-                            session = handle.short(),
-                            "token set changed during refresh; using the stored one"
-                        );
-                        let current = self.load_live(handle).await?;
-                        usable(&current, resource)
-                    }
-                    CasOutcome::Missing => Err(TokenError::LoginRequired),
+                let written = self.write_next(handle, &set, &next, resource).await;
+                if written.is_ok() {
+                    self.metrics.refresh(RefreshOutcome::Ok);
                 }
+                written
             }
             Err(RefreshError::GrantOver(why)) => {
                 // A refresh that another holder completed after our read would also make ours
@@ -548,6 +548,127 @@ impl TokenManager {
                 );
                 Err(RefreshUnavailable::Provider(e).into())
             }
+        }
+    }
+
+    /// Holding the lock: exchanges the session's token for one for `exchange` (RFC 8693) and
+    /// stores it with a compare-and-set, as a refresh does.
+    async fn exchange_locked(
+        &self,
+        handle: &SessionHandle,
+        set: &TokenSet,
+        exchange: &ExchangeTarget,
+        want: Want,
+        lock_key: &str,
+        owner: &str,
+    ) -> FlightResult {
+        let key = Some(exchange.key.as_str());
+        // Refreshed just before when it was due (`token_in`): expired here only when that failed.
+        if set.expiry.is_expired(self.tokens.now()) {
+            return Err(RefreshUnavailable::SubjectExpired.into());
+        }
+        let call = self.oidc.exchange(
+            &set.access_token,
+            exchange.audience.as_deref(),
+            exchange.resource.as_deref(),
+            &exchange.scopes,
+        );
+        let exchanged = self.under_lease(handle, call, lock_key, owner).await;
+        let exchanged = exchanged.inspect_err(|_| self.metrics.token_exchange(ExchangeOutcome::Failed))?;
+        let audience = exchange.audience.as_deref().unwrap_or_default();
+        let resource = exchange.resource.as_deref().unwrap_or_default();
+        match exchanged {
+            Ok(token) => {
+                self.backoff.succeeded(handle);
+                let mut next = set.exchanged(&exchange.key, token, self.tokens.now(), self.default_expires_in);
+                if matches!(want, Want::NewerThan(_)) {
+                    next.mark_after_rejection(key);
+                }
+                let written = self.write_next(handle, set, &next, key).await;
+                if written.is_ok() {
+                    self.metrics.token_exchange(ExchangeOutcome::Ok);
+                }
+                written
+            }
+            Err(ExchangeError::Refused(why)) => {
+                // The user's grant is fine (the subject token was live): only this audience is
+                // refused, so the session stays and no back-off holds its other tokens.
+                self.metrics.token_exchange(ExchangeOutcome::Refused);
+                tracing::info!(session = handle.short(), audience, resource, "token exchange refused: {why}");
+                Err(TokenError::ExchangeRefused)
+            }
+            Err(ExchangeError::ClientAuth(e)) => {
+                let wait = self.backoff.failed(handle.clone());
+                self.metrics.token_exchange(ExchangeOutcome::Failed);
+                tracing::error!(
+                    session = handle.short(),
+                    retry_in_ms = wait.as_millis() as u64,
+                    "token exchange failed; session kept: {}",
+                    error_chain(&e)
+                );
+                Err(RefreshUnavailable::Provider(e).into())
+            }
+            Err(ExchangeError::Unavailable(e)) => {
+                let wait = self.backoff.failed(handle.clone());
+                self.metrics.token_exchange(ExchangeOutcome::Failed);
+                tracing::warn!(
+                    session = handle.short(),
+                    retry_in_ms = wait.as_millis() as u64,
+                    audience,
+                    resource,
+                    "token exchange failed; session kept: {}",
+                    error_chain(&e)
+                );
+                Err(RefreshUnavailable::Provider(e).into())
+            }
+        }
+    }
+
+    /// Runs a provider call while renewing the lock's lease; `LockLost` if the lease is lost
+    /// first (another instance may take the lock: this call's result must not be written).
+    async fn under_lease<T>(
+        &self,
+        handle: &SessionHandle,
+        call: impl Future<Output = T>,
+        lock_key: &str,
+        owner: &str,
+    ) -> Result<T, TokenError> {
+        let renew = self.renew_lease(lock_key, owner);
+        tokio::pin!(call, renew);
+        tokio::select! {
+            result = &mut call => Ok(result),
+            () = &mut renew => {
+                tracing::warn!(session = handle.short(), "refresh lock lost during the provider call; session kept");
+                Err(RefreshUnavailable::LockLost.into())
+            }
+        }
+    }
+
+    /// Writes `next`, the set after `set`, with a compare-and-set; the token for `key` from it.
+    async fn write_next(
+        &self,
+        handle: &SessionHandle,
+        set: &TokenSet,
+        next: &TokenSet,
+        key: Option<&str>,
+    ) -> FlightResult {
+        match self.tokens.replace(handle, set.version, next).await? {
+            CasOutcome::Written => {
+                tracing::info!(
+                    session = handle.short(),
+                    version = next.version,
+                    resource = key.unwrap_or_default(),
+                    "access token refreshed"
+                );
+                usable(next, key)
+            }
+            CasOutcome::Conflict => {
+                // Someone wrote despite our lock (its lease had run out): theirs is newer.
+                tracing::warn!(session = handle.short(), "token set changed during refresh; using the stored one");
+                let current = self.load_live(handle).await?;
+                usable(&current, key)
+            }
+            CasOutcome::Missing => Err(TokenError::LoginRequired),
         }
     }
 

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::Sealer;
 use crate::dpop::DpopKey;
-use crate::oidc::{LoginResult, RawIdToken, Refreshed};
+use crate::oidc::{Exchanged, LoginResult, RawIdToken, Refreshed};
 use crate::session::{KeyLayout, SessionHandle, SessionLifetime};
 use crate::store::{CasOutcome, Store, StoreError, TrackedRead};
 use crate::telemetry::error_chain;
@@ -33,6 +33,47 @@ pub use client::{ClientGrant, ClientTokens};
 pub use hot::HotToken;
 pub use lifecycle::{EndReason, Ended, Sessions, Started};
 pub use manager::{RefreshUnavailable, TokenError, TokenManager, TokenTimings, UsableToken};
+
+/// Which of a session's tokens a route's upstream gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The sign-in's own access token.
+    Default,
+    /// A token for this resource (RFC 8707), got with the refresh token.
+    Resource(String),
+    /// A token got by exchanging the default one at the provider (RFC 8693).
+    Exchange(Arc<ExchangeTarget>),
+}
+
+impl Target {
+    /// Where the set keeps this target's token (`None`: the default token).
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Target::Default => None,
+            Target::Resource(resource) => Some(resource),
+            Target::Exchange(exchange) => Some(&exchange.key),
+        }
+    }
+}
+
+/// What a token exchange asks for (`api[].audience`, `resource`, `scopes`).
+#[derive(Debug, PartialEq, Eq)]
+pub struct ExchangeTarget {
+    pub audience: Option<String>,
+    pub resource: Option<String>,
+    pub scopes: Vec<String>,
+    /// The token set's key: a JSON array, which no resource key (an absolute URI, starting with
+    /// its scheme) can equal, so an exchange and a resource route for the same URI never share
+    /// a token; the scopes are part of it, since they change what the token allows.
+    key: String,
+}
+
+impl ExchangeTarget {
+    pub fn new(audience: Option<String>, resource: Option<String>, scopes: Vec<String>) -> ExchangeTarget {
+        let key = serde_json::json!(["exchange", audience, resource, scopes]).to_string();
+        ExchangeTarget { audience, resource, scopes, key }
+    }
+}
 
 /// Extend a session's idle timeout at most this often (or every half idle timeout, if that is
 /// shorter): a steady stream of API calls costs a write once a minute, and, without the local
@@ -84,6 +125,10 @@ struct AudienceToken {
     /// See `TokenSet::access_after_rejection`.
     #[serde(default, skip_serializing_if = "is_false")]
     after_rejection: bool,
+    /// Sent as `Bearer` whatever the set's DPoP key: an exchanged token (RFC 8693), which bff
+    /// asks for without a proof, so the provider cannot bind it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    bearer: bool,
 }
 
 /// One access token of a set and what decides its use.
@@ -240,9 +285,40 @@ impl TokenSet {
             lifetime_secs: lifetime,
             version: next.version,
             after_rejection: false,
+            bearer: false,
         };
         next.audiences.insert(resource.to_string(), token);
         next
+    }
+
+    /// The next version, after a token exchange stored under `key`: that token is new, everything
+    /// else (the default token, the refresh token, the other audiences) is kept.
+    fn exchanged(&self, key: &str, exchanged: Exchanged, now: u64, default_expires_in: Duration) -> TokenSet {
+        let version = self.version + 1;
+        let lifetime = exchanged.expires_in.unwrap_or(default_expires_in).as_secs();
+        let mut audiences = self.audiences.clone();
+        let token = AudienceToken {
+            access_token: exchanged.access_token,
+            expires_at: now + lifetime,
+            lifetime_secs: lifetime,
+            version,
+            after_rejection: false,
+            bearer: true,
+        };
+        audiences.insert(key.to_string(), token);
+        TokenSet {
+            access_token: self.access_token.clone(),
+            refresh_token: self.refresh_token.clone(),
+            id_token: self.id_token.clone(),
+            expiry: self.expiry,
+            sub: self.sub.clone(),
+            provider_sid: self.provider_sid.clone(),
+            version,
+            access_version: Some(self.access_version()),
+            audiences,
+            dpop_key: self.dpop_key.clone(),
+            access_after_rejection: self.access_after_rejection,
+        }
     }
 
     /// Marks `resource`'s token (the default audience's when `None`) as got after an upstream
@@ -284,7 +360,7 @@ impl TokenSet {
             None => Some(self.access()),
             Some(r) => self.audiences.get(r).map(|t| TokenOf {
                 access_token: &t.access_token,
-                dpop_key: self.dpop_key.as_ref(),
+                dpop_key: self.dpop_key.as_ref().filter(|_| !t.bearer),
                 expiry: Expiry { expires_at: t.expires_at, lifetime_secs: t.lifetime_secs, ..self.expiry },
                 version: t.version,
                 after_rejection: t.after_rejection,
@@ -643,6 +719,38 @@ mod tests {
         assert_eq!(billing.refresh_token.as_ref().map(|t| t.secret().as_str()), Some("rt2"));
         assert_eq!(secret_of(billing.token_for(Some("https://billing"))).as_deref(), Some("billing-1"));
         assert_eq!(secret_of(billing.token_for(Some("https://orders"))).as_deref(), Some("orders-1"));
+    }
+
+    #[test]
+    fn an_exchanged_token_is_kept_under_a_key_of_its_own_and_sent_as_bearer() {
+        let exchange = ExchangeTarget::new(None, Some("https://orders".into()), vec!["a".into()]);
+        let target = Target::Exchange(Arc::new(exchange));
+        let key = target.key().unwrap_or_default().to_string();
+        assert_ne!(Some(key.as_str()), Target::Resource("https://orders".into()).key());
+        let other = ExchangeTarget::new(None, Some("https://orders".into()), vec!["b".into()]);
+        assert_ne!(key, other.key, "other scopes, another token");
+        let by_audience = ExchangeTarget::new(Some("https://orders".into()), None, Vec::new());
+        assert_ne!(by_audience.key, ExchangeTarget::new(None, Some("https://orders".into()), Vec::new()).key);
+
+        let mut first = set(1300, 300);
+        first.dpop_key = crate::dpop::DpopKey::generate().ok();
+        let orders = first.refreshed(refreshed("orders-1", None, 60), Some("https://orders"), 1100, Duration::ZERO);
+        let exchanged =
+            Exchanged { access_token: AccessToken::new("x-1".into()), expires_in: Some(Duration::from_secs(30)) };
+        let next = orders.exchanged(&key, exchanged, 1200, Duration::ZERO);
+        assert_eq!(next.version, orders.version + 1);
+        assert_eq!(secret_of(next.token_for(Some(&key))).as_deref(), Some("x-1"));
+        assert_eq!(secret_of(next.token_for(Some("https://orders"))).as_deref(), Some("orders-1"), "kept");
+        assert_eq!(secret_of(next.token_for(None)).as_deref(), Some("at"));
+        assert_eq!(next.access().version, 1, "the default token is the one it was");
+        assert_eq!(next.refresh_token.as_ref().map(|t| t.secret().as_str()), Some("rt"));
+        let token = next.token_for(Some(&key));
+        assert_eq!(token.as_ref().map(|t| (t.expiry.expires_at, t.version)), Some((1230, next.version)));
+        assert!(token.is_some_and(|t| t.dpop_key.is_none()), "an exchanged token is never DPoP-bound");
+        assert!(next.token_for(Some("https://orders")).is_some_and(|t| t.dpop_key.is_some()));
+        // And it survives a refresh of the default token.
+        let default = next.refreshed(refreshed("at2", None, 300), None, 1250, Duration::ZERO);
+        assert_eq!(secret_of(default.token_for(Some(&key))).as_deref(), Some("x-1"));
     }
 
     #[test]

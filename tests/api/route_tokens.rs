@@ -275,3 +275,167 @@ async fn the_authorization_request_names_the_resources_of_user_routes() {
     let plain = support::location(&Browser::new(&app.address).start_login(None).await);
     assert!(!plain.contains("resource="), "no resource route, no resource parameter: {plain}");
 }
+
+const LEDGER: &str = "ledger-api";
+
+/// The APIs behind the exchange routes: one that accepts only tokens for the `ledger-api`
+/// audience, one only for the orders resource.
+async fn exchange_upstreams(app: &TestApp) -> (support::upstream::Upstream, support::upstream::Upstream) {
+    let provider = Some(app.idp.provider.clone());
+    let ledger = support::upstream::spawn_for_audience(provider.clone(), Some(LEDGER)).await;
+    let orders = support::upstream::spawn_for_audience(provider, Some(ORDERS)).await;
+    (ledger, orders)
+}
+
+/// An instance with `/ledger`, whose user token is exchanged for the `ledger-api` audience
+/// (RFC 8693); `/orders-x`, exchanged for the orders resource; and `/orders`, a resource route
+/// for that same URI (its token got by refresh, RFC 8707), all three in front of `upstreams`.
+async fn exchange_routes(
+    app: &TestApp,
+    (ledger, orders): &(support::upstream::Upstream, support::upstream::Upstream),
+) -> String {
+    let (ledger_url, orders_url) = (ledger.url.clone(), orders.url.clone());
+    spawn_instance_with(app, |c| {
+        let base = ApiConfig { token: TokenPolicy::Exchange, ..c.api[0].clone() };
+        let upstream = |url: &str| url::Url::parse(url).expect("url");
+        c.api.push(ApiConfig {
+            prefix: "/ledger".into(),
+            upstream: upstream(&ledger_url),
+            audience: Some(LEDGER.into()),
+            scopes: vec!["ledger:read".into()],
+            ..base.clone()
+        });
+        c.api.push(ApiConfig {
+            prefix: "/orders-x".into(),
+            upstream: upstream(&orders_url),
+            resource: Some(ORDERS.into()),
+            ..base.clone()
+        });
+        c.api.push(ApiConfig {
+            prefix: "/orders".into(),
+            upstream: upstream(&orders_url),
+            token: TokenPolicy::User,
+            resource: Some(ORDERS.into()),
+            ..base
+        });
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchange_route_exchanges_once_per_session_and_audience_across_two_instances() {
+    let app = spawn_app_with(AppOptions::default()).await;
+    let upstreams = exchange_upstreams(&app).await;
+    let (first, second) = (exchange_routes(&app, &upstreams).await, exchange_routes(&app, &upstreams).await);
+    let (ledger, orders) = &upstreams;
+    let (alice, bob) = (app.browser(), app.browser());
+    alice.login_as("alice").await;
+    bob.login_as("bob").await;
+
+    // 40 calls at once, half on each instance: one exchange for the session and audience.
+    let statuses = concurrently(&[alice.at(&first), alice.at(&second)], "/ledger/echo", 40).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(app.token_requests("token_exchange"), 1, "one exchange across both instances");
+    let alices = bearers(ledger, "/echo");
+    assert_eq!(alices.len(), 40);
+    assert!(alices.iter().all(|t| *t == alices[0]), "every call carried the one exchanged token");
+    let claims = jwt_claims(&alices[0]);
+    assert_eq!((claims["aud"].as_str(), claims["sub"].as_str()), (Some(LEDGER), Some("demo|alice")));
+    assert_eq!(claims["scope"], "ledger:read");
+
+    // Another session gets its own.
+    let statuses = concurrently(&[bob.at(&first), bob.at(&second)], "/ledger/echo", 40).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(app.token_requests("token_exchange"), 2);
+    assert_eq!(jwt_claims(bearers(ledger, "/echo").last().expect("a bearer"))["sub"], "demo|bob");
+
+    // An exchange and a resource route for the same URI keep tokens of their own.
+    let a = alice.at(&first);
+    assert_eq!(a.api(Method::GET, "/orders-x/echo").await.status(), 200);
+    assert_eq!(a.api(Method::GET, "/orders/echo").await.status(), 200);
+    assert_eq!(a.api(Method::GET, "/orders-x/echo").await.status(), 200);
+    assert_eq!(a.api(Method::GET, "/orders/echo").await.status(), 200);
+    let seen = bearers(orders, "/echo");
+    assert_eq!(
+        (seen[0] == seen[2], seen[1] == seen[3], seen[0] == seen[1]),
+        (true, true, false),
+        "two tokens, each kept"
+    );
+    assert_eq!((app.token_requests("token_exchange"), app.token_requests("refresh_token")), (3, 1));
+    assert_eq!(app.token_requests("reuse"), 0);
+
+    // The default token still goes to the default route; a logout drops the exchanged ones.
+    assert_eq!(a.api(Method::GET, "/api/echo").await.status(), 200);
+    assert_eq!(jwt_claims(bearers(&app.upstream, "/echo").last().expect("a bearer"))["aud"], "demo-api");
+    a.logout().await;
+    assert_eq!(json_error(a.api(Method::GET, "/ledger/echo").await).await, (401, "login_required".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchanged_token_is_renewed_when_due_and_once_after_an_upstreams_401() {
+    let app = spawn_app_with(AppOptions::default()).await;
+    let upstreams = exchange_upstreams(&app).await;
+    let (first, second) = (exchange_routes(&app, &upstreams).await, exchange_routes(&app, &upstreams).await);
+    let ledger = &upstreams.0;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    let b = browser.at(&first);
+
+    // The exchanged token lives 4 s; the default one, issued at sign-in, 300 s.
+    app.idp.controls.set_access_token_ttl(Duration::from_secs(4));
+    let res = b.api(Method::GET, "/ledger/echo").await;
+    assert_eq!(res.status(), 200);
+    let exchanged = bearers(ledger, "/echo")[0].clone();
+    app.make_refresh_due(support::token_expiry(&res), 2);
+    let statuses = concurrently(&[b.clone(), browser.at(&second)], "/ledger/echo", 30).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(app.token_requests("token_exchange"), 2, "renewed once, across both instances");
+    assert_eq!(app.token_requests("refresh_token"), 0, "the subject token was not due");
+    let renewed = bearers(ledger, "/echo").last().cloned().expect("a bearer");
+    assert_ne!(renewed, exchanged);
+
+    // An upstream's 401: one new exchange and one retry; a 401 storm: no more than that (the
+    // token got after the 401 lives long enough not to fall due meanwhile).
+    app.idp.controls.set_access_token_ttl(Duration::from_secs(300));
+    ledger.controls.reject_next.store(1, Ordering::SeqCst);
+    assert_eq!(b.api(Method::GET, "/ledger/echo").await.status(), 200);
+    assert_eq!(app.token_requests("token_exchange"), 3);
+    ledger.controls.always_reject.store(true, Ordering::SeqCst);
+    for instance in [&first, &second, &first] {
+        assert_eq!(browser.at(instance).api(Method::GET, "/ledger/echo").await.status(), 401);
+    }
+    assert_eq!(app.token_requests("token_exchange"), 3, "the renewed token is not renewed again, on any instance");
+    ledger.controls.always_reject.store(false, Ordering::SeqCst);
+    assert_eq!(b.api(Method::GET, "/ledger/echo").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_exchange_is_403_and_a_failing_provider_503_and_the_session_is_kept() {
+    let app = spawn_app_with(AppOptions::default()).await;
+    let upstreams = exchange_upstreams(&app).await;
+    let instance = exchange_routes(&app, &upstreams).await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    let b = browser.at(&instance);
+
+    app.idp.controls.refuse_exchange(LEDGER);
+    assert_eq!(json_error(b.api(Method::GET, "/ledger/echo").await).await, (403, "exchange_refused".into()));
+    assert!(upstreams.0.seen().is_empty(), "nothing went to the API");
+    assert_eq!(b.api(Method::GET, "/api/echo").await.status(), 200, "the session lives on");
+
+    app.idp.controls.set_token_fault(TokenFault::Unavailable);
+    let asked = app.token_requests("any");
+    for _ in 0..3 {
+        assert_eq!(
+            json_error(b.api(Method::GET, "/orders-x/echo").await).await,
+            (503, "token_refresh_unavailable".into())
+        );
+    }
+    assert_eq!(app.token_requests("any"), asked + 1, "one request, then the back-off answers");
+    app.idp.controls.set_token_fault(TokenFault::None);
+    support::eventually("the exchange is made once the back-off passed", Duration::from_secs(5), || async {
+        b.api(Method::GET, "/orders-x/echo").await.status() == 200
+    })
+    .await;
+    assert_eq!(b.api(Method::GET, "/api/echo").await.status(), 200);
+}

@@ -8,6 +8,8 @@
 //   API_CLIENT_SECRET  secret of the built-in `api` client that may introspect any token (default "api-secret")
 //   RESOURCES          JSON array of resource indicators (RFC 8707) the provider serves, each with
 //                      the scope `api:read` and opaque access tokens whose `aud` is the indicator
+//   EXCHANGE_AUDIENCES JSON array of audiences a token exchange (RFC 8693) may ask for; each gets an
+//                      opaque access token with `aud` = the audience and the scope `api:read`
 //
 // stdout carries one JSON object per line for events of interest, and exactly one
 // `READY issuer=<issuer> stats=<stats url>` line once both servers listen. Diagnostics go to stderr.
@@ -32,6 +34,7 @@ const env = (name, fallback) => process.env[name] ?? fallback;
 const accessTokenTtl = Number.parseInt(env('ACCESS_TOKEN_TTL', '5'), 10);
 const clients = JSON.parse(env('CLIENTS', '[]'));
 const resources = new Set(JSON.parse(env('RESOURCES', '[]')));
+const exchangeAudiences = new Set(JSON.parse(env('EXCHANGE_AUDIENCES', '[]')));
 if (!Array.isArray(clients)) {
   throw new TypeError('CLIENTS must be a JSON array of client metadata objects');
 }
@@ -45,6 +48,7 @@ const stats = {
   refresh_tokens_issued: 0,
   refresh_token_grants: 0, // successful refresh_token grants
   client_credentials_grants: 0, // successful client_credentials grants
+  token_exchange_grants: 0, // successful token exchanges (RFC 8693)
   introspections: 0, // requests to the introspection endpoint, whatever their outcome
 };
 
@@ -179,6 +183,56 @@ const provider = new Provider(issuer, {
     return globalThis.fetch(url, options);
   },
 });
+// RFC 8693 token exchange, which oidc-provider leaves to a custom grant type: an active access
+// token the provider issued to the same client (`subject_token`) is exchanged for an opaque access
+// token for one of EXCHANGE_AUDIENCES (`audience`, else `resource`), for the same account and
+// grant, so revoking the grant ends it too. Any other audience is `invalid_target`.
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
+  const { params, client } = ctx.oidc;
+  if (params.subject_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest('subject_token_type must be an access token');
+  }
+  if (params.requested_token_type !== undefined && params.requested_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest('only access tokens are issued');
+  }
+  const subject = await provider.AccessToken.find(params.subject_token);
+  if (!subject?.isValid || subject.clientId !== client.clientId) {
+    throw new errors.InvalidGrant('subject_token is not an active access token of this client');
+  }
+  const grant = await provider.Grant.find(subject.grantId);
+  if (!grant || grant.isExpired) {
+    throw new errors.InvalidGrant('the grant of subject_token is gone');
+  }
+  const audience = params.audience ?? params.resource;
+  if (!exchangeAudiences.has(audience)) {
+    throw new errors.InvalidTarget('no exchange for this audience');
+  }
+  const token = new provider.AccessToken({
+    accountId: subject.accountId,
+    client,
+    grantId: subject.grantId,
+    gty: 'token_exchange',
+    sessionUid: subject.sessionUid,
+    sid: subject.sid,
+  });
+  token.resourceServer = new provider.ResourceServer(audience, {
+    scope: 'api:read', audience, accessTokenFormat: 'opaque', accessTokenTTL,
+  });
+  const asked = (params.scope ?? 'api:read').split(' ');
+  token.scope = asked.filter((s) => token.resourceServer.scopes.has(s)).join(' ') || undefined;
+  ctx.oidc.entity('AccessToken', token);
+  const value = await token.save();
+  ctx.body = {
+    access_token: value,
+    issued_token_type: ACCESS_TOKEN_TYPE,
+    token_type: 'Bearer',
+    expires_in: token.expiration,
+    scope: token.scope,
+  };
+}, ['subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'resource', 'scope']);
+
 // `provider.proxy` stays false: requests arrive over plain http, so ctx.secure is false and the
 // session/interaction cookies are set without the Secure attribute, which keeps them usable on
 // http://127.0.0.1.
@@ -210,6 +264,9 @@ provider.on('grant.success', (ctx) => {
   }
   if (grantType === 'client_credentials') {
     stats.client_credentials_grants += 1;
+  }
+  if (grantType === TOKEN_EXCHANGE) {
+    stats.token_exchange_grants += 1;
   }
   logEvent('grant.success', { grant_type: grantType, client_id: clientIdOf(ctx) });
 });

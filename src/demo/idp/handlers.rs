@@ -80,7 +80,12 @@ async fn discovery(p: web::Data<Provider>) -> HttpResponse {
         "revocation_endpoint": format!("{i}/revoke"),
         "end_session_endpoint": format!("{i}/end_session"),
         "response_types_supported": ["code"],
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": [
+            "authorization_code",
+            "refresh_token",
+            "client_credentials",
+            "urn:ietf:params:oauth:grant-type:token-exchange"
+        ],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
         "scopes_supported": ["openid", "profile", "email", "offline_access"],

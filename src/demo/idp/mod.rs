@@ -1,6 +1,6 @@
 //! The demo OpenID Provider: discovery, JWKS, authorization (a login page, or an automatic
 //! sign-in for tests), token (authorization_code with PKCE, refresh_token with rotation and
-//! reuse detection), revocation, userinfo and end-session, over real HTTP.
+//! reuse detection, client credentials, token exchange), revocation, userinfo and end-session, over real HTTP.
 //!
 //! Demo and test fixture only; never a production identity provider.
 
@@ -192,6 +192,8 @@ pub struct Controls {
     authorize_error: Mutex<Option<String>>,
     /// Resources (RFC 8707) answered `invalid_target`.
     refused_resources: Mutex<Vec<String>>,
+    /// Audiences a token exchange (RFC 8693) is refused for (`invalid_target`).
+    refused_exchanges: Mutex<Vec<String>>,
     /// The public keys `private_key_jwt` clients sign with (their registered JWKS).
     client_jwks: Mutex<Vec<serde_json::Value>>,
     /// The token endpoint asks DPoP proofs for its nonce.
@@ -220,6 +222,7 @@ impl Controls {
             id_token_fault: Mutex::new(IdTokenFault::None),
             authorize_error: Mutex::new(None),
             refused_resources: Mutex::new(Vec::new()),
+            refused_exchanges: Mutex::new(Vec::new()),
             client_jwks: Mutex::new(Vec::new()),
             dpop_nonce_required: std::sync::atomic::AtomicBool::new(false),
             userinfo_fault: Mutex::new(UserinfoFault::None),
@@ -329,6 +332,15 @@ impl Controls {
 
     pub fn refuses_resource(&self, resource: &str) -> bool {
         self.refused_resources.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|r| r == resource)
+    }
+
+    /// Answer token exchanges for `audience` (or that resource) with `invalid_target`.
+    pub fn refuse_exchange(&self, audience: &str) {
+        self.refused_exchanges.lock().unwrap_or_else(|p| p.into_inner()).push(audience.to_string());
+    }
+
+    pub fn refuses_exchange(&self, audience: &str) -> bool {
+        self.refused_exchanges.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|a| a == audience)
     }
 }
 

@@ -24,6 +24,9 @@ use crate::crypto::random_token;
 use crate::session::now_unix;
 
 const CODE_TTL_SECS: u64 = 60;
+/// RFC 8693 §2.1 and §3.
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// An OAuth error answer: status, `error`, `error_description`.
 #[derive(Debug)]
@@ -105,6 +108,8 @@ pub struct Counters {
     pub authorization_code: AtomicU64,
     pub refresh_token: AtomicU64,
     pub client_credentials: AtomicU64,
+    /// Token exchange requests (RFC 8693), answered or refused.
+    pub token_exchange: AtomicU64,
     pub revocations: AtomicU64,
     pub reuse_detected: AtomicU64,
     /// Refresh tokens used again within the grace period (and answered).
@@ -424,10 +429,14 @@ impl Provider {
                 self.counters.client_credentials.fetch_add(1, Ordering::SeqCst);
                 self.client_credentials(client, form)
             }
+            Some(TOKEN_EXCHANGE) => {
+                self.counters.token_exchange.fetch_add(1, Ordering::SeqCst);
+                self.token_exchange(client, form)
+            }
             _ => Err(oauth_error(
                 400,
                 "unsupported_grant_type",
-                "authorization_code, refresh_token or client_credentials",
+                "authorization_code, refresh_token, client_credentials or token exchange",
             )),
         }
     }
@@ -526,6 +535,67 @@ impl Provider {
         }
         self.remember(&access_token);
         Ok(json!({ "access_token": access_token, "token_type": "Bearer", "expires_in": ttl, "scope": scope }))
+    }
+
+    /// RFC 8693: an active access token of this provider, issued to this client, exchanged for
+    /// an access token for the `audience` (else the `resource`) asked for: the same user, the
+    /// same grant (revoking it revokes this token too), a `Bearer` token whatever the subject's
+    /// binding. Refused with `invalid_target` for an audience the controls refuse.
+    fn token_exchange(&self, client: &Client, form: &HashMap<String, String>) -> Result<Value, OAuthError> {
+        let field = |name: &str| form.get(name).map(String::as_str);
+        if field("subject_token_type") != Some(ACCESS_TOKEN_TYPE) {
+            return Err(oauth_error(400, "invalid_request", "subject_token_type must be an access token"));
+        }
+        if field("requested_token_type").is_some_and(|t| t != ACCESS_TOKEN_TYPE) {
+            return Err(oauth_error(400, "invalid_request", "only access tokens are issued"));
+        }
+        let subject =
+            field("subject_token").ok_or_else(|| oauth_error(400, "invalid_request", "subject_token is missing"))?;
+        let resource = self.resource(form)?;
+        let audience = match (field("audience"), resource) {
+            (Some(audience), _) => audience.to_string(),
+            (None, Some(resource)) => resource,
+            (None, None) => return Err(oauth_error(400, "invalid_target", "an audience or a resource is required")),
+        };
+        if self.controls.refuses_exchange(&audience) {
+            return Err(oauth_error(400, "invalid_target", "no exchange for this audience"));
+        }
+        let invalid = |why: &str| oauth_error(400, "invalid_grant", why);
+        let claims = self.key.verify::<AccessClaims>(subject, None, true).ok_or_else(|| invalid("not our token"))?;
+        let grant_id = {
+            let data = self.data();
+            let grant_id = data.access_tokens.get(&claims.jti).cloned().ok_or_else(|| invalid("unknown token"))?;
+            let grant = data.grants.get(&grant_id).filter(|g| !g.revoked).ok_or_else(|| invalid("grant revoked"))?;
+            if grant.client_id != client.client_id || claims.client_id != client.client_id {
+                return Err(invalid("the subject token was issued to another client"));
+            }
+            grant_id
+        };
+        let scope = field("scope").map_or_else(|| claims.scope.clone(), String::from);
+        let now = now_unix();
+        let ttl = self.controls.access_token_ttl().as_secs();
+        let jti = random_token();
+        let access = AccessClaims {
+            iss: self.issuer.clone(),
+            aud: audience,
+            exp: now + ttl,
+            iat: now,
+            jti: jti.clone(),
+            scope: scope.clone(),
+            cnf: None,
+            ..claims
+        };
+        let access_token =
+            self.key.sign(&access, Some("at+jwt")).map_err(|e| oauth_error(500, "server_error", e.to_string()))?;
+        self.data().access_tokens.insert(jti, grant_id);
+        self.remember(&access_token);
+        Ok(json!({
+            "access_token": access_token,
+            "issued_token_type": ACCESS_TOKEN_TYPE,
+            "token_type": "Bearer",
+            "expires_in": ttl,
+            "scope": scope,
+        }))
     }
 
     fn refresh(

@@ -319,6 +319,7 @@ impl TestApp {
             "authorization_code" => &c.authorization_code,
             "refresh_token" => &c.refresh_token,
             "client_credentials" => &c.client_credentials,
+            "token_exchange" => &c.token_exchange,
             "par" => &c.pushed_authorization_requests,
             "revocation" => &c.revocations,
             "any" => &c.token_endpoint_calls,
