@@ -501,7 +501,7 @@ impl TokenManager {
                 if matches!(want, Want::NewerThan(_)) {
                     next.mark_after_rejection(resource);
                 }
-                let written = self.write_next(handle, &set, &next, resource).await;
+                let written = self.write_next(handle, &set, &next, resource, "access token refreshed").await;
                 if written.is_ok() {
                     self.metrics.refresh(RefreshOutcome::Ok);
                 }
@@ -584,7 +584,7 @@ impl TokenManager {
                 if matches!(want, Want::NewerThan(_)) {
                     next.mark_after_rejection(key);
                 }
-                let written = self.write_next(handle, set, &next, key).await;
+                let written = self.write_next(handle, set, &next, key, "access token exchanged").await;
                 if written.is_ok() {
                     self.metrics.token_exchange(ExchangeOutcome::Ok);
                 }
@@ -645,12 +645,15 @@ impl TokenManager {
     }
 
     /// Writes `next`, the set after `set`, with a compare-and-set; the token for `key` from it.
+    /// `done` is the log line of a write (`key` names the audience, and for an exchange its
+    /// resource and scopes).
     async fn write_next(
         &self,
         handle: &SessionHandle,
         set: &TokenSet,
         next: &TokenSet,
         key: Option<&str>,
+        done: &'static str,
     ) -> FlightResult {
         match self.tokens.replace(handle, set.version, next).await? {
             CasOutcome::Written => {
@@ -658,7 +661,7 @@ impl TokenManager {
                     session = handle.short(),
                     version = next.version,
                     resource = key.unwrap_or_default(),
-                    "access token refreshed"
+                    "{done}"
                 );
                 usable(next, key)
             }

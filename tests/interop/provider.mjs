@@ -218,7 +218,7 @@ provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
     sid: subject.sid,
   });
   token.resourceServer = new provider.ResourceServer(audience, {
-    scope: 'api:read', audience, accessTokenFormat: 'opaque', accessTokenTTL,
+    scope: 'api:read', audience, accessTokenFormat: 'opaque', accessTokenTTL: accessTokenTtl,
   });
   const asked = (params.scope ?? 'api:read').split(' ');
   token.scope = asked.filter((s) => token.resourceServer.scopes.has(s)).join(' ') || undefined;
