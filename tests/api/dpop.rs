@@ -206,3 +206,36 @@ async fn dpop_against_a_provider_without_it_is_a_configuration_error() {
     assert_eq!(body["identity_provider"], "misconfigured");
     assert!(body["problem"].as_str().is_some_and(|p| p.contains("oidc.dpop")), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchanged_token_is_asked_for_without_a_proof_and_sent_as_bearer() {
+    let app = spawn_app_with(dpop_options()).await;
+    let ledger = support::upstream::spawn_for_audience(Some(app.idp.provider.clone()), Some("ledger-api")).await;
+    let upstream = url::Url::parse(&ledger.url).expect("url");
+    let instance = spawn_instance_with(&app, |c| {
+        c.api.push(bff::config::ApiConfig {
+            prefix: "/ledger".into(),
+            upstream,
+            token: bff::config::TokenPolicy::Exchange,
+            audience: Some("ledger-api".into()),
+            ..c.api[0].clone()
+        });
+    })
+    .await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    let b = browser.at(&instance);
+    let proofs = proofs_at_provider(&app);
+
+    assert_eq!(b.api(Method::GET, "/ledger/echo").await.status(), 200);
+    assert_eq!(app.token_requests("token_exchange"), 1);
+    assert_eq!(proofs_at_provider(&app), proofs, "the exchange carried no proof");
+    let seen = ledger.seen().pop().expect("the call reached the ledger API");
+    assert_eq!(seen.scheme.as_deref(), Some("Bearer"));
+    assert!(!seen.headers.contains_key("dpop"), "no proof for a token bound to no key");
+    assert!(jwt_claims(&seen.bearer.unwrap_or_default())["cnf"].is_null());
+
+    // The session's own token stays bound, and proven.
+    assert_eq!(b.api(Method::GET, "/api/echo").await.status(), 200);
+    assert_eq!(last_call(&app, "/echo").scheme.as_deref(), Some("DPoP"));
+}

@@ -407,6 +407,15 @@ async fn an_exchanged_token_is_renewed_when_due_and_once_after_an_upstreams_401(
     assert_eq!(app.token_requests("token_exchange"), 3, "the renewed token is not renewed again, on any instance");
     ledger.controls.always_reject.store(false, Ordering::SeqCst);
     assert_eq!(b.api(Method::GET, "/ledger/echo").await.status(), 200);
+
+    // Both the session's token and the exchanged one due (the latter was issued a few seconds
+    // later by the advanced clock: 20 s before the former expires covers both): the subject is
+    // refreshed first, then exchanged again.
+    let res = b.api(Method::GET, "/api/echo").await;
+    app.make_refresh_due(support::token_expiry(&res), 20);
+    assert_eq!(b.api(Method::GET, "/ledger/echo").await.status(), 200);
+    assert_eq!((app.token_requests("refresh_token"), app.token_requests("token_exchange")), (1, 4));
+    assert_eq!(app.token_requests("reuse"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
