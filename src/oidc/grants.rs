@@ -51,7 +51,7 @@ pub enum ExchangeError {
 }
 
 /// RFC 8693 §2.1 and §3.
-const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub(super) const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// An exchange's success answer (RFC 8693 §2.2.1), as far as bff reads it.

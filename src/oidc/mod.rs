@@ -273,6 +273,8 @@ pub struct Oidc {
     /// The `resource` of routes that carry a user's token, named in the authorization request
     /// (RFC 8707 §2.1): providers that implement resource indicators grant only those.
     user_resources: Vec<String>,
+    /// Some route exchanges users' tokens (`token = "exchange"`), which the provider must offer.
+    exchanges: bool,
     par: ParMode,
     /// RFC 9449: token requests carry a proof of the session's key; tokens are `DPoP`.
     dpop: bool,
@@ -321,6 +323,7 @@ impl Oidc {
             redirect_uri: RedirectUrl::new(config.redirect_uri())?,
             scopes: config.oidc.scopes.clone(),
             extra_auth_params: config.oidc.extra_auth_params.clone().into_iter().collect(),
+            exchanges: config.api.iter().any(|api| api.token == TokenPolicy::Exchange),
             user_resources: {
                 let mut resources: Vec<String> = config
                     .api

@@ -252,6 +252,18 @@ impl Oidc {
                  (or in another application) does not end bff's sessions until they expire or a refresh is refused",
             ));
         }
+        if self.exchanges && !lists(&offers.grant_types, super::grants::TOKEN_EXCHANGE_GRANT) {
+            found.push(finding(
+                Severity::Warning,
+                "api[].token",
+                format!(
+                    "a route has token = \"exchange\" but the provider's grant_types_supported lacks {}: its calls \
+                     are refused (403 exchange_refused) unless the provider takes the grant anyway; enable token \
+                     exchange (RFC 8693) for this client at the provider",
+                    super::grants::TOKEN_EXCHANGE_GRANT
+                ),
+            ));
+        }
         let iss_required = self.dpop || self.par == ParMode::Required;
         if iss_required && !offers.response_iss {
             found.push(finding(

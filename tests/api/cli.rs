@@ -430,3 +430,25 @@ async fn check_config_online_proves_bffs_credentials_and_lists_what_the_provider
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("at its PAR endpoint"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_online_warns_of_an_exchange_route_the_provider_does_not_offer() {
+    let idp = spawn_idp(cli_idp_options()).await;
+    let config = |issuer: &str| {
+        let base = std::fs::read_to_string(online_config(issuer, support::CLIENT_SECRET)).expect("read config");
+        write_config(&format!(
+            "{base}[[api]]\nprefix = \"/ledger\"\nupstream = \"http://127.0.0.1:9\"\ntoken = \"exchange\"\n\
+             audience = \"ledger-api\"\n"
+        ))
+    };
+    let (code, stderr) = check_online(&config(&idp.issuer));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("api[].token"), "the demo provider offers token exchange: {stderr}");
+    idp.controls.set_quirks(bff::demo::idp::Quirks { no_token_exchange: true, ..Default::default() });
+    let (code, stderr) = check_online(&config(&idp.issuer));
+    assert_eq!(code, Some(0), "a warning: {stderr}");
+    assert!(
+        stderr.contains("api[].token: warning: a route has token = \"exchange\" but the provider's grant_types_supported lacks urn:ietf:params:oauth:grant-type:token-exchange"),
+        "{stderr}"
+    );
+}

@@ -431,6 +431,11 @@ async fn a_refused_exchange_is_403_and_a_failing_provider_503_and_the_session_is
     assert_eq!(json_error(b.api(Method::GET, "/ledger/echo").await).await, (403, "exchange_refused".into()));
     assert!(upstreams.0.seen().is_empty(), "nothing went to the API");
     assert_eq!(b.api(Method::GET, "/api/echo").await.status(), 200, "the session lives on");
+    // A provider that does not offer the grant (unsupported_grant_type) refuses it too.
+    app.idp.controls.set_quirks(bff::demo::idp::Quirks { no_token_exchange: true, ..Default::default() });
+    assert_eq!(json_error(b.api(Method::GET, "/orders-x/echo").await).await, (403, "exchange_refused".into()));
+    app.idp.controls.set_quirks(bff::demo::idp::Quirks::default());
+    assert_eq!(b.api(Method::GET, "/api/echo").await.status(), 200);
 
     app.idp.controls.set_token_fault(TokenFault::Unavailable);
     let asked = app.token_requests("any");

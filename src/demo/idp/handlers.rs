@@ -103,6 +103,11 @@ async fn discovery(p: web::Data<Provider>) -> HttpResponse {
         fields.insert("frontchannel_logout_session_supported".into(), json!(true));
         fields.insert("backchannel_logout_supported".into(), json!(false));
     }
+    if quirks.no_token_exchange
+        && let Some(grants) = doc["grant_types_supported"].as_array_mut()
+    {
+        grants.retain(|g| g != "urn:ietf:params:oauth:grant-type:token-exchange");
+    }
     if quirks.no_dpop_in_metadata
         && let Some(fields) = doc.as_object_mut()
     {

@@ -118,6 +118,9 @@ pub struct Quirks {
     /// ID tokens carry no `sid`, and the front-channel `sid` is the user's `sub` (a provider seen
     /// in the wild).
     pub sid_is_sub: bool,
+    /// No token exchange (RFC 8693): discovery does not list the grant, the token endpoint
+    /// answers it `unsupported_grant_type`.
+    pub no_token_exchange: bool,
 }
 
 impl Quirks {
@@ -140,6 +143,7 @@ impl Quirks {
         no_userinfo_endpoint: false,
         frontchannel_only: false,
         sid_is_sub: false,
+        no_token_exchange: false,
     };
 }
 

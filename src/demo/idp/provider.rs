@@ -108,7 +108,8 @@ pub struct Counters {
     pub authorization_code: AtomicU64,
     pub refresh_token: AtomicU64,
     pub client_credentials: AtomicU64,
-    /// Token exchange requests (RFC 8693), answered or refused.
+    /// Token exchange requests (RFC 8693), answered or refused (not counted while the provider
+    /// does not offer the grant: `Quirks::no_token_exchange`).
     pub token_exchange: AtomicU64,
     pub revocations: AtomicU64,
     pub reuse_detected: AtomicU64,
@@ -429,7 +430,7 @@ impl Provider {
                 self.counters.client_credentials.fetch_add(1, Ordering::SeqCst);
                 self.client_credentials(client, form)
             }
-            Some(TOKEN_EXCHANGE) => {
+            Some(TOKEN_EXCHANGE) if !self.controls.quirks().no_token_exchange => {
                 self.counters.token_exchange.fetch_add(1, Ordering::SeqCst);
                 self.token_exchange(client, form)
             }
