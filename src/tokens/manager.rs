@@ -161,6 +161,9 @@ pub struct TokenManager {
     held_locks: Mutex<HashMap<String, String>>,
     /// Sessions whose last refresh the provider failed (or refused bff's credentials for).
     backoff: Backoff<SessionHandle>,
+    /// Exchanges (session and target) the provider refused: asked again only after a back-off,
+    /// so calls on a route the provider will not serve cannot drive its token endpoint.
+    refused: Backoff<FlightKey>,
     metrics: Arc<Metrics>,
 }
 
@@ -207,6 +210,7 @@ impl TokenManager {
             flight_ids: std::sync::atomic::AtomicU64::new(0),
             held_locks: Mutex::new(HashMap::new()),
             backoff: Backoff::new(BACKOFF_CAPACITY),
+            refused: Backoff::new(BACKOFF_CAPACITY),
             metrics,
         }
     }
@@ -344,6 +348,9 @@ impl TokenManager {
             return Err(RefreshUnavailable::BackingOff(left).into());
         }
         let key: FlightKey = (handle.clone(), target.key().map(str::to_string));
+        if self.refused.remaining(&key).is_some() {
+            return Err(TokenError::ExchangeRefused);
+        }
         // A flight started for another reason may finish with a token this caller cannot use
         // (rare: it found a newer, still fresh set that this caller already had rejected).
         for _ in 0..2 {
@@ -580,6 +587,7 @@ impl TokenManager {
         match exchanged {
             Ok(token) => {
                 self.backoff.succeeded(handle);
+                self.refused.succeeded(&(handle.clone(), Some(exchange.key.clone())));
                 let mut next = set.exchanged(&exchange.key, token, self.tokens.now(), self.default_expires_in);
                 if matches!(want, Want::NewerThan(_)) {
                     next.mark_after_rejection(key);
@@ -592,9 +600,17 @@ impl TokenManager {
             }
             Err(ExchangeError::Refused(why)) => {
                 // The user's grant is fine (the subject token was live): only this audience is
-                // refused, so the session stays and no back-off holds its other tokens.
+                // refused, so the session stays and the session's back-off does not hold its
+                // other tokens; this exchange alone waits one of its own before it is asked again.
                 self.metrics.token_exchange(ExchangeOutcome::Refused);
-                tracing::info!(session = handle.short(), audience, resource, "token exchange refused: {why}");
+                let wait = self.refused.failed((handle.clone(), Some(exchange.key.clone())));
+                tracing::info!(
+                    session = handle.short(),
+                    audience,
+                    resource,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "token exchange refused: {why}"
+                );
                 Err(TokenError::ExchangeRefused)
             }
             Err(ExchangeError::ClientAuth(e)) => {

@@ -431,11 +431,24 @@ async fn a_refused_exchange_is_403_and_a_failing_provider_503_and_the_session_is
     assert_eq!(json_error(b.api(Method::GET, "/ledger/echo").await).await, (403, "exchange_refused".into()));
     assert!(upstreams.0.seen().is_empty(), "nothing went to the API");
     assert_eq!(b.api(Method::GET, "/api/echo").await.status(), 200, "the session lives on");
+    // Asked again only after a back-off: calls meanwhile cannot drive the token endpoint.
+    for _ in 0..5 {
+        assert_eq!(json_error(b.api(Method::GET, "/ledger/echo").await).await, (403, "exchange_refused".into()));
+    }
+    assert_eq!(app.token_requests("token_exchange"), 1);
+    support::eventually("the refused exchange is asked again after its back-off", Duration::from_secs(5), || async {
+        b.api(Method::GET, "/ledger/echo").await.status() == 403 && app.token_requests("token_exchange") == 2
+    })
+    .await;
+
     // A provider that does not offer the grant (unsupported_grant_type) refuses it too.
+    let other = app.browser();
+    other.login_as("bob").await;
     app.idp.controls.set_quirks(bff::demo::idp::Quirks { no_token_exchange: true, ..Default::default() });
-    assert_eq!(json_error(b.api(Method::GET, "/orders-x/echo").await).await, (403, "exchange_refused".into()));
+    let bob = other.at(&instance);
+    assert_eq!(json_error(bob.api(Method::GET, "/orders-x/echo").await).await, (403, "exchange_refused".into()));
     app.idp.controls.set_quirks(bff::demo::idp::Quirks::default());
-    assert_eq!(b.api(Method::GET, "/api/echo").await.status(), 200);
+    assert_eq!(bob.api(Method::GET, "/api/echo").await.status(), 200);
 
     app.idp.controls.set_token_fault(TokenFault::Unavailable);
     let asked = app.token_requests("any");
