@@ -18,6 +18,7 @@ pub mod limits;
 pub mod metrics;
 pub mod oidc;
 pub mod pages;
+pub mod paths;
 pub mod proxy;
 pub mod request_id;
 pub mod return_to;
