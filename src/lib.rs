@@ -24,6 +24,7 @@ pub mod request_id;
 pub mod return_to;
 pub mod routes;
 pub mod session;
+pub mod signin;
 pub mod startup;
 pub mod state;
 pub mod store;
