@@ -128,12 +128,8 @@ pub async fn reseal_session_cookie(
 
 /// Which kind of route a path is, for metrics and logs (never the path itself: unbounded).
 fn route_class(path: &str, state: Option<&AppState>) -> &'static str {
-    if path == "/auth" || path.starts_with("/auth/") {
-        "auth"
-    } else if path == "/healthz" || path == "/readyz" {
-        "health"
-    } else if path == "/metrics" {
-        "metrics"
+    if let Some(own) = crate::paths::class_of(path) {
+        own
     } else if state.is_some_and(|s| s.proxy.route_for(path).is_some()) {
         "api"
     } else {
@@ -163,15 +159,15 @@ fn request_span(req: &ServiceRequest, id: &str, route: &'static str, state: Opti
     span
 }
 
-/// bff's own routes by name ([`crate::routes::OWN_ROUTES`]); an API call by its route's prefix
+/// bff's own routes by name ([`crate::paths::OWN_ROUTES`]); an API call by its route's prefix
 /// and the SPA's files as one (their paths are unbounded, and a span name must not be).
 fn route_label(path: &str, route: &'static str, state: Option<&AppState>) -> String {
-    if let Some(named) = crate::routes::OWN_ROUTES.iter().find(|r| r.path == path) {
-        return named.path.to_string();
+    if let Some(named) = crate::paths::OwnRoute::find(path) {
+        return named.path().to_string();
     }
     match (route, state.and_then(|s| s.proxy.route_for(path))) {
         ("api", Some(api)) => format!("{}/*", api.prefix.trim_end_matches('/')),
-        ("auth", _) => "/auth/*".to_string(),
+        ("auth", _) => format!("{}/*", crate::paths::AUTH_SCOPE),
         _ => "/*".to_string(),
     }
 }
@@ -267,7 +263,19 @@ pub fn require_csrf_or_same_origin(req: &HttpRequest, public_origin: &str) -> Re
 
 #[cfg(test)]
 mod tests {
-    use super::route_label;
+    use super::{route_class, route_label};
+    use crate::paths::OWN_ROUTES;
+
+    #[test]
+    fn every_own_route_is_named_and_classed_by_the_table() {
+        for route in OWN_ROUTES {
+            let class = route_class(route.path(), None);
+            assert_eq!(class, route.class(), "{route:?}");
+            assert_eq!(route_label(route.path(), class, None), route.path(), "{route:?}");
+        }
+        assert_eq!(route_class("/auth/nothing", None), "auth");
+        assert_eq!(route_class("/healthz/x", None), "static");
+    }
 
     #[test]
     fn span_names_are_bounded() {

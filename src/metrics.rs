@@ -172,7 +172,7 @@ impl UpstreamFailure {
 }
 
 /// How a token refresh ended.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefreshOutcome {
     Ok,
     /// The provider ended the grant (`invalid_grant` or another refusal of it): the session ends.

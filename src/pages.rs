@@ -20,7 +20,7 @@ pub const BUILT_IN: &[(&str, &str)] = &[
 
 /// The pages' stylesheet, served at [`STYLESHEET_PATH`].
 pub const STYLESHEET: &str = include_str!("../templates/style.css");
-pub const STYLESHEET_PATH: &str = "/auth/style.css";
+pub const STYLESHEET_PATH: &str = crate::paths::OwnRoute::Stylesheet.path();
 
 pub struct Pages {
     tera: Tera,

@@ -201,20 +201,15 @@ impl Application {
         });
 
         let app_state = state.clone();
-        // Metrics say how busy bff is and what fails: not for whoever reaches the public address.
-        let metrics_here = config.server.metrics_public;
         let mut server = HttpServer::new(move || {
             let state = app_state.clone();
-            let mut app = App::new()
+            App::new()
                 .app_data(state.clone())
                 // Made here, on each worker's own thread: see `Proxy::upstream_client`.
                 .app_data(web::Data::new(state.proxy.upstream_client()))
                 .wrap(from_fn(security_headers))
-                .wrap(from_fn(observe));
-            if metrics_here {
-                app = app.service(routes::own("", routes::METRICS, routes::health::metrics));
-            }
-            app.configure(|cfg| routes::configure(cfg, &state))
+                .wrap(from_fn(observe))
+                .configure(|cfg| routes::configure(cfg, &state))
         })
         .shutdown_timeout(config.server.shutdown_grace.as_secs())
         // Off by default in actix-web: an answer written in two pieces (head, then a chunked or

@@ -144,6 +144,13 @@ fn api_prefixes_are_checked() {
         ("/", "must not be \"/\""),
         ("/auth", "collides"),
         ("/auth/x", "collides"),
+        ("/healthz", "collides"),
+        ("/readyz/x", "collides"),
+        ("/metrics", "collides"),
+        // The provider fetches bff's keys at `/.well-known/jwks.json`; an API there took it.
+        ("/.well-known", "collides with a route of bff itself (under /.well-known)"),
+        ("/.well-known/jwks.json", "collides"),
+        ("/.well-known/openid-configuration", "collides"),
         ("/a b", "plain path"),
         ("/a/../b", "plain path"),
     ] {

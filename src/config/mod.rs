@@ -455,7 +455,8 @@ impl Config {
 
     /// `public_url + "/auth/callback"`.
     pub fn redirect_uri(&self) -> String {
-        format!("{}/auth/callback", self.server.public_url.as_str().trim_end_matches('/'))
+        let callback = crate::paths::OwnRoute::Callback.path();
+        format!("{}{callback}", self.server.public_url.as_str().trim_end_matches('/'))
     }
 
     pub fn is_https(&self) -> bool {

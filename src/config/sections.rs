@@ -668,9 +668,11 @@ impl Walker<'_> {
             self.error(key, "must not be \"/\": the SPA and /auth live there");
             return None;
         }
-        let reserved = ["/auth", "/healthz", "/readyz", "/metrics"];
-        if reserved.iter().any(|r| prefix == *r || prefix.starts_with(&format!("{r}/"))) {
-            self.error(key, format!("{prefix:?} collides with a route of bff itself"));
+        // Every own path is reserved whether or not this configuration serves it (`/metrics`
+        // off the public listener, `/.well-known/jwks.json` without `private_key_jwt`): turning
+        // a feature on must not take a path an API already has.
+        if let Some(reserved) = crate::paths::reserved_prefix_of(&prefix) {
+            self.error(key, format!("{prefix:?} collides with a route of bff itself (under {reserved})"));
             return None;
         }
         let allowed = |c: char| c.is_ascii_alphanumeric() || "/-._~".contains(c);

@@ -120,18 +120,20 @@ impl Oidc {
                     key,
                     format!("the provider accepted bff's client authentication ({method}) at its PAR endpoint"),
                 ),
-                Err(e) => {
-                    let which = if e.verdict() == Verdict::ClientAuth { key } else { "oidc.par" };
-                    finding(
-                        Severity::Error,
-                        which,
-                        format!(
-                            "{}; every sign-in would fail (is {} registered as a redirect URI?)",
-                            crate::telemetry::error_chain(&e),
-                            self.redirect_uri.as_str()
-                        ),
-                    )
-                }
+                Err(e) if e.verdict() == Verdict::ClientAuth => finding(
+                    Severity::Error,
+                    key,
+                    format!("{}; every sign-in would fail", crate::telemetry::error_chain(&e)),
+                ),
+                Err(e) => finding(
+                    Severity::Error,
+                    "oidc.par",
+                    format!(
+                        "{}; every sign-in would fail (is {} registered as a redirect URI?)",
+                        crate::telemetry::error_chain(&e),
+                        self.redirect_uri.as_str()
+                    ),
+                ),
             };
         }
         match self.exchange_made_up_code().await {

@@ -1,7 +1,5 @@
-//! `/auth/*`: login, callback, user, logout, and the provider's logouts. Thin: the protocol
-//! lives in `oidc`, storage in `session` and `tokens`.
-
-use std::sync::Arc;
+//! `/auth/*`: login, callback, user, logout, and the provider's logouts. Thin: the sign-in flow
+//! lives in `signin`, the protocol in `oidc`, storage in `session` and `tokens`.
 
 use actix_session::Session;
 use actix_web::http::StatusCode;
@@ -11,18 +9,16 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::crypto::{digest, random_token};
+use crate::crypto::digest;
 use crate::error::{AppError, BadRequest};
 use crate::http::{Frameable, require_csrf_header, require_csrf_or_same_origin};
-use crate::limits::Limit;
 use crate::metrics::AuthEvent;
-use crate::oidc::{CallbackError, GrantToken, LogoutHint, LogoutTokenError, Oidc, Revocation};
-use crate::return_to::ReturnTo;
+use crate::oidc::{LogoutHint, LogoutTokenError, Oidc};
 use crate::session::SessionEntries;
-use crate::session::SessionHandle;
+use crate::signin::{CallbackParams, CallbackRefusal, LoginRequest, SignIn, revoke_grant};
 use crate::state::AppState;
 use crate::telemetry::error_chain;
-use crate::tokens::{EndReason, Ended};
+use crate::tokens::EndReason;
 
 fn redirect(status: StatusCode, location: &str) -> actix_web::HttpResponseBuilder {
     let mut res = HttpResponse::build(status);
@@ -41,202 +37,31 @@ pub struct LoginQuery {
 pub async fn login(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     // A malformed query is not an error here: it just means "no return_to".
     let query = web::Query::<LoginQuery>::from_query(req.query_string()).ok();
-    let return_to =
-        ReturnTo::parse_or_root(query.as_ref().and_then(|q| q.return_to.as_deref()), &state.config.server.public_url);
-    // Each start leaves a pending login in the store for ten minutes: limit starts per client
-    // address, and logins in progress per browser.
-    let limit = state.config.server.login_starts_per_minute;
-    let too_many = |retry_after| {
-        state.metrics.limited(Limit::LoginRate);
-        AppError::LimitedFor(Limit::LoginRate, retry_after).respond(&req, &state.pages)
+    let request = LoginRequest {
+        return_to: query.as_ref().and_then(|q| q.return_to.as_deref()),
+        client: crate::limits::client_ip(&req, state.config.server.trusted_proxy_hops),
+        binding: state.cookies.login_binding(&req),
     };
-    let client = crate::limits::client_ip(&req, state.config.server.trusted_proxy_hops);
-    if let Some(Err(retry_after)) = client.map(|ip| state.login_limiter.check(ip)) {
-        return too_many(retry_after);
+    match SignIn::new(&state).begin(request).await {
+        Ok(begun) => redirect(StatusCode::FOUND, begun.location.as_str())
+            .cookie(state.cookies.login_cookie(&begun.binding))
+            .finish(),
+        Err(refusal) => refusal.error(&state.metrics).respond(&req, &state.pages),
     }
-    // One binding value per browser, reused while it lives, so several tabs can log in at once.
-    let binding = state.cookies.login_binding(&req).unwrap_or_else(random_token);
-    match state.logins.room_for(&digest(&binding), limit as usize).await {
-        Ok(Ok(())) => {}
-        Ok(Err(retry_after)) => return too_many(retry_after),
-        Err(e) => return AppError::from(e).respond(&req, &state.pages),
-    }
-    let (url, csrf_state, pending) = match state.oidc.begin_login(return_to.into_string(), digest(&binding)).await {
-        Ok(started) => started,
-        Err(e) => {
-            tracing::warn!("cannot start a login: {}", error_chain(&e));
-            return AppError::IdpUnavailable.respond(&req, &state.pages);
-        }
-    };
-    if let Err(e) = state.logins.put(csrf_state.secret(), &pending).await {
-        return AppError::from(e).respond(&req, &state.pages);
-    }
-    redirect(StatusCode::FOUND, url.as_str()).cookie(state.cookies.login_cookie(&binding)).finish()
-}
-
-#[derive(Deserialize)]
-pub struct CallbackQuery {
-    code: Option<String>,
-    state: Option<String>,
-    error: Option<String>,
-    /// RFC 9207.
-    iss: Option<String>,
-}
-
-fn callback_error(state: &AppState, status: StatusCode, message: &str) -> HttpResponse {
-    state.metrics.auth_event(AuthEvent::LoginFailed);
-    state.pages.error(status, message, true)
 }
 
 /// `GET /auth/callback?code=…&state=…`
 pub async fn callback(req: HttpRequest, state: web::Data<AppState>, session: Session) -> HttpResponse {
-    let Ok(query) = web::Query::<CallbackQuery>::from_query(req.query_string()) else {
-        return callback_error(&state, StatusCode::BAD_REQUEST, "The sign-in response could not be read.");
-    };
-    let Some(csrf_state) = query.state.as_deref().filter(|s| !s.is_empty()) else {
-        return callback_error(
-            &state,
-            StatusCode::BAD_REQUEST,
-            "The sign-in response did not say which sign-in it answers.",
-        );
-    };
-    let unknown = || {
-        callback_error(
-            &state,
-            StatusCode::BAD_REQUEST,
-            "This sign-in is unknown, has expired or was already used. Please start again.",
-        )
-    };
-    // Nothing is consumed by a response that names another issuer or reaches another browser:
-    // neither may burn the sign-in of the browser that started it.
-    if let Err(e) = state.oidc.check_response_issuer(query.iss.as_deref()) {
-        tracing::warn!("callback refused: {e}");
-        return callback_error(
-            &state,
-            StatusCode::BAD_REQUEST,
-            "The sign-in response did not come from the expected identity provider.",
-        );
-    }
-    let browser = match state.logins.peek(csrf_state).await {
-        Ok(Some(pending)) => pending.browser,
-        Ok(None) => return unknown(),
-        Err(e) => return AppError::from(e).page(&state.pages),
-    };
-    let same_browser = state.cookies.login_binding(&req).is_some_and(|b| digest(&b) == browser);
-    if !same_browser {
-        tracing::warn!("callback completed in a browser other than the one that started the login");
-        return callback_error(
-            &state,
-            StatusCode::BAD_REQUEST,
-            "This sign-in was started in another browser. Please start again here.",
-        );
-    }
-    // Taken now: a state works once, whatever happens next.
-    let pending = match state.logins.take(csrf_state).await {
-        Ok(Some(pending)) => pending,
-        Ok(None) => return unknown(),
-        Err(e) => return AppError::from(e).page(&state.pages),
-    };
-    if let Some(error) = &query.error {
-        let safe: String = error.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
-        tracing::info!(error = safe, "the identity provider answered the login with an error");
-        let message = match safe.as_str() {
-            "access_denied" => "Sign-in was cancelled or refused.".to_string(),
-            other => format!("The identity provider could not sign you in ({other})."),
-        };
-        return callback_error(&state, StatusCode::BAD_REQUEST, &message);
-    }
-    let Some(code) = query.code.clone().filter(|c| !c.is_empty()) else {
-        return callback_error(&state, StatusCode::BAD_REQUEST, "The sign-in response carried no authorization code.");
-    };
-    let return_to = pending.return_to.clone();
-    let login = match state.oidc.complete_login(code, pending).await {
-        Ok(login) => login,
-        Err(e @ CallbackError::CodeRejected(_)) => {
-            tracing::warn!("login failed: {}", error_chain(&e));
-            return callback_error(
-                &state,
-                StatusCode::BAD_REQUEST,
-                "The sign-in could not be completed: the identity provider refused it. Please start again.",
-            );
+    let completed = match web::Query::<CallbackParams>::from_query(req.query_string()) {
+        Ok(query) => {
+            let binding = state.cookies.login_binding(&req);
+            SignIn::new(&state).complete(&session, query.into_inner(), binding.as_deref()).await
         }
-        Err(e @ (CallbackError::InvalidIdToken(_) | CallbackError::InvalidUserinfo(_))) => {
-            tracing::warn!("login failed: {}", error_chain(&e));
-            return callback_error(
-                &state,
-                StatusCode::BAD_REQUEST,
-                "The identity provider's answer could not be accepted.",
-            );
-        }
-        Err(e @ CallbackError::ClientAuth(_)) => {
-            tracing::error!("login failed: {}", error_chain(&e));
-            return callback_error(
-                &state,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "This application cannot complete sign-ins right now. Please try again later.",
-            );
-        }
-        Err(CallbackError::Provider(e)) => {
-            tracing::warn!("login failed: {}", error_chain(&e));
-            return callback_error(
-                &state,
-                StatusCode::BAD_GATEWAY,
-                "The identity provider could not be reached. Please try again.",
-            );
-        }
+        Err(_) => Err(CallbackRefusal::Unreadable),
     };
-
-    if state.oidc.refresh_token_withheld(&login) {
-        state.metrics.auth_event(AuthEvent::LoginWithoutRefreshToken);
-    }
-    let previous = SessionEntries::read(&session, state.lifetime.now());
-    let started = match state.sessions.start(login).await {
-        Ok(started) => started,
-        Err(e) => return AppError::from(e).page(&state.pages),
-    };
-    if let Err(e) = SessionEntries::start(&session, &started.id, started.state) {
-        tracing::error!("cannot fill the session: {e:#}");
-        if let Err(e) = state.sessions.end(&started.handle, EndReason::Abandoned).await {
-            tracing::warn!("{}", error_chain(&e));
-        }
-        return AppError::Internal.page(&state.pages);
-    }
-    // The browser was signed in already: that session ends (its cookie is replaced now), and
-    // so does its grant at the provider, without holding up this sign-in.
-    if let Some(previous) = previous {
-        match state.sessions.end(&previous.handle, EndReason::Replaced).await {
-            Ok(Some(ended)) => {
-                let oidc = Arc::clone(&state.oidc);
-                tokio::spawn(async move { revoke_grant(&oidc, &previous.handle, &ended).await });
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(
-                session = previous.handle.short(),
-                "the replaced session stays until it expires: {}",
-                error_chain(&e)
-            ),
-        }
-    }
-    state.metrics.auth_event(AuthEvent::Login);
-    redirect(StatusCode::FOUND, &return_to).finish()
-}
-
-/// Asks the provider to end the grant of a session that ended. Failures are logged only: the
-/// session has ended anyway, and the provider expires the grant in time.
-async fn revoke_grant(oidc: &Oidc, handle: &SessionHandle, ended: &Ended) {
-    let grant = ended.grant();
-    let which = match grant {
-        GrantToken::Refresh(_) => "refresh token",
-        GrantToken::Access(_) => "access token (the session had no refresh token)",
-    };
-    match oidc.revoke(grant).await {
-        Ok(Revocation::Revoked) => tracing::info!(session = handle.short(), "{which} revoked at the provider"),
-        Ok(Revocation::NoEndpoint) => tracing::info!(
-            session = handle.short(),
-            "{which} not revoked: the provider has no revocation endpoint \
-             (none in its metadata; oidc.revocation_endpoint is not set)"
-        ),
-        Err(e) => tracing::warn!(session = handle.short(), "revoking the {which} failed: {}", error_chain(&e)),
+    match completed {
+        Ok(completed) => redirect(StatusCode::FOUND, &completed.return_to).finish(),
+        Err(refusal) => refusal.respond(&state.pages, &state.metrics),
     }
 }
 

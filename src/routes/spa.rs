@@ -7,8 +7,9 @@ use actix_files::{Files, NamedFile};
 use actix_web::dev::{ServiceRequest, ServiceResponse, fn_service};
 use actix_web::{HttpRequest, HttpResponse, guard, web};
 
-use super::{Methods, not_found, respond};
+use super::{not_found, respond};
 use crate::error::{AppError, is_navigation};
+use crate::paths::Methods;
 
 pub fn configure(cfg: &mut web::ServiceConfig, static_dir: Option<&Path>) {
     let Some(dir) = static_dir else {

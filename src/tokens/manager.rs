@@ -533,28 +533,8 @@ impl TokenManager {
                 );
                 Err(TokenError::NotForResource)
             }
-            Err(RefreshError::ClientAuth(e)) => {
-                let wait = self.backoff.failed(handle.clone());
-                self.metrics.refresh(RefreshOutcome::ClientAuth);
-                tracing::error!(
-                    session = handle.short(),
-                    retry_in_ms = wait.as_millis() as u64,
-                    "token refresh failed; session kept: {}",
-                    error_chain(&e)
-                );
-                Err(RefreshUnavailable::Provider(e).into())
-            }
-            Err(RefreshError::Unavailable(e)) => {
-                let wait = self.backoff.failed(handle.clone());
-                self.metrics.refresh(RefreshOutcome::Transient);
-                tracing::warn!(
-                    session = handle.short(),
-                    retry_in_ms = wait.as_millis() as u64,
-                    "token refresh failed; session kept: {}",
-                    error_chain(&e)
-                );
-                Err(RefreshUnavailable::Provider(e).into())
-            }
+            Err(RefreshError::ClientAuth(e)) => Err(self.kept_for_later(handle, e, RefreshOutcome::ClientAuth)),
+            Err(RefreshError::Unavailable(e)) => Err(self.kept_for_later(handle, e, RefreshOutcome::Transient)),
         }
     }
 
@@ -689,6 +669,21 @@ impl TokenManager {
             }
             CasOutcome::Missing => Err(TokenError::LoginRequired),
         }
+    }
+
+    /// A refresh that did not happen now: the session and its refresh token are kept, and the
+    /// session waits its back-off before the provider is asked again. bff's own credentials
+    /// refused is an operator's problem (error); a provider failing for now is a warning.
+    fn kept_for_later(&self, handle: &SessionHandle, e: OidcError, outcome: RefreshOutcome) -> TokenError {
+        let wait = self.backoff.failed(handle.clone());
+        self.metrics.refresh(outcome);
+        let (session, retry_in_ms, why) = (handle.short(), wait.as_millis() as u64, error_chain(&e));
+        if outcome == RefreshOutcome::ClientAuth {
+            tracing::error!(session, retry_in_ms, "token refresh failed; session kept: {why}");
+        } else {
+            tracing::warn!(session, retry_in_ms, "token refresh failed; session kept: {why}");
+        }
+        RefreshUnavailable::Provider(e).into()
     }
 
     /// Renews the lock lease every third of it while a refresh runs; returns if the lock is lost.

@@ -147,6 +147,17 @@ async fn an_address_written_with_a_port_is_read_by_position_for_the_login_limit(
     assert_eq!(seen.headers.get("x-forwarded-for").map(String::as_str), Some("2001:db8::7, 127.0.0.1"));
 }
 
+/// What the provider's back-channel delivery does; the status.
+async fn post_logout_token(app: &TestApp, token: String) -> u16 {
+    let res = reqwest::Client::new()
+        .post(format!("{}/auth/backchannel-logout", app.address))
+        .form(&[("logout_token", token)])
+        .send()
+        .await
+        .expect("post");
+    res.status().as_u16()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logout_token_with_a_sid_never_indexed_ends_the_subjects_sessions() {
     let app = spawn_app().await;
@@ -159,13 +170,7 @@ async fn a_logout_token_with_a_sid_never_indexed_ends_the_subjects_sessions() {
     let sub = bff::demo::idp::user_claims("alice").0;
     let token =
         app.idp.provider.logout_token(support::CLIENT_ID, Some(&sub), Some("op-session-unknown")).expect("token");
-    let res = reqwest::Client::new()
-        .post(format!("{}/auth/backchannel-logout", app.address))
-        .form(&[("logout_token", token)])
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(res.status(), 200);
+    assert_eq!(post_logout_token(&app, token).await, 200);
     assert_eq!(laptop.user().await.status(), 401, "the subject's sessions ended");
     assert_eq!(phone.user().await.status(), 401);
     assert_eq!(other.user().await.status(), 200, "another user's session lives");
@@ -183,13 +188,7 @@ async fn a_sid_that_names_another_provider_session_leaves_it_alone() {
     // Both sessions carry their own sid; a logout token for a third, unknown one ends neither.
     let token =
         app.idp.provider.logout_token(support::CLIENT_ID, Some(&sub), Some("op-session-unknown")).expect("token");
-    let res = reqwest::Client::new()
-        .post(format!("{}/auth/backchannel-logout", app.address))
-        .form(&[("logout_token", token)])
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(res.status(), 200);
+    assert_eq!(post_logout_token(&app, token).await, 200);
     assert_eq!(laptop.user().await.status(), 200);
     assert_eq!(phone.user().await.status(), 200);
 }
