@@ -42,7 +42,7 @@ const basicCredentials = Buffer.from(
   `${encodeURIComponent(clientId)}:${encodeURIComponent(clientSecret)}`,
 ).toString('base64');
 
-const stats = { requests: 0, ok: 0, unauthorized: 0, wrong_audience: 0, dpop_ok: 0, dpop_refused: 0 };
+const stats = { requests: 0, ok: 0, unauthorized: 0, dpop_ok: 0, dpop_refused: 0 };
 // DPoP proof jtis seen (RFC 9449 §11.1: a replayed proof is refused).
 const seenProofs = new Set();
 let rejectNext = 0;
@@ -149,7 +149,6 @@ async function handle(req, res) {
     });
   } else {
     stats.unauthorized += 1;
-    if (introspection?.active === true && !forUs) stats.wrong_audience += 1;
     sendJson(res, 401, { error: 'invalid_token' }, {
       'www-authenticate': 'Bearer error="invalid_token"',
     });
