@@ -16,7 +16,7 @@
 //!    a body), `SOAK_CHURN` sign-outs a minute each followed by a sign-in in its place, and
 //!    hostile noise at `SOAK_NOISE` a second from two sessions of the attacker's own: padded
 //!    cookies (the attacker's valid cookie with unique whitespace, quotes, percent-encodings,
-//!    `SOAK_PAD_BYTES` long), dead cookies (signed-out sessions' and forged ones), 401 storms
+//!    `SOAK_PAD_BYTES` long, 0: none), dead cookies (signed-out sessions' and forged ones), 401 storms
 //!    (bursts at the upstream path that always answers 401), trickling bodies (a session route
 //!    and a public one; expected 408) and empty path segments (expected 400);
 //! 4. every `SOAK_SAMPLE_SECS`: RSS of each instance (`/proc/PID/status`), their `/metrics`
@@ -531,6 +531,8 @@ async fn noise_call(sh: &Shared, kind: &'static str, variant: u64) {
     };
     let status = |r: Result<reqwest::Response, reqwest::Error>| r.map(|r| r.status().as_u16()).unwrap_or(0);
     match kind {
+        // SOAK_PAD_BYTES=0: no padded cookies at all (a control run).
+        "padded cookie" if sh.s.pad_bytes == 0 => {}
         "padded cookie" => {
             let s = status(get("/api/ok", padded(&attacker, sh.s.pad_bytes, variant)).await);
             let label = ["padded cookie (whitespace)", "padded cookie (quotes)", "padded cookie (percent-encoded)"];
@@ -1004,5 +1006,9 @@ async fn main() {
         failed,
         if flat && failed == 0 { "PASS" } else { "FAIL" }
     );
+    // Stops both instances (kill on drop) before saying how it went.
     drop(instances);
+    if !(flat && failed == 0) {
+        std::process::exit(1);
+    }
 }
