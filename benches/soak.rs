@@ -271,13 +271,13 @@ fn location(res: &reqwest::Response) -> Result<String, String> {
 
 /// /auth/login → the provider's login form → callback (on the same instance) → `bff=…`.
 async fn sign_in(http: &reqwest::Client, base: &str, public_url: &str, username: &str) -> Result<String, String> {
-    let start = http.get(format!("{base}/auth/login")).send().await.map_err(|e| format!("login: {e}"))?;
+    let start = http.get(format!("{base}/auth/login")).send().await.map_err(|e| format!("login: {}", chain(&e)))?;
     if start.status().as_u16() != 302 {
         return Err(format!("/auth/login answered {}", start.status()));
     }
     let login_cookie = set_cookie(&start, "bff-login").ok_or("no login cookie")?;
     let authorize = location(&start)?;
-    let page = http.get(&authorize).send().await.map_err(|e| format!("authorize: {e}"))?;
+    let page = http.get(&authorize).send().await.map_err(|e| format!("authorize: {}", chain(&e)))?;
     if page.status().as_u16() != 200 {
         return Err(format!("authorize answered {}", page.status()));
     }
@@ -294,13 +294,18 @@ async fn sign_in(http: &reqwest::Client, base: &str, public_url: &str, username:
         .form(&[("interaction", interaction.as_str()), ("username", username)])
         .send()
         .await
-        .map_err(|e| format!("provider login: {e}"))?;
+        .map_err(|e| format!("provider login: {}", chain(&e)))?;
     if back.status().as_u16() != 302 {
         return Err(format!("provider login answered {}", back.status()));
     }
     // The redirect URI is on the public origin (instance A); the sign-in completes where it began.
     let callback = location(&back)?.replacen(public_url, base, 1);
-    let done = http.get(callback).header("cookie", &login_cookie).send().await.map_err(|e| format!("callback: {e}"))?;
+    let done = http
+        .get(callback)
+        .header("cookie", &login_cookie)
+        .send()
+        .await
+        .map_err(|e| format!("callback: {}", chain(&e)))?;
     let status = done.status();
     set_cookie(&done, "bff")
         .filter(|c| c.len() > 4)
@@ -314,7 +319,7 @@ async fn sign_out(http: &reqwest::Client, base: &str, cookie: &str) -> Result<()
         .header("x-csrf", "1")
         .send()
         .await
-        .map_err(|e| format!("logout: {e}"))?;
+        .map_err(|e| format!("logout: {}", chain(&e)))?;
     match res.status().as_u16() {
         200 | 303 => Ok(()),
         other => Err(format!("logout answered {other}: {}", res.text().await.unwrap_or_default())),
@@ -366,6 +371,17 @@ struct Shared {
     deadline: Instant,
 }
 
+/// An error and every cause under it (reqwest's own text names none: "error sending request").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
+
 async fn legit_call(sh: &Shared, rng_slot: usize, instance: usize, post: bool) {
     let slot = sh.slots[rng_slot].read().await;
     let base = &sh.bases[instance];
@@ -389,7 +405,7 @@ async fn legit_call(sh: &Shared, rng_slot: usize, instance: usize, post: bool) {
             );
             sh.counts.fail(what, status, detail);
         }
-        Err(e) => sh.counts.fail(what, 0, format!("session slot {rng_slot}: {e}")),
+        Err(e) => sh.counts.fail(what, 0, format!("session slot {rng_slot}: {}", chain(&e))),
     }
 }
 
@@ -772,12 +788,17 @@ async fn main() {
     let bases: Vec<String> = instances.iter().map(|i| i.base.clone()).collect();
     let mut redis =
         redis::Client::open(s.redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.expect("redis");
-    let http = reqwest::Client::builder()
+    // SOAK_CLIENT_IDLE_SECS: how long an idle keep-alive connection of the legitimate clients
+    // may be reused (reqwest's default, 90 s, unless set); bff (actix-web) closes idle ones
+    // after 5 s.
+    let mut builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(256)
-        .build()
-        .unwrap();
+        .pool_max_idle_per_host(256);
+    if let Some(idle) = std::env::var("SOAK_CLIENT_IDLE_SECS").ok().and_then(|v| v.parse::<f64>().ok()) {
+        builder = builder.pool_idle_timeout(Duration::from_secs_f64(idle));
+    }
+    let http = builder.build().unwrap();
     let counts = Counts::default();
 
     // Idle.
