@@ -212,6 +212,9 @@ impl Application {
                 .configure(|cfg| routes::configure(cfg, &state))
         })
         .shutdown_timeout(config.server.shutdown_grace.as_secs())
+        // actix-web closes idle connections after 5 s: a proxy or client that reuses one a moment
+        // later gets no answer (the soak found one such failed call in 537,589).
+        .keep_alive(config.server.keep_alive)
         // Off by default in actix-web: an answer written in two pieces (head, then a chunked or
         // streamed body) would wait for the client's delayed ACK, ~40 ms per call.
         .tcp_nodelay(true)

@@ -73,6 +73,10 @@ pub struct ServerConfig {
     pub metrics_public: bool,
     /// On SIGTERM/SIGINT: stop accepting, and give in-flight requests this long to finish.
     pub shutdown_grace: Duration,
+    /// How long an idle keep-alive connection is kept open. Longer than what proxies in front
+    /// keep theirs idle (60 s at AWS ALB and nginx), so bff is never the one closing a connection
+    /// a proxy is about to reuse.
+    pub keep_alive: Duration,
     /// Request head (all header names and values) larger than this: 431.
     pub max_header_bytes: usize,
     /// Upstream calls in flight at once in this instance; more wait for none: 429.

@@ -37,6 +37,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     }
     server.insert("metrics_public".into(), Value::Boolean(config.server.metrics_public));
     server.insert("shutdown_grace_secs".into(), secs(config.server.shutdown_grace));
+    server.insert("keep_alive_secs".into(), secs(config.server.keep_alive));
     server.insert("max_header_bytes".into(), int(config.server.max_header_bytes as u64));
     server.insert("max_upstream_concurrency".into(), int(config.server.max_upstream_concurrency as u64));
     server.insert(

@@ -119,6 +119,7 @@ impl Walker<'_> {
         });
         let metrics_public = self.boolean(&mut s, "metrics_public", false);
         let shutdown_grace = self.secs(&mut s, "shutdown_grace_secs", 30, 0);
+        let keep_alive = self.secs(&mut s, "keep_alive_secs", 75, 1);
         let max_header_bytes = self.uint(&mut s, "max_header_bytes", 16_384, 1024) as usize;
         let max_upstream_concurrency = self.uint(&mut s, "max_upstream_concurrency", 1024, 1) as usize;
         let max_upstream_concurrency_per_session =
@@ -146,6 +147,7 @@ impl Walker<'_> {
             metrics_listen,
             metrics_public,
             shutdown_grace,
+            keep_alive,
             max_header_bytes,
             max_upstream_concurrency,
             max_upstream_concurrency_per_session,

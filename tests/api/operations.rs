@@ -190,3 +190,27 @@ async fn logins_in_progress_are_limited_per_browser() {
         assert_eq!(res.status(), expected, "start {i}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_outlives_actix_webs_five_seconds() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    let authority = app.address.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&authority).await.expect("connect");
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    let status = async |stream: &mut tokio::net::TcpStream| {
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut buf = vec![0; 1024];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).split(' ').nth(1).map(String::from)
+    };
+    assert_eq!(status(&mut stream).await.as_deref(), Some("200"));
+    // Idle past actix-web's default keep-alive (5 s), as a proxy's pooled connection is: the
+    // idleness itself is what is tested, so this waits on the clock.
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    assert_eq!(status(&mut stream).await.as_deref(), Some("200"), "the connection is still served");
+}
