@@ -163,6 +163,9 @@ static_dir = ""
 workers = {workers}
 # Every sign-in comes from 127.0.0.1.
 login_starts_per_minute = 100000000
+max_pending_logins = 100000000
+# The driver samples /metrics on the instance's own address.
+metrics_public = true
 [oidc]
 issuer = "{issuer}"
 client_id = "soak"
@@ -667,7 +670,8 @@ async fn sample(
         entries.push(m.get("bff_token_cache_entries").copied().unwrap_or(0.0));
         let bytes: Vec<f64> = m
             .iter()
-            .filter(|(k, _)| !k.contains('{') && k.contains("cache") && k.contains("bytes"))
+            // Every in-memory cache's byte gauge (`bff_cache_bytes{cache=…}`).
+            .filter(|(k, _)| k.starts_with("bff_cache_bytes"))
             .map(|(_, v)| *v)
             .collect();
         cache_bytes.push((!bytes.is_empty()).then(|| bytes.iter().sum()));
