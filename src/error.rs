@@ -92,13 +92,8 @@ impl AppError {
             AppError::Csrf => "csrf",
             AppError::Limited(Limit::HeaderSize) => "headers_too_large",
             AppError::Limited(Limit::BodySize) => "payload_too_large",
-            AppError::Limited(
-                Limit::UpstreamConcurrency
-                | Limit::SessionConcurrency
-                | Limit::AnonymousConcurrency
-                | Limit::AddressConcurrency,
-            ) => "upstream_busy",
             AppError::Limited(Limit::LoginRate) => "too_many_logins",
+            AppError::Limited(_) => "upstream_busy",
             AppError::LimitedFor(limit, _) => AppError::Limited(*limit).code(),
             AppError::BadRequest(reason) => reason.code(),
             AppError::NotFound => "not_found",
@@ -121,13 +116,7 @@ impl AppError {
             AppError::LoginRequired => "You are not signed in, or your session has ended.",
             AppError::Csrf => "This request was refused because it did not come from the application.",
             AppError::Limited(Limit::HeaderSize | Limit::BodySize) => "The request was too large.",
-            AppError::Limited(
-                Limit::UpstreamConcurrency
-                | Limit::SessionConcurrency
-                | Limit::AnonymousConcurrency
-                | Limit::AddressConcurrency
-                | Limit::LoginRate,
-            ) => "Too many requests. Please wait a moment and try again.",
+            AppError::Limited(_) => "Too many requests. Please wait a moment and try again.",
             AppError::LimitedFor(limit, _) => AppError::Limited(*limit).explanation(),
             AppError::BadRequest(_) => "The request was not understood.",
             AppError::NotFound => "There is nothing at this address.",
@@ -197,13 +186,7 @@ impl ResponseError for AppError {
             AppError::Csrf | AppError::ResourceNotGranted | AppError::ExchangeRefused => StatusCode::FORBIDDEN,
             AppError::Limited(Limit::BodySize) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Limited(Limit::HeaderSize) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            AppError::Limited(
-                Limit::UpstreamConcurrency
-                | Limit::SessionConcurrency
-                | Limit::AnonymousConcurrency
-                | Limit::AddressConcurrency
-                | Limit::LoginRate,
-            ) => StatusCode::TOO_MANY_REQUESTS,
+            AppError::Limited(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::LimitedFor(limit, _) => AppError::Limited(*limit).status_code(),
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::NotFound => StatusCode::NOT_FOUND,

@@ -149,9 +149,9 @@ impl OwnRoute {
     }
 }
 
-/// Whether `path` is `prefix` or lies under it.
+/// Whether `path` is `prefix` or lies under it (whole segments, as the proxy's routes match).
 fn is_under(path: &str, prefix: &str) -> bool {
-    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    crate::proxy::strip_prefix(path, prefix).is_some()
 }
 
 /// The request-metrics class of a path bff itself answers: one of its routes, or any path under

@@ -134,13 +134,8 @@ impl Oidc {
             for (name, value) in self.client_assertion(&provider, Oidc::token_url(&provider))?.into_iter().flatten() {
                 request = request.add_extra_param(name, value);
             }
-            let recorder = match dpop {
-                Some(key) => Recorder::dpop(self.dpop_client(&provider, key)),
-                None => Recorder::plain(&self.http),
-            };
-            let answer = request.request_async(&recorder).await;
-            let answer = answer.map_err(|e| TokenEndpointError::read(e, &recorder, self.auth_method));
-            self.note_client_auth(answer.as_ref().map(|_| ()));
+            let recorder = Recorder::for_key(self, &provider, dpop);
+            let answer = self.read_answer(request.request_async(&recorder).await, &recorder);
             match answer {
                 Ok(response) => break response,
                 // No answer (timeout, connection lost): the provider may have rotated the refresh
@@ -207,10 +202,7 @@ impl Oidc {
             request = request.add_extra_param(name, value);
         }
         let recorder = Recorder::plain(&self.http);
-        let answer = request.request_async(&recorder).await;
-        let answer = answer.map_err(|e| TokenEndpointError::read(e, &recorder, self.auth_method));
-        self.note_client_auth(answer.as_ref().map(|_| ()));
-        let response = answer?;
+        let response = self.read_answer(request.request_async(&recorder).await, &recorder)?;
         require_token_type(response.token_type(), false)?;
         Ok(ClientToken { access_token: response.access_token().clone(), expires_in: response.expires_in() })
     }
@@ -246,9 +238,7 @@ impl Oidc {
             form.push(("scope".into(), scopes.join(" ")));
         }
         let request = self.authenticated_post(&provider, url, form)?;
-        let outcome = self.send_authenticated(request).await;
-        self.note_client_auth(outcome.as_ref().map(|_| ()));
-        let response = match outcome {
+        let response = match self.send_authenticated(request).await {
             Ok(response) => response,
             Err(e) => {
                 return Err(match e.verdict() {
@@ -311,8 +301,18 @@ impl Oidc {
     }
 
     /// Sends a request made with `authenticated_post`; a success answer, or what the refusal
-    /// was (read as a token endpoint's, which these endpoints' errors are).
+    /// was (read as a token endpoint's, which these endpoints' errors are). What it said of
+    /// bff's credentials is kept (`note_client_auth`).
     pub(super) async fn send_authenticated(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, TokenEndpointError> {
+        let answer = self.send_authenticated_once(request).await;
+        self.note_client_auth(answer.as_ref().map(|_| ()));
+        answer
+    }
+
+    async fn send_authenticated_once(
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, TokenEndpointError> {
@@ -343,9 +343,7 @@ impl Oidc {
         };
         let form = vec![("token".into(), token.to_string()), ("token_type_hint".into(), hint.to_string())];
         let request = self.authenticated_post(&provider, url, form)?;
-        let outcome = self.send_authenticated(request).await.map(|_| ());
-        self.note_client_auth(outcome.as_ref().copied());
-        outcome.map_err(OidcError::Revocation)?;
+        self.send_authenticated(request).await.map_err(OidcError::Revocation)?;
         Ok(Revocation::Revoked)
     }
 }

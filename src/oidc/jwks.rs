@@ -194,15 +194,7 @@ mod properties {
             how in 0u8..3,
         ) {
             let token = signed();
-            let mut bytes = token.clone().into_bytes();
-            let i = at.index(bytes.len());
-            match how {
-                0 if bytes[i] != c => bytes[i] = c,
-                0 => bytes[i] = if c == b'A' { b'B' } else { b'A' },
-                1 => bytes.insert(i, c),
-                _ => drop(bytes.remove(i)),
-            }
-            let modified = String::from_utf8(bytes).unwrap();
+            let modified = crate::prop::mutate(&token, at, c, how);
             prop_assert!(verify(&modified).is_err(), "{} accepted (from {})", modified, token);
         }
     }

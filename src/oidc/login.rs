@@ -138,9 +138,7 @@ impl Oidc {
                 let proof = key.proof("POST", endpoint.as_str(), None, nonce.as_deref(), now_unix())?;
                 request = request.header(DPOP_HEADER, proof);
             }
-            let answer = self.send_authenticated(request).await;
-            self.note_client_auth(answer.as_ref().map(|_| ()));
-            match answer {
+            match self.send_authenticated(request).await {
                 Ok(response) => break response,
                 // §8: the provider wants its nonce in the proof; it sent one with the refusal.
                 Err(e) if dpop.is_some() && !asked_again && e.asks_for_dpop_nonce() && self.dpop_nonce() != nonce => {
@@ -192,13 +190,8 @@ impl Oidc {
             (true, Some(key)) => Some(key),
             (true, None) => Some(DpopKey::generate().map_err(OidcError::from)?),
         };
-        let recorder = match &dpop_key {
-            Some(key) => Recorder::dpop(self.dpop_client(&provider, key)),
-            None => Recorder::plain(&self.http),
-        };
-        let answer = request.request_async(&recorder).await;
-        let answer = answer.map_err(|e| TokenEndpointError::read(e, &recorder, self.auth_method));
-        self.note_client_auth(answer.as_ref().map(|_| ()));
+        let recorder = Recorder::for_key(self, &provider, dpop_key.as_ref());
+        let answer = self.read_answer(request.request_async(&recorder).await, &recorder);
         let response = answer.map_err(|e| match e.verdict() {
             Verdict::GrantOver | Verdict::NotForResource => CallbackError::CodeRejected(e),
             Verdict::ClientAuth => CallbackError::ClientAuth(e),
@@ -404,15 +397,7 @@ mod properties {
             how in 0u8..3,
         ) {
             let token = signed();
-            let mut bytes = token.clone().into_bytes();
-            let i = at.index(bytes.len());
-            match how {
-                0 if bytes[i] != c => bytes[i] = c,
-                0 => bytes[i] = if c == b'A' { b'B' } else { b'A' },
-                1 => bytes.insert(i, c),
-                _ => drop(bytes.remove(i)),
-            }
-            let modified = String::from_utf8(bytes).unwrap();
+            let modified = crate::prop::mutate(&token, at, c, how);
             if decoded_parts(&modified).is_none_or(|parts| Some(parts) != decoded_parts(&token)) {
                 prop_assert!(!accepted(&modified), "{} accepted (from {})", modified, token);
             }

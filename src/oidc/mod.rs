@@ -381,6 +381,19 @@ impl Oidc {
         self.client_auth_refused.read().ok().and_then(|p| p.clone())
     }
 
+    /// A failed oauth2 token request read with its recorded answer (`TokenEndpointError::read`),
+    /// and what it said of bff's credentials kept (`note_client_auth`): every token request's
+    /// answer goes through here.
+    fn read_answer<T>(
+        &self,
+        answer: Result<T, token_endpoint::RequestError>,
+        recorder: &token_endpoint::Recorder<'_>,
+    ) -> Result<T, TokenEndpointError> {
+        let answer = answer.map_err(|e| TokenEndpointError::read(e, recorder, self.auth_method));
+        self.note_client_auth(answer.as_ref().map(|_| ()));
+        answer
+    }
+
     /// Keeps what an authenticated call (token, PAR, revocation) said of bff's credentials: a
     /// success clears an earlier refusal, a refusal of the credentials is kept and logged as an
     /// error once.

@@ -197,12 +197,9 @@ impl Oidc {
         } else {
             None
         };
-        let recorder = match &key {
-            Some(key) => Recorder::dpop(self.dpop_client(&provider, key)),
-            None => Recorder::plain(&self.http),
-        };
+        let recorder = Recorder::for_key(self, &provider, key.as_ref());
         let answer = request.request_async(&recorder).await;
-        answer.map(|_| ()).map_err(|e| TokenEndpointError::read(e, &recorder, self.auth_method))
+        self.read_answer(answer, &recorder).map(|_| ())
     }
 
     /// What the configuration relies on that the provider's metadata does not offer.

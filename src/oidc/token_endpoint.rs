@@ -18,7 +18,7 @@ use super::BoxError;
 use crate::config::AuthMethod;
 
 type ClientError = HttpClientError<reqwest::Error>;
-type RequestError = RequestTokenError<ClientError, StandardErrorResponse<CoreErrorResponseType>>;
+pub(super) type RequestError = RequestTokenError<ClientError, StandardErrorResponse<CoreErrorResponseType>>;
 
 /// What a failed call means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +219,18 @@ impl<'a> Recorder<'a> {
 
     pub(super) fn dpop(client: super::dpop_client::DpopHttp<'a>) -> Self {
         Recorder { inner: Inner::Dpop(client), answer: Mutex::new(None) }
+    }
+
+    /// The recorder for a token request of a session with `key` (proven with it), or without.
+    pub(super) fn for_key(
+        oidc: &'a super::Oidc,
+        provider: &'a super::Provider,
+        key: Option<&'a crate::dpop::DpopKey>,
+    ) -> Self {
+        match key {
+            Some(key) => Recorder::dpop(oidc.dpop_client(provider, key)),
+            None => Recorder::plain(&oidc.http),
+        }
     }
 
     fn take(&self) -> Option<(u16, Vec<u8>)> {

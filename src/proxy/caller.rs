@@ -76,9 +76,9 @@ impl<'r> Caller<'r> {
         }
     }
 
-    /// The token to attach; `target` says which of the user's tokens. `fresh`:
-    /// the view read at identification is still current (no body was waited for since), so no
-    /// second read is needed.
+    /// The token to attach; `target` says which of the user's tokens. `fresh`: the view read at
+    /// identification is still current (no body kept the call waiting since), so it is decided
+    /// from that view instead of one read again.
     pub async fn token(
         &self,
         tokens: &Arc<TokenManager>,
@@ -87,12 +87,7 @@ impl<'r> Caller<'r> {
     ) -> Result<Option<UsableToken>, TokenError> {
         match self {
             Caller::Session { handle, view, or_none } => {
-                let token = if fresh {
-                    tokens.token_in(handle, target, view.clone()).await
-                } else {
-                    tokens.access_token(handle, target).await
-                };
-                match token {
+                match user_token(tokens, handle, view, target, fresh).await {
                     Ok(token) => Ok(Some(token)),
                     // It ended meanwhile (expired with nothing to refresh it, or signed out).
                     Err(TokenError::LoginRequired) if *or_none => Ok(None),
@@ -103,11 +98,7 @@ impl<'r> Caller<'r> {
                 // The user's grant decides first, as on a `user` route: refreshed when due, and
                 // a grant the provider ended ends the session here too (401), so a `client`
                 // route never serves a user the provider signed out.
-                if fresh {
-                    tokens.token_in(handle, &Target::Default, view.clone()).await?;
-                } else {
-                    tokens.access_token(handle, &Target::Default).await?;
-                }
+                user_token(tokens, handle, view, &Target::Default, fresh).await?;
                 tokens.client_tokens().token(grant).await.map(Some)
             }
             Caller::Anonymous { .. } => Ok(None),
@@ -135,4 +126,16 @@ impl<'r> Caller<'r> {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The session's token for `target`: decided from `view` when it is current, else from the
+/// session read again.
+async fn user_token(
+    tokens: &Arc<TokenManager>,
+    handle: &SessionHandle,
+    view: &HotToken,
+    target: &Target,
+    fresh: bool,
+) -> Result<UsableToken, TokenError> {
+    if fresh { tokens.token_in(handle, target, view).await } else { tokens.access_token(handle, target).await }
 }

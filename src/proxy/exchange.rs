@@ -20,6 +20,9 @@ use crate::request_id::RequestId;
 use crate::telemetry;
 use crate::tokens::{TokenManager, UsableToken};
 
+/// How long a request body may take before the session's view is read again after it.
+const VIEW_STAYS_CURRENT: std::time::Duration = std::time::Duration::from_millis(500);
+
 const X_REQUEST_ID: hyper::header::HeaderName = hyper::header::HeaderName::from_static("x-request-id");
 
 impl Proxy {
@@ -40,13 +43,16 @@ impl Proxy {
             stall: route.body_timeout,
             min_rate: route.min_body_bytes_per_sec,
         };
-        // A call without a body has waited for nothing since it was identified: the session's
-        // view read then is current. After a body, it is read again: a slow upload is not sent
-        // with a token that expired, or a session that ended, meanwhile.
-        let bodiless = content_length == Some(0) || (content_length.is_none() && !has_chunked_body(req));
+        // The session's view read when the caller was identified is current unless the body
+        // kept it waiting: only after a slow upload is it read again, so that the call is not
+        // sent for a session that ended meanwhile (a token that expired meanwhile is caught
+        // either way: its expiry is decided on the clock). Read again after every body, the view
+        // cost a second store round trip per call with a body when the local cache is off.
+        let waited_from = std::time::Instant::now();
         let body = body::read(payload, content_length, limits).await?;
+        let view_current = waited_from.elapsed() < VIEW_STAYS_CURRENT;
         let target = &route.target;
-        let token = caller.token(tokens, target, bodiless).await?;
+        let token = caller.token(tokens, target, view_current).await?;
         let retry_body = body.retryable();
         let method = hyper::Method::from_bytes(req.method().as_str().as_bytes())
             .map_err(|_| AppError::BadRequest(BadRequest::BadMethod))?;
@@ -176,11 +182,6 @@ impl Proxy {
         }
         headers
     }
-}
-
-/// A request with `Transfer-Encoding` carries a body whatever its length says.
-fn has_chunked_body(req: &HttpRequest) -> bool {
-    req.headers().contains_key(actix_web::http::header::TRANSFER_ENCODING)
 }
 
 /// Why an upstream exchange gave no response head.

@@ -493,16 +493,8 @@ mod properties {
             let policy = policy();
             let id = SessionId::generate();
             let plain = sealed_plain(policy, &id);
-            let mut bytes = plain.clone().into_bytes();
-            let i = at.index(bytes.len());
             let c = BASE64[by.index(BASE64.len())];
-            match how {
-                0 if bytes[i] != c => bytes[i] = c,
-                0 => bytes[i] = if c == b'A' { b'B' } else { b'A' },
-                1 => bytes.insert(i, c),
-                _ => drop(bytes.remove(i)),
-            }
-            let modified = String::from_utf8(bytes).unwrap();
+            let modified = crate::prop::mutate(&plain, at, c, how);
             prop_assert_ne!(&modified, &plain);
             let req = with_cookie_header(&format!("bff={modified}")).unwrap();
             prop_assert_eq!(policy.session_handle(&req), None, "{} from {}", modified, plain);

@@ -248,22 +248,22 @@ impl TokenManager {
     /// For a `target` other than the default, the session's token for it, got on first use.
     pub async fn access_token(self: &Arc<Self>, handle: &SessionHandle, target: &Target) -> FlightResult {
         let hot = self.read_hot(handle).await?.ok_or(TokenError::LoginRequired)?;
-        self.token_in(handle, target, hot).await
+        self.token_in(handle, target, &hot).await
     }
 
     /// [`Self::access_token`] from a view read just before (by [`Self::live_session`]).
-    pub async fn token_in(self: &Arc<Self>, handle: &SessionHandle, target: &Target, hot: HotToken) -> FlightResult {
+    pub async fn token_in(self: &Arc<Self>, handle: &SessionHandle, target: &Target, hot: &HotToken) -> FlightResult {
         if matches!(target, Target::Exchange(_)) {
             // The subject of an exchange is the session's own token: it is decided first, as
             // on a `user` route (refreshed when due; a grant the provider ended ends the
             // session: 401), so the exchange presents a live token and never outlives the grant.
-            self.own_token(handle, &Target::Default, hot.clone()).await?;
+            self.own_token(handle, &Target::Default, hot).await?;
         }
         self.own_token(handle, target, hot).await
     }
 
     /// The token for `target` alone, from the view `hot`.
-    async fn own_token(self: &Arc<Self>, handle: &SessionHandle, target: &Target, hot: HotToken) -> FlightResult {
+    async fn own_token(self: &Arc<Self>, handle: &SessionHandle, target: &Target, hot: &HotToken) -> FlightResult {
         let now = self.tokens.now();
         // An exchange needs no refresh token: its subject is the session's access token.
         let renewable = hot.has_refresh_token || matches!(target, Target::Exchange(_));
