@@ -2,6 +2,7 @@
 //! headers, the `/auth` guard (body cap, no-store, store outages), access log,
 //! and the anti-forgery checks handlers call.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
@@ -16,6 +17,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::error::{AppError, is_navigation};
 use crate::limits::Limit;
 use crate::request_id::request_id;
+use crate::runtime::Runtime;
 use crate::session::cookie_pairs;
 use crate::state::AppState;
 use crate::telemetry::{self, error_chain};
@@ -128,7 +130,8 @@ pub async fn reseal_session_cookie(
 
 /// Which kind of route a path is, for metrics and logs (never the path itself: unbounded).
 fn route_class(path: &str, state: Option<&AppState>) -> &'static str {
-    if let Some(own) = crate::paths::class_of(path) {
+    let within = state.map_or(path, |s| s.within(path));
+    if let Some(own) = crate::paths::class_of(within) {
         own
     } else if state.is_some_and(|s| s.proxy.route_for(path).is_some()) {
         "api"
@@ -137,17 +140,29 @@ fn route_class(path: &str, state: Option<&AppState>) -> &'static str {
     }
 }
 
+/// The frontend's name (bounded: from the configuration), or nothing for the server's own routes.
+fn frontend_of(state: Option<&AppState>) -> &str {
+    state.map_or("", |s| s.config.frontend.name.as_str())
+}
+
 /// The request's span; exported, it also carries the OpenTelemetry HTTP server attributes and
 /// joins the browser's trace when that is believed.
 fn request_span(req: &ServiceRequest, id: &str, route: &'static str, state: Option<&AppState>) -> tracing::Span {
     if !telemetry::exporting() {
-        return tracing::info_span!("request", request_id = id, route);
+        return tracing::info_span!("request", request_id = id, route, frontend = frontend_of(state));
     }
     let label = route_label(req.path(), route, state);
     let name = format!("{} {label}", req.method());
     // The name and kind must be fields; the rest go to the exported span only (the log lines
     // carry method, path and status already).
-    let span = tracing::info_span!("request", request_id = id, route, otel.name = name.as_str(), otel.kind = "server");
+    let span = tracing::info_span!(
+        "request",
+        request_id = id,
+        route,
+        frontend = frontend_of(state),
+        otel.name = name.as_str(),
+        otel.kind = "server"
+    );
     // First: a parent can be set only before anything else is done with the span.
     let trusted = state.is_some_and(|s| s.config.telemetry.trust_incoming_trace_context);
     telemetry::context::adopt_incoming(&span, req.headers(), trusted);
@@ -162,13 +177,15 @@ fn request_span(req: &ServiceRequest, id: &str, route: &'static str, state: Opti
 /// bff's own routes by name ([`crate::paths::OWN_ROUTES`]); an API call by its route's prefix
 /// and the SPA's files as one (their paths are unbounded, and a span name must not be).
 fn route_label(path: &str, route: &'static str, state: Option<&AppState>) -> String {
-    if let Some(named) = crate::paths::OwnRoute::find(path) {
-        return named.path().to_string();
+    let base = state.map_or("", |s| s.config.frontend.path.as_str());
+    let within = state.map_or(path, |s| s.within(path));
+    if let Some(named) = crate::paths::OwnRoute::find(within) {
+        return format!("{base}{}", named.path());
     }
     match (route, state.and_then(|s| s.proxy.route_for(path))) {
         ("api", Some(api)) => format!("{}/*", api.prefix.trim_end_matches('/')),
-        ("auth", _) => format!("{}/*", crate::paths::AUTH_SCOPE),
-        _ => "/*".to_string(),
+        ("auth", _) => format!("{base}{}/*", crate::paths::AUTH_SCOPE),
+        _ => format!("{base}/*"),
     }
 }
 
@@ -188,11 +205,18 @@ pub async fn observe(
     let target_bytes = req.uri().path().len() + req.uri().query().map_or(0, str::len);
     let header_bytes: usize =
         req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() + target_bytes;
-    let max_header_bytes = state.as_ref().map_or(usize::MAX, |s| s.config.server.max_header_bytes);
+    // The server's own app (health, requests no frontend takes) has the process's metrics.
+    let runtime = if state.is_none() { req.app_data::<web::Data<Runtime>>().cloned() } else { None };
+    let metrics = state.as_ref().map(|s| Arc::clone(&s.metrics)).or_else(|| runtime.as_ref().map(|r| Arc::clone(&r.metrics)));
+    let max_header_bytes = state
+        .as_ref()
+        .map(|s| s.config.server.max_header_bytes)
+        .or_else(|| runtime.as_ref().map(|r| r.boot.server.max_header_bytes))
+        .unwrap_or(usize::MAX);
     req.extensions_mut().insert(id.clone());
     let res = if header_bytes > max_header_bytes {
-        if let Some(state) = &state {
-            state.metrics.limited(Limit::HeaderSize);
+        if let Some(metrics) = &metrics {
+            metrics.limited(Limit::HeaderSize);
         }
         Ok(req.into_response(AppError::Limited(Limit::HeaderSize).error_response()).map_into_right_body())
     } else {
@@ -202,8 +226,8 @@ pub async fn observe(
         Ok(r) => r.status(),
         Err(e) => e.as_response_error().status_code(),
     };
-    if let Some(state) = &state {
-        state.metrics.request(route, status.as_u16(), started.elapsed());
+    if let Some(metrics) = &metrics {
+        metrics.request(route, status.as_u16(), started.elapsed());
     }
     if telemetry::is_recorded(&span) {
         span.set_attribute("http.response.status_code", i64::from(status.as_u16()));

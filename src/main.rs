@@ -51,11 +51,24 @@ fn load_config(path: Option<&std::path::Path>) -> Result<Config, ExitCode> {
 /// and what the provider lacks that the configuration relies on; one `key: message` line each on
 /// stderr. Exit 2 when anything would make sign-ins or refreshes fail.
 async fn check_provider(config: &Config) -> ExitCode {
+    let mut fails = false;
+    let several = !config.frontends.is_empty();
+    for view in config.views() {
+        if several {
+            eprintln!("frontend {:?}:", view.frontend.name);
+        }
+        fails |= !check_one_provider(&view).await;
+    }
+    if fails { ExitCode::from(2) } else { ExitCode::SUCCESS }
+}
+
+/// One frontend's provider; whether it works as configured.
+async fn check_one_provider(config: &Config) -> bool {
     let oidc = match bff::oidc::Oidc::new(config) {
         Ok(oidc) => oidc,
         Err(e) => {
             eprintln!("bff: {e:#}");
-            return ExitCode::from(2);
+            return false;
         }
     };
     let findings = oidc.check_online().await;
@@ -64,10 +77,10 @@ async fn check_provider(config: &Config) -> ExitCode {
     }
     if findings.iter().any(|f| f.severity == bff::oidc::Severity::Error) {
         eprintln!("bff: the provider at {} will not work as configured", config.oidc.issuer);
-        ExitCode::from(2)
+        false
     } else {
         eprintln!("bff: the provider at {} answers as configured", config.oidc.issuer);
-        ExitCode::SUCCESS
+        true
     }
 }
 
@@ -95,7 +108,7 @@ async fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            exit_code("bff", serve(config).await)
+            exit_code("bff", serve(config, cli.config).await)
         }
         #[cfg(feature = "demo")]
         Command::Demo(args) => {
@@ -126,11 +139,38 @@ fn exit_code(what: &str, result: Result<(), anyhow::Error>) -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> Result<(), anyhow::Error> {
+async fn serve(config: Config, file: Option<PathBuf>) -> Result<(), anyhow::Error> {
     let listener = TcpListener::bind(config.server.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
-    tracing::info!(listen = %config.server.listen, public_url = %config.server.public_url, "bff listening");
+    for view in config.views() {
+        tracing::info!(
+            frontend = %view.frontend.name,
+            public_url = %view.server.public_url,
+            hosts = ?view.frontend.hosts,
+            path = %view.frontend.path,
+            "frontend"
+        );
+    }
+    tracing::info!(listen = %config.server.listen, "bff listening");
     let app = bff::Application::build(config, listener).await?;
+    tokio::spawn(reload_on_hangup(app.reloader(), file));
     app.run_until_stopped().await?;
     Ok(())
+}
+
+/// `SIGHUP`: the configuration file (and the `BFF_*` variables, as at start) read again and
+/// applied, or refused with every problem logged.
+async fn reload_on_hangup(reloader: bff::runtime::Reloader, file: Option<PathBuf>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP ({e}); reloads need a restart");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reading the configuration again");
+        let _ = reloader.reload(Config::load(file.as_deref())).await;
+    }
 }

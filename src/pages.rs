@@ -25,6 +25,8 @@ pub const STYLESHEET_PATH: &str = crate::paths::OwnRoute::Stylesheet.path();
 pub struct Pages {
     tera: Tera,
     stylesheet: String,
+    /// The frontend's path (`""` or `/admin`): the pages' links to its sign-in and its SPA.
+    base: String,
 }
 
 impl std::fmt::Debug for Pages {
@@ -48,11 +50,19 @@ impl Pages {
             templates.push((*name, text));
         }
         tera.add_raw_templates(templates).map_err(|e| anyhow::anyhow!("templates: {e}"))?;
-        Ok(Pages { tera, stylesheet: stylesheet.to_string() })
+        Ok(Pages { tera, stylesheet: stylesheet.to_string(), base: String::new() })
+    }
+
+    /// The same pages for a frontend served under `base` (`/admin`): links and stylesheet there.
+    pub fn under(mut self, base: &str) -> Pages {
+        self.stylesheet = format!("{base}{}", self.stylesheet);
+        self.base = base.to_string();
+        self
     }
 
     pub fn render(&self, name: &str, mut context: Context) -> Result<String, tera::Error> {
         context.insert("stylesheet", &self.stylesheet);
+        context.insert("base", &self.base);
         self.tera.render(name, &context)
     }
 

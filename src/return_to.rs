@@ -34,6 +34,17 @@ impl ReturnTo {
         raw.and_then(|r| ReturnTo::parse(r, origin)).unwrap_or_else(ReturnTo::root)
     }
 
+    /// The same for a frontend under `base` (`/admin`): a path outside it is another
+    /// frontend's, and falls back to the frontend's root (`/admin/`).
+    pub fn parse_under(raw: Option<&str>, origin: &Url, base: &str) -> ReturnTo {
+        if base.is_empty() {
+            return ReturnTo::parse_or_root(raw, origin);
+        }
+        raw.and_then(|r| ReturnTo::parse(r, origin))
+            .filter(|r| r.0.strip_prefix(base).is_some_and(|rest| rest.is_empty() || rest.starts_with(['/', '?', '#'])))
+            .unwrap_or_else(|| ReturnTo(format!("{base}/")))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -46,6 +57,20 @@ impl ReturnTo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_frontend_under_a_path_returns_under_it() {
+        let origin = Url::parse("https://app.example").unwrap();
+        let under = |raw: &str| ReturnTo::parse_under(Some(raw), &origin, "/admin").into_string();
+        assert_eq!(under("/admin/orders?x=1"), "/admin/orders?x=1");
+        assert_eq!(under("/admin"), "/admin");
+        assert_eq!(under("/admin?tab=2"), "/admin?tab=2");
+        for outside in ["/", "/administrator", "/shop/cart", "//evil.example/admin", "https://evil.example/admin"] {
+            assert_eq!(under(outside), "/admin/", "{outside}");
+        }
+        assert_eq!(ReturnTo::parse_under(None, &origin, "/admin").into_string(), "/admin/");
+        assert_eq!(ReturnTo::parse_under(Some("/x"), &origin, "").into_string(), "/x");
+    }
 
     fn origin() -> Url {
         Url::parse("https://app.example.com").unwrap()

@@ -38,6 +38,8 @@ pub struct SignIn<'a> {
     lifetime: &'a SessionLifetime,
     metrics: &'a Metrics,
     public_url: &'a Url,
+    /// The frontend's path: where the browser may be sent back to.
+    base_path: &'a str,
     /// `server.login_starts_per_minute`, which also bounds the logins in progress per browser.
     logins_per_browser: usize,
 }
@@ -272,6 +274,7 @@ impl<'a> SignIn<'a> {
             lifetime: &state.lifetime,
             metrics: &state.metrics,
             public_url: &state.config.server.public_url,
+            base_path: &state.config.frontend.path,
             logins_per_browser: state.config.server.login_starts_per_minute as usize,
         }
     }
@@ -279,7 +282,7 @@ impl<'a> SignIn<'a> {
     /// Starts a sign-in: authorization code + PKCE with a fresh `state` and `nonce`, stored
     /// one-time as a pending login bound to this browser's login cookie.
     pub async fn begin(&self, request: LoginRequest<'_>) -> Result<Begun, LoginRefusal> {
-        let return_to = ReturnTo::parse_or_root(request.return_to, self.public_url);
+        let return_to = ReturnTo::parse_under(request.return_to, self.public_url, self.base_path);
         // Each start leaves a pending login in the store for ten minutes: limit starts per client
         // address, and logins in progress per browser.
         if let Some(Err(retry_after)) = request.client.map(|ip| self.limiter.check(ip)) {

@@ -1,33 +1,33 @@
-//! Building the application: stores, provider client, token manager, routes and middleware.
+//! Building the application: the store and its cache, the listeners, and each worker's apps
+//! (the frontends' and the server's own); the frontends themselves are the runtime's.
 
-use crate::clock::Clock;
 use std::net::TcpListener;
+use std::rc::Rc;
 use std::sync::Arc;
 
-use actix_web::dev::Server;
+use actix_service::IntoServiceFactory;
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{AppConfig, Server, Service, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::from_fn;
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, HttpServer, ResponseError, web};
+use futures_util::future::LocalBoxFuture;
 
+use crate::clock::Clock;
 use crate::config::Config;
-use crate::crypto::Sealer;
+use crate::frontends::{AppBuilder, AppService, Dispatch, Frontend, Retired};
 use crate::http::{observe, security_headers};
-use crate::limits::RateLimiter;
 use crate::metrics::{CacheMode, CacheName, Metrics};
-use crate::oidc::Oidc;
-use crate::pages::{Pages, STYLESHEET_PATH};
-use crate::proxy::Proxy;
 use crate::routes;
-use crate::session::{CookiePolicy, KeyLayout, PendingLogins, SessionLifetime, SessionStoreAdapter};
-use crate::state::{AppState, content_security_policy};
+use crate::runtime::{Reloader, Runtime};
+use crate::session::KeyLayout;
 use crate::store::{ChangeListener, MemoryStore, RedisStore, RedisTopology, Store, StoreError, Untracked};
-use crate::telemetry::error_chain;
-use crate::tokens::{Sessions, TokenCache, TokenManager, TokenStore, TokenTimings};
+use crate::tokens::TokenCache;
 
 pub struct Application {
     server: Server,
     /// The separate `/metrics` listener, when `server.metrics_listen` is set.
     metrics_server: Option<Server>,
-    state: web::Data<AppState>,
+    runtime: Arc<Runtime>,
 }
 
 /// The store named by the configuration; never connects here (start-up must not fail because
@@ -81,7 +81,7 @@ async fn check_redis_tls(config: &Config, store: &Store) -> Result<(), crate::co
 
 /// The coherent local token cache, when configured and the store can keep it coherent; the
 /// store returned tells the cache of this instance's writes and must be the one used everywhere.
-fn local_cache(config: &Config, store: Store, keys: &KeyLayout, metrics: &Metrics) -> (Store, Option<Arc<TokenCache>>) {
+pub(crate) fn local_cache(config: &Config, store: Store, keys: &KeyLayout, metrics: &Metrics) -> (Store, Option<Arc<TokenCache>>) {
     let cache_metrics = metrics.cache();
     cache_metrics.mode(CacheMode::PerCallRead);
     if !config.tokens.local_cache {
@@ -137,96 +137,26 @@ impl Application {
         store: Store,
         clock: Clock,
     ) -> Result<Application, anyhow::Error> {
-        let config = Arc::new(config);
-        let metrics = Arc::new(Metrics::new()?);
-        let store = store.observed_by(Arc::clone(&metrics));
-        let sealer = Sealer::new(&config.session.secrets);
-        let keys = KeyLayout::new(&config.session.key_prefix);
-        let (store, cache) = local_cache(&config, store, &keys, &metrics);
-        let oidc = Arc::new(Oidc::new(&config)?);
-        if let Err(e) = oidc.discover().await {
-            let what = "bff starts anyway and keeps trying (readyz answers 503 until then)";
-            if e.is_setup_problem() {
-                tracing::error!("{e}; {what}");
-            } else {
-                tracing::warn!("{}; {what}", error_chain(&e));
-            }
-            tokio::spawn(Arc::clone(&oidc).discover_until_ready());
-        }
-        let lifetime = SessionLifetime { idle: config.session.idle_timeout, clock };
-        let mut token_store = TokenStore::new(store.clone(), sealer.clone(), keys.clone(), lifetime.clone());
-        if let Some(cache) = cache {
-            token_store = token_store.with_cache(cache);
-        }
-        let session_states = SessionStoreAdapter::new(store.clone(), sealer.clone(), keys.clone(), lifetime.clone());
-        let sessions = Arc::new(Sessions::new(
-            token_store.clone(),
-            session_states,
-            config.session.absolute_timeout,
-            config.tokens.default_expires_in,
-        ));
-        let tokens = Arc::new(TokenManager::new(
-            token_store,
-            Arc::clone(&sessions),
-            Arc::clone(&oidc),
-            TokenTimings {
-                refresh_skew: config.tokens.refresh_skew,
-                lock_lease: config.tokens.refresh_lock,
-                idp_timeout: config.oidc.timeout,
-                default_expires_in: config.tokens.default_expires_in,
-            },
-            Arc::clone(&metrics),
-        ));
-        let state = web::Data::new(AppState {
-            public_origin: config.server.public_url.origin().ascii_serialization(),
-            cookies: CookiePolicy::from_config(&config, &metrics),
-            lifetime,
-            logins: PendingLogins::new(store.clone(), sealer.clone(), keys.clone()),
-            sessions,
-            pages: Arc::new(Pages::load(&config.server.templates_dir, STYLESHEET_PATH)?),
-            proxy: Arc::new(Proxy::new(&config, Arc::clone(&metrics))),
-            content_security_policy: content_security_policy(&config),
-            login_limiter: RateLimiter::new(
-                config.server.login_starts_per_minute,
-                config.server.max_pending_logins,
-                crate::session::PENDING_LOGIN_TTL,
-            ),
-            metrics,
-            oidc,
-            store,
-            sealer,
-            keys,
-            tokens,
-            config: Arc::clone(&config),
-        });
-
-        let app_state = state.clone();
-        let mut server = HttpServer::new(move || {
-            let state = app_state.clone();
-            App::new()
-                .app_data(state.clone())
-                // Made here, on each worker's own thread: see `Proxy::upstream_client`.
-                .app_data(web::Data::new(state.proxy.upstream_client()))
-                .wrap(from_fn(security_headers))
-                .wrap(from_fn(observe))
-                .configure(|cfg| routes::configure(cfg, &state))
-        })
-        .shutdown_timeout(config.server.shutdown_grace.as_secs())
-        // actix-web closes idle connections after 5 s: a proxy or client that reuses one a moment
-        // later gets no answer (the soak found one such failed call in 537,589).
-        .keep_alive(config.server.keep_alive)
-        // Off by default in actix-web: an answer written in two pieces (head, then a chunked or
-        // streamed body) would wait for the client's delayed ACK, ~40 ms per call.
-        .tcp_nodelay(true)
-        .listen(listener)?;
+        let runtime = Runtime::start(config, store, clock).await?;
+        let config = Arc::clone(&runtime.boot);
+        let dispatch = Dispatch { current: runtime.current(), builder: Arc::new(Apps { runtime: Arc::clone(&runtime) }) };
+        let mut server = HttpServer::new(move || dispatch.clone())
+            .shutdown_timeout(config.server.shutdown_grace.as_secs())
+            // actix-web closes idle connections after 5 s: a proxy or client that reuses one a
+            // moment later gets no answer (the soak found one such failed call in 537,589).
+            .keep_alive(config.server.keep_alive)
+            // Off by default in actix-web: an answer written in two pieces (head, then a chunked
+            // or streamed body) would wait for the client's delayed ACK, ~40 ms per call.
+            .tcp_nodelay(true)
+            .listen(listener)?;
         if config.server.workers > 0 {
             server = server.workers(config.server.workers);
         }
         let metrics_server = match config.server.metrics_listen {
             Some(addr) => {
-                let app_state = state.clone();
+                let runtime = web::Data::from(Arc::clone(&runtime));
                 let server = HttpServer::new(move || {
-                    App::new().app_data(app_state.clone()).configure(routes::configure_metrics_listener)
+                    App::new().app_data(runtime.clone()).configure(routes::configure_metrics_listener)
                 })
                 .workers(1)
                 .tcp_nodelay(true)
@@ -237,7 +167,12 @@ impl Application {
             }
             None => None,
         };
-        Ok(Application { server: server.run(), metrics_server, state })
+        Ok(Application { server: server.run(), metrics_server, runtime })
+    }
+
+    /// What re-reads the configuration (on `SIGHUP`, or a test's call).
+    pub fn reloader(&self) -> Reloader {
+        Reloader(Arc::clone(&self.runtime))
     }
 
     /// Serves until SIGTERM/SIGINT (or a handle's `stop`): then stops accepting, lets requests
@@ -252,8 +187,71 @@ impl Application {
         if let Some(handle) = metrics_handle {
             handle.stop(true).await;
         }
-        let released = self.state.tokens.release_held_locks().await;
+        let mut released = 0;
+        for frontend in &self.runtime.current().load().frontends {
+            released += frontend.state.tokens.release_held_locks().await;
+        }
         tracing::info!(released_refresh_locks = released, "bff stopped");
         result
+    }
+}
+
+/// Builds each worker's apps: a frontend's, and the server's own (health, metrics, 404).
+struct Apps {
+    runtime: Arc<Runtime>,
+}
+
+/// An `App` as the switch calls it.
+async fn app_service<T, B>(app: App<T>, config: AppConfig) -> Result<AppService, ()>
+where
+    T: ServiceFactory<ServiceRequest, Config = (), Response = ServiceResponse<B>, Error = actix_web::Error, InitError = ()>
+        + 'static,
+    B: MessageBody + 'static,
+{
+    let service = Rc::new(app.into_factory().new_service(config).await?);
+    Ok(Rc::new(move |req| {
+        let service = Rc::clone(&service);
+        Box::pin(async move { service.call(req).await.map(|res| res.map_into_boxed_body().into()) })
+    }))
+}
+
+impl AppBuilder for Apps {
+    fn frontend_app(&self, frontend: &Frontend, config: AppConfig) -> LocalBoxFuture<'static, Result<AppService, ()>> {
+        let state = frontend.state.clone();
+        let runtime = web::Data::from(Arc::clone(&self.runtime));
+        Box::pin(async move {
+            let base = state.config.frontend.path.clone();
+            let app = App::new()
+                .app_data(state.clone())
+                .app_data(runtime)
+                // Made here, on each worker's own thread: see `Proxy::upstream_client`.
+                .app_data(web::Data::new(state.proxy.upstream_client()))
+                .wrap(from_fn(security_headers))
+                .wrap(from_fn(observe));
+            if base.is_empty() {
+                app_service(app.configure(|cfg| routes::configure(cfg, &state)), config).await
+            } else {
+                let scope = web::scope(&base).configure(|cfg| routes::configure(cfg, &state));
+                app_service(app.service(scope).default_service(web::to(routes::not_found)), config).await
+            }
+        })
+    }
+
+    fn server_app(&self, config: AppConfig) -> LocalBoxFuture<'static, Result<AppService, ()>> {
+        let runtime = web::Data::from(Arc::clone(&self.runtime));
+        Box::pin(async move {
+            let app = App::new()
+                .app_data(runtime.clone())
+                .wrap(from_fn(security_headers))
+                .wrap(from_fn(observe))
+                .configure(|cfg| routes::configure_server(cfg, runtime.boot.server.metrics_public));
+            app_service(app, config).await
+        })
+    }
+
+    fn retired_answer(&self, retired: &Retired) -> actix_http::Response<BoxBody> {
+        let mut res = crate::error::AppError::LoginRequired.error_response();
+        let _ = res.add_cookie(&retired.removal);
+        res.into()
     }
 }

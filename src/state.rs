@@ -33,10 +33,16 @@ pub struct AppState {
     pub proxy: Arc<Proxy>,
     pub content_security_policy: HeaderValue,
     pub metrics: Arc<Metrics>,
-    pub login_limiter: RateLimiter,
+    /// Shared by every frontend: a client's sign-in starts count wherever they go.
+    pub login_limiter: Arc<RateLimiter>,
 }
 
 impl AppState {
+    /// `path` without the frontend's own path in front: where it is among the frontend's routes.
+    pub fn within<'p>(&self, path: &'p str) -> &'p str {
+        path.strip_prefix(self.config.frontend.path.as_str()).unwrap_or(path)
+    }
+
     pub fn session_store(&self) -> SessionStoreAdapter {
         SessionStoreAdapter::new(self.store.clone(), self.sealer.clone(), self.keys.clone(), self.lifetime.clone())
     }

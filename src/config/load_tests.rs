@@ -461,3 +461,116 @@ fn redis_tls_files_are_read_checked_and_named_by_their_key_and_never_printed() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn two_frontends(extra: &str) -> String {
+    format!(
+        r#"
+[server]
+public_url = "https://app.example"
+max_upstream_concurrency = 100
+[session]
+secret = "{SECRET}"
+idle_timeout_secs = 600
+[[frontend]]
+name = "shop"
+hosts = ["Shop.Example", "shop.example:8443"]
+public_url = "https://shop.example"
+static_dir = "shop-dist"
+[frontend.oidc]
+issuer = "https://idp-one.example"
+client_id = "shop"
+client_secret = "one"
+[[frontend.api]]
+prefix = "/api"
+upstream = "http://orders.internal"
+[[frontend]]
+name = "admin"
+path = "/admin/"
+max_upstream_concurrency = 10
+[frontend.oidc]
+issuer = "https://idp-two.example"
+client_id = "admin"
+client_secret = "two"
+[frontend.session]
+absolute_timeout_secs = 3600
+same_site = "strict"
+[[frontend.api]]
+prefix = "/admin/api"
+upstream = "http://users.internal"
+{extra}
+"#
+    )
+}
+
+#[test]
+fn frontends_have_their_own_provider_routes_cookie_and_keys() {
+    let config = load(ConfigSource::from_toml_text(&two_frontends(""))).unwrap();
+    let views = config.views();
+    assert_eq!(views.len(), 2);
+    let (shop, admin) = (&views[0], &views[1]);
+    assert_eq!(shop.frontend.hosts, ["shop.example", "shop.example:8443"]);
+    assert_eq!((shop.frontend.path.as_str(), admin.frontend.path.as_str()), ("", "/admin"));
+    assert!(!shop.frontend.implicit && !admin.frontend.implicit);
+    assert_eq!(shop.oidc.issuer, "https://idp-one.example");
+    assert_eq!(admin.oidc.issuer, "https://idp-two.example");
+    assert_eq!(shop.redirect_uri(), "https://shop.example/auth/callback");
+    assert_eq!(admin.redirect_uri(), "https://app.example/admin/auth/callback");
+    assert_eq!(admin.oidc.post_logout_redirect.as_str(), "https://app.example/admin/");
+    assert_eq!((shop.session.cookie_name.as_str(), admin.session.cookie_name.as_str()), ("__Host-bff-shop", "__Secure-bff-admin"));
+    assert_eq!((shop.session.key_prefix.as_str(), admin.session.key_prefix.as_str()), ("bff:fe:shop:", "bff:fe:admin:"));
+    // Lifetimes: the shared ones unless the frontend sets its own.
+    assert_eq!(shop.session.idle_timeout, Duration::from_secs(600));
+    assert_eq!(admin.session.absolute_timeout, Duration::from_secs(3600));
+    assert_eq!(admin.session.same_site, SameSitePolicy::Strict);
+    assert_eq!(shop.api[0].prefix, "/api");
+    assert_eq!(admin.api[0].prefix, "/admin/api");
+    assert_eq!(shop.server.static_dir.as_deref(), Some(std::path::Path::new("shop-dist")));
+    assert_eq!(admin.server.static_dir, None);
+    // Three quarters of the instance by default when there are several; or what is set.
+    assert_eq!(shop.server.max_upstream_concurrency_per_frontend, 75);
+    assert_eq!(admin.server.max_upstream_concurrency_per_frontend, 10);
+    // The top level keeps the shared sections as written.
+    assert_eq!(config.session.key_prefix, "bff:");
+    let printed = config.to_redacted_toml();
+    assert!(printed.contains("[[frontend]]") && printed.contains("name = \"admin\""), "{printed}");
+    assert!(!printed.contains("\"one\"") && !printed.contains("\"two\""), "{printed}");
+}
+
+#[test]
+fn a_file_without_frontends_is_the_implicit_one() {
+    let config = load(ConfigSource::from_toml_text(&minimal())).unwrap();
+    assert!(config.frontends.is_empty());
+    assert!(config.frontend.implicit);
+    assert_eq!(config.frontend.name, "default");
+    assert_eq!(config.views().len(), 1);
+    assert_eq!(config.server.max_upstream_concurrency_per_frontend, config.server.max_upstream_concurrency);
+}
+
+#[test]
+fn frontend_mistakes_are_named_by_key() {
+    let errs = errors(&two_frontends("[oidc]\nissuer = \"https://x\"\nclient_id = \"c\"\nclient_secret = \"s\"\n"));
+    assert!(errs.iter().any(|e| e.starts_with("oidc: with [[frontend]] tables")), "{errs:?}");
+    let errs = errors(&two_frontends("[[frontend]]\nname = \"shop\"\nhosts = [\"shop.example\"]\npublic_url = \"https://shop.example\"\n[frontend.oidc]\nissuer = \"https://i\"\nclient_id = \"c\"\nclient_secret = \"s\"\n"));
+    assert!(errs.iter().any(|e| e.starts_with("frontend[2].name: duplicate name")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("frontend[2].path: host \"shop.example\"")), "{errs:?}");
+    for (table, expected) in [
+        ("name = \"Bad Name\"\npath = \"/x\"", "frontend[2].name: at most 32"),
+        ("name = \"x\"\npath = \"/auth\"", "frontend[2].path: \"/auth\" collides"),
+        ("name = \"x\"\npath = \"x/../y\"", "frontend[2].path:"),
+        ("name = \"x\"\nhosts = [\"x.example\"]", "frontend[2].public_url: missing"),
+        ("name = \"x\"\nhosts = [\"http://x.example/\"]\npublic_url = \"https://x.example\"", "frontend[2].hosts:"),
+        ("name = \"x\"\npath = \"/x\"\nunknown = 1", "frontend[2].unknown: unknown key"),
+        ("name = \"x\"\npath = \"/x\"\n[frontend.session]\ncookie_name = \"__Host-x\"", "frontend[2].session.cookie_name: a __Host- cookie"),
+        ("name = \"x\"\npath = \"/x\"\n[[frontend.api]]\nprefix = \"/api\"\nupstream = \"http://u\"", "frontend[2].api[0].prefix: \"/api\" must be under"),
+        ("name = \"x\"\npath = \"/x\"\n[[frontend.api]]\nprefix = \"/x/auth\"\nupstream = \"http://u\"", "frontend[2].api[0].prefix: \"/x/auth\" collides"),
+    ] {
+        let oidc = "[frontend.oidc]\nissuer = \"https://i\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
+        let text = two_frontends(&format!("[[frontend]]\n{table}\n{oidc}"));
+        let errs = errors(&text);
+        assert!(errs.iter().any(|e| e.starts_with(expected)), "{expected}: {errs:?}");
+    }
+    let errs = errors(&format!("[session]\nsecret = \"{SECRET}\"\nfrontend = 3\n"));
+    assert!(!errs.is_empty());
+    let errs = errors(&format!("[session]\nsecret = \"{SECRET}\"\n[[frontend]]\nname = \"a\"\n"));
+    assert!(errs.iter().any(|e| e.starts_with("frontend[0].oidc.issuer: missing")), "{errs:?}");
+}

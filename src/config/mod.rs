@@ -26,6 +26,38 @@ pub struct Config {
     pub api: Vec<ApiConfig>,
     pub log: LogConfig,
     pub telemetry: TelemetryConfig,
+    /// Which frontend this configuration serves: the implicit one of a file without
+    /// `[[frontend]]` tables, or one of [`Config::frontends`].
+    pub frontend: FrontendIdentity,
+    /// The `[[frontend]]` tables, each as a whole configuration: the shared sections (listeners,
+    /// Redis, secrets, limits, logs, telemetry) with the frontend's own `public_url`,
+    /// `static_dir`, `[oidc]`, session lifetimes and cookie, and `[[api]]` routes. Empty: this
+    /// configuration is the one frontend. With frontends, the top level's own `oidc` and `api`
+    /// are the first frontend's (use [`Config::views`]).
+    pub frontends: Vec<Config>,
+}
+
+/// Which requests a frontend serves, and what keeps it apart from the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontendIdentity {
+    /// `[a-z0-9_-]`, at most 32 bytes: the metrics' `frontend` label and part of its store keys.
+    /// `"default"` for the implicit frontend.
+    pub name: String,
+    /// Lower-case `host` or `host:port`, matched against the request's `Host`; empty: any host.
+    pub hosts: Vec<String>,
+    /// `""`, or the path prefix it is served under (`/admin`), without a trailing slash.
+    pub path: String,
+    /// The frontend of a file without `[[frontend]]` tables: its cookie, store keys and sealing
+    /// are the ones bff used before frontends existed, so upgrading signs nobody out.
+    pub implicit: bool,
+}
+
+impl FrontendIdentity {
+    pub const IMPLICIT_NAME: &'static str = "default";
+
+    pub fn implicit() -> FrontendIdentity {
+        FrontendIdentity { name: Self::IMPLICIT_NAME.into(), hosts: Vec::new(), path: String::new(), implicit: true }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +113,9 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Upstream calls in flight at once in this instance; more wait for none: 429.
     pub max_upstream_concurrency: usize,
+    /// The same for one frontend (its `max_upstream_concurrency`): what one frontend's crowd
+    /// leaves to the others.
+    pub max_upstream_concurrency_per_frontend: usize,
     /// The same for each session (in this instance).
     pub max_upstream_concurrency_per_session: usize,
     /// The same for calls without a session (public routes, `user_or_none` signed out), in all
@@ -457,10 +492,20 @@ impl Config {
         print::redacted_toml(self)
     }
 
-    /// `public_url + "/auth/callback"`.
+    /// `public_url` + the frontend's path + `/auth/callback`.
     pub fn redirect_uri(&self) -> String {
-        let callback = crate::paths::OwnRoute::Callback.path();
-        format!("{}{callback}", self.server.public_url.as_str().trim_end_matches('/'))
+        self.public_path(crate::paths::OwnRoute::Callback.path())
+    }
+
+    /// The absolute URL of `path` (one of bff's own, `/auth/…`) of this frontend, as the browser
+    /// sees it.
+    pub fn public_path(&self, path: &str) -> String {
+        format!("{}{}{path}", self.server.public_url.as_str().trim_end_matches('/'), self.frontend.path)
+    }
+
+    /// Every frontend's configuration: the `[[frontend]]` tables, or this one.
+    pub fn views(&self) -> Vec<Config> {
+        if self.frontends.is_empty() { vec![self.clone()] } else { self.frontends.clone() }
     }
 
     pub fn is_https(&self) -> bool {

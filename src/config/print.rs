@@ -22,6 +22,105 @@ fn string(s: impl Into<String>) -> Value {
     Value::String(s.into())
 }
 
+fn oidc_table(oidc_config: &super::OidcConfig) -> Table {
+    let mut oidc = Table::new();
+    oidc.insert("issuer".into(), string(&oidc_config.issuer));
+    oidc.insert("client_id".into(), string(&oidc_config.client_id));
+    if oidc_config.client_secret.is_some() {
+        oidc.insert("client_secret".into(), string(REDACTED));
+    }
+    if !oidc_config.client_key_files.is_empty() {
+        oidc.insert("client_key_file".into(), Value::Array(oidc_config.client_key_files.iter().map(string).collect()));
+    }
+    if let Some(kid) = &oidc_config.client_key_id {
+        oidc.insert("client_key_id".into(), string(kid));
+    }
+    oidc.insert("auth_method".into(), string(oidc_config.auth_method.as_str()));
+    oidc.insert("client_assertion_audience".into(), string(oidc_config.client_assertion_audience.as_str()));
+    oidc.insert("userinfo".into(), string(oidc_config.userinfo.as_str()));
+    oidc.insert("par".into(), string(oidc_config.par.as_str()));
+    oidc.insert("dpop".into(), Value::Boolean(oidc_config.dpop));
+    oidc.insert("scopes".into(), Value::Array(oidc_config.scopes.iter().map(string).collect()));
+    oidc.insert(
+        "extra_auth_params".into(),
+        Value::Table(oidc_config.extra_auth_params.iter().map(|(k, v)| (k.clone(), string(v))).collect()),
+    );
+    oidc.insert("post_logout_redirect".into(), string(oidc_config.post_logout_redirect.as_str()));
+    oidc.insert("logout_id_token_hint".into(), Value::Boolean(oidc_config.logout_id_token_hint));
+    oidc.insert("timeout_secs".into(), secs(oidc_config.timeout));
+    oidc.insert(
+        "revocation_endpoint".into(),
+        string(oidc_config.revocation_endpoint.as_ref().map_or("", |u| u.as_str())),
+    );
+
+    oidc
+}
+
+fn api_tables(api: &[super::ApiConfig]) -> Vec<Value> {
+    api.iter()
+        .map(|api| {
+            let mut t = Table::new();
+            t.insert("prefix".into(), string(&api.prefix));
+            t.insert("upstream".into(), string(api.upstream.as_str()));
+            t.insert("timeout_secs".into(), secs(api.timeout));
+            t.insert("max_retry_body_bytes".into(), int(api.max_retry_body_bytes));
+            t.insert("max_body_bytes".into(), int(api.max_body_bytes));
+            t.insert("body_timeout_secs".into(), secs(api.body_timeout));
+            t.insert("min_body_bytes_per_sec".into(), int(api.min_body_bytes_per_sec));
+            t.insert("token".into(), string(api.token.as_str()));
+            if let Some(resource) = &api.resource {
+                t.insert("resource".into(), string(resource));
+            }
+            if let Some(audience) = &api.audience {
+                t.insert("audience".into(), string(audience));
+            }
+            t.insert("scopes".into(), Value::Array(api.scopes.iter().map(string).collect()));
+            t.insert("methods".into(), Value::Array(api.methods.iter().map(string).collect()));
+            t.insert("websocket".into(), Value::Boolean(api.websocket));
+            t.insert(
+                "request_headers_drop".into(),
+                Value::Array(api.request_headers_drop.iter().map(string).collect()),
+            );
+            Value::Table(t)
+        })
+        .collect()
+}
+
+/// `[[frontend]]` tables: what each frontend has of its own.
+fn frontend_tables(frontends: &[Config]) -> Vec<Value> {
+    frontends
+        .iter()
+        .map(|f| {
+            let mut t = Table::new();
+            t.insert("name".into(), string(&f.frontend.name));
+            t.insert("hosts".into(), Value::Array(f.frontend.hosts.iter().map(string).collect()));
+            t.insert("path".into(), string(&f.frontend.path));
+            t.insert("public_url".into(), string(f.server.public_url.as_str().trim_end_matches('/')));
+            t.insert(
+                "static_dir".into(),
+                string(f.server.static_dir.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
+            );
+            t.insert("max_upstream_concurrency".into(), int(f.server.max_upstream_concurrency_per_frontend as u64));
+            t.insert("oidc".into(), Value::Table(oidc_table(&f.oidc)));
+            let mut session = Table::new();
+            session.insert("cookie_name".into(), string(&f.session.cookie_name));
+            session.insert("same_site".into(), string(same_site(f.session.same_site)));
+            session.insert("idle_timeout_secs".into(), secs(f.session.idle_timeout));
+            session.insert("absolute_timeout_secs".into(), secs(f.session.absolute_timeout));
+            t.insert("session".into(), Value::Table(session));
+            t.insert("api".into(), Value::Array(api_tables(&f.api)));
+            Value::Table(t)
+        })
+        .collect()
+}
+
+fn same_site(policy: SameSitePolicy) -> &'static str {
+    match policy {
+        SameSitePolicy::Lax => "lax",
+        SameSitePolicy::Strict => "strict",
+    }
+}
+
 pub(super) fn redacted_toml(config: &Config) -> String {
     let mut server = Table::new();
     server.insert("listen".into(), string(config.server.listen.to_string()));
@@ -56,35 +155,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     server.insert("max_pending_logins".into(), int(u64::from(config.server.max_pending_logins)));
     server.insert("trusted_proxy_hops".into(), int(config.server.trusted_proxy_hops as u64));
 
-    let mut oidc = Table::new();
-    oidc.insert("issuer".into(), string(&config.oidc.issuer));
-    oidc.insert("client_id".into(), string(&config.oidc.client_id));
-    if config.oidc.client_secret.is_some() {
-        oidc.insert("client_secret".into(), string(REDACTED));
-    }
-    if !config.oidc.client_key_files.is_empty() {
-        oidc.insert("client_key_file".into(), Value::Array(config.oidc.client_key_files.iter().map(string).collect()));
-    }
-    if let Some(kid) = &config.oidc.client_key_id {
-        oidc.insert("client_key_id".into(), string(kid));
-    }
-    oidc.insert("auth_method".into(), string(config.oidc.auth_method.as_str()));
-    oidc.insert("client_assertion_audience".into(), string(config.oidc.client_assertion_audience.as_str()));
-    oidc.insert("userinfo".into(), string(config.oidc.userinfo.as_str()));
-    oidc.insert("par".into(), string(config.oidc.par.as_str()));
-    oidc.insert("dpop".into(), Value::Boolean(config.oidc.dpop));
-    oidc.insert("scopes".into(), Value::Array(config.oidc.scopes.iter().map(string).collect()));
-    oidc.insert(
-        "extra_auth_params".into(),
-        Value::Table(config.oidc.extra_auth_params.iter().map(|(k, v)| (k.clone(), string(v))).collect()),
-    );
-    oidc.insert("post_logout_redirect".into(), string(config.oidc.post_logout_redirect.as_str()));
-    oidc.insert("logout_id_token_hint".into(), Value::Boolean(config.oidc.logout_id_token_hint));
-    oidc.insert("timeout_secs".into(), secs(config.oidc.timeout));
-    oidc.insert(
-        "revocation_endpoint".into(),
-        string(config.oidc.revocation_endpoint.as_ref().map_or("", |u| u.as_str())),
-    );
+    let oidc = oidc_table(&config.oidc);
 
     let mut session = Table::new();
     session.insert("redis_url".into(), string(if config.session.redis_url.is_some() { REDACTED } else { "" }));
@@ -96,10 +167,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     session.insert("cookie_name".into(), string(&config.session.cookie_name));
     session.insert(
         "same_site".into(),
-        string(match config.session.same_site {
-            SameSitePolicy::Lax => "lax",
-            SameSitePolicy::Strict => "strict",
-        }),
+        string(same_site(config.session.same_site)),
     );
     session.insert("idle_timeout_secs".into(), secs(config.session.idle_timeout));
     session.insert("absolute_timeout_secs".into(), secs(config.session.absolute_timeout));
@@ -129,35 +197,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
         int(u64::try_from(config.tokens.local_cache_max_bytes).unwrap_or(u64::MAX)),
     );
 
-    let apis = config
-        .api
-        .iter()
-        .map(|api| {
-            let mut t = Table::new();
-            t.insert("prefix".into(), string(&api.prefix));
-            t.insert("upstream".into(), string(api.upstream.as_str()));
-            t.insert("timeout_secs".into(), secs(api.timeout));
-            t.insert("max_retry_body_bytes".into(), int(api.max_retry_body_bytes));
-            t.insert("max_body_bytes".into(), int(api.max_body_bytes));
-            t.insert("body_timeout_secs".into(), secs(api.body_timeout));
-            t.insert("min_body_bytes_per_sec".into(), int(api.min_body_bytes_per_sec));
-            t.insert("token".into(), string(api.token.as_str()));
-            if let Some(resource) = &api.resource {
-                t.insert("resource".into(), string(resource));
-            }
-            if let Some(audience) = &api.audience {
-                t.insert("audience".into(), string(audience));
-            }
-            t.insert("scopes".into(), Value::Array(api.scopes.iter().map(string).collect()));
-            t.insert("methods".into(), Value::Array(api.methods.iter().map(string).collect()));
-            t.insert("websocket".into(), Value::Boolean(api.websocket));
-            t.insert(
-                "request_headers_drop".into(),
-                Value::Array(api.request_headers_drop.iter().map(string).collect()),
-            );
-            Value::Table(t)
-        })
-        .collect();
+    let apis = api_tables(&config.api);
 
     let mut log = Table::new();
     log.insert(
@@ -183,10 +223,17 @@ pub(super) fn redacted_toml(config: &Config) -> String {
 
     let mut root = Table::new();
     root.insert("server".into(), Value::Table(server));
-    root.insert("oidc".into(), Value::Table(oidc));
+    // With frontends, each has its own `oidc` and `api` (the top level's are the first's).
+    if config.frontends.is_empty() {
+        root.insert("oidc".into(), Value::Table(oidc));
+    }
     root.insert("session".into(), Value::Table(session));
     root.insert("tokens".into(), Value::Table(tokens));
-    root.insert("api".into(), Value::Array(apis));
+    if config.frontends.is_empty() {
+        root.insert("api".into(), Value::Array(apis));
+    } else {
+        root.insert("frontend".into(), Value::Array(frontend_tables(&config.frontends)));
+    }
     root.insert("log".into(), Value::Table(log));
     root.insert("telemetry".into(), Value::Table(telemetry));
     toml::to_string(&root).unwrap_or_else(|e| format!("# could not render the configuration: {e}\n"))

@@ -14,7 +14,7 @@ use crate::client_keys::ClientKeys;
 
 use super::walker::{Section, Walker, describe};
 use super::{
-    ApiConfig, AssertionAudience, AuthMethod, Config, LogConfig, LogFormat, OidcConfig, ParMode, RedisTls,
+    ApiConfig, AssertionAudience, AuthMethod, Config, FrontendIdentity, LogConfig, LogFormat, OidcConfig, ParMode, RedisTls,
     SameSitePolicy, ServerConfig, SessionConfig, TelemetryConfig, TokenPolicy, TokensConfig, UserinfoMode,
 };
 
@@ -43,15 +43,250 @@ impl Walker<'_> {
     pub(super) fn config(&mut self, root: &Dict) -> Option<Config> {
         let mut top = Section { path: String::new(), dict: Some(root), known: BTreeSet::new() };
         let server = self.server(&mut top);
-        let oidc = self.oidc(&mut top, server.as_ref());
         let session = self.session(&mut top, server.as_ref());
         let tokens = self.tokens(&mut top);
-        let api = self.apis(&mut top);
         let log = self.log(&mut top);
         let telemetry = self.telemetry(&mut top);
-        top.known.extend(["server", "oidc", "session", "tokens", "api", "log", "telemetry"]);
+        top.known.extend(["server", "oidc", "session", "tokens", "api", "log", "telemetry", "frontend"]);
+        if root.contains_key("frontend") {
+            for own in ["oidc", "api"] {
+                if root.contains_key(own) {
+                    self.error(own, format!("with [[frontend]] tables, each frontend has its own (frontend[].{own})"));
+                }
+            }
+            let shared = match (server, session) {
+                (Some(server), Some(session)) => Some(Shared { server, session, tokens, log, telemetry }),
+                _ => None,
+            };
+            let frontends = self.frontends(&top, shared.as_ref());
+            self.finish(top);
+            let (frontends, shared) = (frontends?, shared?);
+            let first = frontends.first()?;
+            // The shared sections as written; `oidc`, `api` and `frontend` are the first
+            // frontend's, for code that reads one (serving uses `views`).
+            return Some(Config {
+                oidc: first.oidc.clone(),
+                api: first.api.clone(),
+                frontend: first.frontend.clone(),
+                server: shared.server,
+                session: shared.session,
+                tokens: shared.tokens,
+                log: shared.log,
+                telemetry: shared.telemetry,
+                frontends,
+            });
+        }
+        let oidc = self.oidc(&mut top, server.as_ref(), "/");
+        let api = self.apis(&mut top, "");
         self.finish(top);
-        Some(Config { server: server?, oidc: oidc?, session: session?, tokens, api, log, telemetry })
+        Some(Config {
+            server: server?,
+            oidc: oidc?,
+            session: session?,
+            tokens,
+            api,
+            log,
+            telemetry,
+            frontend: FrontendIdentity::implicit(),
+            frontends: Vec::new(),
+        })
+    }
+
+    /// The `[[frontend]]` tables, each made a whole configuration over the shared sections.
+    fn frontends(&mut self, top: &Section<'_>, shared: Option<&Shared>) -> Option<Vec<Config>> {
+        let items: Vec<&Dict> = match top.dict.and_then(|d| d.get("frontend")) {
+            Some(Value::Array(_, items)) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| match v {
+                    Value::Dict(_, d) => Some(d),
+                    other => {
+                        self.error(format!("frontend[{i}]"), format!("expected a table, found {}", describe(other)));
+                        None
+                    }
+                })
+                .collect(),
+            Some(other) => {
+                self.error("frontend", format!("expected an array of tables ([[frontend]]), found {}", describe(other)));
+                return None;
+            }
+            None => return None,
+        };
+        if items.is_empty() {
+            self.error("frontend", "must hold at least one [[frontend]] table");
+            return None;
+        }
+        let several = items.len() > 1;
+        let mut out: Vec<Config> = Vec::new();
+        let mut complete = true;
+        for (i, dict) in items.into_iter().enumerate() {
+            let mut f = Section { path: format!("frontend[{i}]"), dict: Some(dict), known: BTreeSet::new() };
+            match self.frontend(&mut f, shared, several) {
+                Some(config) => {
+                    self.check_apart(&f, &config, &out);
+                    out.push(config);
+                }
+                None => complete = false,
+            }
+            self.finish(f);
+        }
+        complete.then_some(out)
+    }
+
+    /// One `[[frontend]]` table over the shared sections.
+    fn frontend(&mut self, f: &mut Section<'_>, shared: Option<&Shared>, several: bool) -> Option<Config> {
+        let name = self.required_string(f, "name").and_then(|name| {
+            let valid = name.len() <= 32
+                && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+            if !valid {
+                self.error(f.key("name"), "at most 32 of a-z, 0-9, '-' and '_', starting with a letter or digit");
+                return None;
+            }
+            Some(name)
+        });
+        let hosts: Vec<String> = self
+            .string_list(f, "hosts")
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|raw| match frontend_host(raw) {
+                Some(host) => Some(host),
+                None => {
+                    self.error(f.key("hosts"), format!("{raw:?} is not a host or host:port"));
+                    None
+                }
+            })
+            .collect();
+        let path = self.string_or(f, "path", "");
+        let path = if path.is_empty() || path == "/" { Some(String::new()) } else { self.frontend_path(f, &path) };
+        let public_url = match self.string(f, "public_url") {
+            Some(raw) => self.origin(f, "public_url", &raw),
+            None if hosts.is_empty() => shared.map(|s| s.server.public_url.clone()),
+            None => {
+                self.error(f.key("public_url"), "missing (required with hosts: the origin the browser sees)");
+                None
+            }
+        };
+        let static_dir = self.string_or(f, "static_dir", "");
+        let share = self.optional_uint(f, "max_upstream_concurrency", 1).map(|n| n as usize);
+        let (Some(shared), Some(public_url), Some(path)) = (shared, public_url, path) else {
+            // Read anyway, so every problem of the table is reported at once.
+            for own in ["oidc", "session", "api"] {
+                f.known.insert(own);
+            }
+            return None;
+        };
+        let all = shared.server.max_upstream_concurrency;
+        // Several frontends: none may take more than three quarters of the instance by default,
+        // so a crowd at one leaves the others room.
+        let default_share = if several { (all * 3 / 4).max(1) } else { all };
+        let server = ServerConfig {
+            public_url,
+            static_dir: (!static_dir.is_empty()).then(|| PathBuf::from(static_dir)),
+            max_upstream_concurrency_per_frontend: share.unwrap_or(default_share).min(all),
+            ..shared.server.clone()
+        };
+        let oidc = self.oidc(f, Some(&server), &format!("{path}/"));
+        f.known.insert("session");
+        let session = self.frontend_session(f, &shared.session, &server, name.as_deref(), &path);
+        let api = self.apis(f, &path);
+        Some(Config {
+            server,
+            oidc: oidc?,
+            session: session?,
+            tokens: shared.tokens.clone(),
+            api,
+            log: shared.log.clone(),
+            telemetry: shared.telemetry.clone(),
+            frontend: FrontendIdentity { name: name?, hosts, path, implicit: false },
+            frontends: Vec::new(),
+        })
+    }
+
+    /// A frontend's `[frontend.session]`: its cookie and lifetimes (the rest is shared); its
+    /// store keys are its own.
+    fn frontend_session(
+        &mut self,
+        f: &Section<'_>,
+        shared: &SessionConfig,
+        server: &ServerConfig,
+        name: Option<&str>,
+        path: &str,
+    ) -> Option<SessionConfig> {
+        let mut s = self.section(f, "session");
+        let https = server.public_url.scheme() == "https";
+        let name = name?;
+        // `__Host-` cookies must have `Path=/`: a frontend under a path gets `__Secure-`.
+        let default_cookie = match (https, path.is_empty()) {
+            (true, true) => format!("__Host-bff-{name}"),
+            (true, false) => format!("__Secure-bff-{name}"),
+            (false, _) => format!("bff-{name}"),
+        };
+        let (cookie_name, same_site) = self.cookie(&mut s, https, &default_cookie, shared.same_site);
+        if cookie_name.starts_with("__Host-") && !path.is_empty() {
+            self.error(s.key("cookie_name"), "a __Host- cookie cannot be limited to the frontend's path");
+        }
+        let (idle_timeout, absolute_timeout) = self.lifetimes(&mut s, shared.idle_timeout, shared.absolute_timeout);
+        self.finish(s);
+        Some(SessionConfig {
+            cookie_name,
+            same_site: same_site?,
+            idle_timeout,
+            absolute_timeout,
+            key_prefix: format!("{}{}{name}:", shared.key_prefix, crate::session::FRONTEND_KEYS),
+            ..shared.clone()
+        })
+    }
+
+    /// Frontends must be told apart: no two select the same host and path, none shares another's
+    /// cookie name.
+    fn check_apart(&mut self, f: &Section<'_>, config: &Config, earlier: &[Config]) {
+        let selects = |c: &Config| -> Vec<(String, String)> {
+            let hosts = if c.frontend.hosts.is_empty() { vec!["*".to_string()] } else { c.frontend.hosts.clone() };
+            hosts.into_iter().map(|h| (h, c.frontend.path.clone())).collect()
+        };
+        for (j, other) in earlier.iter().enumerate() {
+            if other.frontend.name == config.frontend.name {
+                self.error(f.key("name"), format!("duplicate name (also frontend[{j}])"));
+            }
+            if let Some((host, path)) = selects(config).into_iter().find(|s| selects(other).contains(s)) {
+                let path = if path.is_empty() { "/" } else { path.as_str() };
+                self.error(f.key("path"), format!("host {host:?} and path {path:?} are also frontend[{j}]'s"));
+            }
+            if other.session.cookie_name == config.session.cookie_name {
+                self.error(f.key("session.cookie_name"), format!("also frontend[{j}]'s cookie"));
+            }
+        }
+    }
+
+    /// A frontend's `path`: a plain path off bff's own routes.
+    fn frontend_path(&mut self, f: &Section<'_>, raw: &str) -> Option<String> {
+        let key = f.key("path");
+        let path = raw.trim_end_matches('/').to_string();
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "/-._~".contains(c);
+        if !path.starts_with('/')
+            || !path.chars().all(allowed)
+            || path.contains("//")
+            || path.split('/').any(|seg| seg == "." || seg == "..")
+        {
+            self.error(key, format!("{raw:?} must be a plain path starting with '/' (letters, digits, '-', '.', '_', '~')"));
+            return None;
+        }
+        if let Some(reserved) = crate::paths::reserved_prefix_of(&path) {
+            self.error(key, format!("{path:?} collides with a route of bff itself (under {reserved})"));
+            return None;
+        }
+        Some(path)
+    }
+
+    /// An origin (`scheme://host[:port]`), nothing after it.
+    fn origin(&mut self, s: &Section<'_>, name: &str, raw: &str) -> Option<Url> {
+        let url = self.url(&s.key(name), raw, name)?;
+        if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+            self.error(s.key(name), "must be an origin (scheme://host[:port]) with no path, query or fragment");
+            return None;
+        }
+        Some(url)
     }
 
     fn telemetry(&mut self, top: &mut Section<'_>) -> TelemetryConfig {
@@ -99,16 +334,7 @@ impl Walker<'_> {
             }
         };
         let public_raw = self.string_or(&mut s, "public_url", "http://localhost:8080");
-        let public_url = self.url(&s.key("public_url"), &public_raw, "public_url").and_then(|url| {
-            if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
-                self.error(
-                    s.key("public_url"),
-                    "must be an origin (scheme://host[:port]) with no path, query or fragment",
-                );
-                return None;
-            }
-            Some(url)
-        });
+        let public_url = self.origin(&s, "public_url", &public_raw);
         let static_dir = self.string_or(&mut s, "static_dir", "static");
         let templates_dir = self.string_or(&mut s, "templates_dir", "templates");
         let workers = self.uint(&mut s, "workers", 0, 0) as usize;
@@ -150,6 +376,7 @@ impl Walker<'_> {
             keep_alive,
             max_header_bytes,
             max_upstream_concurrency,
+            max_upstream_concurrency_per_frontend: max_upstream_concurrency,
             max_upstream_concurrency_per_session,
             max_upstream_concurrency_anonymous,
             max_upstream_concurrency_per_address,
@@ -159,7 +386,14 @@ impl Walker<'_> {
         })
     }
 
-    fn oidc(&mut self, top: &mut Section<'_>, server: Option<&ServerConfig>) -> Option<OidcConfig> {
+    /// `[oidc]` (or a frontend's); `post_logout_default` is the frontend's root.
+    fn oidc(
+        &mut self,
+        top: &mut Section<'_>,
+        server: Option<&ServerConfig>,
+        post_logout_default: &str,
+    ) -> Option<OidcConfig> {
+        top.known.insert("oidc");
         let mut s = self.section(top, "oidc");
         let issuer = self
             .required_string(&mut s, "issuer")
@@ -239,7 +473,7 @@ impl Walker<'_> {
                 );
             }
         }
-        let post_logout_raw = self.string_or(&mut s, "post_logout_redirect", "/");
+        let post_logout_raw = self.string_or(&mut s, "post_logout_redirect", post_logout_default);
         let post_logout_redirect = server.and_then(|server| {
             resolve_same_origin(&server.public_url, &post_logout_raw)
                 .map_err(|msg| self.error(s.key("post_logout_redirect"), msg))
@@ -434,31 +668,10 @@ impl Walker<'_> {
             }
         };
         let https = server.is_some_and(|s| s.public_url.scheme() == "https");
-        let cookie_name = self.string_or(&mut s, "cookie_name", "");
-        let cookie_name = if cookie_name.is_empty() {
-            if https { "__Host-bff".to_string() } else { "bff".to_string() }
-        } else {
-            if !cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-                self.error(s.key("cookie_name"), "may only hold letters, digits, '-', '_' and '.'");
-            }
-            if cookie_name.starts_with("__Host-") && !https {
-                self.error(s.key("cookie_name"), "a __Host- cookie needs an https public_url");
-            }
-            cookie_name
-        };
-        let same_site = match self.string_or(&mut s, "same_site", "lax").to_ascii_lowercase().as_str() {
-            "lax" => Some(SameSitePolicy::Lax),
-            "strict" => Some(SameSitePolicy::Strict),
-            other => {
-                self.error(s.key("same_site"), format!("must be \"lax\" or \"strict\" (got {other:?})"));
-                None
-            }
-        };
-        let idle_timeout = self.secs(&mut s, "idle_timeout_secs", 28_800, 60);
-        let absolute_timeout = self.secs(&mut s, "absolute_timeout_secs", 86_400, 60);
-        if idle_timeout > absolute_timeout {
-            self.error(s.key("idle_timeout_secs"), "must not exceed absolute_timeout_secs");
-        }
+        let default_cookie = if https { "__Host-bff" } else { "bff" };
+        let (cookie_name, same_site) = self.cookie(&mut s, https, default_cookie, SameSitePolicy::Lax);
+        let (idle_timeout, absolute_timeout) =
+            self.lifetimes(&mut s, Duration::from_secs(28_800), Duration::from_secs(86_400));
         let key_prefix = self.string_or(&mut s, "key_prefix", "bff:");
         if key_prefix.contains(['{', '}']) || key_prefix.contains(char::is_whitespace) {
             // Braces are Redis Cluster hash tags: bff puts its own around each session id.
@@ -480,6 +693,51 @@ impl Walker<'_> {
             redis_timeout,
             redis_tls,
         })
+    }
+
+    /// `cookie_name` and `same_site` of `[session]` or a frontend's.
+    fn cookie(
+        &mut self,
+        s: &mut Section<'_>,
+        https: bool,
+        default_name: &str,
+        default_same_site: SameSitePolicy,
+    ) -> (String, Option<SameSitePolicy>) {
+        let cookie_name = self.string_or(s, "cookie_name", "");
+        let cookie_name = if cookie_name.is_empty() {
+            default_name.to_string()
+        } else {
+            if !cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                self.error(s.key("cookie_name"), "may only hold letters, digits, '-', '_' and '.'");
+            }
+            if (cookie_name.starts_with("__Host-") || cookie_name.starts_with("__Secure-")) && !https {
+                self.error(s.key("cookie_name"), "a __Host- or __Secure- cookie needs an https public_url");
+            }
+            cookie_name
+        };
+        let default_same_site = match default_same_site {
+            SameSitePolicy::Lax => "lax",
+            SameSitePolicy::Strict => "strict",
+        };
+        let same_site = match self.string_or(s, "same_site", default_same_site).to_ascii_lowercase().as_str() {
+            "lax" => Some(SameSitePolicy::Lax),
+            "strict" => Some(SameSitePolicy::Strict),
+            other => {
+                self.error(s.key("same_site"), format!("must be \"lax\" or \"strict\" (got {other:?})"));
+                None
+            }
+        };
+        (cookie_name, same_site)
+    }
+
+    /// `idle_timeout_secs` and `absolute_timeout_secs` of `[session]` or a frontend's.
+    fn lifetimes(&mut self, s: &mut Section<'_>, idle: Duration, absolute: Duration) -> (Duration, Duration) {
+        let idle_timeout = self.secs(s, "idle_timeout_secs", idle.as_secs(), 60);
+        let absolute_timeout = self.secs(s, "absolute_timeout_secs", absolute.as_secs(), 60);
+        if idle_timeout > absolute_timeout {
+            self.error(s.key("idle_timeout_secs"), "must not exceed absolute_timeout_secs");
+        }
+        (idle_timeout, absolute_timeout)
     }
 
     fn tokens(&mut self, top: &mut Section<'_>) -> TokensConfig {
@@ -506,8 +764,10 @@ impl Walker<'_> {
         }
     }
 
-    fn apis(&mut self, top: &mut Section<'_>) -> Vec<ApiConfig> {
+    /// `[[api]]` routes (or a frontend's, whose prefixes are full paths under its `path`).
+    fn apis(&mut self, top: &mut Section<'_>, frontend_path: &str) -> Vec<ApiConfig> {
         top.known.insert("api");
+        let api_key = top.key("api");
         let items: Vec<&Dict> = match top.dict.and_then(|d| d.get("api")) {
             None => Vec::new(),
             Some(Value::Array(_, items)) => items
@@ -516,25 +776,25 @@ impl Walker<'_> {
                 .filter_map(|(i, v)| match v {
                     Value::Dict(_, d) => Some(d),
                     other => {
-                        self.error(format!("api[{i}]"), format!("expected a table, found {}", describe(other)));
+                        self.error(format!("{api_key}[{i}]"), format!("expected a table, found {}", describe(other)));
                         None
                     }
                 })
                 .collect(),
             Some(other) => {
-                self.error("api", format!("expected an array of tables ([[api]]), found {}", describe(other)));
+                self.error(&api_key, format!("expected an array of tables ([[api]]), found {}", describe(other)));
                 Vec::new()
             }
         };
         let mut out = Vec::new();
         let mut seen: HashMap<String, usize> = HashMap::new();
         for (i, dict) in items.into_iter().enumerate() {
-            let mut s = Section { path: format!("api[{i}]"), dict: Some(dict), known: BTreeSet::new() };
-            let prefix = self.required_string(&mut s, "prefix").and_then(|p| self.api_prefix(&s, p));
+            let mut s = Section { path: format!("{api_key}[{i}]"), dict: Some(dict), known: BTreeSet::new() };
+            let prefix = self.required_string(&mut s, "prefix").and_then(|p| self.api_prefix(&s, p, frontend_path));
             if let Some(p) = &prefix
                 && let Some(first) = seen.insert(p.clone(), i)
             {
-                self.error(s.key("prefix"), format!("duplicate prefix {p:?} (also api[{first}])"));
+                self.error(s.key("prefix"), format!("duplicate prefix {p:?} (also {api_key}[{first}])"));
             }
             let upstream = self.required_string(&mut s, "upstream").and_then(|raw| {
                 let url = self.url(&s.key("upstream"), &raw, "upstream")?;
@@ -659,22 +919,29 @@ impl Walker<'_> {
         }
     }
 
-    fn api_prefix(&mut self, s: &Section<'_>, raw: String) -> Option<String> {
+    fn api_prefix(&mut self, s: &Section<'_>, raw: String, frontend_path: &str) -> Option<String> {
         let key = s.key("prefix");
         if !raw.starts_with('/') {
             self.error(key, format!("must start with '/' (got {raw:?})"));
             return None;
         }
         let prefix = raw.trim_end_matches('/').to_string();
-        if prefix.is_empty() {
-            self.error(key, "must not be \"/\": the SPA and /auth live there");
+        // A frontend's routes live under its path: the part after it is what must stay off bff's
+        // own routes and off the SPA's root.
+        let Some(within) = prefix.strip_prefix(frontend_path).filter(|w| w.is_empty() || w.starts_with('/')) else {
+            self.error(key, format!("{prefix:?} must be under the frontend's path {frontend_path:?}"));
+            return None;
+        };
+        if within.is_empty() {
+            let root = if frontend_path.is_empty() { "/" } else { frontend_path };
+            self.error(key, format!("must not be {root:?}: the SPA and /auth live there"));
             return None;
         }
         // Every own path is reserved whether or not this configuration serves it (`/metrics`
         // off the public listener, `/.well-known/jwks.json` without `private_key_jwt`): turning
         // a feature on must not take a path an API already has.
-        if let Some(reserved) = crate::paths::reserved_prefix_of(&prefix) {
-            self.error(key, format!("{prefix:?} collides with a route of bff itself (under {reserved})"));
+        if let Some(reserved) = crate::paths::reserved_prefix_of(within) {
+            self.error(key, format!("{prefix:?} collides with a route of bff itself (under {frontend_path}{reserved})"));
             return None;
         }
         let allowed = |c: char| c.is_ascii_alphanumeric() || "/-._~".contains(c);
@@ -687,6 +954,31 @@ impl Walker<'_> {
         }
         Some(prefix)
     }
+}
+
+/// The shared sections every frontend is made over.
+struct Shared {
+    server: ServerConfig,
+    session: SessionConfig,
+    tokens: TokensConfig,
+    log: LogConfig,
+    telemetry: TelemetryConfig,
+}
+
+/// A `hosts` entry as requests are matched against it: lower-case `host` or `host:port`.
+fn frontend_host(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    if raw.is_empty() || raw.contains(['/', '@', '?', '#']) {
+        return None;
+    }
+    let url = Url::parse(&format!("http://{raw}/")).ok()?;
+    let host = url.host_str()?.to_ascii_lowercase();
+    // `Url` drops the scheme's default port: `host:80` is kept as written.
+    let port = url.port().map(|p| p.to_string()).or_else(|| raw.rsplit_once(':').map(|(_, p)| p.to_string()).filter(|p| p == "80"));
+    Some(match port {
+        Some(port) => format!("{host}:{port}"),
+        None => host,
+    })
 }
 
 /// Resolves `raw` against `origin`; the result must stay on that origin.

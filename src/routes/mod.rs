@@ -61,7 +61,7 @@ fn refuse_method(req: &HttpRequest, allow: &'static str) -> HttpResponse {
 }
 
 /// 404 `not_found`: JSON, or a page for a navigation.
-async fn not_found(req: HttpRequest) -> HttpResponse {
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
     respond(&req, &AppError::NotFound)
 }
 
@@ -72,8 +72,8 @@ fn respond(req: &HttpRequest, error: &AppError) -> HttpResponse {
     }
 }
 
-/// Everything bff serves. The session middleware sits on `/auth` only: the proxy reads the
-/// cookie itself and needs one store read per call, not two.
+/// Everything one frontend serves, relative to its path. The session middleware sits on
+/// `/auth` only: the proxy reads the cookie itself and needs one store read per call, not two.
 pub fn configure(cfg: &mut web::ServiceConfig, state: &web::Data<AppState>) {
     cfg.app_data(web::FormConfig::default().limit(AUTH_BODY_LIMIT));
     let mut auth = web::scope(AUTH_SCOPE)
@@ -82,9 +82,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &web::Data<AppState>) {
         .wrap(from_fn(auth_guard));
     for &route in OWN_ROUTES {
         let served_here = match route {
-            // Metrics say how busy bff is and what fails: not for whoever reaches the public
-            // address, unless the operator says so.
-            OwnRoute::Metrics => state.config.server.metrics_public,
+            // The process's own: served by `configure_server` whichever frontend the host is.
+            OwnRoute::Healthz | OwnRoute::Readyz | OwnRoute::Metrics => false,
             OwnRoute::Jwks => state.config.oidc.client_keys.is_some(),
             _ => true,
         };
@@ -103,11 +102,24 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &web::Data<AppState>) {
         cfg.app_data(web::Data::new(keys.clone()));
     }
     for route in state.proxy.routes() {
+        // The route's prefix is a full path; the frontend's scope has taken its path already.
         cfg.service(
-            web::scope(&route.prefix).app_data(web::Data::new(route.clone())).default_service(web::to(api::proxy)),
+            web::scope(state.within(&route.prefix))
+                .app_data(web::Data::new(route.clone()))
+                .default_service(web::to(api::proxy)),
         );
     }
     spa::configure(cfg, state.config.server.static_dir.as_deref());
+}
+
+/// What the process serves whichever frontend a host or path is: health, metrics (with
+/// `server.metrics_public`), and 404 for requests no frontend takes.
+pub fn configure_server(cfg: &mut web::ServiceConfig, metrics_public: bool) {
+    cfg.service(resource(OwnRoute::Healthz)).service(resource(OwnRoute::Readyz));
+    if metrics_public {
+        cfg.service(resource(OwnRoute::Metrics));
+    }
+    cfg.default_service(web::to(not_found));
 }
 
 /// The separate metrics listener (`server.metrics_listen`): `/metrics`, and 404 for the rest.

@@ -12,7 +12,7 @@ use secrecy::SecretString;
 
 use super::{SessionHandle, SessionId, SessionStoreAdapter};
 use crate::bounded::BoundedLru;
-use crate::config::{Config, SameSitePolicy};
+use crate::config::{Config, FrontendIdentity, SameSitePolicy};
 use crate::crypto;
 use crate::metrics::{CacheName, Metrics};
 
@@ -26,6 +26,8 @@ pub struct CookiePolicy {
     pub secure: bool,
     pub same_site: SameSite,
     pub max_age: time::Duration,
+    /// `/`, or the frontend's path: its cookies go to its own routes only.
+    pub path: String,
     /// The current key first; older ones (secret rotation) still open cookies.
     keys: Vec<Key>,
     /// Session cookies already opened (with `tokens.local_cache`), see `OpenedCookies`.
@@ -88,9 +90,16 @@ impl std::fmt::Debug for CookiePolicy {
     }
 }
 
-/// The cookie key: derived from the current secret, identical on every instance.
-fn cookie_key(secret: &SecretString) -> Key {
-    Key::from(&crypto::derive_key::<64>(secret, "bff session cookie"))
+/// The cookie key: derived from the secret, identical on every instance, and bound to its
+/// frontend (a cookie one frontend sealed opens at no other; the implicit frontend keeps the key
+/// it had before frontends existed).
+fn cookie_key(secret: &SecretString, frontend: &FrontendIdentity) -> Key {
+    let purpose = if frontend.implicit {
+        "bff session cookie".to_string()
+    } else {
+        format!("bff session cookie of frontend {}", frontend.name)
+    };
+    Key::from(&crypto::derive_key::<64>(secret, &purpose))
 }
 
 impl CookiePolicy {
@@ -111,7 +120,8 @@ impl CookiePolicy {
             max_age: time::Duration::seconds(
                 i64::try_from(config.session.absolute_timeout.as_secs()).unwrap_or(i64::MAX),
             ),
-            keys: config.session.secrets.iter().map(cookie_key).collect(),
+            keys: config.session.secrets.iter().map(|secret| cookie_key(secret, &config.frontend)).collect(),
+            path: if config.frontend.path.is_empty() { "/".to_string() } else { config.frontend.path.clone() },
             opened: config.tokens.local_cache.then(|| {
                 Arc::new(OpenedCookies(Mutex::new(BoundedLru::new(
                     config.tokens.local_cache_max_entries,
@@ -128,7 +138,7 @@ impl CookiePolicy {
             .cookie_secure(self.secure)
             .cookie_http_only(true)
             .cookie_same_site(self.same_site)
-            .cookie_path("/".into())
+            .cookie_path(self.path.clone())
             .cookie_domain(None)
             .cookie_content_security(CookieContentSecurity::Private)
             .session_lifecycle(
@@ -143,7 +153,7 @@ impl CookiePolicy {
     /// callback is a cross-site top-level navigation from the IdP, which `Strict` would strip.
     pub fn login_cookie(&self, value: &str) -> Cookie<'static> {
         Cookie::build(self.login_name.clone(), value.to_string())
-            .path("/")
+            .path(self.path.clone())
             .http_only(true)
             .secure(self.secure)
             .same_site(SameSite::Lax)
@@ -167,7 +177,7 @@ impl CookiePolicy {
     /// The session cookie's attributes, as the session middleware sets them.
     fn session_cookie_with(&self, value: String) -> Cookie<'static> {
         Cookie::build(self.name.clone(), value)
-            .path("/")
+            .path(self.path.clone())
             .http_only(true)
             .secure(self.secure)
             .same_site(self.same_site)

@@ -75,6 +75,9 @@ impl SessionHandle {
     }
 }
 
+/// After the base prefix, what starts a named frontend's keys: `bff:fe:shop:{…}:tokens`.
+pub const FRONTEND_KEYS: &str = "fe:";
+
 /// Where things live in the store.
 #[derive(Clone, Debug)]
 pub struct KeyLayout {
@@ -95,8 +98,14 @@ impl KeyLayout {
     }
 
     /// The session handle inside a token-set key (an invalidation names keys, not sessions).
+    /// A layout of the base prefix also reads the keys of every frontend (`fe:<name>:` after it).
     pub fn session_of_tokens_key<'k>(&self, key: &'k str) -> Option<&'k str> {
-        let handle = key.strip_prefix(self.prefix.as_str())?.strip_prefix('{')?.strip_suffix("}:tokens")?;
+        let rest = key.strip_prefix(self.prefix.as_str())?;
+        let rest = match rest.strip_prefix(FRONTEND_KEYS) {
+            Some(named) => named.split_once(':').map(|(_, after)| after)?,
+            None => rest,
+        };
+        let handle = rest.strip_prefix('{')?.strip_suffix("}:tokens")?;
         SessionHandle::is_well_formed(handle).then_some(handle)
     }
 
@@ -150,6 +159,9 @@ mod tests {
         assert_eq!(layout.session_of_tokens_key(&layout.tokens(&h)), Some(h.as_str()));
         assert_eq!(layout.session_of_tokens_key(&layout.session(&h)), None);
         assert_eq!(layout.session_of_tokens_key("bff:{short}:tokens"), None);
+        let shop = KeyLayout::new("bff:fe:shop:");
+        assert_eq!(layout.session_of_tokens_key(&shop.tokens(&h)), Some(h.as_str()));
+        assert_eq!(shop.session_of_tokens_key(&layout.tokens(&h)), None);
         for key in layout.all_of_session(&h) {
             assert!(key.starts_with(&format!("bff:{{{}}}:", h.as_str())), "{key}");
             assert!(!key.contains(id.expose()));
