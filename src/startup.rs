@@ -184,7 +184,12 @@ impl Application {
             logins: PendingLogins::new(store.clone(), sealer.clone(), keys.clone()),
             sessions,
             pages: Arc::new(Pages::load(&config.server.templates_dir, STYLESHEET_PATH)?),
-            proxy: Arc::new(Proxy::new(&config, Arc::clone(&metrics))),
+            proxy: Arc::new(Proxy::new(
+                &config,
+                Arc::clone(&metrics),
+                crate::proxy::global_permits(&config),
+                config.server.max_upstream_concurrency,
+            )),
             content_security_policy: content_security_policy(&config),
             login_limiter: RateLimiter::new(
                 config.server.login_starts_per_minute,
