@@ -675,7 +675,8 @@ async fn sample(
             .map(|(_, v)| *v)
             .collect();
         cache_bytes.push((!bytes.is_empty()).then(|| bytes.iter().sum()));
-        rejected_again += m.get("bff_token_refreshes_total{outcome=\"rejected_again\"}").copied().unwrap_or(0.0);
+        rejected_again +=
+            m.get("bff_token_refreshes_total{frontend=\"default\",outcome=\"rejected_again\"}").copied().unwrap_or(0.0);
     }
     let redis_mib = redis_used(redis).await;
     let hostile = counts.hostile.lock().unwrap().clone();

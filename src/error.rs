@@ -254,6 +254,7 @@ mod tests {
             (AppError::Limited(Limit::HeaderSize), 431, "headers_too_large"),
             (AppError::Limited(Limit::LoginRate), 429, "too_many_logins"),
             (AppError::Limited(Limit::UpstreamConcurrency), 429, "upstream_busy"),
+            (AppError::Limited(Limit::FrontendConcurrency), 429, "upstream_busy"),
             (AppError::LimitedFor(Limit::LoginRate, Duration::from_millis(1500)), 429, "too_many_logins"),
             (AppError::BadRequest(BadRequest::InvalidPath), 400, "invalid_path"),
             (AppError::BadRequest(BadRequest::InvalidRequest), 400, "invalid_request"),
@@ -279,6 +280,7 @@ mod tests {
         );
         assert_eq!(retry_after(AppError::LimitedFor(Limit::LoginRate, Duration::ZERO)).as_deref(), Some("1"));
         assert_eq!(retry_after(AppError::Limited(Limit::UpstreamConcurrency)).as_deref(), Some("10"));
+        assert_eq!(retry_after(AppError::Limited(Limit::FrontendConcurrency)).as_deref(), Some("10"));
         assert_eq!(retry_after(AppError::Limited(Limit::BodySize)), None);
     }
 

@@ -18,6 +18,9 @@ pub enum Limit {
     BodySize,
     /// `server.max_upstream_concurrency` calls already in flight: 429 `upstream_busy`.
     UpstreamConcurrency,
+    /// `server.max_upstream_concurrency_per_frontend` calls of this frontend in flight: 429
+    /// `upstream_busy`.
+    FrontendConcurrency,
     /// `server.max_upstream_concurrency_per_session` calls of this session in flight: 429
     /// `upstream_busy`.
     SessionConcurrency,
@@ -37,6 +40,7 @@ impl Limit {
             Limit::HeaderSize => "header_size",
             Limit::BodySize => "body_size",
             Limit::UpstreamConcurrency => "upstream_concurrency",
+            Limit::FrontendConcurrency => "frontend_concurrency",
             Limit::SessionConcurrency => "session_concurrency",
             Limit::AnonymousConcurrency => "anonymous_concurrency",
             Limit::AddressConcurrency => "address_concurrency",

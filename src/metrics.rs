@@ -3,6 +3,7 @@
 //! classes, configured API prefixes, fixed outcome names — never a path, user or session.
 
 use crate::limits::Limit;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
@@ -13,7 +14,23 @@ use prometheus::{
 /// Latency buckets from 0.5 ms to 30 s.
 const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
+/// One frontend's view of this process's metrics: the shared families, and the `frontend` label
+/// value its per-frontend series carry. Cheap to clone; every view of one process renders the
+/// same registry.
+#[derive(Clone)]
 pub struct Metrics {
+    families: Arc<Families>,
+    /// The `[[frontend]]`'s name, `"default"` for a configuration without frontends. Shared:
+    /// one allocation per frontend, not one per view.
+    frontend: Arc<str>,
+}
+
+/// The frontend name of `Metrics::new()`: a configuration without `[[frontend]]`.
+pub const DEFAULT_FRONTEND: &str = "default";
+
+/// The registry and its families, one per process: the per-frontend families carry a `frontend`
+/// label (first); store, refresh-lock and cache families are the process's and carry none.
+struct Families {
     registry: Registry,
     requests: IntCounterVec,
     request_duration: HistogramVec,
@@ -32,6 +49,7 @@ pub struct Metrics {
     websocket_upgrades: IntCounterVec,
     websocket_closes: IntCounterVec,
     websockets_open: IntGauge,
+    config_reloads: IntCounterVec,
     cache: CacheMetrics,
     cache_entries: IntGaugeVec,
     cache_bytes: IntGaugeVec,
@@ -126,7 +144,7 @@ impl CacheMetrics {
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Metrics")
+        f.debug_struct("Metrics").field("frontend", &self.frontend).finish_non_exhaustive()
     }
 }
 
@@ -253,38 +271,43 @@ fn status_class(status: u16) -> &'static str {
     }
 }
 
-impl Metrics {
-    pub fn new() -> Result<Metrics, prometheus::Error> {
+/// The per-frontend families' labels: `frontend` first, then the family's own.
+fn labelled<'a>(own: &[&'a str]) -> Vec<&'a str> {
+    std::iter::once("frontend").chain(own.iter().copied()).collect()
+}
+
+impl Families {
+    fn new() -> Result<Families, prometheus::Error> {
         let registry = Registry::new_custom(Some("bff".into()), None)?;
         let hist = |name: &str, help: &str| HistogramOpts::new(name, help).buckets(BUCKETS.to_vec());
-        let m = Metrics {
+        let f = Families {
             requests: IntCounterVec::new(
-                Opts::new("http_requests_total", "Requests answered, by route class and status class"),
-                &["route", "status"],
+                Opts::new("http_requests_total", "Requests answered, by frontend, route class and status class"),
+                &labelled(&["route", "status"]),
             )?,
             request_duration: HistogramVec::new(
                 hist("http_request_duration_seconds", "Time to the response head"),
-                &["route"],
+                &labelled(&["route"]),
             )?,
             upstream_duration: HistogramVec::new(
                 hist("upstream_duration_seconds", "Upstream time to response head, by API prefix"),
-                &["api"],
+                &labelled(&["api"]),
             )?,
             upstream_errors: IntCounterVec::new(
                 Opts::new("upstream_errors_total", "Upstream calls that failed, by API prefix and kind"),
-                &["api", "kind"],
+                &labelled(&["api", "kind"]),
             )?,
             refreshes: IntCounterVec::new(
                 Opts::new("token_refreshes_total", "Access-token refreshes by outcome"),
-                &["outcome"],
+                &labelled(&["outcome"]),
             )?,
             client_tokens: IntCounterVec::new(
                 Opts::new("client_token_requests_total", "Client-credentials token requests, by outcome"),
-                &["outcome"],
+                &labelled(&["outcome"]),
             )?,
             token_exchanges: IntCounterVec::new(
                 Opts::new("token_exchanges_total", "Token exchanges (RFC 8693) asked of the provider, by outcome"),
-                &["outcome"],
+                &labelled(&["outcome"]),
             )?,
             lock_wait: Histogram::with_opts(hist(
                 "refresh_lock_wait_seconds",
@@ -296,11 +319,11 @@ impl Metrics {
                     "auth_events_total",
                     "Logins, failed logins, logouts, back-channel and front-channel logouts",
                 ),
-                &["event"],
+                &labelled(&["event"]),
             )?,
             logout_sessions_ended: IntCounterVec::new(
                 Opts::new("logout_sessions_ended_total", "Sessions ended by the provider's logouts, by channel"),
-                &["channel"],
+                &labelled(&["channel"]),
             )?,
             store_duration: HistogramVec::new(
                 hist("session_store_duration_seconds", "Session store operations"),
@@ -312,20 +335,24 @@ impl Metrics {
             )?,
             limited: IntCounterVec::new(
                 Opts::new("requests_limited_total", "Requests refused by a limit"),
-                &["limit"],
+                &labelled(&["limit"]),
             )?,
             websocket_upgrades: IntCounterVec::new(
                 Opts::new(
                     "websocket_upgrades_total",
                     "WebSocket upgrade requests: upgraded, refused (by bff or the upstream), failed (5xx)",
                 ),
-                &["outcome"],
+                &labelled(&["outcome"]),
             )?,
             websocket_closes: IntCounterVec::new(
                 Opts::new("websocket_closes_total", "WebSockets that ended, by why"),
-                &["reason"],
+                &labelled(&["reason"]),
             )?,
             websockets_open: IntGauge::new("websockets_open", "WebSockets open through this instance now")?,
+            config_reloads: IntCounterVec::new(
+                Opts::new("config_reloads_total", "Configuration reloads, applied or refused"),
+                &["outcome"],
+            )?,
             cache: CacheMetrics {
                 hits: IntCounter::new("token_cache_hits_total", "API calls answered from the local token cache")?,
                 misses: IntCounter::new(
@@ -360,55 +387,77 @@ impl Metrics {
             )?,
             registry,
         };
-        m.registry.register(Box::new(m.requests.clone()))?;
-        m.registry.register(Box::new(m.request_duration.clone()))?;
-        m.registry.register(Box::new(m.upstream_duration.clone()))?;
-        m.registry.register(Box::new(m.upstream_errors.clone()))?;
-        m.registry.register(Box::new(m.refreshes.clone()))?;
-        m.registry.register(Box::new(m.client_tokens.clone()))?;
-        m.registry.register(Box::new(m.token_exchanges.clone()))?;
-        m.registry.register(Box::new(m.lock_wait.clone()))?;
-        m.registry.register(Box::new(m.locks_active.clone()))?;
-        m.registry.register(Box::new(m.auth_events.clone()))?;
-        m.registry.register(Box::new(m.logout_sessions_ended.clone()))?;
-        m.registry.register(Box::new(m.store_duration.clone()))?;
-        m.registry.register(Box::new(m.store_errors.clone()))?;
-        m.registry.register(Box::new(m.limited.clone()))?;
-        m.registry.register(Box::new(m.websocket_upgrades.clone()))?;
-        m.registry.register(Box::new(m.websocket_closes.clone()))?;
-        m.registry.register(Box::new(m.websockets_open.clone()))?;
-        m.registry.register(Box::new(m.cache.hits.clone()))?;
-        m.registry.register(Box::new(m.cache.misses.clone()))?;
-        m.registry.register(Box::new(m.cache.fills.clone()))?;
-        m.registry.register(Box::new(m.cache.invalidations.clone()))?;
-        m.registry.register(Box::new(m.cache.entries.clone()))?;
-        m.registry.register(Box::new(m.cache.channel_up.clone()))?;
-        m.registry.register(Box::new(m.cache.mode.clone()))?;
-        m.registry.register(Box::new(m.cache_entries.clone()))?;
-        m.registry.register(Box::new(m.cache_bytes.clone()))?;
-        Ok(m)
+        f.registry.register(Box::new(f.requests.clone()))?;
+        f.registry.register(Box::new(f.request_duration.clone()))?;
+        f.registry.register(Box::new(f.upstream_duration.clone()))?;
+        f.registry.register(Box::new(f.upstream_errors.clone()))?;
+        f.registry.register(Box::new(f.refreshes.clone()))?;
+        f.registry.register(Box::new(f.client_tokens.clone()))?;
+        f.registry.register(Box::new(f.token_exchanges.clone()))?;
+        f.registry.register(Box::new(f.lock_wait.clone()))?;
+        f.registry.register(Box::new(f.locks_active.clone()))?;
+        f.registry.register(Box::new(f.auth_events.clone()))?;
+        f.registry.register(Box::new(f.logout_sessions_ended.clone()))?;
+        f.registry.register(Box::new(f.store_duration.clone()))?;
+        f.registry.register(Box::new(f.store_errors.clone()))?;
+        f.registry.register(Box::new(f.limited.clone()))?;
+        f.registry.register(Box::new(f.websocket_upgrades.clone()))?;
+        f.registry.register(Box::new(f.websocket_closes.clone()))?;
+        f.registry.register(Box::new(f.websockets_open.clone()))?;
+        f.registry.register(Box::new(f.config_reloads.clone()))?;
+        f.registry.register(Box::new(f.cache.hits.clone()))?;
+        f.registry.register(Box::new(f.cache.misses.clone()))?;
+        f.registry.register(Box::new(f.cache.fills.clone()))?;
+        f.registry.register(Box::new(f.cache.invalidations.clone()))?;
+        f.registry.register(Box::new(f.cache.entries.clone()))?;
+        f.registry.register(Box::new(f.cache.channel_up.clone()))?;
+        f.registry.register(Box::new(f.cache.mode.clone()))?;
+        f.registry.register(Box::new(f.cache_entries.clone()))?;
+        f.registry.register(Box::new(f.cache_bytes.clone()))?;
+        Ok(f)
+    }
+}
+
+impl Metrics {
+    /// A new registry, its view for the frontend `"default"` (a configuration without
+    /// `[[frontend]]`); the other frontends' views come from `for_frontend`.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        Ok(Metrics { families: Arc::new(Families::new()?), frontend: Arc::from(DEFAULT_FRONTEND) })
+    }
+
+    /// The view of the same registry for the frontend `name`: its per-frontend series carry
+    /// `frontend="{name}"`, the per-process ones are shared with every other view.
+    pub fn for_frontend(&self, name: &str) -> Metrics {
+        Metrics { families: Arc::clone(&self.families), frontend: Arc::from(name) }
+    }
+
+    /// The `frontend` label value of this view.
+    pub fn frontend(&self) -> &str {
+        &self.frontend
     }
 
     pub fn request(&self, route: &str, status: u16, elapsed: Duration) {
-        self.requests.with_label_values(&[route, status_class(status)]).inc();
-        self.request_duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
+        let f = &self.families;
+        f.requests.with_label_values(&[self.frontend(), route, status_class(status)]).inc();
+        f.request_duration.with_label_values(&[self.frontend(), route]).observe(elapsed.as_secs_f64());
     }
 
     pub fn upstream(&self, api: &str, elapsed: Duration) {
-        self.upstream_duration.with_label_values(&[api]).observe(elapsed.as_secs_f64());
+        self.families.upstream_duration.with_label_values(&[self.frontend(), api]).observe(elapsed.as_secs_f64());
     }
 
     pub fn upstream_error(&self, api: &str, failure: UpstreamFailure) {
-        self.upstream_errors.with_label_values(&[api, failure.label()]).inc();
+        self.families.upstream_errors.with_label_values(&[self.frontend(), api, failure.label()]).inc();
     }
 
     pub fn refresh(&self, outcome: RefreshOutcome) {
-        self.refreshes.with_label_values(&[outcome.label()]).inc();
+        self.families.refreshes.with_label_values(&[self.frontend(), outcome.label()]).inc();
     }
 
     /// A client-credentials token request; `ok`: a token came back.
     pub fn client_token(&self, ok: bool) {
-        self.client_tokens.with_label_values(&[if ok { "ok" } else { "failed" }]).inc();
+        let outcome = if ok { "ok" } else { "failed" };
+        self.families.client_tokens.with_label_values(&[self.frontend(), outcome]).inc();
     }
 
     /// A token exchange asked of the provider.
@@ -418,39 +467,40 @@ impl Metrics {
             ExchangeOutcome::Refused => "refused",
             ExchangeOutcome::Failed => "failed",
         };
-        self.token_exchanges.with_label_values(&[label]).inc();
+        self.families.token_exchanges.with_label_values(&[self.frontend(), label]).inc();
     }
 
     pub fn lock_waited(&self, elapsed: Duration) {
-        self.lock_wait.observe(elapsed.as_secs_f64());
+        self.families.lock_wait.observe(elapsed.as_secs_f64());
     }
 
     pub fn lock_taken(&self) {
-        self.locks_active.inc();
+        self.families.locks_active.inc();
     }
 
     pub fn lock_released(&self) {
-        self.locks_active.dec();
+        self.families.locks_active.dec();
     }
 
     pub fn auth_event(&self, event: AuthEvent) {
-        self.auth_events.with_label_values(&[event.label()]).inc();
+        self.families.auth_events.with_label_values(&[self.frontend(), event.label()]).inc();
     }
 
     /// `channel`: `backchannel` or `frontchannel`.
     pub fn logout_sessions_ended(&self, channel: &'static str, count: usize) {
-        self.logout_sessions_ended.with_label_values(&[channel]).inc_by(count as u64);
+        self.families.logout_sessions_ended.with_label_values(&[self.frontend(), channel]).inc_by(count as u64);
     }
 
     pub fn store_op(&self, op: &'static str, elapsed: Duration, ok: bool) {
-        self.store_duration.with_label_values(&[op]).observe(elapsed.as_secs_f64());
+        let f = &self.families;
+        f.store_duration.with_label_values(&[op]).observe(elapsed.as_secs_f64());
         if !ok {
-            self.store_errors.with_label_values(&[op]).inc();
+            f.store_errors.with_label_values(&[op]).inc();
         }
     }
 
     pub fn limited(&self, limit: Limit) {
-        self.limited.with_label_values(&[limit.label()]).inc();
+        self.families.limited.with_label_values(&[self.frontend(), limit.label()]).inc();
     }
 
     /// A WebSocket upgrade request answered with `status`.
@@ -460,35 +510,42 @@ impl Metrics {
             500.. => "failed",
             _ => "refused",
         };
-        self.websocket_upgrades.with_label_values(&[outcome]).inc();
+        self.families.websocket_upgrades.with_label_values(&[self.frontend(), outcome]).inc();
     }
 
     /// Counts a WebSocket as open until the guard is dropped.
     pub fn websocket_opened(&self) -> OpenSocket {
-        self.websockets_open.inc();
-        OpenSocket(self.websockets_open.clone())
+        self.families.websockets_open.inc();
+        OpenSocket(self.families.websockets_open.clone())
     }
 
     pub fn websocket_closed(&self, end: SocketEnd) {
-        self.websocket_closes.with_label_values(&[end.label()]).inc();
+        self.families.websocket_closes.with_label_values(&[self.frontend(), end.label()]).inc();
+    }
+
+    /// A configuration reload: `applied`, or refused (the running configuration kept). The
+    /// process's, not a frontend's: a reload replaces every frontend at once.
+    pub fn config_reload(&self, applied: bool) {
+        let outcome = if applied { "applied" } else { "refused" };
+        self.families.config_reloads.with_label_values(&[outcome]).inc();
     }
 
     pub fn cache(&self) -> CacheMetrics {
-        self.cache.clone()
+        self.families.cache.clone()
     }
 
     pub fn cache_gauges(&self, cache: CacheName) -> CacheGauges {
         let label = [cache.label()];
         CacheGauges {
-            entries: self.cache_entries.with_label_values(&label),
-            bytes: self.cache_bytes.with_label_values(&label),
+            entries: self.families.cache_entries.with_label_values(&label),
+            bytes: self.families.cache_bytes.with_label_values(&label),
         }
     }
 
-    /// The Prometheus text exposition format.
+    /// The Prometheus text exposition format: every frontend's series (any view renders all).
     pub fn render(&self) -> String {
         let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        if let Err(e) = TextEncoder::new().encode(&self.families.registry.gather(), &mut out) {
             tracing::error!("rendering metrics: {e}");
         }
         String::from_utf8(out).unwrap_or_default()
@@ -506,8 +563,12 @@ mod tests {
         m.refresh(RefreshOutcome::Joined);
         m.store_op("get", Duration::from_micros(200), false);
         let text = m.render();
-        assert!(text.contains("bff_http_requests_total{route=\"api\",status=\"2xx\"} 1"), "{text}");
-        assert!(text.contains("bff_token_refreshes_total{outcome=\"joined\"} 1"));
+        // The text format sorts each series' labels by name: `frontend` comes where it sorts.
+        assert!(
+            text.contains("bff_http_requests_total{frontend=\"default\",route=\"api\",status=\"2xx\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("bff_token_refreshes_total{frontend=\"default\",outcome=\"joined\"} 1"));
         assert!(text.contains("bff_session_store_errors_total{op=\"get\"} 1"));
         assert!(text.contains("bff_refresh_locks_active 0"));
         let socket = m.websocket_opened();
@@ -518,8 +579,46 @@ mod tests {
         m.websocket_closed(SocketEnd::Idle);
         let text = m.render();
         assert!(text.contains("bff_websockets_open 0"));
-        assert!(text.contains("bff_websocket_upgrades_total{outcome=\"upgraded\"} 1"), "{text}");
-        assert!(text.contains("bff_websocket_upgrades_total{outcome=\"refused\"} 1"));
-        assert!(text.contains("bff_websocket_closes_total{reason=\"idle_timeout\"} 1"));
+        assert!(text.contains("bff_websocket_upgrades_total{frontend=\"default\",outcome=\"upgraded\"} 1"), "{text}");
+        assert!(text.contains("bff_websocket_upgrades_total{frontend=\"default\",outcome=\"refused\"} 1"));
+        assert!(text.contains("bff_websocket_closes_total{frontend=\"default\",reason=\"idle_timeout\"} 1"));
+    }
+
+    #[test]
+    fn frontends_share_one_registry_under_their_own_label() {
+        let default = Metrics::new().unwrap();
+        let shop = default.for_frontend("shop");
+        let admin = shop.for_frontend("admin");
+        assert_eq!((default.frontend(), shop.frontend(), admin.frontend()), ("default", "shop", "admin"));
+        shop.request("api", 200, Duration::from_millis(1));
+        shop.request("api", 201, Duration::from_millis(1));
+        admin.request("api", 500, Duration::from_millis(1));
+        admin.limited(Limit::UpstreamConcurrency);
+        admin.upstream_error("/api", UpstreamFailure::Timeout);
+        shop.store_op("get", Duration::from_micros(100), false);
+        admin.store_op("get", Duration::from_micros(100), false);
+        admin.lock_taken();
+        // Every view renders the same registry.
+        let text = default.render();
+        assert_eq!(text, shop.render());
+        assert!(text.contains("bff_http_requests_total{frontend=\"shop\",route=\"api\",status=\"2xx\"} 2"), "{text}");
+        assert!(text.contains("bff_http_requests_total{frontend=\"admin\",route=\"api\",status=\"5xx\"} 1"));
+        assert!(!text.contains("bff_http_requests_total{frontend=\"default\""), "nothing counted for default");
+        assert!(text.contains("bff_requests_limited_total{frontend=\"admin\",limit=\"upstream_concurrency\"} 1"));
+        assert!(text.contains("bff_upstream_errors_total{api=\"/api\",frontend=\"admin\",kind=\"timeout\"} 1"));
+        // Per-process families: one series for all frontends.
+        assert!(text.contains("bff_session_store_errors_total{op=\"get\"} 2"), "{text}");
+        assert!(text.contains("bff_refresh_locks_active 1"));
+    }
+
+    #[test]
+    fn reloads_are_counted_by_outcome() {
+        let m = Metrics::new().unwrap().for_frontend("shop");
+        m.config_reload(true);
+        m.config_reload(false);
+        m.config_reload(true);
+        let text = m.render();
+        assert!(text.contains("bff_config_reloads_total{outcome=\"applied\"} 2"), "{text}");
+        assert!(text.contains("bff_config_reloads_total{outcome=\"refused\"} 1"));
     }
 }

@@ -505,7 +505,8 @@ mod tests {
     async fn a_refused_sign_in_is_a_counted_page_and_a_failure_of_bffs_is_not() {
         let pages = Pages::load(std::path::Path::new("/nonexistent"), crate::pages::STYLESHEET_PATH).unwrap();
         let metrics = Metrics::new().unwrap();
-        let failed = |m: &Metrics| m.render().contains("bff_auth_events_total{event=\"login_failed\"} 1");
+        let failed =
+            |m: &Metrics| m.render().contains("bff_auth_events_total{event=\"login_failed\",frontend=\"default\"} 1");
 
         let res = CallbackRefusal::provider_error("<b>").respond(&pages, &metrics);
         assert_eq!(res.status(), StatusCode::BAD_REQUEST);
@@ -538,7 +539,7 @@ mod tests {
         let metrics = Metrics::new().unwrap();
         let too_many = LoginRefusal::TooMany(Duration::from_secs(3)).error(&metrics);
         assert_eq!(too_many.code(), "too_many_logins");
-        assert!(metrics.render().contains("bff_requests_limited_total{limit=\"login_rate\"} 1"));
+        assert!(metrics.render().contains("bff_requests_limited_total{frontend=\"default\",limit=\"login_rate\"} 1"));
         assert_eq!(LoginRefusal::StoreDown(StoreError::HeldOff).error(&metrics).code(), "session_store_unavailable");
         assert_eq!(LoginRefusal::ProviderUnavailable(OidcError::NotReady).error(&metrics).code(), "idp_unavailable");
     }

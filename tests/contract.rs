@@ -316,6 +316,7 @@ fn app_errors() -> Vec<AppError> {
         Limit::HeaderSize,
         Limit::BodySize,
         Limit::UpstreamConcurrency,
+        Limit::FrontendConcurrency,
         Limit::SessionConcurrency,
         Limit::AnonymousConcurrency,
         Limit::AddressConcurrency,
@@ -358,6 +359,7 @@ fn listed(error: &AppError) -> bool {
         Limit::HeaderSize
         | Limit::BodySize
         | Limit::UpstreamConcurrency
+        | Limit::FrontendConcurrency
         | Limit::SessionConcurrency
         | Limit::AnonymousConcurrency
         | Limit::AddressConcurrency

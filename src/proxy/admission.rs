@@ -1,5 +1,8 @@
 //! How many upstream exchanges may be in flight in this instance: in all
-//! (`server.max_upstream_concurrency`), per live session
+//! (`server.max_upstream_concurrency`, one semaphore for the process: every frontend and every
+//! configuration a reload brings draws on it), per frontend
+//! (`server.max_upstream_concurrency_per_frontend`, so one SPA's traffic cannot take what the
+//! others need), per live session
 //! (`server.max_upstream_concurrency_per_session`), and for calls without a session
 //! (`server.max_upstream_concurrency_anonymous` in all, `…_per_address` per client address). A
 //! call past any of them is refused at once, so no session, and no anonymous client, can take
@@ -29,8 +32,12 @@ pub enum Share<'a> {
     Anonymous(Option<IpAddr>),
 }
 
+/// One frontend's admission: its own shares, and the process's global permits.
 pub struct Admission {
+    /// The process's, shared with the other frontends' admissions.
     all: Arc<Semaphore>,
+    /// This frontend's cap; `None` when it is no narrower than the global one.
+    frontend: Option<Arc<Semaphore>>,
     anonymous: Arc<Semaphore>,
     sessions: Counted<SessionHandle>,
     addresses: Counted<IpAddr>,
@@ -40,6 +47,7 @@ pub struct Admission {
 /// share it took.
 pub struct Permit {
     _all: OwnedSemaphorePermit,
+    _frontend: Option<OwnedSemaphorePermit>,
     _anonymous: Option<OwnedSemaphorePermit>,
     _session: Option<Release<SessionHandle>>,
     _address: Option<Release<IpAddr>>,
@@ -94,30 +102,40 @@ impl<K: Hash + Eq> Drop for Release<K> {
 /// The limits, from `[server]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Shares {
+    /// The global cap: the size of the semaphore `Admission::new` is given (only compared with
+    /// `frontend` here; the permits themselves are the shared semaphore's).
     pub all: usize,
+    /// The most exchanges this frontend may have in flight; at or above `all` it adds nothing.
+    pub frontend: usize,
     pub per_session: usize,
     pub anonymous: usize,
     pub per_address: usize,
 }
 
 impl Admission {
-    pub fn new(shares: Shares) -> Admission {
+    /// `global`: the process's permits (`server.max_upstream_concurrency`), shared by every
+    /// frontend and kept across reloads, so that neither more frontends nor a reload raise what
+    /// the process sends upstream at once.
+    pub fn new(shares: Shares, global: Arc<Semaphore>) -> Admission {
         Admission {
-            all: Arc::new(Semaphore::new(shares.all)),
+            all: global,
+            frontend: (shares.frontend < shares.all).then(|| Arc::new(Semaphore::new(shares.frontend))),
             anonymous: Arc::new(Semaphore::new(shares.anonymous)),
             sessions: Counted::new(shares.per_session),
             addresses: Counted::new(shares.per_address),
         }
     }
 
-    /// A permit for one more exchange of `share`, or the limit it would pass. The caller's own
-    /// share is taken first: a caller at its limit holds no global permit meanwhile.
+    /// A permit for one more exchange of `share`, or the limit it would pass. The narrowest
+    /// share is taken first (the caller's own, then the frontend's, then the global one): a
+    /// caller at its limit holds no frontend or global permit meanwhile, and a frontend at its
+    /// cap holds no global permit.
     pub fn admit(&self, share: Share<'_>) -> Result<Permit, Limit> {
         match share {
             Share::Session(handle) => {
                 let session = self.sessions.take(handle).ok_or(Limit::SessionConcurrency)?;
-                let all = Arc::clone(&self.all).try_acquire_owned().map_err(|_| Limit::UpstreamConcurrency)?;
-                Ok(Permit { _all: all, _anonymous: None, _session: Some(session), _address: None })
+                let (frontend, all) = self.frontend_and_global()?;
+                Ok(Permit { _all: all, _frontend: frontend, _anonymous: None, _session: Some(session), _address: None })
             }
             Share::Anonymous(address) => {
                 let address = match address {
@@ -128,10 +146,27 @@ impl Admission {
                 };
                 let anonymous =
                     Arc::clone(&self.anonymous).try_acquire_owned().map_err(|_| Limit::AnonymousConcurrency)?;
-                let all = Arc::clone(&self.all).try_acquire_owned().map_err(|_| Limit::UpstreamConcurrency)?;
-                Ok(Permit { _all: all, _anonymous: Some(anonymous), _session: None, _address: address })
+                let (frontend, all) = self.frontend_and_global()?;
+                Ok(Permit {
+                    _all: all,
+                    _frontend: frontend,
+                    _anonymous: Some(anonymous),
+                    _session: None,
+                    _address: address,
+                })
             }
         }
+    }
+
+    /// The frontend's permit (when it has a cap of its own), then a global one. A refusal of
+    /// the global permit drops the frontend's at once.
+    fn frontend_and_global(&self) -> Result<(Option<OwnedSemaphorePermit>, OwnedSemaphorePermit), Limit> {
+        let frontend = match &self.frontend {
+            Some(cap) => Some(Arc::clone(cap).try_acquire_owned().map_err(|_| Limit::FrontendConcurrency)?),
+            None => None,
+        };
+        let all = Arc::clone(&self.all).try_acquire_owned().map_err(|_| Limit::UpstreamConcurrency)?;
+        Ok((frontend, all))
     }
 }
 
@@ -141,7 +176,63 @@ mod tests {
     use crate::session::SessionId;
 
     fn shares(all: usize, per_session: usize, anonymous: usize, per_address: usize) -> Admission {
-        Admission::new(Shares { all, per_session, anonymous, per_address })
+        Admission::new(Shares { all, frontend: all, per_session, anonymous, per_address }, global(all))
+    }
+
+    fn global(all: usize) -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(all))
+    }
+
+    /// One frontend's admission on `global` (of size `all`), with its cap.
+    fn frontend(global: &Arc<Semaphore>, all: usize, frontend: usize) -> Admission {
+        Admission::new(Shares { all, frontend, per_session: 8, anonymous: all, per_address: 8 }, Arc::clone(global))
+    }
+
+    #[test]
+    fn frontends_on_one_process_exhaust_the_global_permits_together() {
+        let permits = global(3);
+        let (shop, admin) = (frontend(&permits, 3, 3), frontend(&permits, 3, 3));
+        let session = || SessionId::generate().handle();
+        let (a, b, c, d) = (session(), session(), session(), session());
+        let held = [shop.admit(Share::Session(&a)).ok(), shop.admit(Share::Session(&b)).ok()];
+        let other = admin.admit(Share::Session(&c)).ok();
+        assert!(held.iter().all(Option::is_some) && other.is_some());
+        assert_eq!(admin.admit(Share::Session(&d)).err(), Some(Limit::UpstreamConcurrency));
+        assert_eq!(shop.admit(Share::Session(&d)).err(), Some(Limit::UpstreamConcurrency));
+        drop(other);
+        assert!(shop.admit(Share::Session(&d)).is_ok(), "a finished exchange frees its global permit for all");
+        assert_eq!(admin.sessions.in_flight() + shop.sessions.in_flight(), 2, "a refusal keeps no share");
+    }
+
+    #[test]
+    fn a_frontend_at_its_cap_is_refused_while_another_is_served() {
+        let permits = global(4);
+        let (shop, admin) = (frontend(&permits, 4, 2), frontend(&permits, 4, 2));
+        let session = SessionId::generate().handle();
+        let ip = |n: u8| Share::Anonymous(Some(IpAddr::from([198, 51, 100, n])));
+        let first = shop.admit(Share::Session(&session)).ok();
+        let second = shop.admit(ip(1)).ok();
+        assert!(first.is_some() && second.is_some());
+        assert_eq!(shop.admit(Share::Session(&session)).err(), Some(Limit::FrontendConcurrency));
+        assert_eq!(shop.admit(ip(2)).err(), Some(Limit::FrontendConcurrency));
+        assert_eq!(permits.available_permits(), 2, "a frontend refusal holds no global permit");
+        assert_eq!(shop.addresses.in_flight(), 1, "nor the address share it took first");
+        let admin_held: Vec<Permit> = (3..5).filter_map(|n| admin.admit(ip(n)).ok()).collect();
+        assert_eq!(admin_held.len(), 2, "the other frontend gets its own share");
+        assert_eq!(admin.admit(ip(9)).err(), Some(Limit::FrontendConcurrency));
+        drop(first);
+        assert!(shop.admit(Share::Session(&session)).is_ok(), "a finished exchange frees the frontend's share");
+    }
+
+    #[test]
+    fn a_frontend_share_as_wide_as_the_global_one_adds_no_cap() {
+        let permits = global(2);
+        let wide = frontend(&permits, 2, 5);
+        assert!(wide.frontend.is_none());
+        let session = SessionId::generate().handle();
+        let held: Vec<Permit> = (0..2).filter_map(|_| wide.admit(Share::Session(&session)).ok()).collect();
+        assert_eq!(held.len(), 2);
+        assert_eq!(wide.admit(Share::Session(&session)).err(), Some(Limit::UpstreamConcurrency));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use hyper::header::HeaderValue;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::Semaphore;
 
 use crate::config::{Config, TokenPolicy};
 use crate::error::{AppError, BadRequest};
@@ -62,16 +63,25 @@ pub struct Proxy {
     trusted_hops: usize,
     /// `telemetry.trust_incoming_trace_context`.
     trust_trace_context: bool,
-    /// Exchanges in flight, in all, per session and for anonymous callers (a permit lives until
-    /// its response body ends).
+    /// Exchanges in flight, in all (the process's permits), for this frontend, per session and
+    /// for anonymous callers (a permit lives until its response body ends).
     admission: Admission,
     /// `public_url`'s origin: what a WebSocket handshake's `Origin` must be.
     public_origin: String,
     metrics: Arc<Metrics>,
 }
 
+/// The process's upstream permits (`server.max_upstream_concurrency`): made once and given to
+/// every frontend's `Proxy`, and to those a reload builds, so the cap holds for the process.
+pub fn global_permits(config: &Config) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(config.server.max_upstream_concurrency))
+}
+
 impl Proxy {
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Proxy {
+    /// `global`: the process's permits (`global_permits`); `frontend_share`: the most exchanges
+    /// this frontend may have in flight (at or above `max_upstream_concurrency`: no cap of its
+    /// own).
+    pub fn new(config: &Config, metrics: Arc<Metrics>, global: Arc<Semaphore>, frontend_share: usize) -> Proxy {
         let mut routes: Vec<Arc<Route>> = config.api.iter().map(|a| Arc::new(Route::from(a))).collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         let mut tcp = HttpConnector::new();
@@ -95,12 +105,16 @@ impl Proxy {
             host: HeaderValue::try_from(host).unwrap_or(HeaderValue::from_static("")),
             trusted_hops: config.server.trusted_proxy_hops,
             trust_trace_context: config.telemetry.trust_incoming_trace_context,
-            admission: Admission::new(Shares {
-                all: config.server.max_upstream_concurrency,
-                per_session: config.server.max_upstream_concurrency_per_session,
-                anonymous: config.server.max_upstream_concurrency_anonymous,
-                per_address: config.server.max_upstream_concurrency_per_address,
-            }),
+            admission: Admission::new(
+                Shares {
+                    all: config.server.max_upstream_concurrency,
+                    frontend: frontend_share,
+                    per_session: config.server.max_upstream_concurrency_per_session,
+                    anonymous: config.server.max_upstream_concurrency_anonymous,
+                    per_address: config.server.max_upstream_concurrency_per_address,
+                },
+                global,
+            ),
             public_origin: public.origin().ascii_serialization(),
             metrics,
         }

@@ -176,7 +176,7 @@ async fn one_session_cannot_take_the_capacity_the_others_need() {
     assert_eq!(served + refused, 1100, "{statuses:?}");
     assert!((64..=80).contains(&served), "the session's share, give or take calls that came late: {served}");
     let text = greedy.get("/metrics").await.text().await.expect("metrics");
-    assert!(text.contains("bff_requests_limited_total{limit=\"session_concurrency\"}"), "counted");
+    assert!(text.contains("bff_requests_limited_total{frontend=\"default\",limit=\"session_concurrency\"}"), "counted");
 }
 
 /// Sends a request whose body stops after `sent` of its declared `declared` bytes; the status.

@@ -61,7 +61,10 @@ async fn the_providers_frame_ends_that_provider_session_on_every_instance() {
     assert_eq!(bob.user().await.status(), 200, "other users' sessions stay");
     let keys = app.keys().await;
     assert_eq!(keys.iter().filter(|k| k.ends_with(":session")).count(), 1, "only bob's session is left: {keys:?}");
-    assert_eq!(metric(&app.address, "bff_auth_events_total{event=\"frontchannel_logout\"}").await, 1.0);
+    assert_eq!(
+        metric(&app.address, "bff_auth_events_total{event=\"frontchannel_logout\",frontend=\"default\"}").await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -97,7 +97,10 @@ async fn trickling_bodies_on_a_public_route_cannot_starve_signed_in_users() {
     }
     assert_eq!(user.api(Method::GET, "/api/echo").await.status(), 200);
     let metrics = reqwest::get(format!("{instance}/metrics")).await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains("bff_requests_limited_total{limit=\"anonymous_concurrency\"}"), "{metrics}");
+    assert!(
+        metrics.contains("bff_requests_limited_total{frontend=\"default\",limit=\"anonymous_concurrency\"}"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

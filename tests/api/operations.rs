@@ -28,12 +28,15 @@ async fn metrics_count_what_happens_with_bounded_labels_only() {
 
     assert_eq!(res.status(), 200);
     let text = res.text().await.expect("text");
-    assert!(metric(&text, "bff_http_requests_total{route=\"api\",status=\"2xx\"}") >= 2.0, "{text}");
-    assert!(metric(&text, "bff_http_requests_total{route=\"auth\",status=\"3xx\"}") >= 2.0);
-    assert!(metric(&text, "bff_upstream_duration_seconds_count{api=\"/api\"}") >= 2.0);
-    assert_eq!(metric(&text, "bff_token_refreshes_total{outcome=\"ok\"}"), 1.0);
-    assert_eq!(metric(&text, "bff_auth_events_total{event=\"login\"}"), 1.0);
-    assert_eq!(metric(&text, "bff_auth_events_total{event=\"logout\"}"), 1.0);
+    assert!(
+        metric(&text, "bff_http_requests_total{frontend=\"default\",route=\"api\",status=\"2xx\"}") >= 2.0,
+        "{text}"
+    );
+    assert!(metric(&text, "bff_http_requests_total{frontend=\"default\",route=\"auth\",status=\"3xx\"}") >= 2.0);
+    assert!(metric(&text, "bff_upstream_duration_seconds_count{api=\"/api\",frontend=\"default\"}") >= 2.0);
+    assert_eq!(metric(&text, "bff_token_refreshes_total{frontend=\"default\",outcome=\"ok\"}"), 1.0);
+    assert_eq!(metric(&text, "bff_auth_events_total{event=\"login\",frontend=\"default\"}"), 1.0);
+    assert_eq!(metric(&text, "bff_auth_events_total{event=\"logout\",frontend=\"default\"}"), 1.0);
     assert!(metric(&text, "bff_session_store_duration_seconds_count{op=\"get_with_ttl\"}") >= 2.0);
     assert_eq!(metric(&text, "bff_refresh_locks_active"), 0.0);
     for private in ["alice", "/echo", "private"] {
@@ -90,7 +93,10 @@ async fn metrics_can_live_on_their_own_listener() {
         .text()
         .await
         .expect("text");
-    assert!(metric(&text, "bff_http_requests_total{route=\"health\",status=\"2xx\"}") >= 1.0, "{text}");
+    assert!(
+        metric(&text, "bff_http_requests_total{frontend=\"default\",route=\"health\",status=\"2xx\"}") >= 1.0,
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +155,7 @@ async fn concurrent_upstream_calls_are_capped() {
     assert_eq!(slow.await.expect("slow call"), 200);
     assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200, "the permit came back");
     let text = browser.get("/metrics").await.text().await.expect("metrics");
-    assert_eq!(metric(&text, "bff_requests_limited_total{limit=\"upstream_concurrency\"}"), 1.0);
+    assert_eq!(metric(&text, "bff_requests_limited_total{frontend=\"default\",limit=\"upstream_concurrency\"}"), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -238,11 +238,13 @@ async fn a_sign_in_without_the_refresh_token_asked_for_is_counted() {
         let browser = app.browser();
         assert_eq!(browser.login_as(user).await.status(), 302);
         let counted =
-            metric(&app.address, "bff_auth_events_total{event=\"login_without_refresh_token\"}").await as usize;
+            metric(&app.address, "bff_auth_events_total{event=\"login_without_refresh_token\",frontend=\"default\"}")
+                .await as usize;
         assert_eq!(counted, n + 1);
     }
     app.idp.controls.set_quirks(Quirks::default());
     assert_eq!(app.browser().login_as("carol").await.status(), 302);
-    let counted = metric(&app.address, "bff_auth_events_total{event=\"login_without_refresh_token\"}").await;
+    let counted =
+        metric(&app.address, "bff_auth_events_total{event=\"login_without_refresh_token\",frontend=\"default\"}").await;
     assert_eq!(counted, 2.0, "a sign-in with its refresh token is not counted");
 }

@@ -134,8 +134,11 @@ async fn an_upstream_that_refuses_every_token_drives_one_refresh_per_token_versi
         assert_eq!(res.status(), 401, "call {i}: the upstream's answer goes back");
     }
     assert_eq!(app.token_requests("refresh_token"), 1, "one renewal for the token refused, none for its successor");
-    let not_renewed = support::metric(&app.address, "bff_token_refreshes_total{outcome=\"rejected_again\"}").await
-        + support::metric(&second, "bff_token_refreshes_total{outcome=\"rejected_again\"}").await;
+    let not_renewed =
+        support::metric(&app.address, "bff_token_refreshes_total{frontend=\"default\",outcome=\"rejected_again\"}")
+            .await
+            + support::metric(&second, "bff_token_refreshes_total{frontend=\"default\",outcome=\"rejected_again\"}")
+                .await;
     assert_eq!(not_renewed, 9.0, "counted");
 
     app.upstream.controls.always_reject.store(false, Ordering::SeqCst);

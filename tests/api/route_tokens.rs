@@ -95,7 +95,7 @@ async fn a_client_token_is_shared_by_every_session_and_renewed_once_when_due() {
     // with the clock and was refreshed once (a grant the provider ended would end the session).
     assert_eq!(app.token_requests("refresh_token"), 2, "one refresh per session, however many calls");
     let metrics = reqwest::get(format!("{instance}/metrics")).await.expect("metrics").text().await.expect("text");
-    assert!(metrics.contains("bff_client_token_requests_total{outcome=\"ok\"} 3"), "{metrics}");
+    assert!(metrics.contains("bff_client_token_requests_total{frontend=\"default\",outcome=\"ok\"} 3"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

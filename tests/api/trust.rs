@@ -174,7 +174,9 @@ async fn a_logout_token_with_a_sid_never_indexed_ends_the_subjects_sessions() {
     assert_eq!(laptop.user().await.status(), 401, "the subject's sessions ended");
     assert_eq!(phone.user().await.status(), 401);
     assert_eq!(other.user().await.status(), 200, "another user's session lives");
-    let ended = support::metric(&app.address, "bff_logout_sessions_ended_total{channel=\"backchannel\"}").await;
+    let ended =
+        support::metric(&app.address, "bff_logout_sessions_ended_total{channel=\"backchannel\",frontend=\"default\"}")
+            .await;
     assert_eq!(ended, 2.0, "counted");
 }
 

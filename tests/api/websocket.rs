@@ -84,8 +84,11 @@ async fn a_socket_reaches_the_upstream_with_the_bearer_and_echoes_both_ways() {
     socket.close(None).await.expect("close");
     until_closed(&mut socket).await;
     eventually("the gauge goes back down", Duration::from_secs(10), || async { open_sockets(&app).await == 0.0 }).await;
-    assert_eq!(metric(&app.address, "bff_websocket_upgrades_total{outcome=\"upgraded\"}").await, 1.0);
-    assert_eq!(metric(&app.address, "bff_websocket_closes_total{reason=\"peer\"}").await, 1.0);
+    assert_eq!(
+        metric(&app.address, "bff_websocket_upgrades_total{frontend=\"default\",outcome=\"upgraded\"}").await,
+        1.0
+    );
+    assert_eq!(metric(&app.address, "bff_websocket_closes_total{frontend=\"default\",reason=\"peer\"}").await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,7 +102,10 @@ async fn a_handshake_from_another_origin_or_none_is_refused_and_signed_out_is_40
     let refused = signed_out.websocket("/api/ws", Some(&app.address)).await.expect_err("refused");
     assert_eq!((refused.status, refused.body.as_str()), (401, r#"{"error":"login_required"}"#));
     assert!(app.upstream.seen().iter().all(|s| s.path != "/ws"), "nothing reached the upstream");
-    assert_eq!(metric(&app.address, "bff_websocket_upgrades_total{outcome=\"refused\"}").await, 4.0);
+    assert_eq!(
+        metric(&app.address, "bff_websocket_upgrades_total{frontend=\"default\",outcome=\"refused\"}").await,
+        4.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +155,10 @@ async fn logout_closes_the_socket_with_4401() {
     assert_eq!(close_code(&close), Some(4401), "{close:?}");
     eventually("the gauge goes back down", Duration::from_secs(10), || async { open_sockets(&app).await == 0.0 }).await;
     // Counted as the tunnel ends, with the gauge.
-    assert_eq!(metric(&app.address, "bff_websocket_closes_total{reason=\"session_ended\"}").await, 1.0);
+    assert_eq!(
+        metric(&app.address, "bff_websocket_closes_total{frontend=\"default\",reason=\"session_ended\"}").await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,7 +190,7 @@ async fn an_idle_socket_is_closed_after_the_route_timeout() {
     assert_eq!(close_code(&close), Some(4408), "{close:?}");
     assert!(quiet_since.elapsed() >= Duration::from_secs(2), "not before the timeout");
     eventually("the close is counted", Duration::from_secs(10), || async {
-        metric(&app.address, "bff_websocket_closes_total{reason=\"idle_timeout\"}").await == 1.0
+        metric(&app.address, "bff_websocket_closes_total{frontend=\"default\",reason=\"idle_timeout\"}").await == 1.0
     })
     .await;
     assert_eq!(browser.user().await.status(), 200, "the session itself goes on");
