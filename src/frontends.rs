@@ -64,7 +64,11 @@ pub enum Target {
 
 /// The request's host as frontends are matched: lower-case, with the port it carried.
 fn request_host(req: &Request) -> Option<String> {
-    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
     Some(host.trim().to_ascii_lowercase())
 }
 
@@ -107,9 +111,11 @@ pub fn most_specific<'a>(
 
 /// Whether the request carries a cookie named `name`.
 fn carries_cookie(req: &Request, name: &str) -> bool {
-    req.headers().get_all(header::COOKIE).filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).any(|pair| {
-        pair.trim().split_once('=').is_some_and(|(n, _)| n == name)
-    })
+    req.headers()
+        .get_all(header::COOKIE)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .any(|pair| pair.trim().split_once('=').is_some_and(|(n, _)| n == name))
 }
 
 impl Generation {

@@ -207,7 +207,8 @@ pub async fn observe(
         req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() + target_bytes;
     // The server's own app (health, requests no frontend takes) has the process's metrics.
     let runtime = if state.is_none() { req.app_data::<web::Data<Runtime>>().cloned() } else { None };
-    let metrics = state.as_ref().map(|s| Arc::clone(&s.metrics)).or_else(|| runtime.as_ref().map(|r| Arc::clone(&r.metrics)));
+    let metrics =
+        state.as_ref().map(|s| Arc::clone(&s.metrics)).or_else(|| runtime.as_ref().map(|r| Arc::clone(&r.metrics)));
     let max_header_bytes = state
         .as_ref()
         .map(|s| s.config.server.max_header_bytes)

@@ -144,7 +144,11 @@ impl Runtime {
                 }
                 tokio::spawn(Arc::clone(&state.oidc).discover_until_ready());
             }
-            frontends.push(Arc::new(Frontend { identity: view.frontend.clone(), fingerprint: fingerprint(&view), state }));
+            frontends.push(Arc::new(Frontend {
+                identity: view.frontend.clone(),
+                fingerprint: fingerprint(&view),
+                state,
+            }));
         }
         runtime.current.publish(Generation { id: runtime.next_id(), frontends, retired: Vec::new() });
         Ok(Arc::new(runtime))
@@ -268,14 +272,22 @@ impl Runtime {
                 ));
                 continue;
             }
-            if earlier.is_some() { summary.changed.push(name) } else { summary.added.push(name) };
+            if earlier.is_some() {
+                summary.changed.push(name)
+            } else {
+                summary.added.push(name)
+            };
             frontends.push(Arc::new(Frontend { identity: view.frontend.clone(), fingerprint: print, state }));
         }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
-        let mut retired: Vec<Retired> =
-            old.retired.iter().filter(|r| !frontends.iter().any(|f| f.identity.name == r.identity.name)).cloned().collect();
+        let mut retired: Vec<Retired> = old
+            .retired
+            .iter()
+            .filter(|r| !frontends.iter().any(|f| f.identity.name == r.identity.name))
+            .cloned()
+            .collect();
         for gone in old.frontends.iter().filter(|f| !frontends.iter().any(|n| n.identity.name == f.identity.name)) {
             summary.removed.push(gone.identity.name.clone());
             retired.push(Retired {

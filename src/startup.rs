@@ -81,7 +81,12 @@ async fn check_redis_tls(config: &Config, store: &Store) -> Result<(), crate::co
 
 /// The coherent local token cache, when configured and the store can keep it coherent; the
 /// store returned tells the cache of this instance's writes and must be the one used everywhere.
-pub(crate) fn local_cache(config: &Config, store: Store, keys: &KeyLayout, metrics: &Metrics) -> (Store, Option<Arc<TokenCache>>) {
+pub(crate) fn local_cache(
+    config: &Config,
+    store: Store,
+    keys: &KeyLayout,
+    metrics: &Metrics,
+) -> (Store, Option<Arc<TokenCache>>) {
     let cache_metrics = metrics.cache();
     cache_metrics.mode(CacheMode::PerCallRead);
     if !config.tokens.local_cache {
@@ -139,7 +144,8 @@ impl Application {
     ) -> Result<Application, anyhow::Error> {
         let runtime = Runtime::start(config, store, clock).await?;
         let config = Arc::clone(&runtime.boot);
-        let dispatch = Dispatch { current: runtime.current(), builder: Arc::new(Apps { runtime: Arc::clone(&runtime) }) };
+        let dispatch =
+            Dispatch { current: runtime.current(), builder: Arc::new(Apps { runtime: Arc::clone(&runtime) }) };
         let mut server = HttpServer::new(move || dispatch.clone())
             .shutdown_timeout(config.server.shutdown_grace.as_secs())
             // actix-web closes idle connections after 5 s: a proxy or client that reuses one a
@@ -204,8 +210,13 @@ struct Apps {
 /// An `App` as the switch calls it.
 async fn app_service<T, B>(app: App<T>, config: AppConfig) -> Result<AppService, ()>
 where
-    T: ServiceFactory<ServiceRequest, Config = (), Response = ServiceResponse<B>, Error = actix_web::Error, InitError = ()>
-        + 'static,
+    T: ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<B>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
     B: MessageBody + 'static,
 {
     let service = Rc::new(app.into_factory().new_service(config).await?);

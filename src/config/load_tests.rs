@@ -516,8 +516,14 @@ fn frontends_have_their_own_provider_routes_cookie_and_keys() {
     assert_eq!(shop.redirect_uri(), "https://shop.example/auth/callback");
     assert_eq!(admin.redirect_uri(), "https://app.example/admin/auth/callback");
     assert_eq!(admin.oidc.post_logout_redirect.as_str(), "https://app.example/admin/");
-    assert_eq!((shop.session.cookie_name.as_str(), admin.session.cookie_name.as_str()), ("__Host-bff-shop", "__Secure-bff-admin"));
-    assert_eq!((shop.session.key_prefix.as_str(), admin.session.key_prefix.as_str()), ("bff:fe:shop:", "bff:fe:admin:"));
+    assert_eq!(
+        (shop.session.cookie_name.as_str(), admin.session.cookie_name.as_str()),
+        ("__Host-bff-shop", "__Secure-bff-admin")
+    );
+    assert_eq!(
+        (shop.session.key_prefix.as_str(), admin.session.key_prefix.as_str()),
+        ("bff:fe:shop:", "bff:fe:admin:")
+    );
     // Lifetimes: the shared ones unless the frontend sets its own.
     assert_eq!(shop.session.idle_timeout, Duration::from_secs(600));
     assert_eq!(admin.session.absolute_timeout, Duration::from_secs(3600));
@@ -550,7 +556,9 @@ fn a_file_without_frontends_is_the_implicit_one() {
 fn frontend_mistakes_are_named_by_key() {
     let errs = errors(&two_frontends("[oidc]\nissuer = \"https://x\"\nclient_id = \"c\"\nclient_secret = \"s\"\n"));
     assert!(errs.iter().any(|e| e.starts_with("oidc: with [[frontend]] tables")), "{errs:?}");
-    let errs = errors(&two_frontends("[[frontend]]\nname = \"shop\"\nhosts = [\"shop.example\"]\npublic_url = \"https://shop.example\"\n[frontend.oidc]\nissuer = \"https://i\"\nclient_id = \"c\"\nclient_secret = \"s\"\n"));
+    let errs = errors(&two_frontends(
+        "[[frontend]]\nname = \"shop\"\nhosts = [\"shop.example\"]\npublic_url = \"https://shop.example\"\n[frontend.oidc]\nissuer = \"https://i\"\nclient_id = \"c\"\nclient_secret = \"s\"\n",
+    ));
     assert!(errs.iter().any(|e| e.starts_with("frontend[2].name: duplicate name")), "{errs:?}");
     assert!(errs.iter().any(|e| e.starts_with("frontend[2].path: host \"shop.example\"")), "{errs:?}");
     for (table, expected) in [
@@ -560,9 +568,18 @@ fn frontend_mistakes_are_named_by_key() {
         ("name = \"x\"\nhosts = [\"x.example\"]", "frontend[2].public_url: missing"),
         ("name = \"x\"\nhosts = [\"http://x.example/\"]\npublic_url = \"https://x.example\"", "frontend[2].hosts:"),
         ("name = \"x\"\npath = \"/x\"\nunknown = 1", "frontend[2].unknown: unknown key"),
-        ("name = \"x\"\npath = \"/x\"\n[frontend.session]\ncookie_name = \"__Host-x\"", "frontend[2].session.cookie_name: a __Host- cookie"),
-        ("name = \"x\"\npath = \"/x\"\n[[frontend.api]]\nprefix = \"/api\"\nupstream = \"http://u\"", "frontend[2].api[0].prefix: \"/api\" must be under"),
-        ("name = \"x\"\npath = \"/x\"\n[[frontend.api]]\nprefix = \"/x/auth\"\nupstream = \"http://u\"", "frontend[2].api[0].prefix: \"/x/auth\" collides"),
+        (
+            "name = \"x\"\npath = \"/x\"\n[frontend.session]\ncookie_name = \"__Host-x\"",
+            "frontend[2].session.cookie_name: a __Host- cookie",
+        ),
+        (
+            "name = \"x\"\npath = \"/x\"\n[[frontend.api]]\nprefix = \"/api\"\nupstream = \"http://u\"",
+            "frontend[2].api[0].prefix: \"/api\" must be under",
+        ),
+        (
+            "name = \"x\"\npath = \"/x\"\n[[frontend.api]]\nprefix = \"/x/auth\"\nupstream = \"http://u\"",
+            "frontend[2].api[0].prefix: \"/x/auth\" collides",
+        ),
     ] {
         let oidc = "[frontend.oidc]\nissuer = \"https://i\"\nclient_id = \"c\"\nclient_secret = \"s\"\n";
         let text = two_frontends(&format!("[[frontend]]\n{table}\n{oidc}"));

@@ -165,10 +165,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     session.insert("redis_cluster_nodes".into(), redacted_list(&config.session.redis_cluster_nodes));
     session.insert("secret".into(), Value::Array(config.session.secrets.iter().map(|_| string(REDACTED)).collect()));
     session.insert("cookie_name".into(), string(&config.session.cookie_name));
-    session.insert(
-        "same_site".into(),
-        string(same_site(config.session.same_site)),
-    );
+    session.insert("same_site".into(), string(same_site(config.session.same_site)));
     session.insert("idle_timeout_secs".into(), secs(config.session.idle_timeout));
     session.insert("absolute_timeout_secs".into(), secs(config.session.absolute_timeout));
     session.insert("key_prefix".into(), string(&config.session.key_prefix));

@@ -14,8 +14,8 @@ use crate::client_keys::ClientKeys;
 
 use super::walker::{Section, Walker, describe};
 use super::{
-    ApiConfig, AssertionAudience, AuthMethod, Config, FrontendIdentity, LogConfig, LogFormat, OidcConfig, ParMode, RedisTls,
-    SameSitePolicy, ServerConfig, SessionConfig, TelemetryConfig, TokenPolicy, TokensConfig, UserinfoMode,
+    ApiConfig, AssertionAudience, AuthMethod, Config, FrontendIdentity, LogConfig, LogFormat, OidcConfig, ParMode,
+    RedisTls, SameSitePolicy, ServerConfig, SessionConfig, TelemetryConfig, TokenPolicy, TokensConfig, UserinfoMode,
 };
 
 /// `tokens.local_cache_max_bytes`' default, 256 MiB: the default 100,000 sessions at about
@@ -107,7 +107,10 @@ impl Walker<'_> {
                 })
                 .collect(),
             Some(other) => {
-                self.error("frontend", format!("expected an array of tables ([[frontend]]), found {}", describe(other)));
+                self.error(
+                    "frontend",
+                    format!("expected an array of tables ([[frontend]]), found {}", describe(other)),
+                );
                 return None;
             }
             None => return None,
@@ -269,7 +272,10 @@ impl Walker<'_> {
             || path.contains("//")
             || path.split('/').any(|seg| seg == "." || seg == "..")
         {
-            self.error(key, format!("{raw:?} must be a plain path starting with '/' (letters, digits, '-', '.', '_', '~')"));
+            self.error(
+                key,
+                format!("{raw:?} must be a plain path starting with '/' (letters, digits, '-', '.', '_', '~')"),
+            );
             return None;
         }
         if let Some(reserved) = crate::paths::reserved_prefix_of(&path) {
@@ -941,7 +947,10 @@ impl Walker<'_> {
         // off the public listener, `/.well-known/jwks.json` without `private_key_jwt`): turning
         // a feature on must not take a path an API already has.
         if let Some(reserved) = crate::paths::reserved_prefix_of(within) {
-            self.error(key, format!("{prefix:?} collides with a route of bff itself (under {frontend_path}{reserved})"));
+            self.error(
+                key,
+                format!("{prefix:?} collides with a route of bff itself (under {frontend_path}{reserved})"),
+            );
             return None;
         }
         let allowed = |c: char| c.is_ascii_alphanumeric() || "/-._~".contains(c);
@@ -974,7 +983,10 @@ fn frontend_host(raw: &str) -> Option<String> {
     let url = Url::parse(&format!("http://{raw}/")).ok()?;
     let host = url.host_str()?.to_ascii_lowercase();
     // `Url` drops the scheme's default port: `host:80` is kept as written.
-    let port = url.port().map(|p| p.to_string()).or_else(|| raw.rsplit_once(':').map(|(_, p)| p.to_string()).filter(|p| p == "80"));
+    let port = url
+        .port()
+        .map(|p| p.to_string())
+        .or_else(|| raw.rsplit_once(':').map(|(_, p)| p.to_string()).filter(|p| p == "80"));
     Some(match port {
         Some(port) => format!("{host}:{port}"),
         None => host,

@@ -36,7 +36,8 @@ pub async fn readyz(runtime: web::Data<Runtime>) -> HttpResponse {
         if status != "ok" && idp_status == "ok" {
             idp_status = status;
             // A setup mistake an operator must fix (it names configuration, never a secret).
-            idp_problem = problem.map(|p| if several { format!("frontend {:?}: {p}", frontend.identity.name) } else { p });
+            idp_problem =
+                problem.map(|p| if several { format!("frontend {:?}: {p}", frontend.identity.name) } else { p });
         }
     }
     let ready = store_ok && idp_status == "ok";
