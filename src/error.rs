@@ -70,6 +70,8 @@ pub enum BadRequest {
     WebSocketDisabled,
     /// A logout request from the provider that is not one (back- or front-channel).
     InvalidRequest,
+    /// A sign-in option (`prompt`, `max_age`…) the configuration does not allow, or not a value.
+    LoginParameter,
 }
 
 impl BadRequest {
@@ -80,6 +82,7 @@ impl BadRequest {
             BadRequest::BadRequestBody => "bad_request_body",
             BadRequest::WebSocketDisabled => "websocket_disabled",
             BadRequest::InvalidRequest => "invalid_request",
+            BadRequest::LoginParameter => "invalid_login_parameter",
         }
     }
 }
@@ -258,6 +261,7 @@ mod tests {
             (AppError::LimitedFor(Limit::LoginRate, Duration::from_millis(1500)), 429, "too_many_logins"),
             (AppError::BadRequest(BadRequest::InvalidPath), 400, "invalid_path"),
             (AppError::BadRequest(BadRequest::InvalidRequest), 400, "invalid_request"),
+            (AppError::BadRequest(BadRequest::LoginParameter), 400, "invalid_login_parameter"),
             (AppError::NotFound, 404, "not_found"),
             (AppError::MethodNotAllowed("POST".into()), 405, "method_not_allowed"),
         ] {

@@ -16,6 +16,7 @@ pub mod forwarded;
 pub mod frontends;
 pub mod http;
 pub mod limits;
+pub mod login_options;
 pub mod metrics;
 pub mod oidc;
 pub mod pages;

@@ -158,6 +158,8 @@ pub enum AuthEvent {
     /// A sign-in that asked for `offline_access` and got no refresh token.
     LoginWithoutRefreshToken,
     FrontchannelLogout,
+    /// A `prompt=none` sign-in the provider could not do without the user (sent back to the SPA).
+    SilentLoginDeclined,
 }
 
 impl AuthEvent {
@@ -169,6 +171,7 @@ impl AuthEvent {
             AuthEvent::BackchannelLogout => "backchannel_logout",
             AuthEvent::LoginWithoutRefreshToken => "login_without_refresh_token",
             AuthEvent::FrontchannelLogout => "frontchannel_logout",
+            AuthEvent::SilentLoginDeclined => "silent_login_declined",
         }
     }
 }

@@ -19,6 +19,7 @@ use url::Url;
 use crate::crypto::{digest, random_token};
 use crate::error::AppError;
 use crate::limits::{Limit, RateLimiter};
+use crate::login_options::{LoginOptions, Unmet, is_interaction_needed};
 use crate::metrics::{AuthEvent, Metrics};
 use crate::oidc::{CallbackError, GrantToken, Oidc, OidcError, ResponseIssuerError, Revocation, TokenEndpointError};
 use crate::pages::Pages;
@@ -52,6 +53,8 @@ pub struct LoginRequest<'r> {
     pub client: Option<IpAddr>,
     /// The value of this browser's login cookie, when it has a well-formed one.
     pub binding: Option<String>,
+    /// What the SPA asked of the provider, validated.
+    pub options: LoginOptions,
 }
 
 /// A sign-in started: the browser goes to `location` carrying the login cookie `binding`.
@@ -150,6 +153,12 @@ pub enum CallbackRefusal {
     /// The session was stored but could not be put into the browser's (and was ended again).
     #[error("cannot fill the session")]
     SessionNotFilled(#[source] anyhow::Error),
+    /// `prompt=none` and the provider needs the user: back to the SPA with `?error=`.
+    #[error("the silent sign-in needs the user")]
+    InteractionNeeded { return_to: String },
+    /// The ID token does not show the `max_age` or `acr_values` the sign-in asked for.
+    #[error("the authentication falls short of what was asked: {0}")]
+    AuthenticationUnmet(Unmet),
 }
 
 impl From<CallbackError> for CallbackRefusal {
@@ -172,6 +181,8 @@ pub enum CallbackAnswer {
     Refused(StatusCode, Cow<'static, str>),
     /// bff could not do its part: that error's own page, not counted as a refused sign-in.
     Failed(AppError),
+    /// Not a page: the browser goes back to the SPA (a declined silent sign-in).
+    Redirect(String),
 }
 
 impl CallbackRefusal {
@@ -225,6 +236,12 @@ impl CallbackRefusal {
             R::ProviderUnavailable(_) => {
                 refused(StatusCode::BAD_GATEWAY, "The identity provider could not be reached. Please try again.")
             }
+            R::InteractionNeeded { return_to } => CallbackAnswer::Redirect(return_to.clone()),
+            R::AuthenticationUnmet(_) => refused(
+                StatusCode::FORBIDDEN,
+                "The identity provider did not confirm the sign-in this application asked for \
+                 (a recent or a stronger authentication). Please sign in again.",
+            ),
             R::StoreDown(_) => CallbackAnswer::Failed(AppError::SessionStoreUnavailable),
             R::SessionNotFilled(_) => CallbackAnswer::Failed(AppError::Internal),
         }
@@ -236,7 +253,8 @@ impl CallbackRefusal {
         use CallbackRefusal as R;
         match self {
             // What any browser can send: nothing to act on.
-            R::Unreadable | R::NoState | R::UnknownState | R::NoCode => {}
+            R::Unreadable | R::NoState | R::UnknownState | R::NoCode | R::InteractionNeeded { .. } => {}
+            R::AuthenticationUnmet(unmet) => tracing::warn!("login refused: {unmet}"),
             R::OtherIssuer(_) | R::OtherBrowser => tracing::warn!("{self}"),
             R::ProviderError(code) => {
                 tracing::info!(error = code, "the identity provider answered the login with an error");
@@ -260,8 +278,31 @@ impl CallbackRefusal {
                 pages.error(status, &sentence, true)
             }
             CallbackAnswer::Failed(error) => error.page(pages),
+            CallbackAnswer::Redirect(location) => {
+                let mut res = HttpResponse::Found();
+                if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&location) {
+                    res.insert_header((actix_web::http::header::LOCATION, v));
+                }
+                res.finish()
+            }
         }
     }
+}
+
+/// `return_to` with `error=<code>` added to its query (before a fragment). The code is the
+/// provider's, one of the four [`is_interaction_needed`] accepts.
+fn with_error(return_to: &str, code: &str) -> String {
+    let (before, fragment) = match return_to.split_once('#') {
+        Some((before, fragment)) => (before, Some(fragment)),
+        None => (return_to, None),
+    };
+    let separator = if before.contains('?') { '&' } else { '?' };
+    let mut out = format!("{before}{separator}error={code}");
+    if let Some(fragment) = fragment {
+        out.push('#');
+        out.push_str(fragment);
+    }
+    out
 }
 
 impl<'a> SignIn<'a> {
@@ -293,7 +334,7 @@ impl<'a> SignIn<'a> {
         self.logins.room_for(&digest(&binding), self.logins_per_browser).await?.map_err(LoginRefusal::TooMany)?;
         let (location, csrf_state, pending) = self
             .oidc
-            .begin_login(return_to.into_string(), digest(&binding))
+            .begin_login(return_to.into_string(), digest(&binding), request.options)
             .await
             .map_err(LoginRefusal::ProviderUnavailable)?;
         self.logins.put(csrf_state.secret(), &pending).await?;
@@ -321,13 +362,32 @@ impl<'a> SignIn<'a> {
         // Taken now: a state works once, whatever happens next.
         let pending = self.logins.take(csrf_state).await?.ok_or(CallbackRefusal::UnknownState)?;
         if let Some(error) = &params.error {
+            // A silent sign-in the provider cannot do without the user: the SPA hears it where
+            // it asked from, and decides (a page or a loop would strand it).
+            if pending.options.is_silent() && is_interaction_needed(error) {
+                self.metrics.auth_event(AuthEvent::SilentLoginDeclined);
+                return Err(CallbackRefusal::InteractionNeeded { return_to: with_error(&pending.return_to, error) });
+            }
             return Err(CallbackRefusal::provider_error(error));
         }
         let Some(code) = params.code.filter(|c| !c.is_empty()) else {
             return Err(CallbackRefusal::NoCode);
         };
         let return_to = pending.return_to.clone();
+        let asked = pending.options.clone();
         let login = self.oidc.complete_login(code, pending).await?;
+        if let Err(unmet) = asked.check(&login.user.claims, self.lifetime.now()) {
+            // No session: the grant it would have held is handed back.
+            if let Some(refresh) = login.refresh_token.clone() {
+                let oidc = Arc::clone(self.oidc);
+                tokio::spawn(async move {
+                    if let Err(e) = oidc.revoke(GrantToken::Refresh(&refresh)).await {
+                        tracing::warn!("revoking the refused sign-in's refresh token failed: {}", error_chain(&e));
+                    }
+                });
+            }
+            return Err(CallbackRefusal::AuthenticationUnmet(unmet));
+        }
 
         if self.oidc.refresh_token_withheld(&login) {
             self.metrics.auth_event(AuthEvent::LoginWithoutRefreshToken);

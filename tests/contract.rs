@@ -346,6 +346,7 @@ fn app_errors() -> Vec<AppError> {
             BadRequest::BadRequestBody,
             BadRequest::WebSocketDisabled,
             BadRequest::InvalidRequest,
+            BadRequest::LoginParameter,
         ]
         .map(AppError::BadRequest),
     );
@@ -372,7 +373,8 @@ fn listed(error: &AppError) -> bool {
             | BadRequest::BadMethod
             | BadRequest::BadRequestBody
             | BadRequest::WebSocketDisabled
-            | BadRequest::InvalidRequest,
+            | BadRequest::InvalidRequest
+            | BadRequest::LoginParameter,
         ) => true,
         AppError::LoginRequired
         | AppError::Csrf

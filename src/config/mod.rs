@@ -182,6 +182,8 @@ pub struct OidcConfig {
     pub client_key_id: Option<String>,
     /// When the provider's userinfo endpoint is asked for the user's claims at sign-in.
     pub userinfo: UserinfoMode,
+    /// The sign-in options `/auth/login` passes on to the provider.
+    pub login_params: Vec<crate::login_options::LoginParam>,
 }
 
 /// What a client assertion names as its audience (`oidc.client_assertion_audience`).

@@ -38,6 +38,10 @@ fn oidc_table(oidc_config: &super::OidcConfig) -> Table {
     oidc.insert("auth_method".into(), string(oidc_config.auth_method.as_str()));
     oidc.insert("client_assertion_audience".into(), string(oidc_config.client_assertion_audience.as_str()));
     oidc.insert("userinfo".into(), string(oidc_config.userinfo.as_str()));
+    oidc.insert(
+        "login_params".into(),
+        Value::Array(oidc_config.login_params.iter().map(|p| string(p.name())).collect()),
+    );
     oidc.insert("par".into(), string(oidc_config.par.as_str()));
     oidc.insert("dpop".into(), Value::Boolean(oidc_config.dpop));
     oidc.insert("scopes".into(), Value::Array(oidc_config.scopes.iter().map(string).collect()));

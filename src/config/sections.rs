@@ -11,6 +11,7 @@ use secrecy::SecretString;
 use url::Url;
 
 use crate::client_keys::ClientKeys;
+use crate::login_options::LoginParam;
 
 use super::walker::{Section, Walker, describe};
 use super::{
@@ -510,8 +511,23 @@ impl Walker<'_> {
                 UserinfoMode::Auto
             }
         };
+        let login_params = match self.string_list(&mut s, "login_params") {
+            None => LoginParam::DEFAULT_ALLOWED.to_vec(),
+            Some(names) => names
+                .iter()
+                .filter_map(|name| {
+                    let param = LoginParam::parse(name);
+                    if param.is_none() {
+                        let known: Vec<&str> = LoginParam::ALL.iter().map(|p| p.name()).collect();
+                        self.error(s.key("login_params"), format!("{name:?} is none of {}", known.join(", ")));
+                    }
+                    param
+                })
+                .collect(),
+        };
         self.finish(s);
         Some(OidcConfig {
+            login_params,
             client_assertion_audience,
             client_key_id,
             userinfo,

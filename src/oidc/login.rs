@@ -1,6 +1,7 @@
 //! Authorization code + PKCE: building the authorization request, and completing it (code
 //! exchange and ID-token validation).
 
+use crate::login_options::LoginOptions;
 use std::time::Duration;
 
 use base64::Engine;
@@ -32,6 +33,10 @@ pub struct PendingLogin {
     /// §10) name it before the code exchange proves it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpop_key: Option<DpopKey>,
+    /// What the SPA asked for (`prompt`, `max_age`, `acr_values`…): the callback checks the ID
+    /// token against it and answers a silent sign-in's "no" to the SPA.
+    #[serde(default)]
+    pub options: LoginOptions,
 }
 
 /// A completed login: the token set and who signed in.
@@ -86,6 +91,7 @@ impl Oidc {
         &self,
         return_to: String,
         browser: String,
+        options: LoginOptions,
     ) -> Result<(Url, CsrfToken, PendingLogin), OidcError> {
         let provider = self.provider()?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
@@ -102,6 +108,10 @@ impl Oidc {
         for resource in &self.user_resources {
             request = request.add_extra_param("resource", resource.as_str());
         }
+        // Pushed with the rest under PAR: the pushed request is made from this URL's query.
+        for (name, value) in options.auth_params() {
+            request = request.add_extra_param(name, value);
+        }
         let dpop_key = if self.dpop { Some(DpopKey::generate()?) } else { None };
         if let Some(key) = &dpop_key {
             request = request.add_extra_param("dpop_jkt", key.thumbprint());
@@ -111,7 +121,7 @@ impl Oidc {
             Some(endpoint) => self.push_authorization_request(&provider, endpoint, &url, dpop_key.as_ref()).await?,
             None => url,
         };
-        Ok((url, state, PendingLogin { pkce_verifier: verifier, nonce, return_to, browser, dpop_key }))
+        Ok((url, state, PendingLogin { pkce_verifier: verifier, nonce, return_to, browser, dpop_key, options }))
     }
 
     /// RFC 9126 §2: posts the parameters of `authorize` (with client authentication, and with

@@ -114,7 +114,7 @@ impl Oidc {
         let method = self.auth_method.as_str();
         let pushes = self.provider().is_ok_and(|p| p.par_url.is_some());
         if pushes {
-            return match self.begin_login("/".into(), "check-config".into()).await {
+            return match self.begin_login("/".into(), "check-config".into(), Default::default()).await {
                 Ok(_) => finding(
                     Severity::Ok,
                     key,

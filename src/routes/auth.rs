@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::crypto::digest;
 use crate::error::{AppError, BadRequest};
 use crate::http::{Frameable, require_csrf_header, require_csrf_or_same_origin};
+use crate::login_options::{LoginOptions, RawLoginOptions};
 use crate::metrics::AuthEvent;
 use crate::oidc::{LogoutHint, LogoutTokenError, Oidc};
 use crate::session::SessionEntries;
@@ -31,16 +32,36 @@ fn redirect(status: StatusCode, location: &str) -> actix_web::HttpResponseBuilde
 #[derive(Deserialize)]
 pub struct LoginQuery {
     return_to: Option<String>,
+    prompt: Option<String>,
+    login_hint: Option<String>,
+    acr_values: Option<String>,
+    max_age: Option<String>,
+    ui_locales: Option<String>,
 }
 
 /// `GET /auth/login?return_to=/path`
 pub async fn login(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     // A malformed query is not an error here: it just means "no return_to".
     let query = web::Query::<LoginQuery>::from_query(req.query_string()).ok();
+    let raw = query.as_ref().map_or_else(RawLoginOptions::default, |q| RawLoginOptions {
+        prompt: q.prompt.as_deref(),
+        login_hint: q.login_hint.as_deref(),
+        acr_values: q.acr_values.as_deref(),
+        max_age: q.max_age.as_deref(),
+        ui_locales: q.ui_locales.as_deref(),
+    });
+    let options = match LoginOptions::read(&raw, &state.config.oidc.login_params) {
+        Ok(options) => options,
+        Err(refused) => {
+            tracing::info!("sign-in refused: {refused}");
+            return AppError::BadRequest(BadRequest::LoginParameter).respond(&req, &state.pages);
+        }
+    };
     let request = LoginRequest {
         return_to: query.as_ref().and_then(|q| q.return_to.as_deref()),
         client: crate::limits::client_ip(&req, state.config.server.trusted_proxy_hops),
         binding: state.cookies.login_binding(&req),
+        options,
     };
     match SignIn::new(&state).begin(request).await {
         Ok(begun) => redirect(StatusCode::FOUND, begun.location.as_str())
@@ -78,6 +99,11 @@ pub async fn user(req: HttpRequest, state: web::Data<AppState>, session: Session
         "sub": user.sub,
         "name": user.name,
         "email": user.email,
+        // What the provider says of the authentication (OpenID Connect Core §2), for an SPA
+        // that decides whether to ask for a stronger or a fresher one.
+        "acr": user.claims.get("acr"),
+        "amr": user.claims.get("amr"),
+        "auth_time": user.claims.get("auth_time"),
         "claims": user.claims,
         "session": {
             "sid": signed_in.handle.as_str(),

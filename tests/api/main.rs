@@ -28,6 +28,7 @@ mod proxy;
 mod refresh;
 mod rotation;
 mod route_tokens;
+mod signin_options;
 mod store_conformance;
 mod store_down;
 mod telemetry;

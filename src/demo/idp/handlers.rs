@@ -10,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::json;
 
-use super::provider::{OAuthError, Presented, Provider, UserinfoAnswer};
+use super::provider::{Authentication, OAuthError, Presented, Provider, UserinfoAnswer};
 use super::{ClientAuthRefusal, GrantRefusal, TokenFault};
 use crate::pages::Pages;
 
@@ -181,7 +181,11 @@ fn login_page(pages: &Pages, p: &Provider, client_id: &str, interaction: &str) -
     res
 }
 
+/// The provider's own sign-in session in the browser (for `prompt=none`).
+const BROWSER_SESSION_COOKIE: &str = "demo_idp_session";
+
 async fn authorize(
+    req: HttpRequest,
     p: web::Data<Provider>,
     pages: web::Data<Pages>,
     q: web::Query<HashMap<String, String>>,
@@ -197,6 +201,15 @@ async fn authorize(
     };
     if let Some(user) = p.controls.auto_login() {
         return redirect(p.issue_code(request, &user).as_str());
+    }
+    // Silent: answered from the provider's session, never with a page. (Other requests show
+    // the sign-in page every time, as tests expect of this demo.)
+    if request.prompt.iter().any(|w| w == "none") {
+        let cookie = req.cookie(BROWSER_SESSION_COOKIE);
+        return match p.browser_session(cookie.as_ref().map(|c| c.value())) {
+            Some(known) if known.satisfies(&request) => redirect(p.issue_code_for(request, known).as_str()),
+            _ => redirect(p.interaction_needed(&request).as_str()),
+        };
     }
     let client_id = request.client_id.clone();
     let interaction = p.start_interaction(request);
@@ -224,7 +237,16 @@ async fn login(
         let interaction = p.start_interaction(request);
         return login_page(&pages, &p, &client_id, &interaction);
     }
-    redirect(p.issue_code(request, username).as_str())
+    let authentication = Authentication::now(username, form.get("second_factor").is_some_and(|v| v == "on"));
+    let remembered = p.remember_browser(authentication.clone());
+    let mut res = redirect(p.issue_code_for(request, authentication).as_str());
+    let cookie = actix_web::cookie::Cookie::build(BROWSER_SESSION_COOKIE, remembered)
+        .path("/")
+        .http_only(true)
+        .same_site(actix_web::cookie::SameSite::Lax)
+        .finish();
+    let _ = res.add_cookie(&cookie);
+    res
 }
 
 /// `Authorization: Basic` credentials are form-urlencoded before base64 (RFC 6749 §2.3.1).

@@ -19,7 +19,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 
 pub use keys::SigningKey;
-pub use provider::{AccessClaims, Provider, user_claims};
+pub use provider::{ACR_PASSWORD, ACR_SECOND_FACTOR, AccessClaims, Authentication, Provider, user_claims};
 
 use crate::config::AuthMethod;
 use crate::pages::Pages;

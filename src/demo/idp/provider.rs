@@ -51,6 +51,44 @@ pub struct AuthRequest {
     pub code_challenge: String,
     /// RFC 9449 §10: the key the code may only be exchanged with.
     pub dpop_jkt: Option<String>,
+    /// OpenID Connect Core §3.1.2.1: `prompt`, `max_age` and `acr_values` as asked.
+    pub prompt: Vec<String>,
+    pub max_age: Option<u64>,
+    pub acr_values: Vec<String>,
+}
+
+/// `acr` of a sign-in with the user name alone, and with the demo's "second factor" ticked.
+pub const ACR_PASSWORD: &str = "urn:bff:demo:pwd";
+pub const ACR_SECOND_FACTOR: &str = "urn:bff:demo:mfa";
+
+/// How the user authenticated at the provider: what the ID token reports (`auth_time`, `acr`,
+/// `amr`), and what the provider's own session remembers for a later `prompt=none`.
+#[derive(Debug, Clone)]
+pub struct Authentication {
+    pub username: String,
+    pub auth_time: u64,
+    pub acr: String,
+    pub amr: Vec<String>,
+}
+
+impl Authentication {
+    /// Now, with the user name alone, or with the second factor.
+    pub fn now(username: &str, second_factor: bool) -> Authentication {
+        let (acr, amr) = if second_factor {
+            (ACR_SECOND_FACTOR, vec!["pwd".to_string(), "otp".to_string()])
+        } else {
+            (ACR_PASSWORD, vec!["pwd".to_string()])
+        };
+        Authentication { username: username.to_string(), auth_time: now_unix(), acr: acr.into(), amr }
+    }
+
+    /// Whether this authentication is what a request asks for: recent enough for its `max_age`
+    /// and one of its `acr_values` (when it names any).
+    pub fn satisfies(&self, request: &AuthRequest) -> bool {
+        let recent = request.max_age.is_none_or(|max_age| now_unix().saturating_sub(self.auth_time) <= max_age);
+        let strong = request.acr_values.is_empty() || request.acr_values.contains(&self.acr);
+        recent && strong
+    }
 }
 
 struct Code {
@@ -66,6 +104,8 @@ pub struct Grant {
     pub scope: String,
     pub sid: String,
     pub auth_time: u64,
+    pub acr: String,
+    pub amr: Vec<String>,
     pub revoked: bool,
     /// RFC 9449: the key the grant's tokens are bound to (from the code exchange's proof).
     pub dpop_jkt: Option<String>,
@@ -93,6 +133,9 @@ struct Data {
     pushed: HashMap<String, (String, HashMap<String, String>, u64)>,
     /// Provider sessions that RP-initiated logout ended (tests read it).
     ended_sessions: Vec<String>,
+    /// The provider's own sign-in sessions, by the browser's `demo_idp_session` cookie: what a
+    /// `prompt=none` request is answered from.
+    browser_sessions: HashMap<String, Authentication>,
 }
 
 /// Counters tests read.
@@ -367,7 +410,44 @@ impl Provider {
             scope,
             code_challenge: code_challenge.clone(),
             dpop_jkt: q.get("dpop_jkt").cloned(),
+            prompt: q
+                .get("prompt")
+                .map(|p| p.split(' ').filter(|w| !w.is_empty()).map(String::from).collect())
+                .unwrap_or_default(),
+            max_age: q.get("max_age").and_then(|m| m.parse().ok()),
+            acr_values: q
+                .get("acr_values")
+                .map(|a| a.split(' ').filter(|w| !w.is_empty()).map(String::from).collect())
+                .unwrap_or_default(),
         }))
+    }
+
+    /// The authentication a browser's provider session holds, if it has one.
+    pub fn browser_session(&self, cookie: Option<&str>) -> Option<Authentication> {
+        self.data().browser_sessions.get(cookie?).cloned()
+    }
+
+    /// Remembers a sign-in for the browser; the cookie value that names it.
+    pub fn remember_browser(&self, authentication: Authentication) -> String {
+        let id = random_token();
+        let mut data = self.data();
+        // A demo: a bound that keeps a long-running demo's memory in check.
+        if data.browser_sessions.len() >= 10_000 {
+            data.browser_sessions.clear();
+        }
+        data.browser_sessions.insert(id.clone(), authentication);
+        id
+    }
+
+    /// `prompt=none` that cannot be answered without the user (§3.1.2.6): back to the client.
+    pub fn interaction_needed(&self, request: &AuthRequest) -> Url {
+        let mut url = request.redirect_uri.clone();
+        url.query_pairs_mut().append_pair("error", "login_required");
+        if let Some(s) = &request.state {
+            url.query_pairs_mut().append_pair("state", s);
+        }
+        url.query_pairs_mut().append_pair("iss", &self.issuer);
+        url
     }
 
     pub fn start_interaction(&self, request: AuthRequest) -> String {
@@ -382,6 +462,12 @@ impl Provider {
 
     /// The user signed in: a grant and a one-time code, sent back to the client.
     pub fn issue_code(&self, request: AuthRequest, username: &str) -> Url {
+        self.issue_code_for(request, Authentication::now(username, false))
+    }
+
+    /// The same for an authentication made earlier or with a second factor.
+    pub fn issue_code_for(&self, request: AuthRequest, authentication: Authentication) -> Url {
+        let username = authentication.username.as_str();
         let code = random_token();
         let grant_id = random_token();
         let mut data = self.data();
@@ -392,7 +478,9 @@ impl Provider {
                 username: username.to_string(),
                 scope: request.scope.clone(),
                 sid: random_token(),
-                auth_time: now_unix(),
+                auth_time: authentication.auth_time,
+                acr: authentication.acr.clone(),
+                amr: authentication.amr.clone(),
                 revoked: false,
                 dpop_jkt: None,
             },
@@ -528,6 +616,8 @@ impl Provider {
                 scope: scope.clone(),
                 sid: String::new(),
                 auth_time: now,
+                acr: String::new(),
+                amr: Vec::new(),
                 revoked: false,
                 dpop_jkt: None,
             };
@@ -673,10 +763,18 @@ impl Provider {
         jkt: Option<String>,
     ) -> Result<Value, OAuthError> {
         let server_error = |e: jsonwebtoken::errors::Error| oauth_error(500, "server_error", e.to_string());
-        let (grant_client, username, scope, sid, auth_time) = {
+        let (grant_client, username, scope, sid, auth_time, acr, amr) = {
             let data = self.data();
             let g = data.grants.get(grant_id).ok_or_else(|| oauth_error(400, "invalid_grant", "grant gone"))?;
-            (g.client_id.clone(), g.username.clone(), g.scope.clone(), g.sid.clone(), g.auth_time)
+            (
+                g.client_id.clone(),
+                g.username.clone(),
+                g.scope.clone(),
+                g.sid.clone(),
+                g.auth_time,
+                g.acr.clone(),
+                g.amr.clone(),
+            )
         };
         let now = now_unix();
         let ttl = self.controls.access_token_ttl().as_secs();
@@ -716,6 +814,8 @@ impl Provider {
             "iat": if fault == IdTokenFault::IssuedInFuture { now + 3600 } else { now },
             "exp": if fault == IdTokenFault::Expired { now - 120 } else { now + 300 },
             "auth_time": auth_time,
+            "acr": acr,
+            "amr": amr,
             "sid": sid,
             "at_hash": at_hash,
         });
