@@ -79,15 +79,79 @@ fn minimal() -> Table {
     toml::from_str(&text).unwrap()
 }
 
-/// Sets `section.key` or `api[].key` (in the first `[[api]]` entry).
+/// The same with one `[[frontend]]` instead of the top-level `[oidc]` and `[[api]]` (the two
+/// cannot be combined): its required keys, its `[frontend.oidc]` and one `[[frontend.api]]`. Its
+/// path is `""`, so that `oidc.post_logout_redirect`'s documented default (`"/"`, the frontend's
+/// root) is its default too.
+fn minimal_frontends() -> Table {
+    let text = format!(
+        "[session]\nsecret = \"{}\"\n[[frontend]]\nname = \"main\"\n\
+         [frontend.oidc]\nissuer = \"http://127.0.0.1:9\"\nclient_id = \"bff\"\nclient_secret = \"contract-test\"\n\
+         [[frontend.api]]\nprefix = \"/api\"\nupstream = \"http://127.0.0.1:9\"\n",
+        "contract-test-secret-".repeat(4)
+    );
+    toml::from_str(&text).unwrap()
+}
+
+/// The tables of a `[[frontend]]` that take every key of a top-level section, as CONTRACT.md
+/// says in prose instead of repeating their rows: (the frontend's table, the section).
+const FRONTEND_COPIES: [(&str, &str); 2] = [("frontend[].oidc", "oidc"), ("frontend[].api[]", "api[]")];
+
+/// The sections a file with `[[frontend]]` refuses at the top level: each frontend has its own.
+const PER_FRONTEND: [&str; 2] = ["oidc", "api[]"];
+
+/// `server`, `api[]`, `frontend[].session`: the section of a documented key; and its name.
+fn split(key: &str) -> (&str, &str) {
+    key.rsplit_once('.').unwrap_or_else(|| panic!("{key} has no section"))
+}
+
+fn is_frontend(key: &str) -> bool {
+    key.starts_with("frontend[]")
+}
+
+/// The documented keys as they are written in a file with `[[frontend]]`: the rows of the shared
+/// sections and of `[[frontend]]`, and each row of `[oidc]` and `[[api]]` inside the frontend.
+fn frontend_file_keys(keys: &[Key]) -> Vec<(String, Option<Value>)> {
+    let mut out = Vec::new();
+    for key in keys {
+        let (section, name) = split(&key.name);
+        if let Some((copy, _)) = FRONTEND_COPIES.iter().find(|(_, of)| *of == section) {
+            out.push((format!("{copy}.{name}"), key.default.clone()));
+        } else if !PER_FRONTEND.contains(&section) {
+            out.push((key.name.clone(), key.default.clone()));
+        }
+    }
+    out
+}
+
+/// The documented keys as they are written in a file without `[[frontend]]`.
+fn plain_file_keys(keys: &[Key]) -> Vec<(String, Option<Value>)> {
+    keys.iter().filter(|k| !is_frontend(&k.name)).map(|k| (k.name.clone(), k.default.clone())).collect()
+}
+
+/// The table a section path names in `table`: `server`, `api[]` (the first `[[api]]`),
+/// `frontend[].session`, `frontend[].api[]`; made when missing.
+fn section_mut<'t>(table: &'t mut Table, section: &str) -> &'t mut Table {
+    let mut target = table;
+    for part in section.split('.') {
+        target = match part.strip_suffix("[]") {
+            Some(array) => target
+                .entry(array)
+                .or_insert_with(|| Value::Array(vec![Value::Table(Table::new())]))
+                .as_array_mut()
+                .unwrap()[0]
+                .as_table_mut()
+                .unwrap(),
+            None => target.entry(part).or_insert_with(|| Value::Table(Table::new())).as_table_mut().unwrap(),
+        };
+    }
+    target
+}
+
+/// Sets `section.key`, `api[].key` (in the first `[[api]]` entry), `frontend[].session.key`…
 fn set(table: &mut Table, key: &str, value: Value) {
-    let (section, name) = key.split_once('.').unwrap();
-    let target = if section == "api[]" {
-        table["api"].as_array_mut().unwrap()[0].as_table_mut().unwrap()
-    } else {
-        table.entry(section).or_insert_with(|| Value::Table(Table::new())).as_table_mut().unwrap()
-    };
-    target.insert(name.to_string(), value);
+    let (section, name) = split(key);
+    section_mut(table, section).insert(name.to_string(), value);
 }
 
 fn load(table: &Table) -> Result<Config, bff::config::ConfigErrors> {
@@ -98,27 +162,37 @@ fn printed(table: &Table) -> String {
     load(table).unwrap_or_else(|e| panic!("the configuration does not load:\n{e}")).to_redacted_toml()
 }
 
-/// `section.key` and `api[].key` of a printed configuration (tables as values are not entered).
+/// `section.key`, `api[].key`, `frontend[].key`, `frontend[].oidc.key`… of a printed
+/// configuration (tables as values, such as `extra_auth_params`, are not entered).
 fn printed_keys(text: &str) -> BTreeSet<String> {
-    let root: Table = toml::from_str(text).unwrap();
-    let mut keys = BTreeSet::new();
-    for (section, value) in &root {
-        match value {
-            Value::Table(t) => keys.extend(t.keys().map(|k| format!("{section}.{k}"))),
-            Value::Array(items) => {
-                for item in items {
-                    keys.extend(item.as_table().unwrap().keys().map(|k| format!("{section}[].{k}")));
+    fn walk(table: &Table, path: &str, keys: &mut BTreeSet<String>) {
+        // Sections are at the top and in a `[[frontend]]`.
+        let sections_here = path.is_empty() || path == "frontend[].";
+        for (name, value) in table {
+            let key = format!("{path}{name}");
+            match value {
+                Value::Table(t) if sections_here => walk(t, &format!("{key}."), keys),
+                Value::Array(items) if sections_here && !items.is_empty() && items.iter().all(Value::is_table) => {
+                    for item in items {
+                        walk(item.as_table().unwrap(), &format!("{key}[]."), keys);
+                    }
+                }
+                _ if path.is_empty() => panic!("unexpected top-level {name} = {value}"),
+                _ => {
+                    keys.insert(key);
                 }
             }
-            other => panic!("unexpected top-level {section} = {other}"),
         }
     }
+    let mut keys = BTreeSet::new();
+    walk(&toml::from_str(text).unwrap(), "", &mut keys);
     keys
 }
 
 /// Every key the loader accepts. The loader decides: each name written as a string literal in
 /// `src/config/` is offered in each section (and as a section), and a key is accepted when the
-/// loader does not call it unknown. The sources only suggest the names.
+/// loader does not call it unknown. The sources only suggest the names. A section inside
+/// `[[frontend]]` is tried in a file with `[[frontend]]`, any other in one without.
 fn accepted_keys(sections: &BTreeSet<String>) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for entry in std::fs::read_dir(Path::new(ROOT).join("src/config")).unwrap() {
@@ -146,7 +220,7 @@ fn accepted_keys(sections: &BTreeSet<String>) -> BTreeSet<String> {
             }
         }
         for section in sections {
-            let mut table = minimal();
+            let mut table = if is_frontend(section) { minimal_frontends() } else { minimal() };
             set(&mut table, &format!("{section}.{name}"), Value::String("x".into()));
             if !unknown(&table, &format!("{}.{name}", section.replace("[]", "[0]"))) {
                 accepted.insert(format!("{section}.{name}"));
@@ -154,6 +228,15 @@ fn accepted_keys(sections: &BTreeSet<String>) -> BTreeSet<String> {
         }
     }
     accepted
+}
+
+/// No key in `table` is refused as unknown (values may still be refused).
+fn assert_no_unknown_key(table: &Table, file: &str) {
+    if let Err(errors) = load(table) {
+        let unknown: Vec<String> =
+            errors.0.iter().filter(|e| e.message.starts_with("unknown key")).map(|e| e.key.clone()).collect();
+        assert!(unknown.is_empty(), "documented in CONTRACT.md but refused as unknown ({file}): {unknown:?}");
+    }
 }
 
 fn bff() -> Command {
@@ -188,51 +271,75 @@ fn the_documented_commands_are_the_commands() {
 #[test]
 fn every_configuration_key_is_documented_and_every_documented_key_is_accepted() {
     let keys = documented_keys();
-    let documented: BTreeSet<String> = keys.iter().map(|k| k.name.clone()).collect();
-    assert_eq!(documented.len(), keys.len(), "a key is documented twice");
+    let rows: BTreeSet<String> = keys.iter().map(|k| k.name.clone()).collect();
+    assert_eq!(rows.len(), keys.len(), "a key is documented twice");
+    assert!(rows.iter().any(|k| is_frontend(k)), "CONTRACT.md documents no frontend[] key");
+    // With the keys `[frontend.oidc]` and `[[frontend.api]]` take from `[oidc]` and `[[api]]`.
+    let documented: BTreeSet<String> =
+        rows.iter().cloned().chain(frontend_file_keys(&keys).into_iter().map(|(name, _)| name)).collect();
 
-    // What `bff check-config` prints is documented.
-    let shown = printed_keys(&printed(&minimal()));
-    let undocumented: Vec<_> = shown.difference(&documented).collect();
-    assert!(undocumented.is_empty(), "printed by check-config but not in CONTRACT.md: {undocumented:?}");
+    // What `bff check-config` prints is documented, with and without `[[frontend]]`.
+    for (file, table) in [("without [[frontend]]", minimal()), ("with [[frontend]]", minimal_frontends())] {
+        let shown = printed_keys(&printed(&table));
+        let undocumented: Vec<_> = shown.difference(&documented).collect();
+        assert!(undocumented.is_empty(), "printed by check-config ({file}) but not in CONTRACT.md: {undocumented:?}");
+    }
 
     // Every key the loader accepts has a row, and every section it accepts is a documented one.
-    let sections: BTreeSet<String> = documented.iter().map(|k| k.split_once('.').unwrap().0.to_string()).collect();
+    let sections: BTreeSet<String> = documented.iter().map(|k| split(k).0.to_string()).collect();
     let accepted = accepted_keys(&sections);
     assert!(accepted.len() > 30, "the loader's keys were not found: {accepted:?}");
+    for expected in
+        ["frontend[].name", "frontend[].session.cookie_name", "frontend[].oidc.issuer", "frontend[].api[].prefix"]
+    {
+        assert!(accepted.contains(expected), "the loader's frontend keys were not found: {accepted:?}");
+    }
+    let is_section = |name: &str| sections.contains(name) || sections.contains(&format!("{name}[]"));
     let undocumented: Vec<_> = accepted
         .iter()
         .filter(|k| match k.strip_prefix('[').and_then(|k| k.strip_suffix(']')) {
-            Some(top) => !sections.contains(top) && !sections.contains(&format!("{top}[]")),
-            None => !documented.contains(*k),
+            Some(top) => !is_section(top),
+            // `frontend[].session` given a value: a section inside `[[frontend]]`.
+            None => !documented.contains(*k) && !is_section(k),
         })
         .collect();
     assert!(undocumented.is_empty(), "accepted by the loader but not in CONTRACT.md: {undocumented:?}");
 
-    // Every documented key is one the loader knows (its value may still be refused here).
-    let mut all = minimal();
-    for key in &keys {
-        set(&mut all, &key.name, key.default.clone().unwrap_or(Value::String("x".into())));
-    }
-    if let Err(errors) = load(&all) {
-        let unknown: Vec<String> =
-            errors.0.iter().filter(|e| e.message.starts_with("unknown key")).map(|e| e.key.clone()).collect();
-        assert!(unknown.is_empty(), "documented in CONTRACT.md but refused as unknown: {unknown:?}");
-    }
+    // Every documented key is one the loader knows (its value may still be refused here): each
+    // in the kind of file it belongs to.
+    let every = |mut table: Table, keys: Vec<(String, Option<Value>)>| {
+        for (name, default) in keys {
+            set(&mut table, &name, default.unwrap_or(Value::String("x".into())));
+        }
+        table
+    };
+    assert_no_unknown_key(&every(minimal(), plain_file_keys(&keys)), "without [[frontend]]");
+    assert_no_unknown_key(&every(minimal_frontends(), frontend_file_keys(&keys)), "with [[frontend]]");
 }
 
 #[test]
 fn documented_defaults_are_the_defaults() {
-    let mut explicit = minimal();
-    let mut count = 0;
-    for key in documented_keys() {
-        if let Some(default) = key.default {
-            set(&mut explicit, &key.name, default);
-            count += 1;
+    let keys = documented_keys();
+    assert!(keys.iter().any(|k| is_frontend(&k.name) && k.default.is_some()), "no frontend[] default is documented");
+    for (file, minimal, keys) in [
+        ("without [[frontend]]", minimal(), plain_file_keys(&keys)),
+        ("with [[frontend]]", minimal_frontends(), frontend_file_keys(&keys)),
+    ] {
+        let mut explicit = minimal.clone();
+        let mut count = 0;
+        for (name, default) in keys {
+            if let Some(default) = default {
+                set(&mut explicit, &name, default);
+                count += 1;
+            }
         }
+        assert!(count > 30, "only {count} defaults found ({file})");
+        assert_eq!(
+            printed(&explicit),
+            printed(&minimal),
+            "{file}: every key set to its documented default changes something"
+        );
     }
-    assert!(count > 30, "only {count} defaults found");
-    assert_eq!(printed(&explicit), printed(&minimal()), "every key set to its documented default changes something");
 }
 
 #[test]
@@ -250,8 +357,8 @@ fn documented_environment_names_set_their_keys() {
 
     let mut env = Vec::new();
     for key in documented_keys() {
-        let (section, name) = key.name.split_once('.').unwrap();
-        if section == "api[]" {
+        let (section, name) = split(&key.name);
+        if section == "api[]" || is_frontend(section) {
             assert_eq!(key.env, "file only", "{}", key.name);
             continue;
         }
