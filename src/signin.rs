@@ -458,54 +458,81 @@ mod tests {
         TokenEndpointError::Other("refused".into())
     }
 
-    /// A refused sign-in's status and sentence, or the code of the error whose page it gets.
-    type Expected = Result<(u16, &'static str), &'static str>;
+    /// A refused sign-in's status and sentence, the code of the error whose page it gets, or
+    /// where the browser is sent instead of a page.
+    #[derive(Debug)]
+    enum Expected {
+        Page(u16, &'static str),
+        Error(&'static str),
+        Redirect(&'static str),
+    }
 
     /// One of each refusal, with today's answer.
     fn every_refusal() -> Vec<(CallbackRefusal, Expected)> {
         vec![
-            (CallbackRefusal::Unreadable, Ok((400, "The sign-in response could not be read."))),
-            (CallbackRefusal::NoState, Ok((400, "The sign-in response did not say which sign-in it answers."))),
+            (CallbackRefusal::Unreadable, Expected::Page(400, "The sign-in response could not be read.")),
+            (
+                CallbackRefusal::NoState,
+                Expected::Page(400, "The sign-in response did not say which sign-in it answers."),
+            ),
             (
                 CallbackRefusal::UnknownState,
-                Ok((400, "This sign-in is unknown, has expired or was already used. Please start again.")),
+                Expected::Page(400, "This sign-in is unknown, has expired or was already used. Please start again."),
             ),
             (
                 CallbackRefusal::OtherBrowser,
-                Ok((400, "This sign-in was started in another browser. Please start again here.")),
+                Expected::Page(400, "This sign-in was started in another browser. Please start again here."),
             ),
             (
                 CallbackRefusal::OtherIssuer(ResponseIssuerError::Missing),
-                Ok((400, "The sign-in response did not come from the expected identity provider.")),
+                Expected::Page(400, "The sign-in response did not come from the expected identity provider."),
             ),
-            (CallbackRefusal::ProviderError("access_denied".into()), Ok((400, "Sign-in was cancelled or refused."))),
+            (
+                CallbackRefusal::ProviderError("access_denied".into()),
+                Expected::Page(400, "Sign-in was cancelled or refused."),
+            ),
             (
                 CallbackRefusal::ProviderError("login_required".into()),
-                Ok((400, "The identity provider could not sign you in (login_required).")),
+                Expected::Page(400, "The identity provider could not sign you in (login_required)."),
             ),
-            (CallbackRefusal::NoCode, Ok((400, "The sign-in response carried no authorization code."))),
+            (CallbackRefusal::NoCode, Expected::Page(400, "The sign-in response carried no authorization code.")),
             (
                 CallbackRefusal::CodeRefused(token_endpoint_error()),
-                Ok((400, "The sign-in could not be completed: the identity provider refused it. Please start again.")),
+                Expected::Page(
+                    400,
+                    "The sign-in could not be completed: the identity provider refused it. Please start again.",
+                ),
             ),
             (
                 CallbackRefusal::IdTokenInvalid("nonce".into()),
-                Ok((400, "The identity provider's answer could not be accepted.")),
+                Expected::Page(400, "The identity provider's answer could not be accepted."),
             ),
             (
                 CallbackRefusal::UserinfoRefused("another sub".into()),
-                Ok((400, "The identity provider's answer could not be accepted.")),
+                Expected::Page(400, "The identity provider's answer could not be accepted."),
             ),
             (
                 CallbackRefusal::CredentialsRefused(token_endpoint_error()),
-                Ok((503, "This application cannot complete sign-ins right now. Please try again later.")),
+                Expected::Page(503, "This application cannot complete sign-ins right now. Please try again later."),
             ),
             (
                 CallbackRefusal::ProviderUnavailable(OidcError::NotReady),
-                Ok((502, "The identity provider could not be reached. Please try again.")),
+                Expected::Page(502, "The identity provider could not be reached. Please try again."),
             ),
-            (CallbackRefusal::StoreDown(StoreError::HeldOff), Err("session_store_unavailable")),
-            (CallbackRefusal::SessionNotFilled(anyhow::anyhow!("no")), Err("internal")),
+            (CallbackRefusal::StoreDown(StoreError::HeldOff), Expected::Error("session_store_unavailable")),
+            (CallbackRefusal::SessionNotFilled(anyhow::anyhow!("no")), Expected::Error("internal")),
+            (
+                CallbackRefusal::InteractionNeeded { return_to: "/a?error=login_required".into() },
+                Expected::Redirect("/a?error=login_required"),
+            ),
+            (
+                CallbackRefusal::AuthenticationUnmet(Unmet::OtherAcr),
+                Expected::Page(
+                    403,
+                    "The identity provider did not confirm the sign-in this application asked for \
+                     (a recent or a stronger authentication). Please sign in again.",
+                ),
+            ),
         ]
     }
 
@@ -527,21 +554,26 @@ mod tests {
             | CallbackRefusal::CredentialsRefused(_)
             | CallbackRefusal::ProviderUnavailable(_)
             | CallbackRefusal::StoreDown(_)
-            | CallbackRefusal::SessionNotFilled(_) => std::mem::discriminant(r),
+            | CallbackRefusal::SessionNotFilled(_)
+            | CallbackRefusal::InteractionNeeded { .. }
+            | CallbackRefusal::AuthenticationUnmet(_) => std::mem::discriminant(r),
         };
         let kinds: std::collections::HashSet<_> = every_refusal().iter().map(|(r, _)| named(r)).collect();
-        assert_eq!(kinds.len(), 14);
+        assert_eq!(kinds.len(), 16);
     }
 
     #[test]
     fn each_refusal_has_its_status_and_sentence() {
         for (refusal, expected) in every_refusal() {
             match (refusal.answer(), expected) {
-                (CallbackAnswer::Refused(status, sentence), Ok((code, text))) => {
+                (CallbackAnswer::Refused(status, sentence), Expected::Page(code, text)) => {
                     assert_eq!(status.as_u16(), code, "{refusal:?}");
                     assert_eq!(sentence, text, "{refusal:?}");
                 }
-                (CallbackAnswer::Failed(error), Err(code)) => assert_eq!(error.code(), code, "{refusal:?}"),
+                (CallbackAnswer::Failed(error), Expected::Error(code)) => {
+                    assert_eq!(error.code(), code, "{refusal:?}")
+                }
+                (CallbackAnswer::Redirect(location), Expected::Redirect(to)) => assert_eq!(location, to, "{refusal:?}"),
                 (answer, expected) => panic!("{refusal:?}: {answer:?}, expected {expected:?}"),
             }
         }
@@ -553,6 +585,7 @@ mod tests {
         let status = |a: CallbackAnswer| match a {
             CallbackAnswer::Refused(status, _) => status,
             CallbackAnswer::Failed(e) => actix_web::ResponseError::status_code(&e),
+            CallbackAnswer::Redirect(_) => StatusCode::FOUND,
         };
         assert_eq!(status(from(CallbackError::CodeRejected(token_endpoint_error()))), StatusCode::BAD_REQUEST);
         assert_eq!(status(from(CallbackError::InvalidIdToken("x".into()))), StatusCode::BAD_REQUEST);
@@ -581,6 +614,14 @@ mod tests {
         let res = CallbackRefusal::SessionNotFilled(anyhow::anyhow!("no")).respond(&pages, &metrics);
         assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(failed(&metrics), "still one login_failed");
+    }
+
+    #[test]
+    fn a_declined_silent_sign_in_names_the_code_in_the_query_before_a_fragment() {
+        assert_eq!(with_error("/", "login_required"), "/?error=login_required");
+        assert_eq!(with_error("/a?b=1", "consent_required"), "/a?b=1&error=consent_required");
+        assert_eq!(with_error("/a#top", "login_required"), "/a?error=login_required#top");
+        assert_eq!(with_error("/a?b=1#x?y", "interaction_required"), "/a?b=1&error=interaction_required#x?y");
     }
 
     #[test]
