@@ -17,6 +17,7 @@ mod demo;
 mod dpop;
 mod edges;
 mod frontchannel;
+mod frontends;
 mod hostile;
 mod login;
 mod logout;
