@@ -27,6 +27,7 @@ mod provider_refusals;
 mod providers;
 mod proxy;
 mod refresh;
+mod reload;
 mod rotation;
 mod route_tokens;
 mod store_conformance;
