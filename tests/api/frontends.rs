@@ -32,6 +32,7 @@ in_both_layouts!(
     api_calls_reach_the_frontends_own_upstream_with_its_own_providers_token,
     logging_out_at_one_frontend_leaves_the_other_signed_in,
     back_channel_logout_from_one_provider_ends_only_that_frontends_session,
+    a_logout_token_for_a_user_ends_that_users_sessions_at_its_own_frontend_only,
     a_request_no_frontend_serves_is_not_found,
     metrics_are_labelled_with_the_frontend,
     a_return_to_outside_the_frontend_comes_back_to_the_frontend,
@@ -83,6 +84,14 @@ async fn each_frontend_signs_in_through_its_own_provider_with_a_cookie_on_its_pa
     let two = json(at_two.user().await).await;
     assert!(one.to_string().contains("alice") && !one.to_string().contains("bob"), "{one}");
     assert!(two.to_string().contains("bob") && !two.to_string().contains("alice"), "{two}");
+    // Each frontend's sessions are under keys of its own.
+    let keys = app.keys().await;
+    for name in ["one", "two"] {
+        let own = format!("{}fe:{name}:", app.prefix);
+        assert!(keys.iter().any(|k| k.starts_with(&own) && k.ends_with(":session")), "{own} in {keys:?}");
+    }
+    let outside: Vec<&String> = keys.iter().filter(|k| !k.starts_with(&format!("{}fe:", app.prefix))).collect();
+    assert!(outside.is_empty(), "no session data outside the frontends' keys: {outside:?}");
 }
 
 async fn a_session_cookie_of_one_frontend_is_refused_at_the_other(layout: Layout) {
@@ -226,4 +235,33 @@ async fn a_return_to_outside_the_frontend_comes_back_to_the_frontend(layout: Lay
     let callback = app.browser(&app.one).login_to("bob", Some(&inside)).await;
     let target = location(&callback);
     assert_eq!(target.strip_prefix(&app.one.origin).unwrap_or(&target), inside);
+}
+
+async fn a_logout_token_for_a_user_ends_that_users_sessions_at_its_own_frontend_only(layout: Layout) {
+    let app = TwoFrontends::spawn(layout).await;
+    let at_one = app.browser(&app.one);
+    let at_two = at_one.at(&app.two);
+    at_one.login_as("alice").await;
+    at_two.login_as("alice").await;
+    // Both providers know alice by the same `sub`: a logout token naming only her `sub` must end
+    // her sessions at the frontend of the provider that signed it, never at the other one.
+    let sub = bff::demo::idp::user_claims("alice").0;
+    let post = |side: &Side, token: String| {
+        let url = format!("{}{}/auth/backchannel-logout", side.origin, side.path);
+        let request = app.http().post(url).form(&[("logout_token", token)]);
+        async move { request.send().await.expect("post").status().as_u16() }
+    };
+    let from_one = |client: &str| app.one.idp.provider.logout_token(client, Some(&sub), None).expect("sign");
+
+    // Provider one's token, for its client, delivered to frontend two: not two's provider.
+    assert_eq!(post(&app.two, from_one(&app.one.client_id)).await, 400);
+    // Provider one's token made out to frontend two's client id: still not two's provider.
+    assert_eq!(post(&app.two, from_one(&app.two.client_id)).await, 400);
+    assert_eq!(at_two.user().await.status(), 200, "frontend two's session stays");
+    assert_eq!(at_one.user().await.status(), 200, "frontend one's too: the token went elsewhere");
+
+    assert_eq!(post(&app.one, from_one(&app.one.client_id)).await, 200);
+
+    assert_eq!(at_one.user().await.status(), 401, "alice's session at frontend one ended");
+    assert_eq!(at_two.user().await.status(), 200, "alice's session at frontend two stays");
 }

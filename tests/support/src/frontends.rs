@@ -215,6 +215,16 @@ impl TwoFrontends {
         self.reloader.reload(Config::from_toml(text)).await
     }
 
+    /// Every store key bff wrote for this app, sorted.
+    pub async fn keys(&self) -> Vec<String> {
+        use redis::AsyncCommands;
+        let client = redis::Client::open(REDIS_URL).expect("redis url");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("connect to the test Redis");
+        let mut keys: Vec<String> = conn.keys(format!("{}*", self.prefix)).await.expect("KEYS");
+        keys.sort();
+        keys
+    }
+
     /// An HTTP client that reaches bff by the frontends' host names (and follows no redirect).
     pub fn http(&self) -> reqwest::Client {
         resolving_client(self.port)
