@@ -301,3 +301,41 @@ async fn sighup_makes_the_binary_reload_its_file() {
     assert_eq!(login("/one/auth/login").await.status(), 302, "frontend one still is");
     let _ = std::fs::remove_file(&file);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_started_before_its_frontend_changed_completes_after() {
+    let app = TwoFrontends::spawn(Layout::Hosts).await;
+    let browser = app.browser(&app.one);
+    let start = browser.get("/auth/login").await;
+    assert_eq!(start.status(), 302);
+    let callback = browser.browser.sign_in_at_provider(&location(&start), "alice").await;
+    let new = upstream::spawn(Some(std::sync::Arc::clone(&app.one.idp.provider))).await;
+
+    let summary = app
+        .reload(&format!("{}{}{}", app.shared(), app.one.table_with_upstream(&new.url), app.two.table()))
+        .await
+        .expect("the file is applied");
+    assert_eq!(summary.changed, ["one"]);
+
+    // The pending sign-in lives in the store, not in the frontend that was replaced.
+    let back = browser.browser.get(&callback).await;
+    assert!(back.status().is_redirection(), "{}", back.status());
+    assert_eq!(browser.user().await.status(), 200);
+    assert_eq!(browser.api(Method::GET, "/api/echo").await.status(), 200);
+    assert_eq!(new.seen().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_of_a_removed_frontend_runs_to_its_end() {
+    let app = TwoFrontends::spawn(Layout::Paths).await;
+    let alice = signed_in(&app, &app.two, "alice").await;
+    let stream = alice.api(Method::GET, "/api/sse?count=5").await;
+    assert_eq!(stream.status(), 200);
+    app.two.upstream.until_received("/sse").await;
+
+    app.reload(&format!("{}{}", app.shared(), app.one.table())).await.expect("the file is applied");
+
+    assert_eq!(alice.user().await.status(), 401, "new requests: the frontend is gone");
+    let body = tokio::time::timeout(Duration::from_secs(10), stream.text()).await.expect("bounded").expect("body");
+    assert!(body.contains("data: tick 4"), "the stream ran to its end: {body}");
+}
