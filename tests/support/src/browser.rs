@@ -28,6 +28,12 @@ impl Browser {
         }
     }
 
+    /// A browser whose requests go through `http` (one that resolves names of its own, say);
+    /// `http` should follow no redirect, as [`Browser::new`]'s does not.
+    pub fn with_client(base: &str, http: reqwest::Client) -> Browser {
+        Browser { http, base: base.to_string(), jar: Arc::new(Mutex::new(BTreeMap::new())) }
+    }
+
     /// The same cookies, another base URL (a second instance behind the same site).
     pub fn at(&self, base: &str) -> Browser {
         Browser { http: self.http.clone(), base: base.to_string(), jar: Arc::clone(&self.jar) }

@@ -3,6 +3,8 @@
 //!
 //! - [`app`]: bff itself, in the test's process, with the demo provider and a key prefix of its own
 //!   in the shared Redis;
+//! - [`frontends`]: one bff with two frontends (by host or by path), each with its own provider
+//!   and upstream, and the reloader to change them;
 //! - [`browser`]: an HTTP client that keeps cookies like a browser and walks the login;
 //! - [`upstream`]: the API behind the proxy, which checks tokens at the demo provider;
 //! - [`redis`]: Redis servers of a test's own, each in a temporary directory;
@@ -13,6 +15,7 @@
 
 pub mod app;
 pub mod browser;
+pub mod frontends;
 pub mod otlp;
 pub mod redis;
 pub mod upstream;
