@@ -18,7 +18,7 @@ pub enum Limit {
     BodySize,
     /// `server.max_upstream_concurrency` calls already in flight: 429 `upstream_busy`.
     UpstreamConcurrency,
-    /// `server.max_upstream_concurrency_per_frontend` calls of this frontend in flight: 429
+    /// `frontend[].max_upstream_concurrency` calls of this frontend in flight: 429
     /// `upstream_busy`.
     FrontendConcurrency,
     /// `server.max_upstream_concurrency_per_session` calls of this session in flight: 429

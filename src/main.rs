@@ -152,23 +152,26 @@ async fn serve(config: Config, file: Option<PathBuf>) -> Result<(), anyhow::Erro
         );
     }
     tracing::info!(listen = %config.server.listen, "bff listening");
+    // Before anything else can take time: a SIGHUP's default action ends the process.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let app = bff::Application::build(config, listener).await?;
-    tokio::spawn(reload_on_hangup(app.reloader(), file));
+    match hangups {
+        Ok(hangups) => {
+            tokio::spawn(reload_on_hangup(app.reloader(), file, hangups));
+        }
+        Err(e) => tracing::warn!("cannot listen for SIGHUP ({e}); a configuration change needs a restart"),
+    }
     app.run_until_stopped().await?;
     Ok(())
 }
 
 /// `SIGHUP`: the configuration file (and the `BFF_*` variables, as at start) read again and
 /// applied, or refused with every problem logged.
-async fn reload_on_hangup(reloader: bff::runtime::Reloader, file: Option<PathBuf>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => hangups,
-        Err(e) => {
-            tracing::warn!("cannot listen for SIGHUP ({e}); reloads need a restart");
-            return;
-        }
-    };
+async fn reload_on_hangup(
+    reloader: bff::runtime::Reloader,
+    file: Option<PathBuf>,
+    mut hangups: tokio::signal::unix::Signal,
+) {
     while hangups.recv().await.is_some() {
         tracing::info!("SIGHUP: reading the configuration again");
         let _ = reloader.reload(Config::load(file.as_deref())).await;

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use actix_web::web;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
-use tokio::sync::Semaphore;
 
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError, ConfigErrors};
@@ -18,7 +17,7 @@ use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
 use crate::oidc::Oidc;
 use crate::pages::{Pages, STYLESHEET_PATH};
-use crate::proxy::Proxy;
+use crate::proxy::{ProcessPermits, Proxy};
 use crate::session::{CookiePolicy, KeyLayout, PendingLogins, SessionLifetime, SessionStoreAdapter};
 use crate::state::{AppState, content_security_policy};
 use crate::store::Store;
@@ -33,8 +32,8 @@ pub struct Runtime {
     pub metrics: Arc<Metrics>,
     cache: Option<Arc<TokenCache>>,
     clock: Clock,
-    /// `server.max_upstream_concurrency`, shared by every frontend.
-    upstream_permits: Arc<Semaphore>,
+    /// The upstream shares every frontend draws on (global, anonymous, per address).
+    upstream_permits: ProcessPermits,
     /// Sign-in starts per client address, whichever frontend they go to.
     login_limiter: Arc<RateLimiter>,
     current: Arc<Current>,
@@ -113,7 +112,7 @@ impl Runtime {
             crate::startup::local_cache(&config, store, &KeyLayout::new(&config.session.key_prefix), &metrics);
         let s = &config.server;
         let runtime = Runtime {
-            upstream_permits: Arc::new(Semaphore::new(s.max_upstream_concurrency)),
+            upstream_permits: crate::proxy::process_permits(&config),
             login_limiter: Arc::new(RateLimiter::new(
                 s.login_starts_per_minute,
                 s.max_pending_logins,
@@ -214,7 +213,7 @@ impl Runtime {
             proxy: Arc::new(Proxy::new(
                 &config,
                 Arc::clone(&metrics),
-                Arc::clone(&self.upstream_permits),
+                self.upstream_permits.clone(),
                 config.server.max_upstream_concurrency_per_frontend,
             )),
             content_security_policy: content_security_policy(&config),

@@ -109,6 +109,9 @@ fn is_frontend(key: &str) -> bool {
     key.starts_with("frontend[]")
 }
 
+/// Top-level keys a file with `[[frontend]]` tables refuses (each frontend has its own).
+const REFUSED_WITH_FRONTENDS: &[&str] = &["server.static_dir", "session.cookie_name"];
+
 /// The documented keys as they are written in a file with `[[frontend]]`: the rows of the shared
 /// sections and of `[[frontend]]`, and each row of `[oidc]` and `[[api]]` inside the frontend.
 fn frontend_file_keys(keys: &[Key]) -> Vec<(String, Option<Value>)> {
@@ -117,7 +120,7 @@ fn frontend_file_keys(keys: &[Key]) -> Vec<(String, Option<Value>)> {
         let (section, name) = split(&key.name);
         if let Some((copy, _)) = FRONTEND_COPIES.iter().find(|(_, of)| *of == section) {
             out.push((format!("{copy}.{name}"), key.default.clone()));
-        } else if !PER_FRONTEND.contains(&section) {
+        } else if !PER_FRONTEND.contains(&section) && !REFUSED_WITH_FRONTENDS.contains(&key.name.as_str()) {
             out.push((key.name.clone(), key.default.clone()));
         }
     }

@@ -586,6 +586,10 @@ fn frontend_mistakes_are_named_by_key() {
         let errs = errors(&text);
         assert!(errs.iter().any(|e| e.starts_with(expected)), "{expected}: {errs:?}");
     }
+    let errs = errors(&two_frontends("").replace("[session]\n", "[session]\ncookie_name = \"x\"\n"));
+    assert!(errs.iter().any(|e| e.starts_with("session.cookie_name: with [[frontend]] tables")), "{errs:?}");
+    let errs = errors(&two_frontends("").replace("[server]\n", "[server]\nstatic_dir = \"dist\"\n"));
+    assert!(errs.iter().any(|e| e.starts_with("server.static_dir: with [[frontend]] tables")), "{errs:?}");
     let errs = errors(&format!("[session]\nsecret = \"{SECRET}\"\nfrontend = 3\n"));
     assert!(!errs.is_empty());
     let errs = errors(&format!("[session]\nsecret = \"{SECRET}\"\n[[frontend]]\nname = \"a\"\n"));

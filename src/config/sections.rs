@@ -55,6 +55,16 @@ impl Walker<'_> {
                     self.error(own, format!("with [[frontend]] tables, each frontend has its own (frontend[].{own})"));
                 }
             }
+            // Read by no one with frontends: set here, they would look as if they applied.
+            for (section, key, instead) in [
+                ("server", "static_dir", "frontend[].static_dir"),
+                ("session", "cookie_name", "frontend[].session.cookie_name"),
+            ] {
+                let set = matches!(root.get(section), Some(Value::Dict(_, d)) if d.contains_key(key));
+                if set {
+                    self.error(format!("{section}.{key}"), format!("with [[frontend]] tables, set {instead} instead"));
+                }
+            }
             let shared = match (server, session) {
                 (Some(server), Some(session)) => Some(Shared { server, session, tokens, log, telemetry }),
                 _ => None,

@@ -1,10 +1,11 @@
 //! How many upstream exchanges may be in flight in this instance: in all
 //! (`server.max_upstream_concurrency`, one semaphore for the process: every frontend and every
 //! configuration a reload brings draws on it), per frontend
-//! (`server.max_upstream_concurrency_per_frontend`, so one SPA's traffic cannot take what the
+//! (`frontend[].max_upstream_concurrency`, so one SPA's traffic cannot take what the
 //! others need), per live session
 //! (`server.max_upstream_concurrency_per_session`), and for calls without a session
-//! (`server.max_upstream_concurrency_anonymous` in all, `…_per_address` per client address). A
+//! (`server.max_upstream_concurrency_anonymous` in all, `…_per_address` per client address, both
+//! for the process as a whole, whichever frontends the calls go to). A
 //! call past any of them is refused at once, so no session, and no anonymous client, can take
 //! the capacity the others need. Anonymous calls never hold more than their own share of the
 //! global permits: signed-in users keep the rest whatever the public routes get.
@@ -32,7 +33,31 @@ pub enum Share<'a> {
     Anonymous(Option<IpAddr>),
 }
 
-/// One frontend's admission: its own shares, and the process's global permits.
+/// What every frontend of the process shares, kept across reloads: the global permits, and the
+/// anonymous share and its per-address parts (a crowd without sessions at several frontends
+/// still leaves signed-in users three quarters of the process, and one address gets its part
+/// once, not once per frontend).
+#[derive(Clone)]
+pub struct ProcessPermits {
+    all: Arc<Semaphore>,
+    /// The size of `all`.
+    size: usize,
+    anonymous: Arc<Semaphore>,
+    addresses: Counted<IpAddr>,
+}
+
+impl ProcessPermits {
+    pub fn new(all: usize, anonymous: usize, per_address: usize) -> ProcessPermits {
+        ProcessPermits {
+            all: Arc::new(Semaphore::new(all)),
+            size: all,
+            anonymous: Arc::new(Semaphore::new(anonymous)),
+            addresses: Counted::new(per_address),
+        }
+    }
+}
+
+/// One frontend's admission: its own shares, and the process's.
 pub struct Admission {
     /// The process's, shared with the other frontends' admissions.
     all: Arc<Semaphore>,
@@ -58,6 +83,12 @@ pub struct Permit {
 struct Counted<K: Hash + Eq> {
     limit: usize,
     counts: Arc<Mutex<HashMap<K, usize>>>,
+}
+
+impl<K: Hash + Eq> Clone for Counted<K> {
+    fn clone(&self) -> Self {
+        Counted { limit: self.limit, counts: Arc::clone(&self.counts) }
+    }
 }
 
 impl<K: Hash + Eq + Clone> Counted<K> {
@@ -99,30 +130,26 @@ impl<K: Hash + Eq> Drop for Release<K> {
     }
 }
 
-/// The limits, from `[server]`.
+/// One frontend's own limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Shares {
-    /// The global cap: the size of the semaphore `Admission::new` is given (only compared with
-    /// `frontend` here; the permits themselves are the shared semaphore's).
-    pub all: usize,
-    /// The most exchanges this frontend may have in flight; at or above `all` it adds nothing.
+    /// The most exchanges this frontend may have in flight; at or above the process's global cap
+    /// it adds nothing.
     pub frontend: usize,
     pub per_session: usize,
-    pub anonymous: usize,
-    pub per_address: usize,
 }
 
 impl Admission {
-    /// `global`: the process's permits (`server.max_upstream_concurrency`), shared by every
-    /// frontend and kept across reloads, so that neither more frontends nor a reload raise what
-    /// the process sends upstream at once.
-    pub fn new(shares: Shares, global: Arc<Semaphore>) -> Admission {
+    /// `process`: what every frontend shares (`server.max_upstream_concurrency`, the anonymous
+    /// share and its per-address parts), kept across reloads, so that neither more frontends nor
+    /// a reload raise what the process sends upstream at once.
+    pub fn new(shares: Shares, process: ProcessPermits) -> Admission {
         Admission {
-            all: global,
-            frontend: (shares.frontend < shares.all).then(|| Arc::new(Semaphore::new(shares.frontend))),
-            anonymous: Arc::new(Semaphore::new(shares.anonymous)),
+            frontend: (shares.frontend < process.size).then(|| Arc::new(Semaphore::new(shares.frontend))),
+            all: process.all,
+            anonymous: process.anonymous,
             sessions: Counted::new(shares.per_session),
-            addresses: Counted::new(shares.per_address),
+            addresses: process.addresses,
         }
     }
 
@@ -176,22 +203,22 @@ mod tests {
     use crate::session::SessionId;
 
     fn shares(all: usize, per_session: usize, anonymous: usize, per_address: usize) -> Admission {
-        Admission::new(Shares { all, frontend: all, per_session, anonymous, per_address }, global(all))
+        Admission::new(Shares { frontend: all, per_session }, ProcessPermits::new(all, anonymous, per_address))
     }
 
-    fn global(all: usize) -> Arc<Semaphore> {
-        Arc::new(Semaphore::new(all))
+    fn global(all: usize) -> ProcessPermits {
+        ProcessPermits::new(all, all, 8)
     }
 
-    /// One frontend's admission on `global` (of size `all`), with its cap.
-    fn frontend(global: &Arc<Semaphore>, all: usize, frontend: usize) -> Admission {
-        Admission::new(Shares { all, frontend, per_session: 8, anonymous: all, per_address: 8 }, Arc::clone(global))
+    /// One frontend's admission on the process's permits, with its cap.
+    fn frontend(process: &ProcessPermits, frontend: usize) -> Admission {
+        Admission::new(Shares { frontend, per_session: 8 }, process.clone())
     }
 
     #[test]
     fn frontends_on_one_process_exhaust_the_global_permits_together() {
         let permits = global(3);
-        let (shop, admin) = (frontend(&permits, 3, 3), frontend(&permits, 3, 3));
+        let (shop, admin) = (frontend(&permits, 3), frontend(&permits, 3));
         let session = || SessionId::generate().handle();
         let (a, b, c, d) = (session(), session(), session(), session());
         let held = [shop.admit(Share::Session(&a)).ok(), shop.admit(Share::Session(&b)).ok()];
@@ -207,7 +234,7 @@ mod tests {
     #[test]
     fn a_frontend_at_its_cap_is_refused_while_another_is_served() {
         let permits = global(4);
-        let (shop, admin) = (frontend(&permits, 4, 2), frontend(&permits, 4, 2));
+        let (shop, admin) = (frontend(&permits, 2), frontend(&permits, 2));
         let session = SessionId::generate().handle();
         let ip = |n: u8| Share::Anonymous(Some(IpAddr::from([198, 51, 100, n])));
         let first = shop.admit(Share::Session(&session)).ok();
@@ -215,7 +242,7 @@ mod tests {
         assert!(first.is_some() && second.is_some());
         assert_eq!(shop.admit(Share::Session(&session)).err(), Some(Limit::FrontendConcurrency));
         assert_eq!(shop.admit(ip(2)).err(), Some(Limit::FrontendConcurrency));
-        assert_eq!(permits.available_permits(), 2, "a frontend refusal holds no global permit");
+        assert_eq!(permits.all.available_permits(), 2, "a frontend refusal holds no global permit");
         assert_eq!(shop.addresses.in_flight(), 1, "nor the address share it took first");
         let admin_held: Vec<Permit> = (3..5).filter_map(|n| admin.admit(ip(n)).ok()).collect();
         assert_eq!(admin_held.len(), 2, "the other frontend gets its own share");
@@ -225,9 +252,24 @@ mod tests {
     }
 
     #[test]
+    fn the_anonymous_share_and_an_addresss_part_are_the_processs_whatever_the_frontend() {
+        let process = ProcessPermits::new(8, 2, 1);
+        let (shop, admin) = (frontend(&process, 8), frontend(&process, 8));
+        let ip = |n: u8| Share::Anonymous(Some(IpAddr::from([198, 51, 100, n])));
+        let held = shop.admit(ip(1)).ok();
+        assert!(held.is_some());
+        assert_eq!(admin.admit(ip(1)).err(), Some(Limit::AddressConcurrency), "one address, one part");
+        let other = admin.admit(ip(2)).ok();
+        assert!(other.is_some());
+        assert_eq!(shop.admit(ip(3)).err(), Some(Limit::AnonymousConcurrency), "one anonymous share in all");
+        let session = SessionId::generate().handle();
+        assert!(admin.admit(Share::Session(&session)).is_ok(), "sessions keep the rest");
+    }
+
+    #[test]
     fn a_frontend_share_as_wide_as_the_global_one_adds_no_cap() {
         let permits = global(2);
-        let wide = frontend(&permits, 2, 5);
+        let wide = frontend(&permits, 5);
         assert!(wide.frontend.is_none());
         let session = SessionId::generate().handle();
         let held: Vec<Permit> = (0..2).filter_map(|_| wide.admit(Share::Session(&session)).ok()).collect();

@@ -23,7 +23,6 @@ use hyper::header::HeaderValue;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::sync::Semaphore;
 
 use crate::config::{Config, TokenPolicy};
 use crate::error::{AppError, BadRequest};
@@ -32,6 +31,7 @@ use crate::limits::Limit;
 use crate::metrics::Metrics;
 use crate::session::CookiePolicy;
 use crate::tokens::TokenManager;
+pub use admission::ProcessPermits;
 use admission::{Admission, Shares};
 
 pub use body::{RequestBody, UpstreamBody};
@@ -73,15 +73,20 @@ pub struct Proxy {
 
 /// The process's upstream permits (`server.max_upstream_concurrency`): made once and given to
 /// every frontend's `Proxy`, and to those a reload builds, so the cap holds for the process.
-pub fn global_permits(config: &Config) -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(config.server.max_upstream_concurrency))
+pub fn process_permits(config: &Config) -> ProcessPermits {
+    let s = &config.server;
+    ProcessPermits::new(
+        s.max_upstream_concurrency,
+        s.max_upstream_concurrency_anonymous,
+        s.max_upstream_concurrency_per_address,
+    )
 }
 
 impl Proxy {
-    /// `global`: the process's permits (`global_permits`); `frontend_share`: the most exchanges
-    /// this frontend may have in flight (at or above `max_upstream_concurrency`: no cap of its
-    /// own).
-    pub fn new(config: &Config, metrics: Arc<Metrics>, global: Arc<Semaphore>, frontend_share: usize) -> Proxy {
+    /// `process`: what every frontend of the process shares ([`process_permits`]);
+    /// `frontend_share`: the most exchanges this frontend may have in flight (at or above
+    /// `max_upstream_concurrency`: no cap of its own).
+    pub fn new(config: &Config, metrics: Arc<Metrics>, process: ProcessPermits, frontend_share: usize) -> Proxy {
         let mut routes: Vec<Arc<Route>> = config.api.iter().map(|a| Arc::new(Route::from(a))).collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         let mut tcp = HttpConnector::new();
@@ -106,14 +111,8 @@ impl Proxy {
             trusted_hops: config.server.trusted_proxy_hops,
             trust_trace_context: config.telemetry.trust_incoming_trace_context,
             admission: Admission::new(
-                Shares {
-                    all: config.server.max_upstream_concurrency,
-                    frontend: frontend_share,
-                    per_session: config.server.max_upstream_concurrency_per_session,
-                    anonymous: config.server.max_upstream_concurrency_anonymous,
-                    per_address: config.server.max_upstream_concurrency_per_address,
-                },
-                global,
+                Shares { frontend: frontend_share, per_session: config.server.max_upstream_concurrency_per_session },
+                process,
             ),
             public_origin: public.origin().ascii_serialization(),
             metrics,

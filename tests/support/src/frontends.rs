@@ -151,7 +151,6 @@ pub fn shared_toml(port: u16, prefix: &str, workers: usize) -> String {
 [server]
 listen = "127.0.0.1:0"
 public_url = "http://127.0.0.1:{port}"
-static_dir = "static"
 templates_dir = "templates"
 workers = {workers}
 metrics_public = true
