@@ -9,7 +9,7 @@ use actix_service::IntoServiceFactory;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{AppConfig, Server, Service, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::middleware::from_fn;
-use actix_web::{App, HttpServer, ResponseError, web};
+use actix_web::{App, HttpServer, ResponseError, guard, web};
 use futures_util::future::LocalBoxFuture;
 
 use crate::clock::Clock;
@@ -242,8 +242,13 @@ impl AppBuilder for Apps {
             if base.is_empty() {
                 app_service(app.configure(|cfg| routes::configure(cfg, &state)), config).await
             } else {
+                // The frontend's path itself (`/shop`) is sent to its root (`/shop/`): a page served
+                // at `/shop` would resolve its relative URLs (`./app.js`) against `/`.
+                let root = web::resource(base.clone())
+                    .guard(guard::Any(guard::Get()).or(guard::Head()))
+                    .to(routes::to_frontend_root);
                 let scope = web::scope(&base).configure(|cfg| routes::configure(cfg, &state));
-                app_service(app.service(scope).default_service(web::to(routes::not_found)), config).await
+                app_service(app.service(root).service(scope).default_service(web::to(routes::not_found)), config).await
             }
         })
     }

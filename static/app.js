@@ -5,6 +5,12 @@
 const $ = (id) => document.getElementById(id);
 const EXPIRY_HEADER = "x-bff-access-token-expires-at";
 
+// Where bff serves this app: "" at the origin's root, "/shop" for a frontend under a path. The
+// page loads this script relative to itself (./app.js), so the script's own URL names it; every
+// call below is made under it (bff's routes and the APIs of a frontend live under its path).
+const BASE = new URL(".", document.currentScript.src).pathname.replace(/\/$/, "");
+const under = (path) => `${BASE}${path}`;
+
 const state = {
   tokenExpiresAt: null,
   tokenIssuedAt: null,
@@ -73,7 +79,7 @@ async function call(method, path, body) {
   }
   let res;
   try {
-    res = await fetch(path, init);
+    res = await fetch(under(path), init);
   } catch (e) {
     log(`${method} ${path}`, null, performance.now() - started, `network error: ${e.message}`);
     throw e;
@@ -135,7 +141,7 @@ async function startStream() {
   const started = performance.now();
   try {
     // fetch, not EventSource: EventSource cannot send the anti-forgery header.
-    const res = await fetch("/api/events", { headers: { "X-CSRF": "1", Accept: "text/event-stream" }, signal: controller.signal });
+    const res = await fetch(under("/api/events"), { headers: { "X-CSRF": "1", Accept: "text/event-stream" }, signal: controller.signal });
     log("GET /api/events", res.status, performance.now() - started, res.ok ? "stream open" : "");
     if (res.headers.has(EXPIRY_HEADER)) noteExpiry(Number(res.headers.get(EXPIRY_HEADER)), "/api/events");
     if (!res.ok) {
@@ -195,7 +201,7 @@ function echoLine(text) {
 
 function connectSocket() {
   closeSocket();
-  const url = new URL("/api/ws", window.location.href);
+  const url = new URL(under("/api/ws"), window.location.href);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   const socket = new WebSocket(url);
   state.socket = socket;
@@ -230,7 +236,8 @@ function closeSocket() {
 
 function init() {
   const here = window.location.pathname + window.location.search;
-  $("sign-in").href = `/auth/login?return_to=${encodeURIComponent(here)}`;
+  $("sign-in").href = `${under("/auth/login")}?return_to=${encodeURIComponent(here)}`;
+  $("sign-out-form").action = under("/auth/logout");
   document.querySelectorAll("[data-call]").forEach((b) => b.addEventListener("click", onCall));
   $("stream-start").addEventListener("click", startStream);
   $("stream-stop").addEventListener("click", stopStream);

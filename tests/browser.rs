@@ -1,4 +1,4 @@
-//! Runs the browser test (`tests/browser/demo.test.mjs`: Debian's Chromium driven by
+//! Runs the browser tests (`tests/browser/*.test.mjs`: Debian's Chromium driven by
 //! playwright-core) against this build's `bff demo`, so `cargo test` runs every test there is.
 //! Needs `/usr/bin/chromium` and `npm ci --prefix tests/browser`; `scripts/test` provides both.
 
@@ -7,8 +7,8 @@
 use std::path::Path;
 use std::process::Command;
 
-#[test]
-fn the_demo_works_in_a_real_browser() {
+/// Runs `tests/browser/<script>` with node; it starts `bff demo` itself and stops by itself.
+fn run_browser_test(script: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     assert!(
         Path::new("/usr/bin/chromium").exists(),
@@ -19,10 +19,22 @@ fn the_demo_works_in_a_real_browser() {
         "the browser test needs its Node packages: npm ci --prefix tests/browser (or run scripts/test)"
     );
     let status = Command::new("node")
-        .arg(root.join("tests/browser/demo.test.mjs"))
+        .arg(root.join("tests/browser").join(script))
         .env("BFF_BIN", env!("CARGO_BIN_EXE_bff"))
         .current_dir(root)
         .status()
         .expect("node runs (apt-get install -y nodejs)");
-    assert!(status.success(), "the browser test failed (its output is above)");
+    assert!(status.success(), "the browser test {script} failed (its output is above)");
+}
+
+#[test]
+fn the_demo_works_in_a_real_browser() {
+    run_browser_test("demo.test.mjs");
+}
+
+/// `bff demo --frontends`: the demo SPA at `/shop/` and at `/admin/` on one origin, each signed
+/// in and out on its own, each with its own cookie.
+#[test]
+fn two_spas_on_two_path_frontends_work_in_a_real_browser() {
+    run_browser_test("frontends.test.mjs");
 }

@@ -37,7 +37,14 @@ pub struct DemoArgs {
     /// RFC 9207 `iss` required.
     #[arg(long)]
     pub fapi: bool,
+    /// Serve the demo SPA twice on bff's one origin, as two path frontends `/shop` and `/admin`,
+    /// each with its own client at the demo provider, its own cookie and its own API routes.
+    #[arg(long)]
+    pub frontends: bool,
 }
+
+/// The path frontends of `bff demo --frontends`.
+const DEMO_FRONTENDS: [&str; 2] = ["shop", "admin"];
 
 /// `bff demo-api` options.
 #[derive(clap::Args, Debug, Clone)]
@@ -99,15 +106,7 @@ pub async fn run(args: DemoArgs) -> Result<(), anyhow::Error> {
 
     let (provider, idp_server) = idp::start(
         idp::IdpConfig {
-            clients: vec![idp::Client {
-                client_id: "bff-demo".into(),
-                client_secret: client_secret.clone(),
-                auth_method: if args.fapi { AuthMethod::PrivateKeyJwt } else { AuthMethod::ClientSecretBasic },
-                redirect_uris: vec![format!("{public_url}/auth/callback")],
-                post_logout_redirect_uris: vec![format!("{public_url}/")],
-                backchannel_logout_uri: Some(format!("{public_url}/auth/backchannel-logout")),
-                frontchannel_logout_uri: Some(format!("{public_url}/auth/frontchannel-logout")),
-            }],
+            clients: demo_clients(&args, &public_url, &client_secret),
             access_token_ttl: Duration::from_secs(args.access_token_ttl.max(1)),
             api_audience: "demo-api".into(),
             templates_dir: asset_dir("templates"),
@@ -128,30 +127,14 @@ pub async fn run(args: DemoArgs) -> Result<(), anyhow::Error> {
     tokio::spawn(idp_server);
     tokio::spawn(api_server);
 
-    let mut config = Config::from_toml(&format!(
-        r#"
-[server]
-public_url = "{public_url}"
-static_dir = "{static_dir}"
-templates_dir = "{templates_dir}"
-[oidc]
-issuer = "{issuer}"
-client_id = "bff-demo"
-client_secret = "{client_secret}"
-[session]
-secret = "{secret}"
-key_prefix = "bff-demo:"
-[tokens]
-refresh_skew_secs = 5
-[[api]]
-prefix = "/api"
-upstream = "{api_url}"
-"#,
-        static_dir = asset_dir("static").display(),
-        templates_dir = asset_dir("templates").display(),
-        issuer = provider.issuer,
-        secret = session_secret,
-    ))
+    let mut config = Config::from_toml(&demo_config(&DemoConfig {
+        frontends: args.frontends,
+        public_url: &public_url,
+        issuer: &provider.issuer,
+        client_secret: &client_secret,
+        session_secret: &session_secret,
+        api_url: &api_url,
+    }))
     .map_err(|e| anyhow::anyhow!("demo configuration: {e}"))?;
     if args.fapi {
         fapi(&mut config, &provider)?;
@@ -160,7 +143,18 @@ upstream = "{api_url}"
     let app = crate::Application::build_with_store(config, bff_listener, store).await?;
 
     println!();
-    println!("  bff demo is running — open {public_url}/");
+    if args.frontends {
+        // The first line as without --frontends (scripts read the URL after "open").
+        let [first, rest @ ..] = DEMO_FRONTENDS;
+        println!("  bff demo is running — open {public_url}/{first}/");
+        for name in rest {
+            println!("                   and also open {public_url}/{name}/");
+        }
+        println!();
+        println!("  two frontends on one origin: each its own client, cookie (Path=/<name>) and sign-in");
+    } else {
+        println!("  bff demo is running — open {public_url}/");
+    }
     println!();
     println!("  sign in as any user name (try \"alice\"); there are no passwords");
     println!("  identity provider  {}   (demo only)", provider.issuer);
@@ -169,7 +163,8 @@ upstream = "{api_url}"
     println!("  access tokens      live {} s; bff refreshes them 5 s before they expire", args.access_token_ttl);
     if args.fapi {
         println!(
-            "  high-security mode PAR required, private_key_jwt (see /.well-known/jwks.json), DPoP with nonces, RFC 9207"
+            "  high-security mode PAR required, private_key_jwt (see {}/.well-known/jwks.json), DPoP with nonces, RFC 9207",
+            if args.frontends { format!("/{}", DEMO_FRONTENDS[0]) } else { String::new() }
         );
     }
     println!("  ready in {} ms; Ctrl-C stops everything", started.elapsed().as_millis());
@@ -180,6 +175,89 @@ upstream = "{api_url}"
     idp_handle.stop(true).await;
     api_handle.stop(true).await;
     Ok(result?)
+}
+
+/// The demo provider's clients: bff's one, or with `--frontends` one per frontend, each with
+/// its URIs under its path.
+fn demo_clients(args: &DemoArgs, public_url: &str, client_secret: &str) -> Vec<idp::Client> {
+    let client = |client_id: String, base: String| idp::Client {
+        client_id,
+        client_secret: client_secret.to_string(),
+        auth_method: if args.fapi { AuthMethod::PrivateKeyJwt } else { AuthMethod::ClientSecretBasic },
+        redirect_uris: vec![format!("{base}/auth/callback")],
+        post_logout_redirect_uris: vec![format!("{base}/")],
+        backchannel_logout_uri: Some(format!("{base}/auth/backchannel-logout")),
+        frontchannel_logout_uri: Some(format!("{base}/auth/frontchannel-logout")),
+    };
+    if !args.frontends {
+        return vec![client("bff-demo".into(), public_url.to_string())];
+    }
+    DEMO_FRONTENDS.iter().map(|name| client(format!("bff-demo-{name}"), format!("{public_url}/{name}"))).collect()
+}
+
+struct DemoConfig<'a> {
+    frontends: bool,
+    public_url: &'a str,
+    issuer: &'a str,
+    client_secret: &'a str,
+    session_secret: &'a str,
+    api_url: &'a str,
+}
+
+/// bff's configuration for the demo: one implicit frontend, or with `--frontends` the demo SPA
+/// twice, as path frontends on the one origin.
+fn demo_config(c: &DemoConfig<'_>) -> String {
+    let static_dir = asset_dir("static");
+    let templates_dir = asset_dir("templates");
+    let (static_dir, templates_dir) = (static_dir.display(), templates_dir.display());
+    let DemoConfig { public_url, issuer, client_secret, session_secret: secret, api_url, .. } = c;
+    let shared = format!(
+        r#"
+[server]
+public_url = "{public_url}"
+static_dir = "{static_dir}"
+templates_dir = "{templates_dir}"
+[session]
+secret = "{secret}"
+key_prefix = "bff-demo:"
+[tokens]
+refresh_skew_secs = 5
+"#
+    );
+    if !c.frontends {
+        return format!(
+            r#"{shared}
+[oidc]
+issuer = "{issuer}"
+client_id = "bff-demo"
+client_secret = "{client_secret}"
+[[api]]
+prefix = "/api"
+upstream = "{api_url}"
+"#
+        );
+    }
+    let frontends: String = DEMO_FRONTENDS
+        .iter()
+        .map(|name| {
+            format!(
+                r#"
+[[frontend]]
+name = "{name}"
+path = "/{name}"
+static_dir = "{static_dir}"
+[frontend.oidc]
+issuer = "{issuer}"
+client_id = "bff-demo-{name}"
+client_secret = "{client_secret}"
+[[frontend.api]]
+prefix = "/{name}/api"
+upstream = "{api_url}"
+"#
+            )
+        })
+        .collect();
+    format!("{shared}{frontends}")
 }
 
 /// `bff demo-api`: the demo API in front of any provider.
@@ -203,11 +281,14 @@ fn fapi(config: &mut Config, provider: &idp::RunningIdp) -> Result<(), anyhow::E
         ..Default::default()
     });
     provider.controls.require_dpop_nonce(true);
-    config.oidc.auth_method = AuthMethod::PrivateKeyJwt;
-    config.oidc.client_secret = None;
-    config.oidc.client_keys = Some(keys);
-    config.oidc.par = crate::config::ParMode::Required;
-    config.oidc.dpop = true;
+    // The top level and, with `--frontends`, every frontend: all know bff by the one key.
+    for oidc in std::iter::once(&mut config.oidc).chain(config.frontends.iter_mut().map(|f| &mut f.oidc)) {
+        oidc.auth_method = AuthMethod::PrivateKeyJwt;
+        oidc.client_secret = None;
+        oidc.client_keys = Some(keys.clone());
+        oidc.par = crate::config::ParMode::Required;
+        oidc.dpop = true;
+    }
     Ok(())
 }
 

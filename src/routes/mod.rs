@@ -60,6 +60,16 @@ fn refuse_method(req: &HttpRequest, allow: &'static str) -> HttpResponse {
     respond(req, &AppError::MethodNotAllowed(allow.into()))
 }
 
+/// `GET /shop` for a frontend under `/shop`: 307 to `/shop/` (the query kept), the root its SPA
+/// and its post-logout redirect are at.
+pub async fn to_frontend_root(req: HttpRequest) -> HttpResponse {
+    let location = match req.query_string() {
+        "" => format!("{}/", req.path()),
+        query => format!("{}/?{query}", req.path()),
+    };
+    HttpResponse::TemporaryRedirect().insert_header((actix_web::http::header::LOCATION, location)).finish()
+}
+
 /// 404 `not_found`: JSON, or a page for a navigation.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     respond(&req, &AppError::NotFound)
