@@ -101,7 +101,8 @@ pub async fn auth_guard(
 
 /// After `session.secret` was rotated: a session cookie sealed with an older secret is sealed
 /// again with the current one — in the request, so the session middleware (which knows only the
-/// current key) reads it, and in the answer, so the browser keeps the new one.
+/// current key) reads it, and in the answer, so the browser keeps the new one. The same for a
+/// cookie under the name from before `session.cookie_prefix`: renamed, the old one cleared.
 pub async fn reseal_session_cookie(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -110,11 +111,11 @@ pub async fn reseal_session_cookie(
     let Some(resealed) = state.as_ref().and_then(|s| s.cookies.resealed(req.request())) else {
         return next.call(req).await;
     };
-    let name = resealed.name().to_string();
+    let name = resealed.cookie.name().to_string();
     let rewritten: Vec<String> = cookie_pairs(req.headers())
         .filter(|pair| pair.split('=').next() != Some(name.as_str()))
         .map(String::from)
-        .chain(std::iter::once(format!("{name}={}", resealed.value())))
+        .chain(std::iter::once(format!("{name}={}", resealed.cookie.value())))
         .collect();
     if let Ok(v) = HeaderValue::from_str(&rewritten.join("; ")) {
         req.headers_mut().insert(header::COOKIE, v);
@@ -123,7 +124,10 @@ pub async fn reseal_session_cookie(
     let sets_cookie =
         res.headers().get_all(header::SET_COOKIE).any(|v| v.to_str().is_ok_and(|v| v.starts_with(&format!("{name}="))));
     if !sets_cookie {
-        let _ = res.response_mut().add_cookie(&resealed);
+        let _ = res.response_mut().add_cookie(&resealed.cookie);
+    }
+    if let Some(removal) = &resealed.removal {
+        let _ = res.response_mut().add_cookie(removal);
     }
     Ok(res)
 }

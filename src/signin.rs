@@ -55,6 +55,8 @@ pub struct LoginRequest<'r> {
     pub binding: Option<String>,
     /// What the SPA asked of the provider, validated.
     pub options: LoginOptions,
+    /// The session the browser's cookie names now, if any.
+    pub current: Option<SessionHandle>,
 }
 
 /// A sign-in started: the browser goes to `location` carrying the login cookie `binding`.
@@ -332,11 +334,12 @@ impl<'a> SignIn<'a> {
         // One binding value per browser, reused while it lives, so several tabs can log in at once.
         let binding = request.binding.unwrap_or_else(random_token);
         self.logins.room_for(&digest(&binding), self.logins_per_browser).await?.map_err(LoginRefusal::TooMany)?;
-        let (location, csrf_state, pending) = self
+        let (location, csrf_state, mut pending) = self
             .oidc
             .begin_login(return_to.into_string(), digest(&binding), request.options)
             .await
             .map_err(LoginRefusal::ProviderUnavailable)?;
+        pending.replaces = request.current.map(|h| h.as_str().to_string());
         self.logins.put(csrf_state.secret(), &pending).await?;
         Ok(Begun { location, binding })
     }
@@ -375,6 +378,7 @@ impl<'a> SignIn<'a> {
         };
         let return_to = pending.return_to.clone();
         let asked = pending.options.clone();
+        let replaces = pending.replaces.as_deref().and_then(SessionHandle::from_stored);
         let login = self.oidc.complete_login(code, pending).await?;
         if let Err(unmet) = asked.check(&login.user.claims, self.lifetime.now()) {
             // No session: the grant it would have held is handed back.
@@ -392,7 +396,9 @@ impl<'a> SignIn<'a> {
         if self.oidc.refresh_token_withheld(&login) {
             self.metrics.auth_event(AuthEvent::LoginWithoutRefreshToken);
         }
-        let previous = SessionEntries::read(session, self.lifetime.now());
+        // The cookie sent with the callback, else the one the sign-in started with (a
+        // `SameSite=Strict` cookie does not come with the provider's cross-site redirect).
+        let previous = SessionEntries::read(session, self.lifetime.now()).map(|p| p.handle).or(replaces);
         let started = self.sessions.start(login).await?;
         if let Err(e) = SessionEntries::start(session, &started.id, started.state) {
             if let Err(end) = self.sessions.end(&started.handle, EndReason::Abandoned).await {
@@ -403,7 +409,7 @@ impl<'a> SignIn<'a> {
         // The browser was signed in already: that session ends (its cookie is replaced now), and
         // so does its grant at the provider, without holding up this sign-in.
         if let Some(previous) = previous {
-            self.end_replaced(previous.handle).await;
+            self.end_replaced(previous).await;
         }
         self.metrics.auth_event(AuthEvent::Login);
         Ok(Completed { return_to })

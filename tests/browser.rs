@@ -38,3 +38,10 @@ fn the_demo_works_in_a_real_browser() {
 fn two_spas_on_two_path_frontends_work_in_a_real_browser() {
     run_browser_test("frontends.test.mjs");
 }
+
+/// The session cookie with each `session.cookie_prefix`, set, kept and sent by Chromium, and
+/// `SameSite=Strict` against a sign-in and a deep link from another site.
+#[test]
+fn the_session_cookie_works_with_each_prefix_and_strict_in_a_real_browser() {
+    run_browser_test("cookies.test.mjs");
+}

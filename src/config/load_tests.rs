@@ -31,7 +31,9 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
     assert_eq!(config.server.public_url.as_str(), "http://localhost:8080/");
     assert_eq!(config.session.cookie_name, "bff");
-    assert_eq!(config.session.same_site, SameSitePolicy::Lax);
+    assert_eq!(config.session.same_site, SameSitePolicy::Strict);
+    assert_eq!(config.session.cookie_prefix, "");
+    assert_eq!(config.session.cookie_legacy_name, None);
     assert_eq!(config.session.idle_timeout, Duration::from_secs(28_800));
     assert_eq!(config.session.absolute_timeout, Duration::from_secs(86_400));
     assert_eq!(config.session.key_prefix, "bff:");
@@ -51,7 +53,46 @@ fn minimal_config_gets_the_documented_defaults() {
 fn https_public_url_gets_a_host_prefixed_cookie() {
     let text = format!("[server]\npublic_url = \"https://app.example.com\"\n{}", minimal());
     let config = load(ConfigSource::from_toml_text(&text)).unwrap();
-    assert_eq!(config.session.cookie_name, "__Host-bff");
+    // RFC 10017 §6.1's recommendation; the name before it is still read (and renamed).
+    assert_eq!(config.session.cookie_name, "__Host-Http-bff");
+    assert_eq!(config.session.cookie_legacy_name.as_deref(), Some("__Host-bff"));
+}
+
+#[test]
+fn cookie_prefixes_are_chosen_and_checked() {
+    let with = |public_url: &str, session: &str| {
+        let text = format!(
+            "[server]\npublic_url = \"{public_url}\"\n{}",
+            minimal().replace("[session]\n", &format!("[session]\n{session}\n"))
+        );
+        load(ConfigSource::from_toml_text(&text))
+            .map(|c| (c.session.cookie_name, c.session.cookie_legacy_name))
+            .map_err(|e| e.0[0].to_string())
+    };
+    assert_eq!(with("https://a.example", "cookie_prefix = \"__Host-\""), Ok(("__Host-bff".into(), None)));
+    assert_eq!(with("https://a.example", "cookie_prefix = \"\""), Ok(("bff".into(), None)));
+    assert_eq!(with("https://a.example", "cookie_name = \"app\""), Ok(("__Host-Http-app".into(), None)));
+    // A name written with its prefix, as before `cookie_prefix`, is kept as it is.
+    assert_eq!(with("https://a.example", "cookie_name = \"__Host-app\""), Ok(("__Host-app".into(), None)));
+    // Browsers keep prefixed cookies on http://localhost too.
+    assert_eq!(with("http://localhost:8080", "cookie_prefix = \"__Host-Http-\""), Ok(("__Host-Http-bff".into(), None)));
+    assert_eq!(with("http://127.0.0.1:8080", "cookie_prefix = \"__Host-\""), Ok(("__Host-bff".into(), None)));
+    for (url, session, problem) in [
+        (
+            "http://app.example",
+            "cookie_prefix = \"__Host-\"",
+            "session.cookie_prefix: a prefixed cookie needs an https",
+        ),
+        ("https://a.example", "cookie_prefix = \"__Secure-\"", "session.cookie_prefix: must be"),
+        (
+            "https://a.example",
+            "cookie_prefix = \"__Host-\"\ncookie_name = \"__Host-x\"",
+            "session.cookie_name: has a prefix of its own",
+        ),
+    ] {
+        let got = with(url, session);
+        assert!(got.as_ref().is_err_and(|e| e.starts_with(problem)), "{session}: {got:?}");
+    }
 }
 
 #[test]
@@ -518,7 +559,8 @@ fn frontends_have_their_own_provider_routes_cookie_and_keys() {
     assert_eq!(admin.oidc.post_logout_redirect.as_str(), "https://app.example/admin/");
     assert_eq!(
         (shop.session.cookie_name.as_str(), admin.session.cookie_name.as_str()),
-        ("__Host-bff-shop", "__Secure-bff-admin")
+        // Under a path, `__Host-Http-` becomes `__Http-` (a `__Host-` cookie must have `Path=/`).
+        ("__Host-Http-bff-shop", "__Http-bff-admin")
     );
     assert_eq!(
         (shop.session.key_prefix.as_str(), admin.session.key_prefix.as_str()),

@@ -266,8 +266,13 @@ pub struct SessionConfig {
     pub redis_cluster_nodes: Vec<SecretString>,
     /// The first secret is current; later ones are still accepted when reading (rotation).
     pub secrets: Vec<SecretString>,
-    /// Resolved: never empty.
+    /// Resolved (the prefix included): never empty.
     pub cookie_name: String,
+    /// `session.cookie_prefix` as configured or defaulted (`__Host-Http-`, `__Host-` or `""`).
+    pub cookie_prefix: String,
+    /// The name this cookie had before `cookie_prefix` existed (`__Host-bff`), still read and
+    /// renamed on the next `/auth` request; `None` when the name was configured.
+    pub cookie_legacy_name: Option<String>,
     pub same_site: SameSitePolicy,
     pub idle_timeout: Duration,
     pub absolute_timeout: Duration,

@@ -107,6 +107,7 @@ fn frontend_tables(frontends: &[Config]) -> Vec<Value> {
             t.insert("max_upstream_concurrency".into(), int(f.server.max_upstream_concurrency_per_frontend as u64));
             t.insert("oidc".into(), Value::Table(oidc_table(&f.oidc)));
             let mut session = Table::new();
+            session.insert("cookie_prefix".into(), string(&f.session.cookie_prefix));
             session.insert("cookie_name".into(), string(&f.session.cookie_name));
             session.insert("same_site".into(), string(same_site(f.session.same_site)));
             session.insert("idle_timeout_secs".into(), secs(f.session.idle_timeout));
@@ -168,6 +169,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     session.insert("redis_sentinel_service".into(), string(&config.session.redis_sentinel_service));
     session.insert("redis_cluster_nodes".into(), redacted_list(&config.session.redis_cluster_nodes));
     session.insert("secret".into(), Value::Array(config.session.secrets.iter().map(|_| string(REDACTED)).collect()));
+    session.insert("cookie_prefix".into(), string(&config.session.cookie_prefix));
     session.insert("cookie_name".into(), string(&config.session.cookie_name));
     session.insert("same_site".into(), string(same_site(config.session.same_site)));
     session.insert("idle_timeout_secs".into(), secs(config.session.idle_timeout));

@@ -230,13 +230,22 @@ impl Walker<'_> {
         let mut s = self.section(f, "session");
         let https = server.public_url.scheme() == "https";
         let name = name?;
-        // `__Host-` cookies must have `Path=/`: a frontend under a path gets `__Secure-`.
-        let default_cookie = match (https, path.is_empty()) {
-            (true, true) => format!("__Host-bff-{name}"),
-            (true, false) => format!("__Secure-bff-{name}"),
-            (false, _) => format!("bff-{name}"),
+        let base = format!("bff-{name}");
+        // The shared prefix where it fits this frontend's origin (an http frontend among https
+        // ones gets none).
+        let secure_context = is_secure_context(&server.public_url);
+        let default_prefix = if secure_context { shared.cookie_prefix.as_str() } else { "" };
+        let naming = CookieNaming {
+            https,
+            secure_context,
+            base: &base,
+            path,
+            default_prefix,
+            default_same_site: shared.same_site,
+            legacy: false,
         };
-        let (cookie_name, same_site) = self.cookie(&mut s, https, &default_cookie, shared.same_site);
+        let (cookie, same_site) = self.cookie(&mut s, naming);
+        let cookie_name = cookie.name;
         if cookie_name.starts_with("__Host-") && !path.is_empty() {
             self.error(s.key("cookie_name"), "a __Host- cookie cannot be limited to the frontend's path");
         }
@@ -244,6 +253,8 @@ impl Walker<'_> {
         self.finish(s);
         Some(SessionConfig {
             cookie_name,
+            cookie_prefix: cookie.prefix,
+            cookie_legacy_name: None,
             same_site: same_site?,
             idle_timeout,
             absolute_timeout,
@@ -700,8 +711,16 @@ impl Walker<'_> {
             }
         };
         let https = server.is_some_and(|s| s.public_url.scheme() == "https");
-        let default_cookie = if https { "__Host-bff" } else { "bff" };
-        let (cookie_name, same_site) = self.cookie(&mut s, https, default_cookie, SameSitePolicy::Lax);
+        let naming = CookieNaming {
+            https,
+            secure_context: server.is_some_and(|s| is_secure_context(&s.public_url)),
+            base: "bff",
+            path: "",
+            default_prefix: if https { "__Host-Http-" } else { "" },
+            default_same_site: SameSitePolicy::Strict,
+            legacy: true,
+        };
+        let (cookie, same_site) = self.cookie(&mut s, naming);
         let (idle_timeout, absolute_timeout) =
             self.lifetimes(&mut s, Duration::from_secs(28_800), Duration::from_secs(86_400));
         let key_prefix = self.string_or(&mut s, "key_prefix", "bff:");
@@ -717,7 +736,9 @@ impl Walker<'_> {
             redis_sentinel_service,
             redis_cluster_nodes: redis_cluster_nodes.into_iter().map(SecretString::from).collect(),
             secrets: secrets?,
-            cookie_name,
+            cookie_name: cookie.name,
+            cookie_prefix: cookie.prefix,
+            cookie_legacy_name: cookie.legacy,
             same_site: same_site?,
             idle_timeout,
             absolute_timeout,
@@ -727,27 +748,64 @@ impl Walker<'_> {
         })
     }
 
-    /// `cookie_name` and `same_site` of `[session]` or a frontend's.
-    fn cookie(
-        &mut self,
-        s: &mut Section<'_>,
-        https: bool,
-        default_name: &str,
-        default_same_site: SameSitePolicy,
-    ) -> (String, Option<SameSitePolicy>) {
-        let cookie_name = self.string_or(s, "cookie_name", "");
-        let cookie_name = if cookie_name.is_empty() {
-            default_name.to_string()
-        } else {
-            if !cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-                self.error(s.key("cookie_name"), "may only hold letters, digits, '-', '_' and '.'");
+    /// `cookie_prefix`, `cookie_name` and `same_site` of `[session]` or a frontend's. `base`:
+    /// the name after the prefix when `cookie_name` is not set; `default_prefix`: the prefix
+    /// when `cookie_prefix` is not set; `path`: the frontend's (a `__Host-` cookie must have
+    /// `Path=/`, so under a path `__Host-Http-` becomes `__Http-` and `__Host-` `__Secure-`).
+    fn cookie(&mut self, s: &mut Section<'_>, naming: CookieNaming<'_>) -> (Cookie, Option<SameSitePolicy>) {
+        let raw_prefix = self.string(s, "cookie_prefix");
+        let prefix = match raw_prefix.as_deref().unwrap_or(naming.default_prefix) {
+            p @ ("__Host-Http-" | "__Host-" | "") => p.to_string(),
+            other => {
+                self.error(
+                    s.key("cookie_prefix"),
+                    format!("must be \"__Host-Http-\", \"__Host-\" or \"\" (got {other:?})"),
+                );
+                String::new()
             }
-            if (cookie_name.starts_with("__Host-") || cookie_name.starts_with("__Secure-")) && !https {
-                self.error(s.key("cookie_name"), "a __Host- or __Secure- cookie needs an https public_url");
-            }
-            cookie_name
         };
-        let default_same_site = match default_same_site {
+        if !prefix.is_empty() && !naming.secure_context {
+            self.error(
+                s.key("cookie_prefix"),
+                "a prefixed cookie needs an https public_url (or http on localhost): browsers keep it for secure origins only",
+            );
+        }
+        let prefix = match (naming.path.is_empty(), prefix.as_str()) {
+            (false, "__Host-Http-") => "__Http-".to_string(),
+            (false, "__Host-") => "__Secure-".to_string(),
+            _ => prefix,
+        };
+        let raw_name = self.string(s, "cookie_name").filter(|n| !n.is_empty());
+        let name = match &raw_name {
+            None => format!("{prefix}{}", naming.base),
+            Some(name) => {
+                if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+                    self.error(s.key("cookie_name"), "may only hold letters, digits, '-', '_' and '.'");
+                }
+                if name.starts_with("__") {
+                    // Written the way it was before `cookie_prefix`: kept as it is.
+                    if raw_prefix.is_some() {
+                        self.error(
+                            s.key("cookie_name"),
+                            "has a prefix of its own: set cookie_prefix = \"\" or drop it here",
+                        );
+                    }
+                    if !naming.secure_context {
+                        self.error(s.key("cookie_name"), "a __Host- or __Secure- cookie needs an https public_url");
+                    }
+                    name.clone()
+                } else {
+                    format!("{prefix}{name}")
+                }
+            }
+        };
+        // The name bff used before `cookie_prefix` existed: still read, and renamed (an upgrade
+        // signs no one out).
+        let legacy =
+            (naming.https && naming.path.is_empty() && raw_prefix.is_none() && raw_name.is_none() && naming.legacy)
+                .then(|| format!("__Host-{}", naming.base))
+                .filter(|legacy| *legacy != name);
+        let default_same_site = match naming.default_same_site {
             SameSitePolicy::Lax => "lax",
             SameSitePolicy::Strict => "strict",
         };
@@ -759,7 +817,7 @@ impl Walker<'_> {
                 None
             }
         };
-        (cookie_name, same_site)
+        (Cookie { name, prefix: raw_prefix.unwrap_or_else(|| naming.default_prefix.to_string()), legacy }, same_site)
     }
 
     /// `idle_timeout_secs` and `absolute_timeout_secs` of `[session]` or a frontend's.
@@ -989,6 +1047,37 @@ impl Walker<'_> {
         }
         Some(prefix)
     }
+}
+
+/// How a session cookie is named where it is configured.
+struct CookieNaming<'a> {
+    https: bool,
+    /// https, or http on a loopback host: where browsers keep `Secure` (and prefixed) cookies.
+    secure_context: bool,
+    base: &'a str,
+    path: &'a str,
+    default_prefix: &'a str,
+    default_same_site: SameSitePolicy,
+    /// Whether a name from before `cookie_prefix` is still read (the implicit frontend only).
+    legacy: bool,
+}
+
+/// A session cookie's name, the prefix setting it was made with, and the name it had before.
+struct Cookie {
+    name: String,
+    prefix: String,
+    legacy: Option<String>,
+}
+
+/// https, or http on `localhost` or a loopback address: browsers treat those as secure origins.
+fn is_secure_context(url: &Url) -> bool {
+    url.scheme() == "https"
+        || match url.host() {
+            Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        }
 }
 
 /// The shared sections every frontend is made over.

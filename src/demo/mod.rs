@@ -41,6 +41,10 @@ pub struct DemoArgs {
     /// each with its own client at the demo provider, its own cookie and its own API routes.
     #[arg(long)]
     pub frontends: bool,
+    /// `session.cookie_prefix` (`__Host-Http-`, `__Host-` or ""); with one, bff's URL is
+    /// `http://localhost:<port>`, an origin browsers keep prefixed cookies for.
+    #[arg(long)]
+    pub cookie_prefix: Option<String>,
 }
 
 /// The path frontends of `bff demo --frontends`.
@@ -100,7 +104,10 @@ pub async fn run(args: DemoArgs) -> Result<(), anyhow::Error> {
     let bff_listener = bind(args.port)?;
     let idp_listener = bind(args.idp_port)?;
     let api_listener = bind(args.api_port)?;
-    let public_url = format!("http://{}", bff_listener.local_addr()?);
+    let public_url = match &args.cookie_prefix {
+        Some(_) => format!("http://localhost:{}", bff_listener.local_addr()?.port()),
+        None => format!("http://{}", bff_listener.local_addr()?),
+    };
     let client_secret = random_token();
     let session_secret = [random_token(), random_token()].concat();
 
@@ -129,6 +136,7 @@ pub async fn run(args: DemoArgs) -> Result<(), anyhow::Error> {
 
     let mut config = Config::from_toml(&demo_config(&DemoConfig {
         frontends: args.frontends,
+        cookie_prefix: args.cookie_prefix.as_deref(),
         public_url: &public_url,
         issuer: &provider.issuer,
         client_secret: &client_secret,
@@ -197,6 +205,7 @@ fn demo_clients(args: &DemoArgs, public_url: &str, client_secret: &str) -> Vec<i
 
 struct DemoConfig<'a> {
     frontends: bool,
+    cookie_prefix: Option<&'a str>,
     public_url: &'a str,
     issuer: &'a str,
     client_secret: &'a str,
@@ -211,15 +220,19 @@ fn demo_config(c: &DemoConfig<'_>) -> String {
     let templates_dir = asset_dir("templates");
     let (static_dir, templates_dir) = (static_dir.display(), templates_dir.display());
     let DemoConfig { public_url, issuer, client_secret, session_secret: secret, api_url, .. } = c;
+    // With frontends, each has its own SPA directory.
+    let server_static = if c.frontends { String::new() } else { format!("static_dir = \"{static_dir}\"") };
+    let prefix = c.cookie_prefix.map(|p| format!("cookie_prefix = {p:?}")).unwrap_or_default();
     let shared = format!(
         r#"
 [server]
 public_url = "{public_url}"
-static_dir = "{static_dir}"
+{server_static}
 templates_dir = "{templates_dir}"
 [session]
 secret = "{secret}"
 key_prefix = "bff-demo:"
+{prefix}
 [tokens]
 refresh_skew_secs = 5
 "#

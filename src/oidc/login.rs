@@ -37,6 +37,10 @@ pub struct PendingLogin {
     /// token against it and answers a silent sign-in's "no" to the SPA.
     #[serde(default)]
     pub options: LoginOptions,
+    /// The session this browser had when the sign-in started (its handle): the one the new
+    /// session replaces, even when the callback arrives without a `SameSite=Strict` cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 /// A completed login: the token set and who signed in.
@@ -121,7 +125,11 @@ impl Oidc {
             Some(endpoint) => self.push_authorization_request(&provider, endpoint, &url, dpop_key.as_ref()).await?,
             None => url,
         };
-        Ok((url, state, PendingLogin { pkce_verifier: verifier, nonce, return_to, browser, dpop_key, options }))
+        Ok((
+            url,
+            state,
+            PendingLogin { pkce_verifier: verifier, nonce, return_to, browser, dpop_key, options, replaces: None },
+        ))
     }
 
     /// RFC 9126 §2: posts the parameters of `authorize` (with client authentication, and with

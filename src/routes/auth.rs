@@ -62,6 +62,7 @@ pub async fn login(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
         client: crate::limits::client_ip(&req, state.config.server.trusted_proxy_hops),
         binding: state.cookies.login_binding(&req),
         options,
+        current: state.cookies.session_handle(&req),
     };
     match SignIn::new(&state).begin(request).await {
         Ok(begun) => redirect(StatusCode::FOUND, begun.location.as_str())

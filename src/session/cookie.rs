@@ -28,6 +28,8 @@ pub struct CookiePolicy {
     pub max_age: time::Duration,
     /// `/`, or the frontend's path: its cookies go to its own routes only.
     pub path: String,
+    /// The name before `session.cookie_prefix` (`__Host-bff`): read, and renamed at `/auth`.
+    legacy_name: Option<String>,
     /// The current key first; older ones (secret rotation) still open cookies.
     keys: Vec<Key>,
     /// Session cookies already opened (with `tokens.local_cache`), see `OpenedCookies`.
@@ -107,10 +109,12 @@ impl CookiePolicy {
         let name = config.session.cookie_name.clone();
         // `__Host-bff` → `__Host-bff-login`; the prefix rules (Secure, Path=/, no Domain) hold for both.
         let login_name = format!("{name}-login");
+        // A prefixed name needs `Secure` (browsers honour it on http://localhost too).
+        let secure = config.is_https() || name.starts_with("__");
         CookiePolicy {
             name,
             login_name,
-            secure: config.is_https(),
+            secure,
             same_site: match config.session.same_site {
                 SameSitePolicy::Lax => SameSite::Lax,
                 SameSitePolicy::Strict => SameSite::Strict,
@@ -121,6 +125,7 @@ impl CookiePolicy {
                 i64::try_from(config.session.absolute_timeout.as_secs()).unwrap_or(i64::MAX),
             ),
             keys: config.session.secrets.iter().map(|secret| cookie_key(secret, &config.frontend)).collect(),
+            legacy_name: config.session.cookie_legacy_name.clone(),
             path: if config.frontend.path.is_empty() { "/".to_string() } else { config.frontend.path.clone() },
             opened: config.tokens.local_cache.then(|| {
                 Arc::new(OpenedCookies(Mutex::new(BoundedLru::new(
@@ -199,31 +204,48 @@ impl CookiePolicy {
     /// header itself: `HttpRequest::cookie` caches what it parses, and the cookie may be
     /// rewritten after this (see `http::reseal_session_cookie`).
     fn open(&self, req: &HttpRequest) -> Option<(SessionId, usize)> {
+        self.open_named(req, &self.name)
+    }
+
+    fn open_named(&self, req: &HttpRequest, name: &str) -> Option<(SessionId, usize)> {
         let cookie = cookie_pairs(req.headers())
             .filter_map(|pair| Cookie::parse_encoded(pair.to_string()).ok())
-            .find(|c| c.name() == self.name)?;
+            .find(|c| c.name() == name)?;
         self.open_cookie(cookie)
     }
 
-    /// Opens a parsed session cookie with the first key that can; the index of that key.
+    /// The session of a cookie under the name from before `session.cookie_prefix`, when the
+    /// request has none under the current name.
+    fn open_legacy(&self, req: &HttpRequest) -> Option<SessionId> {
+        let legacy = self.legacy_name.as_deref()?;
+        if self.raw_session_cookie(req).is_some() {
+            return None;
+        }
+        self.open_named(req, legacy).map(|(id, _)| id)
+    }
+
+    /// Opens a parsed session cookie with the first key that can; the index of that key. The
+    /// name is part of what was sealed: a value opens under its own name only.
     fn open_cookie(&self, cookie: Cookie<'static>) -> Option<(SessionId, usize)> {
+        let name = cookie.name().to_string();
         let mut jar = CookieJar::new();
         jar.add_original(cookie);
         self.keys.iter().enumerate().find_map(|(i, key)| {
-            let opened = jar.private(key).get(&self.name)?;
+            let opened = jar.private(key).get(&name)?;
             SessionId::parse(opened.value()).map(|id| (id, i))
         })
     }
 
     /// Reads and decrypts the session cookie; `None` when absent, tampered or foreign.
     pub fn session_cookie(&self, req: &HttpRequest) -> Option<SessionCookie> {
-        self.open(req).map(|(id, _)| SessionCookie { id })
+        self.open(req).map(|(id, _)| id).or_else(|| self.open_legacy(req)).map(|id| SessionCookie { id })
     }
 
     /// The session the request's cookie names, as `session_cookie` tells, remembering values
     /// already opened (see `OpenedCookies`).
     pub fn session_handle(&self, req: &HttpRequest) -> Option<SessionHandle> {
         let (Some(opened), Some(raw)) = (&self.opened, self.raw_session_cookie(req)) else {
+            // No memo, or no cookie under the current name (a legacy one may open).
             return self.session_cookie(req).map(|c| c.id.handle());
         };
         let mut memo = opened.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -258,16 +280,32 @@ impl CookiePolicy {
     }
 
     /// The session cookie sealed again with the current key, when the request's opens only
-    /// with an older one (after `session.secret` was rotated).
-    pub fn resealed(&self, req: &HttpRequest) -> Option<Cookie<'static>> {
-        let (id, key_index) = self.open(req)?;
-        if key_index == 0 {
-            return None;
-        }
+    /// with an older one (after `session.secret` was rotated), or under the current name when
+    /// the request has it under the name from before `session.cookie_prefix` (with that one's
+    /// removal).
+    pub fn resealed(&self, req: &HttpRequest) -> Option<Resealed> {
+        let (id, removal) = match self.open(req) {
+            Some((_, 0)) => return None,
+            Some((id, _)) => (id, None),
+            None => {
+                let id = self.open_legacy(req)?;
+                let legacy = self.legacy_name.clone()?;
+                let mut removal = Cookie::build(legacy, "").path("/").http_only(true).secure(true).finish();
+                removal.make_removal();
+                (id, Some(removal))
+            }
+        };
         let mut jar = CookieJar::new();
         jar.private_mut(self.current_key()).add(self.session_cookie_with(id.expose().to_string()));
-        jar.delta().next().cloned()
+        jar.delta().next().cloned().map(|cookie| Resealed { cookie, removal })
     }
+}
+
+/// A session cookie to send back in place of the request's (see [`CookiePolicy::resealed`]).
+pub struct Resealed {
+    pub cookie: Cookie<'static>,
+    /// The cookie it replaces, under another name, to clear.
+    pub removal: Option<Cookie<'static>>,
 }
 
 /// The `name=value` pairs of every `Cookie` header, trimmed, as sent (not decoded).
@@ -388,13 +426,44 @@ mod tests {
         let http = policy(&config("http://localhost:8080", "lax"));
         assert_eq!((http.name.as_str(), http.secure, http.same_site), ("bff", false, SameSite::Lax));
         let https = policy(&config("https://app.example", "strict"));
-        assert_eq!((https.name.as_str(), https.secure), ("__Host-bff", true));
-        assert_eq!(https.login_name, "__Host-bff-login");
+        assert_eq!((https.name.as_str(), https.secure), ("__Host-Http-bff", true));
+        assert_eq!(https.login_name, "__Host-Http-bff-login");
         assert_eq!(https.same_site, SameSite::Strict);
         let login = https.login_cookie("v");
         assert_eq!(login.same_site(), Some(SameSite::Lax));
         assert_eq!((login.http_only(), login.secure(), login.path()), (Some(true), Some(true), Some("/")));
         assert!(login.domain().is_none());
+    }
+
+    #[test]
+    fn a_cookie_under_the_name_before_the_prefix_opens_and_is_renamed() {
+        let https = policy(&config("https://app.example", "strict"));
+        let id = SessionId::generate();
+        // What an earlier bff set: the same sealing under `__Host-bff`.
+        let mut jar = CookieJar::new();
+        jar.private_mut(https.current_key()).add(Cookie::new("__Host-bff", id.expose().to_string()));
+        let legacy = jar.delta().next().cloned().unwrap();
+        let req = TestRequest::default()
+            .insert_header((actix_web::http::header::COOKIE, format!("__Host-bff={}", legacy.value())))
+            .to_http_request();
+        assert_eq!(https.session_handle(&req), Some(id.handle()));
+        let renamed = https.resealed(&req).expect("renamed");
+        assert_eq!(renamed.cookie.name(), "__Host-Http-bff");
+        let removal = renamed.removal.expect("the old one cleared");
+        assert_eq!((removal.name(), removal.value()), ("__Host-bff", ""));
+        // With a cookie under the current name, the old one is not looked at.
+        let both = TestRequest::default()
+            .insert_header((
+                actix_web::http::header::COOKIE,
+                format!("__Host-bff={}; __Host-Http-bff=garbage", legacy.value()),
+            ))
+            .to_http_request();
+        assert_eq!(https.session_handle(&both), None);
+        // Sealed under another name, a value does not open under this one.
+        let renamed_value = TestRequest::default()
+            .insert_header((actix_web::http::header::COOKIE, format!("__Host-Http-bff={}", legacy.value())))
+            .to_http_request();
+        assert_eq!(https.session_handle(&renamed_value), None);
     }
 
     #[test]

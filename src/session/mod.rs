@@ -15,7 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::crypto;
 
-pub use cookie::{CookiePolicy, SessionCookie, cookie_pairs};
+pub use cookie::{CookiePolicy, Resealed, SessionCookie, cookie_pairs};
 pub use index::SessionIndex;
 pub use pending::{PENDING_LOGIN_TTL, PendingLogins};
 pub use store::{SessionEntries, SessionLifetime, SessionStoreAdapter, SignedIn, now_unix};

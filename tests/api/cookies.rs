@@ -27,13 +27,54 @@ async fn the_session_cookie_under_http_is_httponly_lax_path_root_and_not_secure(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_https_the_cookie_is_host_prefixed_and_secure() {
+async fn under_https_the_cookie_is_host_http_prefixed_and_secure() {
     let app = spawn_app_with(AppOptions { https: true, extra_toml: String::new(), ..Default::default() }).await;
-    let res = app.browser().start_login(None).await;
-    let login = session_set_cookie(&res, "__Host-bff-login");
+    let browser = app.browser();
+    let res = browser.start_login(None).await;
+    let login = session_set_cookie(&res, "__Host-Http-bff-login");
     assert_eq!(login.secure(), Some(true));
     assert_eq!(login.path(), Some("/"));
     assert!(login.domain().is_none());
+    let callback = browser.sign_in_at_provider(&support::location(&res), "alice").await;
+    // The provider sends the browser to the https public URL; the test's listener is plain http.
+    let session = session_set_cookie(&browser.get(&callback.replace("https://", "http://")).await, "__Host-Http-bff");
+    assert_eq!((session.secure(), session.http_only(), session.path()), (Some(true), Some(true), Some("/")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_named_as_before_the_prefix_keeps_its_session_and_is_renamed() {
+    // An instance as bff was before `session.cookie_prefix`: its cookie is `__Host-bff`.
+    let before = spawn_app_with(AppOptions {
+        https: true,
+        tweak: std::sync::Arc::new(|c: &mut bff::config::Config| {
+            c.session.cookie_name = "__Host-bff".into();
+            c.session.cookie_legacy_name = None;
+        }),
+        ..Default::default()
+    })
+    .await;
+    let browser = before.browser();
+    let start = browser.start_login(None).await;
+    let callback = browser.sign_in_at_provider(&support::location(&start), "alice").await;
+    browser.get(&callback.replace("https://", "http://")).await;
+    let old = browser.cookie("__Host-bff").expect("the old cookie");
+    // The upgraded instance (same store and secret) takes it, at the proxy and at /auth.
+    let after = support::spawn_instance_with(&before, |c| {
+        c.session.cookie_name = "__Host-Http-bff".into();
+        c.session.cookie_legacy_name = Some("__Host-bff".into());
+    })
+    .await;
+    let upgraded = browser.at(&after);
+    assert_eq!(upgraded.api(reqwest::Method::GET, "/api/hello").await.status(), 200, "no one is signed out");
+    let res = upgraded.user().await;
+    assert_eq!(res.status(), 200);
+    let renamed = session_set_cookie(&res, "__Host-Http-bff");
+    assert!(!renamed.value().is_empty());
+    let cleared = session_set_cookie(&res, "__Host-bff");
+    assert_eq!(cleared.value(), "");
+    assert!(upgraded.cookie("__Host-bff").is_none(), "the browser drops the old one");
+    assert_ne!(upgraded.cookie("__Host-Http-bff"), Some(old));
+    assert_eq!(upgraded.user().await.status(), 200, "under its new name");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,4 +118,35 @@ async fn tampered_and_foreign_cookies_are_not_sessions() {
     junk.set_cookie("bff", "bm90IGEgY29va2ll");
     assert_eq!(junk.user().await.status(), 401);
     assert_eq!(browser.user().await.status(), 200, "the real session is untouched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strict_cookie_missing_from_the_callback_still_has_its_session_replaced() {
+    let app = spawn_app_with(AppOptions { same_site: "strict", ..Default::default() }).await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    let first = browser.cookie("bff").expect("a session");
+    // Signing in again: `/auth/login` is same-site (the cookie comes), the provider's redirect
+    // back is cross-site (a Strict cookie stays behind; only the Lax login cookie comes).
+    let start = browser.start_login(None).await;
+    let callback = browser.sign_in_at_provider(&support::location(&start), "alice").await;
+    let login_cookie = browser.cookie("bff-login").expect("the login cookie");
+    let res = browser
+        .http
+        .get(&callback)
+        .header("cookie", format!("bff-login={login_cookie}"))
+        .send()
+        .await
+        .expect("callback");
+    assert_eq!(res.status(), 302, "signed in");
+    let second = session_set_cookie(&res, "bff");
+    assert_ne!(second.value(), first);
+    // The session the browser had is over: its cookie no longer works anywhere.
+    let old = Browser::new(&app.address);
+    old.set_cookie("bff", &first);
+    support::eventually("the replaced session ends", std::time::Duration::from_secs(5), || {
+        let old = old.clone();
+        async move { old.user().await.status() == 401 }
+    })
+    .await;
 }
