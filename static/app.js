@@ -234,9 +234,24 @@ function closeSocket() {
   if (state.socket) state.socket.close(1000, "closed by the page");
 }
 
+// A silent sign-in (`prompt=none`) comes back here either signed in or with `?error=<code>`
+// (the provider needs the user): shown once, and taken out of the address so that a reload does
+// not repeat it and the page never loops.
+function silentAnswer() {
+  const url = new URL(window.location.href);
+  const error = url.searchParams.get("error");
+  if (!error) return;
+  url.searchParams.delete("error");
+  window.history.replaceState(null, "", url.pathname + url.search + url.hash);
+  $("silent-result").textContent = `The provider did not sign you in without a page (${error}): sign in above.`;
+  $("silent-result").hidden = false;
+}
+
 function init() {
+  silentAnswer();
   const here = window.location.pathname + window.location.search;
   $("sign-in").href = `${under("/auth/login")}?return_to=${encodeURIComponent(here)}`;
+  $("silent-sign-in").href = `${under("/auth/login")}?prompt=none&return_to=${encodeURIComponent(here)}`;
   $("sign-out-form").action = under("/auth/logout");
   document.querySelectorAll("[data-call]").forEach((b) => b.addEventListener("click", onCall));
   $("stream-start").addEventListener("click", startStream);

@@ -45,3 +45,9 @@ fn two_spas_on_two_path_frontends_work_in_a_real_browser() {
 fn the_session_cookie_works_with_each_prefix_and_strict_in_a_real_browser() {
     run_browser_test("cookies.test.mjs");
 }
+
+/// The demo SPA's silent sign-in: declined back to the SPA, or signed in without a page.
+#[test]
+fn sign_in_options_work_from_the_demo_spa_in_a_real_browser() {
+    run_browser_test("signin.test.mjs");
+}

@@ -389,18 +389,26 @@ async fn userinfo(req: HttpRequest, p: web::Data<Provider>) -> HttpResponse {
 }
 
 async fn end_session(
+    req: HttpRequest,
     p: web::Data<Provider>,
     pages: web::Data<Pages>,
     q: web::Query<HashMap<String, String>>,
 ) -> HttpResponse {
     let ended = p.end_session(&q).await;
-    if !ended.frontchannel.is_empty() {
-        return frontchannel_page(&ended.frontchannel, ended.target.as_ref());
-    }
-    match ended.target {
-        Some(target) => redirect(target.as_str()),
-        None => pages.error(StatusCode::OK, "You are signed out of the demo identity provider.", false),
-    }
+    // Signed out of the provider too: a later `prompt=none` finds no one.
+    p.forget_browser(req.cookie(BROWSER_SESSION_COOKIE).as_ref().map(|c| c.value()));
+    let mut res = if !ended.frontchannel.is_empty() {
+        frontchannel_page(&ended.frontchannel, ended.target.as_ref())
+    } else {
+        match ended.target {
+            Some(target) => redirect(target.as_str()),
+            None => pages.error(StatusCode::OK, "You are signed out of the demo identity provider.", false),
+        }
+    };
+    let mut removal = actix_web::cookie::Cookie::build(BROWSER_SESSION_COOKIE, "").path("/").finish();
+    removal.make_removal();
+    let _ = res.add_cookie(&removal);
+    res
 }
 
 /// The end-session page of a front-channel provider: an iframe per client to sign out of, then

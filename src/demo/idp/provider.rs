@@ -439,6 +439,13 @@ impl Provider {
         id
     }
 
+    /// The browser's provider session ends (RP-initiated logout).
+    pub fn forget_browser(&self, cookie: Option<&str>) {
+        if let Some(cookie) = cookie {
+            self.data().browser_sessions.remove(cookie);
+        }
+    }
+
     /// `prompt=none` that cannot be answered without the user (§3.1.2.6): back to the client.
     pub fn interaction_needed(&self, request: &AuthRequest) -> Url {
         let mut url = request.redirect_uri.clone();

@@ -1,0 +1,123 @@
+// Sign-in options from the demo SPA, in a real browser: a silent sign-in (`prompt=none`) that
+// the provider declines comes back to the SPA with `?error=login_required` (no error page, no
+// loop); with the provider's session alive it signs in without a page; after signing out (which
+// ends the provider's session too) it is declined again.
+//
+//   BFF_BIN=target/debug/bff node tests/browser/signin.test.mjs
+//
+// Exits non-zero on the first failure; gives up after 90 s.
+
+import { spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+import assert from "node:assert/strict";
+import { chromium } from "playwright-core";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const bin = process.env.BFF_BIN || path.join(root, "target/debug/bff");
+const deadline = setTimeout(() => fail(new Error("the browser test took longer than 90 s")), 90_000);
+const TIMEOUT = 15_000;
+
+let demo;
+let browser;
+
+function fail(err) {
+  console.error(`browser test FAILED: ${err.stack || err}`);
+  cleanup().finally(() => process.exit(1));
+}
+
+async function cleanup() {
+  clearTimeout(deadline);
+  if (browser) await browser.close().catch(() => {});
+  if (demo) demo.kill("SIGTERM");
+}
+
+function startDemo() {
+  return new Promise((resolve, reject) => {
+    demo = spawn(bin, ["demo", "--port", "0", "--idp-port", "0", "--api-port", "0"], {
+      cwd: root,
+      env: { ...process.env, BFF_SESSION__REDIS_URL: "" },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    demo.on("error", reject);
+    demo.on("exit", (code) => reject(new Error(`bff demo exited early (${code})`)));
+    createInterface({ input: demo.stdout }).on("line", (line) => {
+      const m = line.match(/bff demo is running — open (\S+?)\/?$/);
+      if (m) resolve(m[1]);
+    });
+  });
+}
+
+const step = (name) => console.log(`• ${name}`);
+
+// Clicks "Silent sign-in"; the provider's answer to the authorization request (a 302 either
+// way: a code, or `error=login_required`; never its login page).
+async function silentSignIn(page) {
+  const authorize = page.waitForResponse((r) => r.url().includes("/authorize?"));
+  await page.click("#silent-sign-in");
+  const answer = await authorize;
+  assert.equal(answer.status(), 302, "the provider answers without a page");
+  assert.equal(new URL(answer.url()).searchParams.get("prompt"), "none");
+  return answer;
+}
+
+async function main() {
+  const origin = await startDemo();
+  step(`bff demo ready at ${origin}`);
+  browser = await chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+  });
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.setDefaultTimeout(TIMEOUT);
+  const problems = [];
+  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+  page.on("console", (msg) => {
+    // The signed-out SPA's 401 from /auth/user is the documented answer.
+    if (msg.type() === "error" && !msg.text().includes("status of 401")) problems.push(msg.text());
+  });
+
+  step("a silent sign-in without a provider session comes back with login_required");
+  await page.goto(`${origin}/`);
+  await page.locator("#signed-out").waitFor({ state: "visible" });
+  await silentSignIn(page);
+  await page.locator("#silent-result").waitFor({ state: "visible" });
+  assert.match(await page.textContent("#silent-result"), /login_required/);
+  assert.equal(new URL(page.url()).searchParams.get("error"), null, "taken out of the address: a reload does not repeat it");
+  await page.locator("#signed-out").waitFor({ state: "visible" });
+
+  step("sign in with the provider's page");
+  await page.click("#sign-in");
+  await page.waitForURL(/\/authorize\?/);
+  await page.fill("#username", "alice");
+  await page.click("button[type=submit]");
+  await page.locator("#signed-in").waitFor({ state: "visible" });
+  const firstSession = await page.textContent("#session-sid");
+
+  step("bff's cookie gone (the provider's session kept): a silent sign-in signs in without a page");
+  const ours = (await context.cookies(origin)).filter((c) => c.name === "bff" || c.name === "bff-login");
+  assert.ok(ours.some((c) => c.name === "bff"));
+  await context.clearCookies({ name: "bff" });
+  await page.reload();
+  await page.locator("#signed-out").waitFor({ state: "visible" });
+  await silentSignIn(page);
+  await page.locator("#signed-in").waitFor({ state: "visible" });
+  assert.equal(await page.textContent("#user-name"), "Alice");
+  assert.notEqual(await page.textContent("#session-sid"), firstSession, "a new session");
+
+  step("signed out (of the provider too): a silent sign-in is declined again");
+  const backHome = page.waitForResponse((r) => r.url().includes("/end_session"));
+  await page.click("#sign-out");
+  await backHome;
+  await page.locator("#signed-out").waitFor({ state: "visible" });
+  await silentSignIn(page);
+  await page.locator("#silent-result").waitFor({ state: "visible" });
+  assert.match(await page.textContent("#silent-result"), /login_required/);
+
+  assert.deepEqual(problems, [], "no unexpected console errors");
+  console.log("browser test passed");
+}
+
+main().then(cleanup, fail);
