@@ -78,7 +78,9 @@ async fn an_upstreams_step_up_reaches_the_spa_unrefreshed_and_the_session_lives_
     assert_eq!((status, body), (401, json!({"error": "step_up_required"})));
 
     // A WebSocket handshake likewise.
-    let refused = browser.websocket("/api/step-up", Some(&app.address)).await.err().expect("refused");
+    let Err(refused) = browser.websocket("/api/step-up", Some(&app.address)).await else {
+        panic!("the handshake was let through")
+    };
     assert_eq!(refused.status, 401);
     assert_eq!(serde_json::from_str::<Value>(&refused.body).unwrap_or_default()["error"], "step_up_required");
 
