@@ -74,7 +74,7 @@ impl<'r> Caller<'r> {
     /// authentication to judge (and `client`/`none` routes cannot have a requirement).
     pub fn unmet(&self, required: &super::Requirement, now: u64) -> Option<super::StepUp> {
         match self {
-            Caller::Session { view, .. } if !required.is_empty() => required.unmet_by(view, now),
+            Caller::Session { view, .. } => required.unmet_by(view, now),
             _ => None,
         }
     }

@@ -193,7 +193,9 @@ impl Proxy {
         let caller = Caller::identify(req, route, cookies, tokens, self.trusted_hops).await?;
         // The route's step-up requirement, from the view just read (no store command): a
         // session signed in too weakly or too long ago never reaches the upstream.
-        if let Some(step_up) = caller.unmet(&route.step_up, tokens.store().now()) {
+        if !route.step_up.is_empty()
+            && let Some(step_up) = caller.unmet(&route.step_up, tokens.store().now())
+        {
             return Err(self.step_up_required(route, step_up));
         }
         let permit = self.admission.admit(caller.share()).map_err(AppError::Limited)?;
