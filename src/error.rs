@@ -11,6 +11,7 @@ use actix_web::{HttpRequest, HttpResponse, ResponseError};
 
 use crate::limits::Limit;
 use crate::pages::Pages;
+use crate::proxy::StepUp;
 use crate::store::StoreError;
 use crate::telemetry::error_chain;
 use crate::tokens::TokenError;
@@ -19,6 +20,11 @@ use crate::tokens::TokenError;
 pub enum AppError {
     #[error("login required")]
     LoginRequired,
+    /// The session's authentication is not strong or recent enough for the call (RFC 9470):
+    /// the upstream said so, or the route's `acr_values`/`max_age` did. The body says what to
+    /// sign in with; the session stays as it is.
+    #[error("step-up authentication required")]
+    StepUpRequired(StepUp),
     #[error("missing or wrong anti-forgery header")]
     Csrf,
     #[error("refused by a limit ({})", .0.label())]
@@ -92,6 +98,7 @@ impl AppError {
     pub fn code(&self) -> &'static str {
         match self {
             AppError::LoginRequired => "login_required",
+            AppError::StepUpRequired(_) => "step_up_required",
             AppError::Csrf => "csrf",
             AppError::Limited(Limit::HeaderSize) => "headers_too_large",
             AppError::Limited(Limit::BodySize) => "payload_too_large",
@@ -117,6 +124,7 @@ impl AppError {
     fn explanation(&self) -> &'static str {
         match self {
             AppError::LoginRequired => "You are not signed in, or your session has ended.",
+            AppError::StepUpRequired(_) => "This needs you to sign in again, with a stronger or more recent sign-in.",
             AppError::Csrf => "This request was refused because it did not come from the application.",
             AppError::Limited(Limit::HeaderSize | Limit::BodySize) => "The request was too large.",
             AppError::Limited(_) => "Too many requests. Please wait a moment and try again.",
@@ -146,7 +154,8 @@ impl AppError {
 
     /// The HTML error page for this error.
     pub fn page(&self, pages: &Pages) -> HttpResponse {
-        let mut res = pages.error(self.status_code(), self.explanation(), matches!(self, AppError::LoginRequired));
+        let sign_in = matches!(self, AppError::LoginRequired | AppError::StepUpRequired(_));
+        let mut res = pages.error(self.status_code(), self.explanation(), sign_in);
         self.add_headers(res.headers_mut());
         res
     }
@@ -185,7 +194,7 @@ pub fn is_navigation(req: &HttpRequest) -> bool {
 impl ResponseError for AppError {
     fn status_code(&self) -> StatusCode {
         match self {
-            AppError::LoginRequired => StatusCode::UNAUTHORIZED,
+            AppError::LoginRequired | AppError::StepUpRequired(_) => StatusCode::UNAUTHORIZED,
             AppError::Csrf | AppError::ResourceNotGranted | AppError::ExchangeRefused => StatusCode::FORBIDDEN,
             AppError::Limited(Limit::BodySize) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Limited(Limit::HeaderSize) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -205,9 +214,19 @@ impl ResponseError for AppError {
     }
 
     fn error_response(&self) -> HttpResponse {
+        let mut body = serde_json::json!({ "error": self.code() });
+        // What to pass to `/auth/login` (validated where they were read: nothing reflected).
+        if let AppError::StepUpRequired(step_up) = self {
+            if let Some(acr_values) = &step_up.acr_values {
+                body["acr_values"] = acr_values.as_str().into();
+            }
+            if let Some(max_age) = step_up.max_age {
+                body["max_age"] = max_age.into();
+            }
+        }
         let mut res = HttpResponse::build(self.status_code())
             .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
-            .json(serde_json::json!({ "error": self.code() }));
+            .json(body);
         self.add_headers(res.headers_mut());
         res
     }
@@ -270,6 +289,25 @@ mod tests {
             let body = to_bytes(res.into_body()).await.unwrap_or_default();
             assert_eq!(body, format!("{{\"error\":\"{code}\"}}").as_bytes());
         }
+    }
+
+    #[actix_web::test]
+    async fn a_step_up_says_what_to_sign_in_with() {
+        let body = |e: AppError| async move {
+            let res = e.error_response();
+            assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+            let bytes = to_bytes(res.into_body()).await.unwrap_or_default();
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default()
+        };
+        let both = StepUp { acr_values: Some("a b".into()), max_age: Some(30) };
+        assert_eq!(
+            body(AppError::StepUpRequired(both)).await,
+            serde_json::json!({"error": "step_up_required", "acr_values": "a b", "max_age": 30})
+        );
+        assert_eq!(
+            body(AppError::StepUpRequired(StepUp::default())).await,
+            serde_json::json!({"error": "step_up_required"})
+        );
     }
 
     #[test]

@@ -160,6 +160,8 @@ pub enum AuthEvent {
     FrontchannelLogout,
     /// A `prompt=none` sign-in the provider could not do without the user (sent back to the SPA).
     SilentLoginDeclined,
+    /// A proxied call answered `step_up_required` (RFC 9470): by the upstream or the route.
+    StepUpRequired,
 }
 
 impl AuthEvent {
@@ -172,6 +174,7 @@ impl AuthEvent {
             AuthEvent::LoginWithoutRefreshToken => "login_without_refresh_token",
             AuthEvent::FrontchannelLogout => "frontchannel_logout",
             AuthEvent::SilentLoginDeclined => "silent_login_declined",
+            AuthEvent::StepUpRequired => "step_up_required",
         }
     }
 }

@@ -96,7 +96,16 @@ async function call(method, path, body) {
     stopStream();
     showView("signed-out");
   }
+  if (res.status === 401 && payload && payload.error === "step_up_required") stepUp(payload);
   return { res, payload };
+}
+
+// RFC 9470 step-up: sign in again with what the API asked for, then come back to this page.
+function stepUp(payload) {
+  const params = new URLSearchParams({ return_to: window.location.pathname + window.location.search });
+  if (payload.acr_values) params.set("acr_values", payload.acr_values);
+  if (payload.max_age !== undefined) params.set("max_age", String(payload.max_age));
+  window.location.assign(`${under("/auth/login")}?${params}`);
 }
 
 function renderUser(user) {

@@ -434,6 +434,7 @@ fn app_errors() -> Vec<AppError> {
     ];
     let mut errors = vec![
         AppError::LoginRequired,
+        AppError::StepUpRequired(bff::proxy::StepUp::default()),
         AppError::Csrf,
         AppError::NotFound,
         AppError::MethodNotAllowed("GET".into()),
@@ -487,6 +488,7 @@ fn listed(error: &AppError) -> bool {
             | BadRequest::LoginParameter,
         ) => true,
         AppError::LoginRequired
+        | AppError::StepUpRequired(_)
         | AppError::Csrf
         | AppError::NotFound
         | AppError::MethodNotAllowed(_)

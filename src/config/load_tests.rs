@@ -637,3 +637,29 @@ fn frontend_mistakes_are_named_by_key() {
     let errs = errors(&format!("[session]\nsecret = \"{SECRET}\"\n[[frontend]]\nname = \"a\"\n"));
     assert!(errs.iter().any(|e| e.starts_with("frontend[0].oidc.issuer: missing")), "{errs:?}");
 }
+
+#[test]
+fn step_up_requirements_are_for_routes_with_the_users_token() {
+    let route = |extra: &str| {
+        format!("{}\n[[api]]\nprefix = \"/api\"\nupstream = \"http://127.0.0.1:1\"\n{extra}\n", minimal())
+    };
+    let config = load(ConfigSource::from_toml_text(&route("acr_values = [\"mfa\", \"hwk\"]\nmax_age = 300"))).unwrap();
+    assert_eq!(config.api[0].acr_values, ["mfa", "hwk"]);
+    assert_eq!(config.api[0].max_age, Some(300));
+    let config = load(ConfigSource::from_toml_text(&route("token = \"exchange\"\naudience = \"a\"\nmax_age = 0")));
+    assert_eq!(config.map(|c| c.api[0].max_age).ok(), Some(Some(0)));
+    let defaults = load(ConfigSource::from_toml_text(&route(""))).unwrap();
+    assert_eq!((defaults.api[0].acr_values.len(), defaults.api[0].max_age), (0, None));
+    for (extra, key, msg) in [
+        ("token = \"none\"\nacr_values = [\"mfa\"]", "api[0].acr_values", "carry the user's token only"),
+        ("token = \"client\"\nmax_age = 60", "api[0].max_age", "not token = \"client\""),
+        ("acr_values = [\"a b\"]", "api[0].acr_values", "is not an acr value"),
+        ("acr_values = [\"\"]", "api[0].acr_values", "is not an acr value"),
+        ("acr_values = [\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\",\"9\"]", "api[0].acr_values", "at most 8"),
+        ("max_age = -1", "api[0].max_age", ""),
+        ("max_age = 999999999999", "api[0].max_age", "ten years"),
+    ] {
+        let errs = errors(&route(extra));
+        assert!(errs.iter().any(|e| e.starts_with(key) && e.contains(msg)), "{extra}: {errs:?}");
+    }
+}

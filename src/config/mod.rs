@@ -454,6 +454,12 @@ pub struct ApiConfig {
     pub scopes: Vec<String>,
     /// WebSocket upgrades pass through (checked by `Origin`); `false`: refused with 400.
     pub websocket: bool,
+    /// Step-up (RFC 9470): the session's `acr` must be one of these before the upstream is
+    /// called (none: any). Routes carrying the user's token only.
+    pub acr_values: Vec<String>,
+    /// Step-up: the session's authentication (`auth_time`) must be at most this many seconds
+    /// old. Routes carrying the user's token only.
+    pub max_age: Option<u64>,
 }
 
 /// Whose access token a route's upstream gets.

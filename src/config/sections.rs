@@ -958,10 +958,13 @@ impl Walker<'_> {
                 }
             }
             let websocket = self.boolean(&mut s, "websocket", true);
+            let (acr_values, max_age) = self.step_up(&mut s, token);
             self.finish(s);
             if let (Some(prefix), Some(upstream)) = (prefix, upstream) {
                 out.push(ApiConfig {
                     websocket,
+                    acr_values,
+                    max_age,
                     token,
                     resource,
                     audience,
@@ -981,6 +984,40 @@ impl Walker<'_> {
             }
         }
         out
+    }
+
+    /// `acr_values` and `max_age`: a route's step-up requirement, checked against the session's
+    /// sign-in, so only on a route that carries the user's token. Values as `/auth/login` takes
+    /// them, since the SPA signs in again with them.
+    fn step_up(&mut self, s: &mut Section<'_>, token: TokenPolicy) -> (Vec<String>, Option<u64>) {
+        let acr_values = self.string_list(s, "acr_values").unwrap_or_default();
+        let max_age = self.optional_uint(s, "max_age", 0);
+        if let Some(bad) = acr_values.iter().find(|v| {
+            v.is_empty() || v.len() > 128 || !v.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        }) {
+            self.error(
+                s.key("acr_values"),
+                format!("{bad:?} is not an acr value (visible ASCII, no quotes, 128 bytes at most)"),
+            );
+        }
+        if acr_values.len() > 8 {
+            self.error(s.key("acr_values"), "at most 8 values (what /auth/login takes back)");
+        }
+        if max_age.is_some_and(|m| m > 10 * 365 * 24 * 3600) {
+            self.error(s.key("max_age"), "must be at most ten years (in seconds)");
+        }
+        let wanted = !acr_values.is_empty() || max_age.is_some();
+        if wanted && matches!(token, TokenPolicy::None | TokenPolicy::Client) {
+            let key = if acr_values.is_empty() { "max_age" } else { "acr_values" };
+            self.error(
+                s.key(key),
+                format!(
+                    "applies to routes that carry the user's token only (token = \"user\", \"user_or_none\" or \"exchange\"), not token = \"{}\": the requirement is checked against the user's sign-in",
+                    token.as_str()
+                ),
+            );
+        }
+        (acr_values, max_age)
     }
 
     /// A list of header names, lower-case; `None` when the key is absent.

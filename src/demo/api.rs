@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 use url::Url;
 
+use crate::demo::idp::ACR_SECOND_FACTOR;
 use crate::demo::idp::dpop::{BindingError, Expected, check_binding};
 use crate::oidc::jwks::{Expect, JwksVerifier};
 use crate::session::now_unix;
@@ -47,6 +48,11 @@ struct Claims {
     /// RFC 9449 §6: the key a DPoP-bound token is bound to.
     #[serde(default)]
     cnf: Option<serde_json::Value>,
+    /// How the user authenticated (RFC 9068 §2.2.1), for `/strong`.
+    #[serde(default)]
+    acr: Option<String>,
+    #[serde(default)]
+    auth_time: Option<u64>,
 }
 
 /// Starts the demo API on `listener`; the returned server must be awaited or spawned.
@@ -65,6 +71,7 @@ pub fn start(config: ApiConfig, listener: TcpListener) -> Result<Server, anyhow:
             .route("/items", web::get().to(items))
             .route("/items", web::post().to(create_item))
             .route("/time", web::get().to(time))
+            .route("/strong", web::get().to(strong))
             .route("/events", web::get().to(events))
             .route("/ws", web::get().to(socket))
     })
@@ -161,6 +168,33 @@ async fn time(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
         Ok(_) => HttpResponse::Ok().json(json!({ "now": now_unix() })),
         Err(res) => res,
     }
+}
+
+/// An endpoint for users who signed in with the second factor only: any other token gets the
+/// step-up challenge of RFC 9470 §3, which bff turns into `step_up_required` for the SPA.
+async fn strong(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    let claims = match authenticate(&req, &state).await {
+        Ok(c) => c,
+        Err(res) => return res,
+    };
+    if claims.acr.as_deref() != Some(ACR_SECOND_FACTOR) {
+        return HttpResponse::Unauthorized()
+            .insert_header((
+                header::WWW_AUTHENTICATE,
+                format!(
+                    "Bearer error=\"insufficient_user_authentication\", \
+                     error_description=\"A sign-in with the second factor is required\", \
+                     acr_values=\"{ACR_SECOND_FACTOR}\""
+                ),
+            ))
+            .json(json!({ "error": "insufficient_user_authentication" }));
+    }
+    HttpResponse::Ok().json(json!({
+        "message": "This answer needs a sign-in with the second factor.",
+        "sub": claims.sub,
+        "acr": claims.acr,
+        "auth_time": claims.auth_time,
+    }))
 }
 
 /// Server-sent events: one tick per second, for five minutes.

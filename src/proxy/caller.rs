@@ -68,6 +68,17 @@ impl<'r> Caller<'r> {
         }
     }
 
+    /// What the session must sign in with again for `required` (a route's `acr_values`,
+    /// `max_age`) at `now`, if its authentication falls short. Only a call that carries the
+    /// user's token is held to it: an anonymous one on a `user_or_none` route carries no
+    /// authentication to judge (and `client`/`none` routes cannot have a requirement).
+    pub fn unmet(&self, required: &super::Requirement, now: u64) -> Option<super::StepUp> {
+        match self {
+            Caller::Session { view, .. } => required.unmet_by(view, now),
+            _ => None,
+        }
+    }
+
     /// The session a user's token came from, for a WebSocket to watch.
     pub fn session(&self) -> Option<&SessionHandle> {
         match self {

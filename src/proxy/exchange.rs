@@ -112,6 +112,10 @@ impl Proxy {
         if first.status() != hyper::StatusCode::UNAUTHORIZED {
             return Ok(respond(first, route, head, Some(token), permit).await);
         }
+        // A step-up is not a token to renew: the SPA must sign in again.
+        if let Some(step_up) = self.upstream_step_up(caller, route, &first) {
+            return Err(step_up);
+        }
         let Some(retry_body) = retry_body else {
             return Ok(respond(first, route, head, Some(token), permit).await);
         };

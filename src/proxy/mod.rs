@@ -12,6 +12,7 @@ mod headers;
 mod path;
 mod respond;
 mod route;
+mod step_up;
 mod websocket;
 
 use std::sync::Arc;
@@ -39,6 +40,7 @@ pub use caller::Caller;
 pub use path::{PathError, strip_prefix, upstream_url};
 pub use respond::TOKEN_EXPIRY_HEADER;
 pub use route::Route;
+pub use step_up::{Requirement, StepUp};
 pub use websocket::is_upgrade;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -189,11 +191,46 @@ impl Proxy {
         }
         // Who the caller is, then admission against that caller's share.
         let caller = Caller::identify(req, route, cookies, tokens, self.trusted_hops).await?;
+        // The route's step-up requirement, from the view just read (no store command): a
+        // session signed in too weakly or too long ago never reaches the upstream.
+        if !route.step_up.is_empty()
+            && let Some(step_up) = caller.unmet(&route.step_up, tokens.store().now())
+        {
+            return Err(self.step_up_required(route, step_up));
+        }
         let permit = self.admission.admit(caller.share()).map_err(AppError::Limited)?;
         if upgrade {
             self.websocket(req, destination, tokens, &caller, (payload, permit)).await
         } else {
             self.exchange(client, req, destination, tokens, &caller, (payload, content_length, permit)).await
         }
+    }
+
+    /// The answer to a call that needs a stronger or more recent sign-in; counted, logged.
+    fn step_up_required(&self, route: &Route, step_up: StepUp) -> AppError {
+        self.metrics.auth_event(crate::metrics::AuthEvent::StepUpRequired);
+        tracing::info!(
+            api = route.prefix,
+            acr_values = step_up.acr_values.as_deref().unwrap_or_default(),
+            max_age = step_up.max_age,
+            "step-up authentication required"
+        );
+        AppError::StepUpRequired(step_up)
+    }
+
+    /// An upstream's 401 to a call that carried the user's token, read for a step-up
+    /// (RFC 9470): `Some` is answered instead of the 401, with no refresh (a refreshed token
+    /// carries the same authentication). bff's own token (`client`) or none: not the user's
+    /// sign-in to step up, the 401 goes back as it is.
+    pub(super) fn upstream_step_up(
+        &self,
+        caller: &Caller<'_>,
+        route: &Route,
+        answer: &hyper::Response<hyper::body::Incoming>,
+    ) -> Option<AppError> {
+        if answer.status() != hyper::StatusCode::UNAUTHORIZED || caller.session().is_none() {
+            return None;
+        }
+        step_up::asked_by(answer.headers()).map(|step_up| self.step_up_required(route, step_up))
     }
 }

@@ -41,6 +41,8 @@ pub struct Route {
     dpop_nonce: std::sync::Mutex<Option<String>>,
     /// WebSocket upgrades pass through (`websocket`).
     pub websocket: bool,
+    /// The session's authentication this route needs (`acr_values`, `max_age`).
+    pub(super) step_up: super::Requirement,
     /// How spans name the route: `/api/*` (the paths under it are unbounded).
     span_route: String,
 }
@@ -145,6 +147,7 @@ impl From<&ApiConfig> for Route {
             client_grant: (api.token == TokenPolicy::Client)
                 .then(|| ClientGrant { scopes: api.scopes.clone(), resource: api.resource.clone() }),
             websocket: api.websocket,
+            step_up: super::Requirement { acr_values: api.acr_values.clone(), max_age: api.max_age },
             max_body_bytes: api.max_body_bytes,
         }
     }

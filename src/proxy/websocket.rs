@@ -93,6 +93,10 @@ impl Proxy {
         // A handshake has no body: the view read when the caller was identified is current.
         let mut token = caller.token(tokens, target, true).await?;
         let mut answer = self.handshake(req, &destination, token.as_ref()).await?;
+        // As for HTTP, a step-up goes back to the SPA unrenewed.
+        if let Some(step_up) = self.upstream_step_up(caller, route, &answer) {
+            return Err(step_up);
+        }
         // As for HTTP, under the same policy: only a call that carried a token is retried
         // after a 401 (a handshake has no body, so it always can be).
         if answer.status() == hyper::StatusCode::UNAUTHORIZED

@@ -204,7 +204,8 @@ fn view_bytes(view: &HotToken) -> usize {
     }
     let audiences: usize = view.audiences.iter().map(|a| std::mem::size_of_val(a) + a.0.len() + token(&a.1)).sum();
     // Two reference counts precede each `Arc`'s value.
-    2 * std::mem::size_of::<usize>() + std::mem::size_of::<CachedToken>() + token(&view.access) + audiences
+    let acr = view.acr.as_ref().map_or(0, |a| 2 * std::mem::size_of::<usize>() + a.len());
+    2 * std::mem::size_of::<usize>() + std::mem::size_of::<CachedToken>() + token(&view.access) + audiences + acr
 }
 
 impl ChangeListener for TokenCache {
@@ -266,6 +267,8 @@ mod tests {
             expiry: crate::tokens::Expiry { expires_at: u64::MAX, lifetime_secs: 300, session_expires_at: u64::MAX },
             has_refresh_token: true,
             audiences: std::sync::Arc::default(),
+            acr: None,
+            auth_time: None,
         }
     }
 

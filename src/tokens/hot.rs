@@ -33,6 +33,9 @@ pub struct HotToken {
     pub has_refresh_token: bool,
     /// The tokens for other audiences (RFC 8707), by resource; usually none.
     pub audiences: Arc<[(String, UsableToken, Expiry)]>,
+    /// The sign-in's `acr` and `auth_time` (see `TokenSet`), for a route's step-up check.
+    pub acr: Option<Arc<str>>,
+    pub auth_time: Option<u64>,
 }
 
 impl From<&TokenSet> for HotToken {
@@ -50,11 +53,19 @@ impl From<&TokenSet> for HotToken {
                     Some((resource.clone(), UsableToken::from(token), expiry))
                 })
                 .collect(),
+            acr: set.acr.as_deref().map(Arc::from),
+            auth_time: set.auth_time,
         }
     }
 }
 
 impl HotToken {
+    /// A view of a session signed in at 0 with no `acr`, for other modules' unit tests.
+    #[cfg(test)]
+    pub fn for_tests() -> HotToken {
+        view(1)
+    }
+
     /// The token for `resource` (the default audience when `None`) and its expiry, if the set
     /// has one.
     pub fn usable(&self, resource: Option<&str>) -> Option<(UsableToken, Expiry)> {
@@ -109,18 +120,21 @@ impl HotViews {
 }
 
 #[cfg(test)]
+fn view(version: u64) -> HotToken {
+    let authorization = bearer_header(&openidconnect::AccessToken::new("at".into()));
+    HotToken {
+        access: UsableToken { authorization, dpop: None, version, expires_at: 10, after_rejection: false },
+        expiry: crate::tokens::Expiry { expires_at: 10, lifetime_secs: 10, session_expires_at: 100 },
+        has_refresh_token: true,
+        audiences: Arc::default(),
+        acr: None,
+        auth_time: None,
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
-
-    fn view(version: u64) -> HotToken {
-        let authorization = bearer_header(&openidconnect::AccessToken::new("at".into()));
-        HotToken {
-            access: UsableToken { authorization, dpop: None, version, expires_at: 10, after_rejection: false },
-            expiry: crate::tokens::Expiry { expires_at: 10, lifetime_secs: 10, session_expires_at: 100 },
-            has_refresh_token: true,
-            audiences: Arc::default(),
-        }
-    }
 
     #[test]
     fn fingerprint_is_prefix_nonce_and_tag() {

@@ -105,7 +105,14 @@ impl Sessions {
         let now = self.tokens.now();
         let session_expires_at = now + self.absolute_timeout.as_secs();
         let user: UserInfo = login.user.clone();
-        let owner = Owner { sub: user.sub.clone(), provider_sid: login.provider_sid.clone(), session_expires_at };
+        // The ID token's claims (checked at the callback against what the sign-in asked for).
+        let owner = Owner {
+            sub: user.sub.clone(),
+            provider_sid: login.provider_sid.clone(),
+            session_expires_at,
+            acr: user.claims.get("acr").and_then(serde_json::Value::as_str).map(String::from),
+            auth_time: user.claims.get("auth_time").and_then(serde_json::Value::as_u64),
+        };
         let set = TokenSet::issue(login.into(), owner, None, now, self.default_expires_in);
         let state = SessionEntries::state(&handle, &user, session_expires_at)
             .map_err(|source| StoreError::Encoding { what: "a session", source })?;

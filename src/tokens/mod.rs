@@ -108,6 +108,14 @@ pub struct TokenSet {
     /// agrees: one renewal per token version, whichever instance the 401s reach).
     #[serde(default, skip_serializing_if = "is_false")]
     access_after_rejection: bool,
+    /// How the user authenticated at sign-in (the ID token's `acr` and `auth_time`), for the
+    /// proxy's step-up checks (`api[].acr_values`, `max_age`) without reading the session's
+    /// state: a refresh keeps them (it is no new authentication). Absent in sets written
+    /// before bff kept them: such a session satisfies no requirement until it signs in again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    acr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    auth_time: Option<u64>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -187,11 +195,27 @@ impl From<Refreshed> for Issued {
     }
 }
 
-/// Who a session belongs to and until when: fixed at sign-in, carried by every later set.
+/// Who a session belongs to, until when, and how they authenticated: fixed at sign-in, carried
+/// by every later set.
 struct Owner {
     sub: String,
     provider_sid: Option<String>,
     session_expires_at: u64,
+    acr: Option<String>,
+    auth_time: Option<u64>,
+}
+
+impl Owner {
+    /// The owner a set carries on to the next one.
+    fn of(set: &TokenSet) -> Owner {
+        Owner {
+            sub: set.sub.clone(),
+            provider_sid: set.provider_sid.clone(),
+            session_expires_at: set.expiry.session_expires_at,
+            acr: set.acr.clone(),
+            auth_time: set.auth_time,
+        }
+    }
 }
 
 impl std::fmt::Debug for TokenSet {
@@ -251,17 +275,15 @@ impl TokenSet {
             audiences: previous.map(|p| p.audiences.clone()).unwrap_or_default(),
             dpop_key: issued.dpop_key.or_else(|| previous.and_then(|p| p.dpop_key.clone())),
             access_after_rejection: false,
+            acr: owner.acr,
+            auth_time: owner.auth_time,
         }
     }
 
     /// The next version, after a refresh for `resource` (the default audience when `None`):
     /// only that audience's token changes; a rotated refresh token replaces the one all use.
     fn refreshed(&self, r: Refreshed, resource: Option<&str>, now: u64, default_expires_in: Duration) -> TokenSet {
-        let owner = Owner {
-            sub: self.sub.clone(),
-            provider_sid: self.provider_sid.clone(),
-            session_expires_at: self.expiry.session_expires_at,
-        };
+        let owner = Owner::of(self);
         let Some(resource) = resource else {
             return TokenSet::issue(r.into(), owner, Some(self), now, default_expires_in);
         };
@@ -318,6 +340,8 @@ impl TokenSet {
             audiences,
             dpop_key: self.dpop_key.clone(),
             access_after_rejection: self.access_after_rejection,
+            acr: self.acr.clone(),
+            auth_time: self.auth_time,
         }
     }
 
@@ -643,7 +667,13 @@ mod tests {
     }
 
     fn owner() -> Owner {
-        Owner { sub: "s".into(), provider_sid: Some("sid".into()), session_expires_at: u64::MAX }
+        Owner {
+            sub: "s".into(),
+            provider_sid: Some("sid".into()),
+            session_expires_at: u64::MAX,
+            acr: Some("mfa".into()),
+            auth_time: Some(1000),
+        }
     }
 
     fn set(expires_at: u64, lifetime_secs: u64) -> TokenSet {
@@ -676,6 +706,34 @@ mod tests {
         let kept = TokenSet::issue(issued("at3", None, Some(10)), owner(), Some(&rotated), 3000, Duration::ZERO);
         assert_eq!(kept.refresh_token.as_ref().map(|t| t.secret().as_str()), Some("rt2"), "not rotated: kept");
         assert_eq!((kept.version, kept.provider_sid.as_deref()), (3, Some("sid")));
+    }
+
+    #[test]
+    fn the_sign_ins_authentication_outlives_refreshes_and_exchanges_and_old_sets_still_open() {
+        let first = set(1300, 300);
+        let auth = |s: &TokenSet| (s.acr.clone(), s.auth_time);
+        let signed_in = (Some("mfa".to_string()), Some(1000));
+        let default = first.refreshed(refreshed("at2", Some("rt2"), 300), None, 1200, Duration::ZERO);
+        let orders = default.refreshed(refreshed("o", None, 60), Some("https://orders"), 1250, Duration::ZERO);
+        let exchanged = orders.exchanged(
+            "k",
+            Exchanged { access_token: AccessToken::new("x".into()), expires_in: None },
+            1260,
+            Duration::ZERO,
+        );
+        for s in [&first, &default, &orders, &exchanged] {
+            assert_eq!(auth(s), signed_in, "a refresh is no new authentication");
+        }
+        let view = HotToken::from(&exchanged);
+        assert_eq!((view.acr.as_deref(), view.auth_time), (Some("mfa"), Some(1000)));
+        // A set written before bff kept them opens, without them.
+        let mut json = serde_json::to_value(&first).unwrap_or_default();
+        if let Some(o) = json.as_object_mut() {
+            o.remove("acr");
+            o.remove("auth_time");
+        }
+        let old: Option<TokenSet> = serde_json::from_value(json).ok();
+        assert_eq!(old.as_ref().map(auth), Some((None, None)));
     }
 
     fn refreshed(access: &str, refresh: Option<&str>, expires_in: u64) -> Refreshed {

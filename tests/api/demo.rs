@@ -132,3 +132,25 @@ async fn the_fapi_demo_pushes_signs_with_its_key_and_binds_tokens_with_dpop() {
     let jwks: serde_json::Value = browser.get("/.well-known/jwks.json").await.json().await.expect("jwks");
     assert_eq!(jwks["keys"][0]["kty"], "EC", "the key made for this run, published");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_apis_strong_route_asks_for_the_second_factor_through_bff() {
+    let demo = start_demo(30);
+    let browser = Browser::new(&demo.url);
+    let start = browser.start_login(Some("/")).await;
+    let callback = browser.sign_in_at_provider(&location(&start), "alice").await;
+    assert_eq!(location(&browser.get(&callback).await), "/");
+
+    // Signed in with the password only: the demo API's RFC 9470 challenge, as bff passes it on.
+    let refused = browser.api(Method::GET, "/api/strong").await;
+    assert_eq!(refused.status(), 401);
+    let body: serde_json::Value = refused.json().await.expect("json");
+    assert_eq!(body, serde_json::json!({"error": "step_up_required", "acr_values": bff::demo::idp::ACR_SECOND_FACTOR}));
+    assert_eq!(browser.api(Method::GET, "/api/hello").await.status(), 200, "the session lives on");
+
+    crate::step_up::step_up(&browser, &body).await;
+    let strong = browser.api(Method::GET, "/api/strong").await;
+    assert_eq!(strong.status(), 200);
+    let body: serde_json::Value = strong.json().await.expect("json");
+    assert_eq!(body["acr"], bff::demo::idp::ACR_SECOND_FACTOR);
+}

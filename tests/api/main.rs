@@ -31,6 +31,7 @@ mod reload;
 mod rotation;
 mod route_tokens;
 mod signin_options;
+mod step_up;
 mod store_conformance;
 mod store_down;
 mod telemetry;

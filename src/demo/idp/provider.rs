@@ -208,6 +208,12 @@ pub struct AccessClaims {
     /// RFC 9449 §6: `{"jkt": …}` for a DPoP-bound token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Value>,
+    /// How the user authenticated (RFC 9068 §2.2.1), for an API's step-up decisions (RFC 9470);
+    /// none in bff's own client-credentials tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<u64>,
 }
 
 pub struct Provider {
@@ -612,6 +618,8 @@ impl Provider {
             name: None,
             preferred_username: None,
             cnf: None,
+            acr: None,
+            auth_time: None,
         };
         let access_token =
             self.key.sign(&access, Some("at+jwt")).map_err(|e| oauth_error(500, "server_error", e.to_string()))?;
@@ -800,6 +808,8 @@ impl Provider {
             name: profile.get("name").and_then(|v| v.as_str()).map(String::from),
             preferred_username: Some(username.clone()),
             cnf: jkt.as_ref().map(|jkt| json!({ "jkt": jkt })),
+            acr: Some(acr.clone()),
+            auth_time: Some(auth_time),
         };
         let access_token = self.key.sign(&access, Some("at+jwt")).map_err(server_error)?;
 

@@ -169,6 +169,27 @@ async fn handle(req: HttpRequest, mut payload: web::Payload, state: web::Data<St
     }
 
     let path = req.path().to_string();
+    // RFC 9470: only a sign-in with the second factor may call these; any other token gets the
+    // step-up challenge (among another scheme's, as servers send several). `/step-up-junk`'s
+    // values are not ones bff may pass on.
+    if path.starts_with("/step-up") {
+        let strong = claims.as_ref().and_then(|c| c.acr.as_deref()) == Some(bff::demo::idp::ACR_SECOND_FACTOR);
+        if !strong {
+            let params = if path == "/step-up-junk" {
+                r#"acr_values="<script>\"x", max_age="-5""#.to_string()
+            } else {
+                format!(r#"acr_values="{}", max_age=300"#, bff::demo::idp::ACR_SECOND_FACTOR)
+            };
+            return HttpResponse::Unauthorized()
+                .insert_header((
+                    "www-authenticate",
+                    format!(
+                        r#"Basic realm="api", Bearer realm="api", error="insufficient_user_authentication", error_description="a stronger sign-in is required", {params}"#
+                    ),
+                ))
+                .json(json!({ "error": "insufficient_user_authentication" }));
+        }
+    }
     if path == "/ws" {
         return bff::demo::api::echo_socket(&req, payload);
     }
