@@ -1,7 +1,9 @@
 // Sign-in options from the demo SPA, in a real browser: a silent sign-in (`prompt=none`) that
 // the provider declines comes back to the SPA with `?error=login_required` (no error page, no
 // loop); with the provider's session alive it signs in without a page; after signing out (which
-// ends the provider's session too) it is declined again.
+// ends the provider's session too) it is declined again. Step-up (RFC 9470): the demo API's
+// `/strong` route wants the second factor; the SPA's call is answered `step_up_required`, the SPA
+// signs in again with the `acr_values` asked for, and the call then succeeds.
 //
 //   BFF_BIN=target/debug/bff node tests/browser/signin.test.mjs
 //
@@ -75,7 +77,7 @@ async function main() {
   const problems = [];
   page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
   page.on("console", (msg) => {
-    // The signed-out SPA's 401 from /auth/user is the documented answer.
+    // The signed-out SPA's 401 from /auth/user, and the step-up's 401, are documented answers.
     if (msg.type() === "error" && !msg.text().includes("status of 401")) problems.push(msg.text());
   });
 
@@ -106,6 +108,23 @@ async function main() {
   await page.locator("#signed-in").waitFor({ state: "visible" });
   assert.equal(await page.textContent("#user-name"), "Alice");
   assert.notEqual(await page.textContent("#session-sid"), firstSession, "a new session");
+
+  step("step-up: GET /api/strong needs the second factor; the SPA signs in again for it");
+  const refused = page.waitForResponse((r) => r.url() === `${origin}/api/strong`);
+  await page.click("[data-call='GET /api/strong']");
+  const stepUp = await refused;
+  assert.equal(stepUp.status(), 401);
+  assert.equal((await stepUp.json()).error, "step_up_required");
+  await page.waitForURL(/\/authorize\?/);
+  assert.equal(new URL(page.url()).searchParams.get("acr_values"), "urn:bff:demo:mfa", "asked of the provider");
+  await page.fill("#username", "alice");
+  await page.check("input[name=second_factor]");
+  await page.click("button[type=submit]");
+  await page.locator("#signed-in").waitFor({ state: "visible" });
+  assert.match(await page.textContent("#claims"), /urn:bff:demo:mfa/, "the ID token says so");
+  const strong = page.waitForResponse((r) => r.url() === `${origin}/api/strong`);
+  await page.click("[data-call='GET /api/strong']");
+  assert.equal((await strong).status(), 200, "the call goes through after the step-up");
 
   step("signed out (of the provider too): a silent sign-in is declined again");
   const backHome = page.waitForResponse((r) => r.url().includes("/end_session"));
