@@ -103,29 +103,35 @@ impl Walker<'_> {
         })
     }
 
+    /// The tables of an array of tables (`[[api]]`, `[[frontend]]`) under `parent`; `None` when
+    /// it is absent or not an array (reported), an entry that is not a table reported and left out.
+    fn tables<'v>(&mut self, parent: &Section<'v>, name: &str) -> Option<Vec<&'v Dict>> {
+        let key = parent.key(name);
+        match parent.dict.and_then(|d| d.get(name))? {
+            Value::Array(_, items) => Some(
+                items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, v)| match v {
+                        Value::Dict(_, d) => Some(d),
+                        other => {
+                            self.error(format!("{key}[{i}]"), format!("expected a table, found {}", describe(other)));
+                            None
+                        }
+                    })
+                    .collect(),
+            ),
+            other => {
+                let short = name.rsplit('.').next().unwrap_or(name);
+                self.error(&key, format!("expected an array of tables ([[{short}]]), found {}", describe(other)));
+                None
+            }
+        }
+    }
+
     /// The `[[frontend]]` tables, each made a whole configuration over the shared sections.
     fn frontends(&mut self, top: &Section<'_>, shared: Option<&Shared>) -> Option<Vec<Config>> {
-        let items: Vec<&Dict> = match top.dict.and_then(|d| d.get("frontend")) {
-            Some(Value::Array(_, items)) => items
-                .iter()
-                .enumerate()
-                .filter_map(|(i, v)| match v {
-                    Value::Dict(_, d) => Some(d),
-                    other => {
-                        self.error(format!("frontend[{i}]"), format!("expected a table, found {}", describe(other)));
-                        None
-                    }
-                })
-                .collect(),
-            Some(other) => {
-                self.error(
-                    "frontend",
-                    format!("expected an array of tables ([[frontend]]), found {}", describe(other)),
-                );
-                return None;
-            }
-            None => return None,
-        };
+        let items = self.tables(top, "frontend")?;
         if items.is_empty() {
             self.error("frontend", "must hold at least one [[frontend]] table");
             return None;
@@ -858,24 +864,7 @@ impl Walker<'_> {
     fn apis(&mut self, top: &mut Section<'_>, frontend_path: &str) -> Vec<ApiConfig> {
         top.known.insert("api");
         let api_key = top.key("api");
-        let items: Vec<&Dict> = match top.dict.and_then(|d| d.get("api")) {
-            None => Vec::new(),
-            Some(Value::Array(_, items)) => items
-                .iter()
-                .enumerate()
-                .filter_map(|(i, v)| match v {
-                    Value::Dict(_, d) => Some(d),
-                    other => {
-                        self.error(format!("{api_key}[{i}]"), format!("expected a table, found {}", describe(other)));
-                        None
-                    }
-                })
-                .collect(),
-            Some(other) => {
-                self.error(&api_key, format!("expected an array of tables ([[api]]), found {}", describe(other)));
-                Vec::new()
-            }
-        };
+        let items = self.tables(top, "api").unwrap_or_default();
         let mut out = Vec::new();
         let mut seen: HashMap<String, usize> = HashMap::new();
         for (i, dict) in items.into_iter().enumerate() {

@@ -9,23 +9,6 @@ use serde_json::Value;
 use support::frontends::{Layout, Side, TwoFrontends};
 use support::{jwt_claims, location};
 
-/// A test for each layout, in a module named after the scenario.
-macro_rules! in_both_layouts {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn by_host() {
-                super::$scenario(super::Layout::Hosts).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn by_path() {
-                super::$scenario(super::Layout::Paths).await
-            }
-        }
-    )*};
-}
-
 in_both_layouts!(
     each_frontend_signs_in_through_its_own_provider_with_a_cookie_on_its_path,
     a_session_cookie_of_one_frontend_is_refused_at_the_other,

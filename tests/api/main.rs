@@ -4,6 +4,24 @@
 // A test that cannot set up its fixture should stop right there, loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+/// A test for each frontend layout (`support::Layout`: by host, by path), in a module named
+/// after the scenario (frontends, reload). Defined before the modules that use it.
+macro_rules! in_both_layouts {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn by_host() {
+                super::$scenario(super::Layout::Hosts).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn by_path() {
+                super::$scenario(super::Layout::Paths).await
+            }
+        }
+    )*};
+}
+
 mod answers;
 mod backchannel;
 mod cache;

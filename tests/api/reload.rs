@@ -11,23 +11,6 @@ use serde_json::Value;
 use support::frontends::{FrontendBrowser, Layout, Side, TwoFrontends, resolving_client, shared_toml};
 use support::{eventually, location, port_for_later, random_id, upstream};
 
-/// A test for each layout, in a module named after the scenario.
-macro_rules! in_both_layouts {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn by_host() {
-                super::$scenario(super::Layout::Hosts).await
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn by_path() {
-                super::$scenario(super::Layout::Paths).await
-            }
-        }
-    )*};
-}
-
 in_both_layouts!(a_reload_adds_a_frontend, a_reload_removes_a_frontend);
 
 async fn readyz(base: &str) -> (u16, Value) {

@@ -9,32 +9,8 @@ use support::{AppOptions, Browser, location, metric, query_param, spawn_app, spa
 
 /// The provider's login form posted; the callback URL and the provider's session cookie.
 async fn sign_in_at_provider(browser: &Browser, authorize_url: &str, second_factor: bool) -> (String, String) {
-    let page = browser.get(authorize_url).await;
-    assert_eq!(page.status(), 200, "the provider shows its login page");
-    let html = page.text().await.expect("login page");
-    let interaction = html
-        .split("name=\"interaction\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("an interaction id")
-        .to_string();
-    let login_url = authorize_url.split("/authorize").next().expect("issuer").to_string() + "/login";
-    let mut form = vec![("interaction", interaction.as_str()), ("username", "alice")];
-    if second_factor {
-        form.push(("second_factor", "on"));
-    }
-    let res = browser.send(browser.http.post(login_url).form(&form)).await;
-    assert_eq!(res.status(), 302, "the provider redirects back");
-    let provider_cookie = res
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|c| c.starts_with("demo_idp_session="))
-        .and_then(|c| c.split(';').next())
-        .expect("the provider remembers the sign-in")
-        .to_string();
-    (location(&res), provider_cookie)
+    let (callback, provider_session) = browser.sign_in_at_provider_with(authorize_url, "alice", second_factor).await;
+    (callback, provider_session.expect("the provider remembers the sign-in"))
 }
 
 async fn user_json(browser: &Browser) -> Value {

@@ -10,20 +10,7 @@ use support::{Browser, TestApp, location, metric, spawn_app, spawn_instance_with
 
 /// The provider's login form posted with the second factor ticked; the callback URL.
 pub(crate) async fn sign_in_with_second_factor(browser: &Browser, authorize_url: &str) -> String {
-    let page = browser.get(authorize_url).await;
-    assert_eq!(page.status(), 200, "the provider shows its login page");
-    let html = page.text().await.expect("login page");
-    let interaction = html
-        .split("name=\"interaction\" value=\"")
-        .nth(1)
-        .and_then(|rest| rest.split('"').next())
-        .expect("an interaction id")
-        .to_string();
-    let login_url = authorize_url.split("/authorize").next().expect("issuer").to_string() + "/login";
-    let form = [("interaction", interaction.as_str()), ("username", "alice"), ("second_factor", "on")];
-    let res = browser.send(browser.http.post(login_url).form(&form)).await;
-    assert_eq!(res.status(), 302, "the provider redirects back");
-    location(&res)
+    browser.sign_in_at_provider_with(authorize_url, "alice", true).await.0
 }
 
 /// What the SPA does with a `step_up_required`: `/auth/login` with its values, the sign-in with

@@ -10,53 +10,12 @@
 //
 // Exits non-zero on the first failure; gives up after 120 s.
 
-import { spawn } from "node:child_process";
 import { createServer } from "node:http";
-import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
-import path from "node:path";
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
+import { closeAtEnd, launchChromium, run, startDemo, step } from "./harness.mjs";
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const bin = process.env.BFF_BIN || path.join(root, "target/debug/bff");
-const deadline = setTimeout(() => fail(new Error("the browser test took longer than 120 s")), 120_000);
 const TIMEOUT = 15_000;
 
-const demos = [];
-let browser;
-let linkServer;
-
-function fail(err) {
-  console.error(`browser test FAILED: ${err.stack || err}`);
-  cleanup().finally(() => process.exit(1));
-}
-
-async function cleanup() {
-  clearTimeout(deadline);
-  if (browser) await browser.close().catch(() => {});
-  for (const demo of demos) demo.kill("SIGTERM");
-  if (linkServer) linkServer.close();
-}
-
-function startDemo(prefix) {
-  return new Promise((resolve, reject) => {
-    const demo = spawn(bin, ["demo", "--cookie-prefix", prefix, "--port", "0", "--idp-port", "0", "--api-port", "0"], {
-      cwd: root,
-      env: { ...process.env, BFF_SESSION__REDIS_URL: "" },
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    demos.push(demo);
-    demo.on("error", reject);
-    demo.on("exit", (code) => reject(new Error(`bff demo exited early (${code})`)));
-    createInterface({ input: demo.stdout }).on("line", (line) => {
-      const m = line.match(/bff demo is running — open (\S+?)\/?$/);
-      if (m) resolve(m[1]);
-    });
-  });
-}
-
-const step = (name) => console.log(`• ${name}`);
 
 async function newPage(context, problems) {
   const page = await context.newPage();
@@ -87,16 +46,13 @@ async function apiStatus(page) {
 }
 
 async function main() {
-  browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-  });
+  const browser = await launchChromium();
   const problems = [];
   let strictOrigin;
   let strictContext;
 
   for (const [prefix, name] of [["__Host-Http-", "__Host-Http-bff"], ["__Host-", "__Host-bff"], ["", "bff"]]) {
-    const origin = await startDemo(prefix);
+    const origin = (await startDemo(["--cookie-prefix", prefix])).url;
     step(`cookie_prefix = ${JSON.stringify(prefix)}: sign in at ${origin}`);
     const context = await browser.newContext();
     const page = await newPage(context, problems);
@@ -118,11 +74,12 @@ async function main() {
   }
 
   step("a deep link from another site (127.0.0.1 links to localhost)");
-  linkServer = createServer((req, res) => {
+  const linkServer = createServer((req, res) => {
     res.writeHead(200, { "content-type": "text/html" });
     res.end(`<!doctype html><a id="spa" href="${strictOrigin}/?from=elsewhere">the app</a>`);
   });
   await new Promise((resolve) => linkServer.listen(0, "127.0.0.1", resolve));
+  closeAtEnd(() => linkServer.close());
   const elsewhere = `http://127.0.0.1:${linkServer.address().port}/`;
   const page = await newPage(strictContext, problems);
   await page.goto(elsewhere);
@@ -135,4 +92,4 @@ async function main() {
   console.log("browser test passed");
 }
 
-main().then(cleanup, fail);
+run(main, 120);

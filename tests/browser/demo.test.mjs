@@ -7,61 +7,19 @@
 // Saves a screenshot to target/screenshot.png, or to $SCREENSHOT (the README's picture is made
 // with SCREENSHOT=docs/screenshot.png). Exits non-zero on the first failure.
 
-import { spawn } from "node:child_process";
-import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
 import path from "node:path";
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
+import { launchChromium, root, run, startDemo, step } from "./harness.mjs";
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const bin = process.env.BFF_BIN || path.join(root, "target/debug/bff");
 const screenshot = path.resolve(root, process.env.SCREENSHOT || "target/screenshot.png");
 const TOKEN_TTL = 5;
-const deadline = setTimeout(() => fail(new Error("the browser test took longer than 120 s")), 120_000);
 
-let demo;
-let browser;
-
-function fail(err) {
-  console.error(`browser test FAILED: ${err.stack || err}`);
-  cleanup().finally(() => process.exit(1));
-}
-
-async function cleanup() {
-  clearTimeout(deadline);
-  if (browser) await browser.close().catch(() => {});
-  if (demo) demo.kill("SIGTERM");
-}
-
-function startDemo() {
-  return new Promise((resolve, reject) => {
-    demo = spawn(bin, ["demo", "--port", "0", "--idp-port", "0", "--api-port", "0", "--access-token-ttl", String(TOKEN_TTL)], {
-      cwd: root,
-      env: { ...process.env, BFF_SESSION__REDIS_URL: "" },
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    demo.on("error", reject);
-    demo.on("exit", (code) => reject(new Error(`bff demo exited early (${code})`)));
-    const lines = createInterface({ input: demo.stdout });
-    const started = Date.now();
-    lines.on("line", (line) => {
-      const m = line.match(/bff demo is running — open (\S+)/);
-      if (m) resolve({ url: m[1].replace(/\/$/, ""), startedMs: Date.now() - started });
-    });
-  });
-}
-
-const step = (name) => console.log(`• ${name}`);
 
 async function main() {
-  const { url, startedMs } = await startDemo();
+  const { url, startedMs } = await startDemo(["--access-token-ttl", String(TOKEN_TTL)]);
   step(`bff demo ready at ${url} (${startedMs} ms from spawn to banner)`);
 
-  browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-  });
+  const browser = await launchChromium();
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();
   const problems = [];
@@ -144,4 +102,4 @@ async function main() {
   console.log("browser test passed");
 }
 
-main().then(cleanup, fail);
+run(main, 120);

@@ -8,51 +8,11 @@
 //
 // Exits non-zero on the first failure; gives up after 90 s.
 
-import { spawn } from "node:child_process";
-import { createInterface } from "node:readline";
-import { fileURLToPath } from "node:url";
-import path from "node:path";
 import assert from "node:assert/strict";
-import { chromium } from "playwright-core";
+import { launchChromium, run, startDemo, step } from "./harness.mjs";
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const bin = process.env.BFF_BIN || path.join(root, "target/debug/bff");
-const deadline = setTimeout(() => fail(new Error("the browser test took longer than 90 s")), 90_000);
 const TIMEOUT = 15_000;
 
-let demo;
-let browser;
-
-function fail(err) {
-  console.error(`browser test FAILED: ${err.stack || err}`);
-  cleanup().finally(() => process.exit(1));
-}
-
-async function cleanup() {
-  clearTimeout(deadline);
-  if (browser) await browser.close().catch(() => {});
-  if (demo) demo.kill("SIGTERM");
-}
-
-// The banner's first line names the first frontend's URL (http://127.0.0.1:PORT/shop/).
-function startDemo() {
-  return new Promise((resolve, reject) => {
-    demo = spawn(bin, ["demo", "--frontends", "--port", "0", "--idp-port", "0", "--api-port", "0"], {
-      cwd: root,
-      env: { ...process.env, BFF_SESSION__REDIS_URL: "" },
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    demo.on("error", reject);
-    demo.on("exit", (code) => reject(new Error(`bff demo exited early (${code})`)));
-    const lines = createInterface({ input: demo.stdout });
-    lines.on("line", (line) => {
-      const m = line.match(/bff demo is running — open (\S+)\/shop\/$/);
-      if (m) resolve(m[1]);
-    });
-  });
-}
-
-const step = (name) => console.log(`• ${name}`);
 
 // A page of the context, its errors collected (the signed-out SPA's 401 from /auth/user is the
 // documented answer, which Chromium reports as a console error; nothing else is expected).
@@ -94,13 +54,10 @@ async function userStatus(page, base) {
 }
 
 async function main() {
-  const origin = await startDemo();
+  const origin = (await startDemo(["--frontends"])).url.replace(/\/shop$/, "");
   step(`bff demo --frontends ready at ${origin}/shop/ and ${origin}/admin/`);
 
-  browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-  });
+  const browser = await launchChromium();
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const problems = [];
   const shop = await openPage(context, problems, "/shop/");
@@ -164,4 +121,4 @@ async function main() {
   console.log("browser test passed");
 }
 
-main().then(cleanup, fail);
+run(main, 90);

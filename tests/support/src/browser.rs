@@ -118,6 +118,17 @@ impl Browser {
 
     /// Signs in at the provider's login form; returns the callback URL it redirects to.
     pub async fn sign_in_at_provider(&self, authorize_url: &str, username: &str) -> String {
+        self.sign_in_at_provider_with(authorize_url, username, false).await.0
+    }
+
+    /// The same, with the demo provider's second factor ticked or not; also the provider's own
+    /// session cookie (`name=value`) it set, which `prompt=none` is answered from.
+    pub async fn sign_in_at_provider_with(
+        &self,
+        authorize_url: &str,
+        username: &str,
+        second_factor: bool,
+    ) -> (String, Option<String>) {
         let page = self.get(authorize_url).await;
         assert_eq!(page.status(), 200, "the provider shows its login page");
         let html = page.text().await.expect("login page");
@@ -128,11 +139,21 @@ impl Browser {
             .expect("an interaction id on the login page")
             .to_string();
         let login_url = authorize_url.split("/authorize").next().expect("issuer").to_string() + "/login";
-        let res = self
-            .send(self.http.post(login_url).form(&[("interaction", interaction.as_str()), ("username", username)]))
-            .await;
+        let mut form = vec![("interaction", interaction.as_str()), ("username", username)];
+        if second_factor {
+            form.push(("second_factor", "on"));
+        }
+        let res = self.send(self.http.post(login_url).form(&form)).await;
         assert_eq!(res.status(), 302, "the provider redirects back");
-        location(&res)
+        let provider_session = res
+            .headers()
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|c| c.starts_with("demo_idp_session="))
+            .and_then(|c| c.split(';').next())
+            .map(String::from);
+        (location(&res), provider_session)
     }
 
     /// The whole browser login; returns the callback's answer.

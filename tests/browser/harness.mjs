@@ -1,0 +1,78 @@
+// What every browser test shares: `bff demo` started on free ports (its URL read from its
+// banner), Debian's Chromium launched with the flags the project uses, a deadline, and clean-up
+// on success, failure or timeout.
+
+import { spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+const bin = process.env.BFF_BIN || path.join(root, "target/debug/bff");
+
+const demos = [];
+const browsers = [];
+const closers = [];
+
+export const step = (name) => console.log(`• ${name}`);
+
+/// `bff demo` with `args` (ports chosen by the system); resolves to the banner's URL without a
+/// trailing slash and how long the demo took to print it.
+export function startDemo(args = []) {
+  return new Promise((resolve, reject) => {
+    const demo = spawn(bin, ["demo", "--port", "0", "--idp-port", "0", "--api-port", "0", ...args], {
+      cwd: root,
+      env: { ...process.env, BFF_SESSION__REDIS_URL: "" },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    demos.push(demo);
+    const started = Date.now();
+    demo.on("error", reject);
+    demo.on("exit", (code) => reject(new Error(`bff demo exited early (${code})`)));
+    createInterface({ input: demo.stdout }).on("line", (line) => {
+      const m = line.match(/bff demo is running — open (\S+)/);
+      if (m) resolve({ url: m[1].replace(/\/$/, ""), startedMs: Date.now() - started });
+    });
+  });
+}
+
+/// Debian's Chromium, headless, closed at the end.
+export async function launchChromium() {
+  const browser = await chromium.launch({
+    executablePath: "/usr/bin/chromium",
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+  });
+  browsers.push(browser);
+  return browser;
+}
+
+/// Something else to close at the end (a server the test started).
+export function closeAtEnd(close) {
+  closers.push(close);
+}
+
+async function cleanup() {
+  for (const browser of browsers) await browser.close().catch(() => {});
+  for (const demo of demos) demo.kill("SIGTERM");
+  for (const close of closers) close();
+}
+
+/// Runs `main`, failing (exit 1) on its first error or after `seconds`.
+export function run(main, seconds) {
+  const fail = (err) => {
+    console.error(`browser test FAILED: ${err.stack || err}`);
+    cleanup().finally(() => process.exit(1));
+  };
+  const deadline = setTimeout(() => fail(new Error(`the browser test took longer than ${seconds} s`)), seconds * 1000);
+  main().then(
+    () => {
+      clearTimeout(deadline);
+      return cleanup();
+    },
+    (err) => {
+      clearTimeout(deadline);
+      fail(err);
+    },
+  );
+}
