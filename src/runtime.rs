@@ -189,6 +189,7 @@ impl Runtime {
             session_states,
             config.session.absolute_timeout,
             config.tokens.default_expires_in,
+            config.session.max_per_user,
         ));
         let tokens = Arc::new(TokenManager::new(
             token_store,
