@@ -105,9 +105,11 @@ pub struct ServerConfig {
     pub metrics_public: bool,
     /// Serve the admin API (`/admin/*`) on this address (a listener of its own); off if unset.
     pub admin_listen: Option<SocketAddr>,
-    /// The admin API's bearer token, read from `server.admin_token_file` at load; set exactly
-    /// when `admin_listen` is.
+    /// The admin API's bearer token, read from `server.admin_token_file` at load (a changed
+    /// file takes a restart); set exactly when `admin_listen` is.
     pub admin_token: Option<SecretString>,
+    /// The path of that file (printed; the token never is).
+    pub admin_token_file: Option<String>,
     /// On SIGTERM/SIGINT: stop accepting, and give in-flight requests this long to finish.
     pub shutdown_grace: Duration,
     /// How long an idle keep-alive connection is kept open. Longer than what proxies in front

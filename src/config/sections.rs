@@ -370,7 +370,8 @@ impl Walker<'_> {
                 .map_err(|_| self.error(s.key("admin_listen"), format!("not an address:port ({raw:?})")))
                 .ok()
         });
-        let admin_token = self.admin_token(&mut s, admin_listen.is_some());
+        let admin_token_file = self.string(&mut s, "admin_token_file").filter(|p| !p.is_empty());
+        let admin_token = self.admin_token(&s, admin_token_file.as_deref(), admin_listen.is_some());
         let shutdown_grace = self.secs(&mut s, "shutdown_grace_secs", 30, 0);
         let keep_alive = self.secs(&mut s, "keep_alive_secs", 75, 1);
         let max_header_bytes = self.uint(&mut s, "max_header_bytes", 16_384, 1024) as usize;
@@ -401,6 +402,7 @@ impl Walker<'_> {
             metrics_public,
             admin_listen,
             admin_token,
+            admin_token_file,
             shutdown_grace,
             keep_alive,
             max_header_bytes,
@@ -607,9 +609,8 @@ impl Walker<'_> {
 
     /// `server.admin_token_file`: read once, here (a changed file takes a restart). Needed with
     /// `admin_listen`, of no use without it.
-    fn admin_token(&mut self, s: &mut Section<'_>, listening: bool) -> Option<SecretString> {
+    fn admin_token(&mut self, s: &Section<'_>, path: Option<&str>, listening: bool) -> Option<SecretString> {
         const KEY: &str = "admin_token_file";
-        let path = self.string(s, KEY).filter(|p| !p.is_empty());
         let path = match (path, listening) {
             (Some(path), true) => path,
             (Some(_), false) => {
