@@ -90,7 +90,8 @@ struct Query {
 
 impl Query {
     fn read(raw: &str) -> Result<Query, AppError> {
-        let query = web::Query::<Query>::from_query(raw).map_err(|_| AppError::BadRequest(BadRequest::InvalidRequest))?;
+        let query =
+            web::Query::<Query>::from_query(raw).map_err(|_| AppError::BadRequest(BadRequest::InvalidRequest))?;
         let Query { sub, sid } = query.into_inner();
         Ok(Query { sub: sub.filter(|v| !v.is_empty()), sid: sid.filter(|v| !v.is_empty()) })
     }

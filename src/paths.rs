@@ -164,9 +164,9 @@ impl OwnRoute {
 
     fn serves(self, path: &str) -> bool {
         match self.path().strip_suffix(PARAMETER) {
-            Some(above) => path
-                .strip_prefix(above)
-                .is_some_and(|segment| !segment.is_empty() && !segment.contains('/')),
+            Some(above) => {
+                path.strip_prefix(above).is_some_and(|segment| !segment.is_empty() && !segment.contains('/'))
+            }
             None => self.path() == path,
         }
     }
@@ -245,11 +245,12 @@ mod tests {
     #[test]
     fn a_route_that_acts_on_get_takes_no_head() {
         for route in OWN_ROUTES {
-            let takes: Vec<&str> = [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE, Method::TRACE]
-                .iter()
-                .filter(|m| route.methods().takes(m))
-                .map(Method::as_str)
-                .collect();
+            let takes: Vec<&str> =
+                [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE, Method::TRACE]
+                    .iter()
+                    .filter(|m| route.methods().takes(m))
+                    .map(Method::as_str)
+                    .collect();
             assert_eq!(takes.join(", "), route.methods().allow(), "{route:?}");
         }
         for acts in [OwnRoute::Login, OwnRoute::Callback, OwnRoute::FrontchannelLogout] {

@@ -179,7 +179,10 @@ impl Application {
             (Some(addr), Some(token)) => {
                 let admin = web::Data::new(crate::admin::Admin::new(Arc::clone(&runtime), token));
                 let server = HttpServer::new(move || {
-                    App::new().app_data(admin.clone()).wrap(from_fn(security_headers)).configure(crate::admin::configure)
+                    App::new()
+                        .app_data(admin.clone())
+                        .wrap(from_fn(security_headers))
+                        .configure(crate::admin::configure)
                 })
                 .workers(1)
                 .tcp_nodelay(true)

@@ -634,7 +634,10 @@ impl Walker<'_> {
                     // The length only: the value is never printed.
                     self.error(
                         s.key(KEY),
-                        format!("the token in {path} must be at least {MIN_ADMIN_TOKEN_BYTES} bytes (got {})", token.len()),
+                        format!(
+                            "the token in {path} must be at least {MIN_ADMIN_TOKEN_BYTES} bytes (got {})",
+                            token.len()
+                        ),
                     );
                     None
                 } else if token.len() > MAX_ADMIN_TOKEN_BYTES || !token.bytes().all(|b| b.is_ascii_graphic()) {

@@ -2,8 +2,8 @@
 //! lives in `signin`, the protocol in `oidc`, storage in `session` and `tokens`.
 
 use actix_session::Session;
-use actix_web::http::{Method, StatusCode};
 use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::{Method, StatusCode};
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Deserialize;
@@ -178,7 +178,11 @@ async fn end_and_revoke(state: &AppState, handles: Vec<SessionHandle>, reason: E
 
 /// `GET /auth/sessions`: the signed-in user's sessions at this frontend, on every device.
 /// `DELETE /auth/sessions`: ends all of them but this one.
-pub async fn sessions(req: HttpRequest, state: web::Data<AppState>, session: Session) -> Result<HttpResponse, AppError> {
+pub async fn sessions(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    session: Session,
+) -> Result<HttpResponse, AppError> {
     require_csrf_header(&req)?;
     let me = signed_in(&state, &session).await?;
     let listed = state.sessions.list(&me.user.sub).await?;

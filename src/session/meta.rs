@@ -133,7 +133,10 @@ mod tests {
                  Version/17.1 Safari/605.1.15",
                 "Safari on macOS",
             ),
-            ("Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 Chrome/120.0 Safari/537.36 Edg/120.0", "Edge on Windows"),
+            (
+                "Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 Chrome/120.0 Safari/537.36 Edg/120.0",
+                "Edge on Windows",
+            ),
             (
                 "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 CriOS/120.0 Mobile",
                 "Chrome on iOS",

@@ -391,7 +391,9 @@ mod tests {
     async fn a_back_channel_logout_ends_the_provider_session_once() {
         let memory = MemoryStore::new();
         let sessions = sessions(&memory);
-        let (Ok(first), Ok(second)) = (sessions.start(login(), &Device::default()).await, sessions.start(login(), &Device::default()).await) else {
+        let (Ok(first), Ok(second)) =
+            (sessions.start(login(), &Device::default()).await, sessions.start(login(), &Device::default()).await)
+        else {
             panic!("start failed")
         };
         let request =
@@ -409,7 +411,9 @@ mod tests {
     async fn a_front_channel_logout_ends_the_live_sessions_of_the_provider_session() {
         let memory = MemoryStore::new();
         let sessions = sessions(&memory);
-        let (Ok(first), Ok(second)) = (sessions.start(login(), &Device::default()).await, sessions.start(login(), &Device::default()).await) else {
+        let (Ok(first), Ok(second)) =
+            (sessions.start(login(), &Device::default()).await, sessions.start(login(), &Device::default()).await)
+        else {
             panic!("start failed")
         };
         // One of them already ended: the other is what is left to end.

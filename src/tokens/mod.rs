@@ -483,7 +483,8 @@ impl TokenStore {
     async fn create_meta(&self, handle: &SessionHandle, meta: &SessionMeta, expires_at: u64) -> Result<(), StoreError> {
         let key = self.keys.session_meta(handle);
         let ttl = self.lifetime.ttl(expires_at).unwrap_or(Duration::from_millis(1));
-        let plain = serde_json::to_vec(meta).map_err(|source| StoreError::Encoding { what: "a session's device", source })?;
+        let plain =
+            serde_json::to_vec(meta).map_err(|source| StoreError::Encoding { what: "a session's device", source })?;
         self.store.set(&key, &self.sealer.seal(key.as_bytes(), &plain), ttl).await?;
         let seen_key = self.keys.session_seen(handle);
         let minute = meta.created_at / 60 * 60;

@@ -4,6 +4,7 @@
 // A test that cannot set up its fixture should stop right there, loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admin;
 mod answers;
 mod backchannel;
 mod cache;
@@ -30,6 +31,7 @@ mod refresh;
 mod reload;
 mod rotation;
 mod route_tokens;
+mod sessions;
 mod signin_options;
 mod store_conformance;
 mod store_down;
