@@ -623,7 +623,7 @@ impl Walker<'_> {
             }
             (None, false) => return None,
         };
-        match std::fs::read_to_string(&path) {
+        match std::fs::read_to_string(path) {
             Ok(contents) => {
                 // A token file usually ends with a newline that is not part of the token.
                 let token = contents.trim_end_matches(['\r', '\n']);
