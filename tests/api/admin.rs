@@ -128,7 +128,53 @@ async fn an_operator_lists_and_ends_a_users_sessions_on_every_instance() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admin_reload_reads_the_file_again() {
+async fn the_admin_reload_reads_the_file_the_process_started_with() {
+    // The provider and upstream of a test app; a bff of its own started from a file, as
+    // `bff serve --config` is, its admin token in a file too.
+    let app = support::spawn_app().await;
+    let dir = support::temp_dir("admin-reload");
+    let token_file = dir.join("admin-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let port = support::dead_port();
+    let listener = support::listener();
+    let public_url = format!("http://{}", listener.local_addr().unwrap());
+    let toml =
+        support::config_toml(&public_url, &app.idp.issuer, &app.upstream.url, &app.prefix, &AppOptions::default())
+            .replace(
+                "metrics_public = true",
+                &format!(
+                    "metrics_public = true\nadmin_listen = \"127.0.0.1:{port}\"\nadmin_token_file = {token_file:?}"
+                ),
+            );
+    let file = dir.join("bff.toml");
+    std::fs::write(&file, &toml).unwrap();
+    let config = bff::config::Config::load(Some(&file)).expect("the file loads");
+    let bff = bff::Application::build(config, listener).await.expect("build");
+    bff.set_config_file(Some(file.clone()));
+    tokio::spawn(bff.run_until_stopped());
+    let admin = format!("http://127.0.0.1:{port}");
+    let reload = || call(Method::POST, &format!("{admin}/admin/reload"), Some(TOKEN)).send();
+    support::eventually("the admin listener answers", Duration::from_secs(5), || async {
+        reload().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+
+    let unchanged: Value = reload().await.unwrap().json().await.unwrap();
+    assert_eq!(unchanged["unchanged"], serde_json::json!(["default"]), "{unchanged}");
+    std::fs::write(&file, toml.replace("timeout_secs = 2\n\n[session]", "timeout_secs = 3\n\n[session]")).unwrap();
+    let changed: Value = reload().await.unwrap().json().await.unwrap();
+    assert_eq!(changed["changed"], serde_json::json!(["default"]), "{changed}");
+    // A key only a restart applies: refused, the configuration before it still serves.
+    std::fs::write(&file, toml.replace(&format!("127.0.0.1:{port}"), "127.0.0.1:1")).unwrap();
+    let refused = reload().await.unwrap();
+    assert_eq!(refused.status(), 422);
+    assert_eq!(refused.json::<Value>().await.unwrap(), serde_json::json!({"error": "config_refused"}));
+    assert_eq!(reqwest::get(format!("{public_url}/healthz")).await.unwrap().status(), 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_file_the_admin_reload_reads_the_environment_alone() {
     let (app, admin) = spawn_with_admin().await;
     let _ = app;
     // No file was given to this app: the reload reads the environment alone, which is no valid
