@@ -122,7 +122,7 @@ async fn list_sessions(req: actix_web::HttpRequest, admin: web::Data<Admin>) -> 
             .collect();
         frontends.push(json!({ "frontend": frontend.identity.name, "sessions": sessions }));
     }
-    tracing::info!(target: "bff::admin", action = "list_sessions", sessions = total, "admin listed a user's sessions");
+    audit("list_sessions", total, "by sub");
     Ok(no_store(HttpResponse::Ok()).json(json!({ "frontends": frontends })))
 }
 
@@ -151,7 +151,7 @@ async fn end_sessions(req: actix_web::HttpRequest, admin: web::Data<Admin>) -> R
         total += ended.len();
         frontends.push(json!({ "frontend": frontend.identity.name, "ended": ended.len() }));
     }
-    tracing::info!(target: "bff::admin", action = "end_sessions", by, sessions = total, "admin ended sessions");
+    audit("end_sessions", total, &format!("by {by}, grants revoked"));
     Ok(no_store(HttpResponse::Ok()).json(json!({ "ended": total, "frontends": frontends })))
 }
 
@@ -162,15 +162,13 @@ async fn reload(admin: web::Data<Admin>) -> Result<HttpResponse, AppError> {
     let file = admin.runtime.config_file();
     match reloader.reload(Config::load(file.as_deref())).await {
         Ok(summary) => {
-            tracing::info!(
-                target: "bff::admin",
-                action = "reload",
-                sessions = 0,
-                added = summary.added.len(),
-                changed = summary.changed.len(),
-                removed = summary.removed.len(),
-                "admin reloaded the configuration"
+            let what = format!(
+                "configuration applied ({} frontends added, {} changed, {} removed)",
+                summary.added.len(),
+                summary.changed.len(),
+                summary.removed.len()
             );
+            audit("reload", 0, &what);
             Ok(no_store(HttpResponse::Ok()).json(json!({
                 "added": summary.added,
                 "changed": summary.changed,
@@ -179,15 +177,18 @@ async fn reload(admin: web::Data<Admin>) -> Result<HttpResponse, AppError> {
             })))
         }
         Err(errors) => {
-            tracing::info!(
-                target: "bff::admin",
-                action = "reload",
-                problems = errors.0.len(),
-                "admin reload refused (the configuration before it still serves)"
-            );
+            let what =
+                format!("refused, {} problems (logged above); the configuration before it serves", errors.0.len());
+            audit("reload", 0, &what);
             Err(AppError::ConfigRefused)
         }
     }
+}
+
+/// One audit line per admin action: the word `admin`, the action, how many sessions it touched,
+/// and what else it says. It is given no part of the request: the token cannot reach the log.
+fn audit(action: &'static str, sessions: usize, what: &str) {
+    tracing::info!(target: "bff::admin", action, sessions, "admin {action}: {sessions} sessions, {what}");
 }
 
 fn no_store(mut res: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
@@ -199,6 +200,31 @@ fn no_store(mut res: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseB
 mod tests {
     use super::*;
     use actix_web::test::TestRequest;
+
+    /// What a `tracing` subscriber writes, kept for a test to read.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn audit_lines_name_admin_the_action_and_the_count() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        tracing::subscriber::with_default(subscriber, || audit("end_sessions", 3, "by sub, grants revoked"));
+        let text = String::from_utf8(captured.0.lock().map(|b| b.clone()).unwrap_or_default()).unwrap_or_default();
+        assert!(text.contains("bff::admin") && text.contains("admin end_sessions: 3 sessions"), "{text}");
+        assert!(text.contains("sessions=3"), "{text}");
+    }
 
     #[test]
     fn bearer_tokens_are_read_within_the_bound() {

@@ -824,6 +824,47 @@ mod tests {
         assert!(!shown.contains("at\"") && !shown.contains("rt"), "{shown}");
     }
 
+    #[tokio::test]
+    async fn the_idle_extension_records_the_last_use_to_the_minute_and_never_revives_an_ended_session() {
+        let memory = crate::store::MemoryStore::new();
+        let clock = crate::clock::Clock::system();
+        let ts = TokenStore::new(
+            Store::memory(memory.clone()),
+            Sealer::new(&[secrecy::SecretString::from("x".repeat(64))]),
+            KeyLayout::new("t:"),
+            SessionLifetime { idle: Duration::from_secs(600), clock: clock.clone() },
+        );
+        let handle = crate::session::SessionId::generate().handle();
+        let started = clock.now_unix();
+        let meta = SessionMeta::new(started, Some("curl/8"), None);
+        let far = started + 86_400;
+        assert!(ts.create_meta(&handle, &meta, far).await.is_ok());
+        let read = ts.meta(&handle).await.ok().flatten();
+        assert_eq!(
+            read.as_ref().map(|(m, seen)| (m.user_agent.as_str(), *seen)),
+            Some(("curl", Some(started / 60 * 60)))
+        );
+
+        // Used three minutes later: the extension writes the minute of that use.
+        clock.advance(Duration::from_secs(180));
+        ts.touch(&handle, Duration::from_secs(600));
+        let expected = Some((started + 180) / 60 * 60);
+        for _ in 0..200 {
+            if ts.meta(&handle).await.ok().flatten().and_then(|(_, seen)| seen) == expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(ts.meta(&handle).await.ok().flatten().and_then(|(_, seen)| seen), expected);
+
+        // An extension racing the session's end writes nothing back (a negative: the spawned
+        // extension is given a moment to run on this single-threaded runtime).
+        assert!(ts.delete_session(&handle).await.is_ok());
+        ts.touch(&handle, Duration::from_secs(600));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(memory.keys(), Vec::<String>::new());
+    }
+
     #[test]
     fn encoded_sets_carry_their_version_and_refuse_another_key() {
         let secret = secrecy::SecretString::from("x".repeat(64));

@@ -193,3 +193,32 @@ async fn the_sessions_routes_take_their_methods_and_need_a_session() {
     assert_eq!(get_one.status(), 405);
     assert_eq!(get_one.headers()["allow"], "DELETE");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frontend_lists_and_ends_its_own_sessions_only() {
+    use support::frontends::{Layout, TwoFrontends};
+    let app = TwoFrontends::spawn(Layout::Paths).await;
+    let at_one = app.browser(&app.one);
+    let at_two = at_one.at(&app.two);
+    at_one.login_as("alice").await;
+    at_two.login_as("alice").await;
+
+    let listed = |browser: &support::frontends::FrontendBrowser| {
+        let browser = browser.clone();
+        async move {
+            let res = browser.api(Method::GET, "/auth/sessions").await;
+            assert_eq!(res.status(), 200);
+            res.json::<Value>().await.unwrap()["sessions"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    let at_one_listed = listed(&at_one).await;
+    let at_two_listed = listed(&at_two).await;
+    assert_eq!((at_one_listed.len(), at_two_listed.len()), (1, 1), "{at_one_listed:?} {at_two_listed:?}");
+    let two_id = current_id(&at_two_listed);
+
+    // The same user, another frontend's session: not found here, and it lives on.
+    let res = at_one.api(Method::DELETE, &format!("/auth/sessions/{two_id}")).await;
+    assert_eq!(res.status(), 404);
+    assert_eq!(at_one.api(Method::DELETE, "/auth/sessions").await.json::<Value>().await.unwrap()["ended"], 0);
+    assert_eq!(at_two.user().await.status(), 200);
+}
