@@ -145,13 +145,18 @@ async fn end_sessions(req: actix_web::HttpRequest, admin: web::Data<Admin>) -> R
             _ => Vec::new(),
         };
         let ended = sessions.end_each(handles, EndReason::EndedByAdmin).await?;
-        for (handle, ended) in &ended {
-            revoke_grant(&frontend.state.oidc, handle, ended).await;
-        }
         total += ended.len();
         frontends.push(json!({ "frontend": frontend.identity.name, "ended": ended.len() }));
+        // Ended now, for every instance; the provider is told in the background, each
+        // revocation logged (a slow provider must not hold the operator's answer).
+        let oidc = Arc::clone(&frontend.state.oidc);
+        tokio::spawn(async move {
+            for (handle, ended) in ended {
+                revoke_grant(&oidc, &handle, &ended).await;
+            }
+        });
     }
-    audit("end_sessions", total, &format!("by {by}, grants revoked"));
+    audit("end_sessions", total, &format!("by {by}, their grants being revoked"));
     Ok(no_store(HttpResponse::Ok()).json(json!({ "ended": total, "frontends": frontends })))
 }
 
@@ -220,7 +225,7 @@ mod tests {
         let captured = Captured::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
-        tracing::subscriber::with_default(subscriber, || audit("end_sessions", 3, "by sub, grants revoked"));
+        tracing::subscriber::with_default(subscriber, || audit("end_sessions", 3, "by sub"));
         let text = String::from_utf8(captured.0.lock().map(|b| b.clone()).unwrap_or_default()).unwrap_or_default();
         assert!(text.contains("bff::admin") && text.contains("admin end_sessions: 3 sessions"), "{text}");
         assert!(text.contains("sessions=3"), "{text}");

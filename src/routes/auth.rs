@@ -164,16 +164,23 @@ async fn signed_in(state: &AppState, session: &Session) -> Result<crate::session
 }
 
 /// Ends each session as logout does: its keys go (every instance refuses it at once), then its
-/// grant is revoked at the provider. How many were still live.
+/// grant is revoked at the provider: awaited for one session (as at logout), in the background
+/// for several (a slow provider must not hold the answer for each of up to
+/// `session.max_per_user` revocations). How many were still live.
 async fn end_and_revoke(state: &AppState, handles: Vec<SessionHandle>, reason: EndReason) -> Result<usize, AppError> {
     let ended = state.sessions.end_each(handles, reason).await?;
-    for (handle, ended) in &ended {
-        revoke_grant(&state.oidc, handle, ended).await;
+    let count = ended.len();
+    if let [(handle, one)] = ended.as_slice() {
+        revoke_grant(&state.oidc, handle, one).await;
+    } else {
+        let oidc = std::sync::Arc::clone(&state.oidc);
+        tokio::spawn(async move {
+            for (handle, ended) in ended {
+                revoke_grant(&oidc, &handle, &ended).await;
+            }
+        });
     }
-    if !ended.is_empty() {
-        state.metrics.auth_event(AuthEvent::Logout);
-    }
-    Ok(ended.len())
+    Ok(count)
 }
 
 /// `GET /auth/sessions`: the signed-in user's sessions at this frontend, on every device.
