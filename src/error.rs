@@ -61,6 +61,12 @@ pub enum AppError {
     UpstreamTimeout,
     #[error("internal error")]
     Internal,
+    /// The admin API's bearer token is missing, wrong, or too long to be one.
+    #[error("admin token missing or wrong")]
+    AdminUnauthorized,
+    /// `POST /admin/reload`: the file was refused (its problems are logged, and on `/readyz`).
+    #[error("configuration refused")]
+    ConfigRefused,
 }
 
 /// What was wrong with a request that is refused with 400.
@@ -117,6 +123,8 @@ impl AppError {
             AppError::UpstreamUnavailable => "upstream_unavailable",
             AppError::UpstreamTimeout => "upstream_timeout",
             AppError::Internal => "internal",
+            AppError::AdminUnauthorized => "unauthorized",
+            AppError::ConfigRefused => "config_refused",
         }
     }
 
@@ -144,6 +152,8 @@ impl AppError {
                 "Your sign-in does not give access to this service."
             }
             AppError::Internal => "Something went wrong on our side.",
+            AppError::AdminUnauthorized => "This needs the admin token.",
+            AppError::ConfigRefused => "The configuration file was refused; the one before it still serves.",
         }
     }
 
@@ -177,6 +187,9 @@ impl AppError {
                     headers.insert(header::ALLOW, allow);
                 }
             }
+            AppError::AdminUnauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
             _ => {}
         }
     }
@@ -194,7 +207,10 @@ pub fn is_navigation(req: &HttpRequest) -> bool {
 impl ResponseError for AppError {
     fn status_code(&self) -> StatusCode {
         match self {
-            AppError::LoginRequired | AppError::StepUpRequired(_) => StatusCode::UNAUTHORIZED,
+            AppError::LoginRequired | AppError::StepUpRequired(_) | AppError::AdminUnauthorized => {
+                StatusCode::UNAUTHORIZED
+            }
+            AppError::ConfigRefused => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::Csrf | AppError::ResourceNotGranted | AppError::ExchangeRefused => StatusCode::FORBIDDEN,
             AppError::Limited(Limit::BodySize) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::Limited(Limit::HeaderSize) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -283,6 +299,8 @@ mod tests {
             (AppError::BadRequest(BadRequest::LoginParameter), 400, "invalid_login_parameter"),
             (AppError::NotFound, 404, "not_found"),
             (AppError::MethodNotAllowed("POST".into()), 405, "method_not_allowed"),
+            (AppError::AdminUnauthorized, 401, "unauthorized"),
+            (AppError::ConfigRefused, 422, "config_refused"),
         ] {
             let res = err.error_response();
             assert_eq!(res.status().as_u16(), status);

@@ -5,6 +5,7 @@
 //! `startup::Application` builds the whole app on a given listener, so `main` and the tests
 //! start it the same way.
 
+pub mod admin;
 pub mod bounded;
 pub mod client_keys;
 pub mod clock;

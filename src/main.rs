@@ -155,6 +155,7 @@ async fn serve(config: Config, file: Option<PathBuf>) -> Result<(), anyhow::Erro
     // Before anything else can take time: a SIGHUP's default action ends the process.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let app = bff::Application::build(config, listener).await?;
+    app.set_config_file(file.clone());
     match hangups {
         Ok(hangups) => {
             tokio::spawn(reload_on_hangup(app.reloader(), file, hangups));

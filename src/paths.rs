@@ -17,6 +17,10 @@ pub enum Methods {
     Act,
     /// `POST` alone.
     Post,
+    /// `GET` (and `HEAD`) reads, `DELETE` ends what was read.
+    ReadOrDelete,
+    /// `DELETE` alone.
+    Delete,
 }
 
 impl Methods {
@@ -26,6 +30,8 @@ impl Methods {
             Methods::Read => "GET, HEAD",
             Methods::Act => "GET",
             Methods::Post => "POST",
+            Methods::ReadOrDelete => "GET, HEAD, DELETE",
+            Methods::Delete => "DELETE",
         }
     }
 
@@ -34,6 +40,8 @@ impl Methods {
             Methods::Read => method == Method::GET || method == Method::HEAD,
             Methods::Act => method == Method::GET,
             Methods::Post => method == Method::POST,
+            Methods::ReadOrDelete => Methods::Read.takes(method) || method == Method::DELETE,
+            Methods::Delete => method == Method::DELETE,
         }
     }
 }
@@ -59,6 +67,10 @@ pub enum OwnRoute {
     Metrics,
     /// With `private_key_jwt` only.
     Jwks,
+    /// The signed-in user's sessions: list them, or end all but this one.
+    Sessions,
+    /// One of them, by its id (the last path segment): end it.
+    Session,
 }
 
 /// Every route of bff's own. `OwnRoute::path` and `methods` are exhaustive matches, so a new
@@ -77,7 +89,12 @@ pub const OWN_ROUTES: &[OwnRoute] = &[
     OwnRoute::Readyz,
     OwnRoute::Metrics,
     OwnRoute::Jwks,
+    OwnRoute::Sessions,
+    OwnRoute::Session,
 ];
+
+/// The last segment of a route's path that stands for any one segment (`/auth/sessions/{id}`).
+const PARAMETER: &str = "{id}";
 
 impl OwnRoute {
     /// The full path, also the route's name in the request log and in spans.
@@ -95,6 +112,8 @@ impl OwnRoute {
             OwnRoute::Readyz => "/readyz",
             OwnRoute::Metrics => "/metrics",
             OwnRoute::Jwks => "/.well-known/jwks.json",
+            OwnRoute::Sessions => "/auth/sessions",
+            OwnRoute::Session => "/auth/sessions/{id}",
         }
     }
 
@@ -109,6 +128,8 @@ impl OwnRoute {
             | OwnRoute::Readyz
             | OwnRoute::Metrics
             | OwnRoute::Jwks => Methods::Read,
+            OwnRoute::Sessions => Methods::ReadOrDelete,
+            OwnRoute::Session => Methods::Delete,
         }
     }
 
@@ -135,9 +156,19 @@ impl OwnRoute {
         }
     }
 
-    /// The route serving exactly `path`, if one of bff's own does.
+    /// The route serving `path`, if one of bff's own does: its path exactly, or, for a route
+    /// whose last segment is a parameter, its path up to there and one non-empty segment.
     pub fn find(path: &str) -> Option<OwnRoute> {
-        OWN_ROUTES.iter().copied().find(|r| r.path() == path)
+        OWN_ROUTES.iter().copied().find(|r| r.serves(path))
+    }
+
+    fn serves(self, path: &str) -> bool {
+        match self.path().strip_suffix(PARAMETER) {
+            Some(above) => {
+                path.strip_prefix(above).is_some_and(|segment| !segment.is_empty() && !segment.contains('/'))
+            }
+            None => self.path() == path,
+        }
     }
 
     /// The first segment of its path (`/auth`, `/healthz`, `/.well-known`): no `[[api]]` prefix
@@ -189,8 +220,10 @@ mod tests {
             OwnRoute::Readyz => 9,
             OwnRoute::Metrics => 10,
             OwnRoute::Jwks => 11,
+            OwnRoute::Sessions => 12,
+            OwnRoute::Session => 13,
         };
-        assert_eq!(OWN_ROUTES.len(), 12);
+        assert_eq!(OWN_ROUTES.len(), 14);
         for (i, route) in OWN_ROUTES.iter().enumerate() {
             assert_eq!(position(*route), i, "{route:?}");
         }
@@ -204,16 +237,20 @@ mod tests {
         }
         assert_eq!(OwnRoute::find("/auth/nothing"), None);
         assert_eq!(OwnRoute::find("/auth/login/"), None);
+        assert_eq!(OwnRoute::find("/auth/sessions/abc"), Some(OwnRoute::Session));
+        assert_eq!(OwnRoute::find("/auth/sessions/"), None);
+        assert_eq!(OwnRoute::find("/auth/sessions/a/b"), None);
     }
 
     #[test]
     fn a_route_that_acts_on_get_takes_no_head() {
         for route in OWN_ROUTES {
-            let takes: Vec<&str> = [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::TRACE]
-                .iter()
-                .filter(|m| route.methods().takes(m))
-                .map(Method::as_str)
-                .collect();
+            let takes: Vec<&str> =
+                [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE, Method::TRACE]
+                    .iter()
+                    .filter(|m| route.methods().takes(m))
+                    .map(Method::as_str)
+                    .collect();
             assert_eq!(takes.join(", "), route.methods().allow(), "{route:?}");
         }
         for acts in [OwnRoute::Login, OwnRoute::Callback, OwnRoute::FrontchannelLogout] {

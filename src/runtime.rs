@@ -41,6 +41,8 @@ pub struct Runtime {
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
     last_reload: Mutex<Option<ReloadStatus>>,
+    /// The configuration file the process was started with, what a reload reads again.
+    config_file: Mutex<Option<std::path::PathBuf>>,
 }
 
 /// The outcome of the last reload, for `/readyz`.
@@ -127,6 +129,7 @@ impl Runtime {
             next_generation: AtomicU64::new(1),
             reloading: tokio::sync::Mutex::new(()),
             last_reload: Mutex::new(None),
+            config_file: Mutex::new(None),
         };
         let mut frontends = Vec::new();
         for view in config.views() {
@@ -155,6 +158,15 @@ impl Runtime {
 
     pub fn current(&self) -> Arc<Current> {
         Arc::clone(&self.current)
+    }
+
+    /// The configuration file a reload reads (`POST /admin/reload`); set by whoever loaded it.
+    pub fn set_config_file(&self, file: Option<std::path::PathBuf>) {
+        *self.config_file.lock().unwrap_or_else(|p| p.into_inner()) = file;
+    }
+
+    pub fn config_file(&self) -> Option<std::path::PathBuf> {
+        self.config_file.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn last_reload(&self) -> Option<ReloadStatus> {
@@ -189,6 +201,7 @@ impl Runtime {
             session_states,
             config.session.absolute_timeout,
             config.tokens.default_expires_in,
+            config.session.max_per_user,
         ));
         let tokens = Arc::new(TokenManager::new(
             token_store,
@@ -341,11 +354,18 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
             format!("{:?}", s.redis_tls),
         )
     };
-    let checks: [(&'static str, bool); 18] = [
+    let checks: [(&'static str, bool); 21] = [
         ("server.listen", a.listen != b.listen),
         ("server.workers", a.workers != b.workers),
         ("server.metrics_listen", a.metrics_listen != b.metrics_listen),
         ("server.metrics_public", a.metrics_public != b.metrics_public),
+        ("server.admin_listen", a.admin_listen != b.admin_listen),
+        (
+            "server.admin_token_file",
+            a.admin_token.as_ref().map(|t| crate::crypto::digest(t.expose_secret()))
+                != b.admin_token.as_ref().map(|t| crate::crypto::digest(t.expose_secret())),
+        ),
+        ("session.max_per_user", sa.max_per_user != sb.max_per_user),
         ("server.templates_dir", a.templates_dir != b.templates_dir),
         ("server.shutdown_grace_secs", a.shutdown_grace != b.shutdown_grace),
         ("server.keep_alive_secs", a.keep_alive != b.keep_alive),

@@ -24,7 +24,7 @@ use crate::metrics::{AuthEvent, Metrics};
 use crate::oidc::{CallbackError, GrantToken, Oidc, OidcError, ResponseIssuerError, Revocation, TokenEndpointError};
 use crate::pages::Pages;
 use crate::return_to::ReturnTo;
-use crate::session::{PendingLogins, SessionEntries, SessionHandle, SessionLifetime};
+use crate::session::{Device, PendingLogins, SessionEntries, SessionHandle, SessionLifetime};
 use crate::state::AppState;
 use crate::store::StoreError;
 use crate::telemetry::error_chain;
@@ -351,6 +351,7 @@ impl<'a> SignIn<'a> {
         session: &Session,
         params: CallbackParams,
         binding: Option<&str>,
+        device: &Device,
     ) -> Result<Completed, CallbackRefusal> {
         let Some(csrf_state) = params.state.as_deref().filter(|s| !s.is_empty()) else {
             return Err(CallbackRefusal::NoState);
@@ -399,7 +400,8 @@ impl<'a> SignIn<'a> {
         // The cookie sent with the callback, else the one the sign-in started with (a
         // `SameSite=Strict` cookie does not come with the provider's cross-site redirect).
         let previous = SessionEntries::read(session, self.lifetime.now()).map(|p| p.handle).or(replaces);
-        let started = self.sessions.start(login).await?;
+        let sub = login.user.sub.clone();
+        let started = self.sessions.start(login, device).await?;
         if let Err(e) = SessionEntries::start(session, &started.id, started.state) {
             if let Err(end) = self.sessions.end(&started.handle, EndReason::Abandoned).await {
                 tracing::warn!("{}", error_chain(&end));
@@ -411,8 +413,31 @@ impl<'a> SignIn<'a> {
         if let Some(previous) = previous {
             self.end_replaced(previous).await;
         }
+        self.end_beyond_limit(&sub, &started.handle).await;
         self.metrics.auth_event(AuthEvent::Login);
         Ok(Completed { return_to })
+    }
+
+    /// Ends the user's oldest sessions beyond `session.max_per_user`, their grants in the
+    /// background. A failure leaves them to their timeouts: the sign-in itself succeeded.
+    async fn end_beyond_limit(&self, sub: &str, keep: &SessionHandle) {
+        let ended = match self.sessions.beyond_limit(sub, keep).await {
+            Ok(handles) if handles.is_empty() => return,
+            Ok(handles) => self.sessions.end_each(handles, EndReason::OverLimit).await,
+            Err(e) => Err(e),
+        };
+        match ended {
+            Ok(ended) => {
+                tracing::info!(sessions = ended.len(), "sessions beyond session.max_per_user ended");
+                let oidc = Arc::clone(self.oidc);
+                tokio::spawn(async move {
+                    for (handle, ended) in ended {
+                        revoke_grant(&oidc, &handle, &ended).await;
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("the sessions beyond session.max_per_user were not ended: {}", error_chain(&e)),
+        }
     }
 
     /// Ends the session a sign-in replaced, and its grant in the background. A failure leaves

@@ -27,6 +27,8 @@ pub struct Application {
     server: Server,
     /// The separate `/metrics` listener, when `server.metrics_listen` is set.
     metrics_server: Option<Server>,
+    /// The admin API's listener, when `server.admin_listen` is set.
+    admin_server: Option<Server>,
     runtime: Arc<Runtime>,
 }
 
@@ -173,7 +175,31 @@ impl Application {
             }
             None => None,
         };
-        Ok(Application { server: server.run(), metrics_server, runtime })
+        let admin_server = match (config.server.admin_listen, &config.server.admin_token) {
+            (Some(addr), Some(token)) => {
+                let admin = web::Data::new(crate::admin::Admin::new(Arc::clone(&runtime), token));
+                let server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(admin.clone())
+                        .wrap(from_fn(security_headers))
+                        .configure(crate::admin::configure)
+                })
+                .workers(1)
+                .tcp_nodelay(true)
+                .disable_signals()
+                .bind(addr)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (server.admin_listen): {e}"))?;
+                tracing::info!(admin_listen = %addr, "admin API listening");
+                Some(server.run())
+            }
+            _ => None,
+        };
+        Ok(Application { server: server.run(), metrics_server, admin_server, runtime })
+    }
+
+    /// The configuration file the process was started with: what `POST /admin/reload` reads.
+    pub fn set_config_file(&self, file: Option<std::path::PathBuf>) {
+        self.runtime.set_config_file(file);
     }
 
     /// What re-reads the configuration (on `SIGHUP`, or a test's call).
@@ -185,12 +211,13 @@ impl Application {
     /// in flight finish within `server.shutdown_grace_secs`, and releases refresh locks still
     /// held so other instances need not wait for their leases.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let metrics_handle = self.metrics_server.as_ref().map(Server::handle);
-        if let Some(server) = self.metrics_server {
+        let side_handles: Vec<_> =
+            self.metrics_server.iter().chain(self.admin_server.iter()).map(Server::handle).collect();
+        for server in self.metrics_server.into_iter().chain(self.admin_server) {
             tokio::spawn(server);
         }
         let result = self.server.await;
-        if let Some(handle) = metrics_handle {
+        for handle in side_handles {
             handle.stop(true).await;
         }
         let mut released = 0;

@@ -447,6 +447,8 @@ fn app_errors() -> Vec<AppError> {
         AppError::UpstreamUnavailable,
         AppError::UpstreamTimeout,
         AppError::Internal,
+        AppError::AdminUnauthorized,
+        AppError::ConfigRefused,
     ];
     errors.extend(limits.map(AppError::Limited));
     errors.extend(limits.map(|l| AppError::LimitedFor(l, std::time::Duration::from_secs(1))));
@@ -500,7 +502,9 @@ fn listed(error: &AppError) -> bool {
         | AppError::IdpUnavailable
         | AppError::UpstreamUnavailable
         | AppError::UpstreamTimeout
-        | AppError::Internal => true,
+        | AppError::Internal
+        | AppError::AdminUnauthorized
+        | AppError::ConfigRefused => true,
     }
 }
 

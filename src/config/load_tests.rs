@@ -663,3 +663,63 @@ fn step_up_requirements_are_for_routes_with_the_users_token() {
         assert!(errs.iter().any(|e| e.starts_with(key) && e.contains(msg)), "{extra}: {errs:?}");
     }
 }
+
+#[test]
+fn the_admin_listener_needs_a_token_file_of_a_usable_token() {
+    use secrecy::ExposeSecret;
+    let dir = std::env::temp_dir().join(format!("bff-admin-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, contents: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path.display().to_string()
+    };
+    let good = write("good", &format!("{}\n", "t".repeat(40)));
+    let short = write("short", "too-short\n");
+    let empty = write("empty", "\n");
+    let spaced = write("spaced", &format!("{} {}", "t".repeat(20), "u".repeat(20)));
+    let missing = dir.join("missing").display().to_string();
+    let with = |server: &str| format!("{}[server]\n{server}\n", minimal());
+
+    let config = load(ConfigSource::from_toml_text(&with(&format!(
+        "admin_listen = \"127.0.0.1:9901\"\nadmin_token_file = {good:?}"
+    ))))
+    .unwrap();
+    assert_eq!(config.server.admin_listen.map(|a| a.port()), Some(9901));
+    assert_eq!(
+        config.server.admin_token.as_ref().map(|t| t.expose_secret().len()),
+        Some(40),
+        "the newline is not part of it"
+    );
+    let printed = config.to_redacted_toml();
+    assert!(printed.contains("admin_token_file") && !printed.contains(&"t".repeat(40)), "{printed}");
+
+    for (file, problem) in [
+        (&short, "must be at least 32 bytes (got 9)"),
+        (&empty, "is empty"),
+        (&spaced, "printable ASCII"),
+        (&missing, "cannot read"),
+    ] {
+        let errs = errors(&with(&format!("admin_listen = \"127.0.0.1:9901\"\nadmin_token_file = {file:?}")));
+        assert!(
+            errs.len() == 1 && errs[0].starts_with("server.admin_token_file: ") && errs[0].contains(problem),
+            "{errs:?}"
+        );
+        assert!(!errs[0].contains("too-short"), "the token is never shown: {errs:?}");
+    }
+    let errs = errors(&with("admin_listen = \"127.0.0.1:9901\""));
+    assert!(errs.len() == 1 && errs[0].starts_with("server.admin_token_file: missing"), "{errs:?}");
+    let errs = errors(&with(&format!("admin_token_file = {good:?}")));
+    assert!(errs.len() == 1 && errs[0].starts_with("server.admin_token_file: set server.admin_listen"), "{errs:?}");
+    let errs = errors(&with("admin_listen = \"nowhere\""));
+    assert!(errs.iter().any(|e| e.starts_with("server.admin_listen: not an address")), "{errs:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sessions_per_user_are_bounded_by_default() {
+    let config = load(ConfigSource::from_toml_text(&minimal())).unwrap();
+    assert_eq!(config.session.max_per_user, 50);
+    let errs = errors(&minimal().replace("[session]\n", "[session]\nmax_per_user = 0\n"));
+    assert!(errs.iter().any(|e| e.starts_with("session.max_per_user")), "{errs:?}");
+}

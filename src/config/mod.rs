@@ -103,6 +103,13 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Serve `/metrics` on the main listener too (anyone who reaches bff can read it).
     pub metrics_public: bool,
+    /// Serve the admin API (`/admin/*`) on this address (a listener of its own); off if unset.
+    pub admin_listen: Option<SocketAddr>,
+    /// The admin API's bearer token, read from `server.admin_token_file` at load (a changed
+    /// file takes a restart); set exactly when `admin_listen` is.
+    pub admin_token: Option<SecretString>,
+    /// The path of that file (printed; the token never is).
+    pub admin_token_file: Option<String>,
     /// On SIGTERM/SIGINT: stop accepting, and give in-flight requests this long to finish.
     pub shutdown_grace: Duration,
     /// How long an idle keep-alive connection is kept open. Longer than what proxies in front
@@ -280,6 +287,8 @@ pub struct SessionConfig {
     pub redis_timeout: Duration,
     /// What TLS to Redis trusts and presents (`rediss://` URLs only).
     pub redis_tls: RedisTls,
+    /// Sessions kept per user (per frontend); a sign-in beyond it ends the oldest.
+    pub max_per_user: usize,
 }
 
 /// TLS to Redis beyond the system's roots: a private CA and a client certificate, read and

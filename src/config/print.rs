@@ -144,6 +144,13 @@ pub(super) fn redacted_toml(config: &Config) -> String {
         server.insert("metrics_listen".into(), string(addr.to_string()));
     }
     server.insert("metrics_public".into(), Value::Boolean(config.server.metrics_public));
+    if let Some(addr) = config.server.admin_listen {
+        server.insert("admin_listen".into(), string(addr.to_string()));
+    }
+    // The path only: the token is never printed.
+    if let Some(path) = &config.server.admin_token_file {
+        server.insert("admin_token_file".into(), string(path));
+    }
     server.insert("shutdown_grace_secs".into(), secs(config.server.shutdown_grace));
     server.insert("keep_alive_secs".into(), secs(config.server.keep_alive));
     server.insert("max_header_bytes".into(), int(config.server.max_header_bytes as u64));
@@ -180,6 +187,7 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     session.insert("absolute_timeout_secs".into(), secs(config.session.absolute_timeout));
     session.insert("key_prefix".into(), string(&config.session.key_prefix));
     session.insert("redis_timeout_ms".into(), millis(config.session.redis_timeout));
+    session.insert("max_per_user".into(), int(config.session.max_per_user as u64));
     // Paths only: the key file's content is never printed.
     let tls = &config.session.redis_tls;
     if let Some((path, _)) = &tls.ca {

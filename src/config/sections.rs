@@ -27,6 +27,10 @@ use super::{
 const DEFAULT_CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
 const MIN_SECRET_BYTES: usize = 64;
+/// `server.admin_token_file`: a token shorter than this could be guessed.
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 32;
+/// The longest admin token: the admin listener refuses longer `Authorization` headers unread.
+pub const MAX_ADMIN_TOKEN_BYTES: usize = 512;
 /// Authorization request parameters bff sets itself; `extra_auth_params` may not replace them.
 const RESERVED_AUTH_PARAMS: &[&str] = &[
     "response_type",
@@ -378,6 +382,13 @@ impl Walker<'_> {
                 .ok()
         });
         let metrics_public = self.boolean(&mut s, "metrics_public", false);
+        let admin_listen = self.string(&mut s, "admin_listen").filter(|m| !m.is_empty()).and_then(|raw| {
+            raw.parse::<SocketAddr>()
+                .map_err(|_| self.error(s.key("admin_listen"), format!("not an address:port ({raw:?})")))
+                .ok()
+        });
+        let admin_token_file = self.string(&mut s, "admin_token_file").filter(|p| !p.is_empty());
+        let admin_token = self.admin_token(&s, admin_token_file.as_deref(), admin_listen.is_some());
         let shutdown_grace = self.secs(&mut s, "shutdown_grace_secs", 30, 0);
         let keep_alive = self.secs(&mut s, "keep_alive_secs", 75, 1);
         let max_header_bytes = self.uint(&mut s, "max_header_bytes", 16_384, 1024) as usize;
@@ -406,6 +417,9 @@ impl Walker<'_> {
             workers,
             metrics_listen,
             metrics_public,
+            admin_listen,
+            admin_token,
+            admin_token_file,
             shutdown_grace,
             keep_alive,
             max_header_bytes,
@@ -610,6 +624,59 @@ impl Walker<'_> {
         }
     }
 
+    /// `server.admin_token_file`: read once, here (a changed file takes a restart). Needed with
+    /// `admin_listen`, of no use without it.
+    fn admin_token(&mut self, s: &Section<'_>, path: Option<&str>, listening: bool) -> Option<SecretString> {
+        const KEY: &str = "admin_token_file";
+        let path = match (path, listening) {
+            (Some(path), true) => path,
+            (Some(_), false) => {
+                self.error(s.key(KEY), "set server.admin_listen too (the token is for its listener only)");
+                return None;
+            }
+            (None, true) => {
+                self.error(s.key(KEY), "missing: server.admin_listen needs the file holding its bearer token");
+                return None;
+            }
+            (None, false) => return None,
+        };
+        match std::fs::read_to_string(path) {
+            Ok(contents) => {
+                // A token file usually ends with a newline that is not part of the token.
+                let token = contents.trim_end_matches(['\r', '\n']);
+                if token.is_empty() {
+                    self.error(s.key(KEY), format!("{path} is empty"));
+                    None
+                } else if token.len() < MIN_ADMIN_TOKEN_BYTES {
+                    // The length only: the value is never printed.
+                    self.error(
+                        s.key(KEY),
+                        format!(
+                            "the token in {path} must be at least {MIN_ADMIN_TOKEN_BYTES} bytes (got {})",
+                            token.len()
+                        ),
+                    );
+                    None
+                } else if token.len() > MAX_ADMIN_TOKEN_BYTES || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                    self.error(
+                        s.key(KEY),
+                        format!(
+                            "the token in {path} must be at most {MAX_ADMIN_TOKEN_BYTES} printable ASCII characters \
+                             without spaces (it is sent as `Authorization: Bearer <token>`)"
+                        ),
+                    );
+                    None
+                } else {
+                    Some(SecretString::from(token.to_string()))
+                }
+            }
+            Err(e) => {
+                self.error(s.key(KEY), format!("cannot read {path}: {e}"));
+                None
+            }
+        }
+    }
+
     fn client_secret(&mut self, s: &mut Section<'_>) -> Option<SecretString> {
         let inline = self.string(s, "client_secret");
         let file = self.string(s, "client_secret_file");
@@ -735,6 +802,7 @@ impl Walker<'_> {
             self.error(s.key("key_prefix"), "must not contain braces or white space");
         }
         let redis_timeout = Duration::from_millis(self.uint(&mut s, "redis_timeout_ms", 2000, 10));
+        let max_per_user = usize::try_from(self.uint(&mut s, "max_per_user", 50, 1)).unwrap_or(usize::MAX);
         self.finish(s);
         Some(SessionConfig {
             redis_url: redis_url.map(SecretString::from),
@@ -751,6 +819,7 @@ impl Walker<'_> {
             key_prefix,
             redis_timeout,
             redis_tls,
+            max_per_user,
         })
     }
 

@@ -2,8 +2,8 @@
 //! lives in `signin`, the protocol in `oidc`, storage in `session` and `tokens`.
 
 use actix_session::Session;
-use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::{Method, StatusCode};
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::Deserialize;
@@ -15,7 +15,7 @@ use crate::http::{Frameable, require_csrf_header, require_csrf_or_same_origin};
 use crate::login_options::{LoginOptions, RawLoginOptions};
 use crate::metrics::AuthEvent;
 use crate::oidc::{LogoutHint, LogoutTokenError, Oidc};
-use crate::session::SessionEntries;
+use crate::session::{Device, SessionEntries, SessionHandle};
 use crate::signin::{CallbackParams, CallbackRefusal, LoginRequest, SignIn, revoke_grant};
 use crate::state::AppState;
 use crate::telemetry::error_chain;
@@ -77,7 +77,8 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>, session: Ses
     let completed = match web::Query::<CallbackParams>::from_query(req.query_string()) {
         Ok(query) => {
             let binding = state.cookies.login_binding(&req);
-            SignIn::new(&state).complete(&session, query.into_inner(), binding.as_deref()).await
+            let device = Device::of(&req, state.config.server.trusted_proxy_hops);
+            SignIn::new(&state).complete(&session, query.into_inner(), binding.as_deref(), &device).await
         }
         Err(_) => Err(CallbackRefusal::Unreadable),
     };
@@ -150,6 +151,94 @@ pub async fn logout(req: HttpRequest, state: web::Data<AppState>, session: Sessi
         res.cookie(state.cookies.session_cookie_removal());
     }
     Ok(res.finish())
+}
+
+/// The signed-in session of this request, if its token set is still there (the same check as
+/// `/auth/user`'s: a session ended elsewhere is 401 here at once).
+async fn signed_in(state: &AppState, session: &Session) -> Result<crate::session::SignedIn, AppError> {
+    let signed_in = SessionEntries::read(session, state.lifetime.now()).ok_or(AppError::LoginRequired)?;
+    if state.tokens.store().load(&signed_in.handle).await?.is_none() {
+        session.purge();
+        return Err(AppError::LoginRequired);
+    }
+    Ok(signed_in)
+}
+
+/// Ends each session as logout does: its keys go (every instance refuses it at once), then its
+/// grant is revoked at the provider: awaited for one session (as at logout), in the background
+/// for several (a slow provider must not hold the answer for each of up to
+/// `session.max_per_user` revocations). How many were still live.
+async fn end_and_revoke(state: &AppState, handles: Vec<SessionHandle>, reason: EndReason) -> Result<usize, AppError> {
+    let ended = state.sessions.end_each(handles, reason).await?;
+    let count = ended.len();
+    if let [(handle, one)] = ended.as_slice() {
+        revoke_grant(&state.oidc, handle, one).await;
+    } else {
+        let oidc = std::sync::Arc::clone(&state.oidc);
+        tokio::spawn(async move {
+            for (handle, ended) in ended {
+                revoke_grant(&oidc, &handle, &ended).await;
+            }
+        });
+    }
+    Ok(count)
+}
+
+/// `GET /auth/sessions`: the signed-in user's sessions at this frontend, on every device.
+/// `DELETE /auth/sessions`: ends all of them but this one.
+pub async fn sessions(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    session: Session,
+) -> Result<HttpResponse, AppError> {
+    require_csrf_header(&req)?;
+    let me = signed_in(&state, &session).await?;
+    let listed = state.sessions.list(&me.user.sub).await?;
+    if req.method() == Method::DELETE {
+        let others: Vec<SessionHandle> = listed.into_iter().map(|l| l.handle).filter(|h| *h != me.handle).collect();
+        let ended = end_and_revoke(&state, others, EndReason::EndedByUser).await?;
+        tracing::info!(session = me.handle.short(), sessions = ended, "the user ended their other sessions");
+        return Ok(HttpResponse::Ok().json(json!({ "ended": ended })));
+    }
+    let sessions: Vec<serde_json::Value> = listed
+        .iter()
+        .map(|l| {
+            json!({
+                "id": l.handle.as_str(),
+                "created_at": l.meta.as_ref().map(|m| m.created_at),
+                "last_used_at": l.last_used_at,
+                "user_agent": l.meta.as_ref().map(|m| m.user_agent.as_str()),
+                "address": l.meta.as_ref().and_then(|m| m.address.as_deref()),
+                "current": l.handle == me.handle,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "sessions": sessions })))
+}
+
+/// `DELETE /auth/sessions/{id}`: ends one of the user's sessions (this one too: then as a
+/// logout without the provider's end-session page). Another user's id, another frontend's, or
+/// one that already ended: 404, the same answer as an id that never was.
+pub async fn end_session(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    session: Session,
+    id: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    require_csrf_header(&req)?;
+    let me = signed_in(&state, &session).await?;
+    let handle = SessionHandle::from_stored(&id).ok_or(AppError::NotFound)?;
+    if !state.sessions.belongs_to(&handle, &me.user.sub).await? {
+        return Err(AppError::NotFound);
+    }
+    if end_and_revoke(&state, vec![handle.clone()], EndReason::EndedByUser).await? == 0 {
+        return Err(AppError::NotFound);
+    }
+    tracing::info!(session = me.handle.short(), ended = handle.short(), "the user ended a session");
+    if handle == me.handle {
+        session.purge();
+    }
+    Ok(HttpResponse::NoContent().finish())
 }
 
 #[derive(Deserialize)]

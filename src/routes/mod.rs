@@ -37,6 +37,8 @@ fn resource(route: OwnRoute) -> Resource {
         OwnRoute::Readyz => own(route, health::readyz),
         OwnRoute::Metrics => own(route, health::metrics),
         OwnRoute::Jwks => own(route, jwks::jwks),
+        OwnRoute::Sessions => own(route, auth::sessions),
+        OwnRoute::Session => own(route, auth::end_session),
     }
 }
 

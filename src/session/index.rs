@@ -59,6 +59,12 @@ impl SessionIndex {
         Ok(members.iter().filter_map(|m| SessionHandle::from_stored(m)).collect())
     }
 
+    /// The sessions indexed under a provider session (left in the index).
+    pub async fn sessions_of_sid(&self, sid: &str) -> Result<Vec<SessionHandle>, StoreError> {
+        let members = self.store.set_members(&self.keys.sessions_of_sid(sid)).await?;
+        Ok(members.iter().filter_map(|m| SessionHandle::from_stored(m)).collect())
+    }
+
     /// Forgets a claimed `jti`, for a logout that could not be carried out.
     pub async fn release_logout_token(&self, jti: &str) -> Result<(), StoreError> {
         self.store.delete(&[self.keys.logout_token_jti(jti)]).await

@@ -8,6 +8,7 @@
 
 mod cookie;
 mod index;
+mod meta;
 mod pending;
 mod store;
 
@@ -17,6 +18,7 @@ use crate::crypto;
 
 pub use cookie::{CookiePolicy, Resealed, SessionCookie, cookie_pairs};
 pub use index::SessionIndex;
+pub use meta::{Device, SessionMeta, network_of, summarize_user_agent};
 pub use pending::{PENDING_LOGIN_TTL, PendingLogins};
 pub use store::{SessionEntries, SessionLifetime, SessionStoreAdapter, SignedIn, now_unix};
 
@@ -113,9 +115,20 @@ impl KeyLayout {
         format!("{}{{{}}}:lock", self.prefix, h.0)
     }
 
+    /// What the user is shown of the session: its device, when it started (sealed).
+    pub fn session_meta(&self, h: &SessionHandle) -> String {
+        format!("{}{{{}}}:meta", self.prefix, h.0)
+    }
+
+    /// When the session was last used, to the minute (sealed): written with each extension of
+    /// its idle timeout, which happens at most once a minute.
+    pub fn session_seen(&self, h: &SessionHandle) -> String {
+        format!("{}{{{}}}:seen", self.prefix, h.0)
+    }
+
     /// Every key that belongs to one session (one hash slot).
     pub fn all_of_session(&self, h: &SessionHandle) -> Vec<String> {
-        vec![self.session(h), self.tokens(h), self.refresh_lock(h)]
+        vec![self.session(h), self.tokens(h), self.refresh_lock(h), self.session_meta(h), self.session_seen(h)]
     }
 
     /// A pending login, by a hash of its `state`.

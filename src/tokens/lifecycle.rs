@@ -11,7 +11,9 @@ use openidconnect::{AccessToken, RefreshToken};
 
 use super::{Owner, TokenSet, TokenStore};
 use crate::oidc::{GrantToken, LoginResult, LogoutRequest, RawIdToken, UserInfo};
-use crate::session::{SessionEntries, SessionHandle, SessionId, SessionIndex, SessionStoreAdapter, now_unix};
+use crate::session::{
+    Device, SessionEntries, SessionHandle, SessionId, SessionIndex, SessionMeta, SessionStoreAdapter, now_unix,
+};
 use crate::store::StoreError;
 use crate::telemetry::error_chain;
 
@@ -34,6 +36,12 @@ pub enum EndReason {
     Expired,
     /// The sign-in was stored but could not be handed to the browser.
     Abandoned,
+    /// The user ended it from another of their sessions (`DELETE /auth/sessions…`).
+    EndedByUser,
+    /// An operator ended it (`DELETE /admin/sessions`).
+    EndedByAdmin,
+    /// The user signed in once more than `session.max_per_user` allows: the oldest ends.
+    OverLimit,
 }
 
 impl EndReason {
@@ -46,6 +54,9 @@ impl EndReason {
             EndReason::Replaced => "replaced",
             EndReason::Expired => "expired",
             EndReason::Abandoned => "abandoned",
+            EndReason::EndedByUser => "ended_by_user",
+            EndReason::EndedByAdmin => "ended_by_admin",
+            EndReason::OverLimit => "over_limit",
         }
     }
 }
@@ -77,12 +88,24 @@ impl Ended {
     }
 }
 
+/// One of a user's sessions, as listed.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub handle: SessionHandle,
+    /// `None` for a session started before sessions kept their device.
+    pub meta: Option<SessionMeta>,
+    /// Unix seconds, to the minute.
+    pub last_used_at: Option<u64>,
+}
+
 pub struct Sessions {
     tokens: TokenStore,
     index: SessionIndex,
     states: SessionStoreAdapter,
     absolute_timeout: Duration,
     default_expires_in: Duration,
+    /// `session.max_per_user`.
+    max_per_user: usize,
 }
 
 impl Sessions {
@@ -91,15 +114,16 @@ impl Sessions {
         states: SessionStoreAdapter,
         absolute_timeout: Duration,
         default_expires_in: Duration,
+        max_per_user: usize,
     ) -> Sessions {
         let index = SessionIndex::new(tokens.store().clone(), tokens.keys().clone());
-        Sessions { tokens, index, states, absolute_timeout, default_expires_in }
+        Sessions { tokens, index, states, absolute_timeout, default_expires_in, max_per_user }
     }
 
     /// Starts a session for a completed login: its token set, its back-channel index entries
     /// and its state, under a fresh id. On failure nothing of it is left (best effort: the
     /// clean-up needs the store too, and whatever it cannot remove expires with its TTL).
-    pub async fn start(&self, login: LoginResult) -> Result<Started, StoreError> {
+    pub async fn start(&self, login: LoginResult, device: &Device) -> Result<Started, StoreError> {
         let id = SessionId::generate();
         let handle = id.handle();
         let now = self.tokens.now();
@@ -119,6 +143,7 @@ impl Sessions {
         let written = async {
             self.tokens.create(&handle, &set).await?;
             self.index.add(&handle, &set.sub, set.provider_sid.as_deref(), self.absolute_timeout).await?;
+            self.tokens.create_meta(&handle, &device.meta(now), session_expires_at).await?;
             self.states.create(&id, &state).await
         };
         if let Err(e) = written.await {
@@ -233,6 +258,60 @@ impl Sessions {
         Ok(ended)
     }
 
+    /// The live sessions of `sub` (this frontend's), newest first. An index entry whose session
+    /// is gone (its idle timeout passed) is dropped on the way.
+    pub async fn list(&self, sub: &str) -> Result<Vec<Listed>, StoreError> {
+        let mut listed = Vec::new();
+        for handle in self.index.sessions_of_sub(sub).await? {
+            match self.tokens.meta(&handle).await? {
+                Some((meta, last_used_at)) => listed.push(Listed { handle, meta: Some(meta), last_used_at }),
+                None if self.tokens.exists(&handle).await? => {
+                    listed.push(Listed { handle, meta: None, last_used_at: None });
+                }
+                None => self.index.remove(&handle, sub, None).await?,
+            }
+        }
+        listed.sort_by_key(|l| std::cmp::Reverse(l.meta.as_ref().map_or(0, |m| m.created_at)));
+        Ok(listed)
+    }
+
+    /// Whether `handle` is one of the sessions of `sub` here: what lets a user end it.
+    pub async fn belongs_to(&self, handle: &SessionHandle, sub: &str) -> Result<bool, StoreError> {
+        Ok(self.index.sessions_of_sub(sub).await?.contains(handle))
+    }
+
+    /// The sessions of `sub` beyond `session.max_per_user`, oldest first, never `keep` (the one
+    /// just started). One read when the user is within the bound.
+    pub async fn beyond_limit(&self, sub: &str, keep: &SessionHandle) -> Result<Vec<SessionHandle>, StoreError> {
+        if self.index.sessions_of_sub(sub).await?.len() <= self.max_per_user {
+            return Ok(Vec::new());
+        }
+        // Newest first; what lies past the bound goes (a session without a start counts as oldest).
+        let live = self.list(sub).await?;
+        let excess = live.len().saturating_sub(self.max_per_user);
+        Ok(live.into_iter().rev().map(|l| l.handle).filter(|h| h != keep).take(excess).collect())
+    }
+
+    /// Ends each of `handles`; what was left of those still live, for revocation.
+    pub async fn end_each(
+        &self,
+        handles: Vec<SessionHandle>,
+        reason: EndReason,
+    ) -> Result<Vec<(SessionHandle, Ended)>, StoreError> {
+        let mut ended = Vec::new();
+        for handle in handles {
+            if let Some(e) = self.end(&handle, reason).await? {
+                ended.push((handle, e));
+            }
+        }
+        Ok(ended)
+    }
+
+    /// The sessions indexed under a provider session `sid` (left in the index).
+    pub async fn of_provider_session(&self, sid: &str) -> Result<Vec<SessionHandle>, StoreError> {
+        self.index.sessions_of_sid(sid).await
+    }
+
     async fn remove(&self, handle: &SessionHandle, set: Option<&TokenSet>) -> Result<(), StoreError> {
         self.tokens.delete_session(handle).await?;
         if let Some(set) = set {
@@ -257,7 +336,7 @@ mod tests {
         let lifetime = SessionLifetime { idle: Duration::from_secs(600), clock: crate::clock::Clock::system() };
         let tokens = TokenStore::new(store.clone(), sealer.clone(), keys.clone(), lifetime.clone());
         let states = SessionStoreAdapter::new(store, sealer, keys, lifetime);
-        Sessions::new(tokens, states, Duration::from_secs(3600), Duration::from_secs(300))
+        Sessions::new(tokens, states, Duration::from_secs(3600), Duration::from_secs(300), 3)
     }
 
     fn login() -> LoginResult {
@@ -275,37 +354,38 @@ mod tests {
     #[tokio::test]
     async fn a_start_writes_its_state_tokens_and_index_entries() {
         let memory = MemoryStore::new();
-        let started = sessions(&memory).start(login()).await;
+        let started = sessions(&memory).start(login(), &Device::default()).await;
         assert!(started.is_ok());
         let mut keys = memory.keys();
         keys.sort();
-        assert_eq!(keys.len(), 4, "{keys:?}");
+        assert_eq!(keys.len(), 6, "{keys:?}");
+        assert!(keys.iter().any(|k| k.ends_with(":meta")) && keys.iter().any(|k| k.ends_with(":seen")));
         assert!(keys.iter().any(|k| k.ends_with(":session")) && keys.iter().any(|k| k.ends_with(":tokens")));
         assert_eq!(keys.iter().filter(|k| k.starts_with("t:by-s")).count(), 2, "by-sub and by-sid: {keys:?}");
     }
 
     #[tokio::test]
     async fn a_start_that_fails_at_any_write_leaves_nothing_behind() {
-        // Writes: token set, by-sub index, by-sid index, session state.
-        for failing in 1..=4 {
+        // Writes: token set, by-sub index, by-sid index, device, first use, session state.
+        for failing in 1..=6 {
             let memory = MemoryStore::new();
             memory.fail_write(failing);
-            let started = sessions(&memory).start(login()).await;
+            let started = sessions(&memory).start(login(), &Device::default()).await;
             assert!(started.is_err(), "write {failing} failed, yet the start succeeded");
             assert_eq!(memory.keys(), Vec::<String>::new(), "after a failure at write {failing}");
         }
-        // A fifth write is not part of a start: failing it changes nothing.
+        // A seventh write is not part of a start: failing it changes nothing.
         let memory = MemoryStore::new();
-        memory.fail_write(5);
-        assert!(sessions(&memory).start(login()).await.is_ok());
-        assert_eq!(memory.keys().len(), 4);
+        memory.fail_write(7);
+        assert!(sessions(&memory).start(login(), &Device::default()).await.is_ok());
+        assert_eq!(memory.keys().len(), 6);
     }
 
     #[tokio::test]
     async fn an_end_removes_every_key_and_index_entry_and_hands_back_the_tokens() {
         let memory = MemoryStore::new();
         let sessions = sessions(&memory);
-        let Ok(started) = sessions.start(login()).await else { panic!("start failed") };
+        let Ok(started) = sessions.start(login(), &Device::default()).await else { panic!("start failed") };
         let ended = sessions.end(&started.handle, EndReason::SignedOut).await;
         let Ok(Some(ended)) = ended else { panic!("the session was not found") };
         assert_eq!(ended.refresh_token.as_ref().map(|t| t.secret().as_str()), Some("rt"));
@@ -318,7 +398,9 @@ mod tests {
     async fn a_back_channel_logout_ends_the_provider_session_once() {
         let memory = MemoryStore::new();
         let sessions = sessions(&memory);
-        let (Ok(first), Ok(second)) = (sessions.start(login()).await, sessions.start(login()).await) else {
+        let (Ok(first), Ok(second)) =
+            (sessions.start(login(), &Device::default()).await, sessions.start(login(), &Device::default()).await)
+        else {
             panic!("start failed")
         };
         let request =
@@ -336,7 +418,9 @@ mod tests {
     async fn a_front_channel_logout_ends_the_live_sessions_of_the_provider_session() {
         let memory = MemoryStore::new();
         let sessions = sessions(&memory);
-        let (Ok(first), Ok(second)) = (sessions.start(login()).await, sessions.start(login()).await) else {
+        let (Ok(first), Ok(second)) =
+            (sessions.start(login(), &Device::default()).await, sessions.start(login(), &Device::default()).await)
+        else {
             panic!("start failed")
         };
         // One of them already ended: the other is what is left to end.
@@ -351,7 +435,7 @@ mod tests {
     async fn a_back_channel_logout_that_fails_midway_can_be_retried() {
         let memory = MemoryStore::new();
         let sessions = sessions(&memory);
-        let Ok(started) = sessions.start(login()).await else { panic!("start failed") };
+        let Ok(started) = sessions.start(login(), &Device::default()).await else { panic!("start failed") };
         let request =
             LogoutRequest { sub: None, sid: Some("op-session".into()), jti: "j2".into(), exp: now_unix() + 60 };
         // Write 1 claims the jti; write 2 (taking the index) fails.

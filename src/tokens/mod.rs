@@ -24,14 +24,14 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::Sealer;
 use crate::dpop::DpopKey;
 use crate::oidc::{Exchanged, LoginResult, RawIdToken, Refreshed};
-use crate::session::{KeyLayout, SessionHandle, SessionLifetime};
+use crate::session::{KeyLayout, SessionHandle, SessionLifetime, SessionMeta};
 use crate::store::{CasOutcome, Store, StoreError, TrackedRead};
 use crate::telemetry::error_chain;
 
 pub use cache::TokenCache;
 pub use client::{ClientGrant, ClientTokens};
 pub use hot::HotToken;
-pub use lifecycle::{EndReason, Ended, Sessions, Started};
+pub use lifecycle::{EndReason, Ended, Listed, Sessions, Started};
 pub use manager::{RefreshUnavailable, TokenError, TokenManager, TokenTimings, UsableToken};
 
 /// Which of a session's tokens a route's upstream gets.
@@ -502,6 +502,41 @@ impl TokenStore {
         self.store.set(&key, &self.encode(&key, set)?, ttl).await
     }
 
+    /// A new session's device and start, and its first use (the start), each sealed under its
+    /// own key, for as long as its token set.
+    async fn create_meta(&self, handle: &SessionHandle, meta: &SessionMeta, expires_at: u64) -> Result<(), StoreError> {
+        let key = self.keys.session_meta(handle);
+        let ttl = self.lifetime.ttl(expires_at).unwrap_or(Duration::from_millis(1));
+        let plain =
+            serde_json::to_vec(meta).map_err(|source| StoreError::Encoding { what: "a session's device", source })?;
+        self.store.set(&key, &self.sealer.seal(key.as_bytes(), &plain), ttl).await?;
+        let seen_key = self.keys.session_seen(handle);
+        let minute = meta.created_at / 60 * 60;
+        self.store.set(&seen_key, &self.sealer.seal(seen_key.as_bytes(), minute.to_string().as_bytes()), ttl).await
+    }
+
+    /// What the user is shown of a session: its device and start, and when it was last used
+    /// (Unix seconds, to the minute; `None` if unreadable). `None`: nothing is kept
+    /// (the session ended, or it started before sessions kept it).
+    pub async fn meta(&self, handle: &SessionHandle) -> Result<Option<(SessionMeta, Option<u64>)>, StoreError> {
+        let key = self.keys.session_meta(handle);
+        let Some(raw) = self.store.get(&key).await? else { return Ok(None) };
+        let Some(meta) = self.sealer.open(key.as_bytes(), &raw).and_then(|p| serde_json::from_slice(&p).ok()) else {
+            return Ok(None);
+        };
+        let seen_key = self.keys.session_seen(handle);
+        let seen = self.store.get(&seen_key).await?.and_then(|raw| {
+            let plain = self.sealer.open(seen_key.as_bytes(), &raw)?;
+            std::str::from_utf8(&plain).ok()?.parse::<u64>().ok()
+        });
+        Ok(Some((meta, seen)))
+    }
+
+    /// Whether the session's token set is still there (one read, nothing opened).
+    pub async fn exists(&self, handle: &SessionHandle) -> Result<bool, StoreError> {
+        Ok(self.store.get(&self.keys.tokens(handle)).await?.is_some())
+    }
+
     /// One round trip. `None`: no session (logged out, expired, or unreadable).
     pub async fn load(&self, handle: &SessionHandle) -> Result<Option<TokenSet>, StoreError> {
         let key = self.keys.tokens(handle);
@@ -635,14 +670,24 @@ impl TokenStore {
 
     /// Extends the idle timeout in the background: the request does not wait for it. A failed
     /// extension drops the cached value, so the next call reads Redis and tries again (a cached
-    /// value starts one extension only).
+    /// value starts one extension only). It also records when the session was last used: an
+    /// extension is due at most once a minute and on use only, so the record is right to the
+    /// minute without a store command of its own on any call.
     fn touch(&self, handle: &SessionHandle, target: Duration) {
         let store = self.store.clone();
-        let keys = vec![self.keys.session(handle), self.keys.tokens(handle)];
+        let keys = vec![self.keys.session(handle), self.keys.tokens(handle), self.keys.session_meta(handle)];
+        let seen_key = self.keys.session_seen(handle);
+        let minute = self.now() / 60 * 60;
+        let seen = self.sealer.seal(seen_key.as_bytes(), minute.to_string().as_bytes());
         let cache = self.cache.clone();
         let handle = handle.clone();
         tokio::spawn(async move {
-            if let Err(e) = store.expire(&keys, target).await {
+            let extended = match store.expire(&keys, target).await {
+                // Only over the record made at sign-in: a session that ended meanwhile gets none.
+                Ok(()) => store.set_if_exists(&seen_key, &seen, target).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = extended {
                 tracing::warn!(session = handle.short(), "could not extend the session: {}", error_chain(&e));
                 if let Some(cache) = cache {
                     cache.forget_session(&handle);
@@ -835,6 +880,47 @@ mod tests {
     fn debug_never_shows_tokens() {
         let shown = format!("{:?}", set(1, 1));
         assert!(!shown.contains("at\"") && !shown.contains("rt"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn the_idle_extension_records_the_last_use_to_the_minute_and_never_revives_an_ended_session() {
+        let memory = crate::store::MemoryStore::new();
+        let clock = crate::clock::Clock::system();
+        let ts = TokenStore::new(
+            Store::memory(memory.clone()),
+            Sealer::new(&[secrecy::SecretString::from("x".repeat(64))]),
+            KeyLayout::new("t:"),
+            SessionLifetime { idle: Duration::from_secs(600), clock: clock.clone() },
+        );
+        let handle = crate::session::SessionId::generate().handle();
+        let started = clock.now_unix();
+        let meta = SessionMeta::new(started, Some("curl/8"), None);
+        let far = started + 86_400;
+        assert!(ts.create_meta(&handle, &meta, far).await.is_ok());
+        let read = ts.meta(&handle).await.ok().flatten();
+        assert_eq!(
+            read.as_ref().map(|(m, seen)| (m.user_agent.as_str(), *seen)),
+            Some(("curl", Some(started / 60 * 60)))
+        );
+
+        // Used three minutes later: the extension writes the minute of that use.
+        clock.advance(Duration::from_secs(180));
+        ts.touch(&handle, Duration::from_secs(600));
+        let expected = Some((started + 180) / 60 * 60);
+        for _ in 0..200 {
+            if ts.meta(&handle).await.ok().flatten().and_then(|(_, seen)| seen) == expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(ts.meta(&handle).await.ok().flatten().and_then(|(_, seen)| seen), expected);
+
+        // An extension racing the session's end writes nothing back (a negative: the spawned
+        // extension is given a moment to run on this single-threaded runtime).
+        assert!(ts.delete_session(&handle).await.is_ok());
+        ts.touch(&handle, Duration::from_secs(600));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(memory.keys(), Vec::<String>::new());
     }
 
     #[test]

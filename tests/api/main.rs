@@ -22,6 +22,7 @@ macro_rules! in_both_layouts {
     )*};
 }
 
+mod admin;
 mod answers;
 mod backchannel;
 mod cache;
@@ -48,6 +49,7 @@ mod refresh;
 mod reload;
 mod rotation;
 mod route_tokens;
+mod sessions;
 mod signin_options;
 mod step_up;
 mod store_conformance;
