@@ -121,11 +121,49 @@ function renderUser(user) {
     user.access_token_type === "DPoP" ? "DPoP (bound to bff's key, a proof on every call)" : "Bearer";
 }
 
+// The signed-in user's sessions (`GET /auth/sessions`): each can be ended but this one, which
+// signs out with the button at the top.
+async function loadSessions() {
+  const { res, payload } = await call("GET", "/auth/sessions");
+  if (!res.ok || !payload) return;
+  const items = payload.sessions.map((s) => {
+    const li = document.createElement("li");
+    li.dataset.session = s.id;
+    const when = s.last_used_at ? new Date(s.last_used_at * 1000).toLocaleString() : "—";
+    const text = document.createElement("span");
+    text.textContent = `${s.user_agent || "unknown browser"} · ${s.address || "unknown address"} · last used ${when}`;
+    li.appendChild(text);
+    if (s.current) {
+      const mark = document.createElement("strong");
+      mark.textContent = " (this one)";
+      li.appendChild(mark);
+    } else {
+      const end = document.createElement("button");
+      end.type = "button";
+      end.className = "secondary small";
+      end.textContent = "Sign out";
+      end.addEventListener("click", async () => {
+        await call("DELETE", `/auth/sessions/${encodeURIComponent(s.id)}`);
+        loadSessions();
+      });
+      li.appendChild(end);
+    }
+    return li;
+  });
+  $("sessions").replaceChildren(...items);
+}
+
+async function endOtherSessions() {
+  await call("DELETE", "/auth/sessions");
+  loadSessions();
+}
+
 async function loadUser() {
   const { res, payload } = await call("GET", "/auth/user");
   if (res.ok && payload) {
     renderUser(payload);
     showView("signed-in");
+    loadSessions();
   } else if (res.status === 401) {
     showView("signed-out");
   } else {
@@ -264,6 +302,8 @@ function init() {
   $("sign-out-form").action = under("/auth/logout");
   document.querySelectorAll("[data-call]").forEach((b) => b.addEventListener("click", onCall));
   $("stream-start").addEventListener("click", startStream);
+  $("sessions-refresh").addEventListener("click", loadSessions);
+  $("sessions-end-others").addEventListener("click", endOtherSessions);
   $("stream-stop").addEventListener("click", stopStream);
   $("ws-connect").addEventListener("click", connectSocket);
   $("ws-close").addEventListener("click", closeSocket);

@@ -3,7 +3,8 @@
 // loop); with the provider's session alive it signs in without a page; after signing out (which
 // ends the provider's session too) it is declined again. Step-up (RFC 9470): the demo API's
 // `/strong` route wants the second factor; the SPA's call is answered `step_up_required`, the SPA
-// signs in again with the `acr_values` asked for, and the call then succeeds.
+// signs in again with the `acr_values` asked for, and the call then succeeds. Sessions: a second
+// browser signs in as the same user; the first lists the sessions and signs the others out.
 //
 //   BFF_BIN=target/debug/bff node tests/browser/signin.test.mjs
 //
@@ -86,6 +87,31 @@ async function main() {
   const strong = page.waitForResponse((r) => r.url() === `${origin}/api/strong`);
   await page.click("[data-call='GET /api/strong']");
   assert.equal((await strong).status(), 200, "the call goes through after the step-up");
+
+  step("your sessions: a second browser signs in; this one lists them and signs the others out");
+  const other = await browser.newContext();
+  const phone = await other.newPage();
+  phone.setDefaultTimeout(TIMEOUT);
+  await phone.goto(`${origin}/`);
+  await phone.click("#sign-in");
+  await phone.waitForURL(/\/authorize\?/);
+  await phone.fill("#username", "alice");
+  await phone.click("button[type=submit]");
+  await phone.locator("#signed-in").waitFor({ state: "visible" });
+  await page.click("#sessions-refresh");
+  // Three: this one, the phone's, and the one whose cookie this browser lost before its silent
+  // sign-in (it lives on until its idle timeout: another "device" as far as bff can tell).
+  await page.waitForFunction(() => document.querySelectorAll("#sessions li").length === 3);
+  const listed = await page.$$eval("#sessions li", (items) => items.map((li) => li.textContent));
+  console.log(`  the demo's session list:\n${listed.map((l) => `    ${l}`).join("\n")}`);
+  assert.equal(listed.filter((l) => l.includes("(this one)")).length, 1);
+  assert.ok(listed.every((l) => l.includes("Chrom")), "each summarised by its browser");
+  await page.click("#sessions-end-others");
+  await page.waitForFunction(() => document.querySelectorAll("#sessions li").length === 1);
+  await phone.reload();
+  await phone.locator("#signed-out").waitFor({ state: "visible" });
+  await page.reload();
+  await page.locator("#signed-in").waitFor({ state: "visible" });
 
   step("signed out (of the provider too): a silent sign-in is declined again");
   const backHome = page.waitForResponse((r) => r.url().includes("/end_session"));
