@@ -185,3 +185,38 @@ async fn without_a_file_the_admin_reload_reads_the_environment_alone() {
     assert_eq!(body, serde_json::json!({"error": "config_refused"}));
     assert_eq!(app.browser().get("/healthz").await.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_ends_a_users_sessions_at_every_frontend() {
+    use support::frontends::{Layout, TwoFrontends};
+    let port = support::dead_port();
+    let app = TwoFrontends::spawn_with(Layout::Paths, |c| {
+        c.server.admin_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        c.server.admin_token = Some(secrecy::SecretString::from(TOKEN.to_string()));
+    })
+    .await;
+    let admin = format!("http://127.0.0.1:{port}");
+    let probe = format!("{admin}/admin/sessions?sub=x");
+    support::eventually("the admin listener answers", Duration::from_secs(5), || {
+        let url = probe.clone();
+        async move { reqwest::get(url).await.is_ok() }
+    })
+    .await;
+    let at_one = app.browser(&app.one);
+    let at_two = at_one.at(&app.two);
+    at_one.login_as("alice").await;
+    at_two.login_as("alice").await;
+    let url = format!("{admin}/admin/sessions?sub=demo%7Calice");
+    let listed: Value = call(Method::GET, &url, Some(TOKEN)).send().await.unwrap().json().await.unwrap();
+    let per_frontend: Vec<(String, usize)> = listed["frontends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["frontend"].as_str().unwrap().to_string(), f["sessions"].as_array().map_or(0, Vec::len)))
+        .collect();
+    assert_eq!(per_frontend, [("one".to_string(), 1), ("two".to_string(), 1)], "{listed}");
+    let ended: Value = call(Method::DELETE, &url, Some(TOKEN)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ended["ended"], 2, "{ended}");
+    assert_eq!(at_one.user().await.status(), 401);
+    assert_eq!(at_two.user().await.status(), 401);
+}

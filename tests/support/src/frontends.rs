@@ -186,6 +186,11 @@ pub struct TwoFrontends {
 
 impl TwoFrontends {
     pub async fn spawn(layout: Layout) -> TwoFrontends {
+        TwoFrontends::spawn_with(layout, |_| {}).await
+    }
+
+    /// The same, the configuration adjusted by `tweak` (process-wide keys: the admin listener).
+    pub async fn spawn_with(layout: Layout, tweak: impl FnOnce(&mut Config)) -> TwoFrontends {
         init_tracing();
         let app_listener = listener();
         let port = app_listener.local_addr().expect("addr").port();
@@ -195,7 +200,8 @@ impl TwoFrontends {
         let two = Side::spawn("two", layout, port, Some("127.0.0.1")).await;
         let prefix = format!("bfftest:{}:", random_id());
         let toml = format!("{}{}{}", shared_toml(port, &prefix, 2), one.table(), two.table());
-        let config = Config::from_toml(&toml).expect("the two-frontend configuration is valid");
+        let mut config = Config::from_toml(&toml).expect("the two-frontend configuration is valid");
+        tweak(&mut config);
         let store = bff::startup::store_for(&config).expect("the store");
         let app =
             Application::build_with_clock(config, app_listener, store, Clock::system()).await.expect("build the app");
