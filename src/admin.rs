@@ -108,18 +108,7 @@ async fn list_sessions(req: actix_web::HttpRequest, admin: web::Data<Admin>) -> 
     for frontend in &admin.runtime.current().load().frontends {
         let listed = frontend.state.sessions.list(&sub).await?;
         total += listed.len();
-        let sessions: Vec<_> = listed
-            .iter()
-            .map(|l| {
-                json!({
-                    "id": l.handle.as_str(),
-                    "created_at": l.meta.as_ref().map(|m| m.created_at),
-                    "last_used_at": l.last_used_at,
-                    "user_agent": l.meta.as_ref().map(|m| m.user_agent.as_str()),
-                    "address": l.meta.as_ref().and_then(|m| m.address.as_deref()),
-                })
-            })
-            .collect();
+        let sessions: Vec<_> = listed.iter().map(|l| l.to_json()).collect();
         frontends.push(json!({ "frontend": frontend.identity.name, "sessions": sessions }));
     }
     audit("list_sessions", total, "by sub");

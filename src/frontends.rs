@@ -62,14 +62,15 @@ pub enum Target {
     Retired(usize),
 }
 
-/// The request's host as frontends are matched: lower-case, with the port it carried.
-fn request_host(req: &Request) -> Option<String> {
+/// The request's host as sent, with the port it carried (compared without regard to case: no
+/// copy is made on each request).
+fn request_host(req: &Request) -> Option<&str> {
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
-    Some(host.trim().to_ascii_lowercase())
+    Some(host.trim())
 }
 
 /// Whether `host` (a request's, with or without a port) is one of `hosts` (a configured entry
@@ -84,7 +85,8 @@ fn host_matches(hosts: &[String], host: Option<&str>) -> Option<bool> {
         Some((name, port)) if !port.contains(']') && port.bytes().all(|b| b.is_ascii_digit()) => name,
         _ => host,
     };
-    hosts.iter().any(|h| h == host || h == without_port).then_some(true)
+    // Configured hosts are lower-case.
+    hosts.iter().any(|h| h.eq_ignore_ascii_case(host) || h.eq_ignore_ascii_case(without_port)).then_some(true)
 }
 
 /// Whether `path` is `base` or under it.
@@ -125,14 +127,14 @@ impl Generation {
             return Target::Server;
         }
         let host = request_host(req);
-        let live = most_specific(self.frontends.iter().map(|f| &f.identity), host.as_deref(), path);
-        let retired = most_specific(self.retired.iter().map(|r| &r.identity), host.as_deref(), path)
+        let live = most_specific(self.frontends.iter().map(|f| &f.identity), host, path);
+        let retired = most_specific(self.retired.iter().map(|r| &r.identity), host, path)
             .filter(|&i| carries_cookie(req, &self.retired[i].cookie_name));
         match (live, retired) {
             (Some(live), Some(retired)) => {
                 // The retired frontend only where it was more specific than what serves now.
-                let live_rank = rank(&self.frontends[live].identity, host.as_deref());
-                let retired_rank = rank(&self.retired[retired].identity, host.as_deref());
+                let live_rank = rank(&self.frontends[live].identity, host);
+                let retired_rank = rank(&self.retired[retired].identity, host);
                 if retired_rank > live_rank { Target::Retired(retired) } else { Target::Frontend(live) }
             }
             (Some(live), None) => Target::Frontend(live),

@@ -25,9 +25,6 @@ pub struct Metrics {
     frontend: Arc<str>,
 }
 
-/// The frontend name of `Metrics::new()`: a configuration without `[[frontend]]`.
-pub const DEFAULT_FRONTEND: &str = "default";
-
 /// The registry and its families, one per process: the per-frontend families carry a `frontend`
 /// label (first); store, refresh-lock and cache families are the process's and carry none.
 struct Families {
@@ -428,7 +425,10 @@ impl Metrics {
     /// A new registry, its view for the frontend `"default"` (a configuration without
     /// `[[frontend]]`); the other frontends' views come from `for_frontend`.
     pub fn new() -> Result<Metrics, prometheus::Error> {
-        Ok(Metrics { families: Arc::new(Families::new()?), frontend: Arc::from(DEFAULT_FRONTEND) })
+        Ok(Metrics {
+            families: Arc::new(Families::new()?),
+            frontend: Arc::from(crate::config::FrontendIdentity::IMPLICIT_NAME),
+        })
     }
 
     /// The view of the same registry for the frontend `name`: its per-frontend series carry

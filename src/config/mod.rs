@@ -1,6 +1,7 @@
 //! Configuration: one TOML file plus `BFF_<SECTION>__<KEY>` environment overrides, validated once
 //! into typed values. Every problem is reported at once, each naming its key path.
 
+mod frontends;
 mod load;
 mod print;
 mod sections;
@@ -516,13 +517,8 @@ impl Config {
 
     /// `public_url` + the frontend's path + `/auth/callback`.
     pub fn redirect_uri(&self) -> String {
-        self.public_path(crate::paths::OwnRoute::Callback.path())
-    }
-
-    /// The absolute URL of `path` (one of bff's own, `/auth/…`) of this frontend, as the browser
-    /// sees it.
-    pub fn public_path(&self, path: &str) -> String {
-        format!("{}{}{path}", self.server.public_url.as_str().trim_end_matches('/'), self.frontend.path)
+        let callback = crate::paths::OwnRoute::Callback.path();
+        format!("{}{}{callback}", self.server.public_url.as_str().trim_end_matches('/'), self.frontend.path)
     }
 
     /// Every frontend's configuration: the `[[frontend]]` tables, or this one.

@@ -13,6 +13,7 @@ use url::Url;
 use crate::client_keys::ClientKeys;
 use crate::login_options::LoginParam;
 
+use super::frontends::Shared;
 use super::walker::{Section, Walker, describe};
 use super::{
     ApiConfig, AssertionAudience, AuthMethod, Config, FrontendIdentity, LogConfig, LogFormat, OidcConfig, ParMode,
@@ -109,7 +110,7 @@ impl Walker<'_> {
 
     /// The tables of an array of tables (`[[api]]`, `[[frontend]]`) under `parent`; `None` when
     /// it is absent or not an array (reported), an entry that is not a table reported and left out.
-    fn tables<'v>(&mut self, parent: &Section<'v>, name: &str) -> Option<Vec<&'v Dict>> {
+    pub(super) fn tables<'v>(&mut self, parent: &Section<'v>, name: &str) -> Option<Vec<&'v Dict>> {
         let key = parent.key(name);
         match parent.dict.and_then(|d| d.get(name))? {
             Value::Array(_, items) => Some(
@@ -133,192 +134,8 @@ impl Walker<'_> {
         }
     }
 
-    /// The `[[frontend]]` tables, each made a whole configuration over the shared sections.
-    fn frontends(&mut self, top: &Section<'_>, shared: Option<&Shared>) -> Option<Vec<Config>> {
-        let items = self.tables(top, "frontend")?;
-        if items.is_empty() {
-            self.error("frontend", "must hold at least one [[frontend]] table");
-            return None;
-        }
-        let several = items.len() > 1;
-        let mut out: Vec<Config> = Vec::new();
-        let mut complete = true;
-        for (i, dict) in items.into_iter().enumerate() {
-            let mut f = Section { path: format!("frontend[{i}]"), dict: Some(dict), known: BTreeSet::new() };
-            match self.frontend(&mut f, shared, several) {
-                Some(config) => {
-                    self.check_apart(&f, &config, &out);
-                    out.push(config);
-                }
-                None => complete = false,
-            }
-            self.finish(f);
-        }
-        complete.then_some(out)
-    }
-
-    /// One `[[frontend]]` table over the shared sections.
-    fn frontend(&mut self, f: &mut Section<'_>, shared: Option<&Shared>, several: bool) -> Option<Config> {
-        let name = self.required_string(f, "name").and_then(|name| {
-            let valid = name.len() <= 32
-                && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-                && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-            if !valid {
-                self.error(f.key("name"), "at most 32 of a-z, 0-9, '-' and '_', starting with a letter or digit");
-                return None;
-            }
-            Some(name)
-        });
-        let hosts: Vec<String> = self
-            .string_list(f, "hosts")
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|raw| match frontend_host(raw) {
-                Some(host) => Some(host),
-                None => {
-                    self.error(f.key("hosts"), format!("{raw:?} is not a host or host:port"));
-                    None
-                }
-            })
-            .collect();
-        let path = self.string_or(f, "path", "");
-        let path = if path.is_empty() || path == "/" { Some(String::new()) } else { self.frontend_path(f, &path) };
-        let public_url = match self.string(f, "public_url") {
-            Some(raw) => self.origin(f, "public_url", &raw),
-            None if hosts.is_empty() => shared.map(|s| s.server.public_url.clone()),
-            None => {
-                self.error(f.key("public_url"), "missing (required with hosts: the origin the browser sees)");
-                None
-            }
-        };
-        let static_dir = self.string_or(f, "static_dir", "");
-        let share = self.optional_uint(f, "max_upstream_concurrency", 1).map(|n| n as usize);
-        let (Some(shared), Some(public_url), Some(path)) = (shared, public_url, path) else {
-            // Read anyway, so every problem of the table is reported at once.
-            for own in ["oidc", "session", "api"] {
-                f.known.insert(own);
-            }
-            return None;
-        };
-        let all = shared.server.max_upstream_concurrency;
-        // Several frontends: none may take more than three quarters of the instance by default,
-        // so a crowd at one leaves the others room.
-        let default_share = if several { (all * 3 / 4).max(1) } else { all };
-        let server = ServerConfig {
-            public_url,
-            static_dir: (!static_dir.is_empty()).then(|| PathBuf::from(static_dir)),
-            max_upstream_concurrency_per_frontend: share.unwrap_or(default_share).min(all),
-            ..shared.server.clone()
-        };
-        let oidc = self.oidc(f, Some(&server), &format!("{path}/"));
-        f.known.insert("session");
-        let session = self.frontend_session(f, &shared.session, &server, name.as_deref(), &path);
-        let api = self.apis(f, &path);
-        Some(Config {
-            server,
-            oidc: oidc?,
-            session: session?,
-            tokens: shared.tokens.clone(),
-            api,
-            log: shared.log.clone(),
-            telemetry: shared.telemetry.clone(),
-            frontend: FrontendIdentity { name: name?, hosts, path, implicit: false },
-            frontends: Vec::new(),
-        })
-    }
-
-    /// A frontend's `[frontend.session]`: its cookie and lifetimes (the rest is shared); its
-    /// store keys are its own.
-    fn frontend_session(
-        &mut self,
-        f: &Section<'_>,
-        shared: &SessionConfig,
-        server: &ServerConfig,
-        name: Option<&str>,
-        path: &str,
-    ) -> Option<SessionConfig> {
-        let mut s = self.section(f, "session");
-        let https = server.public_url.scheme() == "https";
-        let name = name?;
-        let base = format!("bff-{name}");
-        // The shared prefix where it fits this frontend's origin (an http frontend among https
-        // ones gets none).
-        let secure_context = is_secure_context(&server.public_url);
-        let default_prefix = if secure_context { shared.cookie_prefix.as_str() } else { "" };
-        let naming = CookieNaming {
-            https,
-            secure_context,
-            base: &base,
-            path,
-            default_prefix,
-            default_same_site: shared.same_site,
-            legacy: false,
-        };
-        let (cookie, same_site) = self.cookie(&mut s, naming);
-        let cookie_name = cookie.name;
-        if cookie_name.starts_with("__Host-") && !path.is_empty() {
-            self.error(s.key("cookie_name"), "a __Host- cookie cannot be limited to the frontend's path");
-        }
-        let (idle_timeout, absolute_timeout) = self.lifetimes(&mut s, shared.idle_timeout, shared.absolute_timeout);
-        self.finish(s);
-        Some(SessionConfig {
-            cookie_name,
-            cookie_prefix: cookie.prefix,
-            cookie_legacy_name: None,
-            same_site: same_site?,
-            idle_timeout,
-            absolute_timeout,
-            key_prefix: format!("{}{}{name}:", shared.key_prefix, crate::session::FRONTEND_KEYS),
-            ..shared.clone()
-        })
-    }
-
-    /// Frontends must be told apart: no two select the same host and path, none shares another's
-    /// cookie name.
-    fn check_apart(&mut self, f: &Section<'_>, config: &Config, earlier: &[Config]) {
-        let selects = |c: &Config| -> Vec<(String, String)> {
-            let hosts = if c.frontend.hosts.is_empty() { vec!["*".to_string()] } else { c.frontend.hosts.clone() };
-            hosts.into_iter().map(|h| (h, c.frontend.path.clone())).collect()
-        };
-        for (j, other) in earlier.iter().enumerate() {
-            if other.frontend.name == config.frontend.name {
-                self.error(f.key("name"), format!("duplicate name (also frontend[{j}])"));
-            }
-            if let Some((host, path)) = selects(config).into_iter().find(|s| selects(other).contains(s)) {
-                let path = if path.is_empty() { "/" } else { path.as_str() };
-                self.error(f.key("path"), format!("host {host:?} and path {path:?} are also frontend[{j}]'s"));
-            }
-            if other.session.cookie_name == config.session.cookie_name {
-                self.error(f.key("session.cookie_name"), format!("also frontend[{j}]'s cookie"));
-            }
-        }
-    }
-
-    /// A frontend's `path`: a plain path off bff's own routes.
-    fn frontend_path(&mut self, f: &Section<'_>, raw: &str) -> Option<String> {
-        let key = f.key("path");
-        let path = raw.trim_end_matches('/').to_string();
-        let allowed = |c: char| c.is_ascii_alphanumeric() || "/-._~".contains(c);
-        if !path.starts_with('/')
-            || !path.chars().all(allowed)
-            || path.contains("//")
-            || path.split('/').any(|seg| seg == "." || seg == "..")
-        {
-            self.error(
-                key,
-                format!("{raw:?} must be a plain path starting with '/' (letters, digits, '-', '.', '_', '~')"),
-            );
-            return None;
-        }
-        if let Some(reserved) = crate::paths::reserved_prefix_of(&path) {
-            self.error(key, format!("{path:?} collides with a route of bff itself (under {reserved})"));
-            return None;
-        }
-        Some(path)
-    }
-
     /// An origin (`scheme://host[:port]`), nothing after it.
-    fn origin(&mut self, s: &Section<'_>, name: &str, raw: &str) -> Option<Url> {
+    pub(super) fn origin(&mut self, s: &Section<'_>, name: &str, raw: &str) -> Option<Url> {
         let url = self.url(&s.key(name), raw, name)?;
         if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
             self.error(s.key(name), "must be an origin (scheme://host[:port]) with no path, query or fragment");
@@ -435,7 +252,7 @@ impl Walker<'_> {
     }
 
     /// `[oidc]` (or a frontend's); `post_logout_default` is the frontend's root.
-    fn oidc(
+    pub(super) fn oidc(
         &mut self,
         top: &mut Section<'_>,
         server: Option<&ServerConfig>,
@@ -827,7 +644,7 @@ impl Walker<'_> {
     /// the name after the prefix when `cookie_name` is not set; `default_prefix`: the prefix
     /// when `cookie_prefix` is not set; `path`: the frontend's (a `__Host-` cookie must have
     /// `Path=/`, so under a path `__Host-Http-` becomes `__Http-` and `__Host-` `__Secure-`).
-    fn cookie(&mut self, s: &mut Section<'_>, naming: CookieNaming<'_>) -> (Cookie, Option<SameSitePolicy>) {
+    pub(super) fn cookie(&mut self, s: &mut Section<'_>, naming: CookieNaming<'_>) -> (Cookie, Option<SameSitePolicy>) {
         let raw_prefix = self.string(s, "cookie_prefix");
         let prefix = match raw_prefix.as_deref().unwrap_or(naming.default_prefix) {
             p @ ("__Host-Http-" | "__Host-" | "") => p.to_string(),
@@ -896,7 +713,12 @@ impl Walker<'_> {
     }
 
     /// `idle_timeout_secs` and `absolute_timeout_secs` of `[session]` or a frontend's.
-    fn lifetimes(&mut self, s: &mut Section<'_>, idle: Duration, absolute: Duration) -> (Duration, Duration) {
+    pub(super) fn lifetimes(
+        &mut self,
+        s: &mut Section<'_>,
+        idle: Duration,
+        absolute: Duration,
+    ) -> (Duration, Duration) {
         let idle_timeout = self.secs(s, "idle_timeout_secs", idle.as_secs(), 60);
         let absolute_timeout = self.secs(s, "absolute_timeout_secs", absolute.as_secs(), 60);
         if idle_timeout > absolute_timeout {
@@ -930,7 +752,7 @@ impl Walker<'_> {
     }
 
     /// `[[api]]` routes (or a frontend's, whose prefixes are full paths under its `path`).
-    fn apis(&mut self, top: &mut Section<'_>, frontend_path: &str) -> Vec<ApiConfig> {
+    pub(super) fn apis(&mut self, top: &mut Section<'_>, frontend_path: &str) -> Vec<ApiConfig> {
         top.known.insert("api");
         let api_key = top.key("api");
         let items = self.tables(top, "api").unwrap_or_default();
@@ -1145,27 +967,27 @@ impl Walker<'_> {
 }
 
 /// How a session cookie is named where it is configured.
-struct CookieNaming<'a> {
-    https: bool,
+pub(super) struct CookieNaming<'a> {
+    pub(super) https: bool,
     /// https, or http on a loopback host: where browsers keep `Secure` (and prefixed) cookies.
-    secure_context: bool,
-    base: &'a str,
-    path: &'a str,
-    default_prefix: &'a str,
-    default_same_site: SameSitePolicy,
+    pub(super) secure_context: bool,
+    pub(super) base: &'a str,
+    pub(super) path: &'a str,
+    pub(super) default_prefix: &'a str,
+    pub(super) default_same_site: SameSitePolicy,
     /// Whether a name from before `cookie_prefix` is still read (the implicit frontend only).
-    legacy: bool,
+    pub(super) legacy: bool,
 }
 
 /// A session cookie's name, the prefix setting it was made with, and the name it had before.
-struct Cookie {
-    name: String,
-    prefix: String,
-    legacy: Option<String>,
+pub(super) struct Cookie {
+    pub(super) name: String,
+    pub(super) prefix: String,
+    pub(super) legacy: Option<String>,
 }
 
 /// https, or http on `localhost` or a loopback address: browsers treat those as secure origins.
-fn is_secure_context(url: &Url) -> bool {
+pub(super) fn is_secure_context(url: &Url) -> bool {
     url.scheme() == "https"
         || match url.host() {
             Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
@@ -1173,34 +995,6 @@ fn is_secure_context(url: &Url) -> bool {
             Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
             None => false,
         }
-}
-
-/// The shared sections every frontend is made over.
-struct Shared {
-    server: ServerConfig,
-    session: SessionConfig,
-    tokens: TokensConfig,
-    log: LogConfig,
-    telemetry: TelemetryConfig,
-}
-
-/// A `hosts` entry as requests are matched against it: lower-case `host` or `host:port`.
-fn frontend_host(raw: &str) -> Option<String> {
-    let raw = raw.trim();
-    if raw.is_empty() || raw.contains(['/', '@', '?', '#']) {
-        return None;
-    }
-    let url = Url::parse(&format!("http://{raw}/")).ok()?;
-    let host = url.host_str()?.to_ascii_lowercase();
-    // `Url` drops the scheme's default port: `host:80` is kept as written.
-    let port = url
-        .port()
-        .map(|p| p.to_string())
-        .or_else(|| raw.rsplit_once(':').map(|(_, p)| p.to_string()).filter(|p| p == "80"));
-    Some(match port {
-        Some(port) => format!("{host}:{port}"),
-        None => host,
-    })
 }
 
 /// Resolves `raw` against `origin`; the result must stay on that origin.

@@ -203,14 +203,11 @@ pub async fn sessions(
     let sessions: Vec<serde_json::Value> = listed
         .iter()
         .map(|l| {
-            json!({
-                "id": l.handle.as_str(),
-                "created_at": l.meta.as_ref().map(|m| m.created_at),
-                "last_used_at": l.last_used_at,
-                "user_agent": l.meta.as_ref().map(|m| m.user_agent.as_str()),
-                "address": l.meta.as_ref().and_then(|m| m.address.as_deref()),
-                "current": l.handle == me.handle,
-            })
+            let mut shown = l.to_json();
+            if let Some(fields) = shown.as_object_mut() {
+                fields.insert("current".into(), (l.handle == me.handle).into());
+            }
+            shown
         })
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "sessions": sessions })))

@@ -98,6 +98,19 @@ pub struct Listed {
     pub last_used_at: Option<u64>,
 }
 
+impl Listed {
+    /// As `GET /auth/sessions` and the admin API show it (`null` for what was not kept).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.handle.as_str(),
+            "created_at": self.meta.as_ref().map(|m| m.created_at),
+            "last_used_at": self.last_used_at,
+            "user_agent": self.meta.as_ref().map(|m| m.user_agent.as_str()),
+            "address": self.meta.as_ref().and_then(|m| m.address.as_deref()),
+        })
+    }
+}
+
 pub struct Sessions {
     tokens: TokenStore,
     index: SessionIndex,
