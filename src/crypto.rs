@@ -101,6 +101,11 @@ pub fn random_id() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// Whether `value` has the form `random_id` makes (22 base64url characters for 16 bytes).
+pub fn is_random_id(value: &str) -> bool {
+    value.len() == 22 && URL_SAFE_NO_PAD.decode(value).is_ok_and(|bytes| bytes.len() == 16)
+}
+
 /// SHA-256, base64url without padding.
 pub fn digest(value: &str) -> String {
     URL_SAFE_NO_PAD.encode(Sha256::digest(value.as_bytes()))

@@ -9,6 +9,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 
+use crate::dbsc::BindingRefusal;
 use crate::limits::Limit;
 use crate::pages::Pages;
 use crate::proxy::StepUp;
@@ -25,6 +26,10 @@ pub enum AppError {
     /// sign in with; the session stays as it is.
     #[error("step-up authentication required")]
     StepUpRequired(StepUp),
+    /// A call of a session bound to a device (DBSC) without its valid bound cookie, or, with
+    /// `session.dbsc = "required"`, of a session that has not registered a device.
+    #[error("device binding refused the call ({})", .0.label())]
+    DeviceBinding(BindingRefusal),
     #[error("missing or wrong anti-forgery header")]
     Csrf,
     #[error("refused by a limit ({})", .0.label())]
@@ -84,6 +89,8 @@ pub enum BadRequest {
     InvalidRequest,
     /// A sign-in option (`prompt`, `max_age`…) the configuration does not allow, or not a value.
     LoginParameter,
+    /// A DBSC registration whose proof bff does not take (docs/CONTRACT.md lists why).
+    DeviceProof,
 }
 
 impl BadRequest {
@@ -95,6 +102,7 @@ impl BadRequest {
             BadRequest::WebSocketDisabled => "websocket_disabled",
             BadRequest::InvalidRequest => "invalid_request",
             BadRequest::LoginParameter => "invalid_login_parameter",
+            BadRequest::DeviceProof => "dbsc_registration_refused",
         }
     }
 }
@@ -105,6 +113,8 @@ impl AppError {
         match self {
             AppError::LoginRequired => "login_required",
             AppError::StepUpRequired(_) => "step_up_required",
+            AppError::DeviceBinding(BindingRefusal::Unregistered) => "dbsc_registration_required",
+            AppError::DeviceBinding(_) => "dbsc_bound_cookie_required",
             AppError::Csrf => "csrf",
             AppError::Limited(Limit::HeaderSize) => "headers_too_large",
             AppError::Limited(Limit::BodySize) => "payload_too_large",
@@ -133,6 +143,12 @@ impl AppError {
         match self {
             AppError::LoginRequired => "You are not signed in, or your session has ended.",
             AppError::StepUpRequired(_) => "This needs you to sign in again, with a stronger or more recent sign-in.",
+            AppError::DeviceBinding(BindingRefusal::Unregistered) => {
+                "This browser has not yet bound your session to this device. Please reload the page."
+            }
+            AppError::DeviceBinding(_) => {
+                "Your session is bound to the device it started on, and this request did not prove it came from there."
+            }
             AppError::Csrf => "This request was refused because it did not come from the application.",
             AppError::Limited(Limit::HeaderSize | Limit::BodySize) => "The request was too large.",
             AppError::Limited(_) => "Too many requests. Please wait a moment and try again.",
@@ -190,6 +206,11 @@ impl AppError {
             AppError::AdminUnauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
+            // The browser registers right after the sign-in's redirect: a call that raced it
+            // succeeds a moment later.
+            AppError::DeviceBinding(BindingRefusal::Unregistered) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             _ => {}
         }
     }
@@ -207,9 +228,10 @@ pub fn is_navigation(req: &HttpRequest) -> bool {
 impl ResponseError for AppError {
     fn status_code(&self) -> StatusCode {
         match self {
-            AppError::LoginRequired | AppError::StepUpRequired(_) | AppError::AdminUnauthorized => {
-                StatusCode::UNAUTHORIZED
-            }
+            AppError::LoginRequired
+            | AppError::StepUpRequired(_)
+            | AppError::AdminUnauthorized
+            | AppError::DeviceBinding(_) => StatusCode::UNAUTHORIZED,
             AppError::ConfigRefused => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::Csrf | AppError::ResourceNotGranted | AppError::ExchangeRefused => StatusCode::FORBIDDEN,
             AppError::Limited(Limit::BodySize) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -282,6 +304,8 @@ mod tests {
         for (err, status, code) in [
             (AppError::LoginRequired, 401, "login_required"),
             (AppError::Csrf, 403, "csrf"),
+            (AppError::DeviceBinding(BindingRefusal::Expired), 401, "dbsc_bound_cookie_required"),
+            (AppError::DeviceBinding(BindingRefusal::Unregistered), 401, "dbsc_registration_required"),
             (AppError::SessionStoreUnavailable, 503, "session_store_unavailable"),
             (AppError::TokenRefreshUnavailable, 503, "token_refresh_unavailable"),
             (AppError::ResourceNotGranted, 403, "resource_not_granted"),

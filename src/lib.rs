@@ -6,11 +6,13 @@
 //! start it the same way.
 
 pub mod admin;
+pub mod bound_sessions;
 pub mod bounded;
 pub mod client_keys;
 pub mod clock;
 pub mod config;
 pub mod crypto;
+pub mod dbsc;
 pub mod dpop;
 pub mod error;
 pub mod forwarded;

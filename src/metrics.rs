@@ -47,6 +47,9 @@ struct Families {
     websocket_closes: IntCounterVec,
     websockets_open: IntGauge,
     config_reloads: IntCounterVec,
+    dbsc_registrations: IntCounterVec,
+    dbsc_refreshes: IntCounterVec,
+    dbsc_refusals: IntCounterVec,
     cache: CacheMetrics,
     cache_entries: IntGaugeVec,
     cache_bytes: IntGaugeVec,
@@ -356,6 +359,21 @@ impl Families {
                 Opts::new("config_reloads_total", "Configuration reloads, applied or refused"),
                 &["outcome"],
             )?,
+            dbsc_registrations: IntCounterVec::new(
+                Opts::new("dbsc_registrations_total", "Sessions bound to a device key (DBSC), by algorithm"),
+                &labelled(&["alg"]),
+            )?,
+            dbsc_refreshes: IntCounterVec::new(
+                Opts::new("dbsc_refreshes_total", "Bound cookies renewed for a signed challenge (DBSC)"),
+                &labelled(&[]),
+            )?,
+            dbsc_refusals: IntCounterVec::new(
+                Opts::new(
+                    "dbsc_refusals_total",
+                    "DBSC refusals: registrations, refreshes and calls of bound sessions, by stage and reason",
+                ),
+                &labelled(&["stage", "reason"]),
+            )?,
             cache: CacheMetrics {
                 hits: IntCounter::new("token_cache_hits_total", "API calls answered from the local token cache")?,
                 misses: IntCounter::new(
@@ -408,6 +426,9 @@ impl Families {
         f.registry.register(Box::new(f.websocket_closes.clone()))?;
         f.registry.register(Box::new(f.websockets_open.clone()))?;
         f.registry.register(Box::new(f.config_reloads.clone()))?;
+        f.registry.register(Box::new(f.dbsc_registrations.clone()))?;
+        f.registry.register(Box::new(f.dbsc_refreshes.clone()))?;
+        f.registry.register(Box::new(f.dbsc_refusals.clone()))?;
         f.registry.register(Box::new(f.cache.hits.clone()))?;
         f.registry.register(Box::new(f.cache.misses.clone()))?;
         f.registry.register(Box::new(f.cache.fills.clone()))?;
@@ -503,6 +524,20 @@ impl Metrics {
         if !ok {
             f.store_errors.with_label_values(&[op]).inc();
         }
+    }
+
+    /// A session bound to a device key signed with `alg`.
+    pub fn dbsc_registered(&self, alg: &'static str) {
+        self.families.dbsc_registrations.with_label_values(&[self.frontend(), alg]).inc();
+    }
+
+    pub fn dbsc_refreshed(&self) {
+        self.families.dbsc_refreshes.with_label_values(&[self.frontend()]).inc();
+    }
+
+    /// `stage`: `register`, `refresh` or `call`; `reason`: why (docs/CONTRACT.md lists them).
+    pub fn dbsc_refused(&self, stage: &'static str, reason: &'static str) {
+        self.families.dbsc_refusals.with_label_values(&[self.frontend(), stage, reason]).inc();
     }
 
     pub fn limited(&self, limit: Limit) {

@@ -71,6 +71,10 @@ pub enum OwnRoute {
     Sessions,
     /// One of them, by its id (the last path segment): end it.
     Session,
+    /// DBSC (`session.dbsc`): the browser registers its device key for the session.
+    DbscRegister,
+    /// DBSC: the browser renews the bound cookie by signing a challenge.
+    DbscRefresh,
 }
 
 /// Every route of bff's own. `OwnRoute::path` and `methods` are exhaustive matches, so a new
@@ -91,6 +95,8 @@ pub const OWN_ROUTES: &[OwnRoute] = &[
     OwnRoute::Jwks,
     OwnRoute::Sessions,
     OwnRoute::Session,
+    OwnRoute::DbscRegister,
+    OwnRoute::DbscRefresh,
 ];
 
 /// The last segment of a route's path that stands for any one segment (`/auth/sessions/{id}`).
@@ -114,13 +120,17 @@ impl OwnRoute {
             OwnRoute::Jwks => "/.well-known/jwks.json",
             OwnRoute::Sessions => "/auth/sessions",
             OwnRoute::Session => "/auth/sessions/{id}",
+            OwnRoute::DbscRegister => "/auth/dbsc/register",
+            OwnRoute::DbscRefresh => "/auth/dbsc/refresh",
         }
     }
 
     pub const fn methods(self) -> Methods {
         match self {
             OwnRoute::Login | OwnRoute::Callback | OwnRoute::FrontchannelLogout => Methods::Act,
-            OwnRoute::Logout | OwnRoute::BackchannelLogout => Methods::Post,
+            OwnRoute::Logout | OwnRoute::BackchannelLogout | OwnRoute::DbscRegister | OwnRoute::DbscRefresh => {
+                Methods::Post
+            }
             OwnRoute::User
             | OwnRoute::SignedOut
             | OwnRoute::Stylesheet
@@ -222,8 +232,10 @@ mod tests {
             OwnRoute::Jwks => 11,
             OwnRoute::Sessions => 12,
             OwnRoute::Session => 13,
+            OwnRoute::DbscRegister => 14,
+            OwnRoute::DbscRefresh => 15,
         };
-        assert_eq!(OWN_ROUTES.len(), 14);
+        assert_eq!(OWN_ROUTES.len(), 16);
         for (i, route) in OWN_ROUTES.iter().enumerate() {
             assert_eq!(position(*route), i, "{route:?}");
         }

@@ -9,6 +9,7 @@ use actix_web::web;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
+use crate::dbsc::Dbsc;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::crypto::Sealer;
@@ -219,6 +220,7 @@ impl Runtime {
         Ok(web::Data::new(AppState {
             public_origin: config.server.public_url.origin().ascii_serialization(),
             cookies: CookiePolicy::from_config(&config, &metrics),
+            dbsc: Dbsc::from_config(&config),
             lifetime,
             logins: PendingLogins::new(self.store.clone(), sealer.clone(), keys.clone()),
             sessions,

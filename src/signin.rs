@@ -113,6 +113,8 @@ pub struct CallbackParams {
 /// A sign-in completed: the browser's session is the new one; the browser goes to `return_to`.
 pub struct Completed {
     pub return_to: String,
+    /// The session it started.
+    pub handle: SessionHandle,
 }
 
 /// Every way a callback is refused. [`CallbackRefusal::answer`] says how each is answered.
@@ -415,7 +417,7 @@ impl<'a> SignIn<'a> {
         }
         self.end_beyond_limit(&sub, &started.handle).await;
         self.metrics.auth_event(AuthEvent::Login);
-        Ok(Completed { return_to })
+        Ok(Completed { return_to, handle: started.handle })
     }
 
     /// Ends the user's oldest sessions beyond `session.max_per_user`, their grants in the

@@ -6,6 +6,7 @@ use actix_web::http::header::HeaderValue;
 
 use crate::config::Config;
 use crate::crypto::Sealer;
+use crate::dbsc::Dbsc;
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;
 use crate::oidc::Oidc;
@@ -24,6 +25,8 @@ pub struct AppState {
     pub sealer: Sealer,
     pub keys: KeyLayout,
     pub cookies: CookiePolicy,
+    /// The frontend's DBSC policy (`session.dbsc`).
+    pub dbsc: Dbsc,
     pub lifetime: SessionLifetime,
     pub tokens: Arc<TokenManager>,
     pub logins: PendingLogins,

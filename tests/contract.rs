@@ -11,6 +11,7 @@ use std::process::Command;
 
 use actix_web::ResponseError;
 use bff::config::Config;
+use bff::dbsc::BindingRefusal;
 use bff::error::{AppError, BadRequest};
 use bff::limits::Limit;
 use toml::{Table, Value};
@@ -449,6 +450,8 @@ fn app_errors() -> Vec<AppError> {
         AppError::Internal,
         AppError::AdminUnauthorized,
         AppError::ConfigRefused,
+        AppError::DeviceBinding(BindingRefusal::Unregistered),
+        AppError::DeviceBinding(BindingRefusal::Missing),
     ];
     errors.extend(limits.map(AppError::Limited));
     errors.extend(limits.map(|l| AppError::LimitedFor(l, std::time::Duration::from_secs(1))));
@@ -460,6 +463,7 @@ fn app_errors() -> Vec<AppError> {
             BadRequest::WebSocketDisabled,
             BadRequest::InvalidRequest,
             BadRequest::LoginParameter,
+            BadRequest::DeviceProof,
         ]
         .map(AppError::BadRequest),
     );
@@ -487,7 +491,8 @@ fn listed(error: &AppError) -> bool {
             | BadRequest::BadRequestBody
             | BadRequest::WebSocketDisabled
             | BadRequest::InvalidRequest
-            | BadRequest::LoginParameter,
+            | BadRequest::LoginParameter
+            | BadRequest::DeviceProof,
         ) => true,
         AppError::LoginRequired
         | AppError::StepUpRequired(_)
@@ -504,7 +509,8 @@ fn listed(error: &AppError) -> bool {
         | AppError::UpstreamTimeout
         | AppError::Internal
         | AppError::AdminUnauthorized
-        | AppError::ConfigRefused => true,
+        | AppError::ConfigRefused
+        | AppError::DeviceBinding(_) => true,
     }
 }
 

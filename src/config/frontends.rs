@@ -138,6 +138,7 @@ impl Walker<'_> {
             self.error(s.key("cookie_name"), "a __Host- cookie cannot be limited to the frontend's path");
         }
         let (idle_timeout, absolute_timeout) = self.lifetimes(&mut s, shared.idle_timeout, shared.absolute_timeout);
+        let (dbsc, dbsc_cookie_ttl) = self.dbsc(&mut s, shared.dbsc, shared.dbsc_cookie_ttl);
         self.finish(s);
         Some(SessionConfig {
             cookie_name,
@@ -147,6 +148,8 @@ impl Walker<'_> {
             idle_timeout,
             absolute_timeout,
             key_prefix: format!("{}{}{name}:", shared.key_prefix, crate::session::FRONTEND_KEYS),
+            dbsc: dbsc?,
+            dbsc_cookie_ttl,
             ..shared.clone()
         })
     }

@@ -263,6 +263,26 @@ pub enum SameSitePolicy {
     Strict,
 }
 
+/// `session.dbsc`: whether sessions are bound to the browser's device key (DBSC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbscMode {
+    Off,
+    /// Offered at sign-in; a browser that registers is held to it, one that does not is not.
+    Optional,
+    /// Offered at sign-in; a session that has not registered cannot call the API.
+    Required,
+}
+
+impl DbscMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            DbscMode::Off => "off",
+            DbscMode::Optional => "optional",
+            DbscMode::Required => "required",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// `None` (and no sentinels or cluster nodes): the in-memory store (one instance only).
@@ -290,6 +310,9 @@ pub struct SessionConfig {
     pub redis_tls: RedisTls,
     /// Sessions kept per user (per frontend); a sign-in beyond it ends the oldest.
     pub max_per_user: usize,
+    pub dbsc: DbscMode,
+    /// How long a bound cookie lives (`dbsc_cookie_ttl_secs`): a stolen one works this long.
+    pub dbsc_cookie_ttl: Duration,
 }
 
 /// TLS to Redis beyond the system's roots: a private CA and a client certificate, read and

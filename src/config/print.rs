@@ -116,6 +116,8 @@ fn frontend_tables(frontends: &[Config]) -> Vec<Value> {
             session.insert("same_site".into(), string(same_site(f.session.same_site)));
             session.insert("idle_timeout_secs".into(), secs(f.session.idle_timeout));
             session.insert("absolute_timeout_secs".into(), secs(f.session.absolute_timeout));
+            session.insert("dbsc".into(), string(f.session.dbsc.label()));
+            session.insert("dbsc_cookie_ttl_secs".into(), secs(f.session.dbsc_cookie_ttl));
             t.insert("session".into(), Value::Table(session));
             t.insert("api".into(), Value::Array(api_tables(&f.api)));
             Value::Table(t)
@@ -188,6 +190,8 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     session.insert("key_prefix".into(), string(&config.session.key_prefix));
     session.insert("redis_timeout_ms".into(), millis(config.session.redis_timeout));
     session.insert("max_per_user".into(), int(config.session.max_per_user as u64));
+    session.insert("dbsc".into(), string(config.session.dbsc.label()));
+    session.insert("dbsc_cookie_ttl_secs".into(), secs(config.session.dbsc_cookie_ttl));
     // Paths only: the key file's content is never printed.
     let tls = &config.session.redis_tls;
     if let Some((path, _)) = &tls.ca {

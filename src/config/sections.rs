@@ -17,7 +17,7 @@ use super::frontends::Shared;
 use super::walker::{Section, Walker, describe};
 use super::{
     ApiConfig, AssertionAudience, AuthMethod, Config, FrontendIdentity, LogConfig, LogFormat, OidcConfig, ParMode,
-    RedisTls, SameSitePolicy, ServerConfig, SessionConfig, TelemetryConfig, TokenPolicy, TokensConfig, UserinfoMode,
+    DbscMode, RedisTls, SameSitePolicy, ServerConfig, SessionConfig, TelemetryConfig, TokenPolicy, TokensConfig, UserinfoMode,
 };
 
 /// `tokens.local_cache_max_bytes`' default, 256 MiB: the default 100,000 sessions at about
@@ -28,6 +28,9 @@ use super::{
 const DEFAULT_CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
 const MIN_SECRET_BYTES: usize = 64;
+/// `session.dbsc_cookie_ttl_secs`: renewed about every 8 minutes (browsers refresh 2 minutes
+/// before expiry), so a stolen bound cookie works for at most 10.
+const DEFAULT_DBSC_COOKIE_TTL: Duration = Duration::from_secs(600);
 /// `server.admin_token_file`: a token shorter than this could be guessed.
 pub const MIN_ADMIN_TOKEN_BYTES: usize = 32;
 /// The longest admin token: the admin listener refuses longer `Authorization` headers unread.
@@ -620,6 +623,7 @@ impl Walker<'_> {
         }
         let redis_timeout = Duration::from_millis(self.uint(&mut s, "redis_timeout_ms", 2000, 10));
         let max_per_user = usize::try_from(self.uint(&mut s, "max_per_user", 50, 1)).unwrap_or(usize::MAX);
+        let (dbsc, dbsc_cookie_ttl) = self.dbsc(&mut s, DbscMode::Off, DEFAULT_DBSC_COOKIE_TTL);
         self.finish(s);
         Some(SessionConfig {
             redis_url: redis_url.map(SecretString::from),
@@ -637,7 +641,32 @@ impl Walker<'_> {
             redis_timeout,
             redis_tls,
             max_per_user,
+            dbsc: dbsc?,
+            dbsc_cookie_ttl,
         })
+    }
+
+    /// `dbsc` and `dbsc_cookie_ttl_secs` of `[session]` or a frontend's (the shared values are
+    /// a frontend's defaults).
+    pub(super) fn dbsc(
+        &mut self,
+        s: &mut Section<'_>,
+        default_mode: DbscMode,
+        default_ttl: Duration,
+    ) -> (Option<DbscMode>, Duration) {
+        let mode = match self.string_or(s, "dbsc", default_mode.label()).to_ascii_lowercase().as_str() {
+            "off" => Some(DbscMode::Off),
+            "optional" => Some(DbscMode::Optional),
+            "required" => Some(DbscMode::Required),
+            other => {
+                self.error(s.key("dbsc"), format!("must be \"off\", \"optional\" or \"required\" (got {other:?})"));
+                None
+            }
+        };
+        // Under the browser's proactive refresh threshold (120 s) every call would be held for
+        // a refresh; allowed (tests, demonstrations), but not below a few seconds.
+        let ttl = Duration::from_secs(self.uint(s, "dbsc_cookie_ttl_secs", default_ttl.as_secs(), 5));
+        (mode, ttl)
     }
 
     /// `cookie_prefix`, `cookie_name` and `same_site` of `[session]` or a frontend's. `base`:

@@ -79,6 +79,15 @@ impl<'r> Caller<'r> {
         }
     }
 
+    /// The live session the call is made for, and its view, when it has one (a user's token or
+    /// bff's own for a signed-in user).
+    pub fn live_session(&self) -> Option<(&SessionHandle, &HotToken)> {
+        match self {
+            Caller::Session { handle, view, .. } | Caller::Client { handle, view, .. } => Some((handle, view)),
+            Caller::Anonymous { .. } => None,
+        }
+    }
+
     /// The session a user's token came from, for a WebSocket to watch.
     pub fn session(&self) -> Option<&SessionHandle> {
         match self {

@@ -26,6 +26,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{Config, TokenPolicy};
+use crate::dbsc::Dbsc;
 use crate::error::{AppError, BadRequest};
 use crate::http::{require_csrf_header, require_same_origin};
 use crate::limits::Limit;
@@ -70,6 +71,8 @@ pub struct Proxy {
     admission: Admission,
     /// `public_url`'s origin: what a WebSocket handshake's `Origin` must be.
     public_origin: String,
+    /// `session.dbsc`: a bound session's calls need the bound cookie.
+    dbsc: Dbsc,
     metrics: Arc<Metrics>,
 }
 
@@ -117,6 +120,7 @@ impl Proxy {
                 process,
             ),
             public_origin: public.origin().ascii_serialization(),
+            dbsc: Dbsc::from_config(config),
             metrics,
         }
     }
@@ -191,6 +195,14 @@ impl Proxy {
         }
         // Who the caller is, then admission against that caller's share.
         let caller = Caller::identify(req, route, cookies, tokens, self.trusted_hops).await?;
+        // A session bound to a device (DBSC) shows its bound cookie: one HMAC, no store command.
+        if self.dbsc.enabled()
+            && let Some((handle, view)) = caller.live_session()
+            && let Err(refusal) = self.dbsc.check(req, handle, view.device.as_deref(), tokens.store().now())
+        {
+            self.metrics.dbsc_refused("call", refusal.label());
+            return Err(AppError::DeviceBinding(refusal));
+        }
         // The route's step-up requirement, from the view just read (no store command): a
         // session signed in too weakly or too long ago never reaches the upstream.
         if !route.step_up.is_empty()

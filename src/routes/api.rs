@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 
+use crate::dbsc::BindingRefusal;
 use crate::error::AppError;
 use crate::proxy::{Route, UpstreamClient, is_upgrade};
 use crate::state::AppState;
@@ -43,6 +44,16 @@ async fn call(
         Err(AppError::LoginRequired) => {
             let mut res = AppError::LoginRequired.error_response();
             res.add_cookie(&state.cookies.session_cookie_removal()).map_err(|_| AppError::Internal)?;
+            if state.dbsc.enabled() {
+                res.add_cookie(&state.dbsc.bound_cookie_removal()).map_err(|_| AppError::Internal)?;
+            }
+            Ok(res)
+        }
+        // A bound cookie that no longer does is dropped: the browser then finds it missing
+        // before its next call, and refreshes first.
+        Err(AppError::DeviceBinding(refusal @ (BindingRefusal::Expired | BindingRefusal::Invalid))) => {
+            let mut res = AppError::DeviceBinding(refusal).error_response();
+            res.add_cookie(&state.dbsc.bound_cookie_removal()).map_err(|_| AppError::Internal)?;
             Ok(res)
         }
         other => other,

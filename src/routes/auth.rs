@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::crypto::digest;
+use crate::dbsc::REGISTRATION_HEADER;
 use crate::error::{AppError, BadRequest};
 use crate::http::{Frameable, require_csrf_header, require_csrf_or_same_origin};
 use crate::login_options::{LoginOptions, RawLoginOptions};
@@ -83,7 +84,17 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>, session: Ses
         Err(_) => Err(CallbackRefusal::Unreadable),
     };
     match completed {
-        Ok(completed) => redirect(StatusCode::FOUND, &completed.return_to).finish(),
+        Ok(completed) => {
+            let mut res = redirect(StatusCode::FOUND, &completed.return_to);
+            // DBSC: the browser acts on the header of the redirect, registering while the SPA
+            // loads.
+            if state.dbsc.enabled()
+                && let Some(offer) = state.dbsc.registration_header(&completed.handle, state.lifetime.now())
+            {
+                res.insert_header((header::HeaderName::from_static(REGISTRATION_HEADER), offer));
+            }
+            res.finish()
+        }
         Err(refusal) => refusal.respond(&state.pages, &state.metrics),
     }
 }
@@ -96,6 +107,7 @@ pub async fn user(req: HttpRequest, state: web::Data<AppState>, session: Session
         session.purge();
         return Err(AppError::LoginRequired);
     };
+    check_device(&req, &state, &signed_in.handle, tokens.device())?;
     let user = signed_in.user;
     Ok(HttpResponse::Ok().json(json!({
         "sub": user.sub,
@@ -115,7 +127,27 @@ pub async fn user(req: HttpRequest, state: web::Data<AppState>, session: Session
         "access_token_expires_at": tokens.expiry().expires_at,
         // `Bearer`, or `DPoP` for tokens bound to the session's key (RFC 9449).
         "access_token_type": tokens.token_type(),
+        // Whether the browser bound the session to its device key (DBSC).
+        "device_bound": tokens.device().is_some(),
     })))
+}
+
+/// A session bound to a device shows its bound cookie at `/auth/user` and `/auth/sessions` as
+/// at the API (they show and end the user's sessions). An unbound one passes, even with
+/// `required`: the SPA learns it is signed in and waits for the registration.
+fn check_device(
+    req: &HttpRequest,
+    state: &AppState,
+    handle: &SessionHandle,
+    device: Option<&crate::dbsc::DeviceBinding>,
+) -> Result<(), AppError> {
+    if device.is_none() {
+        return Ok(());
+    }
+    state.dbsc.check(req, handle, device, state.lifetime.now()).map_err(|refusal| {
+        state.metrics.dbsc_refused("call", refusal.label());
+        AppError::DeviceBinding(refusal)
+    })
 }
 
 /// `POST /auth/logout`
@@ -147,6 +179,11 @@ pub async fn logout(req: HttpRequest, state: web::Data<AppState>, session: Sessi
     let target = state.oidc.end_session_url(hint, post_logout).unwrap_or_else(|| post_logout.clone());
     let mut res = redirect(StatusCode::SEE_OTHER, target.as_str());
     res.cookie(state.cookies.login_cookie_removal());
+    // The browser's device session is not told here (`Clear-Site-Data` would clear every
+    // cookie of the site): its next refresh is answered `continue: false`.
+    if state.dbsc.enabled() {
+        res.cookie(state.dbsc.bound_cookie_removal());
+    }
     if !middleware_clears_cookie && state.cookies.session_cookie(&req).is_some() {
         res.cookie(state.cookies.session_cookie_removal());
     }
@@ -155,12 +192,17 @@ pub async fn logout(req: HttpRequest, state: web::Data<AppState>, session: Sessi
 
 /// The signed-in session of this request, if its token set is still there (the same check as
 /// `/auth/user`'s: a session ended elsewhere is 401 here at once).
-async fn signed_in(state: &AppState, session: &Session) -> Result<crate::session::SignedIn, AppError> {
+async fn signed_in(
+    req: &HttpRequest,
+    state: &AppState,
+    session: &Session,
+) -> Result<crate::session::SignedIn, AppError> {
     let signed_in = SessionEntries::read(session, state.lifetime.now()).ok_or(AppError::LoginRequired)?;
-    if state.tokens.store().load(&signed_in.handle).await?.is_none() {
+    let Some(tokens) = state.tokens.store().load(&signed_in.handle).await? else {
         session.purge();
         return Err(AppError::LoginRequired);
-    }
+    };
+    check_device(req, state, &signed_in.handle, tokens.device())?;
     Ok(signed_in)
 }
 
@@ -192,7 +234,7 @@ pub async fn sessions(
     session: Session,
 ) -> Result<HttpResponse, AppError> {
     require_csrf_header(&req)?;
-    let me = signed_in(&state, &session).await?;
+    let me = signed_in(&req, &state, &session).await?;
     let listed = state.sessions.list(&me.user.sub).await?;
     if req.method() == Method::DELETE {
         let others: Vec<SessionHandle> = listed.into_iter().map(|l| l.handle).filter(|h| *h != me.handle).collect();
@@ -223,7 +265,7 @@ pub async fn end_session(
     id: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
     require_csrf_header(&req)?;
-    let me = signed_in(&state, &session).await?;
+    let me = signed_in(&req, &state, &session).await?;
     let handle = SessionHandle::from_stored(&id).ok_or(AppError::NotFound)?;
     if !state.sessions.belongs_to(&handle, &me.user.sub).await? {
         return Err(AppError::NotFound);

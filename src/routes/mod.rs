@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod auth;
+mod dbsc;
 pub mod health;
 mod jwks;
 mod spa;
@@ -39,6 +40,8 @@ fn resource(route: OwnRoute) -> Resource {
         OwnRoute::Jwks => own(route, jwks::jwks),
         OwnRoute::Sessions => own(route, auth::sessions),
         OwnRoute::Session => own(route, auth::end_session),
+        OwnRoute::DbscRegister => own(route, dbsc::register),
+        OwnRoute::DbscRefresh => own(route, dbsc::refresh),
     }
 }
 
@@ -97,6 +100,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, state: &web::Data<AppState>) {
             // The process's own: served by `configure_server` whichever frontend the host is.
             OwnRoute::Healthz | OwnRoute::Readyz | OwnRoute::Metrics => false,
             OwnRoute::Jwks => state.config.oidc.client_keys.is_some(),
+            OwnRoute::DbscRegister | OwnRoute::DbscRefresh => state.dbsc.enabled(),
             _ => true,
         };
         if !served_here {

@@ -126,6 +126,12 @@ impl KeyLayout {
         format!("{}{{{}}}:seen", self.prefix, h.0)
     }
 
+    /// A DBSC challenge of the session that was answered, by its nonce: kept until the challenge
+    /// would have expired, so it is answered once.
+    pub fn dbsc_challenge(&self, h: &SessionHandle, nonce: &str) -> String {
+        format!("{}{{{}}}:dbsc:{nonce}", self.prefix, h.0)
+    }
+
     /// Every key that belongs to one session (one hash slot).
     pub fn all_of_session(&self, h: &SessionHandle) -> Vec<String> {
         vec![self.session(h), self.tokens(h), self.refresh_lock(h), self.session_meta(h), self.session_seen(h)]

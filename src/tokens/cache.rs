@@ -205,7 +205,10 @@ fn view_bytes(view: &HotToken) -> usize {
     let audiences: usize = view.audiences.iter().map(|a| std::mem::size_of_val(a) + a.0.len() + token(&a.1)).sum();
     // Two reference counts precede each `Arc`'s value.
     let acr = view.acr.as_ref().map_or(0, |a| 2 * std::mem::size_of::<usize>() + a.len());
-    2 * std::mem::size_of::<usize>() + std::mem::size_of::<CachedToken>() + token(&view.access) + audiences + acr
+    let device = view.device.as_ref().map_or(0, |d| {
+        2 * std::mem::size_of::<usize>() + std::mem::size_of_val(d.as_ref()) + d.session_id.len() + d.key.encoded_len()
+    });
+    2 * std::mem::size_of::<usize>() + std::mem::size_of::<CachedToken>() + token(&view.access) + audiences + acr + device
 }
 
 impl ChangeListener for TokenCache {
@@ -269,6 +272,7 @@ mod tests {
             audiences: std::sync::Arc::default(),
             acr: None,
             auth_time: None,
+            device: None,
         }
     }
 

@@ -36,6 +36,8 @@ pub struct HotToken {
     /// The sign-in's `acr` and `auth_time` (see `TokenSet`), for a route's step-up check.
     pub acr: Option<Arc<str>>,
     pub auth_time: Option<u64>,
+    /// The session's device binding (DBSC): its calls need the bound cookie.
+    pub device: Option<Arc<crate::dbsc::DeviceBinding>>,
 }
 
 impl From<&TokenSet> for HotToken {
@@ -55,6 +57,7 @@ impl From<&TokenSet> for HotToken {
                 .collect(),
             acr: set.acr.as_deref().map(Arc::from),
             auth_time: set.auth_time,
+            device: set.device.clone().map(Arc::new),
         }
     }
 }
@@ -129,6 +132,7 @@ fn view(version: u64) -> HotToken {
         audiences: Arc::default(),
         acr: None,
         auth_time: None,
+        device: None,
     }
 }
 

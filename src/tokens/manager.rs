@@ -30,6 +30,7 @@ use crate::crypto::random_token;
 use crate::metrics::{ExchangeOutcome, Metrics, RefreshOutcome};
 use crate::oidc::{ExchangeError, Oidc, OidcError, RefreshError};
 use crate::session::SessionHandle;
+use crate::dbsc::DeviceBinding;
 use crate::store::{CasOutcome, StoreError};
 use crate::telemetry::{self, error_chain};
 
@@ -439,6 +440,44 @@ impl TokenManager {
                 return Err(RefreshUnavailable::WaitedTooLong(self.wait_limit).into());
             }
             tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Binds the session to a device key (DBSC registration), under the session's refresh lock
+    /// so no refresh in flight on any instance writes over it. `false`: it was bound already
+    /// (a session registers once; another key never replaces the first).
+    pub async fn bind_device(&self, handle: &SessionHandle, device: DeviceBinding) -> Result<bool, TokenError> {
+        let lock_key = self.tokens.keys().refresh_lock(handle);
+        let started = Instant::now();
+        loop {
+            if self.load_live(handle).await?.device().is_some() {
+                return Ok(false);
+            }
+            let owner = random_token();
+            if self.tokens.store().set_if_absent(&lock_key, owner.as_bytes(), self.lease).await? {
+                self.hold(&lock_key, &owner);
+                let result = self.bind_locked(handle, device).await;
+                self.release(&lock_key, &owner).await;
+                return result;
+            }
+            if !keep_waiting(started.elapsed(), self.wait_limit) {
+                return Err(RefreshUnavailable::WaitedTooLong(self.wait_limit).into());
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    async fn bind_locked(&self, handle: &SessionHandle, device: DeviceBinding) -> Result<bool, TokenError> {
+        let set = self.load_live(handle).await?;
+        if set.device().is_some() {
+            return Ok(false);
+        }
+        match self.tokens.replace(handle, set.version, &set.bound_to(device)).await? {
+            CasOutcome::Written => Ok(true),
+            // Written despite the lock (its lease ran out under a slow store): not ours to
+            // overwrite; the browser registers at its next sign-in.
+            CasOutcome::Conflict => Err(RefreshUnavailable::LockLost.into()),
+            CasOutcome::Missing => Err(TokenError::LoginRequired),
         }
     }
 

@@ -22,6 +22,7 @@ use openidconnect::{AccessToken, RefreshToken};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::Sealer;
+use crate::dbsc::DeviceBinding;
 use crate::dpop::DpopKey;
 use crate::oidc::{Exchanged, LoginResult, RawIdToken, Refreshed};
 use crate::session::{KeyLayout, SessionHandle, SessionLifetime, SessionMeta};
@@ -116,6 +117,10 @@ pub struct TokenSet {
     acr: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     auth_time: Option<u64>,
+    /// The browser's device key, once it registered (DBSC, `session.dbsc`): every instance
+    /// then asks this session's calls for the bound cookie. Kept across refreshes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device: Option<DeviceBinding>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -277,6 +282,7 @@ impl TokenSet {
             access_after_rejection: false,
             acr: owner.acr,
             auth_time: owner.auth_time,
+            device: previous.and_then(|p| p.device.clone()),
         }
     }
 
@@ -342,6 +348,7 @@ impl TokenSet {
             access_after_rejection: self.access_after_rejection,
             acr: self.acr.clone(),
             auth_time: self.auth_time,
+            device: self.device.clone(),
         }
     }
 
@@ -394,6 +401,33 @@ impl TokenSet {
 
     pub fn expiry(&self) -> Expiry {
         self.expiry
+    }
+
+    /// The browser's device key, if the session registered one (DBSC).
+    pub fn device(&self) -> Option<&DeviceBinding> {
+        self.device.as_ref()
+    }
+
+    /// The next version, bound to `device`: nothing else changes (the tokens keep the versions
+    /// that issued them), but the version moves, so a refresh that read the set before cannot
+    /// write over the binding.
+    fn bound_to(&self, device: DeviceBinding) -> TokenSet {
+        TokenSet {
+            access_token: self.access_token.clone(),
+            refresh_token: self.refresh_token.clone(),
+            id_token: self.id_token.clone(),
+            expiry: self.expiry,
+            sub: self.sub.clone(),
+            provider_sid: self.provider_sid.clone(),
+            version: self.version + 1,
+            access_version: Some(self.access_version()),
+            audiences: self.audiences.clone(),
+            dpop_key: self.dpop_key.clone(),
+            access_after_rejection: self.access_after_rejection,
+            acr: self.acr.clone(),
+            auth_time: self.auth_time,
+            device: Some(device),
+        }
     }
 }
 
