@@ -9,10 +9,10 @@ use actix_web::web;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
-use crate::dbsc::Dbsc;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::crypto::Sealer;
+use crate::dbsc::Dbsc;
 use crate::frontends::{Current, Frontend, Generation, MAX_RETIRED, Retired};
 use crate::limits::RateLimiter;
 use crate::metrics::Metrics;

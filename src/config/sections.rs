@@ -16,8 +16,9 @@ use crate::login_options::LoginParam;
 use super::frontends::Shared;
 use super::walker::{Section, Walker, describe};
 use super::{
-    ApiConfig, AssertionAudience, AuthMethod, Config, FrontendIdentity, LogConfig, LogFormat, OidcConfig, ParMode,
-    DbscMode, RedisTls, SameSitePolicy, ServerConfig, SessionConfig, TelemetryConfig, TokenPolicy, TokensConfig, UserinfoMode,
+    ApiConfig, AssertionAudience, AuthMethod, Config, DbscMode, FrontendIdentity, LogConfig, LogFormat, OidcConfig,
+    ParMode, RedisTls, SameSitePolicy, ServerConfig, SessionConfig, TelemetryConfig, TokenPolicy, TokensConfig,
+    UserinfoMode,
 };
 
 /// `tokens.local_cache_max_bytes`' default, 256 MiB: the default 100,000 sessions at about

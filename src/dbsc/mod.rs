@@ -315,7 +315,10 @@ mod tests {
         );
         assert!(rules.iter().all(|r| r["domain"] == "app.example.com"));
         let credential = &json["credentials"][0];
-        assert_eq!((credential["type"].as_str(), credential["name"].as_str()), (Some("cookie"), Some("__Host-Http-bff-bound")));
+        assert_eq!(
+            (credential["type"].as_str(), credential["name"].as_str()),
+            (Some("cookie"), Some("__Host-Http-bff-bound"))
+        );
         assert_eq!(credential["attributes"], "Path=/; Secure; HttpOnly; SameSite=Strict");
         let set = d.bound_cookie(&crate::session::SessionId::generate().handle(), "dev1", 0).to_string();
         for attribute in ["Path=/", "Secure", "HttpOnly", "SameSite=Strict", "Max-Age=600"] {

@@ -284,10 +284,8 @@ mod tests {
     #[test]
     fn a_key_of_the_wrong_kind_for_its_algorithm_is_refused() {
         let device = Device::new();
-        let rsa_named = device.sign(
-            json!({"alg": "RS256", "typ": "dbsc+jwt", "jwk": device.jwk()}),
-            json!({"jti": "c"}),
-        );
+        let rsa_named =
+            device.sign(json!({"alg": "RS256", "typ": "dbsc+jwt", "jwk": device.jwk()}), json!({"jti": "c"}));
         assert_eq!(verify_registration(&rsa_named).unwrap_err(), ProofError::BadKey);
         let mut p384 = device.jwk();
         p384["crv"] = "P-384".into();

@@ -159,8 +159,17 @@ fn challenge_input(
 ) -> Vec<u8> {
     // The handle and device session id have fixed alphabets without `\0`: the separators make
     // the input unambiguous.
-    [b"bff-dbsc-challenge-v1\0", &[purpose.tag(), 0][..], handle.as_str().as_bytes(), b"\0", device_session.as_bytes(), b"\0", nonce, expiry]
-        .concat()
+    [
+        b"bff-dbsc-challenge-v1\0",
+        &[purpose.tag(), 0][..],
+        handle.as_str().as_bytes(),
+        b"\0",
+        device_session.as_bytes(),
+        b"\0",
+        nonce,
+        expiry,
+    ]
+    .concat()
 }
 
 fn cookie_input(handle: &SessionHandle, device_session: &str, expiry: &[u8]) -> Vec<u8> {

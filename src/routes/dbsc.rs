@@ -14,19 +14,21 @@ use crate::error::{AppError, BadRequest};
 use crate::state::AppState;
 
 /// `POST /auth/dbsc/register`: the registration proof in `Secure-Session-Response`. Bound: the
-/// session instructions, the bound cookie, and the first refresh's challenge. Refused: 400, and
-/// the browser creates no device session (the session goes on unbound).
+/// session instructions and the bound cookie. Refused: 400, and the browser creates no device
+/// session (the session goes on unbound).
+///
+/// No challenge is handed out in advance (the specification allows it, with any answer): the
+/// next refresh comes a cookie's lifetime later, and a challenge that lived that long would let a
+/// signature taken from the device now renew the cookie then. The refresh's 403 round trip is
+/// the price, one every few minutes per browser.
 pub async fn register(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let handle = state.cookies.session_handle(&req);
     match BoundSessions::new(&state).register(handle, header_value(&req, RESPONSE_HEADER)).await {
         Ok(bound) => {
             let now = state.lifetime.now();
-            let mut res = answer(StatusCode::OK);
-            res.cookie(state.dbsc.bound_cookie(&bound.handle, &bound.id, now));
-            if let Some(challenge) = state.dbsc.challenge_header(&bound.handle, &bound.id, now) {
-                res.insert_header((HeaderName::from_static(CHALLENGE_HEADER), challenge));
-            }
-            res.json(state.dbsc.instructions(&bound.id))
+            answer(StatusCode::OK)
+                .cookie(state.dbsc.bound_cookie(&bound.handle, &bound.id, now))
+                .json(state.dbsc.instructions(&bound.id))
         }
         Err(RegisterError::Refused(_)) => AppError::BadRequest(BadRequest::DeviceProof).error_response(),
         Err(RegisterError::Unavailable(e)) => e.error_response(),
@@ -34,8 +36,8 @@ pub async fn register(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
 }
 
 /// `POST /auth/dbsc/refresh`: the browser's device session in `Sec-Secure-Session-Id`, a proof
-/// once it has a challenge. Renewed: 200 with the new bound cookie (and the instructions again,
-/// and the next challenge, which spares the next refresh a round trip). A challenge to sign:
+/// once it has a challenge. Renewed: 200 with the new bound cookie (and the instructions again).
+/// A challenge to sign:
 /// 403 (the one status the browser answers by signing and retrying). Over: 200
 /// `{"continue": false}`. A store failure: 503, after which the browser keeps its device session
 /// and tries again later.
@@ -45,21 +47,15 @@ pub async fn refresh(req: HttpRequest, state: web::Data<AppState>) -> HttpRespon
         .refresh(handle, header_value(&req, SESSION_ID_HEADER), header_value(&req, RESPONSE_HEADER))
         .await;
     let now = state.lifetime.now();
-    let with_challenge = |res: &mut HttpResponseBuilder, handle, id| {
-        if let Some(challenge) = state.dbsc.challenge_header(handle, id, now) {
-            res.insert_header((HeaderName::from_static(CHALLENGE_HEADER), challenge));
-        }
-    };
     match refreshed {
         Ok(Refresh::Renewed { handle, id }) => {
-            let mut res = answer(StatusCode::OK);
-            res.cookie(state.dbsc.bound_cookie(&handle, &id, now));
-            with_challenge(&mut res, &handle, &id);
-            res.json(state.dbsc.instructions(&id))
+            answer(StatusCode::OK).cookie(state.dbsc.bound_cookie(&handle, &id, now)).json(state.dbsc.instructions(&id))
         }
         Ok(Refresh::Challenge { handle, id }) => {
             let mut res = answer(StatusCode::FORBIDDEN);
-            with_challenge(&mut res, &handle, &id);
+            if let Some(challenge) = state.dbsc.challenge_header(&handle, &id, now) {
+                res.insert_header((HeaderName::from_static(CHALLENGE_HEADER), challenge));
+            }
             res.json(json!({"error": "dbsc_proof_required"}))
         }
         Ok(Refresh::Ended { id }) => {
@@ -75,7 +71,10 @@ fn answer(status: StatusCode) -> HttpResponseBuilder {
     let mut res = HttpResponse::build(status);
     res.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .insert_header((header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")))
-        .insert_header((HeaderName::from_static("cross-origin-resource-policy"), HeaderValue::from_static("same-origin")));
+        .insert_header((
+            HeaderName::from_static("cross-origin-resource-policy"),
+            HeaderValue::from_static("same-origin"),
+        ));
     res
 }
 

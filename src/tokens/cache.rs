@@ -208,7 +208,12 @@ fn view_bytes(view: &HotToken) -> usize {
     let device = view.device.as_ref().map_or(0, |d| {
         2 * std::mem::size_of::<usize>() + std::mem::size_of_val(d.as_ref()) + d.session_id.len() + d.key.encoded_len()
     });
-    2 * std::mem::size_of::<usize>() + std::mem::size_of::<CachedToken>() + token(&view.access) + audiences + acr + device
+    2 * std::mem::size_of::<usize>()
+        + std::mem::size_of::<CachedToken>()
+        + token(&view.access)
+        + audiences
+        + acr
+        + device
 }
 
 impl ChangeListener for TokenCache {

@@ -27,10 +27,10 @@ use super::{
     TokenStore, presented,
 };
 use crate::crypto::random_token;
+use crate::dbsc::DeviceBinding;
 use crate::metrics::{ExchangeOutcome, Metrics, RefreshOutcome};
 use crate::oidc::{ExchangeError, Oidc, OidcError, RefreshError};
 use crate::session::SessionHandle;
-use crate::dbsc::DeviceBinding;
 use crate::store::{CasOutcome, StoreError};
 use crate::telemetry::{self, error_chain};
 

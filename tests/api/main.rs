@@ -32,6 +32,7 @@ mod client_auth;
 mod compose;
 mod cookie_memory;
 mod cookies;
+mod dbsc;
 mod demo;
 mod dpop;
 mod edges;

@@ -6,6 +6,7 @@
 //! - [`frontends`]: one bff with two frontends (by host or by path), each with its own provider
 //!   and upstream, and the reloader to change them;
 //! - [`browser`]: an HTTP client that keeps cookies like a browser and walks the login;
+//! - [`dbsc`]: a browser's device key for DBSC, and the requests it signs;
 //! - [`upstream`]: the API behind the proxy, which checks tokens at the demo provider;
 //! - [`redis`]: Redis servers of a test's own, each in a temporary directory;
 //! - [`websocket`]: WebSockets opened as a page would;
@@ -15,6 +16,7 @@
 
 pub mod app;
 pub mod browser;
+pub mod dbsc;
 pub mod frontends;
 pub mod otlp;
 pub mod redis;
