@@ -70,7 +70,13 @@ function renderCountdown() {
   $("bar-fill").style.width = `${Math.max(0, Math.min(100, (left / total) * 100))}%`;
 }
 
-async function call(method, path, body) {
+// DBSC: a call refused for the device binding is tried once more. Right after sign-in the
+// browser may still be registering (bff says how long to wait); a bound cookie that expired
+// was cleared by bff's answer, so the browser renews it before sending the call again.
+const DEVICE_BINDING_ERRORS = ["dbsc_registration_required", "dbsc_bound_cookie_required"];
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function call(method, path, body, retried = false) {
   const started = performance.now();
   const init = { method, headers: { "X-CSRF": "1" }, credentials: "same-origin" };
   if (body !== undefined) {
@@ -92,6 +98,10 @@ async function call(method, path, body) {
   if (type.includes("json")) payload = await res.json().catch(() => null);
   const note = payload && payload.error ? payload.error : "";
   if (path !== "/auth/user") log(`${method} ${path}`, res.status, ms, note);
+  if (res.status === 401 && !retried && payload && DEVICE_BINDING_ERRORS.includes(payload.error)) {
+    await sleep(1000 * Number(res.headers.get("Retry-After") || 0));
+    return call(method, path, body, true);
+  }
   if (res.status === 401 && payload && payload.error === "login_required") {
     stopStream();
     showView("signed-out");
@@ -119,6 +129,12 @@ function renderUser(user) {
   noteExpiry(user.access_token_expires_at, "/auth/user");
   $("token-type").textContent =
     user.access_token_type === "DPoP" ? "DPoP (bound to bff's key, a proof on every call)" : "Bearer";
+  $("session-bound").textContent = user.device_bound
+    ? "yes — bound to this device's key (DBSC): a copy of the cookies stops working within minutes"
+    : user.device_binding === "off" || !user.device_binding
+      ? "no (session.dbsc is off)"
+      : "not (yet): this browser has not registered a device key";
+  $("session-bound").dataset.bound = String(Boolean(user.device_bound));
 }
 
 // The signed-in user's sessions (`GET /auth/sessions`): each can be ended but this one, which
@@ -158,12 +174,16 @@ async function endOtherSessions() {
   loadSessions();
 }
 
-async function loadUser() {
+// The browser registers its device key (DBSC) while this page loads: a session not bound yet
+// is looked at again a few times.
+async function loadUser(checksLeft = 3) {
   const { res, payload } = await call("GET", "/auth/user");
   if (res.ok && payload) {
     renderUser(payload);
     showView("signed-in");
     loadSessions();
+    const offered = payload.device_binding && payload.device_binding !== "off";
+    if (offered && !payload.device_bound && checksLeft > 0) setTimeout(() => loadUser(checksLeft - 1), 2000);
   } else if (res.status === 401) {
     showView("signed-out");
   } else {

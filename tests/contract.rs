@@ -545,6 +545,8 @@ async fn spawn_bff() -> String {
     set(&mut table, "server.workers", Value::Integer(1));
     // `/metrics` is in the route table; on the main listener only when made public.
     set(&mut table, "server.metrics_public", Value::Boolean(true));
+    // The DBSC routes are in the table; served with `session.dbsc` on.
+    set(&mut table, "session.dbsc", Value::String("optional".into()));
     let app = bff::Application::build(load(&table).unwrap(), listener).await.unwrap();
     tokio::spawn(app.run_until_stopped());
     address

@@ -127,8 +127,10 @@ pub async fn user(req: HttpRequest, state: web::Data<AppState>, session: Session
         "access_token_expires_at": tokens.expiry().expires_at,
         // `Bearer`, or `DPoP` for tokens bound to the session's key (RFC 9449).
         "access_token_type": tokens.token_type(),
-        // Whether the browser bound the session to its device key (DBSC).
+        // Whether the browser bound the session to its device key (DBSC), and whether bff
+        // offers it (`session.dbsc`: `off`, `optional`, `required`).
         "device_bound": tokens.device().is_some(),
+        "device_binding": state.dbsc.mode.label(),
     })))
 }
 
