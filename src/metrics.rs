@@ -47,6 +47,7 @@ struct Families {
     websocket_closes: IntCounterVec,
     websockets_open: IntGauge,
     config_reloads: IntCounterVec,
+    tls_certificate_reloads: IntCounterVec,
     cache: CacheMetrics,
     cache_entries: IntGaugeVec,
     cache_bytes: IntGaugeVec,
@@ -356,6 +357,13 @@ impl Families {
                 Opts::new("config_reloads_total", "Configuration reloads, applied or refused"),
                 &["outcome"],
             )?,
+            tls_certificate_reloads: IntCounterVec::new(
+                Opts::new(
+                    "tls_certificate_reloads_total",
+                    "Changed TLS certificate files: applied, or refused (the certificate before still serves)",
+                ),
+                &["outcome"],
+            )?,
             cache: CacheMetrics {
                 hits: IntCounter::new("token_cache_hits_total", "API calls answered from the local token cache")?,
                 misses: IntCounter::new(
@@ -408,6 +416,7 @@ impl Families {
         f.registry.register(Box::new(f.websocket_closes.clone()))?;
         f.registry.register(Box::new(f.websockets_open.clone()))?;
         f.registry.register(Box::new(f.config_reloads.clone()))?;
+        f.registry.register(Box::new(f.tls_certificate_reloads.clone()))?;
         f.registry.register(Box::new(f.cache.hits.clone()))?;
         f.registry.register(Box::new(f.cache.misses.clone()))?;
         f.registry.register(Box::new(f.cache.fills.clone()))?;
@@ -534,6 +543,11 @@ impl Metrics {
     pub fn config_reload(&self, applied: bool) {
         let outcome = if applied { "applied" } else { "refused" };
         self.families.config_reloads.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn tls_certificate_reload(&self, applied: bool) {
+        let outcome = if applied { "applied" } else { "refused" };
+        self.families.tls_certificate_reloads.with_label_values(&[outcome]).inc();
     }
 
     pub fn cache(&self) -> CacheMetrics {
