@@ -126,9 +126,10 @@ impl Runtime {
             crate::startup::local_cache(&config, store, &KeyLayout::new(&config.session.key_prefix), &metrics);
         let s = &config.server;
         let tls = match &s.tls {
-            Some(files) => Some(Arc::new(Tls::new(files.clone(), Arc::clone(&metrics)).map_err(|e| {
-                ConfigErrors(vec![ConfigError { key: e.key.to_string(), message: e.message }])
-            })?)),
+            Some(files) => Some(Arc::new(
+                Tls::new(files.clone(), Arc::clone(&metrics))
+                    .map_err(|e| ConfigErrors(vec![ConfigError { key: e.key.to_string(), message: e.message }]))?,
+            )),
             None => None,
         };
         let runtime = Runtime {

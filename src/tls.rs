@@ -275,7 +275,10 @@ impl Redirects {
 
 /// Every request on the plain-HTTP listener: 308 (method and body kept) to the same path and
 /// query on the https origin. Nothing else is served there, not even health checks.
-pub async fn redirect(req: actix_web::HttpRequest, redirects: actix_web::web::Data<Redirects>) -> actix_web::HttpResponse {
+pub async fn redirect(
+    req: actix_web::HttpRequest,
+    redirects: actix_web::web::Data<Redirects>,
+) -> actix_web::HttpResponse {
     use actix_web::ResponseError;
     use actix_web::http::header;
     let uri = req.uri();
@@ -285,7 +288,8 @@ pub async fn redirect(req: actix_web::HttpRequest, redirects: actix_web::web::Da
     if head_bytes > redirects.max_header_bytes {
         return crate::error::AppError::Limited(crate::limits::Limit::HeaderSize).error_response();
     }
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| uri.authority().map(|a| a.as_str()));
+    let host =
+        req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| uri.authority().map(|a| a.as_str()));
     let target = match uri.query() {
         Some(query) => format!("{}{}?{query}", redirects.origin_for(host), uri.path()),
         None => format!("{}{}", redirects.origin_for(host), uri.path()),

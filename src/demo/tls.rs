@@ -29,12 +29,11 @@ pub fn make() -> Result<DemoCertificate, anyhow::Error> {
     name.push(DnType::CommonName, "bff demo (self-signed, this run only)");
     params.distinguished_name = name;
     let cert = params.self_signed(&key)?;
-    let spki_sha256 =
-        base64::engine::general_purpose::STANDARD.encode(Sha256::digest(key.subject_public_key_info()));
-    let dir = std::env::temp_dir().join(format!("bff-demo-tls-{}-{}", std::process::id(), crate::crypto::random_token()));
+    let spki_sha256 = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(key.subject_public_key_info()));
+    let dir =
+        std::env::temp_dir().join(format!("bff-demo-tls-{}-{}", std::process::id(), crate::crypto::random_token()));
     create_private_dir(&dir)?;
-    let files =
-        crate::tls::TlsFiles { cert_file: dir.join("cert.pem"), key_file: dir.join("key.pem") };
+    let files = crate::tls::TlsFiles { cert_file: dir.join("cert.pem"), key_file: dir.join("key.pem") };
     std::fs::write(&files.cert_file, cert.pem())?;
     std::fs::write(&files.key_file, key.serialize_pem())?;
     Ok(DemoCertificate { dir, files, spki_sha256 })

@@ -33,7 +33,12 @@ fn self_signed_with(name: &str, key: KeyPair) -> Pair {
     dn.push(DnType::CommonName, name);
     params.distinguished_name = dn;
     let cert = params.self_signed(&key).unwrap();
-    Pair { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().to_vec(), spki: key.subject_public_key_info() }
+    Pair {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        der: cert.der().to_vec(),
+        spki: key.subject_public_key_info(),
+    }
 }
 
 /// Replaces a file as certificate managers do: a new file renamed over the old one.
@@ -129,7 +134,8 @@ async fn browsers_get_http2_by_alpn_and_http1_clients_http1() {
     assert_eq!(h1.headers()["strict-transport-security"], "max-age=31536000");
 
     // Errors are answers of bff's too.
-    let anonymous = client(&[&pair], false).get(format!("{}/auth/user", tls.https)).send().await.unwrap();
+    let anonymous =
+        client(&[&pair], false).get(format!("{}/auth/user", tls.https)).header("x-csrf", "1").send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
     assert!(anonymous.headers().contains_key("strict-transport-security"));
 
@@ -319,14 +325,16 @@ async fn files_that_cannot_be_served_are_refused_at_start_naming_their_key() {
 async fn rsa_pkcs1_and_ec_sec1_keys_are_served() {
     use rsa::pkcs1::DecodeRsaPrivateKey as _;
     use rsa::pkcs8::EncodePrivateKey as _;
-    let fixture = |name: &str| std::fs::read_to_string(support::repository().join("tests/fixtures").join(name)).unwrap();
+    let fixture =
+        |name: &str| std::fs::read_to_string(support::repository().join("tests/fixtures").join(name)).unwrap();
     let rsa_pem = fixture("client-rsa.pem");
     let rsa = rsa::RsaPrivateKey::from_pkcs1_pem(&rsa_pem).unwrap();
     let rsa_pkcs8 = rsa.to_pkcs8_der().unwrap();
     let sec1_pem = fixture("client-ec-sec1.pem");
     let ec = p256::SecretKey::from_sec1_pem(&sec1_pem).unwrap();
     let ec_pkcs8 = p256::pkcs8::EncodePrivateKey::to_pkcs8_der(&ec).unwrap();
-    for (what, pkcs8, original) in [("RSA PKCS#1", rsa_pkcs8.as_bytes(), rsa_pem), ("EC SEC1", ec_pkcs8.as_bytes(), sec1_pem)]
+    for (what, pkcs8, original) in
+        [("RSA PKCS#1", rsa_pkcs8.as_bytes(), rsa_pem), ("EC SEC1", ec_pkcs8.as_bytes(), sec1_pem)]
     {
         let key = KeyPair::try_from(pkcs8).unwrap();
         let mut pair = self_signed_with(what, key);
