@@ -449,3 +449,28 @@ async fn the_demo_over_https_signs_in() {
     let hello = browser.api(Method::GET, "/api/hello").await;
     assert_eq!((hello.status(), hello.version()), (reqwest::StatusCode::OK, Version::HTTP_2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_reload_takes_a_rotated_certificate_at_once() {
+    const TOKEN: &str = "admin-token-for-the-tls-tests-0123456789";
+    let first = self_signed("first");
+    let port = support::dead_port();
+    let tls = spawn_tls(&first, move |c| {
+        c.server.admin_listen = Some(([127, 0, 0, 1], port).into());
+        c.server.admin_token = Some(secrecy::SecretString::from(TOKEN.to_string()));
+    })
+    .await;
+    let second = self_signed("second");
+    write_pair(&tls.dir, &second);
+    // No configuration file in a test: the configuration reload is refused, the certificate is
+    // taken all the same (before the next poll, 2 s away at most; usually long before).
+    let reload = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/admin/reload"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reload.status(), 422, "{:?}", reload.text().await);
+    let res = client(&[&second], false).get(format!("{}/healthz", tls.https)).send().await.unwrap();
+    assert_eq!(peer_certificate(&res), second.der);
+}
