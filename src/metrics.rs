@@ -47,10 +47,10 @@ struct Families {
     websocket_closes: IntCounterVec,
     websockets_open: IntGauge,
     config_reloads: IntCounterVec,
-    tls_certificate_reloads: IntCounterVec,
     cache: CacheMetrics,
     cache_entries: IntGaugeVec,
     cache_bytes: IntGaugeVec,
+    tls_certificate_reloads: IntCounterVec,
 }
 
 /// The per-instance in-memory caches, by their `cache` label.
@@ -357,13 +357,6 @@ impl Families {
                 Opts::new("config_reloads_total", "Configuration reloads, applied or refused"),
                 &["outcome"],
             )?,
-            tls_certificate_reloads: IntCounterVec::new(
-                Opts::new(
-                    "tls_certificate_reloads_total",
-                    "Changed TLS certificate files: applied, or refused (the certificate before still serves)",
-                ),
-                &["outcome"],
-            )?,
             cache: CacheMetrics {
                 hits: IntCounter::new("token_cache_hits_total", "API calls answered from the local token cache")?,
                 misses: IntCounter::new(
@@ -396,6 +389,13 @@ impl Families {
                 ),
                 &["cache"],
             )?,
+            tls_certificate_reloads: IntCounterVec::new(
+                Opts::new(
+                    "tls_certificate_reloads_total",
+                    "Changed TLS certificate files: applied, or refused (the certificate before still serves)",
+                ),
+                &["outcome"],
+            )?,
             registry,
         };
         f.registry.register(Box::new(f.requests.clone()))?;
@@ -416,7 +416,6 @@ impl Families {
         f.registry.register(Box::new(f.websocket_closes.clone()))?;
         f.registry.register(Box::new(f.websockets_open.clone()))?;
         f.registry.register(Box::new(f.config_reloads.clone()))?;
-        f.registry.register(Box::new(f.tls_certificate_reloads.clone()))?;
         f.registry.register(Box::new(f.cache.hits.clone()))?;
         f.registry.register(Box::new(f.cache.misses.clone()))?;
         f.registry.register(Box::new(f.cache.fills.clone()))?;
@@ -426,6 +425,7 @@ impl Families {
         f.registry.register(Box::new(f.cache.mode.clone()))?;
         f.registry.register(Box::new(f.cache_entries.clone()))?;
         f.registry.register(Box::new(f.cache_bytes.clone()))?;
+        f.registry.register(Box::new(f.tls_certificate_reloads.clone()))?;
         Ok(f)
     }
 }
