@@ -37,9 +37,19 @@ pub async fn security_headers(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let csp = req.app_data::<web::Data<AppState>>().map(|s| s.content_security_policy.clone());
+    // Only on the TLS listener: a browser ignores it over plain HTTP, and a bff behind a
+    // TLS-terminating proxy leaves it to that proxy.
+    let hsts = if req.app_config().secure() {
+        req.app_data::<web::Data<Runtime>>().and_then(|r| r.hsts.clone())
+    } else {
+        None
+    };
     let mut res = next.call(req).await?;
     let frameable = res.response().extensions().contains::<Frameable>();
     add_security_headers(res.headers_mut(), csp, frameable);
+    if let Some(hsts) = hsts {
+        res.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+    }
     Ok(res)
 }
 

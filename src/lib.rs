@@ -35,6 +35,7 @@ pub mod startup;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod tokens;
 
 #[cfg(feature = "demo")]

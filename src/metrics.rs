@@ -53,6 +53,7 @@ struct Families {
     cache: CacheMetrics,
     cache_entries: IntGaugeVec,
     cache_bytes: IntGaugeVec,
+    tls_certificate_reloads: IntCounterVec,
 }
 
 /// The per-instance in-memory caches, by their `cache` label.
@@ -406,6 +407,13 @@ impl Families {
                 ),
                 &["cache"],
             )?,
+            tls_certificate_reloads: IntCounterVec::new(
+                Opts::new(
+                    "tls_certificate_reloads_total",
+                    "Changed TLS certificate files: applied, or refused (the certificate before still serves)",
+                ),
+                &["outcome"],
+            )?,
             registry,
         };
         f.registry.register(Box::new(f.requests.clone()))?;
@@ -438,6 +446,7 @@ impl Families {
         f.registry.register(Box::new(f.cache.mode.clone()))?;
         f.registry.register(Box::new(f.cache_entries.clone()))?;
         f.registry.register(Box::new(f.cache_bytes.clone()))?;
+        f.registry.register(Box::new(f.tls_certificate_reloads.clone()))?;
         Ok(f)
     }
 }
@@ -569,6 +578,11 @@ impl Metrics {
     pub fn config_reload(&self, applied: bool) {
         let outcome = if applied { "applied" } else { "refused" };
         self.families.config_reloads.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn tls_certificate_reload(&self, applied: bool) {
+        let outcome = if applied { "applied" } else { "refused" };
+        self.families.tls_certificate_reloads.with_label_values(&[outcome]).inc();
     }
 
     pub fn cache(&self) -> CacheMetrics {

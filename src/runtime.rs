@@ -23,6 +23,7 @@ use crate::session::{CookiePolicy, KeyLayout, PendingLogins, SessionLifetime, Se
 use crate::state::{AppState, content_security_policy};
 use crate::store::Store;
 use crate::telemetry::error_chain;
+use crate::tls::Tls;
 use crate::tokens::{Sessions, TokenCache, TokenManager, TokenStore, TokenTimings};
 
 pub struct Runtime {
@@ -44,6 +45,11 @@ pub struct Runtime {
     last_reload: Mutex<Option<ReloadStatus>>,
     /// The configuration file the process was started with, what a reload reads again.
     config_file: Mutex<Option<std::path::PathBuf>>,
+    /// The main listener's certificate, when `server.tls_cert_file` is set.
+    pub tls: Option<Arc<Tls>>,
+    /// `Strict-Transport-Security` for answers over TLS (none without TLS, or with
+    /// `server.hsts_max_age_secs = 0`).
+    pub hsts: Option<actix_web::http::header::HeaderValue>,
 }
 
 /// The outcome of the last reload, for `/readyz`.
@@ -77,6 +83,12 @@ impl Reloader {
             Ok(config) => runtime.apply(config).await,
             Err(errors) => Err(errors),
         };
+        // The certificate files too, whatever became of the configuration: a certificate
+        // manager signals a reload after a rotation without touching the configuration.
+        if let Some(tls) = &runtime.tls {
+            let tls = Arc::clone(tls);
+            let _ = tokio::task::spawn_blocking(move || tls.check_rotation()).await;
+        }
         match &outcome {
             Ok(summary) => {
                 tracing::info!(
@@ -114,6 +126,13 @@ impl Runtime {
         let (store, cache) =
             crate::startup::local_cache(&config, store, &KeyLayout::new(&config.session.key_prefix), &metrics);
         let s = &config.server;
+        let tls = match &s.tls {
+            Some(files) => Some(Arc::new(
+                Tls::new(files.clone(), Arc::clone(&metrics))
+                    .map_err(|e| ConfigErrors(vec![ConfigError { key: e.key.to_string(), message: e.message }]))?,
+            )),
+            None => None,
+        };
         let runtime = Runtime {
             upstream_permits: crate::proxy::process_permits(&config),
             login_limiter: Arc::new(RateLimiter::new(
@@ -131,6 +150,8 @@ impl Runtime {
             reloading: tokio::sync::Mutex::new(()),
             last_reload: Mutex::new(None),
             config_file: Mutex::new(None),
+            hsts: tls.as_ref().and_then(|_| crate::tls::hsts_header(config.server.hsts_max_age)),
+            tls,
         };
         let mut frontends = Vec::new();
         for view in config.views() {
@@ -356,7 +377,7 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
             format!("{:?}", s.redis_tls),
         )
     };
-    let checks: [(&'static str, bool); 21] = [
+    let checks: [(&'static str, bool); 24] = [
         ("server.listen", a.listen != b.listen),
         ("server.workers", a.workers != b.workers),
         ("server.metrics_listen", a.metrics_listen != b.metrics_listen),
@@ -387,6 +408,10 @@ fn needs_restart(running: &Config, new: &Config) -> Vec<&'static str> {
             (a.login_starts_per_minute, a.max_pending_logins) != (b.login_starts_per_minute, b.max_pending_logins),
         ),
         ("server.trusted_proxy_hops", a.trusted_proxy_hops != b.trusted_proxy_hops),
+        // The paths: the files' contents are read again by every reload (and every few seconds).
+        ("server.tls_cert_file", a.tls != b.tls),
+        ("server.hsts_max_age_secs", a.hsts_max_age != b.hsts_max_age),
+        ("server.redirect_http_listen", a.redirect_http_listen != b.redirect_http_listen),
         ("session.redis_url", redis(sa) != redis(sb)),
         ("session.secret", secrets(&sa.secrets) != secrets(&sb.secrets)),
         ("session.key_prefix", sa.key_prefix != sb.key_prefix),

@@ -29,6 +29,8 @@ pub struct Application {
     metrics_server: Option<Server>,
     /// The admin API's listener, when `server.admin_listen` is set.
     admin_server: Option<Server>,
+    /// The plain-HTTP listener that redirects to https, when `server.redirect_http_listen` is set.
+    redirect_server: Option<Server>,
     runtime: Arc<Runtime>,
 }
 
@@ -155,8 +157,15 @@ impl Application {
             .keep_alive(config.server.keep_alive)
             // Off by default in actix-web: an answer written in two pieces (head, then a chunked
             // or streamed body) would wait for the client's delayed ACK, ~40 ms per call.
-            .tcp_nodelay(true)
-            .listen(listener)?;
+            .tcp_nodelay(true);
+        server = match &runtime.tls {
+            Some(tls) => {
+                let tls_config = tls.server_config().map_err(|e| anyhow::anyhow!("server.tls_cert_file: {e}"))?;
+                tls.watch();
+                server.listen_rustls_0_23(listener, tls_config)?
+            }
+            None => server.listen(listener)?,
+        };
         if config.server.workers > 0 {
             server = server.workers(config.server.workers);
         }
@@ -194,7 +203,24 @@ impl Application {
             }
             _ => None,
         };
-        Ok(Application { server: server.run(), metrics_server, admin_server, runtime })
+        let redirect_server = match config.server.redirect_http_listen {
+            Some(addr) => {
+                let redirects = web::Data::new(crate::tls::Redirects::new(&config));
+                let server = HttpServer::new(move || {
+                    App::new().app_data(redirects.clone()).default_service(web::to(crate::tls::redirect))
+                })
+                .workers(1)
+                .keep_alive(config.server.keep_alive)
+                .tcp_nodelay(true)
+                .disable_signals()
+                .bind(addr)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (server.redirect_http_listen): {e}"))?;
+                tracing::info!(redirect_http_listen = %addr, "redirecting plain HTTP to https");
+                Some(server.run())
+            }
+            None => None,
+        };
+        Ok(Application { server: server.run(), metrics_server, admin_server, redirect_server, runtime })
     }
 
     /// The configuration file the process was started with: what `POST /admin/reload` reads.
@@ -211,9 +237,14 @@ impl Application {
     /// in flight finish within `server.shutdown_grace_secs`, and releases refresh locks still
     /// held so other instances need not wait for their leases.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let side_handles: Vec<_> =
-            self.metrics_server.iter().chain(self.admin_server.iter()).map(Server::handle).collect();
-        for server in self.metrics_server.into_iter().chain(self.admin_server) {
+        let side_handles: Vec<_> = self
+            .metrics_server
+            .iter()
+            .chain(self.admin_server.iter())
+            .chain(self.redirect_server.iter())
+            .map(Server::handle)
+            .collect();
+        for server in self.metrics_server.into_iter().chain(self.admin_server).chain(self.redirect_server) {
             tokio::spawn(server);
         }
         let result = self.server.await;

@@ -51,3 +51,11 @@ fn the_session_cookie_works_with_each_prefix_and_strict_in_a_real_browser() {
 fn sign_in_options_work_from_the_demo_spa_in_a_real_browser() {
     run_browser_test("signin.test.mjs");
 }
+
+/// `bff demo --tls`: Chromium trusts the demo's certificate by the banner's SPKI hash, signs in
+/// through the provider back to https bff; pages, API calls and the event stream over HTTP/2, the
+/// WebSocket over HTTP/1.1, the `__Host-Http-` cookie.
+#[test]
+fn the_demo_over_https_works_in_a_real_browser() {
+    run_browser_test("tls.test.mjs");
+}

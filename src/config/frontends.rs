@@ -78,6 +78,9 @@ impl Walker<'_> {
             }
             return None;
         };
+        if shared.server.tls.is_some() && public_url.scheme() != "https" {
+            self.error(f.key("public_url"), "must be https:// when server.tls_cert_file is set (bff serves TLS)");
+        }
         let all = shared.server.max_upstream_concurrency;
         // Several frontends: none may take more than three quarters of the instance by default,
         // so a crowd at one leaves the others room.

@@ -138,6 +138,12 @@ pub struct ServerConfig {
     pub max_pending_logins: u32,
     /// Proxies in front of bff that append to `X-Forwarded-For` (0: the peer is the client).
     pub trusted_proxy_hops: usize,
+    /// TLS on `listen` (`tls_cert_file`, `tls_key_file`); `None`: plain HTTP.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// `Strict-Transport-Security: max-age=…` on answers bff itself sends over TLS; zero: none.
+    pub hsts_max_age: Duration,
+    /// A plain-HTTP listener that answers every request with a 308 to the https origin.
+    pub redirect_http_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

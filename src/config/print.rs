@@ -172,6 +172,15 @@ pub(super) fn redacted_toml(config: &Config) -> String {
     server.insert("login_starts_per_minute".into(), int(u64::from(config.server.login_starts_per_minute)));
     server.insert("max_pending_logins".into(), int(u64::from(config.server.max_pending_logins)));
     server.insert("trusted_proxy_hops".into(), int(config.server.trusted_proxy_hops as u64));
+    // The paths only: the key is never printed.
+    if let Some(tls) = &config.server.tls {
+        server.insert("tls_cert_file".into(), string(tls.cert_file.display().to_string()));
+        server.insert("tls_key_file".into(), string(tls.key_file.display().to_string()));
+    }
+    server.insert("hsts_max_age_secs".into(), secs(config.server.hsts_max_age));
+    if let Some(addr) = config.server.redirect_http_listen {
+        server.insert("redirect_http_listen".into(), string(addr.to_string()));
+    }
 
     let oidc = oidc_table(&config.oidc);
 

@@ -229,6 +229,20 @@ impl Walker<'_> {
             u32::try_from(self.uint(&mut s, "login_starts_per_minute", 30, 1)).unwrap_or(u32::MAX);
         let max_pending_logins = u32::try_from(self.uint(&mut s, "max_pending_logins", 20_000, 1)).unwrap_or(u32::MAX);
         let trusted_proxy_hops = self.uint(&mut s, "trusted_proxy_hops", 0, 0) as usize;
+        let tls = self.tls(&mut s, public_url.as_ref());
+        let hsts_max_age = self.secs(&mut s, "hsts_max_age_secs", 31_536_000, 0);
+        let redirect_http_listen =
+            self.string(&mut s, "redirect_http_listen").filter(|m| !m.is_empty()).and_then(|raw| {
+                raw.parse::<SocketAddr>()
+                    .map_err(|_| self.error(s.key("redirect_http_listen"), format!("not an address:port ({raw:?})")))
+                    .ok()
+            });
+        if redirect_http_listen.is_some() && tls.is_none() {
+            self.error(
+                s.key("redirect_http_listen"),
+                "set server.tls_cert_file and server.tls_key_file too (it redirects to bff's https listener)",
+            );
+        }
         self.finish(s);
         Some(ServerConfig {
             listen: listen?,
@@ -252,7 +266,40 @@ impl Walker<'_> {
             login_starts_per_minute,
             max_pending_logins,
             trusted_proxy_hops,
+            tls,
+            hsts_max_age,
+            redirect_http_listen,
         })
+    }
+
+    /// `server.tls_cert_file` and `server.tls_key_file`: both or neither, read and checked
+    /// here (a key that does not load, or is not the certificate's, refuses the start).
+    fn tls(&mut self, s: &mut Section<'_>, public_url: Option<&Url>) -> Option<crate::tls::TlsFiles> {
+        let cert = self.string(s, "tls_cert_file").filter(|p| !p.is_empty());
+        let key = self.string(s, "tls_key_file").filter(|p| !p.is_empty());
+        let files = match (cert, key) {
+            (None, None) => return None,
+            (Some(_), None) => {
+                self.error(s.key("tls_key_file"), "missing: server.tls_cert_file needs the certificate's private key");
+                return None;
+            }
+            (None, Some(_)) => {
+                self.error(s.key("tls_cert_file"), "missing: server.tls_key_file needs its certificate chain");
+                return None;
+            }
+            (Some(cert), Some(key)) => crate::tls::TlsFiles { cert_file: cert.into(), key_file: key.into() },
+        };
+        if let Err(e) = crate::tls::load(&files) {
+            let key = if e.key == crate::tls::CERT_KEY { "tls_cert_file" } else { "tls_key_file" };
+            self.error(s.key(key), e.message);
+            return None;
+        }
+        if public_url.is_some_and(|u| u.scheme() != "https") {
+            // The browser reaches bff over TLS: cookies, redirect URIs and the origin checks
+            // all follow public_url.
+            self.error(s.key("public_url"), "must be https:// when server.tls_cert_file is set (bff serves TLS)");
+        }
+        Some(files)
     }
 
     /// `[oidc]` (or a frontend's); `post_logout_default` is the frontend's root.

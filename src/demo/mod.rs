@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod idp;
+mod tls;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -45,6 +46,11 @@ pub struct DemoArgs {
     /// `http://localhost:<port>`, an origin browsers keep prefixed cookies for.
     #[arg(long)]
     pub cookie_prefix: Option<String>,
+    /// Serve bff over https (HTTP/2 and HTTP/1.1) at `https://localhost:<port>`, with a
+    /// self-signed certificate made at start; the banner prints its SPKI hash for Chromium's
+    /// `--ignore-certificate-errors-spki-list`. The provider and the API stay on http.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// The path frontends of `bff demo --frontends`.
@@ -104,10 +110,14 @@ pub async fn run(args: DemoArgs) -> Result<(), anyhow::Error> {
     let bff_listener = bind(args.port)?;
     let idp_listener = bind(args.idp_port)?;
     let api_listener = bind(args.api_port)?;
-    let public_url = match &args.cookie_prefix {
-        Some(_) => format!("http://localhost:{}", bff_listener.local_addr()?.port()),
-        None => format!("http://{}", bff_listener.local_addr()?),
+    let public_url = match (&args.cookie_prefix, args.tls) {
+        // A certificate for `localhost` (and the address), and an origin where browsers keep
+        // `__Host-` cookies.
+        (_, true) => format!("https://localhost:{}", bff_listener.local_addr()?.port()),
+        (Some(_), false) => format!("http://localhost:{}", bff_listener.local_addr()?.port()),
+        (None, false) => format!("http://{}", bff_listener.local_addr()?),
     };
+    let certificate = if args.tls { Some(tls::make()?) } else { None };
     let client_secret = random_token();
     let session_secret = [random_token(), random_token()].concat();
 
@@ -147,6 +157,12 @@ pub async fn run(args: DemoArgs) -> Result<(), anyhow::Error> {
     if args.fapi {
         fapi(&mut config, &provider)?;
     }
+    if let Some(certificate) = &certificate {
+        config.server.tls = Some(certificate.files.clone());
+        // HSTS is per host, whatever the port: a year of it would send every http://localhost
+        // page of the developer's to https.
+        config.server.hsts_max_age = Duration::ZERO;
+    }
     let (store, store_note) = demo_store().await;
     let app = crate::Application::build_with_store(config, bff_listener, store).await?;
 
@@ -175,6 +191,13 @@ pub async fn run(args: DemoArgs) -> Result<(), anyhow::Error> {
             if args.frontends { format!("/{}", DEMO_FRONTENDS[0]) } else { String::new() }
         );
     }
+    if let Some(certificate) = &certificate {
+        println!("  TLS certificate SPKI sha256 (base64): {}", certificate.spki_sha256);
+        println!(
+            "                     self-signed for localhost and 127.0.0.1, this run only; Chromium trusts it with"
+        );
+        println!("                     --ignore-certificate-errors-spki-list={}", certificate.spki_sha256);
+    }
     println!("  ready in {} ms; Ctrl-C stops everything", started.elapsed().as_millis());
     println!();
     tracing::info!(ready_ms = started.elapsed().as_millis() as u64, url = public_url, "demo ready");
@@ -182,6 +205,7 @@ pub async fn run(args: DemoArgs) -> Result<(), anyhow::Error> {
     let result = app.run_until_stopped().await;
     idp_handle.stop(true).await;
     api_handle.stop(true).await;
+    drop(certificate);
     Ok(result?)
 }
 

@@ -57,6 +57,7 @@ mod store_conformance;
 mod store_down;
 mod telemetry;
 mod timeouts;
+mod tls;
 mod trust;
 mod user;
 mod userinfo;
