@@ -59,3 +59,11 @@ fn sign_in_options_work_from_the_demo_spa_in_a_real_browser() {
 fn the_demo_over_https_works_in_a_real_browser() {
     run_browser_test("tls.test.mjs");
 }
+
+/// DBSC in Chromium (its software keys, over the demo's https): registration at sign-in, the
+/// bound cookie renewed by a signature once it expired, and a copy of the cookies in a second
+/// browser without the key refused once the copied bound cookie expired.
+#[test]
+fn device_bound_cookies_work_in_a_real_browser_and_a_copy_without_the_key_stops_working() {
+    run_browser_test("dbsc.test.mjs");
+}

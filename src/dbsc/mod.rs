@@ -92,6 +92,10 @@ pub struct Dbsc {
     refresh_path: String,
     origin: String,
     host: String,
+    /// Whether the sign-in's redirect carries the registration offer: only when the provider is
+    /// same-site with the frontend (see [`same_site`]); otherwise the SPA's first `/auth/user`
+    /// does.
+    pub offer_at_callback: bool,
     /// The full paths whose calls need the bound cookie: the routes that carry the user's
     /// token, and `/auth/user` and `/auth/sessions` (they show and end the user's sessions).
     bound_paths: Vec<String>,
@@ -105,7 +109,7 @@ impl std::fmt::Debug for Dbsc {
 
 impl Dbsc {
     /// From a frontend's configuration (`config.frontend` names it): the bound cookie has the
-    /// session cookie's name with `-bound` and its attributes.
+    /// session cookie's attributes, and its name with `-bound` (see [`bound_cookie_name`]).
     pub fn from_config(config: &Config) -> Dbsc {
         let session = &config.session;
         let within = |path: &str| format!("{}{path}", config.frontend.path);
@@ -118,7 +122,7 @@ impl Dbsc {
             mode: session.dbsc,
             cookie_ttl: session.dbsc_cookie_ttl.as_secs(),
             keys: TicketKeys::new(&session.secrets, &config.frontend),
-            cookie_name: format!("{}-bound", session.cookie_name),
+            cookie_name: bound_cookie_name(&session.cookie_name),
             cookie_path: if config.frontend.path.is_empty() { "/".into() } else { config.frontend.path.clone() },
             // As the session cookie's (`CookiePolicy`): a prefixed name needs `Secure`.
             secure: config.is_https() || session.cookie_name.starts_with("__"),
@@ -130,6 +134,7 @@ impl Dbsc {
             refresh_path: within(OwnRoute::DbscRefresh.path()),
             origin: public.origin().ascii_serialization(),
             host: public.host_str().unwrap_or_default().to_string(),
+            offer_at_callback: url::Url::parse(&config.oidc.issuer).is_ok_and(|issuer| same_site(&issuer, public)),
             bound_paths,
         }
     }
@@ -243,6 +248,40 @@ impl Dbsc {
     }
 }
 
+/// Whether a navigation from `a` to `b` is same-site for the browser, as far as bff can tell
+/// without the public suffix list: the same scheme, and the same host or the same last two
+/// labels of a name. After a cross-site navigation (the provider's redirect to the callback) the
+/// browser registers without the `SameSite` session cookie and may not set the bound cookie, so
+/// the offer there would only be refused; an over-approximation (`a.co.uk`, `b.co.uk`) costs one
+/// refused registration per sign-in, nothing more (`/auth/user` offers it again).
+fn same_site(a: &url::Url, b: &url::Url) -> bool {
+    let site = |u: &url::Url| -> Option<String> {
+        match u.host()? {
+            url::Host::Domain(name) => {
+                let labels: Vec<&str> = name.trim_end_matches('.').rsplit('.').take(2).collect();
+                Some(labels.join("."))
+            }
+            ip => Some(ip.to_string()),
+        }
+    };
+    a.scheme() == b.scheme() && site(a).is_some() && site(a) == site(b)
+}
+
+/// The session cookie's name with `-bound`, but with `__Host-` for `__Host-Http-` and
+/// `__Secure-` for `__Http-` (the cookie is `HttpOnly` all the same): Chromium 156 refuses a
+/// `__Host-Http-` credential cookie in the session instructions (`InvalidCredentialsCookie`: its
+/// `CookieCraving` drops the host-only cookie's domain for `__Host-` names only, so the cookie it
+/// synthesizes to check a `__Host-Http-` one is invalid), and the browser then keeps no session.
+fn bound_cookie_name(session_cookie: &str) -> String {
+    if let Some(rest) = session_cookie.strip_prefix("__Host-Http-") {
+        format!("__Host-{rest}-bound")
+    } else if let Some(rest) = session_cookie.strip_prefix("__Http-") {
+        format!("__Secure-{rest}-bound")
+    } else {
+        format!("{session_cookie}-bound")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,7 +311,7 @@ mod tests {
         let d = dbsc("optional");
         let h = crate::session::SessionId::generate().handle();
         let cookie = d.bound_cookie(&h, "dev1", 1000);
-        assert_eq!(cookie.name(), "__Host-Http-bff-bound");
+        assert_eq!(cookie.name(), "__Host-bff-bound");
         let with = |c: &str| TestRequest::default().insert_header(("cookie", c)).to_http_request();
         let valid = with(&format!("a=b; {}={}", cookie.name(), cookie.value()));
         assert_eq!(d.check(&valid, &h, Some(&binding()), 1000), Ok(()));
@@ -287,6 +326,23 @@ mod tests {
         assert_eq!(d.check(&skipped, &h, Some(&binding()), 1000), Err(BindingRefusal::Skipped));
         // Unbound: as before DBSC with `optional`.
         assert_eq!(d.check(&none, &h, None, 1000), Ok(()));
+    }
+
+    #[test]
+    fn the_bound_cookie_keeps_the_session_cookies_prefix_rules_in_a_form_chromium_takes() {
+        assert_eq!(bound_cookie_name("__Host-Http-bff"), "__Host-bff-bound");
+        assert_eq!(bound_cookie_name("__Http-bff-shop"), "__Secure-bff-shop-bound");
+        assert_eq!(bound_cookie_name("__Host-bff"), "__Host-bff-bound");
+        assert_eq!(bound_cookie_name("bff"), "bff-bound");
+    }
+
+    #[test]
+    fn the_offer_goes_with_the_callback_only_for_a_same_site_provider() {
+        let url = |u: &str| url::Url::parse(u).unwrap();
+        assert!(same_site(&url("https://login.example.com/realms/x"), &url("https://app.example.com")));
+        assert!(same_site(&url("http://127.0.0.1:8081"), &url("http://127.0.0.1:9000")));
+        assert!(!same_site(&url("https://idp.example.org"), &url("https://app.example.com")));
+        assert!(!same_site(&url("http://localhost:7481"), &url("https://localhost:7480")), "schemeful");
     }
 
     #[test]
@@ -317,7 +373,7 @@ mod tests {
         let credential = &json["credentials"][0];
         assert_eq!(
             (credential["type"].as_str(), credential["name"].as_str()),
-            (Some("cookie"), Some("__Host-Http-bff-bound"))
+            (Some("cookie"), Some("__Host-bff-bound"))
         );
         assert_eq!(credential["attributes"], "Path=/; Secure; HttpOnly; SameSite=Strict");
         let set = d.bound_cookie(&crate::session::SessionId::generate().handle(), "dev1", 0).to_string();

@@ -51,6 +51,13 @@ pub struct DemoArgs {
     /// `--ignore-certificate-errors-spki-list`. The provider and the API stay on http.
     #[arg(long)]
     pub tls: bool,
+    /// `session.dbsc`: `off`, `optional` or `required` (device-bound cookies; browsers use
+    /// them over https only, so with `--tls`).
+    #[arg(long, default_value = "optional", value_parser = ["off", "optional", "required"])]
+    pub dbsc: String,
+    /// `session.dbsc_cookie_ttl_secs`: how long a bound cookie lives (short, to see renewals).
+    #[arg(long, default_value_t = 600)]
+    pub dbsc_cookie_ttl: u64,
 }
 
 /// The path frontends of `bff demo --frontends`.
@@ -156,6 +163,18 @@ pub async fn run(args: DemoArgs) -> Result<(), anyhow::Error> {
     .map_err(|e| anyhow::anyhow!("demo configuration: {e}"))?;
     if args.fapi {
         fapi(&mut config, &provider)?;
+    }
+    let dbsc = match args.dbsc.as_str() {
+        "required" => crate::config::DbscMode::Required,
+        "optional" => crate::config::DbscMode::Optional,
+        _ => crate::config::DbscMode::Off,
+    };
+    // On loopback only: the demo's counters (sign-ins, refreshes, DBSC) are worth a look.
+    config.server.metrics_public = true;
+    let dbsc_cookie_ttl = Duration::from_secs(args.dbsc_cookie_ttl.max(5));
+    (config.session.dbsc, config.session.dbsc_cookie_ttl) = (dbsc, dbsc_cookie_ttl);
+    for frontend in &mut config.frontends {
+        (frontend.session.dbsc, frontend.session.dbsc_cookie_ttl) = (dbsc, dbsc_cookie_ttl);
     }
     if let Some(certificate) = &certificate {
         config.server.tls = Some(certificate.files.clone());

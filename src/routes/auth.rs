@@ -87,8 +87,9 @@ pub async fn callback(req: HttpRequest, state: web::Data<AppState>, session: Ses
         Ok(completed) => {
             let mut res = redirect(StatusCode::FOUND, &completed.return_to);
             // DBSC: the browser acts on the header of the redirect, registering while the SPA
-            // loads.
+            // loads (with a same-site provider; else `/auth/user` offers it).
             if state.dbsc.enabled()
+                && state.dbsc.offer_at_callback
                 && let Some(offer) = state.dbsc.registration_header(&completed.handle, state.lifetime.now())
             {
                 res.insert_header((header::HeaderName::from_static(REGISTRATION_HEADER), offer));
@@ -108,8 +109,13 @@ pub async fn user(req: HttpRequest, state: web::Data<AppState>, session: Session
         return Err(AppError::LoginRequired);
     };
     check_device(&req, &state, &signed_in.handle, tokens.device())?;
+    let offer = registration_offer(&state, &signed_in, tokens.device().is_some());
     let user = signed_in.user;
-    Ok(HttpResponse::Ok().json(json!({
+    let mut res = HttpResponse::Ok();
+    if let Some(offer) = offer {
+        res.insert_header((header::HeaderName::from_static(REGISTRATION_HEADER), offer));
+    }
+    Ok(res.json(json!({
         "sub": user.sub,
         "name": user.name,
         "email": user.email,
@@ -133,6 +139,26 @@ pub async fn user(req: HttpRequest, state: web::Data<AppState>, session: Session
         "device_binding": state.dbsc.mode.label(),
     })))
 }
+
+/// DBSC: the registration offer on `/auth/user`, for a session not bound yet and at most
+/// `REGISTRATION_WINDOW` old. The sign-in's redirect carries it first when the provider is
+/// same-site; after a cross-site provider's redirect the browser registers without the
+/// `SameSite=Strict` session cookie and may not set the bound cookie (Chromium 156: a 400, no
+/// session), while the SPA's first `/auth/user` is same-site. Minting a challenge is one HMAC, no store command. The
+/// window keeps a cookie copied later from binding the session to another key.
+fn registration_offer(state: &AppState, signed_in: &crate::session::SignedIn, bound: bool) -> Option<HeaderValue> {
+    if bound || !state.dbsc.enabled() {
+        return None;
+    }
+    let now = state.lifetime.now();
+    let started = signed_in.expires_at.saturating_sub(state.config.session.absolute_timeout.as_secs());
+    (now <= started + REGISTRATION_WINDOW.as_secs())
+        .then(|| state.dbsc.registration_header(&signed_in.handle, now))
+        .flatten()
+}
+
+/// How long after sign-in `/auth/user` offers the registration.
+const REGISTRATION_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// A session bound to a device shows its bound cookie at `/auth/user` and `/auth/sessions` as
 /// at the API (they show and end the user's sessions). An unbound one passes, even with

@@ -373,3 +373,25 @@ async fn a_registration_during_a_token_refresh_keeps_both() {
     assert_eq!((status, &user["device_bound"]), (200, &json!(true)));
     assert_ne!(user["access_token_expires_at"].as_u64(), Some(expires_at), "and the refreshed token");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spas_first_user_call_offers_the_registration_for_a_few_minutes_after_sign_in() {
+    let app = spawn(DbscMode::Optional).await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    // The SPA's `/auth/user` right after sign-in: same-site, unlike the provider's redirect.
+    let user = browser.user().await;
+    let offer = dbsc::offer(&user).expect("offered while unbound");
+    let device = Device::p256();
+    assert_eq!(dbsc::register(&browser, &offer.path, &device.registration_proof(&offer.challenge)).await.status(), 200);
+    assert!(dbsc::offer(&browser.user().await).is_none(), "a bound session is not offered again");
+
+    // Past the window, a session that never registered is not offered it any more: a cookie
+    // copied later cannot bind the session to another key.
+    let late = app.browser();
+    late.login_as("bob").await;
+    app.clock.advance(Duration::from_secs(301));
+    let res = late.user().await;
+    assert_eq!(res.status(), 200);
+    assert!(dbsc::offer(&res).is_none());
+}

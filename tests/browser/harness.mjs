@@ -37,12 +37,37 @@ export function startDemo(args = []) {
   });
 }
 
+/// The flags every browser test launches Debian's Chromium with.
+export const CHROMIUM_FLAGS = [
+  "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+  "--disable-sync", "--no-first-run",
+];
+
+/// `bff demo --tls` with `args`: its URL and the SPKI hash of its certificate (for Chromium's
+/// `--ignore-certificate-errors-spki-list`), from the banner.
+export function startTlsDemo(args = []) {
+  return new Promise((resolve, reject) => {
+    const demo = spawn(bin, ["demo", "--tls", "--port", "0", "--idp-port", "0", "--api-port", "0", ...args], {
+      cwd: root,
+      env: { ...process.env, BFF_SESSION__REDIS_URL: "" },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    demos.push(demo);
+    demo.on("error", reject);
+    demo.on("exit", (code) => reject(new Error(`bff demo --tls exited early (${code})`)));
+    let url;
+    createInterface({ input: demo.stdout }).on("line", (line) => {
+      const open = line.match(/bff demo is running — open (\S+)/);
+      if (open) url = open[1].replace(/\/$/, "");
+      const spki = line.match(/TLS certificate SPKI sha256 \(base64\): (\S+)/);
+      if (spki && url) resolve({ url, spki: spki[1] });
+    });
+  });
+}
+
 /// Debian's Chromium, headless, closed at the end.
 export async function launchChromium() {
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-  });
+  const browser = await chromium.launch({ executablePath: "/usr/bin/chromium", args: CHROMIUM_FLAGS });
   browsers.push(browser);
   return browser;
 }

@@ -6,34 +6,9 @@
 //
 //   BFF_BIN=target/debug/bff node tests/browser/tls.test.mjs
 
-import { spawn } from "node:child_process";
-import { createInterface } from "node:readline";
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
-import { closeAtEnd, root, run, step } from "./harness.mjs";
-
-const bin = process.env.BFF_BIN || `${root}/target/debug/bff`;
-
-/// `bff demo --tls`: its URL and the certificate's SPKI hash, from the banner.
-function startTlsDemo() {
-  return new Promise((resolve, reject) => {
-    const demo = spawn(bin, ["demo", "--tls", "--port", "0", "--idp-port", "0", "--api-port", "0"], {
-      cwd: root,
-      env: { ...process.env, BFF_SESSION__REDIS_URL: "" },
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    closeAtEnd(() => demo.kill("SIGTERM"));
-    demo.on("error", reject);
-    demo.on("exit", (code) => reject(new Error(`bff demo --tls exited early (${code})`)));
-    let url;
-    createInterface({ input: demo.stdout }).on("line", (line) => {
-      const open = line.match(/bff demo is running — open (\S+)/);
-      if (open) url = open[1].replace(/\/$/, "");
-      const spki = line.match(/TLS certificate SPKI sha256 \(base64\): (\S+)/);
-      if (spki && url) resolve({ url, spki: spki[1] });
-    });
-  });
-}
+import { CHROMIUM_FLAGS, closeAtEnd, run, startTlsDemo, step } from "./harness.mjs";
 
 async function main() {
   const { url, spki } = await startTlsDemo();
@@ -42,10 +17,7 @@ async function main() {
 
   const browser = await chromium.launch({
     executablePath: "/usr/bin/chromium",
-    args: [
-      "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-      "--disable-sync", "--no-first-run", `--ignore-certificate-errors-spki-list=${spki}`,
-    ],
+    args: [...CHROMIUM_FLAGS, `--ignore-certificate-errors-spki-list=${spki}`],
   });
   closeAtEnd(() => browser.close().catch(() => {}));
   const context = await browser.newContext();
