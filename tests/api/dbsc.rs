@@ -395,3 +395,30 @@ async fn the_spas_first_user_call_offers_the_registration_for_a_few_minutes_afte
     assert_eq!(res.status(), 200);
     assert!(dbsc::offer(&res).is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bound_sessions_steady_state_call_makes_no_store_command() {
+    const STORE_OPS: &str = "bff_session_store_duration_seconds_count";
+    let app = spawn_app_with(AppOptions {
+        tweak: Arc::new(|c: &mut Config| {
+            c.session.dbsc = DbscMode::Required;
+            c.tokens.local_cache = true;
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    support::eventually("the invalidation channel is up", Duration::from_secs(5), || {
+        let base = app.address.clone();
+        async move { metric(&base, "bff_token_cache_channel_up").await == 1.0 }
+    })
+    .await;
+    let (browser, device) = (app.browser(), Device::p256());
+    dbsc::sign_in_bound(&browser, &device).await;
+    assert_eq!(call_api(&browser).await.0, 200, "the miss that fills");
+
+    let ops = metric(&app.address, STORE_OPS).await;
+    for _ in 0..50 {
+        assert_eq!(call_api(&browser).await.0, 200);
+    }
+    assert_eq!(metric(&app.address, STORE_OPS).await, ops, "the bound cookie is checked without the store");
+}
