@@ -322,18 +322,22 @@ impl TokenSet {
     /// The next version, after a token exchange stored under `key`: that token is new, everything
     /// else (the default token, the refresh token, the other audiences) is kept.
     fn exchanged(&self, key: &str, exchanged: Exchanged, now: u64, default_expires_in: Duration) -> TokenSet {
-        let version = self.version + 1;
+        let mut next = self.successor();
         let lifetime = exchanged.expires_in.unwrap_or(default_expires_in).as_secs();
-        let mut audiences = self.audiences.clone();
         let token = AudienceToken {
             access_token: exchanged.access_token,
             expires_at: now + lifetime,
             lifetime_secs: lifetime,
-            version,
+            version: next.version,
             after_rejection: false,
             bearer: true,
         };
-        audiences.insert(key.to_string(), token);
+        next.audiences.insert(key.to_string(), token);
+        next
+    }
+
+    /// The same set at the next version; its tokens keep the versions that issued them.
+    fn successor(&self) -> TokenSet {
         TokenSet {
             access_token: self.access_token.clone(),
             refresh_token: self.refresh_token.clone(),
@@ -341,9 +345,9 @@ impl TokenSet {
             expiry: self.expiry,
             sub: self.sub.clone(),
             provider_sid: self.provider_sid.clone(),
-            version,
+            version: self.version + 1,
             access_version: Some(self.access_version()),
-            audiences,
+            audiences: self.audiences.clone(),
             dpop_key: self.dpop_key.clone(),
             access_after_rejection: self.access_after_rejection,
             acr: self.acr.clone(),
@@ -412,22 +416,7 @@ impl TokenSet {
     /// that issued them), but the version moves, so a refresh that read the set before cannot
     /// write over the binding.
     fn bound_to(&self, device: DeviceBinding) -> TokenSet {
-        TokenSet {
-            access_token: self.access_token.clone(),
-            refresh_token: self.refresh_token.clone(),
-            id_token: self.id_token.clone(),
-            expiry: self.expiry,
-            sub: self.sub.clone(),
-            provider_sid: self.provider_sid.clone(),
-            version: self.version + 1,
-            access_version: Some(self.access_version()),
-            audiences: self.audiences.clone(),
-            dpop_key: self.dpop_key.clone(),
-            access_after_rejection: self.access_after_rejection,
-            acr: self.acr.clone(),
-            auth_time: self.auth_time,
-            device: Some(device),
-        }
+        TokenSet { device: Some(device), ..self.successor() }
     }
 }
 

@@ -9,7 +9,7 @@
 
 import path from "node:path";
 import assert from "node:assert/strict";
-import { launchChromium, root, run, startDemo, step } from "./harness.mjs";
+import { launchChromium, root, run, startDemo, step, watchProblems } from "./harness.mjs";
 
 const screenshot = path.resolve(root, process.env.SCREENSHOT || "target/screenshot.png");
 const TOKEN_TTL = 5;
@@ -23,14 +23,7 @@ async function main() {
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();
   const problems = [];
-  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
-  page.on("console", (msg) => {
-    if (msg.type() !== "error") return;
-    // A signed-out page asks /auth/user and gets the documented 401; Chromium reports every
-    // 4xx answer to fetch as a console error. That one is expected; nothing else is.
-    const expected401 = msg.text().includes("status of 401") && (msg.location().url || "").endsWith("/auth/user");
-    if (!expected401) problems.push(`console error: ${msg.text()} (${msg.location().url})`);
-  });
+  watchProblems(page, problems);
 
   step("the SPA shows the signed-out view");
   await page.goto(`${url}/`);

@@ -9,7 +9,7 @@
 // Exits non-zero on the first failure; gives up after 90 s.
 
 import assert from "node:assert/strict";
-import { launchChromium, run, startDemo, step } from "./harness.mjs";
+import { launchChromium, run, startDemo, step, watchProblems } from "./harness.mjs";
 
 const TIMEOUT = 15_000;
 
@@ -19,12 +19,7 @@ const TIMEOUT = 15_000;
 async function openPage(context, problems, label) {
   const page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT);
-  page.on("pageerror", (e) => problems.push(`${label}: page error: ${e.message}`));
-  page.on("console", (msg) => {
-    if (msg.type() !== "error") return;
-    const expected401 = msg.text().includes("status of 401") && (msg.location().url || "").endsWith("/auth/user");
-    if (!expected401) problems.push(`${label}: console error: ${msg.text()} (${msg.location().url})`);
-  });
+  watchProblems(page, problems, label);
   return page;
 }
 

@@ -72,6 +72,18 @@ export async function launchChromium() {
   return browser;
 }
 
+/// Collects into `problems` the page's errors and console errors, but the documented 401 of a
+/// signed-out page's `/auth/user` (Chromium reports every 4xx answer to fetch as a console error).
+export function watchProblems(page, problems, label = "") {
+  const prefix = label ? `${label}: ` : "";
+  page.on("pageerror", (e) => problems.push(`${prefix}page error: ${e.message}`));
+  page.on("console", (msg) => {
+    if (msg.type() !== "error") return;
+    const expected401 = msg.text().includes("status of 401") && (msg.location().url || "").endsWith("/auth/user");
+    if (!expected401) problems.push(`${prefix}console error: ${msg.text()} (${msg.location().url})`);
+  });
+}
+
 /// Something else to close at the end (a server the test started).
 export function closeAtEnd(close) {
   closers.push(close);

@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
-import { CHROMIUM_FLAGS, closeAtEnd, run, startTlsDemo, step } from "./harness.mjs";
+import { CHROMIUM_FLAGS, closeAtEnd, run, startTlsDemo, step, watchProblems } from "./harness.mjs";
 
 async function main() {
   const { url, spki } = await startTlsDemo();
@@ -23,12 +23,7 @@ async function main() {
   const context = await browser.newContext();
   const page = await context.newPage();
   const problems = [];
-  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
-  page.on("console", (msg) => {
-    if (msg.type() !== "error") return;
-    const expected401 = msg.text().includes("status of 401") && (msg.location().url || "").endsWith("/auth/user");
-    if (!expected401) problems.push(`console error: ${msg.text()} (${msg.location().url})`);
-  });
+  watchProblems(page, problems);
 
   step("the SPA over https, HTTP/2");
   const first = await page.goto(`${url}/`);
