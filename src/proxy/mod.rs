@@ -38,7 +38,7 @@ use admission::{Admission, Shares};
 
 pub use body::{RequestBody, UpstreamBody};
 pub use caller::Caller;
-pub use path::{PathError, strip_prefix, upstream_url};
+pub use path::{PathError, UpstreamBase, strip_prefix, upstream_target};
 pub use respond::TOKEN_EXPIRY_HEADER;
 pub use route::Route;
 pub use step_up::{Requirement, StepUp};
@@ -154,8 +154,8 @@ impl Proxy {
     pub fn destination<'a>(&self, req: &HttpRequest, route: &'a Route) -> Result<Destination<'a>, AppError> {
         let invalid = || AppError::BadRequest(BadRequest::InvalidPath);
         let rest = strip_prefix(req.uri().path(), &route.prefix).ok_or_else(invalid)?;
-        let url = upstream_url(&route.base, rest, req.uri().query()).map_err(|_| invalid())?;
-        let uri = url.as_str().parse().map_err(|_| invalid())?;
+        let target = upstream_target(&route.base, rest, req.uri().query()).map_err(|_| invalid())?;
+        let uri = hyper::Uri::try_from(target).map_err(|_| invalid())?;
         Ok(Destination { route, uri })
     }
 

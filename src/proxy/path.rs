@@ -46,17 +46,47 @@ pub fn strip_prefix<'a>(raw_path: &'a str, prefix: &str) -> Option<&'a str> {
     (rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 
-/// Resolves `rest` (the raw path after the prefix, empty or starting with `/`) against `base`.
-pub fn upstream_url(base: &Url, rest: &str, query: Option<&str>) -> Result<Url, PathError> {
-    let mut segments: Vec<String> = Vec::new();
-    let raw_segments: Vec<&str> = if rest.is_empty() { Vec::new() } else { rest[1..].split('/').collect() };
-    let last = raw_segments.len().saturating_sub(1);
+/// What may stand unescaped in the query: what `url` leaves (its special-query set), so a query
+/// goes out as it did when targets were built with `Url::set_query`.
+const QUERY: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'#').add(b'<').add(b'>').add(b'\'');
+
+/// An upstream URL split once, for building request targets without a `Url` per call: what
+/// comes before its path (`http://h:9`), and its path without a trailing slash.
+#[derive(Debug, Clone)]
+pub struct UpstreamBase {
+    origin: String,
+    path: String,
+}
+
+impl From<&Url> for UpstreamBase {
+    fn from(url: &Url) -> Self {
+        UpstreamBase {
+            origin: url[..url::Position::BeforePath].to_string(),
+            path: url.path().trim_end_matches('/').to_string(),
+        }
+    }
+}
+
+/// Resolves `rest` (the raw path after the prefix, empty or starting with `/`) against `base`:
+/// the absolute target, written once into one string.
+pub fn upstream_target(base: &UpstreamBase, rest: &str, query: Option<&str>) -> Result<String, PathError> {
+    let query = query.filter(|q| !q.is_empty());
+    let mut out =
+        String::with_capacity(base.origin.len() + base.path.len() + rest.len() + query.map_or(0, str::len) + 2);
+    out.push_str(&base.origin);
+    let root = out.len();
+    out.push_str(&base.path);
+    // Where each segment written so far starts: `..` cuts the last one off again.
+    let mut starts: Vec<usize> = Vec::new();
+    let raw_segments = if rest.is_empty() { None } else { Some(rest[1..].split('/')) };
+    let count = rest.bytes().filter(|b| *b == b'/').count();
     let mut trailing_slash = false;
-    for (i, raw) in raw_segments.iter().enumerate() {
+    for (i, raw) in raw_segments.into_iter().flatten().enumerate() {
+        let last = i + 1 == count;
         // An empty segment (`//`) anywhere but at the end: `/api//evil.example/x` would go out
         // as `//evil.example/x`, which an upstream resolving its request target as a URL reads
         // as a host.
-        if raw.is_empty() && i != last {
+        if raw.is_empty() && !last {
             return Err(PathError::Ambiguous);
         }
         if raw.contains('\\') {
@@ -66,41 +96,52 @@ pub fn upstream_url(base: &Url, rest: &str, query: Option<&str>) -> Result<Url, 
         if decoded.contains(['/', '\\', '\0']) {
             return Err(PathError::Ambiguous);
         }
-        let twice = percent_decode_str(&decoded).decode_utf8_lossy();
-        if twice != decoded && (twice.contains(['/', '\\', '\0']) || is_dot_segment(&twice)) {
-            return Err(PathError::Ambiguous);
+        if decoded.contains('%') {
+            let twice = percent_decode_str(&decoded).decode_utf8_lossy();
+            if twice != decoded && (twice.contains(['/', '\\', '\0']) || is_dot_segment(&twice)) {
+                return Err(PathError::Ambiguous);
+            }
         }
         // A dot segment with path parameters resolves as the dot segment (its parameters go).
         let name = decoded.split(';').next().unwrap_or_default();
         match if is_dot_segment(&decoded) { name } else { decoded.as_ref() } {
-            "." => trailing_slash = i == last,
+            "." => trailing_slash = last,
             ".." => {
-                segments.pop().ok_or(PathError::Escapes)?;
-                trailing_slash = i == last;
+                out.truncate(starts.pop().ok_or(PathError::Escapes)?);
+                trailing_slash = last;
             }
             _ => {
-                segments.push(utf8_percent_encode(&decoded, SEGMENT).to_string());
+                starts.push(out.len());
+                out.push('/');
+                out.extend(utf8_percent_encode(&decoded, SEGMENT));
                 trailing_slash = false;
             }
         }
     }
-    let mut path = base.path().trim_end_matches('/').to_string();
-    for segment in &segments {
-        path.push('/');
-        path.push_str(segment);
+    if trailing_slash || out.len() == root || (starts.is_empty() && !rest.is_empty()) {
+        out.push('/');
     }
-    if trailing_slash || path.is_empty() || (segments.is_empty() && !rest.is_empty()) {
-        path.push('/');
+    if let Some(query) = query {
+        out.push('?');
+        out.extend(utf8_percent_encode(query, QUERY));
     }
-    let mut url = base.clone();
-    url.set_path(&path);
-    url.set_query(query.filter(|q| !q.is_empty()));
-    Ok(url)
+    Ok(out)
 }
 
 /// `.` or `..`, with or without `;` parameters.
 fn is_dot_segment(decoded: &str) -> bool {
     matches!(decoded.split(';').next(), Some("." | ".."))
+}
+
+/// The target as a `Url`, for the tests' checks (and proof that it is one, in canonical form).
+#[cfg(test)]
+fn upstream_url(base: &Url, rest: &str, query: Option<&str>) -> Result<Url, PathError> {
+    upstream_target(&UpstreamBase::from(base), rest, query).map(|target| {
+        let url = Url::parse(&target).unwrap_or_else(|e| panic!("{target}: {e}"));
+        assert_eq!(url.as_str(), target, "the target is written in canonical form");
+        assert!(target.parse::<hyper::Uri>().is_ok(), "{target} is a request target");
+        url
+    })
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, HeaderValue};
-use url::Url;
 
 use crate::config::{ApiConfig, TokenPolicy};
 use crate::session::now_unix;
@@ -15,7 +14,7 @@ use crate::tokens::{ClientGrant, ExchangeTarget, Target, UsableToken};
 #[derive(Debug)]
 pub struct Route {
     pub prefix: String,
-    pub(super) base: Url,
+    pub(super) base: super::UpstreamBase,
     pub(super) timeout: Duration,
     pub(super) max_retry_body_bytes: u64,
     pub(super) max_body_bytes: u64,
@@ -124,7 +123,7 @@ impl From<&ApiConfig> for Route {
         Route {
             prefix: api.prefix.clone(),
             span_route: format!("{}/*", api.prefix.trim_end_matches('/')),
-            base: api.upstream.clone(),
+            base: super::UpstreamBase::from(&api.upstream),
             timeout: api.timeout,
             max_retry_body_bytes: api.max_retry_body_bytes,
             request_headers_drop: api.request_headers_drop.clone(),
