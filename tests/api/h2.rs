@@ -42,7 +42,7 @@ async fn the_api_core_over_http2() {
 
     let user = browser.user().await;
     assert_eq!((user.status(), user.version()), (StatusCode::OK, Version::HTTP_2));
-    assert_eq!(user.json::<serde_json::Value>().await.unwrap()["sub"], "alice");
+    assert_eq!(user.json::<serde_json::Value>().await.unwrap()["sub"], "demo|alice");
 
     let got = browser.api(Method::GET, "/api/echo/items?x=1").await;
     assert_eq!((got.status(), got.version()), (StatusCode::OK, Version::HTTP_2));
@@ -82,7 +82,8 @@ async fn the_api_core_over_http2() {
 
     // A body over the route's max_body_bytes, declared and undeclared (an h2 DATA stream with
     // no content-length is h2's equivalent of chunked).
-    let declared = browser.send(browser.request(Method::POST, "/api/echo").header("x-csrf", "1").body(vec![b'a'; 2000])).await;
+    let declared =
+        browser.send(browser.request(Method::POST, "/api/echo").header("x-csrf", "1").body(vec![b'a'; 2000])).await;
     assert_eq!((declared.status(), declared.version()), (StatusCode::PAYLOAD_TOO_LARGE, Version::HTTP_2));
     assert_eq!(declared.json::<serde_json::Value>().await.unwrap(), serde_json::json!({"error": "payload_too_large"}));
     let chunks = futures_util::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(vec![b'b'; 100])));
@@ -92,7 +93,9 @@ async fn the_api_core_over_http2() {
     assert_eq!((streamed.status(), streamed.version()), (StatusCode::PAYLOAD_TOO_LARGE, Version::HTTP_2));
 
     // A header block over server.max_header_bytes (16 KiB): h2 decodes it, bff refuses it.
-    let huge = browser.send(browser.request(Method::GET, "/api/echo").header("x-csrf", "1").header("x-big", "a".repeat(20_000))).await;
+    let huge = browser
+        .send(browser.request(Method::GET, "/api/echo").header("x-csrf", "1").header("x-big", "a".repeat(20_000)))
+        .await;
     assert_eq!((huge.status(), huge.version()), (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Version::HTTP_2));
     assert_eq!(huge.json::<serde_json::Value>().await.unwrap(), serde_json::json!({"error": "headers_too_large"}));
 
@@ -113,7 +116,8 @@ async fn an_event_stream_over_http2_arrives_event_by_event() {
     let mut body = res.bytes_stream();
     let mut text = String::new();
     let mut first_at = None;
-    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), body.next()).await.expect("an event in time") {
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(10), body.next()).await.expect("an event in time")
+    {
         text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
         if first_at.is_none() && text.contains("data: tick 0") {
             assert!(!text.contains("data: tick 4"), "the first event came alone, before the stream ended: {text}");
@@ -137,7 +141,10 @@ async fn connect_h2(tls: &TlsApp, pair: &Pair) -> TlsStream<TcpStream> {
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     let authority = tls.https.trim_start_matches("https://");
-    let tcp = TcpStream::connect(authority).await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small send buffer: what the floods count as written is then close to what bff read.
+    socket.set_send_buffer_size(64 * 1024).unwrap();
+    let tcp = socket.connect(authority.parse().unwrap()).await.unwrap();
     tcp.set_nodelay(true).unwrap();
     let name = ServerName::try_from("127.0.0.1").unwrap();
     let stream = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
@@ -359,12 +366,7 @@ impl Raw {
         writer.write_all(PREFACE).await.unwrap();
         writer.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
         writer.flush().await.unwrap();
-        Raw {
-            writer: Box::new(writer),
-            reader: Some(Box::new(reader)),
-            seen: Arc::default(),
-            written: Arc::default(),
-        }
+        Raw { writer: Box::new(writer), reader: Some(Box::new(reader)), seen: Arc::default(), written: Arc::default() }
     }
 
     fn start_reading(&mut self) {
@@ -411,37 +413,47 @@ struct Flooded {
     took: Duration,
 }
 
-/// Another client's `GET /healthz` on a connection of its own, over and over while `busy`
-/// holds: the slowest answer. Each must come within `limit`.
-async fn probe_while(tls: &TlsApp, pair: &Pair, busy: &AtomicBool, limit: Duration) -> (u32, Duration) {
+/// Another client's `GET /healthz`, on a connection of its own and a task of its own (so that
+/// it runs beside the flood, not between its writes), over and over until `busy` ends: how many
+/// and the slowest. Each must come within `limit`.
+fn probe_while(
+    tls: &TlsApp,
+    pair: &Pair,
+    busy: Arc<AtomicBool>,
+    limit: Duration,
+) -> tokio::task::JoinHandle<(u32, Duration)> {
     let other = client(&[pair], false);
     let url = format!("{}/healthz", tls.https);
-    let (mut count, mut slowest) = (0u32, Duration::ZERO);
-    loop {
-        let started = Instant::now();
-        let res = tokio::time::timeout(limit, other.get(&url).send())
-            .await
-            .unwrap_or_else(|_| panic!("another client waited over {limit:?} during the flood"))
-            .expect("another client's request");
-        assert_eq!((res.status(), res.version()), (StatusCode::OK, Version::HTTP_2));
-        slowest = slowest.max(started.elapsed());
-        count += 1;
-        if !busy.load(Ordering::SeqCst) {
-            return (count, slowest);
+    tokio::spawn(async move {
+        let (mut count, mut slowest) = (0u32, Duration::ZERO);
+        loop {
+            let started = Instant::now();
+            let res = tokio::time::timeout(limit, other.get(&url).send())
+                .await
+                .unwrap_or_else(|_| panic!("another client waited over {limit:?} during the flood"))
+                .expect("another client's request");
+            assert_eq!((res.status(), res.version()), (StatusCode::OK, Version::HTTP_2));
+            slowest = slowest.max(started.elapsed());
+            count += 1;
+            if !busy.load(Ordering::SeqCst) {
+                return (count, slowest);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
 }
 
-/// Runs `flood` against `raw` while another client probes; the other client's record.
-async fn flood_with_probe<F: Future<Output = Flooded>>(tls: &TlsApp, pair: &Pair, flood: F) -> (Flooded, u32, Duration) {
-    let busy = AtomicBool::new(true);
-    let flooding = async {
-        let outcome = flood.await;
-        busy.store(false, Ordering::SeqCst);
-        outcome
-    };
-    let (outcome, (probes, slowest)) = tokio::join!(flooding, probe_while(tls, pair, &busy, Duration::from_secs(5)));
+/// Runs `flood` while another client probes; the other client's record.
+async fn flood_with_probe<F: Future<Output = Flooded>>(
+    tls: &TlsApp,
+    pair: &Pair,
+    flood: F,
+) -> (Flooded, u32, Duration) {
+    let busy = Arc::new(AtomicBool::new(true));
+    let probe = probe_while(tls, pair, Arc::clone(&busy), Duration::from_secs(5));
+    let outcome = flood.await;
+    busy.store(false, Ordering::SeqCst);
+    let (probes, slowest) = probe.await.expect("the other client was served throughout");
     (outcome, probes, slowest)
 }
 
@@ -546,64 +558,81 @@ async fn a_settings_flood_is_answered_or_cut_off_and_others_are_served() {
     .await;
 }
 
+/// One header block that never ends: `first` in a HEADERS frame without END_HEADERS, then
+/// `frames` CONTINUATION frames of `payload(i)`, up to 20 s. What bff did, and the bytes the
+/// client had written when the GOAWAY came.
+async fn continuation_flood(
+    tls: &TlsApp,
+    pair: &Pair,
+    what: &str,
+    first: &[u8],
+    frames: u64,
+    payload: impl Fn(u64) -> Vec<u8>,
+) -> (Flooded, Arc<Seen>, u64) {
+    let mut raw = Raw::open(tls, pair).await;
+    raw.start_reading();
+    let batches = std::iter::once(frame(HEADERS, END_STREAM, 1, first))
+        .chain((0..frames).map(|i| frame(CONTINUATION, 0, 1, &payload(i))));
+    let rss_before = rss_kib();
+    let (flooded, probes, slowest) = flood_with_probe(tls, pair, raw.flood(batches, Duration::from_secs(20))).await;
+    let seen = Arc::clone(&raw.seen);
+    eventually("the flooding connection ends", Duration::from_secs(10), || {
+        let seen = Arc::clone(&seen);
+        async move { seen.goaway().is_some() || seen.ended.load(Ordering::SeqCst) }
+    })
+    .await;
+    let at_goaway = seen.written_at_goaway.load(Ordering::SeqCst);
+    println!(
+        "CONTINUATION flood ({what}): {flooded:?}; {}; {at_goaway} bytes written when GOAWAY came; \
+         other client: {probes} requests, slowest {slowest:?}; test process RSS {rss_before} -> {} KiB",
+        seen.summary(),
+        rss_kib()
+    );
+    (flooded, seen, at_goaway)
+}
+
+/// h2 takes a header block of at most 16 MiB (its SETTINGS_MAX_HEADER_LIST_SIZE) in at most
+/// 1,280 CONTINUATION frames (20 MiB of full ones); past that it sends GOAWAY. What the client
+/// had written by then also counts what the sockets held on the way, hence the margin.
+const CONTINUATION_BOUND: u64 = 32 << 20;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_continuation_flood_is_cut_off_before_it_is_buffered() {
     let pair = self_signed("bff h2");
     let tls = spawn_tls(&pair, |_| {}).await;
+    // Up to 64 MiB in full frames.
+    const FULL: u64 = (64 << 20) / MAX_FRAME as u64;
 
-    // 1. Full CONTINUATION frames of one header value declared 1 GiB long: up to 64 MiB.
-    let mut raw = Raw::open(&tls, &pair).await;
-    raw.start_reading();
+    // 1. Every frame one whole header field (`x-flood-<i>: aaa…`), each decodable: what h2
+    // keeps is the decoded list, until it passes 16 MiB.
+    let field = |i: u64| {
+        let name = format!("x-flood-{i}");
+        let mut block = vec![0x00];
+        hpack_string(&mut block, name.as_bytes());
+        let value = vec![b'a'; MAX_FRAME - block.len() - 3];
+        hpack_string(&mut block, &value);
+        block
+    };
+    let (flooded, seen, at_goaway) =
+        continuation_flood(&tls, &pair, "decodable fields", &[0x82, 0x87], FULL, field).await;
+    assert_ne!(flooded.stopped_by, "done", "bff took all 64 MiB of one header block");
+    assert!(seen.goaway().is_some(), "closed with a GOAWAY: {}", seen.summary());
+    assert!(at_goaway <= CONTINUATION_BOUND, "{at_goaway} bytes taken before the GOAWAY");
+
+    // 2. One value declared 128 MiB long, its bytes spread over the frames: nothing decodes, the
+    // undecoded block is what grows.
     let mut block = vec![0x82, 0x87, 0x00];
     hpack_string(&mut block, b"x-flood");
-    hpack_int(&mut block, 0x00, 7, 1 << 30);
-    let filler = vec![b'a'; MAX_FRAME];
-    const TOTAL: u64 = 64 << 20;
-    let batches = std::iter::once(frame(HEADERS, END_STREAM, 1, &block))
-        .chain((0..TOTAL / MAX_FRAME as u64).map(|_| frame(CONTINUATION, 0, 1, &filler)));
-    let rss_before = rss_kib();
-    let (flooded, probes, slowest) = flood_with_probe(&tls, &pair, raw.flood(batches, Duration::from_secs(20))).await;
-    eventually("the flooding connection ends", Duration::from_secs(10), || {
-        let seen = Arc::clone(&raw.seen);
-        async move { seen.goaway().is_some() || seen.ended.load(Ordering::SeqCst) }
-    })
-    .await;
-    let at_goaway = raw.seen.written_at_goaway.load(Ordering::SeqCst);
-    println!(
-        "CONTINUATION flood (16 KiB frames): {flooded:?}; {}; {at_goaway} bytes written when GOAWAY came; \
-         other client: {probes} requests, slowest {slowest:?}; test process RSS {rss_before} -> {} KiB",
-        raw.seen.summary(),
-        rss_kib()
-    );
-    assert_ne!(flooded.stopped_by, "done", "bff took all {TOTAL} bytes of one header block");
-    assert!(raw.seen.goaway().is_some(), "closed with a GOAWAY: {}", raw.seen.summary());
-    // h2 allows a header block of 16 MiB and 1,280 CONTINUATION frames: what it read is bounded
-    // by that, plus what the sockets held.
-    let bound = 32u64 << 20;
-    assert!(at_goaway <= bound, "{at_goaway} bytes taken before the GOAWAY");
-    assert!(flooded.written <= bound + (16 << 20), "{} bytes taken in all", flooded.written);
+    hpack_int(&mut block, 0x00, 7, 128 << 20);
+    let (flooded, seen, at_goaway) =
+        continuation_flood(&tls, &pair, "one endless value", &block, FULL, |_| vec![b'a'; MAX_FRAME]).await;
+    assert_ne!(flooded.stopped_by, "done", "bff took all 64 MiB of one header block");
+    assert!(seen.goaway().is_some(), "closed with a GOAWAY: {}", seen.summary());
+    assert!(at_goaway <= CONTINUATION_BOUND, "{at_goaway} bytes taken before the GOAWAY");
 
-    // 2. Empty CONTINUATION frames: the count alone ends it.
-    let mut raw = Raw::open(&tls, &pair).await;
-    raw.start_reading();
-    let empty = frame(CONTINUATION, 0, 1, &[]);
-    const EMPTY: u64 = 100_000;
-    let batches = std::iter::once(frame(HEADERS, END_STREAM, 1, &[0x82, 0x87]))
-        .chain((0..EMPTY / 1000).map(|_| empty.repeat(1000)));
-    let (flooded, probes, slowest) = flood_with_probe(&tls, &pair, raw.flood(batches, Duration::from_secs(20))).await;
-    eventually("the flooding connection ends", Duration::from_secs(10), || {
-        let seen = Arc::clone(&raw.seen);
-        async move { seen.goaway().is_some() || seen.ended.load(Ordering::SeqCst) }
-    })
-    .await;
-    let at_goaway = raw.seen.written_at_goaway.load(Ordering::SeqCst);
-    println!(
-        "CONTINUATION flood (empty frames): {flooded:?}; {}; {} frames written when GOAWAY came; \
-         other client: {probes} requests, slowest {slowest:?}",
-        raw.seen.summary(),
-        at_goaway / 9
-    );
-    assert_eq!(raw.seen.goaway().map(reason), Some("ENHANCE_YOUR_CALM"), "{}", raw.seen.summary());
+    // 3. Empty frames: no bytes to limit, the count alone ends it.
+    let (_, seen, _) = continuation_flood(&tls, &pair, "empty frames", &[0x82, 0x87], 100_000, |_| Vec::new()).await;
+    assert_eq!(seen.goaway().map(reason), Some("ENHANCE_YOUR_CALM"), "{}", seen.summary());
 
     let after = client(&[&pair], false).get(format!("{}/healthz", tls.https)).send().await.unwrap();
     assert_eq!(after.status(), 200);
