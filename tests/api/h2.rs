@@ -351,8 +351,9 @@ async fn read_frames(mut reader: impl AsyncRead + Unpin, seen: Arc<Seen>, writte
     seen.ended.store(true, Ordering::SeqCst);
 }
 
-/// A raw HTTP/2 connection: the preface and an empty SETTINGS written, frames read and counted
-/// by a task of its own unless `read` is false (a client that never reads its answers).
+/// A raw HTTP/2 connection: the preface and an empty SETTINGS written; its answers are read and
+/// counted by a task of its own only from `start_reading` on (before it, a client that does not
+/// read what bff sends).
 struct Raw {
     writer: Box<dyn AsyncWrite + Unpin + Send>,
     reader: Option<Box<dyn AsyncRead + Unpin + Send>>,
@@ -457,6 +458,8 @@ async fn flood_with_probe<F: Future<Output = Flooded>>(
     (outcome, probes, slowest)
 }
 
+/// The test process's resident memory, bff's included (it runs in the process): printed beside
+/// each flood for the record only, since the other tests of the binary run alongside.
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -544,6 +547,7 @@ async fn answer_flood(kind: u8, make: fn(u64) -> Vec<u8>, acks: fn(&Seen) -> u64
         seen.summary(),
         rss_kib(),
     );
+    assert!(acks(&seen) == sent || seen.goaway().is_some(), "neither answered nor refused: {}", seen.summary());
     let after = client(&[&pair], false).get(format!("{}/healthz", tls.https)).send().await.unwrap();
     assert_eq!(after.status(), 200);
 }
