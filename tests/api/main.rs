@@ -38,6 +38,7 @@ mod dpop;
 mod edges;
 mod frontchannel;
 mod frontends;
+mod h2;
 mod hostile;
 mod login;
 mod logout;

@@ -16,14 +16,14 @@ use sha2::{Digest, Sha256};
 use support::{AppOptions, Browser, TestApp, eventually, spawn_app_with, temp_dir};
 
 /// A self-signed certificate for `127.0.0.1` and `localhost`, with its key.
-struct Pair {
+pub(crate) struct Pair {
     cert_pem: String,
     key_pem: String,
-    der: Vec<u8>,
+    pub(crate) der: Vec<u8>,
     spki: Vec<u8>,
 }
 
-fn self_signed(name: &str) -> Pair {
+pub(crate) fn self_signed(name: &str) -> Pair {
     self_signed_with(name, KeyPair::generate().unwrap())
 }
 
@@ -57,7 +57,7 @@ fn write_pair(dir: &Path, pair: &Pair) -> TlsFiles {
 
 /// A client that trusts `roots` only (no system roots), reports the peer's certificate, and
 /// offers h2 and http/1.1 by ALPN (`http1` only http/1.1).
-fn client(roots: &[&Pair], http1: bool) -> reqwest::Client {
+pub(crate) fn client(roots: &[&Pair], http1: bool) -> reqwest::Client {
     let mut builder = reqwest::Client::builder()
         .tls_built_in_root_certs(false)
         .tls_info(true)
@@ -77,9 +77,9 @@ fn peer_certificate(res: &reqwest::Response) -> Vec<u8> {
     info.peer_certificate().expect("a peer certificate").to_vec()
 }
 
-struct TlsApp {
-    app: TestApp,
-    https: String,
+pub(crate) struct TlsApp {
+    pub(crate) app: TestApp,
+    pub(crate) https: String,
     dir: PathBuf,
     files: TlsFiles,
 }
@@ -91,7 +91,7 @@ impl Drop for TlsApp {
 }
 
 /// bff over TLS with `pair`, the in-memory store; `tweak` adjusts the configuration further.
-async fn spawn_tls(pair: &Pair, tweak: impl Fn(&mut Config) + Send + Sync + 'static) -> TlsApp {
+pub(crate) async fn spawn_tls(pair: &Pair, tweak: impl Fn(&mut Config) + Send + Sync + 'static) -> TlsApp {
     let dir = temp_dir("tls");
     let files = write_pair(&dir, pair);
     let served = files.clone();
