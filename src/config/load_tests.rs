@@ -723,3 +723,28 @@ fn sessions_per_user_are_bounded_by_default() {
     let errs = errors(&minimal().replace("[session]\n", "[session]\nmax_per_user = 0\n"));
     assert!(errs.iter().any(|e| e.starts_with("session.max_per_user")), "{errs:?}");
 }
+
+#[test]
+fn http2_to_an_upstream_is_off_by_default_and_set_per_route_in_either_api_table() {
+    let api = |extra: &str| format!("{}\n[[api]]\nprefix = \"/api\"\nupstream = \"http://h\"\n{extra}", minimal());
+    assert!(!load(ConfigSource::from_toml_text(&api(""))).unwrap().api[0].http2);
+    assert!(load(ConfigSource::from_toml_text(&api("http2 = true\n"))).unwrap().api[0].http2);
+    let errs = errors(&api("http2 = \"h2c\"\n"));
+    assert!(errs.iter().any(|e| e.starts_with("api[0].http2: expected true or false")), "{errs:?}");
+    assert!(config_text_prints_http2(&api("http2 = true\n")));
+
+    // `[[frontend.api]]` is read by the same parser: the key is taken, and named, there too.
+    let text = two_frontends("")
+        .replace("upstream = \"http://users.internal\"", "upstream = \"http://users.internal\"\nhttp2 = true");
+    let config = load(ConfigSource::from_toml_text(&text)).unwrap();
+    let views = config.views();
+    assert_eq!((views[0].api[0].http2, views[1].api[0].http2), (false, true));
+    let text = two_frontends("")
+        .replace("upstream = \"http://users.internal\"", "upstream = \"http://users.internal\"\nhttp2 = 2");
+    let errs = errors(&text);
+    assert!(errs.iter().any(|e| e.contains("api[0].http2: expected true or false")), "{errs:?}");
+}
+
+fn config_text_prints_http2(text: &str) -> bool {
+    load(ConfigSource::from_toml_text(text)).unwrap().to_redacted_toml().contains("http2 = true")
+}

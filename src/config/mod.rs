@@ -493,6 +493,10 @@ pub struct ApiConfig {
     pub scopes: Vec<String>,
     /// WebSocket upgrades pass through (checked by `Origin`); `false`: refused with 400.
     pub websocket: bool,
+    /// HTTP/2 to the upstream: prior knowledge (h2c) for `http://`, ALPN `h2` (HTTP/1.1 when the
+    /// upstream does not take it) for `https://`; `false`: HTTP/1.1 only. WebSocket handshakes
+    /// go over HTTP/1.1 either way.
+    pub http2: bool,
     /// Step-up (RFC 9470): the session's `acr` must be one of these before the upstream is
     /// called (none: any). Routes carrying the user's token only.
     pub acr_values: Vec<String>,

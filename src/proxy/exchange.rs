@@ -137,7 +137,7 @@ impl Proxy {
     ) -> Result<hyper::Response<Incoming>, SendError> {
         let span = route.client_span(request.method(), request.uri());
         telemetry::context::inject(&span, request.headers_mut());
-        let result = self.timed(route, client.0.request(request)).instrument(span.clone()).await;
+        let result = self.timed(route, client.for_route(route).request(request)).instrument(span.clone()).await;
         telemetry::record_outcome(&span, &result, |r| r.status().as_u16());
         result
     }

@@ -52,15 +52,43 @@ pub struct Destination<'a> {
     uri: hyper::Uri,
 }
 
-/// One connection pool to the upstreams per actix worker (see `Proxy::upstream_client`).
-pub struct UpstreamClient(Client<Connector, UpstreamBody>);
+/// The connection pools to the upstreams of one actix worker (see `Proxy::upstream_client`),
+/// one per way of speaking to an upstream (`api[].http2` and the upstream's scheme): a client
+/// that speaks HTTP/2 only cannot fall back, and one that may fall back cannot assume HTTP/2 on
+/// a plain connection, so they cannot share a pool.
+pub struct UpstreamClient {
+    http1: Client<Connector, UpstreamBody>,
+    /// `http2 = true` on `http://`: HTTP/2 with prior knowledge (h2c, RFC 9113 §3.3).
+    h2c: Client<Connector, UpstreamBody>,
+    /// `http2 = true` on `https://`: `h2` offered by ALPN, HTTP/1.1 if the upstream declines.
+    alpn_h2: Client<Connector, UpstreamBody>,
+}
+
+/// How a route speaks to its upstream, decided once from `api[].http2` and the scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum UpstreamProtocol {
+    Http1,
+    PriorKnowledge,
+    Alpn,
+}
+
+impl UpstreamClient {
+    fn for_route(&self, route: &Route) -> &Client<Connector, UpstreamBody> {
+        match route.protocol {
+            UpstreamProtocol::Http1 => &self.http1,
+            UpstreamProtocol::PriorKnowledge => &self.h2c,
+            UpstreamProtocol::Alpn => &self.alpn_h2,
+        }
+    }
+}
 
 pub struct Proxy {
     /// Longest prefix first, so the most specific route wins.
     routes: Vec<Arc<Route>>,
+    /// ALPN `http/1.1` only: routes without `http2`, and every WebSocket (an HTTP/1.1 upgrade).
     connector: Connector,
-    /// The same without HTTP/2 in ALPN: a WebSocket is an HTTP/1.1 upgrade.
-    websocket_connector: Connector,
+    /// ALPN `h2` then `http/1.1`: routes with `http2 = true`.
+    h2_connector: Connector,
     proto: HeaderValue,
     host: HeaderValue,
     trusted_hops: usize,
@@ -99,8 +127,8 @@ impl Proxy {
         tcp.set_nodelay(true);
         tcp.enforce_http(false);
         let https = || hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots().https_or_http().enable_http1();
-        let connector = https().enable_http2().wrap_connector(tcp.clone());
-        let websocket_connector = https().wrap_connector(tcp);
+        let h2_connector = https().enable_http2().wrap_connector(tcp.clone());
+        let connector = https().wrap_connector(tcp);
 
         let public = &config.server.public_url;
         let host = match public.port() {
@@ -110,7 +138,7 @@ impl Proxy {
         Proxy {
             routes,
             connector,
-            websocket_connector,
+            h2_connector,
             proto: HeaderValue::try_from(public.scheme()).unwrap_or(HeaderValue::from_static("https")),
             host: HeaderValue::try_from(host).unwrap_or(HeaderValue::from_static("")),
             trusted_hops: config.server.trusted_proxy_hops,
@@ -131,13 +159,30 @@ impl Proxy {
     /// scheduled, milliseconds (p99 went from ~1 ms to 42 ms with two workers on two cores).
     /// Redirects are not followed: they go back to the SPA as they are (following them could
     /// leave the upstream).
+    /// The pools are empty until a route uses them.
     pub fn upstream_client(&self) -> UpstreamClient {
-        UpstreamClient(
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(60))
-                .pool_timer(TokioTimer::new())
-                .build(self.connector.clone()),
-        )
+        let builder = || {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.pool_idle_timeout(Duration::from_secs(60)).pool_timer(TokioTimer::new());
+            b
+        };
+        // An HTTP/2 connection carries every call to its upstream: one that died without a
+        // FIN (a NAT or load balancer forgot it) would otherwise stall them all until their
+        // timeouts, so it is pinged and dropped when a PING goes unanswered.
+        let h2 = |only: bool| {
+            let mut b = builder();
+            b.http2_only(only)
+                .timer(TokioTimer::new())
+                .http2_keep_alive_interval(Duration::from_secs(20))
+                .http2_keep_alive_timeout(Duration::from_secs(10))
+                .http2_keep_alive_while_idle(true);
+            b
+        };
+        UpstreamClient {
+            http1: builder().build(self.connector.clone()),
+            h2c: h2(true).build(self.h2_connector.clone()),
+            alpn_h2: h2(false).build(self.h2_connector.clone()),
+        }
     }
 
     pub fn routes(&self) -> &[Arc<Route>] {

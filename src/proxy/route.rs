@@ -40,6 +40,8 @@ pub struct Route {
     dpop_nonce: std::sync::Mutex<Option<String>>,
     /// WebSocket upgrades pass through (`websocket`).
     pub websocket: bool,
+    /// HTTP/1.1, or HTTP/2 by prior knowledge or ALPN (`http2` and the upstream's scheme).
+    pub(super) protocol: super::UpstreamProtocol,
     /// The session's authentication this route needs (`acr_values`, `max_age`).
     pub(super) step_up: super::Requirement,
     /// How spans name the route: `/api/*` (the paths under it are unbounded).
@@ -146,6 +148,11 @@ impl From<&ApiConfig> for Route {
             client_grant: (api.token == TokenPolicy::Client)
                 .then(|| ClientGrant { scopes: api.scopes.clone(), resource: api.resource.clone() }),
             websocket: api.websocket,
+            protocol: match (api.http2, api.upstream.scheme()) {
+                (false, _) => super::UpstreamProtocol::Http1,
+                (true, "https") => super::UpstreamProtocol::Alpn,
+                (true, _) => super::UpstreamProtocol::PriorKnowledge,
+            },
             step_up: super::Requirement { acr_values: api.acr_values.clone(), max_age: api.max_age },
             max_body_bytes: api.max_body_bytes,
         }

@@ -178,7 +178,7 @@ impl Proxy {
         }
         let span = destination.route.client_span(&hyper::Method::GET, &uri);
         telemetry::context::inject(&span, headers);
-        let mut connector = self.websocket_connector.clone();
+        let mut connector = self.connector.clone();
         let exchange = async move {
             std::future::poll_fn(|cx| connector.poll_ready(cx)).await.map_err(HandshakeError::Connect)?;
             let io = connector.call(uri).await.map_err(HandshakeError::Connect)?;

@@ -59,6 +59,7 @@ mod store_down;
 mod telemetry;
 mod timeouts;
 mod tls;
+mod upstream_h2;
 mod trust;
 mod user;
 mod userinfo;
