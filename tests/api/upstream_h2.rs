@@ -15,6 +15,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
+use support::websocket::{Message, next_message};
 use support::{AppOptions, spawn_app_with};
 
 /// What the upstream saw of one request.
@@ -201,6 +202,21 @@ async fn without_http2_a_route_speaks_http1_even_to_an_upstream_that_takes_h2c()
     assert_eq!(answer["version"], "HTTP/2.0");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_on_an_http2_route_still_opens_over_http1() {
+    // The suite's upstream speaks HTTP/1.1 only: an h2c handshake to it would fail.
+    let tweak = std::sync::Arc::new(|c: &mut bff::config::Config| {
+        c.api[0].http2 = true;
+        c.api[0].timeout = std::time::Duration::from_secs(30);
+    });
+    let app = spawn_app_with(AppOptions { tweak, ..AppOptions::default() }).await;
+    let browser = app.browser();
+    browser.login_as("alice").await;
+    let mut socket = browser.websocket("/api/ws", Some(&app.address)).await.expect("the socket opens");
+    futures_util::SinkExt::send(&mut socket, Message::text("over http/1.1")).await.unwrap();
+    assert_eq!(next_message(&mut socket).await, Message::text("over http/1.1"));
+}
+
 #[test]
 fn http2_must_be_a_boolean_and_the_error_names_the_key() {
     let routes = "[[api]]\nprefix = \"/h2\"\nupstream = \"http://127.0.0.1:1\"\nhttp2 = \"yes\"\n";
@@ -209,6 +225,7 @@ fn http2_must_be_a_boolean_and_the_error_names_the_key() {
          [session]\nsecret = \"{}\"\n{routes}",
         "0123456789abcdef".repeat(4)
     );
-    let err = bff::config::Config::from_toml(&text).err().expect("refused").to_string();
+    let Err(err) = bff::config::Config::from_toml(&text) else { panic!("http2 = \"yes\" is refused") };
+    let err = err.to_string();
     assert!(err.contains("api[0].http2: expected true or false"), "{err}");
 }
