@@ -119,7 +119,8 @@ impl Proxy {
         let Some(retry_body) = retry_body else {
             return Ok(respond(first, route, head, Some(token), permit).await);
         };
-        let Some(fresh) = caller.after_401(tokens, target, token).await? else {
+        // Boxed: a renewal is rare, and inlined its future would make every call's larger.
+        let Some(fresh) = Box::pin(caller.after_401(tokens, target, token)).await? else {
             return Ok(respond(first, route, head, Some(token), permit).await);
         };
         drop(first);

@@ -257,7 +257,9 @@ impl Proxy {
         }
         let permit = self.admission.admit(caller.share()).map_err(AppError::Limited)?;
         if upgrade {
-            self.websocket(req, destination, tokens, &caller, (payload, permit)).await
+            // Boxed: the handshake's connect future is ~6 KB, which inlined made every plain
+            // call's future (copied when actix boxes it) as large.
+            Box::pin(self.websocket(req, destination, tokens, &caller, (payload, permit))).await
         } else {
             self.exchange(client, req, destination, tokens, &caller, (payload, content_length, permit)).await
         }

@@ -95,12 +95,16 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Each backend's future is boxed: a Redis command's future is ~4 KB, and inlined it made every
+/// future that may touch the store as large — the proxy's handler future among them (~8 KB),
+/// copied whole when actix boxes it, on every call, though the steady state (a cache hit) makes
+/// no store command at all. A store command now costs one allocation instead.
 macro_rules! dispatch {
     ($self:ident, $op:literal, $s:ident => $call:expr) => {{
         let started = std::time::Instant::now();
         let result = match &$self.backend {
-            Backend::Redis($s) => $call.await,
-            Backend::Memory($s) => $call.await,
+            Backend::Redis($s) => Box::pin($call).await,
+            Backend::Memory($s) => Box::pin($call).await,
         };
         if let Some(metrics) = &$self.metrics {
             metrics.store_op($op, started.elapsed(), result.is_ok());

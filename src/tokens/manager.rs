@@ -231,8 +231,9 @@ impl TokenManager {
     pub async fn live_session(&self, handle: &SessionHandle) -> Result<HotToken, TokenError> {
         let hot = self.read_hot(handle).await?.ok_or(TokenError::LoginRequired)?;
         if hot.expiry.session_over(self.tokens.now()) {
-            // Reads the whole set to end the session (it names its back-channel index entries).
-            self.load_live(handle).await?;
+            // Reads the whole set to end the session (it names its back-channel index entries);
+            // boxed, as `own_token`'s end.
+            Box::pin(self.load_live(handle)).await?;
             return Err(TokenError::LoginRequired);
         }
         Ok(hot)
@@ -292,9 +293,14 @@ impl TokenManager {
                 other => other,
             },
             // Reads the whole set to end the session (it names its back-channel index entries).
+            // Boxed, as every rare branch of the per-call path: inlined, its store futures would
+            // make every call's future (copied whole when actix boxes it) that much larger.
             Decision::End => {
-                let set = self.load_live(handle).await?;
-                self.end_session(handle, &set, EndReason::Expired).await
+                Box::pin(async {
+                    let set = self.load_live(handle).await?;
+                    self.end_session(handle, &set, EndReason::Expired).await
+                })
+                .await
             }
         }
     }

@@ -596,6 +596,18 @@ impl TokenStore {
             return Ok(Some(entry.view.clone()));
         }
         read("miss");
+        // Boxed: the miss's store reads would otherwise make every call's future larger,
+        // hits included (see `Store`'s `dispatch!`).
+        Box::pin(self.fill(cache, handle, now)).await
+    }
+
+    /// A cache miss: read on the tracked connection and fill.
+    async fn fill(
+        &self,
+        cache: &TokenCache,
+        handle: &SessionHandle,
+        now: Instant,
+    ) -> Result<Option<HotToken>, StoreError> {
         let Some(fill) = cache.begin_fill(handle) else { return self.load_uncached(handle).await };
         let key = self.keys.tokens(handle);
         // On every early return the ticket is dropped, which frees its placeholder.
