@@ -23,6 +23,24 @@ pub struct Metrics {
     /// The `[[frontend]]`'s name, `"default"` for a configuration without frontends. Shared:
     /// one allocation per frontend, not one per view.
     frontend: Arc<str>,
+    /// The series every request touches, found once (see `RequestSeries`).
+    request_series: Arc<RequestSeries>,
+}
+
+/// The request counter and latency series of this frontend by route class and status class,
+/// remembered once found: `with_label_values` hashes every label value (SipHash) and looks the
+/// series up under a lock, ~3k instructions per request for the two families, for series that
+/// are the same few on nearly every call. The labels are `&'static str` of small fixed sets
+/// (route classes, status classes), so the lists stay a handful of entries long, compared by
+/// value (equal pointers first).
+#[derive(Default)]
+struct RequestSeries {
+    counters: std::sync::Mutex<Vec<(&'static str, &'static str, IntCounter)>>,
+    durations: std::sync::Mutex<Vec<(&'static str, Histogram)>>,
+}
+
+fn same(a: &'static str, b: &'static str) -> bool {
+    std::ptr::eq(a, b) || a == b
 }
 
 /// The registry and its families, one per process: the per-frontend families carry a `frontend`
@@ -458,13 +476,14 @@ impl Metrics {
         Ok(Metrics {
             families: Arc::new(Families::new()?),
             frontend: Arc::from(crate::config::FrontendIdentity::IMPLICIT_NAME),
+            request_series: Arc::default(),
         })
     }
 
     /// The view of the same registry for the frontend `name`: its per-frontend series carry
     /// `frontend="{name}"`, the per-process ones are shared with every other view.
     pub fn for_frontend(&self, name: &str) -> Metrics {
-        Metrics { families: Arc::clone(&self.families), frontend: Arc::from(name) }
+        Metrics { families: Arc::clone(&self.families), frontend: Arc::from(name), request_series: Arc::default() }
     }
 
     /// The `frontend` label value of this view.
@@ -472,14 +491,34 @@ impl Metrics {
         &self.frontend
     }
 
-    pub fn request(&self, route: &str, status: u16, elapsed: Duration) {
-        let f = &self.families;
-        f.requests.with_label_values(&[self.frontend(), route, status_class(status)]).inc();
-        f.request_duration.with_label_values(&[self.frontend(), route]).observe(elapsed.as_secs_f64());
+    pub fn request(&self, route: &'static str, status: u16, elapsed: Duration) {
+        let class = status_class(status);
+        let memo = &self.request_series;
+        {
+            let mut counters = memo.counters.lock().unwrap_or_else(|p| p.into_inner());
+            match counters.iter().find(|(r, c, _)| same(r, route) && same(c, class)) {
+                Some((_, _, counter)) => counter.inc(),
+                None => {
+                    let counter = self.families.requests.with_label_values(&[self.frontend(), route, class]);
+                    counter.inc();
+                    counters.push((route, class, counter));
+                }
+            }
+        }
+        let mut durations = memo.durations.lock().unwrap_or_else(|p| p.into_inner());
+        match durations.iter().find(|(r, _)| same(r, route)) {
+            Some((_, histogram)) => histogram.observe(elapsed.as_secs_f64()),
+            None => {
+                let histogram = self.families.request_duration.with_label_values(&[self.frontend(), route]);
+                histogram.observe(elapsed.as_secs_f64());
+                durations.push((route, histogram));
+            }
+        }
     }
 
-    pub fn upstream(&self, api: &str, elapsed: Duration) {
-        self.families.upstream_duration.with_label_values(&[self.frontend(), api]).observe(elapsed.as_secs_f64());
+    /// The upstream latency series of the API prefix `api`, for its route to keep.
+    pub fn upstream_series(&self, api: &str) -> Histogram {
+        self.families.upstream_duration.with_label_values(&[self.frontend(), api])
     }
 
     pub fn upstream_error(&self, api: &str, failure: UpstreamFailure) {

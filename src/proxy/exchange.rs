@@ -151,7 +151,7 @@ impl Proxy {
     ) -> Result<T, SendError> {
         let started = std::time::Instant::now();
         let result = tokio::time::timeout(route.timeout, call).await;
-        self.metrics.upstream(&route.prefix, started.elapsed());
+        route.upstream_latency.observe(started.elapsed().as_secs_f64());
         match result {
             Err(_) => {
                 self.metrics.upstream_error(&route.prefix, UpstreamFailure::Timeout);

@@ -120,7 +120,7 @@ impl Proxy {
     /// `frontend_share`: the most exchanges this frontend may have in flight (at or above
     /// `max_upstream_concurrency`: no cap of its own).
     pub fn new(config: &Config, metrics: Arc<Metrics>, process: ProcessPermits, frontend_share: usize) -> Proxy {
-        let mut routes: Vec<Arc<Route>> = config.api.iter().map(|a| Arc::new(Route::from(a))).collect();
+        let mut routes: Vec<Arc<Route>> = config.api.iter().map(|a| Arc::new(Route::new(a, &metrics))).collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         let mut tcp = HttpConnector::new();
         tcp.set_connect_timeout(Some(Duration::from_secs(5)));

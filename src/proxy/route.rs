@@ -46,6 +46,8 @@ pub struct Route {
     pub(super) step_up: super::Requirement,
     /// How spans name the route: `/api/*` (the paths under it are unbounded).
     span_route: String,
+    /// `bff_upstream_duration_seconds` of this prefix, found once (not per call).
+    pub(super) upstream_latency: prometheus::Histogram,
 }
 
 /// What a route with no `methods` takes, as `Allow` says it: the methods of RFC 9110 and PATCH,
@@ -120,9 +122,11 @@ impl Route {
     }
 }
 
-impl From<&ApiConfig> for Route {
-    fn from(api: &ApiConfig) -> Self {
+impl Route {
+    /// The route of one `[[api]]` entry, its series in `metrics`.
+    pub fn new(api: &ApiConfig, metrics: &crate::metrics::Metrics) -> Self {
         Route {
+            upstream_latency: metrics.upstream_series(&api.prefix),
             prefix: api.prefix.clone(),
             span_route: format!("{}/*", api.prefix.trim_end_matches('/')),
             base: super::UpstreamBase::from(&api.upstream),
