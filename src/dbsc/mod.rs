@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, DbscMode, TokenPolicy};
 use crate::paths::OwnRoute;
 use crate::session::{SessionHandle, cookie_pairs};
-pub use proof::{Alg, ProofError, PublicJwk, unquote, verify_refresh, verify_registration};
+use proof::unquote;
+pub use proof::{Alg, ProofError, PublicJwk, verify_refresh, verify_registration};
 pub use tickets::{Challenge, CookieCheck, Purpose, TicketKeys};
 pub use wire::{SESSION_ID_HEADER, SKIPPED_HEADER, ended, parse_session_id};
 
@@ -145,10 +146,6 @@ impl Dbsc {
 
     pub fn keys(&self) -> &TicketKeys {
         &self.keys
-    }
-
-    pub fn cookie_name(&self) -> &str {
-        &self.cookie_name
     }
 
     /// `Secure-Session-Registration` for a session just signed in, with a fresh challenge.

@@ -197,7 +197,7 @@ fn split(raw: &str) -> Result<Parts<'_>, ProofError> {
 }
 
 /// `"value"` → `value`; anything else as it is.
-pub fn unquote(raw: &str) -> &str {
+pub(super) fn unquote(raw: &str) -> &str {
     raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')).unwrap_or(raw)
 }
 
