@@ -59,7 +59,15 @@ async function main() {
 
   // A persistent profile: the browser's own, as a user's (DBSC keeps its sessions with it).
   const profile = mkdtempSync(path.join(tmpdir(), "bff-dbsc-"));
-  closeAtEnd(() => rmSync(profile, { recursive: true, force: true }));
+  // On a failure the harness closes the browser without waiting, so Chromium may still be
+  // writing its profile: its removal is best effort there (a leftover temporary directory is
+  // no test failure). On success it is removed after the browser has closed.
+  const removeProfile = () => rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 100 });
+  closeAtEnd(() => {
+    try {
+      removeProfile();
+    } catch {}
+  });
   const args = [...CHROMIUM_FLAGS, `--ignore-certificate-errors-spki-list=${spki}`, `--enable-features=${DBSC_FEATURES}`];
   const context = await chromium.launchPersistentContext(profile, { executablePath: "/usr/bin/chromium", args });
   closeAtEnd(() => context.close().catch(() => {}));
@@ -123,6 +131,9 @@ async function main() {
   step("while the browser with the key goes on");
   call = await fetchFromPage(page, "/api/hello");
   assert.equal(call.status, 200, call.body);
+  await thiefBrowser.close();
+  await context.close();
+  removeProfile();
   console.log("browser test passed");
 }
 
