@@ -238,10 +238,12 @@ impl Runtime {
             Arc::clone(&metrics),
         ));
         let pages = Pages::load(&config.server.templates_dir, STYLESHEET_PATH)?.under(&config.frontend.path);
+        let cookies = CookiePolicy::from_config(&config, &metrics);
+        let dbsc = Dbsc::from_config(&config, &cookies);
         Ok(web::Data::new(AppState {
             public_origin: config.server.public_url.origin().ascii_serialization(),
-            cookies: CookiePolicy::from_config(&config, &metrics),
-            dbsc: Dbsc::from_config(&config),
+            dbsc: dbsc.clone(),
+            cookies,
             lifetime,
             logins: PendingLogins::new(self.store.clone(), sealer.clone(), keys.clone()),
             sessions,
@@ -251,6 +253,7 @@ impl Runtime {
                 Arc::clone(&metrics),
                 self.upstream_permits.clone(),
                 config.server.max_upstream_concurrency_per_frontend,
+                dbsc,
             )),
             content_security_policy: content_security_policy(&config),
             login_limiter: Arc::clone(&self.login_limiter),

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, DbscMode, TokenPolicy};
 use crate::paths::OwnRoute;
-use crate::session::{SessionHandle, cookie_pairs};
+use crate::session::{CookiePolicy, SessionHandle, cookie_pairs};
 use proof::unquote;
 pub use proof::{Alg, ProofError, PublicJwk, verify_refresh, verify_registration};
 pub use tickets::{Challenge, CookieCheck, Purpose, TicketKeys};
@@ -109,9 +109,10 @@ impl std::fmt::Debug for Dbsc {
 }
 
 impl Dbsc {
-    /// From a frontend's configuration (`config.frontend` names it): the bound cookie has the
-    /// session cookie's attributes, and its name with `-bound` (see [`bound_cookie_name`]).
-    pub fn from_config(config: &Config) -> Dbsc {
+    /// From a frontend's configuration (`config.frontend` names it) and its session cookie's
+    /// policy: the bound cookie has that cookie's attributes, and its name with `-bound` (see
+    /// [`bound_cookie_name`]).
+    pub fn from_config(config: &Config, cookies: &CookiePolicy) -> Dbsc {
         let session = &config.session;
         let within = |path: &str| format!("{}{path}", config.frontend.path);
         let mut bound_paths: Vec<String> =
@@ -123,14 +124,10 @@ impl Dbsc {
             mode: session.dbsc,
             cookie_ttl: session.dbsc_cookie_ttl.as_secs(),
             keys: TicketKeys::new(&session.secrets, &config.frontend),
-            cookie_name: bound_cookie_name(&session.cookie_name),
-            cookie_path: if config.frontend.path.is_empty() { "/".into() } else { config.frontend.path.clone() },
-            // As the session cookie's (`CookiePolicy`): a prefixed name needs `Secure`.
-            secure: config.is_https() || session.cookie_name.starts_with("__"),
-            same_site: match session.same_site {
-                crate::config::SameSitePolicy::Lax => SameSite::Lax,
-                crate::config::SameSitePolicy::Strict => SameSite::Strict,
-            },
+            cookie_name: bound_cookie_name(&cookies.name),
+            cookie_path: cookies.path.clone(),
+            secure: cookies.secure,
+            same_site: cookies.same_site,
             register_path: within(OwnRoute::DbscRegister.path()),
             refresh_path: within(OwnRoute::DbscRefresh.path()),
             origin: public.origin().ascii_serialization(),
@@ -292,7 +289,9 @@ mod tests {
              [[api]]\nprefix = \"/public\"\nupstream = \"http://127.0.0.1:1\"\ntoken = \"none\"\n",
             "x".repeat(64)
         );
-        Dbsc::from_config(&crate::config::Config::from_toml(&toml).unwrap())
+        let config = crate::config::Config::from_toml(&toml).unwrap();
+        let metrics = crate::metrics::Metrics::new().unwrap();
+        Dbsc::from_config(&config, &CookiePolicy::from_config(&config, &metrics))
     }
 
     fn binding() -> DeviceBinding {

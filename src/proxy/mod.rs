@@ -119,7 +119,13 @@ impl Proxy {
     /// `process`: what every frontend of the process shares ([`process_permits`]);
     /// `frontend_share`: the most exchanges this frontend may have in flight (at or above
     /// `max_upstream_concurrency`: no cap of its own).
-    pub fn new(config: &Config, metrics: Arc<Metrics>, process: ProcessPermits, frontend_share: usize) -> Proxy {
+    pub fn new(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        process: ProcessPermits,
+        frontend_share: usize,
+        dbsc: Dbsc,
+    ) -> Proxy {
         let mut routes: Vec<Arc<Route>> = config.api.iter().map(|a| Arc::new(Route::new(a, &metrics))).collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         let mut tcp = HttpConnector::new();
@@ -148,7 +154,7 @@ impl Proxy {
                 process,
             ),
             public_origin: public.origin().ascii_serialization(),
-            dbsc: Dbsc::from_config(config),
+            dbsc,
             metrics,
         }
     }
