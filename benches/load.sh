@@ -14,6 +14,10 @@
 # (upstream write → client read) direct, through nginx and through bff; and how long after a
 # logout on one cached instance another refuses the session.
 #
+# Last, the protocol rows: nginx and bff over plain HTTP/1.1, TLS HTTP/1.1 and TLS HTTP/2
+# (benches/manycore.sh, with BFF_WORKERS workers, nothing pinned on a small machine; PROTOCOL_ROWS=0
+# leaves them out).
+#
 #   benches/load.sh                      # defaults: 3 rounds × 10 s, 16 connections, 1 worker
 #   ROUNDS=5 DURATION=20s CONNECTIONS=32 BFF_WORKERS=2 benches/load.sh
 set -euo pipefail
@@ -244,3 +248,10 @@ if modes:
           f"per login, BCAST: {modes.get('BCAST_MSGS_LOGIN')}; server memory per tracked key (default "
           f"mode, per instance holding it): {modes.get('TRACKED_KEY_BYTES')} bytes")
 PY
+
+if [ "${PROTOCOL_ROWS:-1}" = 1 ]; then
+  echo "protocols (benches/manycore.sh)…" >&2
+  echo
+  WORKERS=$BFF_WORKERS DURATION=${DURATION%s} THREADS=$THREADS CONNECTIONS=$CONNECTIONS H2_CONNECTIONS=$(((CONNECTIONS + 3) / 4)) \
+    benches/manycore.sh
+fi
