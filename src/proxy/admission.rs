@@ -98,11 +98,15 @@ impl<K: Hash + Eq + Clone> Counted<K> {
 
     fn take(&self, key: &K) -> Option<Release<K>> {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let count = counts.entry(key.clone()).or_insert(0);
-        if *count >= self.limit {
-            return None;
+        // Looked up before inserting: `entry` would want an owned key on every call.
+        match counts.get_mut(key) {
+            Some(count) if *count >= self.limit => return None,
+            Some(count) => *count += 1,
+            None if self.limit == 0 => return None,
+            None => {
+                counts.insert(key.clone(), 1);
+            }
         }
-        *count += 1;
         Some(Release { counts: Arc::clone(&self.counts), key: key.clone() })
     }
 

@@ -12,6 +12,8 @@ mod meta;
 mod pending;
 mod store;
 
+use std::sync::Arc;
+
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::crypto;
@@ -44,7 +46,7 @@ impl SessionId {
 
     pub fn handle(&self) -> SessionHandle {
         let digest = crypto::digest(self.0.expose_secret());
-        SessionHandle(digest[..22].to_string())
+        SessionHandle(Arc::from(&digest[..22]))
     }
 
     /// # Security Warning
@@ -55,8 +57,10 @@ impl SessionId {
 }
 
 /// A public name for a session (a hash of its id): store keys, logs, `/auth/user`'s `sid`.
+/// Shared rather than owned: every API call clones it (the cookie cache's hit, the admission's
+/// per-session count) and a clone should not allocate.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct SessionHandle(String);
+pub struct SessionHandle(Arc<str>);
 
 impl SessionHandle {
     pub fn as_str(&self) -> &str {
@@ -69,7 +73,7 @@ impl SessionHandle {
     }
 
     pub fn from_stored(raw: &str) -> Option<SessionHandle> {
-        SessionHandle::is_well_formed(raw).then(|| SessionHandle(raw.to_string()))
+        SessionHandle::is_well_formed(raw).then(|| SessionHandle(Arc::from(raw)))
     }
 
     fn is_well_formed(raw: &str) -> bool {
