@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use actix_web::web;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse};
-use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use tracing::Instrument;
 
 use super::admission::Permit;
 use super::body::{self, BodyLimits, RequestBody, UpstreamBody};
+use super::pool::UpstreamIncoming;
 use super::respond::respond;
 use super::{Caller, Destination, Proxy, Route, UpstreamClient, headers};
 use crate::error::{AppError, BadRequest};
@@ -135,16 +135,16 @@ impl Proxy {
         client: &UpstreamClient,
         mut request: hyper::Request<UpstreamBody>,
         route: &Route,
-    ) -> Result<hyper::Response<Incoming>, SendError> {
+    ) -> Result<hyper::Response<UpstreamIncoming>, SendError> {
         let span = route.client_span(request.method(), request.uri());
         telemetry::context::inject(&span, request.headers_mut());
-        let result = self.timed(route, client.for_route(route).request(request)).instrument(span.clone()).await;
+        let result = self.timed(route, client.send(route, request)).instrument(span.clone()).await;
         telemetry::record_outcome(&span, &result, |r| r.status().as_u16());
         result
     }
 
     /// An upstream call, bounded by the route's timeout, measured, its failure classified.
-    pub(super) async fn timed<T, E: std::error::Error + 'static>(
+    pub(super) async fn timed<T, E: Into<super::pool::BoxError>>(
         &self,
         route: &Route,
         call: impl std::future::Future<Output = Result<T, E>>,
@@ -159,9 +159,10 @@ impl Proxy {
                 Err(SendError::Timeout)
             }
             Ok(Err(e)) => {
+                let e: super::pool::BoxError = e.into();
                 self.metrics.upstream_error(&route.prefix, UpstreamFailure::Unavailable);
-                let closed = closed_unanswered(&e);
-                tracing::warn!(api = route.prefix, "upstream unreachable: {}", crate::telemetry::error_chain(&e));
+                let closed = closed_unanswered(&*e);
+                tracing::warn!(api = route.prefix, "upstream unreachable: {}", crate::telemetry::error_chain(&*e));
                 Err(if closed { SendError::ClosedUnanswered } else { SendError::Unreachable })
             }
             Ok(Ok(response)) => Ok(response),
@@ -207,7 +208,8 @@ impl From<SendError> for AppError {
     }
 }
 
-fn closed_unanswered(e: &(dyn std::error::Error + 'static)) -> bool {
+fn closed_unanswered(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    let e: &(dyn std::error::Error + 'static) = e;
     let mut source = Some(e);
     while let Some(cause) = source {
         if cause.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_incomplete_message) {

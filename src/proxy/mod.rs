@@ -10,6 +10,7 @@ mod exchange;
 mod frames;
 mod headers;
 mod path;
+mod pool;
 mod respond;
 mod route;
 mod step_up;
@@ -39,6 +40,7 @@ use admission::{Admission, Shares};
 pub use body::{RequestBody, UpstreamBody};
 pub use caller::Caller;
 pub use path::{PathError, UpstreamBase, strip_prefix, upstream_target};
+use pool::UpstreamIncoming;
 pub use respond::TOKEN_EXPIRY_HEADER;
 pub use route::Route;
 pub use step_up::{Requirement, StepUp};
@@ -57,7 +59,8 @@ pub struct Destination<'a> {
 /// that speaks HTTP/2 only cannot fall back, and one that may fall back cannot assume HTTP/2 on
 /// a plain connection, so they cannot share a pool.
 pub struct UpstreamClient {
-    http1: Client<Connector, UpstreamBody>,
+    /// HTTP/1.1, driven by the calls themselves (see `pool`).
+    http1: pool::Http1Pool,
     /// `http2 = true` on `http://`: HTTP/2 with prior knowledge (h2c, RFC 9113 §3.3).
     h2c: Client<Connector, UpstreamBody>,
     /// `http2 = true` on `https://`: `h2` offered by ALPN, HTTP/1.1 if the upstream declines.
@@ -73,12 +76,20 @@ pub(super) enum UpstreamProtocol {
 }
 
 impl UpstreamClient {
-    fn for_route(&self, route: &Route) -> &Client<Connector, UpstreamBody> {
-        match route.protocol {
-            UpstreamProtocol::Http1 => &self.http1,
+    /// Sends `request` (its URI absolute) the way the route speaks to its upstream; the head of
+    /// the answer, its body to be read.
+    async fn send(
+        &self,
+        route: &Route,
+        request: hyper::Request<UpstreamBody>,
+    ) -> Result<hyper::Response<UpstreamIncoming>, pool::BoxError> {
+        let h2 = match route.protocol {
+            // Boxed: the exchange's future holds it, and actix copies that future whole.
+            UpstreamProtocol::Http1 => return Box::pin(self.http1.send(route, request)).await,
             UpstreamProtocol::PriorKnowledge => &self.h2c,
             UpstreamProtocol::Alpn => &self.alpn_h2,
-        }
+        };
+        Ok(h2.request(request).await?.map(UpstreamIncoming::detached))
     }
 }
 
@@ -185,7 +196,7 @@ impl Proxy {
             b
         };
         UpstreamClient {
-            http1: builder().build(self.connector.clone()),
+            http1: pool::Http1Pool::new(self.connector.clone(), &self.routes),
             h2c: h2(true).build(self.h2_connector.clone()),
             alpn_h2: h2(false).build(self.h2_connector.clone()),
         }
@@ -287,11 +298,11 @@ impl Proxy {
     /// (RFC 9470): `Some` is answered instead of the 401, with no refresh (a refreshed token
     /// carries the same authentication). bff's own token (`client`) or none: not the user's
     /// sign-in to step up, the 401 goes back as it is.
-    pub(super) fn upstream_step_up(
+    pub(super) fn upstream_step_up<B>(
         &self,
         caller: &Caller<'_>,
         route: &Route,
-        answer: &hyper::Response<hyper::body::Incoming>,
+        answer: &hyper::Response<B>,
     ) -> Option<AppError> {
         if answer.status() != hyper::StatusCode::UNAUTHORIZED || caller.session().is_none() {
             return None;

@@ -67,6 +67,13 @@ impl From<&Url> for UpstreamBase {
     }
 }
 
+impl UpstreamBase {
+    /// `scheme://authority` as a URI (the connection pool's `Host`).
+    pub fn origin_uri(&self) -> Option<hyper::Uri> {
+        self.origin.parse().ok()
+    }
+}
+
 /// Resolves `rest` (the raw path after the prefix, empty or starting with `/`) against `base`:
 /// the absolute target, written once into one string.
 pub fn upstream_target(base: &UpstreamBase, rest: &str, query: Option<&str>) -> Result<String, PathError> {

@@ -8,9 +8,10 @@ use actix_web::http::StatusCode;
 use actix_web::web::Bytes;
 use futures_util::TryStreamExt;
 use http_body_util::BodyExt;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 
 use super::admission::Permit;
+use super::pool::UpstreamIncoming;
 use super::{Route, headers};
 use crate::tokens::UsableToken;
 
@@ -19,7 +20,7 @@ pub const TOKEN_EXPIRY_HEADER: &str = "x-bff-access-token-expires-at";
 
 /// Streams the upstream's answer back; the concurrency permit lives as long as the body does.
 pub(super) async fn respond(
-    upstream: hyper::Response<Incoming>,
+    upstream: hyper::Response<UpstreamIncoming>,
     route: &Route,
     head_request: bool,
     token: Option<&UsableToken>,

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, HeaderValue};
 
 use crate::config::{ApiConfig, TokenPolicy};
@@ -95,7 +94,7 @@ impl Route {
 
     /// Keeps the nonce an upstream answer offers; `true` when it is a 401 asking for it
     /// (`use_dpop_nonce`) to a DPoP call, which is then sent once more.
-    pub(super) fn took_dpop_nonce(&self, answer: &hyper::Response<Incoming>, token: &UsableToken) -> bool {
+    pub(super) fn took_dpop_nonce<B>(&self, answer: &hyper::Response<B>, token: &UsableToken) -> bool {
         let Some(nonce) = answer.headers().get(crate::dpop::DPOP_NONCE_HEADER).and_then(|v| v.to_str().ok()) else {
             return false;
         };

@@ -108,6 +108,7 @@ impl Proxy {
             token = Some(fresh);
         }
         if answer.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+            let answer = answer.map(super::pool::UpstreamIncoming::detached);
             return Ok(respond(answer, route, false, token.as_ref(), permit).await);
         }
         let mut res = HttpResponse::build(StatusCode::SWITCHING_PROTOCOLS);

@@ -61,6 +61,7 @@ mod timeouts;
 mod tls;
 mod trust;
 mod upstream_h2;
+mod upstream_pool;
 mod user;
 mod userinfo;
 mod websocket;
