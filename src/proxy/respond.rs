@@ -89,14 +89,16 @@ enum Arrived {
     Start(Vec<Result<Bytes, std::io::Error>>),
 }
 
-/// Scheduler turns given to the upstream connection's task to hand over what it has read.
+/// Scheduler turns given to what is still on its way before the answer is streamed instead.
 const ARRIVAL_TURNS: u32 = 3;
 
 /// What of a chunked answer has already arrived, without waiting for any more: most APIs
-/// answer small JSON bodies chunked (streaming frameworks do), all in one go. The connection's
-/// task hands the body over only once asked, so it gets a few scheduler turns (no timer, no
-/// waiting on the network). An event stream or a slow download is never held back: whatever is
-/// not there by then is streamed when it comes.
+/// answer small JSON bodies chunked (streaming frameworks do), all in one go. Over HTTP/2 the
+/// connection's task hands the body over only once asked; over HTTP/1.1 the call reads the
+/// connection itself, and a body and its last chunk may come in two writes: either way a few
+/// scheduler turns (no timer, no waiting on the network) usually bring the rest. An event stream
+/// or a slow download is never held back: whatever is not there by then is streamed when it
+/// comes.
 async fn take_arrived<S>(stream: &mut S) -> Arrived
 where
     S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Unpin,
