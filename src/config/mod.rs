@@ -493,6 +493,9 @@ pub struct ApiConfig {
     pub scopes: Vec<String>,
     /// WebSocket upgrades pass through (checked by `Origin`); `false`: refused with 400.
     pub websocket: bool,
+    /// How long an HTTP/1.1 connection to the upstream may sit idle in a worker's pool before
+    /// bff closes it (`keep_alive_secs`).
+    pub keep_alive: Duration,
     /// HTTP/2 to the upstream: prior knowledge (h2c) for `http://`, ALPN `h2` (HTTP/1.1 when the
     /// upstream does not take it) for `https://`; `false`: HTTP/1.1 only. WebSocket handshakes
     /// go over HTTP/1.1 either way.

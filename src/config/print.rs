@@ -82,6 +82,7 @@ fn api_tables(api: &[super::ApiConfig]) -> Vec<Value> {
             t.insert("methods".into(), Value::Array(api.methods.iter().map(string).collect()));
             t.insert("websocket".into(), Value::Boolean(api.websocket));
             t.insert("http2".into(), Value::Boolean(api.http2));
+            t.insert("keep_alive_secs".into(), secs(api.keep_alive));
             t.insert("acr_values".into(), Value::Array(api.acr_values.iter().map(string).collect()));
             if let Some(max_age) = api.max_age {
                 t.insert("max_age".into(), int(max_age));

@@ -916,12 +916,14 @@ impl Walker<'_> {
             }
             let websocket = self.boolean(&mut s, "websocket", true);
             let http2 = self.boolean(&mut s, "http2", false);
+            let keep_alive = self.secs(&mut s, "keep_alive_secs", 60, 1);
             let (acr_values, max_age) = self.step_up(&mut s, token);
             self.finish(s);
             if let (Some(prefix), Some(upstream)) = (prefix, upstream) {
                 out.push(ApiConfig {
                     websocket,
                     http2,
+                    keep_alive,
                     acr_values,
                     max_age,
                     token,

@@ -7,9 +7,10 @@
 //! the call polls the connection itself: while it waits for the head, and then as the body is
 //! read (the body below drives it), so the bytes the upstream sends are read by the task that
 //! wants them. When the body ends the connection goes back to its route's idle list, found by
-//! the route's address, not a hash. An idle connection is polled by no one: the next call that
-//! takes it polls it once first, which reads the close of a connection the upstream ended while
-//! it sat idle.
+//! the route's address, not a hash. An idle connection has no task: the next call that takes it
+//! polls it once first, which reads the close of a connection the upstream ended while it sat
+//! idle, and a sweep per worker does the same twice per keep-alive (`api[].keep_alive_secs`),
+//! closing those past it and those the upstream closed.
 //!
 //! Only HTTP/1.1: an HTTP/2 connection carries many calls at once and needs a task that serves
 //! them all (`api[].http2` routes keep hyper-util's client).
@@ -37,13 +38,11 @@ type Connection = Box<http1::Connection<Io, UpstreamBody>>;
 type Sender = http1::SendRequest<UpstreamBody>;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// How long a connection may sit idle before it is closed rather than used (hyper-util's
-/// setting before: upstreams usually close theirs sooner; reading that close is cheaper than a
-/// failed call).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per route and worker: a burst's connections beyond it are closed when
 /// they come back, so a burst cannot leave thousands of sockets open.
 const MAX_IDLE: usize = 128;
+/// The sweep of idle connections runs at most this often, and at least twice per keep-alive.
+const MIN_SWEEP: Duration = Duration::from_millis(250);
 
 /// One worker's HTTP/1.1 connections, one idle list per route.
 pub struct Http1Pool {
@@ -53,6 +52,8 @@ pub struct Http1Pool {
 
 struct Slot {
     route: Arc<Route>,
+    /// `api[].keep_alive_secs`: an idle connection older than this is closed, not used.
+    keep_alive: Duration,
     /// `Host` for this upstream, as hyper-util wrote it: the authority without a default port.
     host: Option<HeaderValue>,
     idle: RefCell<Vec<Idle>>,
@@ -65,14 +66,21 @@ struct Idle {
 }
 
 impl Http1Pool {
+    /// Made on the worker's own thread: it starts the worker's sweep of idle connections, which
+    /// ends with the pool.
     pub fn new(connector: Connector, routes: &[Arc<Route>]) -> Http1Pool {
-        let slots = routes
+        let slots: Vec<Rc<Slot>> = routes
             .iter()
             .map(|route| {
                 let host = route.base.origin_uri().as_ref().and_then(host_header);
-                Rc::new(Slot { host, route: Arc::clone(route), idle: RefCell::default() })
+                Rc::new(Slot { host, keep_alive: route.keep_alive, route: Arc::clone(route), idle: RefCell::default() })
             })
             .collect();
+        if let Some(shortest) = slots.iter().map(|s| s.keep_alive).min() {
+            let every = (shortest / 2).max(MIN_SWEEP);
+            let slots = slots.iter().map(Rc::downgrade).collect();
+            actix_web::rt::spawn(sweep(slots, every));
+        }
         Http1Pool { connector, slots }
     }
 
@@ -128,21 +136,46 @@ impl Http1Pool {
     }
 }
 
+/// Closes, every `every`, the idle connections past their keep-alive and those the upstream
+/// closed meanwhile (else their sockets would wait for the next call of the route). Ends when
+/// the pool is dropped (a reload's new workers have pools of their own).
+async fn sweep(slots: Vec<std::rc::Weak<Slot>>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let mut any = false;
+        for slot in slots.iter().filter_map(std::rc::Weak::upgrade) {
+            any = true;
+            let now = Instant::now();
+            slot.idle.borrow_mut().retain_mut(|idle| now.duration_since(idle.since) <= slot.keep_alive && idle.open());
+        }
+        if !any {
+            return;
+        }
+    }
+}
+
+impl Idle {
+    /// One poll: reads a close (or anything else) the upstream sent while it sat idle.
+    fn open(&mut self) -> bool {
+        let waker = std::task::Waker::noop();
+        Pin::new(&mut self.connection).poll(&mut Context::from_waker(waker)).is_pending() && self.sender.is_ready()
+    }
+}
+
 impl Slot {
     /// The most recently used idle connection that is still open and free.
     fn take_ready(&self) -> Option<(Sender, Connection)> {
         let mut idle = self.idle.borrow_mut();
         let now = Instant::now();
         while let Some(mut candidate) = idle.pop() {
-            if now.duration_since(candidate.since) > IDLE_TIMEOUT {
+            if now.duration_since(candidate.since) > self.keep_alive {
                 // The older ones below it are older still.
                 idle.clear();
                 return None;
             }
-            // One poll: reads a close (or anything else) the upstream sent while it sat idle.
-            let waker = std::task::Waker::noop();
-            let open = Pin::new(&mut candidate.connection).poll(&mut Context::from_waker(waker)).is_pending();
-            if open && candidate.sender.is_ready() {
+            if candidate.open() {
                 return Some((candidate.sender, candidate.connection));
             }
         }

@@ -39,6 +39,8 @@ pub struct Route {
     dpop_nonce: std::sync::Mutex<Option<String>>,
     /// WebSocket upgrades pass through (`websocket`).
     pub websocket: bool,
+    /// How long an idle HTTP/1.1 connection is kept (`keep_alive_secs`).
+    pub(super) keep_alive: std::time::Duration,
     /// HTTP/1.1, or HTTP/2 by prior knowledge or ALPN (`http2` and the upstream's scheme).
     pub(super) protocol: super::UpstreamProtocol,
     /// The session's authentication this route needs (`acr_values`, `max_age`).
@@ -151,6 +153,7 @@ impl Route {
             client_grant: (api.token == TokenPolicy::Client)
                 .then(|| ClientGrant { scopes: api.scopes.clone(), resource: api.resource.clone() }),
             websocket: api.websocket,
+            keep_alive: api.keep_alive,
             protocol: match (api.http2, api.upstream.scheme()) {
                 (false, _) => super::UpstreamProtocol::Http1,
                 (true, "https") => super::UpstreamProtocol::Alpn,

@@ -16,6 +16,8 @@ struct Counts {
     requests: AtomicUsize,
     /// Connections the upstream has closed itself (`/close-after`).
     closed: AtomicUsize,
+    /// Connections bff has closed (the upstream read their end).
+    closed_by_bff: AtomicUsize,
 }
 
 /// Answers by path: `/length` 2 bytes with a length, `/chunked` the same chunked, `/empty` 204,
@@ -41,7 +43,11 @@ async fn serve(mut socket: tokio::net::TcpStream, counts: Arc<Counts>) {
     loop {
         let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
             match socket.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) => {
+                    counts.closed_by_bff.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                Err(_) => return,
                 Ok(n) => buffer.extend_from_slice(&chunk[..n]),
             }
             continue;
@@ -94,11 +100,16 @@ async fn serve(mut socket: tokio::net::TcpStream, counts: Arc<Counts>) {
 
 /// A signed-in browser at an instance with one worker (one pool) and a `/raw` route to `url`.
 async fn browser_with_raw_route(url: &str) -> (support::TestApp, support::Browser, String) {
+    browser_with_raw_route_kept(url, Duration::from_secs(60)).await
+}
+
+/// The same, the route's idle connections kept `keep_alive`.
+async fn browser_with_raw_route_kept(url: &str, keep_alive: Duration) -> (support::TestApp, support::Browser, String) {
     let app = spawn_app().await;
     let upstream = url::Url::parse(url).expect("url");
     let instance = spawn_instance_with(&app, |c| {
         c.server.workers = 1;
-        c.api.push(bff::config::ApiConfig { prefix: "/raw".into(), upstream, ..c.api[0].clone() });
+        c.api.push(bff::config::ApiConfig { prefix: "/raw".into(), upstream, keep_alive, ..c.api[0].clone() });
     })
     .await;
     let browser = app.browser();
@@ -201,4 +212,22 @@ async fn concurrent_calls_open_connections_as_needed_then_reuse_them() {
     }
     assert_eq!(counts.connections.load(Ordering::SeqCst), opened, "the idle ones were used again");
     assert_eq!(counts.requests.load(Ordering::SeqCst), 50);
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_the_routes_keep_alive_without_another_call() {
+    let (url, counts) = counting_upstream().await;
+    let (_app, browser, instance) = browser_with_raw_route_kept(&url, Duration::from_secs(1)).await;
+    let b = browser.at(&instance);
+    assert_eq!(b.api(Method::GET, "/raw/length").await.status(), 200);
+    assert_eq!(b.api(Method::GET, "/raw/length").await.status(), 200);
+    assert_eq!(counts.connections.load(Ordering::SeqCst), 1);
+    // The worker's sweep closes it (keep-alive 1 s, swept every 0.5 s): no call needed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while counts.closed_by_bff.load(Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "bff never closed the idle connection");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(b.api(Method::GET, "/raw/length").await.status(), 200);
+    assert_eq!(counts.connections.load(Ordering::SeqCst), 2, "a new connection after the old one was closed");
 }
