@@ -275,17 +275,11 @@ async fn upstream_closing_reused_connections() -> (String, std::sync::Arc<std::s
                     }
                     buffer.extend_from_slice(&chunk[..n]);
                     // Requests without bodies (GET) or with small ones that arrive with the head.
-                    while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
-                        let length = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse::<usize>().ok())
-                            .unwrap_or(0);
-                        if buffer.len() < end + 4 + length {
+                    while let Some((_, request_end)) = support::upstream::request_head(&buffer) {
+                        if buffer.len() < request_end {
                             break;
                         }
-                        buffer.drain(..end + 4 + length);
+                        buffer.drain(..request_end);
                         seen.fetch_add(1, Ordering::SeqCst);
                         if answered == 1 {
                             return;

@@ -41,7 +41,7 @@ async fn serve(mut socket: tokio::net::TcpStream, counts: Arc<Counts>) {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        let Some((head, request_end)) = support::upstream::request_head(&buffer) else {
             match socket.read(&mut chunk).await {
                 Ok(0) => {
                     counts.closed_by_bff.fetch_add(1, Ordering::SeqCst);
@@ -52,19 +52,13 @@ async fn serve(mut socket: tokio::net::TcpStream, counts: Arc<Counts>) {
             }
             continue;
         };
-        let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
-        let length = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .unwrap_or(0);
-        while buffer.len() < end + 4 + length {
+        while buffer.len() < request_end {
             match socket.read(&mut chunk).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => buffer.extend_from_slice(&chunk[..n]),
             }
         }
-        buffer.drain(..end + 4 + length);
+        buffer.drain(..request_end);
         counts.requests.fetch_add(1, Ordering::SeqCst);
         let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
         let head_only = head.starts_with("head ");

@@ -272,3 +272,17 @@ async fn handle(req: HttpRequest, mut payload: web::Payload, state: web::Data<St
         "body_sha256": format!("{:x}", hasher.finalize()),
     }))
 }
+
+/// For raw upstreams written on a socket: the head of the request at the start of `buffer`
+/// (lower-cased) and where its body ends (the head's `Content-Length`, none: no body); `None`
+/// until the whole head has arrived.
+pub fn request_head(buffer: &[u8]) -> Option<(String, usize)> {
+    let end = buffer.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    Some((head, end + 4 + length))
+}
