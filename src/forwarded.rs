@@ -22,10 +22,14 @@ pub fn parse_entry(raw: &str) -> Option<IpAddr> {
     entry.strip_prefix('[').and_then(|e| e.strip_suffix(']')).and_then(|e| e.parse().ok())
 }
 
+/// A constant, not a `&str`: actix parses a string key on every lookup.
+const X_FORWARDED_FOR: actix_web::http::header::HeaderName =
+    actix_web::http::header::HeaderName::from_static("x-forwarded-for");
+
 /// Every entry of every `X-Forwarded-For` header, in order.
 fn chain(headers: &HeaderMap) -> Vec<&str> {
     headers
-        .get_all("x-forwarded-for")
+        .get_all(X_FORWARDED_FOR)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)

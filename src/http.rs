@@ -272,7 +272,9 @@ pub async fn observe(
 /// `X-CSRF: 1`: a header a cross-site form cannot set and a cross-origin `fetch` cannot send
 /// without a CORS preflight bff never grants.
 pub fn require_csrf_header(req: &HttpRequest) -> Result<(), AppError> {
-    match req.headers().get("x-csrf") {
+    // A `HeaderName` constant, not a `&str`: actix parses a string key on every lookup.
+    const X_CSRF: actix_web::http::header::HeaderName = actix_web::http::header::HeaderName::from_static("x-csrf");
+    match req.headers().get(X_CSRF) {
         Some(v) if v.as_bytes() == b"1" => Ok(()),
         _ => Err(AppError::Csrf),
     }

@@ -127,7 +127,7 @@ pub fn upstream_request_headers(
     forwarded: &ForwardedFor<'_>,
     policy: &HeaderPolicy<'_>,
 ) -> OutboundHeaders {
-    let named = connection_named(inbound.get_all("connection").map(|v| v.as_bytes().to_vec()));
+    let named = connection_named(inbound.get_all(actix_web::http::header::CONNECTION).map(|v| v.as_bytes().to_vec()));
     let mut out = OutboundHeaders::with_capacity(inbound.len() + 4);
     for (name, value) in inbound {
         let lower = name.as_str();
@@ -165,7 +165,7 @@ pub fn downstream_response_headers<'u>(
     upstream: &'u OutboundHeaders,
     drop: &'u [String],
 ) -> impl Iterator<Item = (&'u HeaderName, &'u HeaderValue)> {
-    let named = connection_named(upstream.get_all("connection").iter().map(|v| v.as_bytes().to_vec()));
+    let named = connection_named(upstream.get_all(hyper::header::CONNECTION).iter().map(|v| v.as_bytes().to_vec()));
     upstream.iter().filter(move |(name, _)| {
         let n = name.as_str();
         !is_hop_by_hop(n, &named) && n != "content-length" && !drop.iter().any(|d| d == n)

@@ -250,8 +250,11 @@ impl Proxy {
         // is looked at.
         let destination = self.destination(req, route)?;
         // A body declared larger than the route takes is refused before anything else.
-        let content_length =
-            req.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let content_length = req
+            .headers()
+            .get(actix_web::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         if content_length.is_some_and(|len| len > route.max_body_bytes) {
             return Err(AppError::Limited(Limit::BodySize));
         }
