@@ -176,7 +176,8 @@ impl Proxy {
     /// scheduled, milliseconds (p99 went from ~1 ms to 42 ms with two workers on two cores).
     /// Redirects are not followed: they go back to the SPA as they are (following them could
     /// leave the upstream).
-    /// The pools are empty until a route uses them.
+    /// The pools are empty until a route uses them. Call it on the worker's own thread, inside
+    /// its runtime: the HTTP/1.1 pool starts the worker's sweep of idle connections there.
     pub fn upstream_client(&self) -> UpstreamClient {
         let builder = || {
             let mut b = Client::builder(TokioExecutor::new());
