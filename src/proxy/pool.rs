@@ -51,9 +51,8 @@ pub struct Http1Pool {
 }
 
 struct Slot {
+    /// Its `keep_alive` (`api[].keep_alive_secs`): an idle connection older is closed, not used.
     route: Arc<Route>,
-    /// `api[].keep_alive_secs`: an idle connection older than this is closed, not used.
-    keep_alive: Duration,
     /// `Host` for this upstream, as hyper-util wrote it: the authority without a default port.
     host: Option<HeaderValue>,
     idle: RefCell<Vec<Idle>>,
@@ -73,10 +72,10 @@ impl Http1Pool {
             .iter()
             .map(|route| {
                 let host = route.base.origin_uri().as_ref().and_then(host_header);
-                Rc::new(Slot { host, keep_alive: route.keep_alive, route: Arc::clone(route), idle: RefCell::default() })
+                Rc::new(Slot { host, route: Arc::clone(route), idle: RefCell::default() })
             })
             .collect();
-        if let Some(shortest) = slots.iter().map(|s| s.keep_alive).min() {
+        if let Some(shortest) = slots.iter().map(|s| s.route.keep_alive).min() {
             let every = (shortest / 2).max(MIN_SWEEP);
             let slots = slots.iter().map(Rc::downgrade).collect();
             actix_web::rt::spawn(sweep(slots, every));
@@ -148,7 +147,12 @@ async fn sweep(slots: Vec<std::rc::Weak<Slot>>, every: Duration) {
         for slot in slots.iter().filter_map(std::rc::Weak::upgrade) {
             any = true;
             let now = Instant::now();
-            slot.idle.borrow_mut().retain_mut(|idle| now.duration_since(idle.since) <= slot.keep_alive && idle.open());
+            let waker = std::task::Waker::noop();
+            let cx = &mut Context::from_waker(waker);
+            slot.idle.borrow_mut().retain_mut(|idle| {
+                now.duration_since(idle.since) <= slot.route.keep_alive
+                    && usable(&idle.sender, &mut idle.connection, cx)
+            });
         }
         if !any {
             return;
@@ -156,12 +160,11 @@ async fn sweep(slots: Vec<std::rc::Weak<Slot>>, every: Duration) {
     }
 }
 
-impl Idle {
-    /// One poll: reads a close (or anything else) the upstream sent while it sat idle.
-    fn open(&mut self) -> bool {
-        let waker = std::task::Waker::noop();
-        Pin::new(&mut self.connection).poll(&mut Context::from_waker(waker)).is_pending() && self.sender.is_ready()
-    }
+/// Whether a connection can take the next request: one poll reads a close (or anything else)
+/// the upstream sent since it was last polled, and lets a connection whose answer just ended
+/// ask for the next request.
+fn usable(sender: &Sender, connection: &mut Connection, cx: &mut Context<'_>) -> bool {
+    Pin::new(connection).poll(cx).is_pending() && sender.is_ready()
 }
 
 impl Slot {
@@ -170,12 +173,13 @@ impl Slot {
         let mut idle = self.idle.borrow_mut();
         let now = Instant::now();
         while let Some(mut candidate) = idle.pop() {
-            if now.duration_since(candidate.since) > self.keep_alive {
+            if now.duration_since(candidate.since) > self.route.keep_alive {
                 // The older ones below it are older still.
                 idle.clear();
                 return None;
             }
-            if candidate.open() {
+            if usable(&candidate.sender, &mut candidate.connection, &mut Context::from_waker(std::task::Waker::noop()))
+            {
                 return Some((candidate.sender, candidate.connection));
             }
         }
@@ -241,12 +245,9 @@ impl Drop for UpstreamIncoming {
 }
 
 impl Lease {
-    /// Back to the idle list once the answer has ended, if the connection stays open: one more
-    /// poll lets it see the answer is done and ask for the next request.
+    /// Back to the idle list once the answer has ended, if the connection stays usable.
     fn give_back(mut self, cx: &mut Context<'_>) {
-        let open = Pin::new(&mut self.connection).poll(cx).is_pending();
-        if open
-            && self.sender.is_ready()
+        if usable(&self.sender, &mut self.connection, cx)
             && let Some(slot) = self.slot
         {
             slot.put_back(self.sender, self.connection);
